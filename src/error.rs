@@ -1,0 +1,273 @@
+//! The typed error a call ends with when the layer cuts it short.
+//!
+//! An [`Interrupted`] says why the call was stopped ([`Reason`]), which peer it was for, how
+//! long it had run, who fired the interrupt and where the chain recognized it. The layer's
+//! error type is `BoxError`; find it with `err.downcast_ref::<Interrupted>()`, or with
+//! [`Interrupted::find`] anywhere in a source chain.
+
+use std::borrow::Cow;
+use std::error::Error;
+use std::fmt;
+use std::panic::Location;
+use std::time::Duration;
+
+use crate::policy::{DeadlineExplanation, DeadlineSource};
+
+/// Why a call was interrupted.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The call ran out its deadline.
+    DeadlineExceeded {
+        /// The deadline the call had.
+        deadline: Duration,
+        /// Why the deadline had that value.
+        explanation: DeadlineExplanation,
+    },
+    /// The peer stopped answering: every call in flight to it is ended at once.
+    PeerSilent {
+        /// How long ago the peer last answered anything.
+        since: Duration,
+        /// Calls that were outstanding to the peer when it was declared silent.
+        outstanding: usize,
+    },
+    /// Somebody interrupted the call by hand, saying why.
+    Manual(Cow<'static, str>),
+    /// The layer is shutting down.
+    Shutdown,
+}
+
+impl Reason {
+    /// A short, stable name, for logs and metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::DeadlineExceeded { .. } => "deadline_exceeded",
+            Reason::PeerSilent { .. } => "peer_silent",
+            Reason::Manual(_) => "manual",
+            Reason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::DeadlineExceeded {
+                deadline,
+                explanation,
+            } => write!(f, "deadline {} exceeded ({explanation})", Human(*deadline)),
+            Reason::PeerSilent { since, outstanding } => write!(
+                f,
+                "peer silent since {}, {outstanding} call{} outstanding",
+                Human(*since),
+                if *outstanding == 1 { "" } else { "s" }
+            ),
+            Reason::Manual(why) => write!(f, "interrupted by hand: {why}"),
+            Reason::Shutdown => f.write_str("layer shutting down"),
+        }
+    }
+}
+
+/// A call that the layer (or an interrupt) stopped before the peer answered.
+#[derive(Clone, Debug)]
+pub struct Interrupted {
+    reason: Reason,
+    peer: Box<str>,
+    elapsed: Duration,
+    fired_at: &'static Location<'static>,
+    recognized_at: &'static Location<'static>,
+}
+
+impl Interrupted {
+    pub(crate) fn new(
+        reason: Reason,
+        peer: &str,
+        elapsed: Duration,
+        fired_at: &'static Location<'static>,
+        recognized_at: &'static Location<'static>,
+    ) -> Self {
+        Interrupted {
+            reason,
+            peer: peer.into(),
+            elapsed,
+            fired_at,
+            recognized_at,
+        }
+    }
+
+    /// Why the call was stopped.
+    pub fn reason(&self) -> &Reason {
+        &self.reason
+    }
+
+    /// The peer the call was for (its key's `Debug` form).
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// How long the call had run when it was stopped.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+
+    /// The deadline the call had, when the reason is [`Reason::DeadlineExceeded`].
+    pub fn deadline(&self) -> Option<Duration> {
+        match &self.reason {
+            Reason::DeadlineExceeded { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    /// Where the interrupt was fired: the code that called the firing method, or the
+    /// layer's own code for deadlines and silent peers.
+    pub fn fired_at(&self) -> &'static Location<'static> {
+        self.fired_at
+    }
+
+    /// Where the call chain noticed the interrupt: the layer's response future, or a
+    /// cooperative checkpoint.
+    pub fn recognized_at(&self) -> &'static Location<'static> {
+        self.recognized_at
+    }
+
+    /// Finds an `Interrupted` in `err` or anywhere in its `source()` chain.
+    pub fn find<'a>(mut err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {
+        loop {
+            if let Some(found) = err.downcast_ref::<Interrupted>() {
+                return Some(found);
+            }
+            err = err.source()?;
+        }
+    }
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "call to {} interrupted after {}: {} (fired at {}, recognized at {})",
+            self.peer,
+            Human(self.elapsed),
+            self.reason,
+            self.fired_at,
+            self.recognized_at
+        )
+    }
+}
+
+impl Error for Interrupted {}
+
+impl fmt::Display for DeadlineExplanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let formula = |f: &mut fmt::Formatter<'_>| {
+            write!(
+                f,
+                "p{} {} x {} + {}",
+                self.quantile * 100.0,
+                Human(self.quantile_value),
+                self.factor,
+                Human(self.margin)
+            )
+        };
+        match self.source {
+            DeadlineSource::ColdStart => write!(
+                f,
+                "cold start: {} of {} samples",
+                self.samples, self.min_samples
+            ),
+            DeadlineSource::Quantile => formula(f),
+            DeadlineSource::ClampedMin => {
+                formula(f)?;
+                write!(f, ", raised to min {}", Human(self.min))
+            }
+            DeadlineSource::ClampedMax => {
+                formula(f)?;
+                write!(f, ", cut to max {}", Human(self.max))
+            }
+            DeadlineSource::Override => f.write_str("the call's own deadline"),
+            DeadlineSource::Untracked => f.write_str("untracked peer: default cold start"),
+        }?;
+        if self.per_peer_policy {
+            f.write_str(", per-peer policy")?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration printed for people: `1.2s`, `250ms`, `40us`.
+pub(crate) struct Human(pub(crate) Duration);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let (value, unit) = if d >= Duration::from_secs(1) {
+            (d.as_secs_f64(), "s")
+        } else if d >= Duration::from_millis(1) {
+            (d.as_secs_f64() * 1e3, "ms")
+        } else {
+            (d.as_secs_f64() * 1e6, "us")
+        };
+        let text = format!("{value:.1}");
+        let text = text.strip_suffix(".0").unwrap_or(&text);
+        write!(f, "{text}{unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations_read_naturally() {
+        let h = |d| Human(d).to_string();
+        assert_eq!(h(Duration::from_millis(1200)), "1.2s");
+        assert_eq!(h(Duration::from_millis(250)), "250ms");
+        assert_eq!(h(Duration::from_micros(40)), "40us");
+        assert_eq!(h(Duration::from_micros(12_345)), "12.3ms");
+    }
+
+    #[test]
+    fn display_reads_like_a_log_line() {
+        let here = Location::caller();
+        let err = Interrupted::new(
+            Reason::PeerSilent {
+                since: Duration::from_millis(900),
+                outstanding: 4,
+            },
+            "10.0.0.7:9000",
+            Duration::from_millis(1200),
+            here,
+            here,
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "call to 10.0.0.7:9000 interrupted after 1.2s: peer silent since 900ms, \
+                 4 calls outstanding (fired at src/error.rs:"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn find_walks_the_source_chain() {
+        #[derive(Debug)]
+        struct Wrapper(Interrupted);
+        impl fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl Error for Wrapper {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let here = Location::caller();
+        let inner = Interrupted::new(Reason::Shutdown, "p", Duration::ZERO, here, here);
+        let boxed: Box<dyn Error + Send + Sync> = Box::new(Wrapper(inner));
+        assert_eq!(Interrupted::find(&*boxed).unwrap().peer(), "p");
+        let other: Box<dyn Error + Send + Sync> = "plain".into();
+        assert!(Interrupted::find(&*other).is_none());
+    }
+}

@@ -1,0 +1,168 @@
+//! The layer and its builder: policy, per-peer overrides and table bounds, checked once at
+//! `build()`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::handle::AdaptiveTimeoutHandle;
+use crate::peer::key::{ByPeer, KeyFn, PeerKey};
+use crate::peer::table::{PeerTable, Policies};
+use crate::policy::{PolicyError, TimeoutPolicy};
+use crate::service::AdaptiveTimeout;
+
+/// Default bound on tracked peers.
+pub const DEFAULT_MAX_PEERS: usize = 10_000;
+/// Default time after which a peer with no calls may be forgotten.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Wraps services in [`AdaptiveTimeout`]. Every service made from one layer (and every clone
+/// of those) shares one peer table.
+///
+/// ```
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// struct Req { peer: &'static str }
+/// let layer = AdaptiveTimeoutLayer::builder(|r: &Req| r.peer)
+///     .policy(TimeoutPolicy::default())
+///     .build()?;
+/// let handle = layer.handle();
+/// let svc = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|_: Req| async { Ok::<_, tower::BoxError>("pong") }));
+/// assert_eq!(svc.oneshot(Req { peer: "10.0.0.7:9000" }).await?, "pong");
+/// assert_eq!(handle.snapshot()[0].peer, "10.0.0.7:9000");
+/// # Ok(()) }
+/// ```
+pub struct AdaptiveTimeoutLayer<K, F> {
+    table: Arc<PeerTable<K>>,
+    key_fn: F,
+}
+
+impl AdaptiveTimeoutLayer<(), ()> {
+    /// Starts a layer that keys requests with `key_fn` (any `Fn(&Req) -> K`).
+    pub fn builder<Req, F: KeyFn<Req>>(key_fn: F) -> Builder<F::Key, F> {
+        Builder::new(key_fn)
+    }
+
+    /// Starts a layer for `http::Request`s, keyed by scheme and authority.
+    #[cfg(feature = "http")]
+    pub fn http() -> Builder<crate::HttpPeer, ByPeer> {
+        Builder::new(ByPeer)
+    }
+
+    /// Starts a layer for requests that name their peer through
+    /// [`HasPeer`](crate::HasPeer), with key type `K`.
+    pub fn by_peer<K: PeerKey>() -> Builder<K, ByPeer> {
+        Builder::new(ByPeer)
+    }
+}
+
+impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
+    /// A handle to read and steer the layer at runtime.
+    pub fn handle(&self) -> AdaptiveTimeoutHandle<K> {
+        AdaptiveTimeoutHandle::new(self.table.clone())
+    }
+}
+
+impl<S, K, F: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F> {
+    type Service = AdaptiveTimeout<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdaptiveTimeout::new(inner, self.table.clone(), self.key_fn.clone())
+    }
+}
+
+impl<K, F: Clone> Clone for AdaptiveTimeoutLayer<K, F> {
+    fn clone(&self) -> Self {
+        AdaptiveTimeoutLayer {
+            table: self.table.clone(),
+            key_fn: self.key_fn.clone(),
+        }
+    }
+}
+
+impl<K, F> std::fmt::Debug for AdaptiveTimeoutLayer<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdaptiveTimeoutLayer")
+            .field("peers", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`AdaptiveTimeoutLayer`]; nothing is checked until [`Builder::build`].
+#[derive(Debug)]
+#[must_use = "call .build() to get the layer"]
+pub struct Builder<K, F> {
+    key_fn: F,
+    policy: TimeoutPolicy,
+    overrides: Vec<(K, TimeoutPolicy)>,
+    max_peers: usize,
+    idle_ttl: Duration,
+}
+
+impl<K: PeerKey, F> Builder<K, F> {
+    fn new(key_fn: F) -> Self {
+        Builder {
+            key_fn,
+            policy: TimeoutPolicy::default(),
+            overrides: Vec::new(),
+            max_peers: DEFAULT_MAX_PEERS,
+            idle_ttl: DEFAULT_IDLE_TTL,
+        }
+    }
+
+    /// The policy for every peer without an override.
+    pub fn policy(mut self, policy: TimeoutPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// A policy for one peer, in place of the default.
+    pub fn peer_policy(mut self, peer: K, policy: TimeoutPolicy) -> Self {
+        self.overrides.push((peer, policy));
+        self
+    }
+
+    /// At most this many peers are tracked (default 10,000). Calls to further peers get the
+    /// default policy's cold-start deadline.
+    pub fn max_peers(mut self, max_peers: usize) -> Self {
+        self.max_peers = max_peers;
+        self
+    }
+
+    /// A peer with no calls for this long may be forgotten (default 10 minutes).
+    pub fn idle_ttl(mut self, idle_ttl: Duration) -> Self {
+        self.idle_ttl = idle_ttl;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
+        self.policy.validate()?;
+        let mut overrides = HashMap::with_capacity(self.overrides.len());
+        for (peer, policy) in self.overrides {
+            policy.validate().map_err(|e| e.for_peer(&peer))?;
+            overrides.insert(peer, Arc::new(policy));
+        }
+        if self.max_peers == 0 {
+            return Err(PolicyError::new("max_peers", "must be at least 1"));
+        }
+        if self.idle_ttl.is_zero() {
+            return Err(PolicyError::new("idle_ttl", "must be greater than zero"));
+        }
+        let policies = Policies {
+            default: Arc::new(self.policy),
+            overrides,
+        };
+        Ok(AdaptiveTimeoutLayer {
+            table: Arc::new(PeerTable::new(policies, self.max_peers, self.idle_ttl)),
+            key_fn: self.key_fn,
+        })
+    }
+}

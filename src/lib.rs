@@ -1,0 +1,74 @@
+//! Per-peer adaptive deadlines for tower services.
+//!
+//! A call to a peer that has silently gone away (unplugged, partitioned, hung: no FIN, no
+//! RST) stalls until a fixed timeout or TCP gives up, often for minutes, and holds up every
+//! call chain waiting on it. A fixed timeout is either too short (spurious failures in the
+//! slow tail) or too long (the stall). This layer gives each call a deadline derived from
+//! its own peer's recent latency:
+//!
+//! ```text
+//! request -> peer key -> peer (table) -> deadline (one atomic read) -> ResponseFuture
+//!         -> response | Interrupted -> latency window -> deadline recomputed off the hot path
+//! ```
+//!
+//! * [`KeyFn`] maps a request to its peer (any `Fn(&Req) -> K`; `http::Request` is keyed by
+//!   scheme and authority).
+//! * Each peer has a time-decaying latency histogram (a ring of hdrhistogram sub-windows).
+//! * [`TimeoutPolicy`] turns it into a deadline: `clamp(quantile × factor + margin, min,
+//!   max)`, with a cold-start deadline until enough samples exist. It is recomputed when the
+//!   window rotates or every `recompute_every` samples, never per call.
+//! * A call that runs out its deadline ends with [`Interrupted`], which says why, for which
+//!   peer, after how long, and why the deadline had its value. Its latency is recorded as a
+//!   censored sample, so the deadline rises while a peer slows.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+//! use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! struct Call { peer: String }
+//!
+//! let layer = AdaptiveTimeoutLayer::builder(|c: &Call| c.peer.clone())
+//!     .policy(TimeoutPolicy::default().cold_start(Duration::from_millis(200)))
+//!     .build()?;
+//! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|_: Call| async {
+//!     tokio::time::sleep(Duration::from_secs(600)).await; // a peer that never answers
+//!     Ok::<_, BoxError>(())
+//! }));
+//! let err = svc.oneshot(Call { peer: "10.0.0.7:9000".into() }).await.unwrap_err();
+//! let interrupted = err.downcast_ref::<Interrupted>().expect("typed error");
+//! assert_eq!(interrupted.deadline(), Some(Duration::from_millis(200)));
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod error;
+mod future;
+mod handle;
+mod layer;
+mod metrics;
+mod peer;
+mod policy;
+mod service;
+
+pub use error::{Interrupted, Reason};
+pub use future::ResponseFuture;
+pub use handle::AdaptiveTimeoutHandle;
+pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
+pub use metrics::PeerSnapshot;
+#[cfg(feature = "http")]
+pub use peer::key::HttpPeer;
+pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
+pub use policy::{
+    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
+    MIN_SUB_WINDOW,
+};
+pub use service::AdaptiveTimeout;
+
+/// The error type of the layer's service: the inner service's error, or [`Interrupted`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,80 @@
+//! Per-peer snapshots: what the layer knows about each peer, and why its deadline is what
+//! it is.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::peer::state::Peer;
+use crate::policy::{DeadlineExplanation, DeadlineSource};
+
+/// A point-in-time reading of one peer.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PeerSnapshot {
+    /// The peer (its key's `Debug` form).
+    pub peer: String,
+    /// Samples in the latency window.
+    pub samples: u64,
+    /// Median latency in the window.
+    pub p50: Duration,
+    /// 90th percentile latency.
+    pub p90: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// 99.9th percentile latency.
+    pub p999: Duration,
+    /// Highest latency in the window.
+    pub max: Duration,
+    /// The deadline new calls get.
+    pub deadline: Duration,
+    /// Why the deadline has its value, with the numbers that went into it.
+    pub explanation: DeadlineExplanation,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// Calls answered by the peer (successfully or with an error), ever.
+    pub completed: u64,
+    /// Calls that ran out their deadline, ever.
+    pub deadline_exceeded: u64,
+    /// How long since the last call to the peer started.
+    pub idle: Duration,
+    /// Heap bytes the peer's latency window holds.
+    pub window_bytes: usize,
+}
+
+impl PeerSnapshot {
+    /// Why the deadline has its value.
+    pub fn deadline_source(&self) -> DeadlineSource {
+        self.explanation.source
+    }
+
+    pub(crate) fn read(peer: &Peer, now: Instant) -> PeerSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = peer.view(now);
+        let (deadline, source) = peer.deadline();
+        let [p50, p90, p99, p999] = view.quantiles;
+        PeerSnapshot {
+            peer: peer.label().to_owned(),
+            samples: view.samples,
+            p50,
+            p90,
+            p99,
+            p999,
+            max: view.max,
+            deadline,
+            explanation: DeadlineExplanation::new(
+                source,
+                &view.policy,
+                view.samples,
+                view.quantile_value,
+                view.overridden,
+            ),
+            in_flight: peer.in_flight(),
+            completed: peer.counters.completed.load(Relaxed),
+            deadline_exceeded: peer.counters.deadline_exceeded.load(Relaxed),
+            idle: peer.idle_for(now),
+            window_bytes: view.heap_bytes,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Which peer a request goes to.
+//!
+//! The layer asks a [`KeyFn`] for each request's peer key. Any closure
+//! `Fn(&Req) -> K` is one; [`ByPeer`] uses the request's own [`HasPeer`] impl, which
+//! `http::Request` has (keyed by scheme and authority, falling back to the `Host` header).
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+/// What a peer key must be: hashable, comparable, cheap to clone, printable.
+pub trait PeerKey: Hash + Eq + Clone + Debug + Send + Sync + 'static {}
+impl<K: Hash + Eq + Clone + Debug + Send + Sync + 'static> PeerKey for K {}
+
+/// Maps a request to the key of the peer it goes to.
+///
+/// Returning `None` leaves the call untracked: it still gets a deadline (the default
+/// policy's `cold_start`), but no history.
+pub trait KeyFn<Req> {
+    /// The peer key type.
+    type Key: PeerKey;
+    /// The peer `req` goes to.
+    fn peer_key(&self, req: &Req) -> Option<Self::Key>;
+}
+
+impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
+    type Key = K;
+    fn peer_key(&self, req: &Req) -> Option<K> {
+        Some(self(req))
+    }
+}
+
+/// A request type that knows which peer it goes to.
+pub trait HasPeer {
+    /// The peer key type.
+    type Key: PeerKey;
+    /// The peer this request goes to, if it names one.
+    fn peer(&self) -> Option<Self::Key>;
+}
+
+/// The [`KeyFn`] that asks the request itself, through [`HasPeer`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByPeer;
+
+impl<Req: HasPeer> KeyFn<Req> for ByPeer {
+    type Key = Req::Key;
+    fn peer_key(&self, req: &Req) -> Option<Req::Key> {
+        req.peer()
+    }
+}
+
+#[cfg(feature = "http")]
+pub use self::http_peer::HttpPeer;
+
+#[cfg(feature = "http")]
+mod http_peer {
+    use std::fmt;
+
+    use http::uri::{Authority, Scheme};
+    use http::{header::HOST, Request};
+
+    use super::HasPeer;
+
+    /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
+    ///
+    /// Cloning shares the URI's buffers, so keying a request does not copy its authority.
+    #[derive(Clone, PartialEq, Eq, Hash)]
+    pub struct HttpPeer {
+        scheme: Option<Scheme>,
+        authority: Authority,
+    }
+
+    impl HttpPeer {
+        /// The scheme, if the request's URI had one.
+        pub fn scheme(&self) -> Option<&Scheme> {
+            self.scheme.as_ref()
+        }
+
+        /// The host and port.
+        pub fn authority(&self) -> &Authority {
+            &self.authority
+        }
+    }
+
+    impl fmt::Display for HttpPeer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match &self.scheme {
+                Some(s) => write!(f, "{s}://{}", self.authority),
+                None => write!(f, "{}", self.authority),
+            }
+        }
+    }
+
+    impl fmt::Debug for HttpPeer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt::Display::fmt(self, f)
+        }
+    }
+
+    impl<B> HasPeer for Request<B> {
+        type Key = HttpPeer;
+
+        /// Scheme and authority of the URI; for an origin-form URI (`/path`), the `Host`
+        /// header. `None` when neither names a host.
+        fn peer(&self) -> Option<HttpPeer> {
+            let uri = self.uri();
+            if let Some(authority) = uri.authority() {
+                return Some(HttpPeer {
+                    scheme: uri.scheme().cloned(),
+                    authority: authority.clone(),
+                });
+            }
+            let host = self.headers().get(HOST)?;
+            let authority = Authority::try_from(host.as_bytes()).ok()?;
+            Some(HttpPeer {
+                scheme: None,
+                authority,
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys_by_scheme_and_authority() {
+            let req = Request::get("http://10.0.0.7:9000/a?b").body(()).unwrap();
+            let peer = req.peer().unwrap();
+            assert_eq!(peer.to_string(), "http://10.0.0.7:9000");
+            let other = Request::get("https://10.0.0.7:9000/").body(()).unwrap();
+            assert_ne!(other.peer().unwrap(), peer);
+        }
+
+        #[test]
+        fn falls_back_to_the_host_header() {
+            let req = Request::get("/x")
+                .header("host", "svc.local:8080")
+                .body(())
+                .unwrap();
+            assert_eq!(req.peer().unwrap().to_string(), "svc.local:8080");
+            let none = Request::get("/x").body(()).unwrap();
+            assert!(none.peer().is_none());
+            let bad = Request::get("/x")
+                .header("host", "bad host")
+                .body(())
+                .unwrap();
+            assert!(bad.peer().is_none());
+        }
+    }
+}

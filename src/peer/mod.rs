@@ -1,0 +1,6 @@
+//! Everything the layer knows per peer: its key, latency window, state and the table.
+
+pub(crate) mod key;
+pub(crate) mod state;
+pub(crate) mod table;
+pub(crate) mod window;

@@ -1,0 +1,242 @@
+//! The bounded peer table and the policies in force.
+//!
+//! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
+//! policy in force for it. The table holds at most `max_peers` peers: when full, idle peers
+//! (no call for `idle_ttl`) are swept, then the idlest of a sample of peers with no call in
+//! flight is evicted; if none qualifies the call goes untracked, with the default policy's
+//! cold-start deadline.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use super::key::PeerKey;
+use super::state::Peer;
+use crate::policy::TimeoutPolicy;
+
+/// How many peers an eviction looks at to find the idlest.
+const EVICTION_SAMPLE: usize = 32;
+
+/// The default policy and the per-peer overrides.
+pub(crate) struct Policies<K> {
+    pub(crate) default: Arc<TimeoutPolicy>,
+    pub(crate) overrides: HashMap<K, Arc<TimeoutPolicy>>,
+}
+
+impl<K: PeerKey> Policies<K> {
+    /// The policy in force for `key`, and whether it is an override.
+    pub(crate) fn for_key(&self, key: &K) -> (Arc<TimeoutPolicy>, bool) {
+        match self.overrides.get(key) {
+            Some(p) => (p.clone(), true),
+            None => (self.default.clone(), false),
+        }
+    }
+}
+
+/// All tracked peers, bounded.
+pub(crate) struct PeerTable<K> {
+    peers: DashMap<K, Arc<Peer>>,
+    len: AtomicUsize,
+    max_peers: usize,
+    idle_ttl: Duration,
+    epoch: Instant,
+    last_sweep: AtomicU64,
+    untracked_deadline: AtomicU64,
+    policies: RwLock<Policies<K>>,
+    /// Calls that went untracked because the table was full.
+    pub(crate) refused: AtomicU64,
+}
+
+impl<K> PeerTable<K> {
+    /// Tracked peers now.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+}
+
+impl<K: PeerKey> PeerTable<K> {
+    pub(crate) fn new(policies: Policies<K>, max_peers: usize, idle_ttl: Duration) -> Self {
+        let untracked = nanos(policies.default.cold_start);
+        PeerTable {
+            peers: DashMap::new(),
+            len: AtomicUsize::new(0),
+            max_peers,
+            idle_ttl,
+            epoch: Instant::now(),
+            last_sweep: AtomicU64::new(0),
+            untracked_deadline: AtomicU64::new(untracked),
+            policies: RwLock::new(policies),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The peer for `key`, inserting it if there is room. `None`: the call is untracked.
+    pub(crate) fn peer(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
+        if let Some(peer) = self.peers.get(key) {
+            return Some(peer.clone());
+        }
+        self.insert(key, now)
+    }
+
+    /// The peer for `key` if it is tracked; never inserts.
+    pub(crate) fn get(&self, key: &K) -> Option<Arc<Peer>> {
+        self.peers.get(key).map(|p| p.clone())
+    }
+
+    /// The deadline for untracked calls.
+    pub(crate) fn untracked_deadline(&self) -> Duration {
+        Duration::from_nanos(self.untracked_deadline.load(Relaxed))
+    }
+
+    /// A copy of every tracked peer (the shard locks are held only while copying).
+    pub(crate) fn all(&self) -> Vec<(K, Arc<Peer>)> {
+        self.peers
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Reads the policies.
+    pub(crate) fn policies(&self) -> RwLockReadGuard<'_, Policies<K>> {
+        self.policies.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the policies, then puts them in force on every tracked peer.
+    pub(crate) fn update_policies(&self, change: impl FnOnce(&mut Policies<K>)) {
+        let mut policies = self.write_policies();
+        change(&mut policies);
+        self.untracked_deadline
+            .store(nanos(policies.default.cold_start), Relaxed);
+        let now = Instant::now();
+        for entry in self.peers.iter() {
+            let (policy, overridden) = policies.for_key(entry.key());
+            entry.value().set_policy(policy, overridden, now);
+        }
+    }
+
+    /// Removes peers idle for `idle_ttl` with no call in flight.
+    pub(crate) fn sweep(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        self.peers.retain(|_, p| {
+            let keep = p.in_flight() > 0 || p.idle_for(now) < self.idle_ttl;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Relaxed);
+        self.last_sweep.store(self.nanos(now), Relaxed);
+        removed
+    }
+
+    fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
+        if self.len() >= self.max_peers && !self.make_room(now) {
+            self.refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        // Hold the policies' read lock across the insert, so a concurrent policy change
+        // either sees this peer or is seen by it.
+        let policies = self.policies();
+        let entry = self.peers.entry(key.clone()).or_insert_with(|| {
+            let (policy, overridden) = policies.for_key(key);
+            self.len.fetch_add(1, Relaxed);
+            Arc::new(Peer::new(label(key), policy, overridden, self.epoch, now))
+        });
+        Some(entry.value().clone())
+    }
+
+    /// Frees at least one slot if it can: sweeps idle peers (at most every quarter
+    /// `idle_ttl`), else evicts the idlest sampled peer with no call in flight.
+    fn make_room(&self, now: Instant) -> bool {
+        let since_sweep = self
+            .nanos(now)
+            .saturating_sub(self.last_sweep.load(Relaxed));
+        if Duration::from_nanos(since_sweep) >= self.idle_ttl / 4 && self.sweep(now) > 0 {
+            return true;
+        }
+        let idlest = self
+            .peers
+            .iter()
+            .filter(|e| e.value().in_flight() == 0)
+            .take(EVICTION_SAMPLE)
+            .max_by_key(|e| e.value().idle_for(now))
+            .map(|e| e.key().clone());
+        let Some(key) = idlest else { return false };
+        if self
+            .peers
+            .remove_if(&key, |_, p| p.in_flight() == 0)
+            .is_some()
+        {
+            self.len.fetch_sub(1, Relaxed);
+        }
+        self.len() < self.max_peers
+    }
+
+    fn write_policies(&self) -> RwLockWriteGuard<'_, Policies<K>> {
+        self.policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        nanos(t.saturating_duration_since(self.epoch))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A peer's display name: its key's `Debug` form, without the quotes of a string key.
+fn label<K: PeerKey>(key: &K) -> Box<str> {
+    let s = format!("{key:?}");
+    match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) if s.len() >= 2 => inner.into(),
+        _ => s.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize) -> PeerTable<u32> {
+        let policies = Policies {
+            default: Arc::new(TimeoutPolicy::default()),
+            overrides: HashMap::new(),
+        };
+        PeerTable::new(policies, max, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn string_keys_are_labelled_without_quotes() {
+        assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
+        assert_eq!(&*label(&7u32), "7");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_table_evicts_idle_peers_but_never_busy_ones() {
+        let t = table(2);
+        let now = Instant::now();
+        let a = t.peer(&1, now).unwrap();
+        a.begin(now); // peer 1 has a call in flight
+        let _b = t.peer(&2, now).unwrap();
+        // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
+        assert!(t.peer(&3, now).is_some());
+        assert_eq!(t.len(), 2);
+        assert!(t.get(&1).is_some());
+        assert!(t.get(&2).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_table_of_busy_peers_refuses_to_track() {
+        let t = table(1);
+        let now = Instant::now();
+        t.peer(&1, now).unwrap().begin(now);
+        assert!(t.peer(&2, now).is_none());
+        assert_eq!(t.refused.load(Relaxed), 1);
+        assert_eq!(t.len(), 1);
+    }
+}

@@ -1,0 +1,162 @@
+//! A time-decaying latency histogram: a ring of hdrhistogram sub-windows plus their sum.
+//!
+//! Samples go into the current sub-window and into `total`. When the current sub-window's
+//! time is up the ring advances: the oldest sub-window is subtracted from `total` and cleared.
+//! So `total` always holds the last `sub_windows` sub-windows, and a quantile needs no merge.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::policy::TimeoutPolicy;
+
+/// Latencies are recorded in microseconds.
+const UNIT_NANOS: u64 = 1_000;
+
+/// The time-decaying histogram of one peer.
+pub(crate) struct Window {
+    subs: Box<[Histogram<u32>]>,
+    total: Histogram<u32>,
+    current: usize,
+    current_ends: Instant,
+    sub_len: Duration,
+}
+
+impl Window {
+    /// An empty window shaped by `policy` (which must be valid), starting at `now`.
+    pub(crate) fn new(policy: &TimeoutPolicy, now: Instant) -> Window {
+        let high = (policy.max.as_nanos() / u128::from(UNIT_NANOS)).max(2) as u64;
+        let make = || {
+            Histogram::<u32>::new_with_bounds(1, high, policy.significant_figures)
+                .expect("a validated policy gives valid histogram bounds")
+        };
+        let subs = (0..policy.sub_windows).map(|_| make()).collect();
+        Window {
+            subs,
+            total: make(),
+            current: 0,
+            current_ends: now + policy.sub_window(),
+            sub_len: policy.sub_window(),
+        }
+    }
+
+    /// Records one latency; values past the histogram's range count as its highest value.
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let v = to_units(latency);
+        self.subs[self.current].saturating_record(v);
+        self.total.saturating_record(v);
+    }
+
+    /// Retires sub-windows whose time has passed. Returns whether anything rotated.
+    pub(crate) fn advance(&mut self, now: Instant) -> bool {
+        if now < self.current_ends {
+            return false;
+        }
+        let behind = now.duration_since(self.current_ends).as_nanos() / self.sub_len.as_nanos();
+        if behind >= self.subs.len() as u128 {
+            // Idle for a whole window: everything has expired.
+            self.subs.iter_mut().for_each(Histogram::reset);
+            self.total.reset();
+            self.current_ends = now + self.sub_len;
+            return true;
+        }
+        while now >= self.current_ends {
+            self.current = (self.current + 1) % self.subs.len();
+            let oldest = &mut self.subs[self.current];
+            if !oldest.is_empty() {
+                // `oldest` was added into `total`, so the subtraction cannot underflow.
+                let _ = self.total.subtract(&*oldest);
+                oldest.reset();
+            }
+            self.current_ends += self.sub_len;
+        }
+        true
+    }
+
+    /// When the current sub-window ends.
+    pub(crate) fn rotates_at(&self) -> Instant {
+        self.current_ends
+    }
+
+    /// The sum of all live sub-windows.
+    pub(crate) fn total(&self) -> &Histogram<u32> {
+        &self.total
+    }
+
+    /// Samples currently in the window.
+    pub(crate) fn samples(&self) -> u64 {
+        self.total.len()
+    }
+
+    /// The latency at quantile `q` of the window (zero when empty).
+    pub(crate) fn quantile(&self, q: f64) -> Duration {
+        from_units(self.total.value_at_quantile(q))
+    }
+
+    /// Heap bytes held by the histograms.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let one = self.total.distinct_values() * std::mem::size_of::<u32>();
+        one * (self.subs.len() + 1)
+    }
+}
+
+/// A duration in histogram units.
+pub(crate) fn to_units(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos() / u128::from(UNIT_NANOS)).unwrap_or(u64::MAX)
+}
+
+/// Histogram units back to a duration.
+pub(crate) fn from_units(v: u64) -> Duration {
+    Duration::from_nanos(v.saturating_mul(UNIT_NANOS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn samples_expire_after_the_window() {
+        let policy = TimeoutPolicy::default().window(ms(600)).sub_windows(6);
+        let t0 = Instant::now();
+        let mut w = Window::new(&policy, t0);
+        w.record(ms(5));
+        assert_eq!(w.samples(), 1);
+        // Still counted just before the ring comes round to its sub-window again.
+        assert!(w.advance(t0 + ms(599)));
+        assert_eq!(w.samples(), 1);
+        w.record(ms(7));
+        // Sub-window 0 is recycled at 600ms: the first sample goes, the second stays.
+        assert!(w.advance(t0 + ms(600)));
+        assert_eq!(w.samples(), 1);
+        // hdrhistogram reports the top of the 1% bucket the value fell in.
+        let q = w.quantile(1.0);
+        assert!(q >= ms(7) && q <= ms(7) * 101 / 100, "{q:?}");
+    }
+
+    #[test]
+    fn a_long_idle_gap_clears_everything() {
+        let policy = TimeoutPolicy::default().window(ms(600)).sub_windows(6);
+        let t0 = Instant::now();
+        let mut w = Window::new(&policy, t0);
+        for _ in 0..100 {
+            w.record(ms(3));
+        }
+        assert!(w.advance(t0 + Duration::from_secs(3600)));
+        assert_eq!(w.samples(), 0);
+        assert!(w.rotates_at() > t0 + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn out_of_range_latency_saturates() {
+        let policy = TimeoutPolicy::default().max(ms(100)).cold_start(ms(50));
+        let mut w = Window::new(&policy, Instant::now());
+        w.record(Duration::from_secs(3600));
+        assert_eq!(w.samples(), 1);
+        assert!(w.quantile(1.0) <= ms(101));
+    }
+}

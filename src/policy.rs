@@ -1,0 +1,397 @@
+//! Deadline policy: how a peer's latency history becomes its deadline.
+//!
+//! A peer's deadline is `clamp(quantile × factor + margin, min, max)`, where `quantile` is read
+//! from the peer's time-decaying latency histogram. Until the window holds `min_samples`
+//! samples the peer gets `cold_start` instead.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Longest `max` (and so longest deadline) a policy accepts.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most sub-windows a policy accepts: each one is a histogram per peer.
+pub const MAX_SUB_WINDOWS: u32 = 64;
+/// Shortest sub-window (`window / sub_windows`) a policy accepts.
+pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
+
+/// How each peer's deadline is derived from its latency history.
+///
+/// Build one with [`TimeoutPolicy::default`] and the chainable setters; every field is also
+/// public for reading. [`TimeoutPolicy::validate`] (called by the layer's `build()` and by
+/// every runtime policy change) refuses values that make no sense, naming the field.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_adaptive_timeout::TimeoutPolicy;
+///
+/// let policy = TimeoutPolicy::default()
+///     .quantile(0.99)
+///     .factor(3.0)
+///     .min(Duration::from_millis(50));
+/// assert!(policy.validate().is_ok());
+/// assert!(TimeoutPolicy::default().quantile(1.5).validate().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct TimeoutPolicy {
+    /// Quantile of the latency window the deadline follows, in `(0, 1]`. Default `0.999`.
+    pub quantile: f64,
+    /// Multiplier applied to the quantile, at least `1`. Default `2`.
+    pub factor: f64,
+    /// Constant added after the multiplication. Default `5ms`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub margin: Duration,
+    /// Shortest deadline. Default `10ms`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min: Duration,
+    /// Longest deadline, at most 24h. Default `30s`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub max: Duration,
+    /// Deadline used while the window holds fewer than `min_samples`. Default `1s`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub cold_start: Duration,
+    /// Samples needed before the quantile is trusted. Default `20`.
+    pub min_samples: u64,
+    /// How far back latency history reaches. Default `60s`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub window: Duration,
+    /// Number of sub-windows the window rotates through; a sample counts for between
+    /// `window - window / sub_windows` and `window`. Default `6`.
+    pub sub_windows: u32,
+    /// Significant figures the histograms keep, 1 to 3. Default `2` (1% resolution).
+    pub significant_figures: u8,
+    /// Recompute the deadline after this many new samples (it is also recomputed when a
+    /// sub-window rotates). Default `256`.
+    pub recompute_every: u64,
+}
+
+impl Default for TimeoutPolicy {
+    fn default() -> Self {
+        TimeoutPolicy {
+            quantile: 0.999,
+            factor: 2.0,
+            margin: Duration::from_millis(5),
+            min: Duration::from_millis(10),
+            max: Duration::from_secs(30),
+            cold_start: Duration::from_secs(1),
+            min_samples: 20,
+            window: Duration::from_secs(60),
+            sub_windows: 6,
+            significant_figures: 2,
+            recompute_every: 256,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl TimeoutPolicy {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`TimeoutPolicy::quantile`].
+    quantile: f64;
+    /// Sets [`TimeoutPolicy::factor`].
+    factor: f64;
+    /// Sets [`TimeoutPolicy::margin`].
+    margin: Duration;
+    /// Sets [`TimeoutPolicy::min`].
+    min: Duration;
+    /// Sets [`TimeoutPolicy::max`].
+    max: Duration;
+    /// Sets [`TimeoutPolicy::cold_start`].
+    cold_start: Duration;
+    /// Sets [`TimeoutPolicy::min_samples`].
+    min_samples: u64;
+    /// Sets [`TimeoutPolicy::window`].
+    window: Duration;
+    /// Sets [`TimeoutPolicy::sub_windows`].
+    sub_windows: u32;
+    /// Sets [`TimeoutPolicy::significant_figures`].
+    significant_figures: u8;
+    /// Sets [`TimeoutPolicy::recompute_every`].
+    recompute_every: u64;
+}
+
+impl TimeoutPolicy {
+    /// Checks every field; the first bad one is named in the error.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let fail = |field, problem: String| Err(PolicyError { field, problem });
+        if !(self.quantile > 0.0 && self.quantile <= 1.0) {
+            return fail(
+                "quantile",
+                format!("must be in (0, 1], got {}", self.quantile),
+            );
+        }
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            return fail(
+                "factor",
+                format!("must be a finite number >= 1, got {}", self.factor),
+            );
+        }
+        if self.min.is_zero() {
+            return fail("min", "must be greater than zero".into());
+        }
+        if self.max > MAX_DEADLINE {
+            return fail(
+                "max",
+                format!("must be at most {MAX_DEADLINE:?}, got {:?}", self.max),
+            );
+        }
+        if self.min > self.max {
+            return fail(
+                "min",
+                format!("({:?}) must not exceed max ({:?})", self.min, self.max),
+            );
+        }
+        if self.margin > self.max {
+            return fail(
+                "margin",
+                format!("({:?}) must not exceed max ({:?})", self.margin, self.max),
+            );
+        }
+        if self.cold_start < self.min || self.cold_start > self.max {
+            return fail(
+                "cold_start",
+                format!(
+                    "({:?}) must lie within [min, max] = [{:?}, {:?}]",
+                    self.cold_start, self.min, self.max
+                ),
+            );
+        }
+        if self.min_samples == 0 {
+            return fail("min_samples", "must be at least 1".into());
+        }
+        if self.window.is_zero() {
+            return fail("window", "must be greater than zero".into());
+        }
+        if self.sub_windows == 0 || self.sub_windows > MAX_SUB_WINDOWS {
+            return fail(
+                "sub_windows",
+                format!("must be in 1..={MAX_SUB_WINDOWS}, got {}", self.sub_windows),
+            );
+        }
+        if self.sub_window() < MIN_SUB_WINDOW {
+            return fail(
+                "sub_windows",
+                format!(
+                    "window / sub_windows = {:?} is shorter than {MIN_SUB_WINDOW:?}",
+                    self.sub_window()
+                ),
+            );
+        }
+        if !(1..=3).contains(&self.significant_figures) {
+            return fail(
+                "significant_figures",
+                format!("must be 1, 2 or 3, got {}", self.significant_figures),
+            );
+        }
+        if self.recompute_every == 0 {
+            return fail("recompute_every", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Length of one sub-window.
+    pub fn sub_window(&self) -> Duration {
+        self.window / self.sub_windows.max(1)
+    }
+
+    /// The deadline for a peer whose window holds `samples` samples and whose configured
+    /// quantile is `quantile_value` (ignored during cold start).
+    pub fn deadline(&self, samples: u64, quantile_value: Duration) -> (Duration, DeadlineSource) {
+        if samples < self.min_samples {
+            return (self.cold_start, DeadlineSource::ColdStart);
+        }
+        let raw = quantile_value
+            .as_secs_f64()
+            .mul_add(self.factor, self.margin.as_secs_f64());
+        let raw = Duration::try_from_secs_f64(raw).unwrap_or(self.max);
+        if raw < self.min {
+            (self.min, DeadlineSource::ClampedMin)
+        } else if raw > self.max {
+            (self.max, DeadlineSource::ClampedMax)
+        } else {
+            (raw, DeadlineSource::Quantile)
+        }
+    }
+
+    /// Whether two policies shape the latency window the same way (so it can be kept).
+    pub(crate) fn same_window(&self, other: &TimeoutPolicy) -> bool {
+        self.window == other.window
+            && self.sub_windows == other.sub_windows
+            && self.significant_figures == other.significant_figures
+            && self.max == other.max
+    }
+}
+
+/// Why a peer's deadline has the value it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum DeadlineSource {
+    /// Fewer than `min_samples` in the window: the policy's `cold_start`.
+    ColdStart,
+    /// `quantile × factor + margin`, within `[min, max]`.
+    Quantile,
+    /// `quantile × factor + margin` was below `min`.
+    ClampedMin,
+    /// `quantile × factor + margin` was above `max`.
+    ClampedMax,
+    /// The call carried its own, shorter, deadline.
+    Override,
+    /// The call's peer is not tracked (no key, or the peer table is full): the default
+    /// policy's `cold_start`.
+    Untracked,
+}
+
+impl DeadlineSource {
+    pub(crate) const ALL: [DeadlineSource; 6] = [
+        DeadlineSource::ColdStart,
+        DeadlineSource::Quantile,
+        DeadlineSource::ClampedMin,
+        DeadlineSource::ClampedMax,
+        DeadlineSource::Override,
+        DeadlineSource::Untracked,
+    ];
+
+    /// A short, stable name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadlineSource::ColdStart => "cold_start",
+            DeadlineSource::Quantile => "quantile",
+            DeadlineSource::ClampedMin => "clamped_min",
+            DeadlineSource::ClampedMax => "clamped_max",
+            DeadlineSource::Override => "override",
+            DeadlineSource::Untracked => "untracked",
+        }
+    }
+}
+
+impl fmt::Display for DeadlineSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy value that was refused, naming the field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    field: &'static str,
+    problem: String,
+}
+
+impl PolicyError {
+    /// The policy field (or layer setting) that was refused.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        PolicyError {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    /// The same error, saying which peer's policy it was found in.
+    pub(crate) fn for_peer(mut self, peer: &dyn fmt::Debug) -> Self {
+        self.problem = format!("{} (in the policy for peer {peer:?})", self.problem);
+        self
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid timeout policy: `{}` {}",
+            self.field, self.problem
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Why a deadline has its value: the source and the numbers that went into it.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct DeadlineExplanation {
+    /// Which rule produced the deadline.
+    pub source: DeadlineSource,
+    /// The policy's quantile.
+    pub quantile: f64,
+    /// The window's latency at that quantile (zero during cold start).
+    pub quantile_value: Duration,
+    /// The policy's factor.
+    pub factor: f64,
+    /// The policy's margin.
+    pub margin: Duration,
+    /// The policy's min.
+    pub min: Duration,
+    /// The policy's max.
+    pub max: Duration,
+    /// Samples in the window.
+    pub samples: u64,
+    /// Samples needed before the quantile is trusted.
+    pub min_samples: u64,
+    /// Whether the peer runs under a per-peer policy override.
+    pub per_peer_policy: bool,
+}
+
+impl DeadlineExplanation {
+    pub(crate) fn new(
+        source: DeadlineSource,
+        policy: &TimeoutPolicy,
+        samples: u64,
+        quantile_value: Duration,
+        per_peer_policy: bool,
+    ) -> Self {
+        DeadlineExplanation {
+            source,
+            quantile: policy.quantile,
+            quantile_value,
+            factor: policy.factor,
+            margin: policy.margin,
+            min: policy.min,
+            max: policy.max,
+            samples,
+            min_samples: policy.min_samples,
+            per_peer_policy,
+        }
+    }
+}
+
+impl DeadlineExplanation {
+    /// The explanation for a call whose peer is not tracked.
+    pub(crate) fn untracked() -> Self {
+        DeadlineExplanation {
+            source: DeadlineSource::Untracked,
+            quantile: 0.0,
+            quantile_value: Duration::ZERO,
+            factor: 0.0,
+            margin: Duration::ZERO,
+            min: Duration::ZERO,
+            max: Duration::ZERO,
+            samples: 0,
+            min_samples: 0,
+            per_peer_policy: false,
+        }
+    }
+}
