@@ -54,6 +54,7 @@ mod layer;
 mod metrics;
 mod peer;
 mod policy;
+pub mod propagate;
 mod service;
 
 pub use error::{Interrupted, Reason};
