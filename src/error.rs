@@ -95,6 +95,12 @@ impl Interrupted {
         }
     }
 
+    /// The same interrupt, recognized at another place.
+    pub(crate) fn recognized(mut self, at: &'static Location<'static>) -> Self {
+        self.recognized_at = at;
+        self
+    }
+
     /// Why the call was stopped.
     pub fn reason(&self) -> &Reason {
         &self.reason
@@ -185,6 +191,7 @@ impl fmt::Display for DeadlineExplanation {
                 write!(f, ", cut to max {}", Human(self.max))
             }
             DeadlineSource::Override => f.write_str("the call's own deadline"),
+            DeadlineSource::SilentPeer => write!(f, "peer silent: cut to min {}", Human(self.min)),
             DeadlineSource::Untracked => f.write_str("untracked peer: default cold start"),
         }?;
         if self.per_peer_policy {

@@ -1,8 +1,9 @@
-//! The response future: races the inner future against the call's deadline and records the
-//! outcome into the peer's history.
+//! The response future: races the inner future against the call's deadline and the peer's
+//! interrupts, and records the outcome into the peer's history and state machine.
 //!
-//! The deadline timer is created only if the inner future is not ready at its first poll,
-//! so calls answered at once pay for no timer.
+//! The inner future is polled first, so an answer that is ready wins. The deadline timer and
+//! the interrupt registrations are made only if the inner future is not ready at its first
+//! poll: calls answered at once pay for neither.
 
 use std::future::Future;
 use std::panic::Location;
@@ -12,49 +13,226 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Interrupted, Reason};
+use crate::interrupt::{Fired, Interrupts};
 use crate::peer::state::Peer;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
+use crate::token::Interrupt;
 use crate::BoxError;
+
+/// How an untracked call's peer is named in errors.
+const UNTRACKED: &str = "<untracked peer>";
 
 pin_project! {
     /// The future returned by [`AdaptiveTimeout`](crate::AdaptiveTimeout): the inner
-    /// service's answer, or [`Interrupted`] when the deadline passes first.
+    /// service's answer, or [`Interrupted`] when the deadline or an interrupt comes first.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Option<Sleep>,
+        #[pin]
+        peer_wake: Option<OwnedNotified>,
+        #[pin]
+        token_wake: Option<OwnedNotified>,
+        call: Call,
+    }
+}
+
+/// One call's bookkeeping.
+pub(crate) struct Call {
+    target: Target,
+    start: Instant,
+    deadline: Duration,
+    source: DeadlineSource,
+    generation: u64,
+    probe: bool,
+    done: bool,
+    token: Option<Interrupt>,
+    rejected: Option<BoxError>,
+}
+
+/// Where a call's interrupts come from, and whose history it feeds.
+pub(crate) enum Target {
+    /// A tracked peer.
+    Peer(Arc<Peer>),
+    /// No peer: only layer-wide interrupts reach the call.
+    Untracked(Arc<Interrupts>),
+}
+
+impl Target {
+    fn interrupts(&self) -> &Interrupts {
+        match self {
+            Target::Peer(p) => p.interrupts(),
+            Target::Untracked(i) => i,
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Target::Peer(p) => p.label(),
+            Target::Untracked(_) => UNTRACKED,
+        }
+    }
+}
+
+impl Call {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        target: Target,
         start: Instant,
         deadline: Duration,
         source: DeadlineSource,
-        call: InFlight,
+        generation: u64,
+        probe: bool,
+        token: Option<Interrupt>,
+    ) -> Self {
+        Call {
+            target,
+            start,
+            deadline,
+            source,
+            generation,
+            probe,
+            done: false,
+            token,
+            rejected: None,
+        }
+    }
+
+    /// The peer answered.
+    fn answered(&mut self) {
+        self.done = true;
+        if let Target::Peer(p) = &self.target {
+            p.on_response(Instant::now(), self.start);
+        }
+    }
+
+    /// The deadline passed first.
+    fn expired(&mut self) -> Interrupted {
+        self.done = true;
+        let now = Instant::now();
+        let explanation = match &self.target {
+            Target::Peer(p) => {
+                p.on_deadline(now, self.start, self.deadline, self.source, self.probe)
+            }
+            Target::Untracked(_) => DeadlineExplanation::untracked(),
+        };
+        let (peer, deadline, elapsed) = (self.target.label(), self.deadline, now - self.start);
+        tracing::debug!(peer, ?deadline, ?elapsed, source = %self.source, "deadline exceeded");
+        let here = Location::caller();
+        let reason = Reason::DeadlineExceeded {
+            deadline,
+            explanation,
+        };
+        self.end_with(Interrupted::new(reason, peer, elapsed, here, here))
+    }
+
+    /// An interrupt reached the call.
+    fn interrupted(&mut self, fired: Fired) -> Interrupted {
+        self.done = true;
+        let now = Instant::now();
+        if let Target::Peer(p) = &self.target {
+            p.on_abandon(now, self.probe, Some(&fired.reason));
+        }
+        let (peer, elapsed) = (self.target.label(), now - self.start);
+        tracing::debug!(
+            peer,
+            ?elapsed,
+            reason = fired.reason.as_str(),
+            "call interrupted"
+        );
+        let err = Interrupted::new(
+            fired.reason,
+            peer,
+            elapsed,
+            fired.fired_at,
+            Location::caller(),
+        );
+        self.end_with(err)
+    }
+
+    /// Fires the call's token with `err`, so work deeper in the chain stops too.
+    fn end_with(&self, err: Interrupted) -> Interrupted {
+        if let Some(token) = &self.token {
+            token.fire(err.clone());
+        }
+        err
+    }
+
+    /// Registers for the peer's and the token's interrupts, and returns one if it fired.
+    fn watch(
+        &self,
+        mut peer_wake: Pin<&mut Option<OwnedNotified>>,
+        mut token_wake: Pin<&mut Option<OwnedNotified>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Fired> {
+        // Each wake-up means something fired, so this settles on the second pass.
+        for _ in 0..3 {
+            if peer_wake.is_none() {
+                peer_wake.set(Some(self.target.interrupts().notified()));
+            }
+            if let (Some(token), true) = (&self.token, token_wake.is_none()) {
+                token_wake.set(Some(token.notified()));
+            }
+            if let Some(fired) = self.target.interrupts().fired_since(self.generation) {
+                return Some(fired);
+            }
+            if let Some(err) = self.token.as_ref().and_then(Interrupt::fired) {
+                return Some(Fired {
+                    reason: err.reason().clone(),
+                    fired_at: err.fired_at(),
+                });
+            }
+            let mut woke = false;
+            for mut wake in [peer_wake.as_mut(), token_wake.as_mut()] {
+                if let Some(Poll::Ready(())) = wake.as_mut().as_pin_mut().map(|w| w.poll(cx)) {
+                    wake.set(None);
+                    woke = true;
+                }
+            }
+            if !woke {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let (false, Target::Peer(p)) = (self.done, &self.target) {
+            // Dropped by its caller: nothing to record, but it is no longer in flight.
+            p.on_abandon(Instant::now(), self.probe, None);
+        }
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: F,
-        peer: Option<Arc<Peer>>,
-        untracked: Duration,
-        start: Instant,
-    ) -> Self {
-        let (deadline, source) = match &peer {
-            Some(peer) => {
-                peer.begin(start);
-                peer.deadline()
-            }
-            None => (untracked, DeadlineSource::Untracked),
-        };
+    pub(crate) fn new(inner: F, call: Call) -> Self {
         ResponseFuture {
-            inner,
+            inner: Some(inner),
             sleep: None,
-            start,
-            deadline,
-            source,
-            call: InFlight(peer),
+            peer_wake: None,
+            token_wake: None,
+            call,
+        }
+    }
+
+    /// A call refused before it reached the inner service.
+    pub(crate) fn rejected(err: BoxError, call: Call) -> Self {
+        let mut call = call;
+        call.done = true;
+        call.rejected = Some(err);
+        ResponseFuture {
+            inner: None,
+            sleep: None,
+            peer_wake: None,
+            token_wake: None,
+            call,
         }
     }
 }
@@ -68,61 +246,27 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            if let Some(peer) = this.call.0.take() {
-                let now = Instant::now();
-                peer.record(now, now.saturating_duration_since(*this.start), false);
-            }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            let err = this.call.rejected.take();
+            return Poll::Ready(Err(err.unwrap_or_else(|| "polled after completion".into())));
+        };
+        if let Poll::Ready(result) = inner.poll(cx) {
+            this.inner.set(None);
+            this.call.answered();
             return Poll::Ready(result.map_err(Into::into));
         }
+        if let Some(fired) = this.call.watch(this.peer_wake, this.token_wake, cx) {
+            this.inner.set(None);
+            return Poll::Ready(Err(this.call.interrupted(fired).into()));
+        }
         if this.sleep.is_none() {
-            let at = *this.start + *this.deadline;
+            let at = this.call.start + this.call.deadline;
             this.sleep.set(Some(tokio::time::sleep_until(at)));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
         }
-        let elapsed = this.start.elapsed();
-        let deadline = *this.deadline;
-        let (label, explanation) = match this.call.0.take() {
-            Some(peer) => {
-                // A censored sample: the peer's latency was at least the deadline.
-                peer.record(Instant::now(), deadline, true);
-                let view = peer.view(Instant::now());
-                let explanation = DeadlineExplanation::new(
-                    *this.source,
-                    &view.policy,
-                    view.samples,
-                    view.quantile_value,
-                    view.overridden,
-                );
-                (Some(peer), explanation)
-            }
-            None => (None, DeadlineExplanation::untracked()),
-        };
-        let peer = label.as_deref().map_or(UNTRACKED, Peer::label);
-        tracing::debug!(peer, ?deadline, ?elapsed, source = %this.source, "deadline exceeded");
-        let here = Location::caller();
-        let reason = Reason::DeadlineExceeded {
-            deadline,
-            explanation,
-        };
-        Poll::Ready(Err(
-            Interrupted::new(reason, peer, elapsed, here, here).into()
-        ))
-    }
-}
-
-/// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
-
-/// A call counted in its peer's in-flight total until it is recorded or dropped.
-struct InFlight(Option<Arc<Peer>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(peer) = self.0.take() {
-            peer.end();
-        }
+        this.inner.set(None);
+        Poll::Ready(Err(this.call.expired().into()))
     }
 }

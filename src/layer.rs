@@ -8,6 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::handle::AdaptiveTimeoutHandle;
+use crate::interrupt::InterruptHandle;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
 use crate::policy::{PolicyError, TimeoutPolicy};
@@ -64,6 +65,11 @@ impl AdaptiveTimeoutLayer<(), ()> {
 }
 
 impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
+    /// A handle to fire interrupts into calls in flight.
+    pub fn interrupt_handle(&self) -> InterruptHandle<K> {
+        InterruptHandle::new(self.table.clone())
+    }
+
     /// A handle to read and steer the layer at runtime.
     pub fn handle(&self) -> AdaptiveTimeoutHandle<K> {
         AdaptiveTimeoutHandle::new(self.table.clone())
@@ -104,6 +110,7 @@ pub struct Builder<K, F> {
     overrides: Vec<(K, TimeoutPolicy)>,
     max_peers: usize,
     idle_ttl: Duration,
+    tokens: bool,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -114,6 +121,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             overrides: Vec::new(),
             max_peers: DEFAULT_MAX_PEERS,
             idle_ttl: DEFAULT_IDLE_TTL,
+            tokens: true,
         }
     }
 
@@ -142,6 +150,14 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// Whether to give each call a cooperative [`Interrupt`](crate::Interrupt) token where
+    /// its request can carry one (`http::Request` extensions). On by default; a token costs
+    /// an allocation per call.
+    pub fn interrupt_tokens(mut self, on: bool) -> Self {
+        self.tokens = on;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -161,7 +177,12 @@ impl<K: PeerKey, F> Builder<K, F> {
             overrides,
         };
         Ok(AdaptiveTimeoutLayer {
-            table: Arc::new(PeerTable::new(policies, self.max_peers, self.idle_ttl)),
+            table: Arc::new(PeerTable::new(
+                policies,
+                self.max_peers,
+                self.idle_ttl,
+                self.tokens,
+            )),
             key_fn: self.key_fn,
         })
     }

@@ -50,18 +50,22 @@
 mod error;
 mod future;
 mod handle;
+mod interrupt;
 mod layer;
 mod metrics;
 mod peer;
 mod policy;
 pub mod propagate;
 mod service;
+mod token;
 
 pub use error::{Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::AdaptiveTimeoutHandle;
+pub use interrupt::InterruptHandle;
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
 pub use metrics::PeerSnapshot;
+pub use peer::health::PeerState;
 #[cfg(feature = "http")]
 pub use peer::key::HttpPeer;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
@@ -70,6 +74,7 @@ pub use policy::{
     MIN_SUB_WINDOW,
 };
 pub use service::AdaptiveTimeout;
+pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step};
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::peer::health::PeerState;
 use crate::peer::state::Peer;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 
@@ -15,6 +16,8 @@ use crate::policy::{DeadlineExplanation, DeadlineSource};
 pub struct PeerSnapshot {
     /// The peer (its key's `Debug` form).
     pub peer: String,
+    /// Where the peer is in the health state machine.
+    pub state: PeerState,
     /// Samples in the latency window.
     pub samples: u64,
     /// Median latency in the window.
@@ -37,6 +40,16 @@ pub struct PeerSnapshot {
     pub completed: u64,
     /// Calls that ran out their deadline, ever.
     pub deadline_exceeded: u64,
+    /// Calls in flight ended because the peer went silent, ever.
+    pub silent_interrupts: u64,
+    /// Calls ended by a manual interrupt or shutdown, ever.
+    pub manual_interrupts: u64,
+    /// Calls refused at once because the peer was silent, ever.
+    pub fail_fast: u64,
+    /// How long since the peer last answered anything.
+    pub last_response_age: Duration,
+    /// When a silent peer's next probe may go, from now (zero if due or not silent).
+    pub next_probe_in: Duration,
     /// How long since the last call to the peer started.
     pub idle: Duration,
     /// Heap bytes the peer's latency window holds.
@@ -56,6 +69,7 @@ impl PeerSnapshot {
         let [p50, p90, p99, p999] = view.quantiles;
         PeerSnapshot {
             peer: peer.label().to_owned(),
+            state: view.state,
             samples: view.samples,
             p50,
             p90,
@@ -73,6 +87,14 @@ impl PeerSnapshot {
             in_flight: peer.in_flight(),
             completed: peer.counters.completed.load(Relaxed),
             deadline_exceeded: peer.counters.deadline_exceeded.load(Relaxed),
+            silent_interrupts: peer.counters.silent_interrupts.load(Relaxed),
+            manual_interrupts: peer.counters.manual_interrupts.load(Relaxed),
+            fail_fast: peer.counters.fail_fast.load(Relaxed),
+            last_response_age: now.saturating_duration_since(view.last_response),
+            next_probe_in: match view.state {
+                PeerState::Silent => view.next_probe_at.saturating_duration_since(now),
+                _ => Duration::ZERO,
+            },
             idle: peer.idle_for(now),
             window_bytes: view.heap_bytes,
         }

@@ -68,6 +68,20 @@ pub struct TimeoutPolicy {
     /// Recompute the deadline after this many new samples (it is also recomputed when a
     /// sub-window rotates). Default `256`.
     pub recompute_every: u64,
+    /// Independent misses that declare a peer silent: calls that ran out their deadline
+    /// with no answer from the peer since they started. The first makes the peer
+    /// suspect. `0` turns silence detection off. Default `2`.
+    pub silent_after_misses: u32,
+    /// Whether new calls to a silent peer fail at once (all but one probe at a time).
+    /// When off they go through with the deadline cut to `min`. Default `true`.
+    pub fail_fast: bool,
+    /// Wait before the first probe of a silent peer; doubles after each failed probe, with
+    /// up to 25% random jitter added. Default `500ms`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub probe_backoff: Duration,
+    /// Longest wait between probes. Default `30s`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub probe_backoff_max: Duration,
 }
 
 impl Default for TimeoutPolicy {
@@ -84,6 +98,10 @@ impl Default for TimeoutPolicy {
             sub_windows: 6,
             significant_figures: 2,
             recompute_every: 256,
+            silent_after_misses: 2,
+            fail_fast: true,
+            probe_backoff: Duration::from_millis(500),
+            probe_backoff_max: Duration::from_secs(30),
         }
     }
 }
@@ -126,6 +144,14 @@ setters! {
     significant_figures: u8;
     /// Sets [`TimeoutPolicy::recompute_every`].
     recompute_every: u64;
+    /// Sets [`TimeoutPolicy::silent_after_misses`].
+    silent_after_misses: u32;
+    /// Sets [`TimeoutPolicy::fail_fast`].
+    fail_fast: bool;
+    /// Sets [`TimeoutPolicy::probe_backoff`].
+    probe_backoff: Duration;
+    /// Sets [`TimeoutPolicy::probe_backoff_max`].
+    probe_backoff_max: Duration;
 }
 
 impl TimeoutPolicy {
@@ -204,6 +230,24 @@ impl TimeoutPolicy {
         if self.recompute_every == 0 {
             return fail("recompute_every", "must be at least 1".into());
         }
+        if self.probe_backoff.is_zero() || self.probe_backoff > MAX_DEADLINE {
+            return fail(
+                "probe_backoff",
+                format!(
+                    "must be in (0, {MAX_DEADLINE:?}], got {:?}",
+                    self.probe_backoff
+                ),
+            );
+        }
+        if self.probe_backoff_max < self.probe_backoff || self.probe_backoff_max > MAX_DEADLINE {
+            return fail(
+                "probe_backoff_max",
+                format!(
+                    "({:?}) must lie within [probe_backoff, {MAX_DEADLINE:?}]",
+                    self.probe_backoff_max
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -255,18 +299,21 @@ pub enum DeadlineSource {
     ClampedMax,
     /// The call carried its own, shorter, deadline.
     Override,
+    /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
+    SilentPeer,
     /// The call's peer is not tracked (no key, or the peer table is full): the default
     /// policy's `cold_start`.
     Untracked,
 }
 
 impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 6] = [
+    pub(crate) const ALL: [DeadlineSource; 7] = [
         DeadlineSource::ColdStart,
         DeadlineSource::Quantile,
         DeadlineSource::ClampedMin,
         DeadlineSource::ClampedMax,
         DeadlineSource::Override,
+        DeadlineSource::SilentPeer,
         DeadlineSource::Untracked,
     ];
 
@@ -278,6 +325,7 @@ impl DeadlineSource {
             DeadlineSource::ClampedMin => "clamped_min",
             DeadlineSource::ClampedMax => "clamped_max",
             DeadlineSource::Override => "override",
+            DeadlineSource::SilentPeer => "silent_peer",
             DeadlineSource::Untracked => "untracked",
         }
     }

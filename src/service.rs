@@ -1,14 +1,19 @@
 //! The service: finds the call's peer, reads its deadline, and starts the clock.
 
+use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::error::Interrupted;
+use crate::future::{Call, ResponseFuture, Target};
 use crate::peer::key::{KeyFn, PeerKey};
+use crate::peer::state::Admission;
 use crate::peer::table::PeerTable;
+use crate::policy::DeadlineSource;
 use crate::BoxError;
 
 /// Gives every call the adaptive deadline of its peer. Made by
@@ -59,14 +64,75 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let start = Instant::now();
-        let peer = self
+        let token = if self.table.tokens() {
+            self.key_fn.interrupt_token(&mut req)
+        } else {
+            None
+        };
+        let Some(peer) = self
             .key_fn
             .peer_key(&req)
-            .and_then(|key| self.table.peer(&key, start));
-        let deadline = self.table.untracked_deadline();
-        ResponseFuture::new(self.inner.call(req), peer, deadline, start)
+            .and_then(|key| self.table.peer(&key, start))
+        else {
+            let interrupts = self.table.untracked_interrupts().clone();
+            let generation = interrupts.generation();
+            let deadline = self.table.untracked_deadline();
+            let source = DeadlineSource::Untracked;
+            let call = Call::new(
+                Target::Untracked(interrupts),
+                start,
+                deadline,
+                source,
+                generation,
+                false,
+                token,
+            );
+            return ResponseFuture::new(self.inner.call(req), call);
+        };
+        match peer.admit(start) {
+            Admission::Go {
+                deadline,
+                source,
+                generation,
+                probe,
+            } => {
+                let call = Call::new(
+                    Target::Peer(peer),
+                    start,
+                    deadline,
+                    source,
+                    generation,
+                    probe,
+                    token,
+                );
+                ResponseFuture::new(self.inner.call(req), call)
+            }
+            Admission::Reject(fired) => {
+                // Fail fast: the peer is silent and this call is not its probe.
+                let err = Interrupted::new(
+                    fired.reason,
+                    peer.label(),
+                    Duration::ZERO,
+                    fired.fired_at,
+                    Location::caller(),
+                );
+                if let Some(token) = &token {
+                    token.fire(err.clone());
+                }
+                let call = Call::new(
+                    Target::Peer(peer),
+                    start,
+                    Duration::ZERO,
+                    DeadlineSource::SilentPeer,
+                    0,
+                    false,
+                    token,
+                );
+                ResponseFuture::rejected(err.into(), call)
+            }
+        }
     }
 }
 

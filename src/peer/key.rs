@@ -7,6 +7,8 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 
+use crate::token::Interrupt;
+
 /// What a peer key must be: hashable, comparable, cheap to clone, printable.
 pub trait PeerKey: Hash + Eq + Clone + Debug + Send + Sync + 'static {}
 impl<K: Hash + Eq + Clone + Debug + Send + Sync + 'static> PeerKey for K {}
@@ -20,6 +22,13 @@ pub trait KeyFn<Req> {
     type Key: PeerKey;
     /// The peer `req` goes to.
     fn peer_key(&self, req: &Req) -> Option<Self::Key>;
+
+    /// The request's cooperative [`Interrupt`] token, put there if the request can carry
+    /// one. The layer fires it when it interrupts the call. Default: none.
+    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
+        let _ = req;
+        None
+    }
 }
 
 impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
@@ -35,6 +44,12 @@ pub trait HasPeer {
     type Key: PeerKey;
     /// The peer this request goes to, if it names one.
     fn peer(&self) -> Option<Self::Key>;
+
+    /// The request's [`Interrupt`] token, inserted if the request can carry one and has
+    /// none yet. Default: none.
+    fn interrupt_token(&mut self) -> Option<Interrupt> {
+        None
+    }
 }
 
 /// The [`KeyFn`] that asks the request itself, through [`HasPeer`].
@@ -45,6 +60,10 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
     type Key = Req::Key;
     fn peer_key(&self, req: &Req) -> Option<Req::Key> {
         req.peer()
+    }
+
+    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
+        req.interrupt_token()
     }
 }
 
@@ -59,6 +78,7 @@ mod http_peer {
     use http::{header::HOST, Request};
 
     use super::HasPeer;
+    use crate::token::Interrupt;
 
     /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
     ///
@@ -115,6 +135,16 @@ mod http_peer {
                 scheme: None,
                 authority,
             })
+        }
+
+        /// The token in the request's extensions; a new one is inserted if there is none,
+        /// so a caller can put its own there first and keep a clone to fire.
+        fn interrupt_token(&mut self) -> Option<Interrupt> {
+            Some(
+                self.extensions_mut()
+                    .get_or_insert_with(Interrupt::new)
+                    .clone(),
+            )
         }
     }
 

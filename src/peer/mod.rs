@@ -1,5 +1,6 @@
 //! Everything the layer knows per peer: its key, latency window, state and the table.
 
+pub(crate) mod health;
 pub(crate) mod key;
 pub(crate) mod state;
 pub(crate) mod table;

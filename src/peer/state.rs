@@ -1,14 +1,18 @@
 //! Per-peer state: the cached deadline (one atomic), in-flight count, counters, and the
 //! latency window behind a per-peer lock that only completions and rotations take.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::health::{Admit, Health, PeerState, Transition};
 use super::window::Window;
-use crate::policy::{DeadlineSource, TimeoutPolicy};
+use crate::error::Reason;
+use crate::interrupt::{Fired, Interrupts};
+use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
 /// Bits of the packed deadline word that hold nanoseconds (the rest hold the source).
 const NANOS_BITS: u32 = 60;
@@ -20,11 +24,14 @@ pub(crate) struct Peer {
     epoch: Instant,
     /// `deadline_ns | source << 60`, read once per call.
     deadline: AtomicU64,
+    /// The health state, read once per call; only non-open states take the lock.
+    state: AtomicU8,
     /// When the window next rotates, in nanoseconds since `epoch`.
     rotate_at: AtomicU64,
     /// Last call start, in nanoseconds since `epoch` (for idle eviction).
     last_used: AtomicU64,
     in_flight: AtomicUsize,
+    interrupts: Interrupts,
     pub(crate) counters: Counters,
     inner: Mutex<Inner>,
 }
@@ -36,6 +43,12 @@ pub(crate) struct Counters {
     pub(crate) completed: AtomicU64,
     /// Calls that ran out their deadline.
     pub(crate) deadline_exceeded: AtomicU64,
+    /// Calls in flight ended because the peer went silent.
+    pub(crate) silent_interrupts: AtomicU64,
+    /// Calls ended by a manual interrupt or shutdown.
+    pub(crate) manual_interrupts: AtomicU64,
+    /// Calls refused at once because the peer was silent.
+    pub(crate) fail_fast: AtomicU64,
 }
 
 /// What a completion or a policy change needs, under the peer's lock.
@@ -46,6 +59,9 @@ struct Inner {
     since_recompute: u64,
     source: DeadlineSource,
     quantile_value: Duration,
+    health: Health,
+    /// The interrupt fired when the peer last went silent.
+    silenced: Option<Fired>,
 }
 
 /// A read of a peer's window and policy, for snapshots and error messages.
@@ -57,6 +73,24 @@ pub(crate) struct WindowView {
     pub(crate) max: Duration,
     pub(crate) quantile_value: Duration,
     pub(crate) heap_bytes: usize,
+    pub(crate) last_response: Instant,
+    pub(crate) state: PeerState,
+    pub(crate) next_probe_at: Instant,
+}
+
+/// What a new call to the peer may do.
+pub(crate) enum Admission {
+    /// Go ahead.
+    Go {
+        deadline: Duration,
+        source: DeadlineSource,
+        /// The interrupt generation when the call started.
+        generation: u64,
+        /// Whether the call is the probe of a silent peer.
+        probe: bool,
+    },
+    /// Fail at once: the peer is silent.
+    Reject(Fired),
 }
 
 impl Peer {
@@ -72,9 +106,11 @@ impl Peer {
             label,
             epoch,
             deadline: AtomicU64::new(pack(policy.cold_start, DeadlineSource::ColdStart)),
+            state: AtomicU8::new(0),
             rotate_at: AtomicU64::new(0),
             last_used: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            interrupts: Interrupts::new(),
             counters: Counters::default(),
             inner: Mutex::new(Inner {
                 window,
@@ -83,6 +119,8 @@ impl Peer {
                 since_recompute: 0,
                 source: DeadlineSource::ColdStart,
                 quantile_value: Duration::ZERO,
+                health: Health::new(now),
+                silenced: None,
             }),
         };
         peer.publish(&mut peer.lock());
@@ -100,44 +138,173 @@ impl Peer {
         unpack(self.deadline.load(Relaxed))
     }
 
-    /// Marks a call as started at `now`; rotates the window first if its time has come,
-    /// so an idle peer's stale history does not set the deadline.
-    pub(crate) fn begin(&self, now: Instant) {
+    /// The health state.
+    pub(crate) fn state(&self) -> PeerState {
+        PeerState::ALL[usize::from(self.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
+    }
+
+    /// The peer's interrupt fan-out.
+    pub(crate) fn interrupts(&self) -> &Interrupts {
+        &self.interrupts
+    }
+
+    /// Admits a call starting at `now`. A healthy peer costs atomic reads only; the window
+    /// is rotated first if its time has come, so stale history does not set the deadline.
+    pub(crate) fn admit(&self, now: Instant) -> Admission {
         if self.nanos(now) >= self.rotate_at.load(Relaxed) {
             let mut inner = self.lock();
             if inner.window.advance(now) {
                 self.publish(&mut inner);
             }
         }
+        let generation = self.interrupts.generation();
+        let (mut deadline, mut source) = self.deadline();
+        let mut probe = false;
+        if !self.state().is_open() {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let (admit, transition) = inner.health.admit(now, &inner.policy);
+            self.transition(transition);
+            match admit {
+                Admit::Go => {}
+                Admit::Probe => probe = true,
+                Admit::Shortened => {
+                    (deadline, source) = (inner.policy.min, DeadlineSource::SilentPeer)
+                }
+                Admit::Reject => {
+                    self.counters.fail_fast.fetch_add(1, Relaxed);
+                    return Admission::Reject(self.silent_reason(
+                        &inner,
+                        now,
+                        inner.silenced.as_ref(),
+                    ));
+                }
+            }
+        }
         self.touch(now);
         self.in_flight.fetch_add(1, Relaxed);
+        Admission::Go {
+            deadline,
+            source,
+            generation,
+            probe,
+        }
     }
 
-    /// Marks a call as ended without recording anything (the caller dropped it).
-    pub(crate) fn end(&self) {
+    /// The peer answered a call that started at `started`: record its latency, and take
+    /// the answer as a heartbeat.
+    pub(crate) fn on_response(&self, now: Instant, started: Instant) {
+        self.counters.completed.fetch_add(1, Relaxed);
+        let mut inner = self.lock();
+        self.record(&mut inner, now, now.saturating_duration_since(started));
+        let transition = inner.health.on_response(now);
+        self.transition(transition);
+        drop(inner);
+        self.end();
+    }
+
+    /// A call that started at `started` ran out its `deadline` (from `source`). Records a
+    /// censored sample at the deadline, counts a miss, and may declare the peer silent,
+    /// interrupting every other call in flight. Returns why the deadline had its value.
+    pub(crate) fn on_deadline(
+        &self,
+        now: Instant,
+        started: Instant,
+        deadline: Duration,
+        source: DeadlineSource,
+        probe: bool,
+    ) -> DeadlineExplanation {
+        self.counters.deadline_exceeded.fetch_add(1, Relaxed);
+        let mut inner = self.lock();
+        if !probe && source != DeadlineSource::SilentPeer {
+            // A censored sample: the peer's latency was at least the deadline. (A probe or
+            // a cut deadline of a peer known to be silent says nothing about its latency.)
+            self.record(&mut inner, now, deadline);
+        }
+        let policy = inner.policy.clone();
+        let transition = inner.health.on_deadline(now, started, probe, &policy);
+        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
+            let fired = self.silent_reason(&inner, now, None);
+            inner.silenced = Some(fired.clone());
+            self.interrupts.fire(fired);
+        }
+        self.transition(transition);
+        let explanation = DeadlineExplanation::new(
+            source,
+            &inner.policy,
+            inner.window.samples(),
+            inner.quantile_value,
+            inner.overridden,
+        );
+        drop(inner);
+        self.end();
+        explanation
+    }
+
+    /// A call ended without an answer or a deadline: interrupted (`reason` given) or
+    /// dropped by its caller (`None`). Records no latency.
+    pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
+        let counter = match reason {
+            Some(Reason::PeerSilent { .. }) => Some(&self.counters.silent_interrupts),
+            Some(_) => Some(&self.counters.manual_interrupts),
+            None => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Relaxed);
+        }
+        if probe {
+            let mut inner = self.lock();
+            let transition = inner.health.on_abandon(probe, now);
+            self.transition(transition);
+        }
+        self.end();
+    }
+
+    fn end(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 
-    /// Records a finished call's latency. `censored` marks a call cut at its deadline,
-    /// whose true latency is at least `latency`.
-    pub(crate) fn record(&self, now: Instant, latency: Duration, censored: bool) {
-        let counter = if censored {
-            &self.counters.deadline_exceeded
-        } else {
-            &self.counters.completed
-        };
-        counter.fetch_add(1, Relaxed);
-        let mut inner = self.lock();
+    /// Records one latency and republishes the deadline when it is due.
+    fn record(&self, inner: &mut MutexGuard<'_, Inner>, now: Instant, latency: Duration) {
         let rotated = inner.window.advance(now);
         inner.window.record(latency);
         inner.since_recompute += 1;
         let warmed_up = inner.source == DeadlineSource::ColdStart
             && inner.window.samples() >= inner.policy.min_samples;
         if rotated || warmed_up || inner.since_recompute >= inner.policy.recompute_every {
-            self.publish(&mut inner);
+            self.publish(inner);
         }
-        drop(inner);
-        self.end();
+    }
+
+    /// Why calls to this silent peer end: how long it has been quiet, how many calls
+    /// are outstanding, and where silence was declared.
+    fn silent_reason(&self, inner: &Inner, now: Instant, declared: Option<&Fired>) -> Fired {
+        let reason = Reason::PeerSilent {
+            since: now.saturating_duration_since(inner.health.last_response()),
+            outstanding: self
+                .in_flight()
+                .saturating_sub(usize::from(declared.is_none())),
+        };
+        let fired_at = declared.map_or(Location::caller(), |f| f.fired_at);
+        Fired { reason, fired_at }
+    }
+
+    /// Publishes a state change and reports it.
+    fn transition(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        let index = PeerState::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
+        self.state.store(index as u8, Relaxed);
+        let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
+        let in_flight = self.in_flight();
+        match t.to {
+            PeerState::Silent => {
+                tracing::warn!(peer, from, to, why, in_flight, "peer state changed")
+            }
+            PeerState::Healthy => {
+                tracing::info!(peer, from, to, why, in_flight, "peer state changed")
+            }
+            _ => tracing::debug!(peer, from, to, why, in_flight, "peer state changed"),
+        }
     }
 
     /// Puts a new policy in force; the window is kept when its shape did not change.
@@ -176,6 +343,9 @@ impl Peer {
             max: super::window::from_units(w.total().max()),
             quantile_value: inner.quantile_value,
             heap_bytes: w.heap_bytes(),
+            last_response: inner.health.last_response(),
+            state: inner.health.state(),
+            next_probe_at: inner.health.next_probe_at(),
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::state::Peer;
+use crate::interrupt::Interrupts;
 use crate::policy::TimeoutPolicy;
 
 /// How many peers an eviction looks at to find the idlest.
@@ -46,12 +47,24 @@ pub(crate) struct PeerTable<K> {
     epoch: Instant,
     last_sweep: AtomicU64,
     untracked_deadline: AtomicU64,
+    untracked: Arc<Interrupts>,
+    tokens: bool,
     policies: RwLock<Policies<K>>,
     /// Calls that went untracked because the table was full.
     pub(crate) refused: AtomicU64,
 }
 
 impl<K> PeerTable<K> {
+    /// Whether calls get cooperative interrupt tokens where their requests can carry them.
+    pub(crate) fn tokens(&self) -> bool {
+        self.tokens
+    }
+
+    /// The interrupt fan-out of untracked calls.
+    pub(crate) fn untracked_interrupts(&self) -> &Arc<Interrupts> {
+        &self.untracked
+    }
+
     /// Tracked peers now.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Relaxed)
@@ -59,7 +72,12 @@ impl<K> PeerTable<K> {
 }
 
 impl<K: PeerKey> PeerTable<K> {
-    pub(crate) fn new(policies: Policies<K>, max_peers: usize, idle_ttl: Duration) -> Self {
+    pub(crate) fn new(
+        policies: Policies<K>,
+        max_peers: usize,
+        idle_ttl: Duration,
+        tokens: bool,
+    ) -> Self {
         let untracked = nanos(policies.default.cold_start);
         PeerTable {
             peers: DashMap::new(),
@@ -69,6 +87,8 @@ impl<K: PeerKey> PeerTable<K> {
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
+            untracked: Arc::new(Interrupts::new()),
+            tokens,
             policies: RwLock::new(policies),
             refused: AtomicU64::new(0),
         }
@@ -207,7 +227,7 @@ mod tests {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),
         };
-        PeerTable::new(policies, max, Duration::from_secs(60))
+        PeerTable::new(policies, max, Duration::from_secs(60), false)
     }
 
     #[test]
@@ -221,7 +241,7 @@ mod tests {
         let t = table(2);
         let now = Instant::now();
         let a = t.peer(&1, now).unwrap();
-        a.begin(now); // peer 1 has a call in flight
+        let _call = a.admit(now); // peer 1 has a call in flight
         let _b = t.peer(&2, now).unwrap();
         // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
         assert!(t.peer(&3, now).is_some());
@@ -234,7 +254,7 @@ mod tests {
     async fn full_table_of_busy_peers_refuses_to_track() {
         let t = table(1);
         let now = Instant::now();
-        t.peer(&1, now).unwrap().begin(now);
+        let _call = t.peer(&1, now).unwrap().admit(now);
         assert!(t.peer(&2, now).is_none());
         assert_eq!(t.refused.load(Relaxed), 1);
         assert_eq!(t.len(), 1);
