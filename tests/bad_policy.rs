@@ -1,10 +1,10 @@
 //! Invalid configuration is refused, naming the field.
 //!
 //! Covers every policy check made by `build()` (quantile, factor, min, max, margin,
-//! cold_start, min_samples, window, sub_windows, significant_figures, recompute_every), the
-//! layer settings `max_peers` and `idle_ttl`, bad per-peer overrides, the boundary values
-//! that must still be accepted, and runtime policy changes through the handle, which refuse
-//! bad policies and leave the old one in force.
+//! cold_start, min_samples, window, sub_windows, significant_figures, recompute_every,
+//! probe_backoff, probe_backoff_max), the layer settings `max_peers` and `idle_ttl`, bad
+//! per-peer overrides, the boundary values that must still be accepted, and runtime policy
+//! changes through the handle, which refuse bad policies and leave the old one in force.
 
 use std::time::Duration;
 
@@ -138,6 +138,26 @@ fn significant_figures_are_one_to_three() {
 }
 
 #[test]
+fn probe_backoff_must_be_positive_and_ordered() {
+    assert_refused(
+        "probe_backoff",
+        [
+            base().probe_backoff(Duration::ZERO),
+            base()
+                .probe_backoff(MAX_DEADLINE + ms(1))
+                .probe_backoff_max(MAX_DEADLINE + ms(1)),
+        ],
+    );
+    assert_refused(
+        "probe_backoff_max",
+        [
+            base().probe_backoff(ms(500)).probe_backoff_max(ms(499)),
+            base().probe_backoff_max(MAX_DEADLINE + ms(1)),
+        ],
+    );
+}
+
+#[test]
 fn layer_settings_are_checked() {
     assert_eq!(refused(layer().max_peers(0)).field(), "max_peers");
     assert_eq!(
@@ -181,6 +201,11 @@ async fn boundary_values_are_accepted_and_usable() {
             .margin(ms(1)),
         base().min_samples(1).recompute_every(1),
         base().margin(Duration::ZERO),
+        base().silent_after_misses(0).fail_fast(false),
+        base().probe_backoff(ms(1)).probe_backoff_max(ms(1)),
+        base()
+            .probe_backoff(MAX_DEADLINE)
+            .probe_backoff_max(MAX_DEADLINE),
     ];
     for policy in edges {
         assert_eq!(policy.validate(), Ok(()), "{policy:?}");

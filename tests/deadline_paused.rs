@@ -67,8 +67,12 @@ fn stack(
 }
 
 /// A policy that recomputes on every sample, so the published deadline is always current.
+/// Silence detection is off: these tests time out calls to one peer again and again to
+/// watch its deadline, where a silent peer would fail them fast instead.
 fn eager() -> TimeoutPolicy {
-    TimeoutPolicy::default().recompute_every(1)
+    TimeoutPolicy::default()
+        .recompute_every(1)
+        .silent_after_misses(0)
 }
 
 /// Makes `n` calls to `peer`, one after another, each answered after `delay`.
