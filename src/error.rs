@@ -22,7 +22,7 @@ pub enum Reason {
         /// The deadline the call had.
         deadline: Duration,
         /// Why the deadline had that value.
-        explanation: DeadlineExplanation,
+        explanation: Box<DeadlineExplanation>,
     },
     /// The peer stopped answering: every call in flight to it is ended at once.
     PeerSilent {

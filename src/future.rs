@@ -111,24 +111,29 @@ impl Call {
         }
     }
 
-    /// The deadline passed first.
+    /// The deadline passed first. The miss that declares the peer silent ends with the
+    /// silence as its reason; any other with the deadline and why it had its value.
     fn expired(&mut self) -> Interrupted {
         self.done = true;
         let now = Instant::now();
-        let explanation = match &self.target {
-            Target::Peer(p) => {
-                p.on_deadline(now, self.start, self.deadline, self.source, self.probe)
-            }
-            Target::Untracked(_) => DeadlineExplanation::untracked(),
+        let (explanation, silenced) = match &self.target {
+            Target::Peer(p) => p.on_deadline(now, self.start, self.deadline, self.source, self.probe),
+            Target::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, deadline, elapsed) = (self.target.label(), self.deadline, now - self.start);
         tracing::debug!(peer, ?deadline, ?elapsed, source = %self.source, "deadline exceeded");
         let here = Location::caller();
-        let reason = Reason::DeadlineExceeded {
-            deadline,
-            explanation,
+        let err = match silenced {
+            Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
+            None => {
+                let reason = Reason::DeadlineExceeded {
+                    deadline,
+                    explanation: Box::new(explanation),
+                };
+                Interrupted::new(reason, peer, elapsed, here, here)
+            }
         };
-        self.end_with(Interrupted::new(reason, peer, elapsed, here, here))
+        self.end_with(err)
     }
 
     /// An interrupt reached the call.

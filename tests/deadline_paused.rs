@@ -542,3 +542,28 @@ async fn a_full_table_leaves_calls_untracked_with_the_default_cold_start() {
     assert!(handle.peer(&"b").is_none());
     drop(pending);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_explanation_matches_the_deadline_the_call_had() {
+    let policy = eager()
+        .silent_after_misses(0)
+        .cold_start(ms(50))
+        .min_samples(3);
+    let (svc, _handle) = stack(builder(policy));
+    let mut errs = Vec::new();
+    for _ in 0..4 {
+        errs.push(interrupted(&svc, call("hung", ms(60_000))).await);
+    }
+    let explained = |e: &Interrupted| match e.reason() {
+        Reason::DeadlineExceeded { explanation, .. } => (**explanation).clone(),
+        other => panic!("unexpected reason {other:?}"),
+    };
+    // The third call still had the cold-start deadline, with two samples behind it.
+    let third = explained(&errs[2]);
+    assert_eq!(third.source, DeadlineSource::ColdStart);
+    assert_eq!((third.samples, third.min_samples), (2, 3));
+    // The fourth call's deadline is the formula over the numbers its explanation shows.
+    let fourth = explained(&errs[3]);
+    let formula = fourth.quantile_value.mul_f64(fourth.factor) + fourth.margin;
+    assert_eq!(errs[3].deadline(), Some(formula), "{fourth:?}");
+}

@@ -174,7 +174,7 @@ impl Peer {
                 Admit::Reject => {
                     self.counters.fail_fast.fetch_add(1, Relaxed);
                     return Admission::Reject(self.silent_reason(
-                        &inner,
+                        inner,
                         now,
                         inner.silenced.as_ref(),
                     ));
@@ -205,7 +205,8 @@ impl Peer {
 
     /// A call that started at `started` ran out its `deadline` (from `source`). Records a
     /// censored sample at the deadline, counts a miss, and may declare the peer silent,
-    /// interrupting every other call in flight. Returns why the deadline had its value.
+    /// interrupting every other call in flight. Returns why the deadline had its value,
+    /// and the silence interrupt if this miss declared it.
     pub(crate) fn on_deadline(
         &self,
         now: Instant,
@@ -213,22 +214,10 @@ impl Peer {
         deadline: Duration,
         source: DeadlineSource,
         probe: bool,
-    ) -> DeadlineExplanation {
+    ) -> (DeadlineExplanation, Option<Fired>) {
         self.counters.deadline_exceeded.fetch_add(1, Relaxed);
         let mut inner = self.lock();
-        if !probe && source != DeadlineSource::SilentPeer {
-            // A censored sample: the peer's latency was at least the deadline. (A probe or
-            // a cut deadline of a peer known to be silent says nothing about its latency.)
-            self.record(&mut inner, now, deadline);
-        }
-        let policy = inner.policy.clone();
-        let transition = inner.health.on_deadline(now, started, probe, &policy);
-        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
-            let fired = self.silent_reason(&inner, now, None);
-            inner.silenced = Some(fired.clone());
-            self.interrupts.fire(fired);
-        }
-        self.transition(transition);
+        // Explain with the numbers in force before this miss's own sample moves them.
         let explanation = DeadlineExplanation::new(
             source,
             &inner.policy,
@@ -236,9 +225,24 @@ impl Peer {
             inner.quantile_value,
             inner.overridden,
         );
+        if !probe && source != DeadlineSource::SilentPeer {
+            // A censored sample: the peer's latency was at least the deadline. (A probe or
+            // a cut deadline of a peer known to be silent says nothing about its latency.)
+            self.record(&mut inner, now, deadline);
+        }
+        let policy = inner.policy.clone();
+        let transition = inner.health.on_deadline(now, started, probe, &policy);
+        let mut silenced = None;
+        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
+            let fired = self.silent_reason(&inner, now, None);
+            inner.silenced = Some(fired.clone());
+            self.interrupts.fire(fired.clone());
+            silenced = Some(fired);
+        }
+        self.transition(transition);
         drop(inner);
         self.end();
-        explanation
+        (explanation, silenced)
     }
 
     /// A call ended without an answer or a deadline: interrupted (`reason` given) or
