@@ -5,3 +5,6 @@ pub(crate) mod key;
 pub(crate) mod state;
 pub(crate) mod table;
 pub(crate) mod window;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,1 @@
+//! Property tests of the latency window, the deadline formula and the health state machine.
