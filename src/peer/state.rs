@@ -225,6 +225,12 @@ impl Peer {
             inner.quantile_value,
             inner.overridden,
         );
+        if source == DeadlineSource::Override {
+            // The caller's own, shorter, deadline says nothing about the peer.
+            drop(inner);
+            self.end();
+            return (explanation, None);
+        }
         if !probe && source != DeadlineSource::SilentPeer {
             // A censored sample: the peer's latency was at least the deadline. (A probe or
             // a cut deadline of a peer known to be silent says nothing about its latency.)
