@@ -35,6 +35,8 @@ pub enum Reason {
     Manual(Cow<'static, str>),
     /// The layer is shutting down.
     Shutdown,
+    /// The caller's propagated budget was already spent when the call was made.
+    BudgetSpent,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             Reason::PeerSilent { .. } => "peer_silent",
             Reason::Manual(_) => "manual",
             Reason::Shutdown => "shutdown",
+            Reason::BudgetSpent => "budget_spent",
         }
     }
 }
@@ -64,6 +67,7 @@ impl fmt::Display for Reason {
             ),
             Reason::Manual(why) => write!(f, "interrupted by hand: {why}"),
             Reason::Shutdown => f.write_str("layer shutting down"),
+            Reason::BudgetSpent => f.write_str("the caller's deadline budget was already spent"),
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::{Interrupted, Reason};
 use crate::interrupt::{Fired, Interrupts};
-use crate::peer::state::Peer;
+use crate::peer::state::{Peer, Ticket};
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 use crate::token::Interrupt;
 use crate::BoxError;
@@ -71,7 +71,7 @@ impl Target {
         }
     }
 
-    fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         match self {
             Target::Peer(p) => p.label(),
             Target::Untracked(_) => UNTRACKED,
@@ -80,23 +80,19 @@ impl Target {
 }
 
 impl Call {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         target: Target,
         start: Instant,
-        deadline: Duration,
-        source: DeadlineSource,
-        generation: u64,
-        probe: bool,
+        ticket: Ticket,
         token: Option<Interrupt>,
     ) -> Self {
         Call {
             target,
             start,
-            deadline,
-            source,
-            generation,
-            probe,
+            deadline: ticket.deadline,
+            source: ticket.source,
+            generation: ticket.generation,
+            probe: ticket.probe,
             done: false,
             token,
             rejected: None,
@@ -117,7 +113,9 @@ impl Call {
         self.done = true;
         let now = Instant::now();
         let (explanation, silenced) = match &self.target {
-            Target::Peer(p) => p.on_deadline(now, self.start, self.deadline, self.source, self.probe),
+            Target::Peer(p) => {
+                p.on_deadline(now, self.start, self.deadline, self.source, self.probe)
+            }
             Target::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, deadline, elapsed) = (self.target.label(), self.deadline, now - self.start);
@@ -227,11 +225,23 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    /// A call refused before it reached the inner service.
-    pub(crate) fn rejected(err: BoxError, call: Call) -> Self {
-        let mut call = call;
+    /// A call refused before it reached the inner service: `err` is fired into its token
+    /// and returned at the first poll.
+    pub(crate) fn rejected(
+        err: Interrupted,
+        target: Target,
+        start: Instant,
+        token: Option<Interrupt>,
+    ) -> Self {
+        let ticket = Ticket {
+            deadline: Duration::ZERO,
+            source: DeadlineSource::Override,
+            generation: 0,
+            probe: false,
+        };
+        let mut call = Call::new(target, start, ticket, token);
         call.done = true;
-        call.rejected = Some(err);
+        call.rejected = Some(call.end_with(err).into());
         ResponseFuture {
             inner: None,
             sleep: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::budget::Propagation;
 use crate::handle::AdaptiveTimeoutHandle;
 use crate::interrupt::InterruptHandle;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -55,6 +56,17 @@ impl AdaptiveTimeoutLayer<(), ()> {
     #[cfg(feature = "http")]
     pub fn http() -> Builder<crate::HttpPeer, ByPeer> {
         Builder::new(ByPeer)
+    }
+
+    /// Starts a layer for `http::Request`s keyed by your own function, which still gets
+    /// interrupt tokens, [`Deadline`](crate::Deadline) and propagation.
+    #[cfg(feature = "http")]
+    pub fn http_keyed<B, K, F>(key_fn: F) -> Builder<K, crate::HttpKeyFn<F>>
+    where
+        K: PeerKey,
+        F: Fn(&http::Request<B>) -> Option<K>,
+    {
+        Builder::new(crate::HttpKeyFn(key_fn))
     }
 
     /// Starts a layer for requests that name their peer through
@@ -111,6 +123,7 @@ pub struct Builder<K, F> {
     max_peers: usize,
     idle_ttl: Duration,
     tokens: bool,
+    propagation: Propagation,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -122,6 +135,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             max_peers: DEFAULT_MAX_PEERS,
             idle_ttl: DEFAULT_IDLE_TTL,
             tokens: true,
+            propagation: Propagation::none(),
         }
     }
 
@@ -158,6 +172,13 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// Which headers carry deadline budgets in and out of `http::Request`s (default:
+    /// none). The request's [`Deadline`](crate::Deadline) extension applies either way.
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -182,6 +203,7 @@ impl<K: PeerKey, F> Builder<K, F> {
                 self.max_peers,
                 self.idle_ttl,
                 self.tokens,
+                self.propagation,
             )),
             key_fn: self.key_fn,
         })

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod budget;
 mod error;
 mod future;
 mod handle;
@@ -59,6 +60,7 @@ pub mod propagate;
 mod service;
 mod token;
 
+pub use budget::{Deadline, Propagation};
 pub use error::{Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::AdaptiveTimeoutHandle;
@@ -66,9 +68,9 @@ pub use interrupt::InterruptHandle;
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
 pub use metrics::PeerSnapshot;
 pub use peer::health::PeerState;
-#[cfg(feature = "http")]
-pub use peer::key::HttpPeer;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
+#[cfg(feature = "http")]
+pub use peer::key::{HttpKeyFn, HttpPeer};
 pub use policy::{
     DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
     MIN_SUB_WINDOW,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::error::Interrupted;
+use crate::error::{Interrupted, Reason};
 use crate::future::{Call, ResponseFuture, Target};
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::state::Admission;
+use crate::peer::state::{Admission, Peer, Ticket};
 use crate::peer::table::PeerTable;
 use crate::policy::DeadlineSource;
 use crate::BoxError;
@@ -66,74 +66,72 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let start = Instant::now();
-        let token = if self.table.tokens() {
+        let table = &*self.table;
+        let token = if table.tokens() {
             self.key_fn.interrupt_token(&mut req)
         } else {
             None
         };
-        let Some(peer) = self
+        let cap = self.key_fn.deadline_cap(&req, table.propagation());
+        let peer = self
             .key_fn
             .peer_key(&req)
-            .and_then(|key| self.table.peer(&key, start))
-        else {
-            let interrupts = self.table.untracked_interrupts().clone();
-            let generation = interrupts.generation();
-            let deadline = self.table.untracked_deadline();
-            let source = DeadlineSource::Untracked;
-            let call = Call::new(
-                Target::Untracked(interrupts),
-                start,
-                deadline,
-                source,
-                generation,
-                false,
-                token,
-            );
-            return ResponseFuture::new(self.inner.call(req), call);
-        };
-        match peer.admit(start) {
-            Admission::Go {
-                deadline,
-                source,
-                generation,
-                probe,
-            } => {
-                let call = Call::new(
-                    Target::Peer(peer),
-                    start,
-                    deadline,
-                    source,
-                    generation,
-                    probe,
-                    token,
-                );
-                ResponseFuture::new(self.inner.call(req), call)
+            .and_then(|key| table.peer(&key, start));
+        let (target, admission) = match peer {
+            _ if cap == Some(Duration::ZERO) => {
+                // The caller's budget is already spent: do not start work nobody awaits.
+                let target = untracked_or(peer, table);
+                let err = refuse(&target, Reason::BudgetSpent, Location::caller());
+                return ResponseFuture::rejected(err, target, start, token);
             }
+            Some(peer) => {
+                let admission = peer.admit(start);
+                (Target::Peer(peer), admission)
+            }
+            None => {
+                let interrupts = table.untracked_interrupts().clone();
+                let ticket = Ticket {
+                    deadline: table.untracked_deadline(),
+                    source: DeadlineSource::Untracked,
+                    generation: interrupts.generation(),
+                    probe: false,
+                };
+                (Target::Untracked(interrupts), Admission::Go(ticket))
+            }
+        };
+        let mut ticket = match admission {
+            Admission::Go(ticket) => ticket,
             Admission::Reject(fired) => {
                 // Fail fast: the peer is silent and this call is not its probe.
-                let err = Interrupted::new(
-                    fired.reason,
-                    peer.label(),
-                    Duration::ZERO,
-                    fired.fired_at,
-                    Location::caller(),
-                );
-                if let Some(token) = &token {
-                    token.fire(err.clone());
-                }
-                let call = Call::new(
-                    Target::Peer(peer),
-                    start,
-                    Duration::ZERO,
-                    DeadlineSource::SilentPeer,
-                    0,
-                    false,
-                    token,
-                );
-                ResponseFuture::rejected(err.into(), call)
+                let err = refuse(&target, fired.reason, fired.fired_at);
+                return ResponseFuture::rejected(err, target, start, token);
             }
+        };
+        if let Some(cap) = cap.filter(|cap| *cap < ticket.deadline) {
+            (ticket.deadline, ticket.source) = (cap, DeadlineSource::Override);
         }
+        if table.propagation().is_on() {
+            self.key_fn
+                .write_deadline(&mut req, ticket.deadline, table.propagation());
+        }
+        let call = Call::new(target, start, ticket, token);
+        ResponseFuture::new(self.inner.call(req), call)
     }
+}
+
+/// The target of a call refused before admission.
+fn untracked_or<K>(peer: Option<Arc<Peer>>, table: &PeerTable<K>) -> Target {
+    match peer {
+        Some(peer) => Target::Peer(peer),
+        None => Target::Untracked(table.untracked_interrupts().clone()),
+    }
+}
+
+/// The error of a call refused at once, recognized in `call()`.
+#[track_caller]
+fn refuse(target: &Target, reason: Reason, fired_at: &'static Location<'static>) -> Interrupted {
+    let here = Location::caller();
+    Interrupted::new(reason, target.label(), Duration::ZERO, fired_at, here)
 }
 
 impl<S: Clone, K, F: Clone> Clone for AdaptiveTimeout<S, K, F> {

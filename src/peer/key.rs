@@ -7,6 +7,9 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 
+use std::time::Duration;
+
+use crate::budget::Propagation;
 use crate::token::Interrupt;
 
 /// What a peer key must be: hashable, comparable, cheap to clone, printable.
@@ -29,6 +32,18 @@ pub trait KeyFn<Req> {
         let _ = req;
         None
     }
+
+    /// The shortest limit the request itself carries (a [`Deadline`](crate::Deadline)
+    /// extension, a propagated budget). Default: none.
+    fn deadline_cap(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
+        let _ = (req, propagation);
+        None
+    }
+
+    /// Writes the call's deadline into the request for the callee. Default: nothing.
+    fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
+        let _ = (req, deadline, propagation);
+    }
 }
 
 impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
@@ -50,6 +65,17 @@ pub trait HasPeer {
     fn interrupt_token(&mut self) -> Option<Interrupt> {
         None
     }
+
+    /// The shortest limit the request carries. Default: none.
+    fn deadline_cap(&self, propagation: &Propagation) -> Option<Duration> {
+        let _ = propagation;
+        None
+    }
+
+    /// Writes the call's deadline into the request. Default: nothing.
+    fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
+        let _ = (deadline, propagation);
+    }
 }
 
 /// The [`KeyFn`] that asks the request itself, through [`HasPeer`].
@@ -65,10 +91,18 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
         req.interrupt_token()
     }
+
+    fn deadline_cap(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
+        req.deadline_cap(propagation)
+    }
+
+    fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
+        req.write_deadline(deadline, propagation);
+    }
 }
 
 #[cfg(feature = "http")]
-pub use self::http_peer::HttpPeer;
+pub use self::http_peer::{HttpKeyFn, HttpPeer};
 
 #[cfg(feature = "http")]
 mod http_peer {
@@ -77,7 +111,10 @@ mod http_peer {
     use http::uri::{Authority, Scheme};
     use http::{header::HOST, Request};
 
-    use super::HasPeer;
+    use std::time::Duration;
+
+    use super::{HasPeer, KeyFn, PeerKey};
+    use crate::budget::{self, Propagation};
     use crate::token::Interrupt;
 
     /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
@@ -145,6 +182,47 @@ mod http_peer {
                     .get_or_insert_with(Interrupt::new)
                     .clone(),
             )
+        }
+
+        /// The [`Deadline`](crate::Deadline) extension and, with propagation on, the
+        /// budget headers.
+        fn deadline_cap(&self, propagation: &Propagation) -> Option<Duration> {
+            budget::read(self, propagation)
+        }
+
+        fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
+            budget::write(self, deadline, propagation);
+        }
+    }
+
+    /// Keys `http::Request`s with your own function, keeping what
+    /// [`ByPeer`](super::ByPeer) does for them besides the key: interrupt tokens,
+    /// [`Deadline`](crate::Deadline) and propagation.
+    #[derive(Clone, Copy, Debug)]
+    pub struct HttpKeyFn<F>(pub F);
+
+    impl<B, K: PeerKey, F: Fn(&Request<B>) -> Option<K>> KeyFn<Request<B>> for HttpKeyFn<F> {
+        type Key = K;
+
+        fn peer_key(&self, req: &Request<B>) -> Option<K> {
+            (self.0)(req)
+        }
+
+        fn interrupt_token(&self, req: &mut Request<B>) -> Option<Interrupt> {
+            req.interrupt_token()
+        }
+
+        fn deadline_cap(&self, req: &Request<B>, propagation: &Propagation) -> Option<Duration> {
+            req.deadline_cap(propagation)
+        }
+
+        fn write_deadline(
+            &self,
+            req: &mut Request<B>,
+            deadline: Duration,
+            propagation: &Propagation,
+        ) {
+            req.write_deadline(deadline, propagation);
         }
     }
 

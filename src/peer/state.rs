@@ -78,17 +78,21 @@ pub(crate) struct WindowView {
     pub(crate) next_probe_at: Instant,
 }
 
+/// What an admitted call starts with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    pub(crate) deadline: Duration,
+    pub(crate) source: DeadlineSource,
+    /// The interrupt generation when the call started.
+    pub(crate) generation: u64,
+    /// Whether the call is the probe of a silent peer.
+    pub(crate) probe: bool,
+}
+
 /// What a new call to the peer may do.
 pub(crate) enum Admission {
     /// Go ahead.
-    Go {
-        deadline: Duration,
-        source: DeadlineSource,
-        /// The interrupt generation when the call started.
-        generation: u64,
-        /// Whether the call is the probe of a silent peer.
-        probe: bool,
-    },
+    Go(Ticket),
     /// Fail at once: the peer is silent.
     Reject(Fired),
 }
@@ -183,12 +187,12 @@ impl Peer {
         }
         self.touch(now);
         self.in_flight.fetch_add(1, Relaxed);
-        Admission::Go {
+        Admission::Go(Ticket {
             deadline,
             source,
             generation,
             probe,
-        }
+        })
     }
 
     /// The peer answered a call that started at `started`: record its latency, and take

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::state::Peer;
+use crate::budget::Propagation;
 use crate::interrupt::Interrupts;
 use crate::policy::TimeoutPolicy;
 
@@ -49,6 +50,7 @@ pub(crate) struct PeerTable<K> {
     untracked_deadline: AtomicU64,
     untracked: Arc<Interrupts>,
     tokens: bool,
+    propagation: Propagation,
     policies: RwLock<Policies<K>>,
     /// Calls that went untracked because the table was full.
     pub(crate) refused: AtomicU64,
@@ -58,6 +60,11 @@ impl<K> PeerTable<K> {
     /// Whether calls get cooperative interrupt tokens where their requests can carry them.
     pub(crate) fn tokens(&self) -> bool {
         self.tokens
+    }
+
+    /// Which headers carry deadline budgets in and out.
+    pub(crate) fn propagation(&self) -> &Propagation {
+        &self.propagation
     }
 
     /// The interrupt fan-out of untracked calls.
@@ -77,6 +84,7 @@ impl<K: PeerKey> PeerTable<K> {
         max_peers: usize,
         idle_ttl: Duration,
         tokens: bool,
+        propagation: Propagation,
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
         PeerTable {
@@ -89,6 +97,7 @@ impl<K: PeerKey> PeerTable<K> {
             untracked_deadline: AtomicU64::new(untracked),
             untracked: Arc::new(Interrupts::new()),
             tokens,
+            propagation,
             policies: RwLock::new(policies),
             refused: AtomicU64::new(0),
         }
@@ -227,7 +236,13 @@ mod tests {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),
         };
-        PeerTable::new(policies, max, Duration::from_secs(60), false)
+        PeerTable::new(
+            policies,
+            max,
+            Duration::from_secs(60),
+            false,
+            Propagation::none(),
+        )
     }
 
     #[test]
