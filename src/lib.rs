@@ -49,6 +49,8 @@
 
 mod budget;
 mod error;
+#[cfg(feature = "metrics")]
+pub mod export;
 mod future;
 mod handle;
 mod interrupt;
@@ -77,6 +79,11 @@ pub use policy::{
 };
 pub use service::AdaptiveTimeout;
 pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step};
+
+/// README.md's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
