@@ -280,6 +280,7 @@ impl TimeoutPolicy {
         self.window == other.window
             && self.sub_windows == other.sub_windows
             && self.significant_figures == other.significant_figures
+            && self.min == other.min
             && self.max == other.max
     }
 }

@@ -26,9 +26,12 @@ pub(crate) struct Window {
 impl Window {
     /// An empty window shaped by `policy` (which must be valid), starting at `now`.
     pub(crate) fn new(policy: &TimeoutPolicy, now: Instant) -> Window {
-        let high = (policy.max.as_nanos() / u128::from(UNIT_NANOS)).max(2) as u64;
+        // Resolution finer than 1% of the shortest deadline is never needed: latencies below
+        // `min / 100` share buckets, which keeps a peer's window under 48 KiB at defaults.
+        let low = (to_units(policy.min) / 100).max(1);
+        let high = to_units(policy.max).max(2 * low);
         let make = || {
-            Histogram::<u32>::new_with_bounds(1, high, policy.significant_figures)
+            Histogram::<u32>::new_with_bounds(low, high, policy.significant_figures)
                 .expect("a validated policy gives valid histogram bounds")
         };
         let subs = (0..policy.sub_windows).map(|_| make()).collect();
@@ -158,5 +161,26 @@ mod tests {
         w.record(Duration::from_secs(3600));
         assert_eq!(w.samples(), 1);
         assert!(w.quantile(1.0) <= ms(101));
+    }
+
+    #[test]
+    fn a_default_window_fits_in_48_kib() {
+        let w = Window::new(&TimeoutPolicy::default(), Instant::now());
+        assert!(w.heap_bytes() <= 48 * 1024, "{} bytes", w.heap_bytes());
+    }
+
+    #[test]
+    fn resolution_is_within_one_percent_above_a_hundredth_of_min() {
+        let policy = TimeoutPolicy::default();
+        let mut w = Window::new(&policy, Instant::now());
+        for v in [ms(1), ms(10), ms(250), Duration::from_secs(20)] {
+            w.record(v);
+            let q = w.quantile(1.0);
+            let err = q.abs_diff(v).as_secs_f64();
+            assert!(
+                err <= v.as_secs_f64() / 100.0 + 1e-4,
+                "{v:?} read back as {q:?}"
+            );
+        }
     }
 }
