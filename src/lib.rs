@@ -20,6 +20,18 @@
 //! * A call that runs out its deadline ends with [`Interrupted`], which says why, for which
 //!   peer, after how long, and why the deadline had its value. Its latency is recorded as a
 //!   censored sample, so the deadline rises while a peer slows.
+//! * A per-peer state machine ([`PeerState`]) notices a peer that stopped answering: calls
+//!   that ran out their deadline with no answer from it since they started. Once it is
+//!   silent, every call in flight to it ends at once with [`Reason::PeerSilent`], and new
+//!   calls fail fast while one probe at a time checks whether it is back.
+//! * [`InterruptHandle`] fires interrupts by hand; each [`Interrupted`] names who fired it
+//!   and where it was recognized. An [`Interrupt`] token travels in `http::Request`
+//!   extensions so work deeper in the chain stops at its next [`checkpoint`](Interrupt::checkpoint)
+//!   with the same reason ([`Chain`], [`interruptible`]).
+//! * A request can shorten its own deadline ([`Deadline`]); with [`Propagation`] the
+//!   deadline is read from and written to `grpc-timeout` or a milliseconds header.
+//! * [`AdaptiveTimeoutHandle`] reads per-peer [`PeerSnapshot`]s and changes policies at
+//!   runtime.
 //!
 //! # Quick start
 //!
