@@ -1,1 +1,180 @@
-fn main() {}
+//! Per-call overhead on a current-thread runtime, one peer.
+//!
+//! * `ready`: the inner future is ready at its first poll. Bare `service_fn` vs
+//!   `tower::timeout::Timeout` vs this layer.
+//! * `pending_once`: the inner future yields once, so every timeout's timer is really
+//!   registered and cancelled. Same three stacks.
+//! * `*_tracing`: the same with a `fmt` subscriber at `TRACE` level (writing to `io::sink`)
+//!   installed, to show the layer's instrumentation costs nothing on the success path.
+//! * `vs_adaptive_timeout`: the `adaptive-timeout` crate's per-call work
+//!   (`select_timeout_sync` before the call, `record_latency_from` after, two clock reads)
+//!   next to this layer's ready path, for 1 and 1,000 peers; `adaptive_timeout_spread` feeds
+//!   it latencies spread over 1 ms..1 s, since it reads a quantile on every call.
+//!
+//! Ends with a table of medians and the ratios the project targets:
+//! `(layer - bare) / (tower::timeout - bare)` <= 1.25 (ready) and <= 1.15 (pending once).
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use adaptive_timeout::{AdaptiveTimeout, SyncLatencyTracker};
+use criterion::{criterion_group, Criterion};
+use tower::Service;
+
+use common::{
+    block_on_traced, current_thread, drive, pending_once_inner, ready_inner, with_layer,
+    with_tower_timeout, Group, Ratio, Req,
+};
+
+/// Peer counts of the comparison with `adaptive-timeout`.
+const PEER_COUNTS: [u32; 2] = [1, 1_000];
+
+/// Benchmarks `svc` in `group` under `id`, one peer.
+fn bench_stack<S: Service<Req> + 'static>(
+    group: &mut Group<'_>,
+    id: &str,
+    tracing: bool,
+    mut svc: S,
+) {
+    let rt = current_thread();
+    group.bench(id, move |iters| {
+        block_on_traced(&rt, tracing, drive(&mut svc, &[0], iters))
+    });
+}
+
+/// The three stacks around the inner service `make()` builds.
+fn three_stacks<S, M>(c: &mut Criterion, name: &str, tracing: bool, make: M)
+where
+    M: Fn() -> S,
+    S: Service<Req, Response = u32, Error = std::convert::Infallible> + 'static,
+{
+    let mut group = Group::new(c, name);
+    bench_stack(&mut group, "bare", tracing, make());
+    bench_stack(
+        &mut group,
+        "tower_timeout",
+        tracing,
+        with_tower_timeout(make()),
+    );
+    bench_stack(&mut group, "layer", tracing, with_layer(make()));
+    group.finish();
+}
+
+fn ready(c: &mut Criterion) {
+    three_stacks(c, "ready", false, ready_inner);
+}
+
+fn pending_once(c: &mut Criterion) {
+    three_stacks(c, "pending_once", false, pending_once_inner);
+}
+
+fn ready_tracing(c: &mut Criterion) {
+    three_stacks(c, "ready_tracing", true, ready_inner);
+}
+
+fn pending_once_tracing(c: &mut Criterion) {
+    three_stacks(c, "pending_once_tracing", true, pending_once_inner);
+}
+
+/// `iters` calls' worth of `adaptive-timeout` bookkeeping: choose the timeout, make the
+/// (empty) call, record its latency. With `spread`, the recorded latency cycles through
+/// 1 ms..1 s instead of the measured ~0, so the per-call quantile walks a realistic
+/// histogram.
+fn adaptive_timeout_batch(
+    tracker: &SyncLatencyTracker<u32>,
+    timeout: &AdaptiveTimeout,
+    keys: &[u32],
+    spread: bool,
+    iters: u64,
+) -> Duration {
+    let start = Instant::now();
+    for i in 0..iters {
+        let key = &keys[(i % keys.len() as u64) as usize];
+        let sent = Instant::now();
+        black_box(timeout.select_timeout_sync(tracker, [key], 1, sent));
+        let answered = Instant::now();
+        if spread {
+            let latency = Duration::from_millis(1 + (i * 7919) % 1000);
+            tracker.record_latency(key, latency, answered);
+        } else {
+            black_box(tracker.record_latency_from(key, sent, answered));
+        }
+    }
+    start.elapsed()
+}
+
+fn vs_adaptive_timeout(c: &mut Criterion) {
+    let mut group = Group::new(c, "vs_adaptive_timeout");
+    for peers in PEER_COUNTS {
+        let keys: Vec<u32> = (0..peers).collect();
+        let rt = current_thread();
+        let mut svc = with_layer(ready_inner());
+        let layer_keys = keys.clone();
+        group.bench(&format!("layer/{peers}"), move |iters| {
+            rt.block_on(drive(&mut svc, &layer_keys, iters))
+        });
+        for (id, spread) in [
+            ("adaptive_timeout", false),
+            ("adaptive_timeout_spread", true),
+        ] {
+            let tracker = SyncLatencyTracker::<u32>::default();
+            let timeout = AdaptiveTimeout::default();
+            let keys = keys.clone();
+            group.bench(&format!("{id}/{peers}"), move |iters| {
+                adaptive_timeout_batch(&tracker, &timeout, &keys, spread, iters)
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    ready,
+    pending_once,
+    ready_tracing,
+    pending_once_tracing,
+    vs_adaptive_timeout
+);
+
+fn main() {
+    benches();
+    common::criterion_summary();
+    common::print_medians("overhead");
+    let mut ratios = Vec::new();
+    for (group, target) in [
+        ("ready", 1.25),
+        ("pending_once", 1.15),
+        ("ready_tracing", 1.25),
+        ("pending_once_tracing", 1.15),
+    ] {
+        ratios.push(Ratio::overhead(
+            &format!("{group}: (layer - bare) / (tower_timeout - bare)"),
+            &format!("{group}/layer"),
+            &format!("{group}/tower_timeout"),
+            &format!("{group}/bare"),
+            Some(target),
+        ));
+    }
+    for (group, stack) in [("ready", "layer"), ("pending_once", "layer")] {
+        ratios.push(Ratio::plain(
+            &format!("{group}: {stack} tracing on / off"),
+            &format!("{group}_tracing/{stack}"),
+            &format!("{group}/{stack}"),
+            None,
+        ));
+    }
+    for peers in PEER_COUNTS {
+        for id in ["adaptive_timeout", "adaptive_timeout_spread"] {
+            ratios.push(Ratio::plain(
+                &format!("{peers} peer(s): {id} / layer"),
+                &format!("vs_adaptive_timeout/{id}/{peers}"),
+                &format!("vs_adaptive_timeout/layer/{peers}"),
+                None,
+            ));
+        }
+    }
+    common::print_ratios("overhead", &ratios);
+}
