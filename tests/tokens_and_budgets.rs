@@ -34,10 +34,13 @@ fn interrupted(r: Result<Response<()>, BoxError>) -> Interrupted {
         .clone()
 }
 
+/// Where the chain reports how many steps it finished and how it was stopped.
+type Report = Arc<std::sync::Mutex<Option<oneshot::Sender<(u32, Interrupted)>>>>;
+
 /// An inner service that runs a three-step chain of 100ms steps under the request's token,
 /// reports how the chain ended, and never answers itself.
 fn chain_runner(
-    report: Arc<std::sync::Mutex<Option<oneshot::Sender<(u32, Interrupted)>>>>,
+    report: Report,
 ) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone {
     service_fn(move |req: Request<()>| {
         let token = req.extensions().get::<Interrupt>().cloned();
