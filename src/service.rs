@@ -22,6 +22,16 @@ pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
     key_fn: F,
+    /// The last peer this service called: repeated calls to one peer skip the table.
+    last: Option<LastPeer<K>>,
+}
+
+/// A peer remembered by one service, valid while the table has removed nothing since.
+#[derive(Clone)]
+struct LastPeer<K> {
+    key: K,
+    peer: Arc<Peer>,
+    removals: u64,
 }
 
 impl<S, K, F> AdaptiveTimeout<S, K, F> {
@@ -30,6 +40,7 @@ impl<S, K, F> AdaptiveTimeout<S, K, F> {
             inner,
             table,
             key_fn,
+            last: None,
         }
     }
 
@@ -66,17 +77,17 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let start = Instant::now();
-        let table = &*self.table;
-        let token = if table.tokens() {
+        let token = if self.table.tokens() {
             self.key_fn.interrupt_token(&mut req)
         } else {
             None
         };
-        let cap = self.key_fn.deadline_cap(&req, table.propagation());
-        let peer = self
-            .key_fn
-            .peer_key(&req)
-            .and_then(|key| table.peer(&key, start));
+        let cap = self.key_fn.deadline_cap(&req, self.table.propagation());
+        let peer = match self.key_fn.peer_key(&req) {
+            Some(key) => self.peer(key, start),
+            None => None,
+        };
+        let table = &*self.table;
         let (target, admission) = match peer {
             _ if cap == Some(Duration::ZERO) => {
                 // The caller's budget is already spent: do not start work nobody awaits.
@@ -134,12 +145,33 @@ fn refuse(target: &Target, reason: Reason, fired_at: &'static Location<'static>)
     Interrupted::new(reason, target.label(), Duration::ZERO, fired_at, here)
 }
 
-impl<S: Clone, K, F: Clone> Clone for AdaptiveTimeout<S, K, F> {
+impl<S, K: PeerKey, F> AdaptiveTimeout<S, K, F> {
+    /// The peer for `key`: the one this service called last if it is the same and still
+    /// the table's, else from the table.
+    fn peer(&mut self, key: K, now: Instant) -> Option<Arc<Peer>> {
+        let removals = self.table.removals();
+        if let Some(last) = &self.last {
+            if last.removals == removals && last.key == key {
+                return Some(last.peer.clone());
+            }
+        }
+        let peer = self.table.peer(&key, now)?;
+        self.last = Some(LastPeer {
+            key,
+            peer: peer.clone(),
+            removals,
+        });
+        Some(peer)
+    }
+}
+
+impl<S: Clone, K: Clone, F: Clone> Clone for AdaptiveTimeout<S, K, F> {
     fn clone(&self) -> Self {
         AdaptiveTimeout {
             inner: self.inner.clone(),
             table: self.table.clone(),
             key_fn: self.key_fn.clone(),
+            last: self.last.clone(),
         }
     }
 }

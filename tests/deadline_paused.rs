@@ -567,3 +567,22 @@ async fn the_explanation_matches_the_deadline_the_call_had() {
     let formula = fourth.quantile_value.mul_f64(fourth.factor) + fourth.margin;
     assert_eq!(errs[3].deadline(), Some(formula), "{fourth:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_forgets_its_last_peer_once_the_table_evicts_it() {
+    let (svc, handle) = stack(builder(eager()).max_peers(1));
+    let mut mine = svc.clone();
+    calls(&mine, "a", ms(5), 3).await;
+    // Another clone's call to "b" evicts the idle "a" from the one-slot table.
+    calls(&svc, "b", ms(5), 1).await;
+    assert!(handle.peer(&"a").is_none());
+    // This service called "a" last, but must not keep feeding the evicted peer.
+    mine.ready().await.unwrap();
+    mine.call(call("a", ms(5))).await.unwrap();
+    let a = snapshot(&handle, "a");
+    assert_eq!(
+        (a.completed, a.samples),
+        (1, 1),
+        "a fresh peer in the table"
+    );
+}

@@ -41,8 +41,10 @@ impl<K: PeerKey> Policies<K> {
 
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
-    peers: DashMap<K, Arc<Peer>>,
+    peers: DashMap<K, Arc<Peer>, foldhash::fast::RandomState>,
     len: AtomicUsize,
+    /// Peers removed so far; a cached peer is still the table's while this is unchanged.
+    removals: AtomicU64,
     max_peers: usize,
     idle_ttl: Duration,
     epoch: Instant,
@@ -72,6 +74,11 @@ impl<K> PeerTable<K> {
         &self.untracked
     }
 
+    /// Peers removed so far (swept or evicted).
+    pub(crate) fn removals(&self) -> u64 {
+        self.removals.load(Relaxed)
+    }
+
     /// Tracked peers now.
     pub(crate) fn len(&self) -> usize {
         self.len.load(Relaxed)
@@ -88,8 +95,9 @@ impl<K: PeerKey> PeerTable<K> {
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
         PeerTable {
-            peers: DashMap::new(),
+            peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             len: AtomicUsize::new(0),
+            removals: AtomicU64::new(0),
             max_peers,
             idle_ttl,
             epoch: Instant::now(),
@@ -156,6 +164,7 @@ impl<K: PeerKey> PeerTable<K> {
             keep
         });
         self.len.fetch_sub(removed, Relaxed);
+        self.removals.fetch_add(removed as u64, Relaxed);
         self.last_sweep.store(self.nanos(now), Relaxed);
         removed
     }
@@ -163,6 +172,8 @@ impl<K: PeerKey> PeerTable<K> {
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         if self.len() >= self.max_peers && !self.make_room(now) {
             self.refused.fetch_add(1, Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::export::untracked_call();
             return None;
         }
         // Hold the policies' read lock across the insert, so a concurrent policy change
@@ -199,6 +210,7 @@ impl<K: PeerKey> PeerTable<K> {
             .is_some()
         {
             self.len.fetch_sub(1, Relaxed);
+            self.removals.fetch_add(1, Relaxed);
         }
         self.len() < self.max_peers
     }
