@@ -34,6 +34,8 @@ pub(crate) struct Peer {
     interrupts: Interrupts,
     pub(crate) counters: Counters,
     inner: Mutex<Inner>,
+    #[cfg(feature = "metrics")]
+    metrics: crate::export::PeerMetrics,
 }
 
 /// Monotonic per-peer counts.
@@ -107,6 +109,8 @@ impl Peer {
     ) -> Peer {
         let window = Window::new(&policy, now);
         let peer = Peer {
+            #[cfg(feature = "metrics")]
+            metrics: crate::export::PeerMetrics::new(&label),
             label,
             epoch,
             deadline: AtomicU64::new(pack(policy.cold_start, DeadlineSource::ColdStart)),
@@ -177,6 +181,8 @@ impl Peer {
                 }
                 Admit::Reject => {
                     self.counters.fail_fast.fetch_add(1, Relaxed);
+                    #[cfg(feature = "metrics")]
+                    self.metrics.rejected();
                     return Admission::Reject(self.silent_reason(
                         inner,
                         now,
@@ -187,6 +193,8 @@ impl Peer {
         }
         self.touch(now);
         self.in_flight.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.admitted();
         Admission::Go(Ticket {
             deadline,
             source,
@@ -199,6 +207,9 @@ impl Peer {
     /// the answer as a heartbeat.
     pub(crate) fn on_response(&self, now: Instant, started: Instant) {
         self.counters.completed.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics
+            .answered(now.saturating_duration_since(started));
         let mut inner = self.lock();
         self.record(&mut inner, now, now.saturating_duration_since(started));
         let transition = inner.health.on_response(now);
@@ -220,6 +231,8 @@ impl Peer {
         probe: bool,
     ) -> (DeadlineExplanation, Option<Fired>) {
         self.counters.deadline_exceeded.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.timed_out();
         let mut inner = self.lock();
         // Explain with the numbers in force before this miss's own sample moves them.
         let explanation = DeadlineExplanation::new(
@@ -266,6 +279,10 @@ impl Peer {
         if let Some(c) = counter {
             c.fetch_add(1, Relaxed);
         }
+        #[cfg(feature = "metrics")]
+        if let Some(reason) = reason {
+            self.metrics.interrupted(reason);
+        }
         if probe {
             let mut inner = self.lock();
             let transition = inner.health.on_abandon(probe, now);
@@ -276,6 +293,8 @@ impl Peer {
 
     fn end(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.ended();
     }
 
     /// Records one latency and republishes the deadline when it is due.
@@ -308,6 +327,8 @@ impl Peer {
         let Some(t) = transition else { return };
         let index = PeerState::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
         self.state.store(index as u8, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.transitioned(index);
         let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
@@ -376,6 +397,8 @@ impl Peer {
         inner.quantile_value = q;
         inner.since_recompute = 0;
         self.deadline.store(pack(deadline, source), Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.deadline(deadline);
         self.rotate_at
             .store(self.nanos(inner.window.rotates_at()), Relaxed);
     }
