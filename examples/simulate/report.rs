@@ -201,15 +201,15 @@ impl Row {
     fn episode_line(&self) -> String {
         let mut line = format!("- {}:", self.kind.name());
         for e in &self.episodes {
-            let opt = |d: Option<Duration>| d.map_or("-".into(), human);
+            let opt = |d: Option<Duration>, missing: &str| d.map_or(missing.into(), human);
             let _ = write!(
                 line,
                 " `{}` {} in flight, cut {} (deadline {}), return lag {};",
                 e.peer,
                 e.in_flight,
-                opt(e.cut),
-                opt(e.deadline),
-                opt(e.return_lag)
+                opt(e.cut, "-"),
+                opt(e.deadline, "-"),
+                opt(e.return_lag, "none")
             );
         }
         line.pop();

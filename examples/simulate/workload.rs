@@ -96,6 +96,10 @@ const PARETO_HEAVY: Tail = Tail::Pareto {
     min: 10.0,
     alpha: 1.5,
 };
+const LN_SLOW: Tail = Tail::LogNormal {
+    median: 300.0,
+    sigma: 0.5,
+};
 const LN_SILENT: Tail = Tail::LogNormal {
     median: 20.0,
     sigma: 0.6,
@@ -108,6 +112,8 @@ pub fn workloads() -> Vec<Workload> {
         peer("ln-wide", LN_WIDE),
         peer("pareto-mild", PARETO_MILD),
         peer("pareto-heavy", PARETO_HEAVY),
+        // Slow but healthy: its tail reaches past 1 s, where fixed and floored deadlines sit.
+        peer("ln-slow", LN_SLOW),
     ];
     let mut shift = vec![healthy[0].clone(), healthy[1].clone(), healthy[2].clone()];
     shift.push(PeerSpec {
