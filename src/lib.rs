@@ -87,7 +87,7 @@ pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 pub use peer::key::{HttpKeyFn, HttpPeer};
 pub use policy::{
     DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
-    MIN_SUB_WINDOW,
+    MAX_WINDOW, MIN_SUB_WINDOW,
 };
 pub use service::AdaptiveTimeout;
 pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step};

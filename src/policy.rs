@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest latency window a policy accepts.
+pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Most sub-windows a policy accepts: each one is a histogram per peer.
 pub const MAX_SUB_WINDOWS: u32 = 64;
 /// Shortest sub-window (`window / sub_windows`) a policy accepts.
@@ -57,7 +59,7 @@ pub struct TimeoutPolicy {
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `20`.
     pub min_samples: u64,
-    /// How far back latency history reaches. Default `60s`.
+    /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
     /// Number of sub-windows the window rotates through; a sample counts for between
@@ -203,8 +205,11 @@ impl TimeoutPolicy {
         if self.min_samples == 0 {
             return fail("min_samples", "must be at least 1".into());
         }
-        if self.window.is_zero() {
-            return fail("window", "must be greater than zero".into());
+        if self.window.is_zero() || self.window > MAX_WINDOW {
+            return fail(
+                "window",
+                format!("must be in (0, {MAX_WINDOW:?}], got {:?}", self.window),
+            );
         }
         if self.sub_windows == 0 || self.sub_windows > MAX_SUB_WINDOWS {
             return fail(
@@ -265,7 +270,10 @@ impl TimeoutPolicy {
         let raw = quantile_value
             .as_secs_f64()
             .mul_add(self.factor, self.margin.as_secs_f64());
-        let raw = Duration::try_from_secs_f64(raw).unwrap_or(self.max);
+        let Ok(raw) = Duration::try_from_secs_f64(raw) else {
+            // Too large for a Duration: far past max.
+            return (self.max, DeadlineSource::ClampedMax);
+        };
         if raw < self.min {
             (self.min, DeadlineSource::ClampedMin)
         } else if raw > self.max {

@@ -170,21 +170,50 @@ impl<K: PeerKey> PeerTable<K> {
     }
 
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
-        if self.len() >= self.max_peers && !self.make_room(now) {
+        let Some(slot) = self.reserve(now) else {
             self.refused.fetch_add(1, Relaxed);
             #[cfg(feature = "metrics")]
             crate::export::untracked_call();
             return None;
-        }
+        };
         // Hold the policies' read lock across the insert, so a concurrent policy change
         // either sees this peer or is seen by it.
         let policies = self.policies();
+        let mut inserted = false;
         let entry = self.peers.entry(key.clone()).or_insert_with(|| {
             let (policy, overridden) = policies.for_key(key);
-            self.len.fetch_add(1, Relaxed);
-            Arc::new(Peer::new(label(key), policy, overridden, self.epoch, now))
+            let peer = Peer::new(label(key), policy, overridden, self.epoch, now);
+            inserted = true;
+            Arc::new(peer)
         });
-        Some(entry.value().clone())
+        let peer = entry.value().clone();
+        drop(entry);
+        if inserted {
+            slot.keep();
+        }
+        Some(peer)
+    }
+
+    /// Takes one of the `max_peers` slots, making room if the table is full. Counting the
+    /// slot before inserting keeps concurrent inserts within the bound.
+    fn reserve(&self, now: Instant) -> Option<Slot<'_>> {
+        for _ in 0..8 {
+            let len = self.len();
+            if len >= self.max_peers {
+                if !self.make_room(now) {
+                    return None;
+                }
+                continue;
+            }
+            if self
+                .len
+                .compare_exchange_weak(len, len + 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                return Some(Slot(Some(&self.len)));
+            }
+        }
+        None
     }
 
     /// Frees at least one slot if it can: sweeps idle peers (at most every quarter
@@ -223,6 +252,24 @@ impl<K: PeerKey> PeerTable<K> {
 
     fn nanos(&self, t: Instant) -> u64 {
         nanos(t.saturating_duration_since(self.epoch))
+    }
+}
+
+/// A table slot taken for an insert: given back unless kept, also if the insert panics
+/// (say, in the key's `Debug`).
+struct Slot<'a>(Option<&'a AtomicUsize>);
+
+impl Slot<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(len) = self.0 {
+            len.fetch_sub(1, Relaxed);
+        }
     }
 }
 
