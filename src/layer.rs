@@ -124,6 +124,7 @@ pub struct Builder<K, F> {
     idle_ttl: Duration,
     tokens: bool,
     propagation: Propagation,
+    jitter_seed: Option<u64>,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -136,6 +137,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             idle_ttl: DEFAULT_IDLE_TTL,
             tokens: true,
             propagation: Propagation::none(),
+            jitter_seed: None,
         }
     }
 
@@ -179,6 +181,13 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// Seeds the random jitter added to probe backoff, for reproducible runs. By default
+    /// each layer draws its own seed, so many clients do not probe a silent peer in step.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -204,8 +213,15 @@ impl<K: PeerKey, F> Builder<K, F> {
                 self.idle_ttl,
                 self.tokens,
                 self.propagation,
+                self.jitter_seed.unwrap_or_else(random_seed),
             )),
             key_fn: self.key_fn,
         })
     }
+}
+
+/// A seed no other layer (in this or another process) is likely to share.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }

@@ -57,7 +57,8 @@ pub struct TimeoutPolicy {
     /// Deadline used while the window holds fewer than `min_samples`. Default `1s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cold_start: Duration,
-    /// Samples needed before the quantile is trusted. Default `20`.
+    /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
+    /// sample stands in for a high quantile and underestimates a heavy tail.
     pub min_samples: u64,
     /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
@@ -81,7 +82,8 @@ pub struct TimeoutPolicy {
     /// up to 25% random jitter added. Default `500ms`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff: Duration,
-    /// Longest wait between probes. Default `30s`.
+    /// Longest wait between probes: how long, at worst, a peer that came back stays shut
+    /// out. Default `2s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff_max: Duration,
 }
@@ -95,7 +97,7 @@ impl Default for TimeoutPolicy {
             min: Duration::from_millis(10),
             max: Duration::from_secs(30),
             cold_start: Duration::from_secs(1),
-            min_samples: 20,
+            min_samples: 100,
             window: Duration::from_secs(60),
             sub_windows: 6,
             significant_figures: 2,
@@ -103,7 +105,7 @@ impl Default for TimeoutPolicy {
             silent_after_misses: 2,
             fail_fast: true,
             probe_backoff: Duration::from_millis(500),
-            probe_backoff_max: Duration::from_secs(30),
+            probe_backoff_max: Duration::from_secs(2),
         }
     }
 }

@@ -75,7 +75,8 @@ async fn scrape_shows_every_series_with_peer_labels() {
     let policy = TimeoutPolicy::default()
         .cold_start(ms(100))
         .min_samples(5)
-        .probe_backoff(Duration::from_secs(10));
+        .probe_backoff(Duration::from_secs(10))
+        .probe_backoff_max(Duration::from_secs(10));
     let layer = AdaptiveTimeoutLayer::builder(key as fn(&Call) -> &'static str)
         .policy(policy.clone())
         .peer_policy("held:3", policy.clone().cold_start(Duration::from_secs(10)))

@@ -171,7 +171,7 @@ async fn five_in_flight(
     rig: &Rig,
     peer: P,
 ) -> (Vec<(Result<P, BoxError>, Instant)>, Instant, Duration) {
-    rig.warm(peer, ms(10), 50).await;
+    rig.warm(peer, ms(10), 150).await;
     let (deadline, _) = rig.handle.deadline(&peer).unwrap();
     rig.peers.silence(peer, true);
     let silence = Instant::now();

@@ -66,11 +66,13 @@ async fn ping(p: Ping) -> Result<String, BoxError> {
 }
 
 /// Default policy, but with `min` high enough that a busy machine's loopback latency does
-/// not run into it, and recomputed often so the deadline tracks the window.
+/// not run into it, recomputed often so the deadline tracks the window, and trusting the
+/// quantile after 20 samples so a short run leaves cold start.
 fn policy() -> TimeoutPolicy {
     TimeoutPolicy::default()
         .min(Duration::from_millis(100))
         .recompute_every(10)
+        .min_samples(20)
 }
 
 fn stack() -> (

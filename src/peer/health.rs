@@ -13,7 +13,6 @@
 //! from the peer is a heartbeat and makes it Healthy.
 
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -94,16 +93,20 @@ pub(crate) struct Health {
     last_response: Instant,
     backoff: Duration,
     next_probe_at: Instant,
+    /// State of the jitter generator (xorshift64*).
+    rng: u64,
 }
 
 impl Health {
-    pub(crate) fn new(now: Instant) -> Self {
+    /// A healthy peer first seen at `now`; `seed` drives its probe jitter.
+    pub(crate) fn new(now: Instant, seed: u64) -> Self {
         Health {
             state: PeerState::Healthy,
             misses: 0,
             last_response: now,
             backoff: Duration::ZERO,
             next_probe_at: now,
+            rng: seed | 1,
         }
     }
 
@@ -161,7 +164,7 @@ impl Health {
     ) -> Option<Transition> {
         if probe && self.state == PeerState::Probing {
             self.backoff = (self.backoff * 2).clamp(policy.probe_backoff, policy.probe_backoff_max);
-            self.next_probe_at = now + jittered(self.backoff);
+            self.next_probe_at = now + self.jittered(self.backoff);
             return self.go(PeerState::Silent, "probe missed its deadline");
         }
         if policy.silent_after_misses == 0 || self.last_response > started {
@@ -173,7 +176,7 @@ impl Health {
                 self.misses += 1;
                 if self.misses >= policy.silent_after_misses {
                     self.backoff = policy.probe_backoff;
-                    self.next_probe_at = now + jittered(self.backoff);
+                    self.next_probe_at = now + self.jittered(self.backoff);
                     self.go(
                         PeerState::Silent,
                         "independent misses reached silent_after_misses",
@@ -199,16 +202,20 @@ impl Health {
         None
     }
 
+    /// `d` plus up to 25% random jitter, so probes of one peer by many clients (each with
+    /// its own seed) do not line up.
+    fn jittered(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 54; // 0..1024
+        d + d.mul_f64(r as f64 / 4096.0)
+    }
+
     fn go(&mut self, to: PeerState, why: &'static str) -> Option<Transition> {
         let from = std::mem::replace(&mut self.state, to);
         (from != to).then_some(Transition { from, to, why })
     }
-}
-
-/// `d` plus up to 25% random jitter, so probes of many silent peers do not line up.
-fn jittered(d: Duration) -> Duration {
-    let r = RandomState::new().hash_one(d) % 1024;
-    d + d.mul_f64(r as f64 / 4096.0)
 }
 
 #[cfg(test)]
@@ -223,7 +230,7 @@ mod tests {
     fn two_independent_misses_make_a_peer_silent() {
         let policy = TimeoutPolicy::default();
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         let t = h
             .on_deadline(t0 + ms(100), t0 + ms(1), false, &policy)
             .unwrap();
@@ -241,7 +248,7 @@ mod tests {
     fn a_miss_overtaken_by_an_answer_is_the_tail() {
         let policy = TimeoutPolicy::default();
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         assert!(h.on_response(t0 + ms(50)).is_none());
         // Started before the answer at 50ms: not independent.
         assert!(h
@@ -256,7 +263,7 @@ mod tests {
             .probe_backoff(ms(100))
             .probe_backoff_max(ms(300));
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
         assert_eq!(h.state(), PeerState::Silent);
@@ -283,7 +290,7 @@ mod tests {
     fn fail_fast_off_shortens_instead() {
         let policy = TimeoutPolicy::default().fail_fast(false);
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
         assert_eq!(h.admit(t0, &policy).0, Admit::Shortened);
@@ -293,7 +300,7 @@ mod tests {
     fn an_abandoned_probe_frees_the_slot() {
         let policy = TimeoutPolicy::default();
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
         let at = h.next_probe_at();

@@ -214,7 +214,7 @@ proptest! {
     ) {
         let policy = health_policy(misses, fail_fast);
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         let mut now = t0;
         for (step_us, ev) in events {
             now += Duration::from_micros(step_us);
@@ -254,7 +254,7 @@ proptest! {
     ) {
         let policy = health_policy(misses, true);
         let t0 = Instant::now();
-        let mut h = Health::new(t0);
+        let mut h = Health::new(t0, 7);
         let mut now = t0;
         let mut calls: Vec<Call> = Vec::new();
         for (step_us, action) in steps {

@@ -106,6 +106,7 @@ impl Peer {
         overridden: bool,
         epoch: Instant,
         now: Instant,
+        jitter_seed: u64,
     ) -> Peer {
         let window = Window::new(&policy, now);
         let peer = Peer {
@@ -127,7 +128,7 @@ impl Peer {
                 since_recompute: 0,
                 source: DeadlineSource::ColdStart,
                 quantile_value: Duration::ZERO,
-                health: Health::new(now),
+                health: Health::new(now, jitter_seed),
                 silenced: None,
             }),
         };
@@ -251,7 +252,9 @@ impl Peer {
         if !probe && source != DeadlineSource::SilentPeer {
             // A censored sample: the peer's latency was at least the deadline. (A probe or
             // a cut deadline of a peer known to be silent says nothing about its latency.)
+            // Timeouts are rare and say the deadline may be behind: recompute at once.
             self.record(&mut inner, now, deadline);
+            self.publish(&mut inner);
         }
         let policy = inner.policy.clone();
         let transition = inner.health.on_deadline(now, started, probe, &policy);

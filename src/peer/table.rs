@@ -7,6 +7,7 @@
 //! cold-start deadline.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub(crate) struct PeerTable<K> {
     untracked: Arc<Interrupts>,
     tokens: bool,
     propagation: Propagation,
+    /// Seeds each peer's probe jitter from its key.
+    jitter: foldhash::fast::FixedState,
     policies: RwLock<Policies<K>>,
     /// Calls that went untracked because the table was full.
     pub(crate) refused: AtomicU64,
@@ -92,6 +95,7 @@ impl<K: PeerKey> PeerTable<K> {
         idle_ttl: Duration,
         tokens: bool,
         propagation: Propagation,
+        jitter_seed: u64,
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
         PeerTable {
@@ -106,6 +110,7 @@ impl<K: PeerKey> PeerTable<K> {
             untracked: Arc::new(Interrupts::new()),
             tokens,
             propagation,
+            jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
             refused: AtomicU64::new(0),
         }
@@ -182,7 +187,8 @@ impl<K: PeerKey> PeerTable<K> {
         let mut inserted = false;
         let entry = self.peers.entry(key.clone()).or_insert_with(|| {
             let (policy, overridden) = policies.for_key(key);
-            let peer = Peer::new(label(key), policy, overridden, self.epoch, now);
+            let seed = self.jitter.hash_one(key);
+            let peer = Peer::new(label(key), policy, overridden, self.epoch, now, seed);
             inserted = true;
             Arc::new(peer)
         });
@@ -301,6 +307,7 @@ mod tests {
             Duration::from_secs(60),
             false,
             Propagation::none(),
+            1,
         )
     }
 
