@@ -4,6 +4,8 @@
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crossbeam_utils::CachePadded;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,33 +20,38 @@ use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 const NANOS_BITS: u32 = 60;
 const NANOS_MASK: u64 = (1 << NANOS_BITS) - 1;
 
-/// One tracked peer.
+/// One tracked peer. What every call reads, what every call writes, and the lock sit on
+/// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
     label: Box<str>,
     epoch: Instant,
-    /// `deadline_ns | source << 60`, read once per call.
-    deadline: AtomicU64,
-    /// The health state, read once per call; only non-open states take the lock.
-    state: AtomicU8,
-    /// When the window next rotates, in nanoseconds since `epoch`.
-    rotate_at: AtomicU64,
-    /// Last call start, in nanoseconds since `epoch` (for idle eviction).
+    published: CachePadded<Published>,
+    /// Calls in flight.
+    in_flight: CachePadded<AtomicUsize>,
+    /// Last call start, in nanoseconds since `epoch` (for idle eviction); written at most
+    /// once per millisecond.
     last_used: AtomicU64,
-    in_flight: AtomicUsize,
     interrupts: Interrupts,
     pub(crate) counters: Counters,
-    inner: Mutex<Inner>,
+    inner: CachePadded<Mutex<Inner>>,
     #[cfg(feature = "metrics")]
     metrics: crate::export::PeerMetrics,
 }
 
-/// Monotonic per-peer counts.
+/// What every call reads: written only when the deadline is recomputed or the state
+/// changes.
+struct Published {
+    /// `deadline_ns | source << 60`.
+    deadline: AtomicU64,
+    /// The health state; only non-open states take the lock.
+    state: AtomicU8,
+    /// When the window next rotates, in nanoseconds since `epoch`.
+    rotate_at: AtomicU64,
+}
+
+/// Per-peer counts of the rare outcomes (answers and timeouts are counted under the lock).
 #[derive(Default)]
 pub(crate) struct Counters {
-    /// Calls that ended with the inner service's answer (success or error).
-    pub(crate) completed: AtomicU64,
-    /// Calls that ran out their deadline.
-    pub(crate) deadline_exceeded: AtomicU64,
     /// Calls in flight ended because the peer went silent.
     pub(crate) silent_interrupts: AtomicU64,
     /// Calls ended by a manual interrupt or shutdown.
@@ -56,6 +63,10 @@ pub(crate) struct Counters {
 /// What a completion or a policy change needs, under the peer's lock.
 struct Inner {
     window: Window,
+    /// Calls that ended with the inner service's answer (success or error).
+    completed: u64,
+    /// Calls that ran out their deadline.
+    deadline_exceeded: u64,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,
     since_recompute: u64,
@@ -78,6 +89,8 @@ pub(crate) struct WindowView {
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
     pub(crate) next_probe_at: Instant,
+    pub(crate) completed: u64,
+    pub(crate) deadline_exceeded: u64,
 }
 
 /// What an admitted call starts with.
@@ -114,15 +127,19 @@ impl Peer {
             metrics: crate::export::PeerMetrics::new(&label),
             label,
             epoch,
-            deadline: AtomicU64::new(pack(policy.cold_start, DeadlineSource::ColdStart)),
-            state: AtomicU8::new(0),
-            rotate_at: AtomicU64::new(0),
+            published: CachePadded::new(Published {
+                deadline: AtomicU64::new(pack(policy.cold_start, DeadlineSource::ColdStart)),
+                state: AtomicU8::new(0),
+                rotate_at: AtomicU64::new(0),
+            }),
             last_used: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: CachePadded::new(AtomicUsize::new(0)),
             interrupts: Interrupts::new(),
             counters: Counters::default(),
-            inner: Mutex::new(Inner {
+            inner: CachePadded::new(Mutex::new(Inner {
                 window,
+                completed: 0,
+                deadline_exceeded: 0,
                 policy,
                 overridden,
                 since_recompute: 0,
@@ -130,10 +147,10 @@ impl Peer {
                 quantile_value: Duration::ZERO,
                 health: Health::new(now, jitter_seed),
                 silenced: None,
-            }),
+            })),
         };
         peer.publish(&mut peer.lock());
-        peer.touch(now);
+        peer.last_used.store(peer.nanos(now), Relaxed);
         peer
     }
 
@@ -144,12 +161,12 @@ impl Peer {
 
     /// The current deadline and why it has that value: one atomic load.
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
-        unpack(self.deadline.load(Relaxed))
+        unpack(self.published.deadline.load(Relaxed))
     }
 
     /// The health state.
     pub(crate) fn state(&self) -> PeerState {
-        PeerState::ALL[usize::from(self.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
+        PeerState::ALL[usize::from(self.published.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
     }
 
     /// The peer's interrupt fan-out.
@@ -160,7 +177,7 @@ impl Peer {
     /// Admits a call starting at `now`. A healthy peer costs atomic reads only; the window
     /// is rotated first if its time has come, so stale history does not set the deadline.
     pub(crate) fn admit(&self, now: Instant) -> Admission {
-        if self.nanos(now) >= self.rotate_at.load(Relaxed) {
+        if self.nanos(now) >= self.published.rotate_at.load(Relaxed) {
             let mut inner = self.lock();
             if inner.window.advance(now) {
                 self.publish(&mut inner);
@@ -207,11 +224,11 @@ impl Peer {
     /// The peer answered a call that started at `started`: record its latency, and take
     /// the answer as a heartbeat.
     pub(crate) fn on_response(&self, now: Instant, started: Instant) {
-        self.counters.completed.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics
             .answered(now.saturating_duration_since(started));
         let mut inner = self.lock();
+        inner.completed += 1;
         self.record(&mut inner, now, now.saturating_duration_since(started));
         let transition = inner.health.on_response(now);
         self.transition(transition);
@@ -231,10 +248,10 @@ impl Peer {
         source: DeadlineSource,
         probe: bool,
     ) -> (DeadlineExplanation, Option<Fired>) {
-        self.counters.deadline_exceeded.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics.timed_out();
         let mut inner = self.lock();
+        inner.deadline_exceeded += 1;
         // Explain with the numbers in force before this miss's own sample moves them.
         let explanation = DeadlineExplanation::new(
             source,
@@ -329,7 +346,7 @@ impl Peer {
     fn transition(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         let index = PeerState::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
-        self.state.store(index as u8, Relaxed);
+        self.published.state.store(index as u8, Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics.transitioned(index);
         let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
@@ -384,6 +401,8 @@ impl Peer {
             last_response: inner.health.last_response(),
             state: inner.health.state(),
             next_probe_at: inner.health.next_probe_at(),
+            completed: inner.completed,
+            deadline_exceeded: inner.deadline_exceeded,
         }
     }
 
@@ -399,15 +418,19 @@ impl Peer {
         inner.source = source;
         inner.quantile_value = q;
         inner.since_recompute = 0;
-        self.deadline.store(pack(deadline, source), Relaxed);
+        self.published.deadline.store(pack(deadline, source), Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics.deadline(deadline);
-        self.rotate_at
+        self.published.rotate_at
             .store(self.nanos(inner.window.rotates_at()), Relaxed);
     }
 
+    /// Notes a call start for idle eviction, writing only when a millisecond has passed.
     fn touch(&self, now: Instant) {
-        self.last_used.store(self.nanos(now), Relaxed);
+        let now = self.nanos(now);
+        if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
+            self.last_used.store(now, Relaxed);
+        }
     }
 
     fn nanos(&self, t: Instant) -> u64 {
