@@ -464,24 +464,15 @@ async fn layer_clones_share_one_table() {
     let clone = layer.clone();
     let mut one = layer.layer(service_fn(answer));
     let mut two = clone.layer(service_fn(answer));
-    one.ready()
-        .await
-        .unwrap()
-        .call(call("a", ms(5)))
-        .await
-        .unwrap();
-    two.ready()
-        .await
-        .unwrap()
-        .call(call("a", ms(5)))
-        .await
-        .unwrap();
-    two.ready()
-        .await
-        .unwrap()
-        .call(call("b", ms(5)))
-        .await
-        .unwrap();
+    for (which, peer) in [(0, "a"), (1, "a"), (1, "b")] {
+        let svc = if which == 0 { &mut one } else { &mut two };
+        svc.ready()
+            .await
+            .unwrap()
+            .call(call(peer, ms(5)))
+            .await
+            .unwrap();
+    }
 
     for handle in [layer.handle(), clone.handle()] {
         assert_eq!(handle.peer_count(), 2);
