@@ -53,6 +53,8 @@ pub(crate) struct Call {
     done: bool,
     token: Option<Interrupt>,
     rejected: Option<BoxError>,
+    /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
+    span: tracing::Span,
 }
 
 /// Where a call's interrupts come from, and whose history it feeds.
@@ -86,7 +88,14 @@ impl Call {
         ticket: Ticket,
         token: Option<Interrupt>,
     ) -> Self {
+        let span = tracing::trace_span!(
+            "adaptive_timeout",
+            peer = target.label(),
+            deadline = ?ticket.deadline,
+            source = ticket.source.as_str(),
+        );
         Call {
+            span,
             target,
             start,
             deadline: ticket.deadline,
@@ -261,6 +270,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let span = this.call.span.clone();
+        let _entered = span.enter();
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             let err = this.call.rejected.take();
             return Poll::Ready(Err(err.unwrap_or_else(|| "polled after completion".into())));

@@ -18,6 +18,10 @@ use crate::BoxError;
 
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
+///
+/// A call refused at once (its peer is silent, or its budget was already spent) never
+/// reaches the inner service: like any tower filter, it leaves the readiness it was given
+/// to the next call.
 pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
