@@ -14,7 +14,8 @@
 //!
 //! It runs on tokio's paused clock, so the simulated latencies cost no real time.
 
-mod common;
+#[path = "common/table.rs"]
+mod table;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PolicyError, TimeoutPolicy};
 
-use common::table::print_snapshots;
+use table::print_snapshots;
 
 /// The file's shape: a default policy and overrides by peer name.
 #[derive(Debug, serde::Deserialize)]

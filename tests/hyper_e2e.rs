@@ -9,6 +9,7 @@
 //!
 //! Everything runs in real time under a bounded wait. Assertions are structural, with
 //! generous upper bounds only (the cold-start deadline a cut must come well before).
+#![cfg(feature = "http")]
 
 #[path = "../examples/common/mod.rs"]
 mod common;

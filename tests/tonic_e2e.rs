@@ -13,6 +13,7 @@
 //! timer wins (as it usually does, being polled first), the call ends with tonic's own
 //! `Status` `Cancelled` ("Timeout expired") at the same deadline, and the layer sees an
 //! ordinary error from the inner service.
+#![cfg(feature = "http")]
 
 #[path = "../examples/common/mod.rs"]
 mod common;
