@@ -108,6 +108,11 @@ impl Call {
         }
     }
 
+    /// Whether the call's deadline has passed (read only on the error path).
+    fn past_deadline(&self) -> bool {
+        Instant::now() >= self.start + self.deadline
+    }
+
     /// The peer answered.
     fn answered(&mut self) {
         self.done = true;
@@ -278,6 +283,11 @@ where
         };
         if let Poll::Ready(result) = inner.poll(cx) {
             this.inner.set(None);
+            if result.is_err() && this.call.past_deadline() {
+                // An error at the deadline is most likely the inner stack enforcing the
+                // budget this layer propagated: the deadline won the race.
+                return Poll::Ready(Err(this.call.expired().into()));
+            }
             this.call.answered();
             return Poll::Ready(result.map_err(Into::into));
         }

@@ -84,7 +84,7 @@ pub use metrics::PeerSnapshot;
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]
-pub use peer::key::{HttpKeyFn, HttpPeer};
+pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
     DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
     MAX_WINDOW, MIN_SUB_WINDOW,

@@ -220,3 +220,29 @@ async fn caller_limits_neither_teach_the_window_nor_count_as_misses() {
     assert_eq!(snap.state, tower_adaptive_timeout::PeerState::Healthy);
     assert_eq!(snap.deadline_exceeded, 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_error_at_the_propagated_deadline_counts_as_a_miss() {
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(TimeoutPolicy::default().cold_start(ms(200)))
+        .propagation(Propagation::grpc())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let early = layer.layer(service_fn(|_: Request<()>| async {
+        Err::<Response<()>, BoxError>("refused".into())
+    }));
+    // The inner stack enforces the budget it was handed, as tonic's Channel does.
+    let svc = layer.layer(service_fn(|req: Request<()>| async move {
+        let budget = parse_grpc_timeout(req.headers()["grpc-timeout"].as_bytes()).unwrap();
+        tokio::time::sleep(budget).await;
+        Err::<Response<()>, BoxError>("timeout expired".into())
+    }));
+    let err = interrupted(svc.clone().oneshot(get("http://d:1/")).await);
+    assert_eq!(err.deadline(), Some(ms(200)));
+    let snap = handle.peer(&"http://d:1".parse().unwrap()).unwrap();
+    assert_eq!((snap.completed, snap.deadline_exceeded), (0, 1));
+    // An error before the deadline is the inner service's own and passes through.
+    let err = early.oneshot(get("http://d:1/")).await.unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_none(), "{err}");
+}

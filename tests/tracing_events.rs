@@ -59,7 +59,10 @@ async fn expiries_and_state_changes_are_traced_inside_the_call_span() {
         .find(|l| l.contains("deadline exceeded"))
         .unwrap_or_else(|| panic!("no expiry event in:\n{text}"));
     assert!(expiry.contains("DEBUG"), "{expiry}");
-    assert!(expiry.contains("adaptive_timeout{peer=\"db-7\""), "{expiry}");
+    assert!(
+        expiry.contains("adaptive_timeout{peer=\"db-7\""),
+        "{expiry}"
+    );
     assert!(expiry.contains("deadline=40ms"), "{expiry}");
     let silent = text
         .lines()

@@ -102,13 +102,16 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
 }
 
 #[cfg(feature = "http")]
-pub use self::http_peer::{HttpKeyFn, HttpPeer};
+pub use self::http_peer::{HttpKeyFn, HttpPeer, InvalidPeer};
 
 #[cfg(feature = "http")]
 mod http_peer {
     use std::fmt;
 
+    use std::str::FromStr;
+
     use http::uri::{Authority, Scheme};
+    use http::Uri;
     use http::{header::HOST, Request};
 
     use std::time::Duration;
@@ -127,6 +130,14 @@ mod http_peer {
     }
 
     impl HttpPeer {
+        /// The peer a request to `uri` goes to; `None` if the URI names no host.
+        pub fn from_uri(uri: &Uri) -> Option<HttpPeer> {
+            Some(HttpPeer {
+                scheme: uri.scheme().cloned(),
+                authority: uri.authority()?.clone(),
+            })
+        }
+
         /// The scheme, if the request's URI had one.
         pub fn scheme(&self) -> Option<&Scheme> {
             self.scheme.as_ref()
@@ -137,6 +148,28 @@ mod http_peer {
             &self.authority
         }
     }
+
+    /// Parses `http://host:port` (any URI with an authority) or `host:port`.
+    impl FromStr for HttpPeer {
+        type Err = InvalidPeer;
+
+        fn from_str(s: &str) -> Result<HttpPeer, InvalidPeer> {
+            let uri: Uri = s.parse().map_err(|_| InvalidPeer)?;
+            HttpPeer::from_uri(&uri).ok_or(InvalidPeer)
+        }
+    }
+
+    /// A string that names no HTTP peer.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct InvalidPeer;
+
+    impl fmt::Display for InvalidPeer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("not an HTTP peer: expected scheme://host:port or host:port")
+        }
+    }
+
+    impl std::error::Error for InvalidPeer {}
 
     impl fmt::Display for HttpPeer {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -159,12 +192,8 @@ mod http_peer {
         /// Scheme and authority of the URI; for an origin-form URI (`/path`), the `Host`
         /// header. `None` when neither names a host.
         fn peer(&self) -> Option<HttpPeer> {
-            let uri = self.uri();
-            if let Some(authority) = uri.authority() {
-                return Some(HttpPeer {
-                    scheme: uri.scheme().cloned(),
-                    authority: authority.clone(),
-                });
+            if let Some(peer) = HttpPeer::from_uri(self.uri()) {
+                return Some(peer);
             }
             let host = self.headers().get(HOST)?;
             let authority = Authority::try_from(host.as_bytes()).ok()?;
@@ -237,6 +266,19 @@ mod http_peer {
             assert_eq!(peer.to_string(), "http://10.0.0.7:9000");
             let other = Request::get("https://10.0.0.7:9000/").body(()).unwrap();
             assert_ne!(other.peer().unwrap(), peer);
+        }
+
+        #[test]
+        fn parses_from_strings_like_requests_key_them() {
+            let req = Request::get("http://10.0.0.7:9000/a").body(()).unwrap();
+            let parsed: HttpPeer = "http://10.0.0.7:9000".parse().unwrap();
+            assert_eq!(req.peer(), Some(parsed));
+            assert_eq!(
+                "svc.local:8080".parse::<HttpPeer>().unwrap().to_string(),
+                "svc.local:8080"
+            );
+            assert_eq!("/no/host".parse::<HttpPeer>(), Err(InvalidPeer));
+            assert_eq!("not a uri".parse::<HttpPeer>(), Err(InvalidPeer));
         }
 
         #[test]

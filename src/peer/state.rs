@@ -166,7 +166,8 @@ impl Peer {
 
     /// The health state.
     pub(crate) fn state(&self) -> PeerState {
-        PeerState::ALL[usize::from(self.published.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
+        PeerState::ALL
+            [usize::from(self.published.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
     }
 
     /// The peer's interrupt fan-out.
@@ -418,10 +419,13 @@ impl Peer {
         inner.source = source;
         inner.quantile_value = q;
         inner.since_recompute = 0;
-        self.published.deadline.store(pack(deadline, source), Relaxed);
+        self.published
+            .deadline
+            .store(pack(deadline, source), Relaxed);
         #[cfg(feature = "metrics")]
         self.metrics.deadline(deadline);
-        self.published.rotate_at
+        self.published
+            .rotate_at
             .store(self.nanos(inner.window.rotates_at()), Relaxed);
     }
 
