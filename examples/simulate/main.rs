@@ -8,10 +8,9 @@
 //! cargo run --release --example simulate -- --seed 7
 //! ```
 //!
-//! The same seed gives the same tables, except the cells marked † for this crate's layer,
-//! which depend on its (unseeded) probe jitter.
+//! The same seed gives the same tables, byte for byte.
 
-// `Report::reproducible` and `Report::row` serve `tests/simulate_invariants.rs`.
+// `Report::row` serves `tests/simulate_invariants.rs`.
 #[allow(dead_code)]
 mod sim;
 
@@ -48,10 +47,6 @@ async fn main() -> ExitCode {
     let wall = std::time::Instant::now();
     let report = sim::simulate(&cfg).await;
     print!("{}", report.markdown());
-    println!(
-        "† depends on probe timing; this layer jitters its probe backoff from an unseeded \
-         source, so these cells of its rows can change between runs with the same seed.\n"
-    );
     eprintln!(
         "simulated in {:.1}s of wall time",
         wall.elapsed().as_secs_f64()

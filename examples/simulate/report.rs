@@ -151,9 +151,8 @@ impl Row {
         }
     }
 
-    /// The row's cells; with `mask`, cells that depend on unseeded randomness in the
-    /// strategy (probe timing, in silence tables) read `~`.
-    fn cells(&self, silence: bool, mask: bool) -> Vec<String> {
+    /// The row's cells.
+    fn cells(&self, silence: bool) -> Vec<String> {
         let mut cells = vec![
             self.kind.name().to_string(),
             self.calls.to_string(),
@@ -187,13 +186,6 @@ impl Row {
             lag_med,
             lag_max,
         ]);
-        if mask && self.kind.unseeded_jitter() {
-            for (cell, head) in cells.iter_mut().zip(Table::SILENCE_HEAD) {
-                if head.ends_with('†') {
-                    *cell = "~".into();
-                }
-            }
-        }
         cells
     }
 
@@ -227,7 +219,7 @@ pub struct Table {
 }
 
 impl Table {
-    /// Column heads; cells under heads ending in † depend on probe timing.
+    /// Column heads.
     const HEAD: [&'static str; 7] = [
         "strategy",
         "calls",
@@ -240,7 +232,7 @@ impl Table {
     /// Column heads of workloads with silent peers.
     const SILENCE_HEAD: [&'static str; 14] = [
         "strategy",
-        "calls †",
+        "calls",
         "false interrupts",
         "worst peer",
         "stalled >10s",
@@ -249,17 +241,17 @@ impl Table {
         "cut: median",
         "cut: max",
         "max cut / deadline",
-        "wasted in flight †",
-        "lost after return †",
-        "return lag: median †",
-        "return lag: max †",
+        "wasted in flight",
+        "lost after return",
+        "return lag: median",
+        "return lag: max",
     ];
 
     fn has_silence(&self) -> bool {
         self.workload.peers.iter().any(|p| p.silence.is_some())
     }
 
-    fn write(&self, out: &mut String, mask: bool) {
+    fn write(&self, out: &mut String) {
         let w = &self.workload;
         let _ = writeln!(out, "### {}: {}\n", w.name, w.about);
         for p in &w.peers {
@@ -285,14 +277,10 @@ impl Table {
         let _ = writeln!(out, "\n| {} |", head.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
         for row in &self.rows {
-            let _ = writeln!(
-                out,
-                "| {} |",
-                row.cells(self.has_silence(), mask).join(" | ")
-            );
+            let _ = writeln!(out, "| {} |", row.cells(self.has_silence()).join(" | "));
         }
         out.push('\n');
-        if self.has_silence() && !mask {
+        if self.has_silence() {
             let _ = writeln!(out, "Per silence:\n");
             for row in &self.rows {
                 let _ = writeln!(out, "{}", row.episode_line());
@@ -312,24 +300,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report as Markdown.
+    /// The report as Markdown: the same configuration always gives the same text.
     pub fn markdown(&self) -> String {
-        self.render(false)
-    }
-
-    /// The report with the cells that unseeded randomness may change masked: the same seed
-    /// always gives the same text.
-    pub fn reproducible(&self) -> String {
-        self.render(true)
-    }
-
-    /// The row of `kind` in the table of the workload named `workload`.
-    pub fn row(&self, workload: &str, kind: Kind) -> Option<&Row> {
-        let table = self.tables.iter().find(|t| t.workload.name == workload)?;
-        table.rows.iter().find(|r| r.kind == kind)
-    }
-
-    fn render(&self, mask: bool) -> String {
         let c = &self.config;
         let mut out = format!(
             "seed {}; {} simulated per run; {} callers per peer, think time exp(mean {}); \
@@ -340,9 +312,15 @@ impl Report {
             human(c.think)
         );
         for table in &self.tables {
-            table.write(&mut out, mask);
+            table.write(&mut out);
         }
         out
+    }
+
+    /// The row of `kind` in the table of the workload named `workload`.
+    pub fn row(&self, workload: &str, kind: Kind) -> Option<&Row> {
+        let table = self.tables.iter().find(|t| t.workload.name == workload)?;
+        table.rows.iter().find(|r| r.kind == kind)
     }
 }
 

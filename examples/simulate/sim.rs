@@ -2,10 +2,9 @@
 //! peers, compared on heavy-tailed, shifting and silent peers.
 //!
 //! Deterministic by construction: tokio's paused clock (time only moves when every task
-//! waits), a single-threaded runtime, and a seeded random stream per caller, so the same
-//! seed gives the same calls. One exception is outside the simulation's control and is
-//! marked in the report: this crate's layer jitters its probe backoff with `std`'s randomly
-//! keyed hasher, so cells that depend on probe timing may differ between runs.
+//! waits), a single-threaded runtime, a seeded random stream per caller, and this crate's
+//! layer with its probe jitter seeded from the same seed, so the same seed gives the same
+//! calls and the same tables, byte for byte.
 //!
 //! Shared by `examples/simulate/main.rs` and `tests/simulate_invariants.rs`.
 
@@ -98,7 +97,7 @@ pub async fn simulate(cfg: &SimConfig) -> Report {
             .collect();
         let mut rows = Vec::new();
         for &kind in &cfg.kinds {
-            let strategy = strategies::build(kind);
+            let strategy = strategies::build(kind, cfg.seed);
             let run = driver::run(&plans, &strategy, cfg, w as u64).await;
             rows.push(Row::new(kind, &plans, &run));
         }

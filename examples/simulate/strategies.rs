@@ -12,8 +12,10 @@
 //!   (threshold 8, 1000 samples, minimum standard deviation 100 ms, first estimate 1 s) and
 //!   its logistic approximation of the normal CDF; when phi passes 8 every call in flight
 //!   to the peer (started before its last answer) is cut.
-//! * This crate's layer, with its default policy; and once more with one setting tuned
-//!   (labelled as such): `probe_backoff_max` 2 s instead of 30 s.
+//! * This crate's layer, with its default policy, its probe jitter seeded from the
+//!   simulation's seed (`Builder::jitter_seed`) so runs are reproducible; and once more
+//!   with one setting changed (labelled as such): `fail_fast` off, so calls to a silent
+//!   peer go out with the shortest deadline instead of being refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -51,8 +53,9 @@ pub enum Kind {
     PhiAccrual,
     /// This crate's layer at its defaults.
     Layer,
-    /// This crate's layer with one setting tuned: probes of a silent peer at most 2 s apart.
-    LayerTuned,
+    /// This crate's layer with `fail_fast` off: no refusals and no probes; calls to a
+    /// silent peer get the policy's `min` deadline, and any answer readmits the peer.
+    LayerNoFailFast,
 }
 
 impl Kind {
@@ -64,7 +67,7 @@ impl Kind {
         Kind::AdaptiveTimeoutCrate,
         Kind::PhiAccrual,
         Kind::Layer,
-        Kind::LayerTuned,
+        Kind::LayerNoFailFast,
     ];
 
     /// Name in the report.
@@ -76,15 +79,8 @@ impl Kind {
             Kind::AdaptiveTimeoutCrate => "adaptive-timeout 2xp99.99",
             Kind::PhiAccrual => "phi accrual > 8",
             Kind::Layer => "this layer (defaults)",
-            Kind::LayerTuned => "this layer (TUNED: probe_backoff_max 2s)",
+            Kind::LayerNoFailFast => "this layer (TUNED: fail_fast off)",
         }
-    }
-
-    /// Whether part of the strategy's behaviour is random without a seed (this layer jitters
-    /// its probe backoff from `std`'s randomly keyed hasher): the cells it affects may
-    /// differ between runs.
-    pub fn unseeded_jitter(self) -> bool {
-        matches!(self, Kind::Layer | Kind::LayerTuned)
     }
 }
 
@@ -96,8 +92,9 @@ pub struct Strategy {
     pub deadline: DeadlineFn,
 }
 
-/// Builds a fresh strategy (no history) over fresh simulated peers.
-pub fn build(kind: Kind) -> Strategy {
+/// Builds a fresh strategy (no history) over fresh simulated peers; `seed` drives whatever
+/// randomness the strategy has of its own (this layer's probe jitter).
+pub fn build(kind: Kind, seed: u64) -> Strategy {
     let fixed = |d: Duration| Strategy {
         service: SimService::new(
             ServiceBuilder::new()
@@ -113,10 +110,8 @@ pub fn build(kind: Kind) -> Strategy {
         Kind::Rfc6298 => skeleton(Rto::default()),
         Kind::AdaptiveTimeoutCrate => skeleton(CrateFormula::default()),
         Kind::PhiAccrual => skeleton(Phi::default()),
-        Kind::Layer => layer(TimeoutPolicy::default()),
-        Kind::LayerTuned => {
-            layer(TimeoutPolicy::default().probe_backoff_max(Duration::from_secs(2)))
-        }
+        Kind::Layer => layer(TimeoutPolicy::default(), seed),
+        Kind::LayerNoFailFast => layer(TimeoutPolicy::default().fail_fast(false), seed),
     }
 }
 
@@ -133,10 +128,11 @@ fn skeleton<T: PeerTimer>(timer: T) -> Strategy {
     }
 }
 
-fn layer(policy: TimeoutPolicy) -> Strategy {
+fn layer(policy: TimeoutPolicy, seed: u64) -> Strategy {
     let cold = policy.cold_start;
     let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.peer) as fn(&Req) -> PeerId)
         .policy(policy)
+        .jitter_seed(seed)
         .build()
         .expect("a valid policy");
     let handle = layer.handle();
