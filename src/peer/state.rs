@@ -396,7 +396,7 @@ impl Peer {
             overridden: inner.overridden,
             samples: w.samples(),
             quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
-            max: super::window::from_units(w.total().max()),
+            max: w.max(),
             quantile_value: inner.quantile_value,
             heap_bytes: w.heap_bytes(),
             last_response: inner.health.last_response(),

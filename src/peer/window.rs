@@ -14,13 +14,16 @@ use crate::policy::TimeoutPolicy;
 /// Latencies are recorded in microseconds.
 const UNIT_NANOS: u64 = 1_000;
 
-/// The time-decaying histogram of one peer.
+/// The time-decaying histogram of one peer. Histograms are allocated when first written,
+/// so a peer that made few calls (or a flood of one-call keys) holds little memory.
 pub(crate) struct Window {
-    subs: Box<[Histogram<u32>]>,
-    total: Histogram<u32>,
+    subs: Box<[Option<Histogram<u32>>]>,
+    total: Option<Histogram<u32>>,
     current: usize,
     current_ends: Instant,
     sub_len: Duration,
+    /// Lowest discernible value, highest trackable value, significant figures.
+    bounds: (u64, u64, u8),
 }
 
 impl Window {
@@ -30,25 +33,28 @@ impl Window {
         // `min / 100` share buckets, which keeps a peer's window under 48 KiB at defaults.
         let low = (to_units(policy.min) / 100).max(1);
         let high = to_units(policy.max).max(2 * low);
-        let make = || {
-            Histogram::<u32>::new_with_bounds(low, high, policy.significant_figures)
-                .expect("a validated policy gives valid histogram bounds")
-        };
-        let subs = (0..policy.sub_windows).map(|_| make()).collect();
         Window {
-            subs,
-            total: make(),
+            subs: (0..policy.sub_windows).map(|_| None).collect(),
+            total: None,
             current: 0,
             current_ends: now + policy.sub_window(),
             sub_len: policy.sub_window(),
+            bounds: (low, high, policy.significant_figures),
         }
     }
 
     /// Records one latency; values past the histogram's range count as its highest value.
     pub(crate) fn record(&mut self, latency: Duration) {
         let v = to_units(latency);
-        self.subs[self.current].saturating_record(v);
-        self.total.saturating_record(v);
+        let (low, high, sigfig) = self.bounds;
+        let make = || {
+            Histogram::<u32>::new_with_bounds(low, high, sigfig)
+                .expect("a validated policy gives valid histogram bounds")
+        };
+        self.subs[self.current]
+            .get_or_insert_with(make)
+            .saturating_record(v);
+        self.total.get_or_insert_with(make).saturating_record(v);
     }
 
     /// Retires sub-windows whose time has passed. Returns whether anything rotated.
@@ -59,18 +65,19 @@ impl Window {
         let behind = now.duration_since(self.current_ends).as_nanos() / self.sub_len.as_nanos();
         if behind >= self.subs.len() as u128 {
             // Idle for a whole window: everything has expired.
-            self.subs.iter_mut().for_each(Histogram::reset);
-            self.total.reset();
+            self.subs.iter_mut().flatten().for_each(Histogram::reset);
+            self.total.iter_mut().for_each(Histogram::reset);
             self.current_ends = now + self.sub_len;
             return true;
         }
         while now >= self.current_ends {
             self.current = (self.current + 1) % self.subs.len();
-            let oldest = &mut self.subs[self.current];
-            if !oldest.is_empty() {
-                // `oldest` was added into `total`, so the subtraction cannot underflow.
-                let _ = self.total.subtract(&*oldest);
-                oldest.reset();
+            if let (Some(oldest), Some(total)) = (&mut self.subs[self.current], &mut self.total) {
+                if !oldest.is_empty() {
+                    // `oldest` was added into `total`, so the subtraction cannot underflow.
+                    let _ = total.subtract(&*oldest);
+                    oldest.reset();
+                }
             }
             self.current_ends += self.sub_len;
         }
@@ -82,25 +89,28 @@ impl Window {
         self.current_ends
     }
 
-    /// The sum of all live sub-windows.
-    pub(crate) fn total(&self) -> &Histogram<u32> {
-        &self.total
-    }
-
     /// Samples currently in the window.
     pub(crate) fn samples(&self) -> u64 {
-        self.total.len()
+        self.total.as_ref().map_or(0, Histogram::len)
     }
 
     /// The latency at quantile `q` of the window (zero when empty).
     pub(crate) fn quantile(&self, q: f64) -> Duration {
-        from_units(self.total.value_at_quantile(q))
+        from_units(self.total.as_ref().map_or(0, |t| t.value_at_quantile(q)))
     }
 
-    /// Heap bytes held by the histograms.
+    /// The highest latency in the window (zero when empty).
+    pub(crate) fn max(&self) -> Duration {
+        from_units(self.total.as_ref().map_or(0, Histogram::max))
+    }
+
+    /// Heap bytes held by the histograms allocated so far.
     pub(crate) fn heap_bytes(&self) -> usize {
-        let one = self.total.distinct_values() * std::mem::size_of::<u32>();
-        one * (self.subs.len() + 1)
+        let sizes = self.subs.iter().chain(std::iter::once(&self.total));
+        sizes
+            .flatten()
+            .map(|h| h.distinct_values() * std::mem::size_of::<u32>())
+            .sum()
     }
 }
 
@@ -164,8 +174,20 @@ mod tests {
     }
 
     #[test]
-    fn a_default_window_fits_in_48_kib() {
-        let w = Window::new(&TimeoutPolicy::default(), Instant::now());
+    fn a_default_window_fits_in_48_kib_and_grows_with_use() {
+        let policy = TimeoutPolicy::default();
+        let t0 = Instant::now();
+        let mut w = Window::new(&policy, t0);
+        assert_eq!(w.heap_bytes(), 0, "nothing before the first sample");
+        w.record(ms(5));
+        let two = w.heap_bytes();
+        assert!(two > 0);
+        // Every sub-window written: the most a default peer holds.
+        for i in 1..=6 {
+            w.advance(t0 + policy.sub_window() * i);
+            w.record(ms(5));
+        }
+        assert_eq!(w.heap_bytes(), two / 2 * 7);
         assert!(w.heap_bytes() <= 48 * 1024, "{} bytes", w.heap_bytes());
     }
 
