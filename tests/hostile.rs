@@ -136,10 +136,10 @@ fn rss() -> usize {
     kb * 1024
 }
 
-/// Distinct keys pushed through a table of 10,000 peers. A debug build inserts (and evicts)
-/// about 20,000 new peers a second on two cores, so a million would take close to a
-/// minute; this many stays around 15 seconds.
-const FLOOD_KEYS: u64 = 300_000;
+/// Distinct keys pushed through a table of 10,000 peers: a million, each new, so every
+/// call after the first 10,000 inserts one peer and evicts another (about 30 s in a debug
+/// build on two cores).
+const FLOOD_KEYS: u64 = 1_000_000;
 const FLOOD_MAX_PEERS: usize = 10_000;
 
 #[tokio::test(start_paused = true)]
