@@ -8,8 +8,13 @@
 //! * `different_peers`: task 0 calls peer 0, task 1 calls peer 1.
 //!
 //! each for a ready inner future and one that is pending once, and for bare `service_fn`,
-//! `tower::timeout::Timeout` and this layer. Ends with medians and the ratio the project
-//! targets: layer / tower::timeout <= 1.5.
+//! `tower::timeout::Timeout` and this layer. Each task keeps its clone for the whole batch,
+//! as a caller holding a service does, so the service's last-peer cache hits on every call
+//! after the first. `layer_uncached` shows the path without that cache: each task
+//! alternates between its peer and a second one (`same_peer`: both tasks alternate between
+//! peers 0 and 1; `different_peers`: task 0 between 0 and 2, task 1 between 1 and 3), so
+//! every call goes through the shared peer table. Ends with medians and the ratio the
+//! project targets: layer / tower::timeout <= 1.5.
 
 mod common;
 
@@ -26,11 +31,23 @@ use common::{
 /// Tasks calling at once (and worker threads).
 const TASKS: usize = 2;
 
-/// The peer each task calls, by case.
-const CASES: [(&str, [u32; TASKS]); 2] = [("same_peer", [0, 0]), ("different_peers", [0, 1])];
+/// A case: its name, the peer each task calls, and the peers each task alternates between
+/// in `layer_uncached`.
+type Case = (
+    &'static str,
+    [&'static [u32]; TASKS],
+    [&'static [u32]; TASKS],
+);
 
-/// Benchmarks `svc` with one task per entry of `peers`, each making a batch of calls.
-fn bench_tasks<S>(group: &mut Group<'_>, id: &str, peers: [u32; TASKS], svc: S)
+/// The cases.
+const CASES: [Case; 2] = [
+    ("same_peer", [&[0], &[0]], [&[0, 1], &[1, 0]]),
+    ("different_peers", [&[0], &[1]], [&[0, 2], &[1, 3]]),
+];
+
+/// Benchmarks `svc` with one task per entry of `peers`, each making a batch of calls to
+/// its peers round-robin.
+fn bench_tasks<S>(group: &mut Group<'_>, id: &str, peers: [&'static [u32]; TASKS], svc: S)
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
@@ -41,9 +58,9 @@ where
             let start = Instant::now();
             let tasks: Vec<_> = peers
                 .iter()
-                .map(|&peer| {
+                .map(|&keys| {
                     let mut svc = svc.clone();
-                    tokio::spawn(async move { drive(&mut svc, &[peer], iters).await })
+                    tokio::spawn(async move { drive(&mut svc, keys, iters).await })
                 })
                 .collect();
             for task in tasks {
@@ -61,7 +78,7 @@ where
     S: Service<Req, Response = u32, Error = std::convert::Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
-    for (case, peers) in CASES {
+    for (case, peers, alternating) in CASES {
         let mut group = Group::new(c, &format!("{inner}/{case}"));
         bench_tasks(&mut group, "bare", peers, make());
         bench_tasks(
@@ -71,6 +88,12 @@ where
             with_tower_timeout(make()),
         );
         bench_tasks(&mut group, "layer", peers, with_layer(make()));
+        bench_tasks(
+            &mut group,
+            "layer_uncached",
+            alternating,
+            with_layer(make()),
+        );
         group.finish();
     }
 }
@@ -91,13 +114,19 @@ fn main() {
     common::print_medians("contention (2 tasks, 2 workers; wall ns / calls per task)");
     let mut ratios = Vec::new();
     for inner in ["ready", "pending_once"] {
-        for (case, _) in CASES {
+        for (case, _, _) in CASES {
             let group = format!("{inner}/{case}");
             ratios.push(Ratio::plain(
                 &format!("{group}: layer / tower_timeout"),
                 &format!("{group}/layer"),
                 &format!("{group}/tower_timeout"),
                 Some(1.5),
+            ));
+            ratios.push(Ratio::plain(
+                &format!("{group}: layer_uncached / tower_timeout"),
+                &format!("{group}/layer_uncached"),
+                &format!("{group}/tower_timeout"),
+                None,
             ));
             ratios.push(Ratio::overhead(
                 &format!("{group}: (layer - bare) / (tower_timeout - bare)"),

@@ -1,9 +1,13 @@
 //! Per-call overhead on a current-thread runtime, one peer.
 //!
 //! * `ready`: the inner future is ready at its first poll. Bare `service_fn` vs
-//!   `tower::timeout::Timeout` vs this layer.
+//!   `tower::timeout::Timeout` vs this layer. Every call goes to peer 0 through one
+//!   service, so the layer's last-peer cache hits, as it does for a stack in front of one
+//!   peer. `layer_uncached` alternates between peers 0 and 1, so the cache misses on every
+//!   call and each call looks its peer up in the table (the path of a service that fans out
+//!   to many peers).
 //! * `pending_once`: the inner future yields once, so every timeout's timer is really
-//!   registered and cancelled. Same three stacks.
+//!   registered and cancelled. Same stacks, `layer_uncached` too.
 //! * `*_tracing`: the same with a `fmt` subscriber at `TRACE` level (writing to `io::sink`)
 //!   installed, to show the layer's instrumentation costs nothing on the success path.
 //! * `vs_adaptive_timeout`: the `adaptive-timeout` crate's per-call work
@@ -31,51 +35,63 @@ use common::{
 /// Peer counts of the comparison with `adaptive-timeout`.
 const PEER_COUNTS: [u32; 2] = [1, 1_000];
 
-/// Benchmarks `svc` in `group` under `id`, one peer.
+/// Benchmarks `svc` in `group` under `id`, calling `keys` round-robin.
 fn bench_stack<S: Service<Req> + 'static>(
     group: &mut Group<'_>,
     id: &str,
     tracing: bool,
+    keys: &'static [u32],
     mut svc: S,
 ) {
     let rt = current_thread();
     group.bench(id, move |iters| {
-        block_on_traced(&rt, tracing, drive(&mut svc, &[0], iters))
+        block_on_traced(&rt, tracing, drive(&mut svc, keys, iters))
     });
 }
 
-/// The three stacks around the inner service `make()` builds.
-fn three_stacks<S, M>(c: &mut Criterion, name: &str, tracing: bool, make: M)
+/// The three stacks around the inner service `make()` builds, one peer; with `uncached`,
+/// the layer again alternating between two peers.
+fn three_stacks<S, M>(c: &mut Criterion, name: &str, tracing: bool, uncached: bool, make: M)
 where
     M: Fn() -> S,
     S: Service<Req, Response = u32, Error = std::convert::Infallible> + 'static,
 {
     let mut group = Group::new(c, name);
-    bench_stack(&mut group, "bare", tracing, make());
+    bench_stack(&mut group, "bare", tracing, &[0], make());
     bench_stack(
         &mut group,
         "tower_timeout",
         tracing,
+        &[0],
         with_tower_timeout(make()),
     );
-    bench_stack(&mut group, "layer", tracing, with_layer(make()));
+    bench_stack(&mut group, "layer", tracing, &[0], with_layer(make()));
+    if uncached {
+        bench_stack(
+            &mut group,
+            "layer_uncached",
+            tracing,
+            &[0, 1],
+            with_layer(make()),
+        );
+    }
     group.finish();
 }
 
 fn ready(c: &mut Criterion) {
-    three_stacks(c, "ready", false, ready_inner);
+    three_stacks(c, "ready", false, true, ready_inner);
 }
 
 fn pending_once(c: &mut Criterion) {
-    three_stacks(c, "pending_once", false, pending_once_inner);
+    three_stacks(c, "pending_once", false, true, pending_once_inner);
 }
 
 fn ready_tracing(c: &mut Criterion) {
-    three_stacks(c, "ready_tracing", true, ready_inner);
+    three_stacks(c, "ready_tracing", true, false, ready_inner);
 }
 
 fn pending_once_tracing(c: &mut Criterion) {
-    three_stacks(c, "pending_once_tracing", true, pending_once_inner);
+    three_stacks(c, "pending_once_tracing", true, false, pending_once_inner);
 }
 
 /// `iters` calls' worth of `adaptive-timeout` bookkeeping: choose the timeout, make the
@@ -156,6 +172,15 @@ fn main() {
             &format!("{group}/tower_timeout"),
             &format!("{group}/bare"),
             Some(target),
+        ));
+    }
+    for group in ["ready", "pending_once"] {
+        ratios.push(Ratio::overhead(
+            &format!("{group}: (layer_uncached - bare) / (tower_timeout - bare)"),
+            &format!("{group}/layer_uncached"),
+            &format!("{group}/tower_timeout"),
+            &format!("{group}/bare"),
+            None,
         ));
     }
     for (group, stack) in [("ready", "layer"), ("pending_once", "layer")] {
