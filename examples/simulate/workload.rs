@@ -80,30 +80,20 @@ const fn peer(name: &'static str, tail: Tail) -> PeerSpec {
     }
 }
 
-const LN_FAST: Tail = Tail::LogNormal {
-    median: 10.0,
-    sigma: 0.5,
-};
-const LN_WIDE: Tail = Tail::LogNormal {
-    median: 30.0,
-    sigma: 1.0,
-};
-const PARETO_MILD: Tail = Tail::Pareto {
-    min: 5.0,
-    alpha: 3.0,
-};
-const PARETO_HEAVY: Tail = Tail::Pareto {
-    min: 10.0,
-    alpha: 1.5,
-};
-const LN_SLOW: Tail = Tail::LogNormal {
-    median: 300.0,
-    sigma: 0.5,
-};
-const LN_SILENT: Tail = Tail::LogNormal {
-    median: 20.0,
-    sigma: 0.6,
-};
+const fn lognormal(median: f64, sigma: f64) -> Tail {
+    Tail::LogNormal { median, sigma }
+}
+
+const fn pareto(min: f64, alpha: f64) -> Tail {
+    Tail::Pareto { min, alpha }
+}
+
+const LN_FAST: Tail = lognormal(10.0, 0.5);
+const LN_WIDE: Tail = lognormal(30.0, 1.0);
+const PARETO_MILD: Tail = pareto(5.0, 3.0);
+const PARETO_HEAVY: Tail = pareto(10.0, 1.5);
+const LN_SLOW: Tail = lognormal(300.0, 0.5);
+const LN_SILENT: Tail = lognormal(20.0, 0.6);
 
 /// The three workloads, in report order.
 pub fn workloads() -> Vec<Workload> {
