@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
@@ -126,6 +126,36 @@ fn assert_settled<K: tower_adaptive_timeout::PeerKey>(
     for s in &snaps {
         assert_eq!(s.in_flight, 0, "{}: {} in flight", s.peer, s.in_flight);
     }
+}
+
+/// Spawns `n` workers, each given its index, waits (at most `limit`) until they all finish,
+/// then stops `switcher`. Returns the wall time the workers took.
+async fn run_workers<F>(
+    n: u64,
+    limit: Duration,
+    switcher: JoinHandle<()>,
+    worker: impl Fn(u64) -> F,
+) -> Duration
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let started = std::time::Instant::now();
+    let mut workers = JoinSet::new();
+    for w in 0..n {
+        workers.spawn(worker(w));
+    }
+    timeout(limit, workers.join_all())
+        .await
+        .expect("workers finish");
+    switcher.abort();
+    let _ = switcher.await;
+    started.elapsed()
+}
+
+/// Reports a run of `calls` calls of the `kind` given, and checks each was counted once.
+fn assert_all_counted(o: &Outcomes, calls: u64, kind: &str, wall: Duration) {
+    eprintln!("{calls} {kind} calls in {wall:?}: {o:?}");
+    assert_eq!(o.total(), calls, "{o:?}");
 }
 
 /// Waits (bounded) until the runtime has no more live tasks than `baseline`.
@@ -269,11 +299,9 @@ async fn simulated_peers_under_random_faults_resolve_every_call_once() {
     };
 
     let outcomes = Arc::new(Outcomes::default());
-    let started = std::time::Instant::now();
-    let mut workers = JoinSet::new();
-    for w in 0..SIM_WORKERS {
+    let wall = run_workers(SIM_WORKERS, Duration::from_secs(24 * 3600), switcher, |w| {
         let (svc, handle, outcomes) = (svc.clone(), handle.clone(), outcomes.clone());
-        workers.spawn(async move {
+        async move {
             let mut rng = Rng::new(100 + w);
             for i in 0..SIM_CALLS / SIM_WORKERS {
                 let key = match rng.below(20) {
@@ -288,18 +316,12 @@ async fn simulated_peers_under_random_faults_resolve_every_call_once() {
                 outcomes.count(r);
                 assert!(handle.peer_count() <= SIM_MAX_PEERS);
             }
-        });
-    }
-    timeout(Duration::from_secs(24 * 3600), workers.join_all())
-        .await
-        .expect("workers finish");
-    switcher.abort();
-    let _ = switcher.await;
-    let wall = started.elapsed();
+        }
+    })
+    .await;
 
     let o = &outcomes;
-    eprintln!("{SIM_CALLS} simulated calls in {wall:?}: {o:?}");
-    assert_eq!(o.total(), SIM_CALLS, "{o:?}");
+    assert_all_counted(o, SIM_CALLS, "simulated", wall);
     assert_eq!(o.inner_errors.load(SeqCst), sim.errors.load(SeqCst));
     assert_eq!(o.panics.load(SeqCst), sim.panics.load(SeqCst));
     for c in [&o.ok, &o.interrupted, &o.inner_errors, &o.panics] {
@@ -365,11 +387,9 @@ async fn tcp_peers_under_random_faults_resolve_every_call_once() {
     };
 
     let outcomes = Arc::new(Outcomes::default());
-    let started = std::time::Instant::now();
-    let mut workers = JoinSet::new();
-    for w in 0..TCP_WORKERS {
+    let wall = run_workers(TCP_WORKERS, Duration::from_secs(60), switcher, |w| {
         let (svc, addrs, outcomes) = (svc.clone(), addrs.clone(), outcomes.clone());
-        workers.spawn(async move {
+        async move {
             let mut rng = Rng::new(200 + w);
             for _ in 0..TCP_CALLS / TCP_WORKERS {
                 let addr = addrs[rng.below(addrs.len() as u64) as usize];
@@ -379,17 +399,11 @@ async fn tcp_peers_under_random_faults_resolve_every_call_once() {
                     .expect("a call resolves");
                 outcomes.count(Ok(r));
             }
-        });
-    }
-    timeout(Duration::from_secs(60), workers.join_all())
-        .await
-        .expect("workers finish");
-    switcher.abort();
-    let _ = switcher.await;
-    let wall = started.elapsed();
+        }
+    })
+    .await;
     let o = &outcomes;
-    eprintln!("{TCP_CALLS} TCP calls in {wall:?}: {o:?}");
-    assert_eq!(o.total(), TCP_CALLS, "{o:?}");
+    assert_all_counted(o, TCP_CALLS, "TCP", wall);
     assert!(o.ok.load(SeqCst) > TCP_CALLS / 2, "{o:?}");
     assert_settled(&handle, addrs.len());
 
