@@ -9,11 +9,12 @@
 //! cargo run --example metrics --features metrics
 //! ```
 
+#[path = "common/prometheus_page.rs"]
+mod prometheus_page;
+
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
@@ -101,41 +102,12 @@ async fn main() -> Result<(), BoxError> {
 
 /// Serves the recorder's page to every GET on a loopback port chosen by the OS.
 async fn serve(prometheus: PrometheusHandle) -> std::io::Result<std::net::SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let prometheus = prometheus.clone();
-            tokio::spawn(async move {
-                // One request per connection: read its head, answer, close.
-                let mut head = Vec::new();
-                let mut buf = [0; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = prometheus.render();
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    Ok(addr)
+    prometheus_page::serve(move |_head| ("200 OK", prometheus.render())).await
 }
 
 /// `GET /metrics` over a plain TCP connection; returns the body.
 async fn scrape(addr: std::net::SocketAddr) -> Result<String, BoxError> {
-    let mut conn = TcpStream::connect(addr).await?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await?;
+    let response = prometheus_page::fetch(addr).await?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or("malformed HTTP response")?;

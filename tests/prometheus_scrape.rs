@@ -6,13 +6,14 @@
 //! checks everything from one test.
 #![cfg(feature = "metrics")]
 
+#[path = "../examples/common/prometheus_page.rs"]
+mod prometheus_page;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
@@ -305,45 +306,20 @@ impl Exposition {
 
 /// Serves the recorder's page to every request on a loopback port chosen by the OS.
 async fn serve(prometheus: PrometheusHandle) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let prometheus = prometheus.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let (status, body) = if head.starts_with(b"GET /metrics ") {
-                    ("200 OK", prometheus.render())
-                } else {
-                    ("404 Not Found", String::new())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes()).await;
-            });
+    prometheus_page::serve(move |head| {
+        if head.starts_with(b"GET /metrics ") {
+            ("200 OK", prometheus.render())
+        } else {
+            ("404 Not Found", String::new())
         }
-    });
-    addr
+    })
+    .await
+    .unwrap()
 }
 
 /// `GET /metrics` over a plain TCP connection; returns the body of a 200 answer.
 async fn scrape(addr: SocketAddr) -> String {
-    let mut conn = TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
+    let response = prometheus_page::fetch(addr).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     let length = head
