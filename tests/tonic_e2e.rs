@@ -75,6 +75,20 @@ where
     bounded(client.ping_after(delay)).await
 }
 
+/// `MIN_SAMPLES` quick calls, after which the peer's deadline follows its latency.
+async fn warm_up(client: &mut PingerClient<Svc>) {
+    for _ in 0..MIN_SAMPLES {
+        ping(client, Duration::from_millis(1)).await.unwrap();
+    }
+}
+
+/// A call the server would answer only after an hour: its status, and how long it took.
+async fn hung_call(client: &mut PingerClient<Svc>) -> (tonic::Status, Duration) {
+    let started = Instant::now();
+    let status = ping(client, Duration::from_secs(3600)).await.unwrap_err();
+    (status, started.elapsed())
+}
+
 /// The `grpc-timeout` the server saw.
 fn seen(reply: &PingReply) -> Duration {
     parse_grpc_timeout(reply.grpc_timeout.as_bytes())
@@ -90,9 +104,7 @@ async fn the_server_sees_a_grpc_timeout_within_the_clients_deadline() {
     assert_eq!((deadline, source), (COLD_START, DeadlineSource::ColdStart));
     assert!(cold <= deadline, "{cold:?} vs {deadline:?}");
 
-    for _ in 0..MIN_SAMPLES {
-        ping(&mut client, Duration::from_millis(1)).await.unwrap();
-    }
+    warm_up(&mut client).await;
     let (learned, source) = handle.deadline(&server.peer()).unwrap();
     assert_eq!(source, DeadlineSource::Quantile);
     let told = seen(&ping(&mut client, Duration::ZERO).await.unwrap());
@@ -151,19 +163,11 @@ async fn keying_a_tonic_client() {
 async fn a_hung_rpc_ends_with_a_status_whose_source_is_interrupted() {
     // No propagation: only the layer's timer runs, so the cut is always the layer's.
     let (server, mut client, handle) = setup(Propagation::none()).await;
-    for _ in 0..MIN_SAMPLES {
-        ping(&mut client, Duration::from_millis(1)).await.unwrap();
-    }
+    warm_up(&mut client).await;
     let (learned, _) = handle.deadline(&server.peer()).unwrap();
 
-    let started = Instant::now();
-    let status = ping(&mut client, Duration::from_secs(3600))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < COLD_START,
-        "cut at the learned deadline"
-    );
+    let (status, waited) = hung_call(&mut client).await;
+    assert!(waited < COLD_START, "cut at the learned deadline");
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert!(status.message().contains("interrupted"), "{status:?}");
     let cut = Interrupted::find(&status).expect("the Interrupted is the status's source");
@@ -181,16 +185,10 @@ async fn a_hung_rpc_ends_with_a_status_whose_source_is_interrupted() {
 #[tokio::test]
 async fn with_grpc_propagation_a_hung_rpc_is_cut_at_the_same_deadline() {
     let (server, mut client, handle) = setup(Propagation::grpc()).await;
-    for _ in 0..MIN_SAMPLES {
-        ping(&mut client, Duration::from_millis(1)).await.unwrap();
-    }
+    warm_up(&mut client).await;
     let (learned, _) = handle.deadline(&server.peer()).unwrap();
 
-    let started = Instant::now();
-    let status = ping(&mut client, Duration::from_secs(3600))
-        .await
-        .unwrap_err();
-    let waited = started.elapsed();
+    let (status, waited) = hung_call(&mut client).await;
     assert!(waited >= learned && waited < COLD_START, "{waited:?}");
     // Whichever timer won, the call ended at the deadline the layer gave it.
     match Interrupted::find(&status) {
@@ -211,12 +209,8 @@ async fn with_grpc_propagation_a_hung_rpc_is_cut_at_the_same_deadline() {
 #[tokio::test]
 async fn with_grpc_propagation_a_hung_rpc_counts_as_a_miss() {
     let (server, mut client, handle) = setup(Propagation::grpc()).await;
-    for _ in 0..MIN_SAMPLES {
-        ping(&mut client, Duration::from_millis(1)).await.unwrap();
-    }
-    let status = ping(&mut client, Duration::from_secs(3600))
-        .await
-        .unwrap_err();
+    warm_up(&mut client).await;
+    let (status, _) = hung_call(&mut client).await;
     assert!(Interrupted::find(&status).is_some(), "{status:?}");
     let p = handle.peer(&server.peer()).unwrap();
     assert_eq!(
