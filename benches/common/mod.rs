@@ -37,28 +37,34 @@ pub struct Req {
     pub peer: u32,
 }
 
+/// What the inner services of the benches are: they answer a `Req` with its peer, never
+/// fail, and can be cloned into tasks on any thread.
+pub trait Inner:
+    Service<Req, Response = u32, Error = Infallible, Future = <Self as Inner>::Call>
+    + Clone
+    + Send
+    + 'static
+{
+    /// The future of a call.
+    type Call: Future<Output = Result<u32, Infallible>> + Send;
+}
+
+impl<S> Inner for S
+where
+    S: Service<Req, Response = u32, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Call = S::Future;
+}
+
 /// An inner service whose future is ready at its first poll.
-pub fn ready_inner() -> impl Service<
-    Req,
-    Response = u32,
-    Error = Infallible,
-    Future = impl Future<Output = Result<u32, Infallible>> + Send,
-> + Clone
-       + Send
-       + 'static {
+pub fn ready_inner() -> impl Inner {
     service_fn(|r: Req| std::future::ready(Ok::<_, Infallible>(r.peer)))
 }
 
 /// An inner service whose future returns `Pending` once (it yields to the runtime), then
 /// `Ready`, so a timeout's timer really is registered.
-pub fn pending_once_inner() -> impl Service<
-    Req,
-    Response = u32,
-    Error = Infallible,
-    Future = impl Future<Output = Result<u32, Infallible>> + Send,
-> + Clone
-       + Send
-       + 'static {
+pub fn pending_once_inner() -> impl Inner {
     service_fn(|r: Req| async move {
         tokio::task::yield_now().await;
         Ok::<_, Infallible>(r.peer)
