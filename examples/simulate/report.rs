@@ -229,15 +229,8 @@ impl Table {
         "longest call",
         "hung",
     ];
-    /// Column heads of workloads with silent peers.
-    const SILENCE_HEAD: [&'static str; 14] = [
-        "strategy",
-        "calls",
-        "false interrupts",
-        "worst peer",
-        "stalled >10s",
-        "longest call",
-        "hung",
+    /// The further column heads of workloads with silent peers.
+    const SILENCE_HEAD: [&'static str; 7] = [
         "cut: median",
         "cut: max",
         "max cut / deadline",
@@ -269,11 +262,10 @@ impl Table {
             }
             let _ = writeln!(out, "{line}");
         }
-        let head: &[&str] = if self.has_silence() {
-            &Self::SILENCE_HEAD
-        } else {
-            &Self::HEAD
-        };
+        let mut head = Self::HEAD.to_vec();
+        if self.has_silence() {
+            head.extend(Self::SILENCE_HEAD);
+        }
         let _ = writeln!(out, "\n| {} |", head.join(" | "));
         let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
         for row in &self.rows {
