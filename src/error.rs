@@ -35,7 +35,7 @@ pub enum Reason {
     Manual(Cow<'static, str>),
     /// The layer is shutting down.
     Shutdown,
-    /// The caller's propagated budget was already spent when the call was made.
+    /// The caller's deadline had already passed when the call was made.
     BudgetSpent,
 }
 
@@ -194,7 +194,7 @@ impl fmt::Display for DeadlineExplanation {
                 formula(f)?;
                 write!(f, ", cut to max {}", Human(self.max))
             }
-            DeadlineSource::Override => f.write_str("the call's own deadline"),
+            DeadlineSource::Caller => f.write_str("the caller's deadline"),
             DeadlineSource::SilentPeer => write!(f, "peer silent: cut to min {}", Human(self.min)),
             DeadlineSource::Untracked => f.write_str("untracked peer: default cold start"),
         }?;

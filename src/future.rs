@@ -249,7 +249,7 @@ impl<F> ResponseFuture<F> {
     ) -> Self {
         let ticket = Ticket {
             deadline: Duration::ZERO,
-            source: DeadlineSource::Override,
+            source: DeadlineSource::Caller,
             generation: 0,
             probe: false,
         };

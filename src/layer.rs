@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::budget::Propagation;
+use crate::propagate::Propagation;
 use crate::handle::AdaptiveTimeoutHandle;
 use crate::interrupt::InterruptHandle;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -174,7 +174,7 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
-    /// Which headers carry deadline budgets in and out of `http::Request`s (default:
+    /// Which headers carry the caller's deadline in and out of `http::Request`s (default:
     /// none). The request's [`Deadline`](crate::Deadline) extension applies either way.
     pub fn propagation(mut self, propagation: Propagation) -> Self {
         self.propagation = propagation;

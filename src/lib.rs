@@ -59,7 +59,6 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod budget;
 mod error;
 #[cfg(feature = "metrics")]
 pub mod export;
@@ -74,7 +73,7 @@ pub mod propagate;
 mod service;
 mod token;
 
-pub use budget::{Deadline, Propagation};
+pub use propagate::{Deadline, Propagation};
 pub use error::{Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::AdaptiveTimeoutHandle;

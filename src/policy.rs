@@ -308,8 +308,9 @@ pub enum DeadlineSource {
     ClampedMin,
     /// `quantile × factor + margin` was above `max`.
     ClampedMax,
-    /// The call carried its own, shorter, deadline.
-    Override,
+    /// The caller's deadline ([`Deadline`](crate::Deadline), propagated headers) was
+    /// shorter than the peer's.
+    Caller,
     /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
     SilentPeer,
     /// The call's peer is not tracked (no key, or the peer table is full): the default
@@ -323,7 +324,7 @@ impl DeadlineSource {
         DeadlineSource::Quantile,
         DeadlineSource::ClampedMin,
         DeadlineSource::ClampedMax,
-        DeadlineSource::Override,
+        DeadlineSource::Caller,
         DeadlineSource::SilentPeer,
         DeadlineSource::Untracked,
     ];
@@ -335,7 +336,7 @@ impl DeadlineSource {
             DeadlineSource::Quantile => "quantile",
             DeadlineSource::ClampedMin => "clamped_min",
             DeadlineSource::ClampedMax => "clamped_max",
-            DeadlineSource::Override => "override",
+            DeadlineSource::Caller => "caller",
             DeadlineSource::SilentPeer => "silent_peer",
             DeadlineSource::Untracked => "untracked",
         }

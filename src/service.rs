@@ -86,7 +86,7 @@ where
         } else {
             None
         };
-        let cap = self.key_fn.deadline_cap(&req, self.table.propagation());
+        let cap = self.key_fn.caller_deadline(&req, self.table.propagation());
         let peer = match self.key_fn.peer_key(&req) {
             Some(key) => self.peer(key, start),
             None => None,
@@ -123,7 +123,7 @@ where
             }
         };
         if let Some(cap) = cap.filter(|cap| *cap < ticket.deadline) {
-            (ticket.deadline, ticket.source) = (cap, DeadlineSource::Override);
+            (ticket.deadline, ticket.source) = (cap, DeadlineSource::Caller);
         }
         if table.propagation().is_on() {
             self.key_fn

@@ -176,7 +176,7 @@ async fn a_deadline_extension_caps_one_call() {
     let Reason::DeadlineExceeded { explanation, .. } = cut.reason() else {
         panic!("expected DeadlineExceeded, got {cut}");
     };
-    assert_eq!(explanation.source, DeadlineSource::Override);
+    assert_eq!(explanation.source, DeadlineSource::Caller);
 
     // The caller's own deadline says nothing about the peer: no sample, still healthy.
     let p = handle.peer(&server.peer()).unwrap();

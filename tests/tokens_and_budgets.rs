@@ -177,7 +177,7 @@ async fn the_shortest_limit_wins_and_is_propagated() {
     let Reason::DeadlineExceeded { explanation, .. } = err.reason() else {
         panic!("{err}")
     };
-    assert_eq!(explanation.source, DeadlineSource::Override);
+    assert_eq!(explanation.source, DeadlineSource::Caller);
 
     // The Deadline extension caps it further; a malformed header is ignored.
     let mut req = Request::get("http://b:1/")

@@ -9,7 +9,7 @@ use std::hash::Hash;
 
 use std::time::Duration;
 
-use crate::budget::Propagation;
+use crate::propagate::Propagation;
 use crate::token::Interrupt;
 
 /// What a peer key must be: hashable, comparable, cheap to clone, printable.
@@ -33,9 +33,10 @@ pub trait KeyFn<Req> {
         None
     }
 
-    /// The shortest limit the request itself carries (a [`Deadline`](crate::Deadline)
-    /// extension, a propagated budget). Default: none.
-    fn deadline_cap(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
+    /// The caller's deadline the request carries (the shortest of a
+    /// [`Deadline`](crate::Deadline) extension and propagated deadline headers). Default:
+    /// none.
+    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
         let _ = (req, propagation);
         None
     }
@@ -66,8 +67,8 @@ pub trait HasPeer {
         None
     }
 
-    /// The shortest limit the request carries. Default: none.
-    fn deadline_cap(&self, propagation: &Propagation) -> Option<Duration> {
+    /// The caller's deadline the request carries. Default: none.
+    fn caller_deadline(&self, propagation: &Propagation) -> Option<Duration> {
         let _ = propagation;
         None
     }
@@ -92,8 +93,8 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
         req.interrupt_token()
     }
 
-    fn deadline_cap(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
-        req.deadline_cap(propagation)
+    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
+        req.caller_deadline(propagation)
     }
 
     fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
@@ -117,7 +118,7 @@ mod http_peer {
     use std::time::Duration;
 
     use super::{HasPeer, KeyFn, PeerKey};
-    use crate::budget::{self, Propagation};
+    use crate::propagate::{self, Propagation};
     use crate::token::Interrupt;
 
     /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
@@ -214,13 +215,13 @@ mod http_peer {
         }
 
         /// The [`Deadline`](crate::Deadline) extension and, with propagation on, the
-        /// budget headers.
-        fn deadline_cap(&self, propagation: &Propagation) -> Option<Duration> {
-            budget::read(self, propagation)
+        /// deadline headers: whichever is shortest.
+        fn caller_deadline(&self, propagation: &Propagation) -> Option<Duration> {
+            propagate::read(self, propagation)
         }
 
         fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
-            budget::write(self, deadline, propagation);
+            propagate::write(self, deadline, propagation);
         }
     }
 
@@ -241,8 +242,8 @@ mod http_peer {
             req.interrupt_token()
         }
 
-        fn deadline_cap(&self, req: &Request<B>, propagation: &Propagation) -> Option<Duration> {
-            req.deadline_cap(propagation)
+        fn caller_deadline(&self, req: &Request<B>, propagation: &Propagation) -> Option<Duration> {
+            req.caller_deadline(propagation)
         }
 
         fn write_deadline(

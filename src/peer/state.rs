@@ -261,7 +261,7 @@ impl Peer {
             inner.quantile_value,
             inner.overridden,
         );
-        if source == DeadlineSource::Override {
+        if source == DeadlineSource::Caller {
             // The caller's own, shorter, deadline says nothing about the peer.
             drop(inner);
             self.end();

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::state::Peer;
-use crate::budget::Propagation;
+use crate::propagate::Propagation;
 use crate::interrupt::Interrupts;
 use crate::policy::TimeoutPolicy;
 
@@ -67,7 +67,7 @@ impl<K> PeerTable<K> {
         self.tokens
     }
 
-    /// Which headers carry deadline budgets in and out.
+    /// Which headers carry the caller's deadline in and out.
     pub(crate) fn propagation(&self) -> &Propagation {
         &self.propagation
     }

@@ -1,27 +1,11 @@
-//! Deadline propagation headers.
-//!
-//! A caller that forwards its remaining budget lets the callee give up when the caller
-//! already has, instead of working for an answer nobody waits for. These codecs read and
-//! write the two common forms of that budget, without allocating and without panicking on
-//! any input:
-//!
-//! * gRPC's [`GRPC_TIMEOUT`] header: [`parse_grpc_timeout`] and [`format_grpc_timeout`].
-//! * A plain milliseconds header such as `x-request-timeout-ms: 250`: [`parse_millis`].
-//!
-//! ```
-//! use std::time::Duration;
-//! use tower_adaptive_timeout::propagate::{format_grpc_timeout, parse_grpc_timeout, BadBudget};
-//!
-//! assert_eq!(parse_grpc_timeout(b"250m"), Ok(Duration::from_millis(250)));
-//! assert_eq!(parse_grpc_timeout(b"1.5S"), Err(BadBudget::NotDigits));
-//! assert_eq!(format_grpc_timeout(Duration::from_millis(1500)).as_str(), "1500000u");
-//! ```
+//! The header forms of the caller's deadline: gRPC's `grpc-timeout` and a plain
+//! milliseconds value, parsed and formatted without allocating and without panicking.
 
 use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
-/// Name of the gRPC header carrying the caller's remaining budget.
+/// Name of the gRPC header carrying the caller's deadline (the time it has left).
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Most digits a `grpc-timeout` value may have (the gRPC over HTTP/2 spec's limit).

@@ -1,0 +1,92 @@
+//! The caller's deadline: how long the caller is still willing to wait, carried by the
+//! request, read by the layer and passed on to the callee.
+//!
+//! A call's deadline is the shortest of its peer's adaptive deadline and the caller's
+//! deadline: the request's [`Deadline`] extension, and the deadline headers it carries
+//! (`grpc-timeout`, or a milliseconds header you name). With [`Propagation`] on, the deadline
+//! the call ends up with is written back into those headers, so the callee knows when to
+//! give up instead of working for an answer nobody waits for. A caller's deadline already
+//! spent ends the call at once; a malformed header is ignored (with a debug event).
+//!
+//! The header codecs read and write the two common forms, without allocating and without
+//! panicking on any input:
+//!
+//! * gRPC's [`GRPC_TIMEOUT`] header: [`parse_grpc_timeout`] and [`format_grpc_timeout`].
+//! * A plain milliseconds header such as `x-request-timeout-ms: 250`: [`parse_millis`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_adaptive_timeout::propagate::{format_grpc_timeout, parse_grpc_timeout, BadBudget};
+//!
+//! assert_eq!(parse_grpc_timeout(b"250m"), Ok(Duration::from_millis(250)));
+//! assert_eq!(parse_grpc_timeout(b"1.5S"), Err(BadBudget::NotDigits));
+//! assert_eq!(format_grpc_timeout(Duration::from_millis(1500)).as_str(), "1500000u");
+//! ```
+
+use std::time::Duration;
+
+mod codec;
+#[cfg(feature = "http")]
+mod http;
+
+pub use self::codec::{
+    format_grpc_timeout, parse_grpc_timeout, parse_millis, BadBudget, GrpcTimeout, GRPC_TIMEOUT,
+};
+#[cfg(feature = "http")]
+pub(crate) use self::http::{read, write};
+
+/// The caller's deadline for one call: put it in an `http::Request`'s extensions. It can
+/// only make the deadline shorter than the peer's adaptive one.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_adaptive_timeout::Deadline;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Deadline(Duration::from_millis(150)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Deadline(pub Duration);
+
+/// Which headers carry the caller's deadline in and out of `http::Request`s.
+///
+/// Off by default. With it on, the deadline a request's headers carry caps the call's
+/// deadline, and the deadline the call gets is written back (overwriting the header) for
+/// the callee.
+#[derive(Clone, Debug, Default)]
+pub struct Propagation {
+    grpc_timeout: bool,
+    #[cfg(feature = "http")]
+    millis_header: Option<::http::HeaderName>,
+}
+
+impl Propagation {
+    /// No propagation: headers are neither read nor written.
+    pub fn none() -> Self {
+        Propagation::default()
+    }
+
+    /// Reads and writes gRPC's `grpc-timeout` header.
+    pub fn grpc() -> Self {
+        Propagation {
+            grpc_timeout: true,
+            ..Propagation::default()
+        }
+    }
+
+    /// Also reads and writes a plain milliseconds header (e.g. `x-request-timeout-ms`).
+    #[cfg(feature = "http")]
+    pub fn millis_header(mut self, name: ::http::HeaderName) -> Self {
+        self.millis_header = Some(name);
+        self
+    }
+
+    /// Whether any header is read or written.
+    pub fn is_on(&self) -> bool {
+        #[cfg(feature = "http")]
+        if self.millis_header.is_some() {
+            return true;
+        }
+        self.grpc_timeout
+    }
+}
