@@ -1,14 +1,49 @@
-//! Reading and steering a layer at runtime: policies, deadlines, snapshots.
+//! The handles on a layer's shared peer table: [`AdaptiveTimeoutHandle`] reads and steers
+//! it (snapshots, deadlines, policies), [`InterruptHandle`] fires interrupts into calls in
+//! flight. Both are cheap to clone.
 
+use std::borrow::Cow;
+use std::panic::Location;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::metrics::PeerSnapshot;
+use crate::error::Reason;
+use crate::interrupt::Fired;
 use crate::peer::key::PeerKey;
 use crate::peer::table::PeerTable;
 use crate::policy::{DeadlineSource, PolicyError, TimeoutPolicy};
+use crate::snapshot::PeerSnapshot;
+
+/// For each handle: a constructor on a table, `Clone` (another handle on the same table)
+/// and `Debug` (the peer count), none of which needs `K: Clone` or `K: Debug`.
+macro_rules! on_the_table {
+    ($($handle:ident),*) => {$(
+        impl<K> $handle<K> {
+            pub(crate) fn new(table: Arc<PeerTable<K>>) -> Self {
+                $handle { table }
+            }
+        }
+
+        impl<K> Clone for $handle<K> {
+            fn clone(&self) -> Self {
+                $handle::new(self.table.clone())
+            }
+        }
+
+        impl<K> std::fmt::Debug for $handle<K> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($handle))
+                    .field("peers", &self.table.len())
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+on_the_table!(AdaptiveTimeoutHandle, InterruptHandle);
 
 /// A cheap, cloneable handle on a layer's shared state. Changes apply to calls that start
 /// after them; calls in flight keep the deadline they started with.
@@ -17,10 +52,6 @@ pub struct AdaptiveTimeoutHandle<K> {
 }
 
 impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
-    pub(crate) fn new(table: Arc<PeerTable<K>>) -> Self {
-        AdaptiveTimeoutHandle { table }
-    }
-
     /// The policy for peers without an override.
     pub fn default_policy(&self) -> TimeoutPolicy {
         (*self.table.policies().default).clone()
@@ -83,9 +114,7 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
 
     /// Calls that went untracked because the table was full.
     pub fn untracked_calls(&self) -> u64 {
-        self.table
-            .refused
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.table.untracked_calls.load(Relaxed)
     }
 
     /// Forgets peers idle for longer than `idle_ttl` with no call in flight; returns how
@@ -95,18 +124,49 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
     }
 }
 
-impl<K> Clone for AdaptiveTimeoutHandle<K> {
-    fn clone(&self) -> Self {
-        AdaptiveTimeoutHandle {
-            table: self.table.clone(),
-        }
-    }
+/// Fires interrupts into calls in flight, by hand. Cheap to clone.
+///
+/// The firing methods are `#[track_caller]`: the [`Interrupted`](crate::Interrupted) each
+/// call ends with names the line that fired it.
+pub struct InterruptHandle<K> {
+    table: Arc<PeerTable<K>>,
 }
 
-impl<K> std::fmt::Debug for AdaptiveTimeoutHandle<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdaptiveTimeoutHandle")
-            .field("peers", &self.table.len())
-            .finish_non_exhaustive()
+impl<K: PeerKey> InterruptHandle<K> {
+    /// Ends every call in flight to `peer` with [`Reason::Manual`]. Returns whether the
+    /// peer is tracked (an untracked peer has no calls to reach).
+    #[track_caller]
+    pub fn interrupt_peer(&self, peer: &K, reason: impl Into<Cow<'static, str>>) -> bool {
+        let fired = Fired {
+            reason: Reason::Manual(reason.into()),
+            fired_at: Location::caller(),
+        };
+        match self.table.get(peer) {
+            Some(p) => {
+                p.interrupts().fire(fired);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every call in flight, to every peer and untracked, with [`Reason::Manual`].
+    #[track_caller]
+    pub fn interrupt_all(&self, reason: impl Into<Cow<'static, str>>) {
+        self.fire_all(Reason::Manual(reason.into()), Location::caller());
+    }
+
+    /// Ends every call in flight with [`Reason::Shutdown`].
+    #[track_caller]
+    pub fn shutdown(&self) {
+        self.fire_all(Reason::Shutdown, Location::caller());
+    }
+
+    fn fire_all(&self, reason: Reason, fired_at: &'static Location<'static>) {
+        let fired = Fired { reason, fired_at };
+        for (_, peer) in self.table.all() {
+            peer.interrupts().fire(fired.clone());
+        }
+        self.table.untracked_interrupts().fire(fired);
     }
 }

@@ -1,11 +1,11 @@
-//! Firing interrupts into calls in flight, without a per-call channel.
+//! The per-peer interrupt broadcast: firing into calls in flight without a per-call channel.
 //!
 //! Each peer has an [`Interrupts`]: a generation counter and a `Notify`. A call notes the
 //! generation when it starts; firing records why, bumps the generation and wakes every
-//! waiting call, which sees the generation moved and ends with the recorded reason.
-//! [`InterruptHandle`] fires them by hand, for one peer or all.
+//! waiting call, which sees the generation moved and ends with the recorded reason. This
+//! module knows nothing of peers: the peer fires it when it turns silent, and
+//! [`InterruptHandle`](crate::InterruptHandle) fires it by hand.
 
-use std::borrow::Cow;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,8 +14,6 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
 use crate::error::Reason;
-use crate::peer::key::PeerKey;
-use crate::peer::table::PeerTable;
 
 /// An interrupt that was fired: why, and by whom.
 #[derive(Clone, Debug)]
@@ -69,70 +67,5 @@ impl Interrupts {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-}
-
-/// Fires interrupts into calls in flight, by hand. Cheap to clone.
-///
-/// The firing methods are `#[track_caller]`: the [`Interrupted`](crate::Interrupted) each
-/// call ends with names the line that fired it.
-pub struct InterruptHandle<K> {
-    table: Arc<PeerTable<K>>,
-}
-
-impl<K: PeerKey> InterruptHandle<K> {
-    pub(crate) fn new(table: Arc<PeerTable<K>>) -> Self {
-        InterruptHandle { table }
-    }
-
-    /// Ends every call in flight to `peer` with [`Reason::Manual`]. Returns whether the
-    /// peer is tracked (an untracked peer has no calls to reach).
-    #[track_caller]
-    pub fn interrupt_peer(&self, peer: &K, reason: impl Into<Cow<'static, str>>) -> bool {
-        let fired = Fired {
-            reason: Reason::Manual(reason.into()),
-            fired_at: Location::caller(),
-        };
-        match self.table.get(peer) {
-            Some(p) => {
-                p.interrupts().fire(fired);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Ends every call in flight, to every peer and untracked, with [`Reason::Manual`].
-    #[track_caller]
-    pub fn interrupt_all(&self, reason: impl Into<Cow<'static, str>>) {
-        self.fire_all(Reason::Manual(reason.into()), Location::caller());
-    }
-
-    /// Ends every call in flight with [`Reason::Shutdown`].
-    #[track_caller]
-    pub fn shutdown(&self) {
-        self.fire_all(Reason::Shutdown, Location::caller());
-    }
-
-    fn fire_all(&self, reason: Reason, fired_at: &'static Location<'static>) {
-        let fired = Fired { reason, fired_at };
-        for (_, peer) in self.table.all() {
-            peer.interrupts().fire(fired.clone());
-        }
-        self.table.untracked_interrupts().fire(fired);
-    }
-}
-
-impl<K> Clone for InterruptHandle<K> {
-    fn clone(&self) -> Self {
-        InterruptHandle {
-            table: self.table.clone(),
-        }
-    }
-}
-
-impl<K> std::fmt::Debug for InterruptHandle<K> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InterruptHandle").finish_non_exhaustive()
     }
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::propagate::Propagation;
-use crate::handle::AdaptiveTimeoutHandle;
-use crate::interrupt::InterruptHandle;
+use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
 use crate::policy::{PolicyError, TimeoutPolicy};

@@ -66,20 +66,19 @@ mod future;
 mod handle;
 mod interrupt;
 mod layer;
-mod metrics;
 mod peer;
 mod policy;
 pub mod propagate;
 mod service;
+mod snapshot;
 mod token;
 
 pub use propagate::{Deadline, Propagation};
 pub use error::{Interrupted, Reason};
 pub use future::ResponseFuture;
-pub use handle::AdaptiveTimeoutHandle;
-pub use interrupt::InterruptHandle;
+pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
-pub use metrics::PeerSnapshot;
+pub use snapshot::PeerSnapshot;
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]

@@ -58,7 +58,7 @@ pub(crate) struct PeerTable<K> {
     jitter: foldhash::fast::FixedState,
     policies: RwLock<Policies<K>>,
     /// Calls that went untracked because the table was full.
-    pub(crate) refused: AtomicU64,
+    pub(crate) untracked_calls: AtomicU64,
 }
 
 impl<K> PeerTable<K> {
@@ -112,7 +112,7 @@ impl<K: PeerKey> PeerTable<K> {
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
-            refused: AtomicU64::new(0),
+            untracked_calls: AtomicU64::new(0),
         }
     }
 
@@ -176,7 +176,7 @@ impl<K: PeerKey> PeerTable<K> {
 
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         let Some(slot) = self.reserve(now) else {
-            self.refused.fetch_add(1, Relaxed);
+            self.untracked_calls.fetch_add(1, Relaxed);
             #[cfg(feature = "metrics")]
             crate::export::untracked_call();
             return None;
@@ -337,7 +337,7 @@ mod tests {
         let now = Instant::now();
         let _call = t.peer(&1, now).unwrap().admit(now);
         assert!(t.peer(&2, now).is_none());
-        assert_eq!(t.refused.load(Relaxed), 1);
+        assert_eq!(t.untracked_calls.load(Relaxed), 1);
         assert_eq!(t.len(), 1);
     }
 }
