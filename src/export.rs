@@ -47,178 +47,54 @@
 //! buckets are configured for it, e.g. `set_buckets_for_metric(Matcher::Full(
 //! "adaptive_timeout_latency_seconds".into()), &[..])`.
 
-use std::time::Duration;
+//!
+//! Without the feature the layer calls the same methods on a do-nothing stand-in of size
+//! zero, so the peer code carries no `cfg` of its own and compiles to nothing extra.
 
-use ::metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Gauge, Histogram, SharedString, Unit,
-};
+#[cfg(feature = "metrics")]
+mod recorder;
 
-use crate::error::Reason;
-use crate::peer::health::PeerState;
+#[cfg(feature = "metrics")]
+pub use self::recorder::describe_metrics;
+#[cfg(feature = "metrics")]
+pub(crate) use self::recorder::{untracked_call, PeerMetrics};
 
-const CALLS: &str = "adaptive_timeout_calls";
-const RESPONSES: &str = "adaptive_timeout_responses";
-const TIMEOUTS: &str = "adaptive_timeout_timeouts";
-const INTERRUPTS: &str = "adaptive_timeout_interrupts";
-const FAIL_FAST: &str = "adaptive_timeout_fail_fast";
-const TRANSITIONS: &str = "adaptive_timeout_transitions";
-const DEADLINE: &str = "adaptive_timeout_deadline_seconds";
-const IN_FLIGHT: &str = "adaptive_timeout_in_flight";
-const STATE: &str = "adaptive_timeout_state";
-const LATENCY: &str = "adaptive_timeout_latency_seconds";
-const UNTRACKED: &str = "adaptive_timeout_untracked_calls";
+#[cfg(not(feature = "metrics"))]
+pub(crate) use self::off::{untracked_call, PeerMetrics};
 
-/// The interrupt reasons whose series every peer has from the start.
-const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];
+/// The stand-in for when the `metrics` feature is off: every call does nothing.
+#[cfg(not(feature = "metrics"))]
+mod off {
+    use std::time::Duration;
 
-/// Describes every metric (help text and unit) to the installed recorder. Optional: call it
-/// once after installing the recorder, for `# HELP` lines and units in the exposition.
-pub fn describe_metrics() {
-    describe_counter!(CALLS, "Calls admitted to the peer.");
-    describe_counter!(RESPONSES, "Calls the peer answered.");
-    describe_counter!(TIMEOUTS, "Calls that ran out their adaptive deadline.");
-    describe_counter!(
-        INTERRUPTS,
-        "Calls in flight ended by an interrupt, by reason."
-    );
-    describe_counter!(
-        FAIL_FAST,
-        "Calls refused at once because the peer was silent."
-    );
-    describe_counter!(TRANSITIONS, "Health state changes, by the state entered.");
-    describe_gauge!(
-        DEADLINE,
-        Unit::Seconds,
-        "The deadline new calls to the peer get."
-    );
-    describe_gauge!(IN_FLIGHT, "Calls to the peer in flight.");
-    describe_gauge!(
-        STATE,
-        "Health state: 0 healthy, 1 suspect, 2 silent, 3 probing."
-    );
-    describe_histogram!(LATENCY, Unit::Seconds, "Latency of answered calls.");
-    describe_counter!(
-        UNTRACKED,
-        "Calls untracked because the peer table was full."
-    );
-}
+    use crate::error::Reason;
+    use crate::peer::health::PeerState;
 
-/// A call went untracked because the table was full (a cold path: no handle is kept).
-pub(crate) fn untracked_call() {
-    counter!(UNTRACKED).increment(1);
-}
+    /// A call went untracked because the table was full.
+    pub(crate) fn untracked_call() {}
 
-/// One peer's metric handles, registered when the peer is first tracked.
-pub(crate) struct PeerMetrics {
-    peer: SharedString,
-    calls: Counter,
-    responses: Counter,
-    timeouts: Counter,
-    fail_fast: Counter,
-    /// By [`REASONS`].
-    interrupts: [Counter; REASONS.len()],
-    /// By [`PeerState::ALL`].
-    transitions: [Counter; PeerState::ALL.len()],
-    deadline: Gauge,
-    in_flight: Gauge,
-    state: Gauge,
-    latency: Histogram,
-}
+    /// No handles: the methods of the real `PeerMetrics`, doing nothing.
+    pub(crate) struct PeerMetrics;
 
-impl PeerMetrics {
-    pub(crate) fn new(label: &str) -> Self {
-        let peer = SharedString::from(std::sync::Arc::<str>::from(label));
-        let p = || peer.clone();
-        PeerMetrics {
-            calls: counter!(CALLS, "peer" => p()),
-            responses: counter!(RESPONSES, "peer" => p()),
-            timeouts: counter!(TIMEOUTS, "peer" => p()),
-            fail_fast: counter!(FAIL_FAST, "peer" => p()),
-            interrupts: REASONS.map(|r| counter!(INTERRUPTS, "peer" => p(), "reason" => r)),
-            transitions: PeerState::ALL
-                .map(|s| counter!(TRANSITIONS, "peer" => p(), "to" => s.as_str())),
-            deadline: gauge!(DEADLINE, "peer" => p()),
-            in_flight: gauge!(IN_FLIGHT, "peer" => p()),
-            state: gauge!(STATE, "peer" => p()),
-            latency: histogram!(LATENCY, "peer" => p()),
-            peer,
+    impl PeerMetrics {
+        pub(crate) fn new(_label: &str) -> Self {
+            PeerMetrics
         }
-    }
 
-    /// A call was admitted.
-    pub(crate) fn admitted(&self) {
-        self.calls.increment(1);
-        self.in_flight.increment(1.0);
-    }
+        pub(crate) fn admitted(&self) {}
 
-    /// A call was refused at once.
-    pub(crate) fn rejected(&self) {
-        self.fail_fast.increment(1);
-    }
+        pub(crate) fn rejected(&self) {}
 
-    /// An admitted call ended, however.
-    pub(crate) fn ended(&self) {
-        self.in_flight.decrement(1.0);
-    }
+        pub(crate) fn ended(&self) {}
 
-    /// The peer answered a call after `latency`.
-    pub(crate) fn answered(&self, latency: Duration) {
-        self.responses.increment(1);
-        self.latency.record(latency.as_secs_f64());
-    }
+        pub(crate) fn answered(&self, _latency: Duration) {}
 
-    /// A call ran out its deadline.
-    pub(crate) fn timed_out(&self) {
-        self.timeouts.increment(1);
-    }
+        pub(crate) fn timed_out(&self) {}
 
-    /// A call in flight was interrupted for `reason`.
-    pub(crate) fn interrupted(&self, reason: &Reason) {
-        let name = reason.as_str();
-        match REASONS.iter().position(|r| *r == name) {
-            Some(i) => self.interrupts[i].increment(1),
-            // A reason that reaches a call only through its token (rare): registered now.
-            None => {
-                counter!(INTERRUPTS, "peer" => self.peer.clone(), "reason" => name).increment(1)
-            }
-        }
-    }
+        pub(crate) fn interrupted(&self, _reason: &Reason) {}
 
-    /// The peer entered the state at `index` of [`PeerState::ALL`].
-    pub(crate) fn transitioned(&self, index: usize) {
-        if let Some(c) = self.transitions.get(index) {
-            c.increment(1);
-        }
-        self.state.set(index as f64);
-    }
+        pub(crate) fn transitioned(&self, _state: PeerState) {}
 
-    /// The deadline new calls get was (re)published.
-    pub(crate) fn deadline(&self, deadline: Duration) {
-        self.deadline.set(deadline.as_secs_f64());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eager_reasons_are_reason_names() {
-        let reasons = [
-            Reason::PeerSilent {
-                since: Duration::ZERO,
-                outstanding: 0,
-            },
-            Reason::Manual("x".into()),
-            Reason::Shutdown,
-        ];
-        assert_eq!(reasons.map(|r| r.as_str()), REASONS);
-    }
-
-    #[test]
-    fn state_numbers_follow_the_state_order() {
-        let names = PeerState::ALL.map(PeerState::as_str);
-        assert_eq!(names, ["healthy", "suspect", "silent", "probing"]);
+        pub(crate) fn deadline(&self, _deadline: Duration) {}
     }
 }

@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -17,14 +16,11 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::{Interrupted, Reason};
-use crate::interrupt::{Fired, Interrupts};
-use crate::peer::state::{Peer, Ticket};
+use crate::interrupt::Fired;
+use crate::peer::{CallPeer, Ticket};
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 use crate::token::Interrupt;
 use crate::BoxError;
-
-/// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
 
 pin_project! {
     /// The future returned by [`AdaptiveTimeout`](crate::AdaptiveTimeout): the inner
@@ -44,7 +40,7 @@ pin_project! {
 
 /// One call's bookkeeping.
 pub(crate) struct Call {
-    target: Target,
+    target: CallPeer,
     start: Instant,
     deadline: Duration,
     source: DeadlineSource,
@@ -57,33 +53,9 @@ pub(crate) struct Call {
     span: tracing::Span,
 }
 
-/// Where a call's interrupts come from, and whose history it feeds.
-pub(crate) enum Target {
-    /// A tracked peer.
-    Peer(Arc<Peer>),
-    /// No peer: only layer-wide interrupts reach the call.
-    Untracked(Arc<Interrupts>),
-}
-
-impl Target {
-    fn interrupts(&self) -> &Interrupts {
-        match self {
-            Target::Peer(p) => p.interrupts(),
-            Target::Untracked(i) => i,
-        }
-    }
-
-    pub(crate) fn label(&self) -> &str {
-        match self {
-            Target::Peer(p) => p.label(),
-            Target::Untracked(_) => UNTRACKED,
-        }
-    }
-}
-
 impl Call {
     pub(crate) fn new(
-        target: Target,
+        target: CallPeer,
         start: Instant,
         ticket: Ticket,
         token: Option<Interrupt>,
@@ -116,7 +88,7 @@ impl Call {
     /// The peer answered.
     fn answered(&mut self) {
         self.done = true;
-        if let Target::Peer(p) = &self.target {
+        if let CallPeer::Tracked(p) = &self.target {
             p.on_response(Instant::now(), self.start);
         }
     }
@@ -127,10 +99,10 @@ impl Call {
         self.done = true;
         let now = Instant::now();
         let (explanation, silenced) = match &self.target {
-            Target::Peer(p) => {
+            CallPeer::Tracked(p) => {
                 p.on_deadline(now, self.start, self.deadline, self.source, self.probe)
             }
-            Target::Untracked(_) => (DeadlineExplanation::untracked(), None),
+            CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, deadline, elapsed) = (self.target.label(), self.deadline, now - self.start);
         tracing::debug!(peer, ?deadline, ?elapsed, source = %self.source, "deadline exceeded");
@@ -152,7 +124,7 @@ impl Call {
     fn interrupted(&mut self, fired: Fired) -> Interrupted {
         self.done = true;
         let now = Instant::now();
-        if let Target::Peer(p) = &self.target {
+        if let CallPeer::Tracked(p) = &self.target {
             p.on_abandon(now, self.probe, Some(&fired.reason));
         }
         let (peer, elapsed) = (self.target.label(), now - self.start);
@@ -221,7 +193,7 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        if let (false, Target::Peer(p)) = (self.done, &self.target) {
+        if let (false, CallPeer::Tracked(p)) = (self.done, &self.target) {
             // Dropped by its caller: nothing to record, but it is no longer in flight.
             p.on_abandon(Instant::now(), self.probe, None);
         }
@@ -243,7 +215,7 @@ impl<F> ResponseFuture<F> {
     /// and returned at the first poll.
     pub(crate) fn rejected(
         err: Interrupted,
-        target: Target,
+        target: CallPeer,
         start: Instant,
         token: Option<Interrupt>,
     ) -> Self {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::propagate::Propagation;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
 use crate::policy::{PolicyError, TimeoutPolicy};
+use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
 
 /// Default bound on tracked peers.
@@ -121,7 +121,7 @@ pub struct Builder<K, F> {
     overrides: Vec<(K, TimeoutPolicy)>,
     max_peers: usize,
     idle_ttl: Duration,
-    tokens: bool,
+    interrupt_tokens: bool,
     propagation: Propagation,
     jitter_seed: Option<u64>,
 }
@@ -134,7 +134,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             overrides: Vec::new(),
             max_peers: DEFAULT_MAX_PEERS,
             idle_ttl: DEFAULT_IDLE_TTL,
-            tokens: true,
+            interrupt_tokens: true,
             propagation: Propagation::none(),
             jitter_seed: None,
         }
@@ -169,7 +169,7 @@ impl<K: PeerKey, F> Builder<K, F> {
     /// its request can carry one (`http::Request` extensions). On by default; a token costs
     /// an allocation per call.
     pub fn interrupt_tokens(mut self, on: bool) -> Self {
-        self.tokens = on;
+        self.interrupt_tokens = on;
         self
     }
 
@@ -210,7 +210,7 @@ impl<K: PeerKey, F> Builder<K, F> {
                 policies,
                 self.max_peers,
                 self.idle_ttl,
-                self.tokens,
+                self.interrupt_tokens,
                 self.propagation,
                 self.jitter_seed.unwrap_or_else(random_seed),
             )),

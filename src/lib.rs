@@ -62,6 +62,8 @@
 mod error;
 #[cfg(feature = "metrics")]
 pub mod export;
+#[cfg(not(feature = "metrics"))]
+mod export;
 mod future;
 mod handle;
 mod interrupt;
@@ -73,12 +75,10 @@ mod service;
 mod snapshot;
 mod token;
 
-pub use propagate::{Deadline, Propagation};
 pub use error::{Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
-pub use snapshot::PeerSnapshot;
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]
@@ -87,7 +87,9 @@ pub use policy::{
     DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
     MAX_WINDOW, MIN_SUB_WINDOW,
 };
+pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;
+pub use snapshot::PeerSnapshot;
 pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step};
 
 /// README.md's examples, compiled as doctests.

@@ -9,10 +9,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::error::{Interrupted, Reason};
-use crate::future::{Call, ResponseFuture, Target};
+use crate::future::{Call, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::state::{Admission, Peer, Ticket};
 use crate::peer::table::PeerTable;
+use crate::peer::{CallPeer, Peer, Ticket};
 use crate::policy::DeadlineSource;
 use crate::BoxError;
 
@@ -81,7 +81,7 @@ where
 
     fn call(&mut self, mut req: Req) -> Self::Future {
         let start = Instant::now();
-        let token = if self.table.tokens() {
+        let token = if self.table.interrupt_tokens() {
             self.key_fn.interrupt_token(&mut req)
         } else {
             None
@@ -101,7 +101,7 @@ where
             }
             Some(peer) => {
                 let admission = peer.admit(start);
-                (Target::Peer(peer), admission)
+                (CallPeer::Tracked(peer), admission)
             }
             None => {
                 let interrupts = table.untracked_interrupts().clone();
@@ -111,12 +111,12 @@ where
                     generation: interrupts.generation(),
                     probe: false,
                 };
-                (Target::Untracked(interrupts), Admission::Go(ticket))
+                (CallPeer::Untracked(interrupts), Ok(ticket))
             }
         };
         let mut ticket = match admission {
-            Admission::Go(ticket) => ticket,
-            Admission::Reject(fired) => {
+            Ok(ticket) => ticket,
+            Err(fired) => {
                 // Fail fast: the peer is silent and this call is not its probe.
                 let err = refuse(&target, fired.reason, fired.fired_at);
                 return ResponseFuture::rejected(err, target, start, token);
@@ -135,16 +135,16 @@ where
 }
 
 /// The target of a call refused before admission.
-fn untracked_or<K>(peer: Option<Arc<Peer>>, table: &PeerTable<K>) -> Target {
+fn untracked_or<K>(peer: Option<Arc<Peer>>, table: &PeerTable<K>) -> CallPeer {
     match peer {
-        Some(peer) => Target::Peer(peer),
-        None => Target::Untracked(table.untracked_interrupts().clone()),
+        Some(peer) => CallPeer::Tracked(peer),
+        None => CallPeer::Untracked(table.untracked_interrupts().clone()),
     }
 }
 
 /// The error of a call refused at once, recognized in `call()`.
 #[track_caller]
-fn refuse(target: &Target, reason: Reason, fired_at: &'static Location<'static>) -> Interrupted {
+fn refuse(target: &CallPeer, reason: Reason, fired_at: &'static Location<'static>) -> Interrupted {
     let here = Location::caller();
     Interrupted::new(reason, target.label(), Duration::ZERO, fired_at, here)
 }

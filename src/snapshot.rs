@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::peer::health::PeerState;
-use crate::peer::state::Peer;
+use crate::peer::Peer;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 
 /// A point-in-time reading of one peer.

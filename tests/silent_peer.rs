@@ -229,7 +229,7 @@ async fn with_one_miss_to_confirm_all_five_end_as_peer_silent() {
     );
     assert_eq!(*outstanding, 4, "the other four calls were outstanding");
     assert!(
-        err.fired_at().file().ends_with("state.rs"),
+        err.fired_at().file().ends_with("peer/mod.rs"),
         "{}",
         err.fired_at()
     );

@@ -52,6 +52,11 @@ impl PeerState {
         }
     }
 
+    /// The state's place in [`PeerState::ALL`] (and its number in the state gauge).
+    pub(crate) fn index(self) -> usize {
+        PeerState::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+
     /// Whether calls go straight through without consulting the state machine.
     pub(crate) fn is_open(self) -> bool {
         matches!(self, PeerState::Healthy | PeerState::Suspect)
@@ -72,9 +77,9 @@ pub(crate) struct Transition {
     pub(crate) why: &'static str,
 }
 
-/// What a new call to the peer may do.
+/// The state machine's verdict on a new call to the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admit {
+pub(crate) enum Verdict {
     /// Go ahead with the peer's deadline.
     Go,
     /// Go ahead as the one probe of a silent peer.
@@ -82,7 +87,7 @@ pub(crate) enum Admit {
     /// Go ahead with the deadline cut to the policy's `min` (silent, fail-fast off).
     Shortened,
     /// Fail at once: the peer is silent.
-    Reject,
+    FailFast,
 }
 
 /// The state machine of one peer.
@@ -129,15 +134,15 @@ impl Health {
         &mut self,
         now: Instant,
         policy: &TimeoutPolicy,
-    ) -> (Admit, Option<Transition>) {
+    ) -> (Verdict, Option<Transition>) {
         match self.state {
-            PeerState::Healthy | PeerState::Suspect => (Admit::Go, None),
-            PeerState::Silent if !policy.fail_fast => (Admit::Shortened, None),
+            PeerState::Healthy | PeerState::Suspect => (Verdict::Go, None),
+            PeerState::Silent if !policy.fail_fast => (Verdict::Shortened, None),
             PeerState::Silent if now >= self.next_probe_at => {
                 let t = self.go(PeerState::Probing, "probe due");
-                (Admit::Probe, t)
+                (Verdict::Probe, t)
             }
-            PeerState::Silent | PeerState::Probing => (Admit::Reject, None),
+            PeerState::Silent | PeerState::Probing => (Verdict::FailFast, None),
         }
     }
 
@@ -267,16 +272,16 @@ mod tests {
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
         assert_eq!(h.state(), PeerState::Silent);
-        assert_eq!(h.admit(t0 + ms(50), &policy).0, Admit::Reject);
+        assert_eq!(h.admit(t0 + ms(50), &policy).0, Verdict::FailFast);
         let at = h.next_probe_at();
-        assert_eq!(h.admit(at, &policy).0, Admit::Probe);
-        assert_eq!(h.admit(at, &policy).0, Admit::Reject);
+        assert_eq!(h.admit(at, &policy).0, Verdict::Probe);
+        assert_eq!(h.admit(at, &policy).0, Verdict::FailFast);
         h.on_deadline(at + ms(10), at, true, &policy);
         assert_eq!(h.state(), PeerState::Silent);
         let wait = h.next_probe_at() - (at + ms(10));
         assert!(wait >= ms(200) && wait <= ms(250), "{wait:?}");
         let at = h.next_probe_at();
-        assert_eq!(h.admit(at, &policy).0, Admit::Probe);
+        assert_eq!(h.admit(at, &policy).0, Verdict::Probe);
         h.on_deadline(at, at, true, &policy);
         let wait = h.next_probe_at() - at;
         assert!(wait >= ms(300) && wait <= ms(375), "capped: {wait:?}");
@@ -293,7 +298,7 @@ mod tests {
         let mut h = Health::new(t0, 7);
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
-        assert_eq!(h.admit(t0, &policy).0, Admit::Shortened);
+        assert_eq!(h.admit(t0, &policy).0, Verdict::Shortened);
     }
 
     #[test]
@@ -304,8 +309,8 @@ mod tests {
         h.on_deadline(t0, t0, false, &policy);
         h.on_deadline(t0, t0, false, &policy);
         let at = h.next_probe_at();
-        assert_eq!(h.admit(at, &policy).0, Admit::Probe);
+        assert_eq!(h.admit(at, &policy).0, Verdict::Probe);
         h.on_abandon(true, at + ms(1));
-        assert_eq!(h.admit(at + ms(1), &policy).0, Admit::Probe);
+        assert_eq!(h.admit(at + ms(1), &policy).0, Verdict::Probe);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::health::{Admit, Health, PeerState, Transition};
+use super::health::{Health, PeerState, Transition, Verdict};
 use super::window::Window;
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 
@@ -223,10 +223,10 @@ proptest! {
                 Event::Admit => {
                     let (admit, t) = h.admit(now, &policy);
                     match admit {
-                        Admit::Probe => prop_assert_eq!(before, PeerState::Silent),
-                        Admit::Shortened => prop_assert!(before == PeerState::Silent && !fail_fast),
-                        Admit::Reject => prop_assert!(!before.is_open() && fail_fast),
-                        Admit::Go => prop_assert!(before.is_open()),
+                        Verdict::Probe => prop_assert_eq!(before, PeerState::Silent),
+                        Verdict::Shortened => prop_assert!(before == PeerState::Silent && !fail_fast),
+                        Verdict::FailFast => prop_assert!(!before.is_open() && fail_fast),
+                        Verdict::Go => prop_assert!(before.is_open()),
                     }
                     t
                 }
@@ -263,8 +263,8 @@ proptest! {
             let t = match action {
                 None => {
                     let (admit, t) = h.admit(now, &policy);
-                    if matches!(admit, Admit::Go | Admit::Probe) {
-                        calls.push(Call { started: now, probe: admit == Admit::Probe });
+                    if matches!(admit, Verdict::Go | Verdict::Probe) {
+                        calls.push(Call { started: now, probe: admit == Verdict::Probe });
                     }
                     t
                 }

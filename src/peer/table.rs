@@ -16,10 +16,11 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::PeerKey;
-use super::state::Peer;
-use crate::propagate::Propagation;
+use super::Peer;
+use crate::export;
 use crate::interrupt::Interrupts;
 use crate::policy::TimeoutPolicy;
+use crate::propagate::Propagation;
 
 /// How many peers an eviction looks at to find the idlest.
 const EVICTION_SAMPLE: usize = 32;
@@ -52,7 +53,7 @@ pub(crate) struct PeerTable<K> {
     last_sweep: AtomicU64,
     untracked_deadline: AtomicU64,
     untracked: Arc<Interrupts>,
-    tokens: bool,
+    interrupt_tokens: bool,
     propagation: Propagation,
     /// Seeds each peer's probe jitter from its key.
     jitter: foldhash::fast::FixedState,
@@ -63,8 +64,8 @@ pub(crate) struct PeerTable<K> {
 
 impl<K> PeerTable<K> {
     /// Whether calls get cooperative interrupt tokens where their requests can carry them.
-    pub(crate) fn tokens(&self) -> bool {
-        self.tokens
+    pub(crate) fn interrupt_tokens(&self) -> bool {
+        self.interrupt_tokens
     }
 
     /// Which headers carry the caller's deadline in and out.
@@ -93,7 +94,7 @@ impl<K: PeerKey> PeerTable<K> {
         policies: Policies<K>,
         max_peers: usize,
         idle_ttl: Duration,
-        tokens: bool,
+        interrupt_tokens: bool,
         propagation: Propagation,
         jitter_seed: u64,
     ) -> Self {
@@ -108,7 +109,7 @@ impl<K: PeerKey> PeerTable<K> {
             last_sweep: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
             untracked: Arc::new(Interrupts::new()),
-            tokens,
+            interrupt_tokens,
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
@@ -177,8 +178,7 @@ impl<K: PeerKey> PeerTable<K> {
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         let Some(slot) = self.reserve(now) else {
             self.untracked_calls.fetch_add(1, Relaxed);
-            #[cfg(feature = "metrics")]
-            crate::export::untracked_call();
+            export::untracked_call();
             return None;
         };
         // Hold the policies' read lock across the insert, so a concurrent policy change

@@ -28,10 +28,7 @@ pub(crate) fn write<B>(req: &mut Request<B>, deadline: Duration, propagation: &P
     let headers = req.headers_mut();
     if propagation.grpc_timeout {
         let value = HeaderValue::from(format_grpc_timeout(deadline));
-        headers.insert(
-            HeaderName::from_static(GRPC_TIMEOUT),
-            value,
-        );
+        headers.insert(HeaderName::from_static(GRPC_TIMEOUT), value);
     }
     if let Some(name) = &propagation.millis_header {
         let millis = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);

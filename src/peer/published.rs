@@ -1,0 +1,101 @@
+//! What every call to a peer reads, in three atomics: the deadline word (the deadline and
+//! why it has that value, packed into one `u64`), the health state, and when the latency
+//! window next rotates. Written only under the peer's lock, read without it: a call to a
+//! healthy peer never takes a lock.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::health::PeerState;
+use crate::policy::DeadlineSource;
+
+/// Bits of the packed deadline word that hold nanoseconds (the rest hold the source).
+const NANOS_BITS: u32 = 60;
+const NANOS_MASK: u64 = (1 << NANOS_BITS) - 1;
+
+/// The published part of one peer.
+pub(super) struct Published {
+    /// `deadline_ns | source << 60`.
+    deadline: AtomicU64,
+    /// The health state, as its place in [`PeerState::ALL`]; only non-open states take
+    /// the lock.
+    state: AtomicU8,
+    /// When the window next rotates, in nanoseconds since the peer's epoch.
+    rotate_at: AtomicU64,
+}
+
+impl Published {
+    /// A healthy peer with this deadline, whose window is due to rotate at once.
+    pub(super) fn new(deadline: Duration, source: DeadlineSource) -> Self {
+        Published {
+            deadline: AtomicU64::new(pack(deadline, source)),
+            state: AtomicU8::new(0),
+            rotate_at: AtomicU64::new(0),
+        }
+    }
+
+    /// The deadline new calls get, and why: one atomic load.
+    pub(super) fn deadline(&self) -> (Duration, DeadlineSource) {
+        unpack(self.deadline.load(Relaxed))
+    }
+
+    pub(super) fn set_deadline(&self, deadline: Duration, source: DeadlineSource) {
+        self.deadline.store(pack(deadline, source), Relaxed);
+    }
+
+    /// The health state.
+    pub(super) fn state(&self) -> PeerState {
+        PeerState::ALL[usize::from(self.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
+    }
+
+    pub(super) fn set_state(&self, state: PeerState) {
+        self.state.store(state.index() as u8, Relaxed);
+    }
+
+    /// Whether the window is due to rotate at `now` (nanoseconds since the epoch).
+    pub(super) fn rotation_due(&self, now: u64) -> bool {
+        now >= self.rotate_at.load(Relaxed)
+    }
+
+    pub(super) fn set_rotate_at(&self, at: u64) {
+        self.rotate_at.store(at, Relaxed);
+    }
+}
+
+fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
+    let nanos = u64::try_from(deadline.as_nanos()).map_or(NANOS_MASK, |n| n.min(NANOS_MASK));
+    let tag = DeadlineSource::ALL
+        .iter()
+        .position(|s| *s == source)
+        .unwrap_or(0) as u64;
+    nanos | tag << NANOS_BITS
+}
+
+fn unpack(word: u64) -> (Duration, DeadlineSource) {
+    let source =
+        DeadlineSource::ALL[((word >> NANOS_BITS) as usize).min(DeadlineSource::ALL.len() - 1)];
+    (Duration::from_nanos(word & NANOS_MASK), source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips_every_source() {
+        for source in DeadlineSource::ALL {
+            let d = Duration::from_millis(1234);
+            assert_eq!(unpack(pack(d, source)), (d, source));
+        }
+    }
+
+    #[test]
+    fn every_state_round_trips() {
+        let published = Published::new(Duration::ZERO, DeadlineSource::ColdStart);
+        assert_eq!(published.state(), PeerState::Healthy);
+        for state in PeerState::ALL {
+            published.set_state(state);
+            assert_eq!(published.state(), state);
+        }
+    }
+}
