@@ -1,239 +1,89 @@
-//! The response future: races the inner future against the call's deadline and the peer's
-//! interrupts, and records the outcome into the peer's history and state machine.
+//! The response future: races the inner future against the call's deadline and its
+//! interrupts, then hands what ended the call to the call guard, which records it.
 //!
-//! The inner future is polled first, so an answer that is ready wins. The deadline timer and
-//! the interrupt registrations are made only if the inner future is not ready at its first
-//! poll: calls answered at once pay for neither.
+//! The inner future is polled first, so an answer that is ready wins, even over an interrupt
+//! already fired or a deadline already past. The deadline timer and the interrupt
+//! registrations are made only if the inner future is not ready at its first poll: calls
+//! answered at once pay for neither.
 
 use std::future::Future;
-use std::panic::Location;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
-use crate::error::{Interrupted, Reason};
+use crate::call::{Call, Ended};
+use crate::error::Interrupted;
 use crate::interrupt::Fired;
-use crate::peer::{CallPeer, Ticket};
-use crate::policy::{DeadlineExplanation, DeadlineSource};
-use crate::token::Interrupt;
 use crate::BoxError;
+
+/// The error of a future polled again after it finished.
+const POLLED_AFTER_COMPLETION: &str = "polled after completion";
 
 pin_project! {
     /// The future returned by [`AdaptiveTimeout`](crate::AdaptiveTimeout): the inner
     /// service's answer, or [`Interrupted`] when the deadline or an interrupt comes first.
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: Option<F>,
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    #[project_replace = StateReplace]
+    enum State<F> {
+        /// Refused at admission: the error is returned at the first poll.
+        Rejected { error: Option<BoxError> },
+        /// Admitted: racing, with the guard that records the outcome.
+        Running {
+            #[pin]
+            race: Race<F>,
+            call: Call,
+        },
+        /// The outcome is recorded.
+        Done,
+    }
+}
+
+pin_project! {
+    /// What a running call waits on: its inner future first, then its interrupts and its
+    /// deadline, both armed at the first poll that finds the inner future pending.
+    struct Race<F> {
+        #[pin]
+        inner: F,
         #[pin]
         sleep: Option<Sleep>,
         #[pin]
         peer_wake: Option<OwnedNotified>,
         #[pin]
         token_wake: Option<OwnedNotified>,
-        call: Call,
-    }
-}
-
-/// One call's bookkeeping.
-pub(crate) struct Call {
-    target: CallPeer,
-    start: Instant,
-    deadline: Duration,
-    source: DeadlineSource,
-    generation: u64,
-    probe: bool,
-    done: bool,
-    token: Option<Interrupt>,
-    rejected: Option<BoxError>,
-    /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
-    span: tracing::Span,
-}
-
-impl Call {
-    pub(crate) fn new(
-        target: CallPeer,
-        start: Instant,
-        ticket: Ticket,
-        token: Option<Interrupt>,
-    ) -> Self {
-        let span = tracing::trace_span!(
-            "adaptive_timeout",
-            peer = target.label(),
-            deadline = ?ticket.deadline,
-            source = ticket.source.as_str(),
-        );
-        Call {
-            span,
-            target,
-            start,
-            deadline: ticket.deadline,
-            source: ticket.source,
-            generation: ticket.generation,
-            probe: ticket.probe,
-            done: false,
-            token,
-            rejected: None,
-        }
-    }
-
-    /// Whether the call's deadline has passed (read only on the error path).
-    fn past_deadline(&self) -> bool {
-        Instant::now() >= self.start + self.deadline
-    }
-
-    /// The peer answered.
-    fn answered(&mut self) {
-        self.done = true;
-        if let CallPeer::Tracked(p) = &self.target {
-            p.on_response(Instant::now(), self.start);
-        }
-    }
-
-    /// The deadline passed first. The miss that declares the peer silent ends with the
-    /// silence as its reason; any other with the deadline and why it had its value.
-    fn expired(&mut self) -> Interrupted {
-        self.done = true;
-        let now = Instant::now();
-        let (explanation, silenced) = match &self.target {
-            CallPeer::Tracked(p) => {
-                p.on_deadline(now, self.start, self.deadline, self.source, self.probe)
-            }
-            CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
-        };
-        let (peer, deadline, elapsed) = (self.target.label(), self.deadline, now - self.start);
-        tracing::debug!(peer, ?deadline, ?elapsed, source = %self.source, "deadline exceeded");
-        let here = Location::caller();
-        let err = match silenced {
-            Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
-            None => {
-                let reason = Reason::DeadlineExceeded {
-                    deadline,
-                    explanation: Box::new(explanation),
-                };
-                Interrupted::new(reason, peer, elapsed, here, here)
-            }
-        };
-        self.end_with(err)
-    }
-
-    /// An interrupt reached the call.
-    fn interrupted(&mut self, fired: Fired) -> Interrupted {
-        self.done = true;
-        let now = Instant::now();
-        if let CallPeer::Tracked(p) = &self.target {
-            p.on_abandon(now, self.probe, Some(&fired.reason));
-        }
-        let (peer, elapsed) = (self.target.label(), now - self.start);
-        tracing::debug!(
-            peer,
-            ?elapsed,
-            reason = fired.reason.as_str(),
-            "call interrupted"
-        );
-        let err = Interrupted::new(
-            fired.reason,
-            peer,
-            elapsed,
-            fired.fired_at,
-            Location::caller(),
-        );
-        self.end_with(err)
-    }
-
-    /// Fires the call's token with `err`, so work deeper in the chain stops too.
-    fn end_with(&self, err: Interrupted) -> Interrupted {
-        if let Some(token) = &self.token {
-            token.fire(err.clone());
-        }
-        err
-    }
-
-    /// Registers for the peer's and the token's interrupts, and returns one if it fired.
-    fn watch(
-        &self,
-        mut peer_wake: Pin<&mut Option<OwnedNotified>>,
-        mut token_wake: Pin<&mut Option<OwnedNotified>>,
-        cx: &mut Context<'_>,
-    ) -> Option<Fired> {
-        // Each wake-up means something fired, so this settles on the second pass.
-        for _ in 0..3 {
-            if peer_wake.is_none() {
-                peer_wake.set(Some(self.target.interrupts().notified()));
-            }
-            if let (Some(token), true) = (&self.token, token_wake.is_none()) {
-                token_wake.set(Some(token.notified()));
-            }
-            if let Some(fired) = self.target.interrupts().fired_since(self.generation) {
-                return Some(fired);
-            }
-            if let Some(err) = self.token.as_ref().and_then(Interrupt::fired) {
-                return Some(Fired {
-                    reason: err.reason().clone(),
-                    fired_at: err.fired_at(),
-                });
-            }
-            let mut woke = false;
-            for mut wake in [peer_wake.as_mut(), token_wake.as_mut()] {
-                if let Some(Poll::Ready(())) = wake.as_mut().as_pin_mut().map(|w| w.poll(cx)) {
-                    wake.set(None);
-                    woke = true;
-                }
-            }
-            if !woke {
-                return None;
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if let (false, CallPeer::Tracked(p)) = (self.done, &self.target) {
-            // Dropped by its caller: nothing to record, but it is no longer in flight.
-            p.on_abandon(Instant::now(), self.probe, None);
-        }
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, call: Call) -> Self {
-        ResponseFuture {
-            inner: Some(inner),
+    /// An admitted call: `inner` races its deadline and interrupts, `call` records the end.
+    pub(crate) fn running(inner: F, call: Call) -> Self {
+        let race = Race {
+            inner,
             sleep: None,
             peer_wake: None,
             token_wake: None,
-            call,
+        };
+        ResponseFuture {
+            state: State::Running { race, call },
         }
     }
 
-    /// A call refused before it reached the inner service: `err` is fired into its token
-    /// and returned at the first poll.
-    pub(crate) fn rejected(
-        err: Interrupted,
-        target: CallPeer,
-        start: Instant,
-        token: Option<Interrupt>,
-    ) -> Self {
-        let ticket = Ticket {
-            deadline: Duration::ZERO,
-            source: DeadlineSource::Caller,
-            generation: 0,
-            probe: false,
-        };
-        let mut call = Call::new(target, start, ticket, token);
-        call.done = true;
-        call.rejected = Some(call.end_with(err).into());
+    /// A call refused at admission, which never reached the inner service: it ends with
+    /// `error` at its first poll.
+    pub(crate) fn rejected(error: Interrupted) -> Self {
         ResponseFuture {
-            inner: None,
-            sleep: None,
-            peer_wake: None,
-            token_wake: None,
-            call,
+            state: State::Rejected {
+                error: Some(error.into()),
+            },
         }
     }
 }
@@ -246,35 +96,159 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let span = this.call.span.clone();
-        let _entered = span.enter();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            let err = this.call.rejected.take();
-            return Poll::Ready(Err(err.unwrap_or_else(|| "polled after completion".into())));
-        };
-        if let Poll::Ready(result) = inner.poll(cx) {
-            this.inner.set(None);
-            if result.is_err() && this.call.past_deadline() {
-                // An error at the deadline is most likely the inner stack enforcing the
-                // budget this layer propagated: the deadline won the race.
-                return Poll::Ready(Err(this.call.expired().into()));
+        let mut state = self.project().state;
+        let (race, call) = match state.as_mut().project() {
+            StateProj::Running { race, call } => (race, call),
+            StateProj::Rejected { error } => {
+                let error = error.take();
+                return Poll::Ready(Err(error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into())));
             }
-            this.call.answered();
-            return Poll::Ready(result.map_err(Into::into));
+            StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
+        };
+        let span = call.span().clone();
+        let _entered = span.enter();
+        let ended = ready!(race.poll(call, cx));
+        // Over: drop the inner future, the timer and the registrations, then record.
+        Poll::Ready(match state.project_replace(State::Done) {
+            StateReplace::Running { call, .. } => call.end(ended),
+            StateReplace::Rejected { .. } | StateReplace::Done => {
+                Err(POLLED_AFTER_COMPLETION.into())
+            }
+        })
+    }
+}
+
+impl<F, T, E> Race<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    /// Polls the inner future, then the interrupts, then the deadline; the first that is
+    /// ready ends the call.
+    fn poll(self: Pin<&mut Self>, call: &Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            if result.is_err() && call.past_deadline() {
+                // An error at the deadline is most likely the inner stack enforcing the
+                // deadline this layer propagated: the deadline won the race.
+                return Poll::Ready(Ended::Expired);
+            }
+            return Poll::Ready(Ended::Answered(result));
         }
-        if let Some(fired) = this.call.watch(this.peer_wake, this.token_wake, cx) {
-            this.inner.set(None);
-            return Poll::Ready(Err(this.call.interrupted(fired).into()));
+        if let Some(fired) = watch(call, this.peer_wake, this.token_wake, cx) {
+            return Poll::Ready(Ended::Interrupted(fired));
         }
         if this.sleep.is_none() {
-            let at = this.call.start + this.call.deadline;
-            this.sleep.set(Some(tokio::time::sleep_until(at)));
+            this.sleep
+                .set(Some(tokio::time::sleep_until(call.deadline_at())));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
         }
-        this.inner.set(None);
-        Poll::Ready(Err(this.call.expired().into()))
+        Poll::Ready(Ended::Expired)
+    }
+}
+
+/// Registers for the call's interrupts (its peer's broadcast and its token) and returns
+/// one that fired since the call started, or `None` with this task registered for the next.
+///
+/// No wake-up is lost: each pass registers first and checks second, and every fire
+/// publishes its reason (generation bumped, token set) before it notifies. A fire before
+/// the check is seen by the check; a fire after it completes a registration made before
+/// it, and that registration is polled with this task's waker.
+///
+/// The loop settles by its second pass. Both broadcasts notify with `notify_waiters`,
+/// which stores no permit, so a registration is ready only if a fire came after it was
+/// made. A pass that finds one ready clears it; the next pass registers again and its
+/// check finds that fire, since fires are never undone.
+fn watch(
+    call: &Call,
+    mut peer_wake: Pin<&mut Option<OwnedNotified>>,
+    mut token_wake: Pin<&mut Option<OwnedNotified>>,
+    cx: &mut Context<'_>,
+) -> Option<Fired> {
+    loop {
+        if peer_wake.is_none() {
+            peer_wake.set(Some(call.peer_notified()));
+        }
+        if token_wake.is_none() {
+            token_wake.set(call.token_notified());
+        }
+        if let Some(fired) = call.fired() {
+            return Some(fired);
+        }
+        let mut woke = false;
+        for mut wake in [peer_wake.as_mut(), token_wake.as_mut()] {
+            if let Some(Poll::Ready(())) = wake.as_mut().as_pin_mut().map(|w| w.poll(cx)) {
+                wake.set(None);
+                woke = true;
+            }
+        }
+        if !woke {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::interrupt::Interrupts;
+    use crate::peer::{CallPeer, Ticket};
+    use crate::policy::DeadlineSource;
+    use crate::token::Interrupt;
+
+    struct Noop;
+
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// An untracked call with a token and a 100ms deadline.
+    fn call() -> Call {
+        let ticket = Ticket {
+            deadline: Duration::from_millis(100),
+            source: DeadlineSource::Untracked,
+            generation: 0,
+            probe: false,
+        };
+        let peer = CallPeer::Untracked(Arc::new(Interrupts::new()));
+        Call::new(peer, Instant::now(), ticket, Some(Interrupt::new()))
+    }
+
+    /// Polls a race over `inner` once; returns whether it ended, and whether it armed its
+    /// timer, its peer registration and its token registration.
+    fn poll_once<F: Future<Output = Result<(), ()>>>(inner: F) -> (bool, [bool; 3]) {
+        let call = call();
+        let mut race = std::pin::pin!(Race {
+            inner,
+            sleep: None,
+            peer_wake: None,
+            token_wake: None,
+        });
+        let waker = std::task::Waker::from(Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        let ended = race.as_mut().poll(&call, &mut cx).is_ready();
+        let armed = [
+            race.sleep.is_some(),
+            race.peer_wake.is_some(),
+            race.token_wake.is_some(),
+        ];
+        (ended, armed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_inner_future_arms_nothing() {
+        assert_eq!(poll_once(std::future::ready(Ok(()))), (true, [false; 3]));
+        assert_eq!(poll_once(std::future::ready(Err(()))), (true, [false; 3]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_inner_future_arms_the_timer_and_both_registrations() {
+        assert_eq!(poll_once(std::future::pending()), (false, [true; 3]));
     }
 }

@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod call;
 mod error;
 #[cfg(feature = "metrics")]
 pub mod export;

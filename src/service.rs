@@ -1,41 +1,30 @@
-//! The service: finds the call's peer, reads its deadline, and starts the clock.
+//! The service: keys the request, admits it through the peer table, and hands the call to
+//! its response future.
 
-use std::panic::Location;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::error::{Interrupted, Reason};
-use crate::future::{Call, ResponseFuture};
+use crate::call::{refusal, Call};
+use crate::future::ResponseFuture;
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::table::PeerTable;
-use crate::peer::{CallPeer, Peer, Ticket};
-use crate::policy::DeadlineSource;
+use crate::peer::table::{Admission, LastPeer, PeerTable};
 use crate::BoxError;
 
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
 ///
-/// A call refused at once (its peer is silent, or its budget was already spent) never
-/// reaches the inner service: like any tower filter, it leaves the readiness it was given
-/// to the next call.
+/// A call refused at once (its peer is silent, or the caller's deadline was already spent)
+/// never reaches the inner service: like any tower filter, it leaves the readiness it was
+/// given to the next call.
 pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
     key_fn: F,
     /// The last peer this service called: repeated calls to one peer skip the table.
     last: Option<LastPeer<K>>,
-}
-
-/// A peer remembered by one service, valid while the table has removed nothing since.
-#[derive(Clone)]
-struct LastPeer<K> {
-    key: K,
-    peer: Arc<Peer>,
-    removals: u64,
 }
 
 impl<S, K, F> AdaptiveTimeout<S, K, F> {
@@ -86,86 +75,25 @@ where
         } else {
             None
         };
-        let cap = self.key_fn.caller_deadline(&req, self.table.propagation());
-        let peer = match self.key_fn.peer_key(&req) {
-            Some(key) => self.peer(key, start),
-            None => None,
-        };
-        let table = &*self.table;
-        let (target, admission) = match peer {
-            _ if cap == Some(Duration::ZERO) => {
-                // The caller's budget is already spent: do not start work nobody awaits.
-                let target = untracked_or(peer, table);
-                let err = refuse(&target, Reason::BudgetSpent, Location::caller());
-                return ResponseFuture::rejected(err, target, start, token);
+        let propagation = self.table.propagation();
+        let caller_deadline = self.key_fn.caller_deadline(&req, propagation);
+        let key = self.key_fn.peer_key(&req);
+        match self
+            .table
+            .admit(key, start, caller_deadline, &mut self.last)
+        {
+            Admission::Refused(peer, fired) => {
+                ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))
             }
-            Some(peer) => {
-                let admission = peer.admit(start);
-                (CallPeer::Tracked(peer), admission)
-            }
-            None => {
-                let interrupts = table.untracked_interrupts().clone();
-                let ticket = Ticket {
-                    deadline: table.untracked_deadline(),
-                    source: DeadlineSource::Untracked,
-                    generation: interrupts.generation(),
-                    probe: false,
-                };
-                (CallPeer::Untracked(interrupts), Ok(ticket))
-            }
-        };
-        let mut ticket = match admission {
-            Ok(ticket) => ticket,
-            Err(fired) => {
-                // Fail fast: the peer is silent and this call is not its probe.
-                let err = refuse(&target, fired.reason, fired.fired_at);
-                return ResponseFuture::rejected(err, target, start, token);
-            }
-        };
-        if let Some(cap) = cap.filter(|cap| *cap < ticket.deadline) {
-            (ticket.deadline, ticket.source) = (cap, DeadlineSource::Caller);
-        }
-        if table.propagation().is_on() {
-            self.key_fn
-                .write_deadline(&mut req, ticket.deadline, table.propagation());
-        }
-        let call = Call::new(target, start, ticket, token);
-        ResponseFuture::new(self.inner.call(req), call)
-    }
-}
-
-/// The target of a call refused before admission.
-fn untracked_or<K>(peer: Option<Arc<Peer>>, table: &PeerTable<K>) -> CallPeer {
-    match peer {
-        Some(peer) => CallPeer::Tracked(peer),
-        None => CallPeer::Untracked(table.untracked_interrupts().clone()),
-    }
-}
-
-/// The error of a call refused at once, recognized in `call()`.
-#[track_caller]
-fn refuse(target: &CallPeer, reason: Reason, fired_at: &'static Location<'static>) -> Interrupted {
-    let here = Location::caller();
-    Interrupted::new(reason, target.label(), Duration::ZERO, fired_at, here)
-}
-
-impl<S, K: PeerKey, F> AdaptiveTimeout<S, K, F> {
-    /// The peer for `key`: the one this service called last if it is the same and still
-    /// the table's, else from the table.
-    fn peer(&mut self, key: K, now: Instant) -> Option<Arc<Peer>> {
-        let removals = self.table.removals();
-        if let Some(last) = &self.last {
-            if last.removals == removals && last.key == key {
-                return Some(last.peer.clone());
+            Admission::Admitted(peer, ticket) => {
+                if propagation.is_on() {
+                    self.key_fn
+                        .write_deadline(&mut req, ticket.deadline, propagation);
+                }
+                let call = Call::new(peer, start, ticket, token);
+                ResponseFuture::running(self.inner.call(req), call)
             }
         }
-        let peer = self.table.peer(&key, now)?;
-        self.last = Some(LastPeer {
-            key,
-            peer: peer.clone(),
-            removals,
-        });
-        Some(peer)
     }
 }
 

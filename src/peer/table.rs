@@ -1,4 +1,5 @@
-//! The bounded peer table and the policies in force.
+//! The bounded peer table, the policies in force, and admission: the one place a new call
+//! learns whom it is for, whether it goes ahead, and with which deadline.
 //!
 //! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
 //! policy in force for it. The table holds at most `max_peers` peers: when full, idle peers
@@ -8,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -16,10 +18,11 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::PeerKey;
-use super::Peer;
+use super::{CallPeer, Peer, Ticket};
+use crate::error::Reason;
 use crate::export;
-use crate::interrupt::Interrupts;
-use crate::policy::TimeoutPolicy;
+use crate::interrupt::{Fired, Interrupts};
+use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
 
 /// How many peers an eviction looks at to find the idlest.
@@ -39,6 +42,23 @@ impl<K: PeerKey> Policies<K> {
             None => (self.default.clone(), false),
         }
     }
+}
+
+/// What the table decided for a new call: whom it is for, and whether it goes ahead.
+pub(crate) enum Admission {
+    /// The call goes ahead with its ticket.
+    Admitted(CallPeer, Ticket),
+    /// The call ends at once: its peer is silent, or the caller's deadline is spent.
+    Refused(CallPeer, Fired),
+}
+
+/// The peer one service called last, still the table's while the table has removed no
+/// peer since: repeated calls to one peer skip the lookup.
+#[derive(Clone)]
+pub(crate) struct LastPeer<K> {
+    key: K,
+    peer: Arc<Peer>,
+    removals: u64,
 }
 
 /// All tracked peers, bounded.
@@ -114,6 +134,76 @@ impl<K: PeerKey> PeerTable<K> {
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
             untracked_calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
+    /// finds or inserts its peer (through `last`, the calling service's cache), asks the
+    /// peer for a ticket, and shortens the deadline to the caller's where that is shorter.
+    /// A spent caller's deadline is refused here, fired where this is called.
+    #[track_caller]
+    pub(crate) fn admit(
+        &self,
+        key: Option<K>,
+        now: Instant,
+        caller_deadline: Option<Duration>,
+        last: &mut Option<LastPeer<K>>,
+    ) -> Admission {
+        let peer = key.and_then(|key| self.cached_peer(key, now, last));
+        if caller_deadline == Some(Duration::ZERO) {
+            // The caller has stopped waiting: do not start work nobody awaits.
+            let fired = Fired {
+                reason: Reason::BudgetSpent,
+                fired_at: Location::caller(),
+            };
+            return Admission::Refused(self.call_peer(peer), fired);
+        }
+        let mut ticket = match &peer {
+            Some(p) => match p.admit(now) {
+                Ok(ticket) => ticket,
+                Err(fired) => return Admission::Refused(self.call_peer(peer), fired),
+            },
+            None => Ticket {
+                deadline: self.untracked_deadline(),
+                source: DeadlineSource::Untracked,
+                generation: self.untracked.generation(),
+                probe: false,
+            },
+        };
+        if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
+            (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
+        }
+        Admission::Admitted(self.call_peer(peer), ticket)
+    }
+
+    /// The peer for `key`: the one in `last` if it is the same and still the table's,
+    /// else from the table (and then remembered in `last`).
+    fn cached_peer(
+        &self,
+        key: K,
+        now: Instant,
+        last: &mut Option<LastPeer<K>>,
+    ) -> Option<Arc<Peer>> {
+        let removals = self.removals();
+        if let Some(last) = last {
+            if last.removals == removals && last.key == key {
+                return Some(last.peer.clone());
+            }
+        }
+        let peer = self.peer(&key, now)?;
+        *last = Some(LastPeer {
+            key,
+            peer: peer.clone(),
+            removals,
+        });
+        Some(peer)
+    }
+
+    /// Whom a call to `peer` is for: the peer, or (`None`) the untracked calls.
+    fn call_peer(&self, peer: Option<Arc<Peer>>) -> CallPeer {
+        match peer {
+            Some(peer) => CallPeer::Tracked(peer),
+            None => CallPeer::Untracked(self.untracked.clone()),
         }
     }
 

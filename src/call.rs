@@ -1,0 +1,219 @@
+//! The in-flight call guard: one admitted call's bookkeeping, from its ticket to its
+//! outcome. It records the outcome exactly once: the outcome methods consume it, and a
+//! guard dropped without one (its caller went away) records the call as abandoned.
+//!
+//! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
+//! error.
+
+use std::panic::Location;
+use std::time::Duration;
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::Instant;
+
+use crate::error::{Interrupted, Reason};
+use crate::interrupt::Fired;
+use crate::peer::{CallPeer, Ticket};
+use crate::policy::DeadlineExplanation;
+use crate::token::Interrupt;
+use crate::BoxError;
+
+/// What ended a running call, as the response future saw it.
+pub(crate) enum Ended<T> {
+    /// The inner future finished first (with the inner service's answer or error).
+    Answered(T),
+    /// The deadline passed first.
+    Expired,
+    /// An interrupt (the peer's broadcast, or the call's token) came first.
+    Interrupted(Fired),
+}
+
+/// One admitted call in flight.
+pub(crate) struct Call {
+    peer: CallPeer,
+    start: Instant,
+    ticket: Ticket,
+    token: Option<Interrupt>,
+    /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
+    span: tracing::Span,
+    /// Set by the outcome methods, which consume the guard; otherwise `Drop` records the
+    /// call as abandoned.
+    recorded: bool,
+}
+
+impl Call {
+    pub(crate) fn new(
+        peer: CallPeer,
+        start: Instant,
+        ticket: Ticket,
+        token: Option<Interrupt>,
+    ) -> Self {
+        let span = tracing::trace_span!(
+            "adaptive_timeout",
+            peer = peer.label(),
+            deadline = ?ticket.deadline,
+            source = ticket.source.as_str(),
+        );
+        Call {
+            peer,
+            start,
+            ticket,
+            token,
+            span,
+            recorded: false,
+        }
+    }
+
+    /// The call's span, entered while its future is polled.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// When the call's deadline passes.
+    pub(crate) fn deadline_at(&self) -> Instant {
+        self.start + self.ticket.deadline
+    }
+
+    /// Whether the call's deadline has passed (read only on the error path).
+    pub(crate) fn past_deadline(&self) -> bool {
+        Instant::now() >= self.deadline_at()
+    }
+
+    /// A registration woken by the next fire into the call's peer.
+    pub(crate) fn peer_notified(&self) -> OwnedNotified {
+        self.peer.interrupts().notified()
+    }
+
+    /// A registration woken when the call's token fires, if it has a token.
+    pub(crate) fn token_notified(&self) -> Option<OwnedNotified> {
+        self.token.as_ref().map(Interrupt::notified)
+    }
+
+    /// The interrupt that reached the call since it started, if any: fired into its peer,
+    /// or into its token.
+    pub(crate) fn fired(&self) -> Option<Fired> {
+        if let Some(fired) = self.peer.interrupts().fired_since(self.ticket.generation) {
+            return Some(fired);
+        }
+        let err = self.token.as_ref()?.fired()?;
+        Some(Fired {
+            reason: err.reason().clone(),
+            fired_at: err.fired_at(),
+        })
+    }
+
+    /// Records how the call ended and gives its result. The error of an interrupted or
+    /// expired call says it was recognized where this is called.
+    #[track_caller]
+    pub(crate) fn end<T, E: Into<BoxError>>(
+        self,
+        ended: Ended<Result<T, E>>,
+    ) -> Result<T, BoxError> {
+        match ended {
+            Ended::Answered(result) => {
+                self.answered();
+                result.map_err(Into::into)
+            }
+            Ended::Expired => Err(self.expired().into()),
+            Ended::Interrupted(fired) => Err(self.interrupted(fired).into()),
+        }
+    }
+
+    /// The peer answered.
+    fn answered(mut self) {
+        self.recorded = true;
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.on_response(Instant::now(), self.start);
+        }
+    }
+
+    /// The deadline passed first. The miss that declares the peer silent ends with the
+    /// silence as its reason; any other with the deadline and why it had its value.
+    #[track_caller]
+    fn expired(mut self) -> Interrupted {
+        self.recorded = true;
+        let now = Instant::now();
+        let Ticket {
+            deadline,
+            source,
+            probe,
+            ..
+        } = self.ticket;
+        let (explanation, silenced) = match &self.peer {
+            CallPeer::Tracked(p) => p.on_deadline(now, self.start, deadline, source, probe),
+            CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
+        };
+        let (peer, elapsed) = (self.peer.label(), now - self.start);
+        tracing::debug!(peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
+        let here = Location::caller();
+        let err = match silenced {
+            Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
+            None => {
+                let reason = Reason::DeadlineExceeded {
+                    deadline,
+                    explanation: Box::new(explanation),
+                };
+                Interrupted::new(reason, peer, elapsed, here, here)
+            }
+        };
+        fire_token(self.token.as_ref(), err)
+    }
+
+    /// An interrupt reached the call.
+    #[track_caller]
+    fn interrupted(mut self, fired: Fired) -> Interrupted {
+        self.recorded = true;
+        let now = Instant::now();
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.on_abandon(now, self.ticket.probe, Some(&fired.reason));
+        }
+        let (peer, elapsed) = (self.peer.label(), now - self.start);
+        tracing::debug!(
+            peer,
+            ?elapsed,
+            reason = fired.reason.as_str(),
+            "call interrupted"
+        );
+        let err = Interrupted::new(
+            fired.reason,
+            peer,
+            elapsed,
+            fired.fired_at,
+            Location::caller(),
+        );
+        fire_token(self.token.as_ref(), err)
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let (false, CallPeer::Tracked(p)) = (self.recorded, &self.peer) {
+            // Dropped by its caller: nothing to record, but it is no longer in flight.
+            p.on_abandon(Instant::now(), self.ticket.probe, None);
+        }
+    }
+}
+
+/// The error of a call refused at admission (its peer is silent, or the caller's deadline
+/// was spent), recognized where this is called. It is fired into the call's token, so work
+/// deeper in the chain stops too.
+#[track_caller]
+pub(crate) fn refusal(peer: &CallPeer, fired: Fired, token: Option<&Interrupt>) -> Interrupted {
+    let here = Location::caller();
+    let err = Interrupted::new(
+        fired.reason,
+        peer.label(),
+        Duration::ZERO,
+        fired.fired_at,
+        here,
+    );
+    fire_token(token, err)
+}
+
+/// Fires `token` (if any) with `err`, so work deeper in the chain stops too.
+fn fire_token(token: Option<&Interrupt>, err: Interrupted) -> Interrupted {
+    if let Some(token) = token {
+        token.fire(err.clone());
+    }
+    err
+}
