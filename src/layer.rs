@@ -53,6 +53,7 @@ impl AdaptiveTimeoutLayer<(), ()> {
 
     /// Starts a layer for `http::Request`s, keyed by scheme and authority.
     #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn http() -> Builder<crate::HttpPeer, ByPeer> {
         Builder::new(ByPeer)
     }
@@ -60,6 +61,7 @@ impl AdaptiveTimeoutLayer<(), ()> {
     /// Starts a layer for `http::Request`s keyed by your own function, which still gets
     /// interrupt tokens, [`Deadline`](crate::Deadline) and propagation.
     #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn http_keyed<B, K, F>(key_fn: F) -> Builder<K, crate::HttpKeyFn<F>>
     where
         K: PeerKey,

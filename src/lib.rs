@@ -56,12 +56,14 @@
 //! assert_eq!(interrupted.deadline(), Some(Duration::from_millis(200)));
 //! # Ok(()) }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod call;
 mod error;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod export;
 #[cfg(not(feature = "metrics"))]
 mod export;

@@ -299,6 +299,7 @@ impl TimeoutPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
 pub enum DeadlineSource {
     /// Fewer than `min_samples` in the window: the policy's `cold_start`.
     ColdStart,

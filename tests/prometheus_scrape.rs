@@ -144,10 +144,10 @@ async fn scrape_shows_every_series_with_peer_labels() {
 
     // Answered calls.
     let fast = [("peer", "fast:1")];
-    assert_eq!(at("adaptive_timeout_calls", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_responses", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_timeouts", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_fail_fast", &fast), 0.0);
+    assert_eq!(at("adaptive_timeout_calls_total", &fast), 30.0);
+    assert_eq!(at("adaptive_timeout_responses_total", &fast), 30.0);
+    assert_eq!(at("adaptive_timeout_timeouts_total", &fast), 0.0);
+    assert_eq!(at("adaptive_timeout_fail_fast_total", &fast), 0.0);
     assert_eq!(at("adaptive_timeout_in_flight", &fast), 0.0);
     assert_eq!(at("adaptive_timeout_state", &fast), 0.0);
     assert_eq!(at("adaptive_timeout_latency_seconds_count", &fast), 30.0);
@@ -167,7 +167,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     );
     for to in ["healthy", "suspect", "silent", "probing"] {
         let t = at(
-            "adaptive_timeout_transitions",
+            "adaptive_timeout_transitions_total",
             &[("peer", "fast:1"), ("to", to)],
         );
         assert_eq!(t, 0.0, "fast:1 never changed state (to {to})");
@@ -175,17 +175,17 @@ async fn scrape_shows_every_series_with_peer_labels() {
 
     // The silent peer.
     let gone = [("peer", "gone:2")];
-    assert_eq!(at("adaptive_timeout_calls", &gone), 3.0);
-    assert_eq!(at("adaptive_timeout_responses", &gone), 0.0);
-    assert_eq!(at("adaptive_timeout_timeouts", &gone), 2.0);
-    assert_eq!(at("adaptive_timeout_fail_fast", &gone), 1.0);
+    assert_eq!(at("adaptive_timeout_calls_total", &gone), 3.0);
+    assert_eq!(at("adaptive_timeout_responses_total", &gone), 0.0);
+    assert_eq!(at("adaptive_timeout_timeouts_total", &gone), 2.0);
+    assert_eq!(at("adaptive_timeout_fail_fast_total", &gone), 1.0);
     assert_eq!(at("adaptive_timeout_in_flight", &gone), 0.0);
     assert_eq!(at("adaptive_timeout_state", &gone), 2.0, "silent");
     assert_eq!(at("adaptive_timeout_deadline_seconds", &gone), 0.1);
     assert_eq!(at("adaptive_timeout_latency_seconds_count", &gone), 0.0);
     let interrupts_of = |peer, reason| {
         at(
-            "adaptive_timeout_interrupts",
+            "adaptive_timeout_interrupts_total",
             &[("peer", peer), ("reason", reason)],
         )
     };
@@ -194,7 +194,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(interrupts_of("gone:2", "shutdown"), 0.0);
     let transitions_to = |to| {
         at(
-            "adaptive_timeout_transitions",
+            "adaptive_timeout_transitions_total",
             &[("peer", "gone:2"), ("to", to)],
         )
     };
@@ -205,15 +205,18 @@ async fn scrape_shows_every_series_with_peer_labels() {
 
     // The manual interrupt.
     let held = [("peer", "held:3")];
-    assert_eq!(at("adaptive_timeout_calls", &held), 1.0);
+    assert_eq!(at("adaptive_timeout_calls_total", &held), 1.0);
     assert_eq!(interrupts_of("held:3", "manual"), 1.0);
     assert_eq!(interrupts_of("held:3", "peer_silent"), 0.0);
-    assert_eq!(at("adaptive_timeout_responses", &held), 0.0);
+    assert_eq!(at("adaptive_timeout_responses_total", &held), 0.0);
     assert_eq!(at("adaptive_timeout_in_flight", &held), 0.0);
 
     // The untracked call: counted without a peer label, and no series of its own.
-    assert_eq!(at("adaptive_timeout_calls", &[("peer", "solo:4")]), 1.0);
-    assert_eq!(at("adaptive_timeout_untracked_calls", &[]), 1.0);
+    assert_eq!(
+        at("adaptive_timeout_calls_total", &[("peer", "solo:4")]),
+        1.0
+    );
+    assert_eq!(at("adaptive_timeout_untracked_calls_total", &[]), 1.0);
     assert!(
         !page.contains("overflow:5"),
         "an untracked peer has no series"
@@ -221,14 +224,14 @@ async fn scrape_shows_every_series_with_peer_labels() {
 
     // Types and descriptions.
     for (name, kind) in [
-        ("adaptive_timeout_calls", "counter"),
-        ("adaptive_timeout_interrupts", "counter"),
-        ("adaptive_timeout_transitions", "counter"),
+        ("adaptive_timeout_calls_total", "counter"),
+        ("adaptive_timeout_interrupts_total", "counter"),
+        ("adaptive_timeout_transitions_total", "counter"),
         ("adaptive_timeout_deadline_seconds", "gauge"),
         ("adaptive_timeout_in_flight", "gauge"),
         ("adaptive_timeout_state", "gauge"),
         ("adaptive_timeout_latency_seconds", "histogram"),
-        ("adaptive_timeout_untracked_calls", "counter"),
+        ("adaptive_timeout_untracked_calls_total", "counter"),
     ] {
         assert!(
             page.contains(&format!("# TYPE {name} {kind}\n")),

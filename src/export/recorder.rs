@@ -10,17 +10,17 @@ use ::metrics::{
 use crate::error::Reason;
 use crate::peer::health::PeerState;
 
-const CALLS: &str = "adaptive_timeout_calls";
-const RESPONSES: &str = "adaptive_timeout_responses";
-const TIMEOUTS: &str = "adaptive_timeout_timeouts";
-const INTERRUPTS: &str = "adaptive_timeout_interrupts";
-const FAIL_FAST: &str = "adaptive_timeout_fail_fast";
-const TRANSITIONS: &str = "adaptive_timeout_transitions";
+const CALLS: &str = "adaptive_timeout_calls_total";
+const RESPONSES: &str = "adaptive_timeout_responses_total";
+const TIMEOUTS: &str = "adaptive_timeout_timeouts_total";
+const INTERRUPTS: &str = "adaptive_timeout_interrupts_total";
+const FAIL_FAST: &str = "adaptive_timeout_fail_fast_total";
+const TRANSITIONS: &str = "adaptive_timeout_transitions_total";
 const DEADLINE: &str = "adaptive_timeout_deadline_seconds";
 const IN_FLIGHT: &str = "adaptive_timeout_in_flight";
 const STATE: &str = "adaptive_timeout_state";
 const LATENCY: &str = "adaptive_timeout_latency_seconds";
-const UNTRACKED: &str = "adaptive_timeout_untracked_calls";
+const UNTRACKED: &str = "adaptive_timeout_untracked_calls_total";
 
 /// The interrupt reasons whose series every peer has from the start.
 const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];

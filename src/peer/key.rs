@@ -124,6 +124,7 @@ mod http_peer {
     /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
     ///
     /// Cloning shares the URI's buffers, so keying a request does not copy its authority.
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[derive(Clone, PartialEq, Eq, Hash)]
     pub struct HttpPeer {
         scheme: Option<Scheme>,
@@ -161,6 +162,7 @@ mod http_peer {
     }
 
     /// A string that names no HTTP peer.
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct InvalidPeer;
 
@@ -187,6 +189,7 @@ mod http_peer {
         }
     }
 
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     impl<B> HasPeer for Request<B> {
         type Key = HttpPeer;
 
@@ -228,6 +231,7 @@ mod http_peer {
     /// Keys `http::Request`s with your own function, keeping what
     /// [`ByPeer`](super::ByPeer) does for them besides the key: interrupt tokens,
     /// [`Deadline`](crate::Deadline) and propagation.
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[derive(Clone, Copy, Debug)]
     pub struct HttpKeyFn<F>(pub F);
 

@@ -238,6 +238,7 @@ impl fmt::Debug for GrpcTimeout {
 }
 
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 impl From<GrpcTimeout> for http::HeaderValue {
     fn from(t: GrpcTimeout) -> Self {
         // Digits and a unit letter are always a valid header value; should that ever fail,

@@ -76,6 +76,7 @@ impl Propagation {
 
     /// Also reads and writes a plain milliseconds header (e.g. `x-request-timeout-ms`).
     #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     pub fn millis_header(mut self, name: ::http::HeaderName) -> Self {
         self.millis_header = Some(name);
         self
