@@ -28,8 +28,9 @@
 //!   and where it was recognized. An [`Interrupt`] token travels in `http::Request`
 //!   extensions so work deeper in the chain stops at its next [`checkpoint`](Interrupt::checkpoint)
 //!   with the same reason ([`Chain`], [`interruptible`]).
-//! * A request can shorten its own deadline ([`Deadline`]); with [`Propagation`] the
-//!   deadline is read from and written to `grpc-timeout` or a milliseconds header.
+//! * The caller's deadline ([`Deadline`]) can shorten a call's deadline; with
+//!   [`Propagation`] it is read from and the call's deadline written to `grpc-timeout` or a
+//!   milliseconds header ([`propagate`]).
 //! * [`AdaptiveTimeoutHandle`] reads per-peer [`PeerSnapshot`]s and changes policies at
 //!   runtime.
 //!

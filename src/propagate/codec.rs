@@ -81,7 +81,7 @@ fn digits(value: &[u8], max: usize) -> Result<u64, BadBudget> {
 /// (nanoseconds).
 ///
 /// Anything else is refused: signs, spaces, decimals, trailing bytes, non-ASCII. Zero is
-/// accepted (the caller's budget is spent). The largest value, `99999999H`, fits in a
+/// accepted (the caller's deadline is spent). The largest value, `99999999H`, fits in a
 /// [`Duration`].
 ///
 /// ```
@@ -131,13 +131,13 @@ pub fn parse_millis(value: &[u8]) -> Result<Duration, BadBudget> {
     digits(value, MILLIS_MAX_DIGITS).map(Duration::from_millis)
 }
 
-/// Formats a budget as a `grpc-timeout` value, in the finest unit whose value fits in 8
-/// digits (`n`, then `u`, `m`, `S`, `M`, `H`).
+/// Formats the caller's deadline as a `grpc-timeout` value, in the finest unit whose
+/// value fits in 8 digits (`n`, then `u`, `m`, `S`, `M`, `H`).
 ///
-/// A coarser unit rounds **down**: the value is the budget the caller still has, and a
+/// A coarser unit rounds **down**: the value is the time the caller still has, and a
 /// callee must never believe it has more time than that. The loss is under one unit and,
 /// since a coarser unit is only chosen when the finer one overflows 8 digits, under a
-/// hundred-thousandth of the budget. A non-zero budget never rounds to zero. Budgets
+/// hundred-thousandth of the deadline. A non-zero deadline never rounds to zero. Deadlines
 /// beyond 99,999,999 hours saturate to `99999999H`.
 ///
 /// ```
@@ -242,7 +242,7 @@ impl fmt::Debug for GrpcTimeout {
 impl From<GrpcTimeout> for http::HeaderValue {
     fn from(t: GrpcTimeout) -> Self {
         // Digits and a unit letter are always a valid header value; should that ever fail,
-        // `0n` (budget spent) is the direction that never grants extra time.
+        // `0n` (deadline spent) is the direction that never grants extra time.
         http::HeaderValue::from_bytes(t.as_bytes())
             .unwrap_or_else(|_| http::HeaderValue::from_static("0n"))
     }

@@ -50,7 +50,7 @@ pub struct Deadline(pub Duration);
 
 /// Which headers carry the caller's deadline in and out of `http::Request`s.
 ///
-/// Off by default. With it on, the deadline a request's headers carry caps the call's
+/// Off by default. With it on, the deadline a request's headers carry shortens the call's
 /// deadline, and the deadline the call gets is written back (overwriting the header) for
 /// the callee.
 #[derive(Clone, Debug, Default)]
