@@ -11,12 +11,11 @@ use std::time::Duration;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
-use crate::error::{Interrupted, Reason};
+use crate::error::{BoxError, Interrupted, Reason};
 use crate::interrupt::Fired;
 use crate::peer::{CallPeer, Ticket};
 use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
-use crate::BoxError;
 
 /// What ended a running call, as the response future saw it.
 pub(crate) enum Ended<T> {

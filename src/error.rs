@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 
+/// The error type of the layer's service: the inner service's error, or [`Interrupted`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a call was interrupted.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]

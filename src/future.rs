@@ -15,9 +15,8 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Sleep;
 
 use crate::call::{Call, Ended};
-use crate::error::Interrupted;
+use crate::error::{BoxError, Interrupted};
 use crate::interrupt::Fired;
-use crate::BoxError;
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";

@@ -79,7 +79,7 @@ mod service;
 mod snapshot;
 mod token;
 
-pub use error::{Interrupted, Reason};
+pub use error::{BoxError, Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
@@ -100,6 +100,3 @@ pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step}
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-
-/// The error type of the layer's service: the inner service's error, or [`Interrupted`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

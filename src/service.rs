@@ -8,10 +8,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::call::{refusal, Call};
+use crate::error::BoxError;
 use crate::future::ResponseFuture;
 use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::{Admission, LastPeer, PeerTable};
-use crate::BoxError;
 
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
