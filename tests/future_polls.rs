@@ -32,6 +32,11 @@ struct Req {
 type Answer = Result<(), BoxError>;
 type Inner = ServiceFn<fn(Req) -> oneshot::Receiver<()>>;
 type Svc = AdaptiveTimeout<Inner, &'static str, fn(&Req) -> &'static str>;
+/// A started call, and the sender of its answer.
+type Started = (
+    Spawn<ResponseFuture<oneshot::Receiver<()>>>,
+    oneshot::Sender<()>,
+);
 
 /// A layer over one peer with a 100ms cold-start deadline, and its handles.
 struct Rig {
@@ -56,14 +61,16 @@ fn rig() -> Rig {
 
 impl Rig {
     /// Starts a call, not yet polled, and the sender of its answer.
-    fn start(
-        &mut self,
-    ) -> (
-        Spawn<ResponseFuture<oneshot::Receiver<()>>>,
-        oneshot::Sender<()>,
-    ) {
+    fn start(&mut self) -> Started {
         let (tx, answer) = oneshot::channel();
         (task::spawn(self.svc.call(Req { answer })), tx)
+    }
+
+    /// Starts a call and polls it once, which finds it pending.
+    fn pending(&mut self) -> Started {
+        let (mut call, tx) = self.start();
+        assert_pending!(call.poll());
+        (call, tx)
     }
 }
 
@@ -87,35 +94,41 @@ fn interrupted(result: Answer) -> Interrupted {
         .unwrap_or_else(|e| panic!("not an Interrupted: {e}"))
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_ready_answer_wins_over_a_fired_interrupt() {
+/// What cuts a pending call short.
+enum Cut {
+    Interrupt,
+    Deadline,
+}
+
+/// Starts a call and lets it go pending; `cut` wakes it, and its answer arrives before the
+/// next poll, which the answer wins.
+async fn answer_wins_over(cut: Cut) {
     let mut rig = rig();
-    let (mut call, tx) = rig.start();
-    assert_pending!(call.poll());
-    assert!(rig.interrupts.interrupt_peer(&PEER, "drained"));
+    let (mut call, tx) = rig.pending();
+    match cut {
+        Cut::Interrupt => assert!(rig.interrupts.interrupt_peer(&PEER, "drained")),
+        Cut::Deadline => tokio::time::advance(DEADLINE * 2).await,
+    }
     assert!(call.is_woken());
     tx.send(()).unwrap();
     assert!(assert_ready!(call.poll()).is_ok());
-    assert_eq!(counts(&rig), [1, 0, 0, 0], "answered, not interrupted");
+    assert_eq!(counts(&rig), [1, 0, 0, 0], "answered, not cut short");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_answer_wins_over_a_fired_interrupt() {
+    answer_wins_over(Cut::Interrupt).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_ready_answer_wins_over_a_past_deadline() {
-    let mut rig = rig();
-    let (mut call, tx) = rig.start();
-    assert_pending!(call.poll());
-    tokio::time::advance(DEADLINE * 2).await;
-    assert!(call.is_woken());
-    tx.send(()).unwrap();
-    assert!(assert_ready!(call.poll()).is_ok());
-    assert_eq!(counts(&rig), [1, 0, 0, 0], "answered, not expired");
+    answer_wins_over(Cut::Deadline).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn pending_until_an_interrupt_then_ready_with_it() {
     let mut rig = rig();
-    let (mut call, _tx) = rig.start();
-    assert_pending!(call.poll());
+    let (mut call, _tx) = rig.pending();
     assert!(!call.is_woken());
     assert_pending!(call.poll(), "nothing fired: still pending");
     assert_eq!(counts(&rig), [0, 0, 0, 1]);
@@ -129,8 +142,7 @@ async fn pending_until_an_interrupt_then_ready_with_it() {
 #[tokio::test(start_paused = true)]
 async fn pending_until_the_deadline_then_ready_with_it() {
     let mut rig = rig();
-    let (mut call, _tx) = rig.start();
-    assert_pending!(call.poll());
+    let (mut call, _tx) = rig.pending();
     tokio::time::advance(DEADLINE - Duration::from_millis(1)).await;
     assert!(!call.is_woken());
     tokio::time::advance(Duration::from_millis(1)).await;
@@ -143,10 +155,8 @@ async fn pending_until_the_deadline_then_ready_with_it() {
 #[tokio::test(start_paused = true)]
 async fn each_call_records_exactly_one_outcome() {
     let mut rig = rig();
-    let (mut answered, tx) = rig.start();
-    let (mut expired, _tx) = rig.start();
-    assert_pending!(answered.poll());
-    assert_pending!(expired.poll());
+    let (mut answered, tx) = rig.pending();
+    let (mut expired, _tx) = rig.pending();
     tx.send(()).unwrap();
     assert!(assert_ready!(answered.poll()).is_ok());
     tokio::time::advance(DEADLINE).await;
@@ -164,8 +174,7 @@ async fn each_call_records_exactly_one_outcome() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_call_leaves_nothing_in_flight() {
     let mut rig = rig();
-    let (mut call, _tx) = rig.start();
-    assert_pending!(call.poll());
+    let (call, _tx) = rig.pending();
     assert_eq!(counts(&rig), [0, 0, 0, 1]);
     drop(call);
     assert_eq!(counts(&rig), [0, 0, 0, 0], "no outcome, nothing in flight");
