@@ -110,6 +110,7 @@ where
         // Over: drop the inner future, the timer and the registrations, then record.
         Poll::Ready(match state.project_replace(State::Done) {
             StateReplace::Running { call, .. } => call.end(ended),
+            // Not reached: the state was `Running` just above.
             StateReplace::Rejected { .. } | StateReplace::Done => {
                 Err(POLLED_AFTER_COMPLETION.into())
             }
