@@ -32,9 +32,9 @@ use tonic::transport::Endpoint;
 use tower::{BoxError, ServiceBuilder};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, Propagation, TimeoutPolicy};
 
-use common::bounded;
-use common::grpc::{start_server, PingRequest, PingerClient};
-use common::table::print_snapshots;
+use common::print_snapshots;
+use loopback::bounded;
+use loopback::grpc::{start_server, PingRequest, PingerClient};
 
 /// Calls before the table is printed.
 const CALLS: usize = 14;

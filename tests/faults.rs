@@ -11,8 +11,6 @@
 //! Real clocks are noisy, so the assertions are structural with generous bounds: outcomes
 //! and states, and upper bounds padded by hundreds of milliseconds.
 
-mod support;
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use tower_adaptive_timeout::{
     PeerState, Reason, TimeoutPolicy,
 };
 
-use support::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
+use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

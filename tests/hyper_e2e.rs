@@ -11,8 +11,7 @@
 //! generous upper bounds only (the cold-start deadline a cut must come well before).
 #![cfg(feature = "http")]
 
-#[path = "../examples/common/mod.rs"]
-mod common;
+pub mod support;
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +24,9 @@ use tower_adaptive_timeout::{
     HttpPeer, Interrupt, Interrupted, PeerState, Propagation, Reason,
 };
 
-use common::http_server::{self, get, Client, SEEN_HEADER, TIMEOUT_HEADER};
-use common::{bounded, loopback_policy, Loopback};
+use loopback::http_server::{self, get, Client, SEEN_HEADER, TIMEOUT_HEADER};
+use loopback::{bounded, Loopback};
+use support::e2e::{loopback_policy, LoopbackPeer};
 
 /// Far above any deadline a warmed-up loopback peer gets: a cut must come well before it.
 const COLD_START: Duration = Duration::from_secs(5);

@@ -6,13 +6,12 @@
 //! checks everything from one test.
 #![cfg(feature = "metrics")]
 
-#[path = "../examples/common/prometheus_page.rs"]
-mod prometheus_page;
-
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Method, StatusCode};
+use loopback::{page, Loopback};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinSet;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
@@ -71,7 +70,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
         .install_recorder()
         .expect("the only recorder in this binary");
     tower_adaptive_timeout::export::describe_metrics();
-    let addr = serve(prometheus).await;
+    let server = serve(prometheus).await;
 
     let policy = TimeoutPolicy::default()
         .cold_start(ms(100))
@@ -138,7 +137,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(busy.await.unwrap().unwrap(), "solo:4");
     assert_eq!(small.handle().untracked_calls(), 1);
 
-    let page = scrape(addr).await;
+    let page = scrape(&server).await;
     let m = Exposition::parse(&page);
     let at = |name: &str, labels: &[(&str, &str)]| m.value(name, labels);
 
@@ -304,28 +303,31 @@ impl Exposition {
     }
 }
 
-/// Serves the recorder's page to every request on a loopback port chosen by the OS.
-async fn serve(prometheus: PrometheusHandle) -> SocketAddr {
-    prometheus_page::serve(move |head| {
-        if head.starts_with(b"GET /metrics ") {
-            ("200 OK", prometheus.render())
+/// Serves the recorder's page at `GET /metrics` on a loopback port chosen by the OS.
+async fn serve(prometheus: PrometheusHandle) -> Loopback {
+    page::serve(move |req| {
+        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+            (StatusCode::OK, prometheus.render())
         } else {
-            ("404 Not Found", String::new())
+            (StatusCode::NOT_FOUND, String::new())
         }
     })
     .await
     .unwrap()
 }
 
-/// `GET /metrics` over a plain TCP connection; returns the body of a 200 answer.
-async fn scrape(addr: SocketAddr) -> String {
-    let response = prometheus_page::fetch(addr).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|n| n.parse::<usize>().ok());
-    assert_eq!(length, Some(body.len()), "the whole page arrived");
-    body.to_owned()
+/// `GET /metrics`; returns the body of a 200 answer.
+async fn scrape(server: &Loopback) -> String {
+    let response = page::fetch(server.uri("/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    let length = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|n| n.to_str().ok()?.parse::<usize>().ok());
+    assert_eq!(
+        length,
+        Some(response.body().len()),
+        "the whole page arrived"
+    );
+    response.into_body()
 }

@@ -13,8 +13,6 @@
 //! the peer table never exceeds `max_peers`, and that the runtime's task count returns to
 //! its baseline.
 
-mod support;
-
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +29,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, PeerState, TimeoutPolicy,
 };
 
-use support::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
+use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

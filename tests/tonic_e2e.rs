@@ -15,8 +15,7 @@
 //! ordinary error from the inner service.
 #![cfg(feature = "http")]
 
-#[path = "../examples/common/mod.rs"]
-mod common;
+pub mod support;
 
 use std::time::{Duration, Instant};
 
@@ -29,8 +28,9 @@ use tower_adaptive_timeout::{
     Interrupted, PeerState, Propagation, Reason,
 };
 
-use common::grpc::{start_server, PingReply, PingRequest, PingerClient};
-use common::{bounded, loopback_policy, Loopback};
+use loopback::grpc::{start_server, PingReply, PingRequest, PingerClient};
+use loopback::{bounded, Loopback};
+use support::e2e::{loopback_policy, LoopbackPeer};
 
 /// Far above any deadline a warmed-up loopback peer gets: a cut must come well before it.
 const COLD_START: Duration = Duration::from_secs(5);

@@ -1,16 +1,8 @@
-//! Test-support kit for integration tests over real loopback TCP: a line-protocol
-//! [`EchoServer`], a tower [`LineClient`] for it, and a [`FaultProxy`] that puts latency,
-//! silence, resets, half-open connections or trickling bytes between the two.
+//! Helpers shared by the integration tests; the loopback servers, clients and fault proxy
+//! they run against are the `loopback` crate.
 //!
-//! Use from a test file with `mod support; use support::*;`. Each test binary uses a subset,
-//! hence the blanket `dead_code`/`unused_imports` allowance.
-#![allow(dead_code, unused_imports)]
+//! A test declares this module `pub mod support;`: each test uses a subset, and the public
+//! items of a public module are not dead code.
 
-mod client;
-mod echo;
-mod fault_proxy;
-mod server;
-
-pub use client::{LineClient, LineRequest};
-pub use echo::{EchoServer, MALFORMED_REPLY};
-pub use fault_proxy::{Fault, FaultProxy};
+#[cfg(feature = "http")]
+pub mod e2e;

@@ -1,4 +1,4 @@
-//! A tower client for the [`EchoServer`](super::EchoServer) line protocol: the inner service
+//! A tower client for the [`EchoServer`](crate::EchoServer) line protocol: the inner service
 //! that integration tests wrap with the adaptive-timeout layer, keyed by [`LineRequest::addr`].
 
 use std::future::Future;

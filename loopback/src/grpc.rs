@@ -25,14 +25,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::client::GrpcService;
 use tonic::{GrpcMethod, IntoRequest, Request, Response, Status};
 use tonic_prost::ProstCodec;
-use tower_adaptive_timeout::BoxError;
+use tower::BoxError;
 
-use super::Loopback;
+use crate::Loopback;
 
 /// The service's name, as in the path of its methods.
 pub const SERVICE: &str = "ping.Pinger";
 /// The path of `Ping`.
 pub const PING_PATH: &str = "/ping.Pinger/Ping";
+/// The metadata key of a call's deadline in the gRPC protocol.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// The request: answer after `delay_ms`, echoing `payload`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -146,7 +148,7 @@ async fn route(
 async fn ping(req: Request<PingRequest>, log: bool) -> Result<Response<PingReply>, Status> {
     let grpc_timeout = req
         .metadata()
-        .get(tower_adaptive_timeout::propagate::GRPC_TIMEOUT)
+        .get(GRPC_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();

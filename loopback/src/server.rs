@@ -1,4 +1,4 @@
-//! A minimal accept loop shared by the test servers, so each server only supplies what it
+//! The accept loop every server of this crate runs on, so each server only supplies what it
 //! does with one connection.
 
 use std::future::Future;
@@ -10,29 +10,25 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-/// A listener on `127.0.0.1:0` whose accept loop runs in a task; every accepted connection is
-/// handled in its own task. Dropping it aborts the accept loop and with it every connection
-/// task, so no test server outlives its test.
+/// A server task on an ephemeral 127.0.0.1 port: its accept loop runs in a task, and every
+/// accepted connection in a task of its own. Dropping it aborts the accept loop and with it
+/// every connection, so no server outlives its test or example.
 #[derive(Debug)]
-pub struct Acceptor {
+pub struct Loopback {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
-impl Acceptor {
-    /// Binds `127.0.0.1:0` and spawns the accept loop, running `handle` on each connection.
-    ///
-    /// Panics if the loopback listener cannot be bound: a test cannot proceed without it.
-    pub async fn spawn<F, Fut>(handle: F) -> Self
+impl Loopback {
+    /// Binds 127.0.0.1:0 and runs `serve` on each accepted connection (with `TCP_NODELAY`).
+    pub async fn start<F, Fut>(serve: F) -> std::io::Result<Loopback>
     where
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback listener");
-        let addr = listener.local_addr().expect("listener address");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
@@ -48,17 +44,17 @@ impl Acceptor {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.set_nodelay(true);
                 while connections.try_join_next().is_some() {}
-                connections.spawn(handle(stream));
+                connections.spawn(serve(stream));
             }
         });
-        Self {
+        Ok(Loopback {
             addr,
             accepted,
             task,
-        }
+        })
     }
 
-    /// The bound loopback address.
+    /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -67,9 +63,16 @@ impl Acceptor {
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// `http://127.0.0.1:PORT` followed by `path`.
+    pub fn uri(&self, path: &str) -> http::Uri {
+        format!("http://{}{path}", self.addr)
+            .parse()
+            .expect("a loopback address and a path form a URI")
+    }
 }
 
-impl Drop for Acceptor {
+impl Drop for Loopback {
     fn drop(&mut self) {
         self.task.abort();
     }

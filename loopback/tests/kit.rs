@@ -1,15 +1,13 @@
-//! Tests of the test-support kit itself over real loopback TCP: the echo server, the line
-//! client and every fault mode of the proxy. Waits are bounded; wall-time assertions are
-//! lower bounds only.
-
-mod support;
+//! Tests of the kit itself over real loopback TCP: the echo server, the line client and
+//! every fault mode of the proxy. Waits are bounded; wall-time assertions are lower bounds
+//! only.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::time::Duration;
 
-use support::*;
+use loopback::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};

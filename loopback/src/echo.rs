@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::server::Acceptor;
+use crate::Loopback;
 
 /// Longest request line the server accepts; a longer one closes the connection.
 const MAX_LINE: u64 = 64 * 1024;
@@ -29,25 +29,26 @@ pub const MALFORMED_REPLY: &str = "ERR malformed request";
 /// a paused test clock. Dropping the server closes its listener and every connection.
 #[derive(Debug)]
 pub struct EchoServer {
-    acceptor: Acceptor,
+    server: Loopback,
 }
 
 impl EchoServer {
     /// Starts the server on `127.0.0.1:0`. Panics if the listener cannot be bound.
     pub async fn start() -> Self {
+        let server = Loopback::start(serve).await;
         Self {
-            acceptor: Acceptor::spawn(serve).await,
+            server: server.expect("bind a loopback listener"),
         }
     }
 
     /// The address to send requests to.
     pub fn addr(&self) -> SocketAddr {
-        self.acceptor.addr()
+        self.server.addr()
     }
 
     /// How many connections the server has accepted so far.
     pub fn connections(&self) -> usize {
-        self.acceptor.accepted()
+        self.server.accepted()
     }
 }
 

@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::Loopback;
+use crate::Loopback;
 
 /// The milliseconds budget header the layer propagates in these examples and tests.
 pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-request-timeout-ms");

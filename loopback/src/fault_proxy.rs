@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::server::Acceptor;
+use crate::Loopback;
 
 /// Largest chunk read from one side before it is forwarded to the other.
 const CHUNK: usize = 16 * 1024;
@@ -55,7 +55,7 @@ pub enum Fault {
 /// connect resets the client). Dropping the proxy closes its listener and all connections.
 #[derive(Debug)]
 pub struct FaultProxy {
-    acceptor: Acceptor,
+    server: Loopback,
     mode: watch::Sender<Fault>,
     active: Arc<AtomicUsize>,
 }
@@ -67,12 +67,12 @@ impl FaultProxy {
         let (mode, rx) = watch::channel(Fault::Pass);
         let active = Arc::new(AtomicUsize::new(0));
         let open = Arc::clone(&active);
-        let acceptor = Acceptor::spawn(move |client| {
+        let server = Loopback::start(move |client| {
             relay(client, upstream, rx.clone(), Open::new(Arc::clone(&open)))
         })
         .await;
         Self {
-            acceptor,
+            server: server.expect("bind a loopback listener"),
             mode,
             active,
         }
@@ -80,7 +80,7 @@ impl FaultProxy {
 
     /// The address clients connect to instead of the upstream.
     pub fn addr(&self) -> SocketAddr {
-        self.acceptor.addr()
+        self.server.addr()
     }
 
     /// Switches the fault mode for existing and new connections.
@@ -95,7 +95,7 @@ impl FaultProxy {
 
     /// How many client connections the proxy has accepted so far.
     pub fn connections(&self) -> usize {
-        self.acceptor.accepted()
+        self.server.accepted()
     }
 
     /// How many client connections are open through the proxy right now.
@@ -182,9 +182,8 @@ enum End {
 }
 
 /// Closes `stream` with an RST instead of a FIN.
-#[allow(deprecated)] // A zero linger never blocks on drop; `set_zero_linger` needs tokio 1.50.
 fn abort(stream: TcpStream) {
-    let _ = stream.set_linger(Some(Duration::ZERO));
+    let _ = stream.set_zero_linger();
     drop(stream);
 }
 
