@@ -1,17 +1,11 @@
-//! Invariants of the strategy simulator (`examples/simulate`), on a short run: this layer
-//! cuts every call in flight to a silent peer within two of the peer's deadlines, no call
-//! outlives the layer's longest deadline, and the same seed gives the same tables, byte for
-//! byte.
-
-// The simulator is shared with the example; the test uses only part of it.
-#[allow(dead_code)]
-#[path = "../examples/simulate/sim.rs"]
-mod sim;
+//! Invariants of the strategy simulator, on a short run: the layer cuts every call in
+//! flight to a silent peer within two of the peer's deadlines, no call outlives the layer's
+//! longest deadline, and the same seed gives the same tables, byte for byte.
 
 use std::time::Duration;
 
-use sim::strategies::Kind;
-use sim::{simulate, SimConfig};
+use simulate::strategies::Kind;
+use simulate::{simulate, SimConfig};
 use tower_adaptive_timeout::TimeoutPolicy;
 
 /// A run short enough for a debug build: 20 simulated seconds, 8 callers per peer.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::sim::workload::{PeerId, Req};
-use crate::sim::Ending;
+use crate::workload::{PeerId, Req};
+use crate::Ending;
 
 /// Safety bound on how often one call re-reads a cut time that keeps moving later (phi
 /// accrual pushes it back on every answer from the peer).

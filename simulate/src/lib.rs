@@ -2,23 +2,19 @@
 //! peers, compared on heavy-tailed, shifting and silent peers.
 //!
 //! Deterministic by construction: tokio's paused clock (time only moves when every task
-//! waits), a single-threaded runtime, a seeded random stream per caller, and this crate's
-//! layer with its probe jitter seeded from the same seed, so the same seed gives the same
-//! calls and the same tables, byte for byte.
+//! waits), a single-threaded runtime, a seeded random stream per caller, and
+//! `tower-adaptive-timeout`'s layer with its probe jitter seeded from the same seed, so the
+//! same seed gives the same calls and the same tables, byte for byte.
 //!
-//! Shared by `examples/simulate/main.rs` and `tests/simulate_invariants.rs`.
+//! The binary (`cargo run --release -p simulate`) prints the report EVALUATION.md holds;
+//! `tests/invariants.rs` checks what must hold of every run.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
-#[path = "driver.rs"]
 pub mod driver;
-#[path = "report.rs"]
 pub mod report;
-#[path = "rng.rs"]
-pub mod rng;
-#[path = "skeleton.rs"]
 pub mod skeleton;
-#[path = "strategies.rs"]
 pub mod strategies;
-#[path = "workload.rs"]
 pub mod workload;
 
 use std::time::Duration;

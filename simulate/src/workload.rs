@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use crate::sim::rng::Rng;
+use loopback::Rng;
 
 /// Index of a peer within its workload.
 pub type PeerId = u16;
@@ -19,10 +19,20 @@ pub type PeerId = u16;
 /// A peer's latency distribution.
 #[derive(Clone, Copy, Debug)]
 pub enum Tail {
-    /// Lognormal: `median` ms, shape `sigma`.
-    LogNormal { median: f64, sigma: f64 },
-    /// Pareto: at least `min` ms, tail index `alpha` (smaller is heavier).
-    Pareto { min: f64, alpha: f64 },
+    /// Lognormal.
+    LogNormal {
+        /// Median, in milliseconds.
+        median: f64,
+        /// Shape.
+        sigma: f64,
+    },
+    /// Pareto.
+    Pareto {
+        /// The smallest value, in milliseconds.
+        min: f64,
+        /// Tail index (smaller is heavier).
+        alpha: f64,
+    },
 }
 
 impl Tail {

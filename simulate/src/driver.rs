@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use loopback::Rng;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::sim::rng::Rng;
-use crate::sim::strategies::{SimService, Strategy};
-use crate::sim::workload::{PeerId, PeerPlan, Req};
-use crate::sim::{Ending, SimConfig};
+use crate::strategies::{SimService, Strategy};
+use crate::workload::{PeerId, PeerPlan, Req};
+use crate::{Ending, SimConfig};
 
 /// A call that has not ended after this long is recorded as hung and abandoned, so a
 /// strategy that never cuts a call cannot stall the simulation. Longer than any deadline.

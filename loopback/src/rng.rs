@@ -1,6 +1,6 @@
-//! A small seeded random number generator (SplitMix64) and the distributions the workloads
-//! draw from. Hand-rolled so the simulation needs no extra dependency and so the same seed
-//! gives the same numbers on every platform and toolchain.
+//! A small seeded random number generator (SplitMix64) and the distributions the
+//! simulator's workloads and the tests draw from. Hand-rolled so it needs no extra
+//! dependency and so the same seed gives the same numbers on every platform and toolchain.
 
 /// SplitMix64: fast, well mixed, and fully determined by its seed.
 #[derive(Clone, Debug)]
@@ -21,6 +21,11 @@ impl Rng {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0), with a bias too small for tests to notice.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 
     /// Uniform in the open interval (0, 1): safe to take the logarithm of.

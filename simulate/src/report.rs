@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::sim::driver::{CallRecord, Run};
-use crate::sim::strategies::Kind;
-use crate::sim::workload::{PeerPlan, Workload};
-use crate::sim::{Ending, SimConfig};
+use crate::driver::{CallRecord, Run};
+use crate::strategies::Kind;
+use crate::workload::{PeerPlan, Workload};
+use crate::{Ending, SimConfig};
 
 /// A call that ended without an answer after more than this long stalled its caller.
 pub const STALL: Duration = Duration::from_secs(10);

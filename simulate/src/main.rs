@@ -1,20 +1,18 @@
 //! The strategy simulator: fixed timeouts, RFC 6298 RTO, the `adaptive-timeout` crate's
-//! formula, a phi-accrual detector and this crate's layer, on heavy-tailed, shifting and
-//! silent peers, on tokio's paused clock.
+//! formula, a phi-accrual detector and `tower-adaptive-timeout`'s layer, on heavy-tailed,
+//! shifting and silent peers, on tokio's paused clock.
 //!
 //! ```text
-//! cargo run --release --example simulate                 # full run
-//! cargo run --release --example simulate -- --quick      # short run (or SIMULATE_QUICK=1)
-//! cargo run --release --example simulate -- --seed 7
+//! cargo run --release -p simulate                 # full run
+//! cargo run --release -p simulate -- --quick      # short run (or SIMULATE_QUICK=1)
+//! cargo run --release -p simulate -- --seed 7
 //! ```
 //!
 //! The same seed gives the same tables, byte for byte.
 
-// `Report::row` serves `tests/simulate_invariants.rs`.
-#[allow(dead_code)]
-mod sim;
-
 use std::process::ExitCode;
+
+use simulate::{simulate, SimConfig};
 
 /// Seed used when none is given.
 const DEFAULT_SEED: u64 = 20_240_601;
@@ -40,12 +38,12 @@ async fn main() -> ExitCode {
         }
     }
     let cfg = if quick {
-        sim::SimConfig::quick(seed)
+        SimConfig::quick(seed)
     } else {
-        sim::SimConfig::full(seed)
+        SimConfig::full(seed)
     };
     let wall = std::time::Instant::now();
-    let report = sim::simulate(&cfg).await;
+    let report = simulate(&cfg).await;
     print!("{}", report.markdown());
     eprintln!(
         "simulated in {:.1}s of wall time",
