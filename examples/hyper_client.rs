@@ -17,13 +17,13 @@ mod common;
 
 use std::time::Duration;
 
+use loopback::bounded;
+use loopback::http_server::{self, get};
 use tokio::task::JoinSet;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, HttpPeer, Interrupted, TimeoutPolicy};
 
 use common::{millis, print_snapshots};
-use loopback::bounded;
-use loopback::http_server::{self, get};
 
 /// Calls per server before the table is printed.
 const CALLS: usize = 40;

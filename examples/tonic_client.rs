@@ -28,13 +28,13 @@ mod common;
 
 use std::time::Duration;
 
+use loopback::bounded;
+use loopback::grpc::{start_server, PingRequest, PingerClient};
 use tonic::transport::Endpoint;
 use tower::{BoxError, ServiceBuilder};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, Propagation, TimeoutPolicy};
 
 use common::print_snapshots;
-use loopback::bounded;
-use loopback::grpc::{start_server, PingRequest, PingerClient};
 
 /// Calls before the table is printed.
 const CALLS: usize = 14;

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
+use loopback::http_server::{self, get, Client, SEEN_HEADER, TIMEOUT_HEADER};
+use loopback::{bounded, Loopback};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::propagate::parse_millis;
 use tower_adaptive_timeout::{
@@ -24,8 +26,6 @@ use tower_adaptive_timeout::{
     HttpPeer, Interrupt, Interrupted, PeerState, Propagation, Reason,
 };
 
-use loopback::http_server::{self, get, Client, SEEN_HEADER, TIMEOUT_HEADER};
-use loopback::{bounded, Loopback};
 use support::e2e::{loopback_policy, LoopbackPeer};
 
 /// Far above any deadline a warmed-up loopback peer gets: a cut must come well before it.

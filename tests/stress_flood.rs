@@ -3,11 +3,13 @@
 //! resident memory stays under a bound derived from `max_peers`. Alone in its own test
 //! binary, so no other test's allocations count in the process's RSS.
 
-use std::convert::Infallible;
-use std::time::{Duration, Instant as WallClock};
+pub mod support;
 
-use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
+use std::time::Instant as WallClock;
+
+use tower::{Service, ServiceExt};
+
+use support::echo_keys;
 
 /// Every call is to a new peer; every call after the first 10,000 inserts one peer and
 /// evicts another (about 25 s in a debug build on two cores).
@@ -27,19 +29,7 @@ fn rss() -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn a_million_keys_keep_the_table_and_memory_bounded() {
-    // A policy with small windows, so a full table of them stays small.
-    let policy = TimeoutPolicy::default()
-        .max(Duration::from_secs(1))
-        .cold_start(Duration::from_millis(200))
-        .sub_windows(2)
-        .significant_figures(1);
-    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
-        .policy(policy)
-        .max_peers(MAX_PEERS)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let mut svc = layer.layer(service_fn(|k: u64| async move { Ok::<_, Infallible>(k) }));
+    let (mut svc, handle) = echo_keys(MAX_PEERS);
 
     svc.ready().await.unwrap().call(0).await.unwrap();
     let per_peer = handle.peer(&0).expect("tracked").window_bytes;

@@ -13,6 +13,8 @@
 //! the peer table never exceeds `max_peers`, and that the runtime's task count returns to
 //! its baseline.
 
+pub mod support;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tower::{BoxError, Layer, Service, ServiceExt};
@@ -29,31 +32,11 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, PeerState, TimeoutPolicy,
 };
 
-use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
+use support::line::by_addr;
+use support::{ms, Rng};
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A seeded xorshift generator: the same run every time.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// Seed of every random stream of the soak: the same run every time.
+const SEED: u64 = 7;
 
 /// How the calls of a run ended.
 #[derive(Debug, Default)]
@@ -260,7 +243,7 @@ async fn simulated_peers_under_random_faults_resolve_every_call_once() {
     quiet_injected_panics();
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
-    let mut seed = Rng::new(7);
+    let mut seed = Rng::new(SEED, 7);
     let modes: Vec<Mode> = (0..SIM_PEERS).map(|_| Mode::random(&mut seed)).collect();
     let sim = Sim {
         modes: Arc::new(Mutex::new(modes)),
@@ -287,7 +270,7 @@ async fn simulated_peers_under_random_faults_resolve_every_call_once() {
     let switcher = {
         let modes = sim.modes.clone();
         tokio::spawn(async move {
-            let mut rng = Rng::new(11);
+            let mut rng = Rng::new(SEED, 11);
             loop {
                 tokio::time::sleep(ms(1 + rng.below(10))).await;
                 let peer = rng.below(SIM_PEERS) as usize;
@@ -300,7 +283,7 @@ async fn simulated_peers_under_random_faults_resolve_every_call_once() {
     let wall = run_workers(SIM_WORKERS, Duration::from_secs(24 * 3600), switcher, |w| {
         let (svc, handle, outcomes) = (svc.clone(), handle.clone(), outcomes.clone());
         async move {
-            let mut rng = Rng::new(100 + w);
+            let mut rng = Rng::new(SEED, 100 + w);
             for i in 0..SIM_CALLS / SIM_WORKERS {
                 let key = match rng.below(20) {
                     0 => HOSTILE_KEYS + w * SIM_CALLS + i,
@@ -357,7 +340,7 @@ async fn tcp_peers_under_random_faults_resolve_every_call_once() {
         proxies.push(Arc::new(FaultProxy::start(server.addr()).await));
     }
     let addrs: Vec<SocketAddr> = proxies.iter().map(|p| p.addr()).collect();
-    let layer = AdaptiveTimeoutLayer::builder((|r: &LineRequest| r.addr) as fn(&_) -> _)
+    let layer = by_addr()
         .policy(
             TimeoutPolicy::default()
                 .min(ms(100))
@@ -375,7 +358,7 @@ async fn tcp_peers_under_random_faults_resolve_every_call_once() {
     let switcher = {
         let proxies = proxies.clone();
         tokio::spawn(async move {
-            let mut rng = Rng::new(5);
+            let mut rng = Rng::new(SEED, 5);
             loop {
                 tokio::time::sleep(ms(50 + rng.below(100))).await;
                 let p = &proxies[rng.below(proxies.len() as u64) as usize];
@@ -388,7 +371,7 @@ async fn tcp_peers_under_random_faults_resolve_every_call_once() {
     let wall = run_workers(TCP_WORKERS, Duration::from_secs(60), switcher, |w| {
         let (svc, addrs, outcomes) = (svc.clone(), addrs.clone(), outcomes.clone());
         async move {
-            let mut rng = Rng::new(200 + w);
+            let mut rng = Rng::new(SEED, 200 + w);
             for _ in 0..TCP_CALLS / TCP_WORKERS {
                 let addr = addrs[rng.below(addrs.len() as u64) as usize];
                 let req = LineRequest::new(addr, rng.below(3), "soak");

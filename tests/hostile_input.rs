@@ -1,8 +1,8 @@
 //! Hostile input: floods of distinct peer keys, absurd policy values, and inner services
 //! that panic.
 //!
-//! * (The million-key flood and its memory bound live in `tests/flood.rs`, alone in their
-//!   process.) Calls that find the table full of busy peers go untracked and get the
+//! * (The million-key flood and its memory bound live in `tests/stress_flood.rs`, alone in
+//!   their process.) Calls that find the table full of busy peers go untracked and get the
 //!   default policy's cold-start deadline.
 //! * Every duration field at `u64::MAX` seconds, NaN and infinite floats, zeroes: `build()`,
 //!   `set_default_policy` and policies read from JSON refuse them with an error naming the
@@ -10,6 +10,8 @@
 //! * An inner service that panics (in `call`, at its first poll, or mid-flight) leaves the
 //!   peer usable: nothing in flight, nothing poisoned, deadlines still adapt.
 //! * Peer keys whose `Debug` panics, and concurrent floods on a multi-threaded runtime.
+
+pub mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -22,9 +24,7 @@ use tower_adaptive_timeout::{
     PeerState, Reason, TimeoutPolicy,
 };
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::{echo_keys, lean, ms};
 
 /// A call to peer `key`: answered at once, after `delay`, never (`hang`), or by a panic.
 #[derive(Clone, Copy, Debug)]
@@ -109,15 +109,6 @@ fn stack(builder_policy: TimeoutPolicy, max_peers: usize) -> (Svc, AdaptiveTimeo
         .build()
         .expect("valid policy");
     (layer.layer(Sim), layer.handle())
-}
-
-/// A policy with small windows, so a full table of them stays small.
-fn lean() -> TimeoutPolicy {
-    TimeoutPolicy::default()
-        .max(ms(1000))
-        .cold_start(ms(200))
-        .sub_windows(2)
-        .significant_figures(1)
 }
 
 #[tokio::test(start_paused = true)]
@@ -385,13 +376,7 @@ async fn a_key_whose_debug_panics_does_not_leak_a_table_slot() {
 fn concurrent_floods_keep_the_table_within_max_peers() {
     const MAX: usize = 64;
     const THREADS: u64 = 4;
-    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
-        .policy(lean())
-        .max_peers(MAX)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(service_fn(|k: u64| async move { Ok::<_, Infallible>(k) }));
+    let (svc, handle) = echo_keys(MAX);
     let over = Arc::new(AtomicUsize::new(0));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

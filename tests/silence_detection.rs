@@ -2,160 +2,19 @@
 //! fail-fast, probe cadence, recovery, and that a healthy slow-tailed peer is never
 //! declared silent.
 
-use std::collections::HashSet;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+pub mod support;
+
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, PeerState, Reason, TimeoutPolicy,
-};
+use tower::{BoxError, Service, ServiceExt};
+use tower_adaptive_timeout::{Interrupted, PeerState, Reason, TimeoutPolicy};
 
-/// The simulated peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum P {
-    A,
-    B,
-    Tail,
-    Nobody,
-}
+use support::peers::{rig, Ended, Req, Rig, P};
+use support::{interrupted, ms, Rng};
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A call to `peer`, answered after `delay` unless the peer is silent.
-#[derive(Clone, Copy, Debug)]
-struct Req {
-    peer: P,
-    delay: Duration,
-}
-
-/// Simulated peers: a silent one never answers the calls it receives (like a blackhole),
-/// and every call that reaches a peer is logged with its arrival time.
-#[derive(Default)]
-struct Peers {
-    silent: Mutex<HashSet<P>>,
-    arrivals: Mutex<Vec<(P, Instant)>>,
-}
-
-impl Peers {
-    fn silence(&self, peer: P, on: bool) {
-        let mut silent = self.silent.lock().unwrap();
-        if on {
-            silent.insert(peer);
-        } else {
-            silent.remove(&peer);
-        }
-    }
-
-    fn arrivals(&self, peer: P) -> Vec<Instant> {
-        let log = self.arrivals.lock().unwrap();
-        log.iter()
-            .filter(|(p, _)| *p == peer)
-            .map(|(_, t)| *t)
-            .collect()
-    }
-
-    /// Logs the call's arrival when it is made (not when first polled), then answers.
-    fn receive(
-        self: &Arc<Self>,
-        req: Req,
-    ) -> impl std::future::Future<Output = Result<P, Infallible>> {
-        self.arrivals
-            .lock()
-            .unwrap()
-            .push((req.peer, Instant::now()));
-        self.clone().answer(req)
-    }
-
-    async fn answer(self: Arc<Self>, req: Req) -> Result<P, Infallible> {
-        let silent = self.silent.lock().unwrap().contains(&req.peer);
-        if silent {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(req.delay).await;
-        Ok(req.peer)
-    }
-}
-
-type Svc = tower_adaptive_timeout::AdaptiveTimeout<
-    // An inner error type without a trait object keeps spawned calls `Send`-provable.
-    tower::util::BoxCloneSyncService<Req, P, Infallible>,
-    P,
-    fn(&Req) -> P,
->;
-
-struct Rig {
-    svc: Svc,
-    handle: AdaptiveTimeoutHandle<P>,
-    interrupts: tower_adaptive_timeout::InterruptHandle<P>,
-    peers: Arc<Peers>,
-}
-
-fn rig(policy: TimeoutPolicy) -> Rig {
-    rig_with(policy, 10_000)
-}
-
-fn rig_with(policy: TimeoutPolicy, max_peers: usize) -> Rig {
-    let peers = Arc::new(Peers::default());
-    let p = peers.clone();
-    let inner = tower::util::BoxCloneSyncService::new(service_fn(move |r| p.receive(r)));
-    let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.peer) as fn(&Req) -> P)
-        .policy(policy)
-        .max_peers(max_peers)
-        .build()
-        .unwrap();
-    Rig {
-        handle: layer.handle(),
-        interrupts: layer.interrupt_handle(),
-        svc: layer.layer(inner),
-        peers,
-    }
-}
-
-impl Rig {
-    async fn call(&self, peer: P, delay: Duration) -> Result<P, BoxError> {
-        self.svc.clone().oneshot(Req { peer, delay }).await
-    }
-
-    /// Sequential calls answered after `delay`, to give `peer` a history.
-    async fn warm(&self, peer: P, delay: Duration, n: usize) {
-        for _ in 0..n {
-            self.call(peer, delay).await.expect("healthy peer answers");
-        }
-    }
-
-    /// Starts a call in the background; it reports its result and when it ended.
-    fn spawn(&self, set: &mut JoinSet<(Result<P, BoxError>, Instant)>, peer: P) {
-        let svc = self.svc.clone();
-        set.spawn(async move {
-            let r = svc
-                .oneshot(Req {
-                    peer,
-                    delay: ms(10),
-                })
-                .await;
-            (r, Instant::now())
-        });
-    }
-
-    fn state(&self, peer: P) -> PeerState {
-        self.handle.peer(&peer).expect("tracked").state
-    }
-}
-
-fn interrupted(r: &Result<P, BoxError>) -> &Interrupted {
-    let err = r
-        .as_ref()
-        .expect_err("the call should have been interrupted");
-    err.downcast_ref::<Interrupted>()
-        .expect("an Interrupted error")
-}
-
+/// Whether the call ended because its peer was silent.
 fn is_silent(r: &Result<P, BoxError>) -> bool {
     r.as_ref().is_err_and(|e| {
         matches!(
@@ -167,10 +26,7 @@ fn is_silent(r: &Result<P, BoxError>) -> bool {
 
 /// Silences `peer` with five calls in flight started 1ms apart; returns their results,
 /// the silence start and the peer's deadline.
-async fn five_in_flight(
-    rig: &Rig,
-    peer: P,
-) -> (Vec<(Result<P, BoxError>, Instant)>, Instant, Duration) {
+async fn five_in_flight(rig: &Rig, peer: P) -> (Vec<Ended>, Instant, Duration) {
     rig.warm(peer, ms(10), 150).await;
     let (deadline, _) = rig.handle.deadline(&peer).unwrap();
     rig.peers.silence(peer, true);
@@ -329,25 +185,6 @@ async fn fail_fast_off_only_cuts_deadlines_to_min() {
     assert_eq!(rig.state(P::A), PeerState::Healthy);
 }
 
-/// A seeded xorshift generator: the same run every time.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Lognormal latency: median `median`, shape `sigma`.
-    fn lognormal(&mut self, median: Duration, sigma: f64) -> Duration {
-        let (u1, u2) = (self.next_f64().max(1e-12), self.next_f64());
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        median.mul_f64((sigma * z).exp())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_healthy_slow_tailed_peer_is_never_declared_silent() {
     let rig = rig(TimeoutPolicy::default());
@@ -356,11 +193,10 @@ async fn a_healthy_slow_tailed_peer_is_never_declared_silent() {
     for worker in 0..8u64 {
         let svc = rig.svc.clone();
         set.spawn(async move {
-            let mut rng =
-                Rng(0x9E37_79B9_7F4A_7C15 ^ (worker + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15, worker + 1);
             let mut silent = 0;
             for _ in 0..2_500 {
-                let delay = rng.lognormal(ms(10), 1.0);
+                let delay = ms(10).mul_f64(rng.lognormal(1.0, 1.0));
                 let r = svc
                     .clone()
                     .oneshot(Req {
@@ -384,94 +220,6 @@ async fn a_healthy_slow_tailed_peer_is_never_declared_silent() {
         "{} tail timeouts",
         snap.deadline_exceeded
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn manual_interrupts_say_who_fired_and_where_it_was_recognized() {
-    let rig = rig(TimeoutPolicy::default());
-    let mut set = JoinSet::new();
-    rig.spawn(&mut set, P::A);
-    tokio::time::sleep(ms(1)).await;
-    rig.peers.silence(P::A, true);
-    rig.spawn(&mut set, P::A);
-    tokio::time::sleep(ms(1)).await;
-    let (handle, why) = (&rig.interrupts, "operator drained the host");
-    let line = line!() + 1;
-    let tracked = handle.interrupt_peer(&P::A, why);
-    assert!(tracked);
-    let (r, _) = set.join_next().await.unwrap().unwrap();
-    let err = interrupted(&r);
-    assert_eq!(
-        err.reason(),
-        &Reason::Manual("operator drained the host".into())
-    );
-    assert_eq!(
-        (err.fired_at().file(), err.fired_at().line()),
-        (file!(), line)
-    );
-    assert!(err.recognized_at().file().ends_with("future.rs"));
-    assert!(
-        err.to_string().contains("operator drained the host"),
-        "{err}"
-    );
-    set.join_all().await;
-    let snap = rig.handle.peer(&P::A).unwrap();
-    assert_eq!((snap.manual_interrupts, snap.in_flight), (2, 0));
-    assert!(
-        !rig.interrupts.interrupt_peer(&P::Nobody, "x"),
-        "untracked peer"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn interrupt_all_and_shutdown_reach_every_call_even_untracked_ones() {
-    // One peer slot: P::A holds it with a call in flight, so P::B goes untracked.
-    let rig = rig_with(TimeoutPolicy::default(), 1);
-    rig.peers.silence(P::A, true);
-    rig.peers.silence(P::B, true);
-    let mut set = JoinSet::new();
-    rig.spawn(&mut set, P::A);
-    tokio::time::sleep(ms(1)).await;
-    rig.spawn(&mut set, P::B);
-    tokio::time::sleep(ms(1)).await;
-    assert!(rig.handle.peer(&P::B).is_none(), "b is untracked");
-    rig.interrupts.shutdown();
-    for (r, _) in set.join_all().await {
-        assert_eq!(interrupted(&r).reason(), &Reason::Shutdown);
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_interrupt_racing_a_response_ends_each_call_exactly_once() {
-    let rig = rig(TimeoutPolicy::default());
-    for offset in 0..40u64 {
-        // The answer is due at 20ms; the interrupt fires at 0..40ms (from 1.0ms in 0.1ms steps).
-        let mut set = JoinSet::new();
-        rig.spawn_delay(&mut set, P::A, ms(20));
-        tokio::time::sleep(Duration::from_micros(1_000 + offset * 500)).await;
-        rig.interrupts.interrupt_peer(&P::A, "race");
-        let (r, _) = set.join_next().await.unwrap().unwrap();
-        assert!(r.is_ok() || interrupted(&r).reason() == &Reason::Manual("race".into()));
-    }
-    let snap = rig.handle.peer(&P::A).unwrap();
-    assert_eq!(snap.completed + snap.manual_interrupts, 40, "{snap:?}");
-    assert!(
-        snap.completed > 0 && snap.manual_interrupts > 0,
-        "both sides won some races"
-    );
-    assert_eq!(snap.in_flight, 0);
-}
-
-impl Rig {
-    fn spawn_delay(
-        &self,
-        set: &mut JoinSet<(Result<P, BoxError>, Instant)>,
-        peer: P,
-        delay: Duration,
-    ) {
-        let svc = self.svc.clone();
-        set.spawn(async move { (svc.oneshot(Req { peer, delay }).await, Instant::now()) });
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,68 +1,29 @@
-//! The layer over real TCP on 127.0.0.1, in real time.
+//! The layer over real TCP on 127.0.0.1, in real time: `LineClient -> EchoServer`, keyed by
+//! the server's address.
 //!
-//! A tiny server reads lines `"DELAY_MS\n"` and answers `"OK\n"` after that delay; the inner
-//! service opens one connection per call. Covers: every call's latency lands in its peer's
-//! window, the deadline leaves cold start and settles far below it, peers on different
-//! ports are kept apart, and a call the server never answers is cut at the adapted deadline
-//! rather than the cold-start one.
+//! Covers: every call's latency lands in its peer's window, the deadline leaves cold start
+//! and settles far below it, peers on different ports are kept apart, and a call the server
+//! never answers is cut at the adapted deadline rather than the cold-start one.
 //!
 //! Delays are a few milliseconds and the assertions are structural (counts, sources, lower
 //! bounds a sleep guarantees), never upper bounds on latency.
 
+pub mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use loopback::{EchoServer, LineClient, LineRequest};
+use tower::{Layer, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted, PeerSnapshot,
-    TimeoutPolicy,
+    AdaptiveTimeoutHandle, DeadlineSource, Interrupted, PeerSnapshot, TimeoutPolicy,
 };
 
-/// One call: ask the server at `addr` to answer after `delay_ms`.
-#[derive(Clone, Copy, Debug)]
-struct Ping {
-    addr: SocketAddr,
-    delay_ms: u64,
-}
+use support::line::{by_addr, Svc};
 
-/// Starts a server on an ephemeral port; it answers each line after the delay it names.
-async fn server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer_lines(stream));
-        }
-    });
-    addr
-}
-
-async fn answer_lines(stream: TcpStream) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let delay = line.trim().parse().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        write.write_all(b"OK\n").await?;
-    }
-    Ok(())
-}
-
-/// The inner service: one connection per call, one line each way.
-async fn ping(p: Ping) -> Result<String, BoxError> {
-    let stream = TcpStream::connect(p.addr).await?;
-    let (read, mut write) = stream.into_split();
-    write
-        .write_all(format!("{}\n", p.delay_ms).as_bytes())
-        .await?;
-    let answer = BufReader::new(read)
-        .lines()
-        .next_line()
-        .await?
-        .ok_or("connection closed without an answer")?;
-    Ok(answer)
+/// A call to the server at `addr` that it answers `OK` after `delay_ms`.
+fn ok(addr: SocketAddr, delay_ms: u64) -> LineRequest {
+    LineRequest::new(addr, delay_ms, "OK")
 }
 
 /// Default policy, but with `min` high enough that a busy machine's loopback latency does
@@ -75,16 +36,10 @@ fn policy() -> TimeoutPolicy {
         .min_samples(20)
 }
 
-fn stack() -> (
-    impl Service<Ping, Response = String, Error = BoxError> + Clone,
-    AdaptiveTimeoutHandle<SocketAddr>,
-) {
-    let layer = AdaptiveTimeoutLayer::builder(|p: &Ping| p.addr)
-        .policy(policy())
-        .build()
-        .expect("valid policy");
+fn stack() -> (Svc, AdaptiveTimeoutHandle<SocketAddr>) {
+    let layer = by_addr().policy(policy()).build().expect("valid policy");
     let handle = layer.handle();
-    (layer.layer(service_fn(ping)), handle)
+    (layer.layer(LineClient::new()), handle)
 }
 
 /// Outcome counts of a run of calls.
@@ -96,13 +51,10 @@ struct Tally {
 
 /// Makes one call per delay, in order, to `addr`. Every call must either be answered `OK`
 /// or interrupted by the layer; anything else fails the test.
-async fn drive<S>(svc: &S, addr: SocketAddr, delays: impl IntoIterator<Item = u64>) -> Tally
-where
-    S: Service<Ping, Response = String, Error = BoxError> + Clone,
-{
+async fn drive(svc: &Svc, addr: SocketAddr, delays: impl IntoIterator<Item = u64>) -> Tally {
     let mut tally = Tally::default();
     for delay_ms in delays {
-        match svc.clone().oneshot(Ping { addr, delay_ms }).await {
+        match svc.clone().oneshot(ok(addr, delay_ms)).await {
             Ok(answer) => {
                 assert_eq!(answer, "OK");
                 tally.answered += 1;
@@ -150,7 +102,8 @@ fn assert_adapted(snap: &PeerSnapshot) {
 
 #[tokio::test]
 async fn deadlines_adapt_to_real_tcp_latency() {
-    let (fast, slow) = (server().await, server().await);
+    let servers = (EchoServer::start().await, EchoServer::start().await);
+    let (fast, slow) = (servers.0.addr(), servers.1.addr());
     let (svc, handle) = stack();
 
     let fast_tally = drive(&svc, fast, (0..50).map(|i| 1 + i % 3)).await;
@@ -173,7 +126,8 @@ async fn deadlines_adapt_to_real_tcp_latency() {
 
 #[tokio::test]
 async fn a_call_never_answered_is_cut_at_the_adapted_deadline() {
-    let addr = server().await;
+    let server = EchoServer::start().await;
+    let addr = server.addr();
     let (svc, handle) = stack();
     let warm = drive(&svc, addr, [1; 25]).await;
     let before = assert_recorded(&handle, addr, &warm);
@@ -182,10 +136,7 @@ async fn a_call_never_answered_is_cut_at_the_adapted_deadline() {
     // The server holds this one far longer than the test runs.
     let err = svc
         .clone()
-        .oneshot(Ping {
-            addr,
-            delay_ms: 60_000,
-        })
+        .oneshot(ok(addr, 60_000))
         .await
         .expect_err("never answered");
     let interrupted = err.downcast_ref::<Interrupted>().expect("typed error");

@@ -6,6 +6,8 @@
 //! checks everything from one test.
 #![cfg(feature = "metrics")]
 
+pub mod support;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -19,9 +21,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, DeadlineSource, Interrupted, Reason, TimeoutPolicy,
 };
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::ms;
 
 /// A call to `peer`, answered after `latency` (never, for `None`).
 struct Call {

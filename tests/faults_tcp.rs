@@ -11,23 +11,22 @@
 //! Real clocks are noisy, so the assertions are structural with generous bounds: outcomes
 //! and states, and upper bounds padded by hundreds of milliseconds.
 
+pub mod support;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tower::{BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeout, AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted,
-    PeerState, Reason, TimeoutPolicy,
+    AdaptiveTimeoutHandle, DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy,
 };
 
-use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+use support::line::{by_addr, Svc};
+use support::{interrupted, ms};
 
 /// Slack on top of any real-time bound.
 const SLACK: Duration = Duration::from_millis(500);
@@ -42,8 +41,6 @@ fn policy() -> TimeoutPolicy {
         .probe_backoff(ms(1000))
         .probe_backoff_max(ms(2000))
 }
-
-type Svc = AdaptiveTimeout<LineClient, SocketAddr, fn(&LineRequest) -> SocketAddr>;
 
 /// One echo server behind two proxies (two peers), and the layer over a line client.
 struct Rig {
@@ -60,10 +57,7 @@ async fn rig() -> Rig {
         FaultProxy::start(server.addr()).await,
         FaultProxy::start(server.addr()).await,
     );
-    let layer = AdaptiveTimeoutLayer::builder((|r: &LineRequest| r.addr) as fn(&_) -> _)
-        .policy(policy())
-        .build()
-        .unwrap();
+    let layer = by_addr().policy(policy()).build().unwrap();
     Rig {
         handle: layer.handle(),
         svc: layer.layer(LineClient::new()),
@@ -108,14 +102,6 @@ impl Rig {
             tokio::time::sleep(ms(50)).await;
         }
     }
-}
-
-fn interrupted(r: &Result<String, BoxError>) -> &Interrupted {
-    let err = r
-        .as_ref()
-        .expect_err("the call should have been interrupted");
-    err.downcast_ref::<Interrupted>()
-        .unwrap_or_else(|| panic!("not an Interrupted: {err}"))
 }
 
 /// Puts peer A under `fault` with five calls in flight while peer B keeps being called,

@@ -19,6 +19,8 @@ pub mod support;
 
 use std::time::{Duration, Instant};
 
+use loopback::grpc::{start_server, PingReply, PingRequest, PingerClient};
+use loopback::{bounded, Loopback};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tower::ServiceBuilder;
@@ -28,8 +30,6 @@ use tower_adaptive_timeout::{
     Interrupted, PeerState, Propagation, Reason,
 };
 
-use loopback::grpc::{start_server, PingReply, PingRequest, PingerClient};
-use loopback::{bounded, Loopback};
 use support::e2e::{loopback_policy, LoopbackPeer};
 
 /// Far above any deadline a warmed-up loopback peer gets: a cut must come well before it.

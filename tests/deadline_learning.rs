@@ -1,4 +1,4 @@
-//! How the layer sets and uses deadlines, on tokio's paused clock (deterministic, no
+//! How the layer learns and applies deadlines, on tokio's paused clock (deterministic, no
 //! wall-clock sleeps).
 //!
 //! Covers: the cold-start deadline, the deadline following the latency distribution once
@@ -7,6 +7,8 @@
 //! the builder and at runtime) and their removal, runtime default-policy changes, inner
 //! errors passing through untouched, dropped calls, the contents of [`Interrupted`], shared
 //! state between layer clones, and use inside `tower::ServiceBuilder`.
+
+pub mod support;
 
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted, PeerSnapshot, Reason,
     TimeoutPolicy,
 };
+
+use support::ms;
 
 /// A call to `peer` that the simulated peer answers after `delay`, or with an error.
 #[derive(Clone, Debug)]
@@ -32,10 +36,6 @@ fn call(peer: &'static str, delay: Duration) -> Call {
         delay,
         fail: false,
     }
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// The simulated peer: sleeps for the call's delay, then answers with it (or fails).

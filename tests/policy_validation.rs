@@ -6,6 +6,8 @@
 //! per-peer overrides, the boundary values that must still be accepted, and runtime policy
 //! changes through the handle, which refuse bad policies and leave the old one in force.
 
+pub mod support;
+
 use std::time::Duration;
 
 use tower::{service_fn, BoxError, Layer, ServiceExt};
@@ -14,14 +16,12 @@ use tower_adaptive_timeout::{
     MAX_SUB_WINDOWS,
 };
 
+use support::ms;
+
 type Keyed = Builder<&'static str, fn(&&'static str) -> &'static str>;
 
 fn layer() -> Keyed {
     AdaptiveTimeoutLayer::builder((|r: &&'static str| *r) as fn(&&'static str) -> &'static str)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 /// The error `build()` refuses `builder` with.
