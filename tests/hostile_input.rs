@@ -343,7 +343,7 @@ struct Touchy(u64);
 
 impl std::fmt::Debug for Touchy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        assert!(self.0 % 2 == 0, "injected panic in Debug");
+        assert!(self.0.is_multiple_of(2), "injected panic in Debug");
         write!(f, "touchy-{}", self.0)
     }
 }
