@@ -16,7 +16,7 @@
 //! every call goes through the shared peer table. Ends with medians and the ratio the
 //! project targets: layer / tower::timeout <= 1.5.
 
-mod common;
+pub mod common;
 
 use std::time::Instant;
 

@@ -18,7 +18,7 @@
 //! Ends with a table of medians and the ratios the project targets:
 //! `(layer - bare) / (tower::timeout - bare)` <= 1.25 (ready) and <= 1.15 (pending once).
 
-mod common;
+pub mod common;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

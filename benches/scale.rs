@@ -33,7 +33,7 @@
 //!
 //! In test mode (`cargo test`) the memory stage uses 100 peers and the timings run once.
 
-mod common;
+pub mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -17,13 +17,13 @@ mod common;
 
 use std::time::Duration;
 
+use loopback::bounded;
+use loopback::http_server::{self, get};
 use tokio::task::JoinSet;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, HttpPeer, Interrupted, TimeoutPolicy};
 
-use common::bounded;
-use common::http_server::{self, get};
-use common::table::{millis, print_snapshots};
+use common::{millis, print_snapshots};
 
 /// Calls per server before the table is printed.
 const CALLS: usize = 40;
@@ -77,8 +77,8 @@ async fn main() -> Result<(), BoxError> {
         slow.uri("/hang"),
         millis(started.elapsed())
     );
-    // The key the layer gave these calls (`Loopback::peer` asks `HasPeer::peer`).
-    let slow_peer = slow.peer();
+    // The key the layer gave these calls: the server's scheme and authority.
+    let slow_peer: HttpPeer = format!("http://{}", slow.addr()).parse()?;
     let after = handle
         .peer(&slow_peer)
         .ok_or("the slow server is tracked")?;

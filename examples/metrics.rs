@@ -1,7 +1,7 @@
 //! Prometheus metrics: per-peer counters, gauges and latency, scraped over HTTP.
 //!
 //! Installs the `metrics-exporter-prometheus` recorder, serves its page at
-//! `http://127.0.0.1:<port>/metrics`, sends calls to three simulated peers (one of which
+//! `http://127.0.0.1:<port>/metrics` (a hyper server), sends calls to three simulated peers (one of which
 //! never answers, so it times out, is declared silent and then fails fast), scrapes the
 //! page over HTTP and prints the `adaptive_timeout_` series. Runs in about half a second:
 //!
@@ -9,11 +9,10 @@
 //! cargo run --example metrics --features metrics
 //! ```
 
-#[path = "common/prometheus_page.rs"]
-mod prometheus_page;
-
 use std::time::Duration;
 
+use hyper::StatusCode;
+use loopback::{page, Loopback};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinSet;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
@@ -37,8 +36,8 @@ async fn main() -> Result<(), BoxError> {
         )?
         .install_recorder()?;
     tower_adaptive_timeout::export::describe_metrics();
-    let addr = serve(prometheus).await?;
-    println!("scrape endpoint: http://{addr}/metrics");
+    let server = serve(prometheus).await?;
+    println!("scrape endpoint: {}", server.uri("/metrics"));
 
     let layer = AdaptiveTimeoutLayer::builder(|c: &Call| c.peer)
         .policy(
@@ -88,7 +87,7 @@ async fn main() -> Result<(), BoxError> {
         .unwrap_err();
     println!("next call to gone:9000: {refused}\n");
 
-    let page = scrape(addr).await?;
+    let page = scrape(&server).await?;
     let mut series: Vec<&str> = page
         .lines()
         .filter(|l| l.starts_with("adaptive_timeout_"))
@@ -100,19 +99,16 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Serves the recorder's page to every GET on a loopback port chosen by the OS.
-async fn serve(prometheus: PrometheusHandle) -> std::io::Result<std::net::SocketAddr> {
-    prometheus_page::serve(move |_head| ("200 OK", prometheus.render())).await
+/// Serves the recorder's page to every request on a loopback port chosen by the OS.
+async fn serve(prometheus: PrometheusHandle) -> std::io::Result<Loopback> {
+    page::serve(move |_| (StatusCode::OK, prometheus.render())).await
 }
 
-/// `GET /metrics` over a plain TCP connection; returns the body.
-async fn scrape(addr: std::net::SocketAddr) -> Result<String, BoxError> {
-    let response = prometheus_page::fetch(addr).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("scrape failed: {head}").into());
+/// `GET /metrics`; returns the body.
+async fn scrape(server: &Loopback) -> Result<String, BoxError> {
+    let response = page::fetch(server.uri("/metrics")).await?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("scrape failed: {}", response.status()).into());
     }
-    Ok(body.to_owned())
+    Ok(response.into_body())
 }

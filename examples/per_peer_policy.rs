@@ -14,8 +14,7 @@
 //!
 //! It runs on tokio's paused clock, so the simulated latencies cost no real time.
 
-#[path = "common/table.rs"]
-mod table;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +22,7 @@ use std::time::Duration;
 use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PolicyError, TimeoutPolicy};
 
-use table::print_snapshots;
+use common::print_snapshots;
 
 /// The file's shape: a default policy and overrides by peer name.
 #[derive(Debug, serde::Deserialize)]

@@ -28,13 +28,13 @@ mod common;
 
 use std::time::Duration;
 
+use loopback::bounded;
+use loopback::grpc::{start_server, PingRequest, PingerClient};
 use tonic::transport::Endpoint;
 use tower::{BoxError, ServiceBuilder};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, Propagation, TimeoutPolicy};
 
-use common::bounded;
-use common::grpc::{start_server, PingRequest, PingerClient};
-use common::table::print_snapshots;
+use common::print_snapshots;
 
 /// Calls before the table is printed.
 const CALLS: usize = 14;

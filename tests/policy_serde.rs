@@ -6,17 +6,17 @@
 //! snapshots and deadline sources.
 #![cfg(feature = "serde")]
 
+pub mod support;
+
 use std::time::Duration;
 
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, DeadlineSource, TimeoutPolicy};
 
+use support::ms;
+
 fn parse(json: &str) -> Result<TimeoutPolicy, serde_json::Error> {
     serde_json::from_str(json)
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
 }
 
 #[test]

@@ -1,16 +1,64 @@
-//! Test-support kit for integration tests over real loopback TCP: a line-protocol
-//! [`EchoServer`], a tower [`LineClient`] for it, and a [`FaultProxy`] that puts latency,
-//! silence, resets, half-open connections or trickling bytes between the two.
+//! Helpers shared by the integration tests: time in milliseconds, a seeded [`Rng`], common
+//! policies, and the stacks several tests build. The loopback servers, clients and fault
+//! proxy they run against are the `loopback` crate.
 //!
-//! Use from a test file with `mod support; use support::*;`. Each test binary uses a subset,
-//! hence the blanket `dead_code`/`unused_imports` allowance.
-#![allow(dead_code, unused_imports)]
+//! A test declares this module `pub mod support;`: each test uses a subset, and the public
+//! items of a public module are not dead code.
 
-mod client;
-mod echo;
-mod fault_proxy;
-mod server;
+#[cfg(feature = "http")]
+pub mod e2e;
+pub mod line;
+pub mod peers;
+#[cfg(feature = "http")]
+pub mod requests;
 
-pub use client::{LineClient, LineRequest};
-pub use echo::{EchoServer, MALFORMED_REPLY};
-pub use fault_proxy::{Fault, FaultProxy};
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::time::Duration;
+
+pub use loopback::Rng;
+use tower::{service_fn, BoxError, Layer, Service};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy,
+};
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A policy with small windows, so a full table of them stays small.
+pub fn lean() -> TimeoutPolicy {
+    TimeoutPolicy::default()
+        .max(ms(1000))
+        .cold_start(ms(200))
+        .sub_windows(2)
+        .significant_figures(1)
+}
+
+/// A layer keyed by `u64`, under [`lean`] with room for `max_peers`, over a service that
+/// answers each key with itself at once: what floods of keys go through.
+pub fn echo_keys(
+    max_peers: usize,
+) -> (
+    impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
+    AdaptiveTimeoutHandle<u64>,
+) {
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
+        .policy(lean())
+        .max_peers(max_peers)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|k: u64| async move { Ok::<_, Infallible>(k) }));
+    (svc, handle)
+}
+
+/// The [`Interrupted`] a call ended with; panics if it ended otherwise.
+pub fn interrupted<T: Debug>(r: &Result<T, BoxError>) -> &Interrupted {
+    let err = r
+        .as_ref()
+        .expect_err("the call should have been interrupted");
+    err.downcast_ref::<Interrupted>()
+        .unwrap_or_else(|| panic!("not an Interrupted: {err}"))
+}

@@ -1,0 +1,120 @@
+//! Runs one strategy over one workload: closed-loop callers per peer, each with its own
+//! seeded random stream, on tokio's paused clock. Every call is recorded with its would-be
+//! answer time so the report can judge each ending.
+
+use std::time::Duration;
+
+use loopback::Rng;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use crate::strategies::{SimService, Strategy};
+use crate::workload::{PeerId, PeerPlan, Req};
+use crate::{Ending, SimConfig};
+
+/// A call that has not ended after this long is recorded as hung and abandoned, so a
+/// strategy that never cuts a call cannot stall the simulation. Longer than any deadline.
+pub const HUNG_AFTER: Duration = Duration::from_secs(300);
+
+/// Bound on the calls one caller makes (the run's duration ends it long before).
+const MAX_CALLS_PER_CALLER: usize = 1_000_000;
+
+/// One call as it happened. Times are offsets from the run's start.
+#[derive(Clone, Copy, Debug)]
+pub struct CallRecord {
+    /// The peer called.
+    pub peer: PeerId,
+    /// When the call started.
+    pub start: Duration,
+    /// When it ended.
+    pub end: Duration,
+    /// When the peer would have answered, from the start (`None`: never, it was silent).
+    pub answer_in: Option<Duration>,
+    /// How it ended.
+    pub ending: Ending,
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct Run {
+    /// Every call, sorted by peer, start and end.
+    pub calls: Vec<CallRecord>,
+    /// For each peer that goes silent, the deadline a new call got when it went silent.
+    pub deadline_at_silence: Vec<Option<Duration>>,
+}
+
+/// Runs `strategy` over the peers in `plans`; `workload` separates the random streams of
+/// different workloads.
+pub async fn run(plans: &[PeerPlan], strategy: &Strategy, cfg: &SimConfig, workload: u64) -> Run {
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for (peer, plan) in plans.iter().enumerate() {
+        for caller in 0..cfg.callers as u64 {
+            let stream = (workload << 40) | ((peer as u64) << 20) | caller;
+            set.spawn(call_loop(
+                peer as PeerId,
+                plan.clone(),
+                strategy.service.clone(),
+                Rng::new(cfg.seed, stream),
+                t0,
+                cfg.clone(),
+            ));
+        }
+    }
+    let mut silences: Vec<(Duration, usize)> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.silence.map(|(from, _)| (from, i)))
+        .collect();
+    silences.sort();
+    let mut deadline_at_silence = vec![None; plans.len()];
+    for (from, peer) in silences {
+        tokio::time::sleep_until(t0 + from).await;
+        deadline_at_silence[peer] = Some((strategy.deadline)(peer as PeerId));
+    }
+    let mut calls: Vec<CallRecord> = set.join_all().await.into_iter().flatten().collect();
+    calls.sort_by_key(|c| (c.peer, c.start, c.end));
+    Run {
+        calls,
+        deadline_at_silence,
+    }
+}
+
+/// One caller: calls its peer, waits an exponential think time, and again, until the run
+/// ends. It keeps the same pace whatever the outcome, like a client with a steady job.
+async fn call_loop(
+    peer: PeerId,
+    plan: PeerPlan,
+    mut svc: SimService,
+    mut rng: Rng,
+    t0: Instant,
+    cfg: SimConfig,
+) -> Vec<CallRecord> {
+    let think_mean = cfg.think.as_secs_f64();
+    let think = |rng: &mut Rng| Duration::from_secs_f64(rng.exponential(think_mean));
+    let mut calls = Vec::new();
+    tokio::time::sleep(think(&mut rng)).await;
+    for _ in 0..MAX_CALLS_PER_CALLER {
+        let start = Instant::now() - t0;
+        if start >= cfg.duration {
+            break;
+        }
+        let (_, answer_in) = plan.draw(start, &mut rng);
+        let call = async { svc.ready().await?.call(Req { peer, answer_in }).await };
+        let ending = match tokio::time::timeout(HUNG_AFTER, call).await {
+            Ok(Ok(())) => Ending::Answered,
+            Ok(Err(ending)) => ending,
+            Err(_) => Ending::Hung,
+        };
+        calls.push(CallRecord {
+            peer,
+            start,
+            end: Instant::now() - t0,
+            answer_in,
+            ending,
+        });
+        tokio::time::sleep(think(&mut rng)).await;
+    }
+    calls
+}

@@ -1,0 +1,337 @@
+//! The figures: what each run's calls say about a strategy, and the tables they make.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::driver::{CallRecord, Run};
+use crate::strategies::Kind;
+use crate::workload::{PeerPlan, Workload};
+use crate::{Ending, SimConfig};
+
+/// A call that ended without an answer after more than this long stalled its caller.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// One silence of one peer, as a strategy handled it.
+#[derive(Clone, Debug)]
+pub struct Episode {
+    /// The silent peer.
+    pub peer: &'static str,
+    /// Calls in flight when the silence began that the peer would never answer.
+    pub in_flight: usize,
+    /// From the silence's start to the end of the last of those calls.
+    pub cut: Option<Duration>,
+    /// The deadline the strategy gave new calls to the peer when the silence began.
+    pub deadline: Option<Duration>,
+    /// From the peer's return to the start of the first call it answered after it (`None`:
+    /// none before the run ended).
+    pub return_lag: Option<Duration>,
+}
+
+impl Episode {
+    /// `cut` in units of `deadline`.
+    pub fn cut_in_deadlines(&self) -> Option<f64> {
+        Some(self.cut?.as_secs_f64() / self.deadline?.as_secs_f64())
+    }
+}
+
+/// The figures of one strategy on one workload.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The strategy.
+    pub kind: Kind,
+    /// Calls made.
+    pub calls: usize,
+    /// Calls to healthy peers (and to silent peers before their silence) that the peer
+    /// would have answered.
+    pub healthy_calls: usize,
+    /// Of those, calls the strategy ended without the answer.
+    pub false_interrupts: usize,
+    /// The healthy peer with the highest false-interrupt rate, and that rate (%).
+    pub worst_peer: Option<(&'static str, f64)>,
+    /// Calls that ended without an answer after more than [`STALL`].
+    pub stalled: usize,
+    /// The longest call of the run, however it ended.
+    pub longest: Duration,
+    /// Calls the strategy never ended.
+    pub hung: usize,
+    /// The silences of the workload.
+    pub episodes: Vec<Episode>,
+    /// Time calls spent waiting on a silent peer before they ended.
+    pub wasted: Duration,
+    /// Calls to a peer back from silence that it would have answered but did not get to.
+    pub lost_after_return: usize,
+}
+
+impl Row {
+    /// Computes the figures of `run`.
+    pub fn new(kind: Kind, plans: &[PeerPlan], run: &Run) -> Row {
+        let unanswered = |c: &CallRecord| c.ending != Ending::Answered;
+        let mut row = Row {
+            kind,
+            calls: run.calls.len(),
+            healthy_calls: 0,
+            false_interrupts: 0,
+            worst_peer: None,
+            stalled: run
+                .calls
+                .iter()
+                .filter(|c| unanswered(c) && c.end - c.start > STALL)
+                .count(),
+            longest: run
+                .calls
+                .iter()
+                .map(|c| c.end - c.start)
+                .max()
+                .unwrap_or_default(),
+            hung: run
+                .calls
+                .iter()
+                .filter(|c| c.ending == Ending::Hung)
+                .count(),
+            episodes: Vec::new(),
+            wasted: Duration::ZERO,
+            lost_after_return: 0,
+        };
+        for (i, plan) in plans.iter().enumerate() {
+            let calls: Vec<&CallRecord> = run
+                .calls
+                .iter()
+                .filter(|c| usize::from(c.peer) == i)
+                .collect();
+            let (from, until) = plan.silence.unwrap_or((Duration::MAX, Duration::MAX));
+            let healthy: Vec<_> = calls
+                .iter()
+                .filter(|c| c.start < from && c.answer_in.is_some())
+                .collect();
+            let falses = healthy.iter().filter(|c| unanswered(c)).count();
+            row.healthy_calls += healthy.len();
+            row.false_interrupts += falses;
+            let rate = pct(falses, healthy.len());
+            if !matches!(row.worst_peer, Some((_, worst)) if worst >= rate) {
+                row.worst_peer = Some((plan.spec.name, rate));
+            }
+            if plan.silence.is_none() {
+                continue;
+            }
+            let lost: Vec<_> = calls.iter().filter(|c| c.answer_in.is_none()).collect();
+            row.wasted += lost
+                .iter()
+                .map(|c| c.end - c.start.max(from))
+                .sum::<Duration>();
+            let in_flight: Vec<_> = lost.iter().filter(|c| c.start < from).collect();
+            let after: Vec<_> = calls.iter().filter(|c| c.start >= until).collect();
+            row.lost_after_return += after.iter().filter(|c| unanswered(c)).count();
+            row.episodes.push(Episode {
+                peer: plan.spec.name,
+                in_flight: in_flight.len(),
+                cut: in_flight.iter().map(|c| c.end - from).max(),
+                deadline: run.deadline_at_silence[i],
+                return_lag: after
+                    .iter()
+                    .find(|c| c.ending == Ending::Answered)
+                    .map(|c| c.start - until),
+            });
+        }
+        row
+    }
+
+    /// Median and max over the episodes of `f`; `None` counts as longer than any value
+    /// and reads `missing`. Episodes where `f` does not apply are left out.
+    fn spread(
+        &self,
+        f: impl Fn(&Episode) -> Option<Option<Duration>>,
+        missing: &str,
+    ) -> (String, String) {
+        let mut v: Vec<Option<Duration>> = self.episodes.iter().filter_map(f).collect();
+        v.sort_by_key(|d| d.unwrap_or(Duration::MAX));
+        let show = |d: &Option<Duration>| d.map_or(missing.to_string(), human);
+        match (v.get(v.len().saturating_sub(1) / 2), v.last()) {
+            (Some(med), Some(max)) => (show(med), show(max)),
+            _ => ("-".into(), "-".into()),
+        }
+    }
+
+    /// The row's cells.
+    fn cells(&self, silence: bool) -> Vec<String> {
+        let mut cells = vec![
+            self.kind.name().to_string(),
+            self.calls.to_string(),
+            format!(
+                "{:.3}% ({})",
+                pct(self.false_interrupts, self.healthy_calls),
+                self.false_interrupts
+            ),
+            self.worst_peer
+                .map_or("-".into(), |(name, rate)| format!("{rate:.2}% {name}")),
+            self.stalled.to_string(),
+            human(self.longest),
+            self.hung.to_string(),
+        ];
+        if !silence {
+            return cells;
+        }
+        let (cut_med, cut_max) = self.spread(|e| e.cut.map(Some), "-");
+        let in_deadlines = self
+            .episodes
+            .iter()
+            .filter_map(Episode::cut_in_deadlines)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let (lag_med, lag_max) = self.spread(|e| Some(e.return_lag), "none");
+        cells.extend([
+            cut_med,
+            cut_max,
+            in_deadlines.map_or("-".into(), |x| format!("{x:.2}")),
+            format!("{:.1}s", self.wasted.as_secs_f64()),
+            self.lost_after_return.to_string(),
+            lag_med,
+            lag_max,
+        ]);
+        cells
+    }
+
+    /// One line per silence: how the strategy handled it.
+    fn episode_line(&self) -> String {
+        let mut line = format!("- {}:", self.kind.name());
+        for e in &self.episodes {
+            let opt = |d: Option<Duration>, missing: &str| d.map_or(missing.into(), human);
+            let _ = write!(
+                line,
+                " `{}` {} in flight, cut {} (deadline {}), return lag {};",
+                e.peer,
+                e.in_flight,
+                opt(e.cut, "-"),
+                opt(e.deadline, "-"),
+                opt(e.return_lag, "none")
+            );
+        }
+        line.pop();
+        line
+    }
+}
+
+/// The rows of one workload.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// The workload.
+    pub workload: Workload,
+    /// One row per strategy.
+    pub rows: Vec<Row>,
+}
+
+impl Table {
+    /// Column heads.
+    const HEAD: [&'static str; 7] = [
+        "strategy",
+        "calls",
+        "false interrupts",
+        "worst peer",
+        "stalled >10s",
+        "longest call",
+        "hung",
+    ];
+    /// The further column heads of workloads with silent peers.
+    const SILENCE_HEAD: [&'static str; 7] = [
+        "cut: median",
+        "cut: max",
+        "max cut / deadline",
+        "wasted in flight",
+        "lost after return",
+        "return lag: median",
+        "return lag: max",
+    ];
+
+    fn has_silence(&self) -> bool {
+        self.workload.peers.iter().any(|p| p.silence.is_some())
+    }
+
+    fn write(&self, out: &mut String) {
+        let w = &self.workload;
+        let _ = writeln!(out, "### {}: {}\n", w.name, w.about);
+        for p in &w.peers {
+            let mut line = format!("- `{}`: {}", p.name, p.tail.describe());
+            if let Some((at, f)) = p.shift {
+                let _ = write!(line, ", x{f} from {:.0}% of the run", at * 100.0);
+            }
+            if let Some((a, b)) = p.silence {
+                let _ = write!(
+                    line,
+                    ", silent {:.0}%-{:.0}% of the run",
+                    a * 100.0,
+                    b * 100.0
+                );
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let mut head = Self::HEAD.to_vec();
+        if self.has_silence() {
+            head.extend(Self::SILENCE_HEAD);
+        }
+        let _ = writeln!(out, "\n| {} |", head.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.cells(self.has_silence()).join(" | "));
+        }
+        out.push('\n');
+        if self.has_silence() {
+            let _ = writeln!(out, "Per silence:\n");
+            for row in &self.rows {
+                let _ = writeln!(out, "{}", row.episode_line());
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// Every table of a simulation, and how it was made.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The configuration.
+    pub config: SimConfig,
+    /// One table per workload.
+    pub tables: Vec<Table>,
+}
+
+impl Report {
+    /// The report as Markdown: the same configuration always gives the same text.
+    pub fn markdown(&self) -> String {
+        let c = &self.config;
+        let mut out = format!(
+            "seed {}; {} simulated per run; {} callers per peer, think time exp(mean {}); \
+             paused clock\n\n",
+            c.seed,
+            human(c.duration),
+            c.callers,
+            human(c.think)
+        );
+        for table in &self.tables {
+            table.write(&mut out);
+        }
+        out
+    }
+
+    /// The row of `kind` in the table of the workload named `workload`.
+    pub fn row(&self, workload: &str, kind: Kind) -> Option<&Row> {
+        let table = self.tables.iter().find(|t| t.workload.name == workload)?;
+        table.rows.iter().find(|r| r.kind == kind)
+    }
+}
+
+/// `n` of `of`, in percent.
+fn pct(n: usize, of: usize) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
+/// A duration for people: `850ms`, `1.25s`, `30s`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        let s = format!("{:.2}", ms / 1e3);
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}

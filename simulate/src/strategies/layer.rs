@@ -1,0 +1,30 @@
+//! `tower-adaptive-timeout`'s layer, its probe jitter seeded from the simulation's seed
+//! (`Builder::jitter_seed`) so runs are reproducible.
+
+use std::sync::Arc;
+
+use tower::ServiceBuilder;
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
+
+use super::{ending_of, SimService, Strategy};
+use crate::workload::{peers_service, PeerId, Req};
+
+/// The layer under `policy`, keyed by `Req::peer`, its probe jitter seeded with `seed`.
+pub fn build(policy: TimeoutPolicy, seed: u64) -> Strategy {
+    let cold = policy.cold_start;
+    let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.peer) as fn(&Req) -> PeerId)
+        .policy(policy)
+        .jitter_seed(seed)
+        .build()
+        .expect("a valid policy");
+    let handle = layer.handle();
+    Strategy {
+        service: SimService::new(
+            ServiceBuilder::new()
+                .map_err(ending_of)
+                .layer(layer)
+                .service(peers_service()),
+        ),
+        deadline: Arc::new(move |peer| handle.deadline(&peer).map_or(cold, |(d, _)| d)),
+    }
+}

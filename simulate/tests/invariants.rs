@@ -1,0 +1,80 @@
+//! Invariants of the strategy simulator, on a short run: the layer cuts every call in
+//! flight to a silent peer within two of the peer's deadlines, no call outlives the layer's
+//! longest deadline, and the same seed gives the same tables, byte for byte.
+
+use std::time::Duration;
+
+use simulate::strategies::Kind;
+use simulate::{simulate, SimConfig};
+use tower_adaptive_timeout::TimeoutPolicy;
+
+/// A run short enough for a debug build: 20 simulated seconds, 8 callers per peer.
+fn short(seed: u64, workloads: Vec<usize>, kinds: Vec<Kind>) -> SimConfig {
+    SimConfig {
+        duration: Duration::from_secs(20),
+        workloads,
+        kinds,
+        ..SimConfig::quick(seed)
+    }
+}
+
+/// Index of the workload with silent peers.
+const SILENT: usize = 2;
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_layer_cuts_every_call_in_flight_to_a_silent_peer_within_two_deadlines() {
+    for seed in [1, 2] {
+        let report = simulate(&short(seed, vec![SILENT], vec![Kind::Layer])).await;
+        let row = report.row("silent", Kind::Layer).expect("a row");
+        assert_eq!(row.hung, 0, "every call ended");
+        assert_eq!(row.episodes.len(), 3);
+        for e in &row.episodes {
+            assert!(e.in_flight > 0, "calls were in flight: {e:?}");
+            let deadline = e.deadline.expect("the layer reports its deadline");
+            let cut = e.cut.expect("the calls ended");
+            assert!(
+                cut <= deadline * 2,
+                "seed {seed}: {} cut {cut:?} after its silence began, deadline {deadline:?}",
+                e.peer
+            );
+        }
+        assert_eq!(row.stalled, 0, "no call stalled past 10 s");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn no_call_outlives_the_layers_longest_deadline() {
+    let max = TimeoutPolicy::default().max;
+    let report = simulate(&short(3, vec![0, 1, SILENT], vec![Kind::Layer])).await;
+    for table in &report.tables {
+        let row = &table.rows[0];
+        assert!(
+            row.longest <= max,
+            "{}: a call lasted {:?}",
+            table.workload.name,
+            row.longest
+        );
+        assert_eq!(row.hung, 0);
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_same_seed_gives_the_same_tables_byte_for_byte() {
+    // Every strategy, the layer's probe timing included (its jitter is seeded from the
+    // simulation's seed): the whole report, per-silence lines and all, must match.
+    let cfg = short(42, vec![SILENT], Kind::ALL.to_vec());
+    let first = simulate(&cfg).await.markdown();
+    let second = simulate(&cfg).await.markdown();
+    assert_eq!(first, second);
+    assert!(first.contains("| this layer (defaults) |"), "{first}");
+    assert!(first.contains("Per silence:"), "{first}");
+    let other = simulate(&SimConfig { seed: 43, ..cfg }).await.markdown();
+    let row = |table: &str, name: &str| {
+        let prefix = format!("| {name} |");
+        let row = table.lines().find(|l| l.starts_with(&prefix));
+        row.map(str::to_owned)
+    };
+    for name in ["fixed 1s", "this layer (defaults)"] {
+        assert_ne!(row(&first, name), row(&other, name), "the seed matters");
+    }
+}

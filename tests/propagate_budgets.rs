@@ -1,0 +1,135 @@
+//! Per-call limits with `http::Request`s, on tokio's paused clock: the `Deadline`
+//! extension and propagated budgets cap a call and are written back; a spent budget ends
+//! the call before it reaches the inner service; a caller's own limit neither teaches the
+//! window nor counts as a miss.
+
+pub mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Request, Response};
+use tokio::time::Instant;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_adaptive_timeout::propagate::parse_grpc_timeout;
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutLayer, Deadline, DeadlineSource, Interrupted, Propagation, Reason, TimeoutPolicy,
+};
+
+use support::ms;
+use support::requests::{get, interrupted, PeerKeyOf};
+
+/// An inner service that answers after 1s with the budget headers it received.
+fn header_echo(
+    reached: Arc<AtomicUsize>,
+) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |req: Request<()>| {
+        reached.fetch_add(1, Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(ms(1000)).await;
+            let mut resp = Response::new(());
+            *resp.headers_mut() = req.headers().clone();
+            Ok(resp)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_shortest_limit_wins_and_is_propagated() {
+    let name = HeaderName::from_static("x-request-timeout-ms");
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(TimeoutPolicy::default().cold_start(ms(2000)))
+        .propagation(Propagation::grpc().millis_header(name.clone()))
+        .build()
+        .unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(header_echo(reached.clone()));
+
+    // No limit of its own: the adaptive (cold-start) deadline is written out.
+    let resp = svc.clone().oneshot(get("http://b:1/")).await.unwrap();
+    let grpc = parse_grpc_timeout(resp.headers()["grpc-timeout"].as_bytes()).unwrap();
+    assert_eq!(grpc, ms(2000));
+    assert_eq!(resp.headers()[&name], "2000");
+
+    // An incoming budget of 500ms caps the call, which then runs out.
+    let capped = Request::get("http://b:1/")
+        .header("grpc-timeout", "500m")
+        .body(())
+        .unwrap();
+    let start = Instant::now();
+    let err = interrupted(svc.clone().oneshot(capped).await);
+    assert_eq!(Instant::now() - start, ms(500));
+    let Reason::DeadlineExceeded { explanation, .. } = err.reason() else {
+        panic!("{err}")
+    };
+    assert_eq!(explanation.source, DeadlineSource::Caller);
+
+    // The Deadline extension caps it further; a malformed header is ignored.
+    let mut req = Request::get("http://b:1/")
+        .header("grpc-timeout", "soon")
+        .body(())
+        .unwrap();
+    req.extensions_mut().insert(Deadline(ms(300)));
+    assert_eq!(
+        interrupted(svc.clone().oneshot(req).await).deadline(),
+        Some(ms(300))
+    );
+
+    // A spent budget ends the call before it reaches the inner service.
+    let before = reached.load(Ordering::Relaxed);
+    let spent = Request::get("http://b:1/")
+        .header("grpc-timeout", "0m")
+        .body(())
+        .unwrap();
+    let err = interrupted(svc.oneshot(spent).await);
+    assert_eq!(err.reason(), &Reason::BudgetSpent);
+    assert_eq!(err.elapsed(), Duration::ZERO);
+    assert_eq!(reached.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_limits_neither_teach_the_window_nor_count_as_misses() {
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(header_echo(Arc::new(AtomicUsize::new(0))));
+    for _ in 0..5 {
+        let mut req = get("http://c:1/");
+        req.extensions_mut().insert(Deadline(ms(10)));
+        interrupted(svc.clone().oneshot(req).await);
+    }
+    let snap = handle.peer(&get("http://c:1/").peer_key()).unwrap();
+    assert_eq!(
+        snap.samples, 0,
+        "a caller's own limit says nothing about the peer"
+    );
+    assert_eq!(snap.state, tower_adaptive_timeout::PeerState::Healthy);
+    assert_eq!(snap.deadline_exceeded, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_error_at_the_propagated_deadline_counts_as_a_miss() {
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(TimeoutPolicy::default().cold_start(ms(200)))
+        .propagation(Propagation::grpc())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let early = layer.layer(service_fn(|_: Request<()>| async {
+        Err::<Response<()>, BoxError>("refused".into())
+    }));
+    // The inner stack enforces the budget it was handed, as tonic's Channel does.
+    let svc = layer.layer(service_fn(|req: Request<()>| async move {
+        let budget = parse_grpc_timeout(req.headers()["grpc-timeout"].as_bytes()).unwrap();
+        tokio::time::sleep(budget).await;
+        Err::<Response<()>, BoxError>("timeout expired".into())
+    }));
+    let err = interrupted(svc.clone().oneshot(get("http://d:1/")).await);
+    assert_eq!(err.deadline(), Some(ms(200)));
+    let snap = handle.peer(&"http://d:1".parse().unwrap()).unwrap();
+    assert_eq!((snap.completed, snap.deadline_exceeded), (0, 1));
+    // An error before the deadline is the inner service's own and passes through.
+    let err = early.oneshot(get("http://d:1/")).await.unwrap_err();
+    assert!(err.downcast_ref::<Interrupted>().is_none(), "{err}");
+}

@@ -1,0 +1,30 @@
+//! Bodiless `http::Request`s through the layer, on tokio's paused clock.
+
+use http::{Request, Response};
+use tower::BoxError;
+use tower_adaptive_timeout::{HasPeer, HttpPeer, Interrupted};
+
+/// A `GET` of `uri` without a body.
+pub fn get(uri: &str) -> Request<()> {
+    Request::get(uri).body(()).unwrap()
+}
+
+/// The [`Interrupted`] a call ended with; panics if it ended otherwise.
+pub fn interrupted(r: Result<Response<()>, BoxError>) -> Interrupted {
+    let err = r.expect_err("the call should have been interrupted");
+    err.downcast_ref::<Interrupted>()
+        .expect("an Interrupted")
+        .clone()
+}
+
+/// The peer key of an http request, as the layer computes it.
+pub trait PeerKeyOf {
+    /// The key.
+    fn peer_key(&self) -> HttpPeer;
+}
+
+impl PeerKeyOf for Request<()> {
+    fn peer_key(&self) -> HttpPeer {
+        HasPeer::peer(self).unwrap()
+    }
+}
