@@ -17,6 +17,9 @@ use crate::peer::{CallPeer, Ticket};
 use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
 
+#[cfg(feature = "http")]
+mod body;
+
 /// What ended a running call, as the response future saw it.
 pub(crate) enum Ended<T> {
     /// The inner future finished first (with the inner service's answer or error).

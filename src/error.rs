@@ -11,6 +11,7 @@ use std::fmt;
 use std::panic::Location;
 use std::time::Duration;
 
+use crate::idle::IdleSource;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
@@ -40,6 +41,13 @@ pub enum Reason {
     Shutdown,
     /// The caller's deadline had already passed when the call was made.
     BudgetSpent,
+    /// A response body sent no frame for its idle deadline: the peer stopped mid-body.
+    BodyIdle {
+        /// How long the body had waited for its next frame.
+        idle: Duration,
+        /// Why the idle deadline had that value.
+        source: IdleSource,
+    },
 }
 
 impl Reason {
@@ -51,6 +59,7 @@ impl Reason {
             Reason::Manual(_) => "manual",
             Reason::Shutdown => "shutdown",
             Reason::BudgetSpent => "budget_spent",
+            Reason::BodyIdle { .. } => "body_idle",
         }
     }
 }
@@ -71,6 +80,9 @@ impl fmt::Display for Reason {
             Reason::Manual(why) => write!(f, "interrupted by hand: {why}"),
             Reason::Shutdown => f.write_str("layer shutting down"),
             Reason::BudgetSpent => f.write_str("the caller's deadline budget was already spent"),
+            Reason::BodyIdle { idle, source } => {
+                write!(f, "no body frame for {} ({source})", Human(*idle))
+            }
         }
     }
 }
@@ -123,10 +135,12 @@ impl Interrupted {
         self.elapsed
     }
 
-    /// The deadline the call had, when the reason is [`Reason::DeadlineExceeded`].
+    /// The deadline the call had, when the reason is [`Reason::DeadlineExceeded`] (or the
+    /// idle deadline of a body, for [`Reason::BodyIdle`]).
     pub fn deadline(&self) -> Option<Duration> {
         match &self.reason {
             Reason::DeadlineExceeded { deadline, .. } => Some(*deadline),
+            Reason::BodyIdle { idle, .. } => Some(*idle),
             _ => None,
         }
     }

@@ -24,11 +24,20 @@ const POLLED_AFTER_COMPLETION: &str = "polled after completion";
 pin_project! {
     /// The future returned by [`AdaptiveTimeout`](crate::AdaptiveTimeout): the inner
     /// service's answer, or [`Interrupted`] when the deadline or an interrupt comes first.
-    pub struct ResponseFuture<F> {
+    ///
+    /// `M` says what the answer becomes: [`Head`] (the default) gives it as it is and ends
+    /// the call; [`WithBody`](crate::WithBody) keeps the call going in the response's body.
+    pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,
+        finish: M,
     }
 }
+
+/// The call ends when the response arrives: the answer is given as the inner service gave
+/// it. What [`AdaptiveTimeout`](crate::AdaptiveTimeout) returns.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Head;
 
 pin_project! {
     #[project = StateProj]
@@ -73,6 +82,7 @@ impl<F> ResponseFuture<F> {
         };
         ResponseFuture {
             state: State::Running { race, call },
+            finish: Head,
         }
     }
 
@@ -83,11 +93,61 @@ impl<F> ResponseFuture<F> {
             state: State::Rejected {
                 error: Some(error.into()),
             },
+            finish: Head,
+        }
+    }
+
+    /// The same call, its answer made into something else by `finish`.
+    #[cfg(feature = "http")]
+    pub(crate) fn finish_with<M>(self, finish: M) -> ResponseFuture<F, M> {
+        ResponseFuture {
+            state: self.state,
+            finish,
         }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, M, T, E> ResponseFuture<F, M>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    /// Runs the race; once it is over, gives the call guard and what ended the call, with
+    /// the inner future, the timer and the registrations dropped. A refused call (or a
+    /// future polled again after it finished) gives its error instead.
+    pub(crate) fn poll_ended(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<(Result<(Call, Ended<F::Output>), BoxError>, &mut M)> {
+        let this = self.project();
+        let mut state = this.state;
+        let (race, call) = match state.as_mut().project() {
+            StateProj::Running { race, call } => (race, call),
+            StateProj::Rejected { error } => {
+                let error = error.take();
+                let error = error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into());
+                return Poll::Ready((Err(error), this.finish));
+            }
+            StateProj::Done => {
+                return Poll::Ready((Err(POLLED_AFTER_COMPLETION.into()), this.finish))
+            }
+        };
+        let span = call.span().clone();
+        let _entered = span.enter();
+        let ended = ready!(race.poll(call, cx));
+        Poll::Ready((
+            match state.project_replace(State::Done) {
+                StateReplace::Running { call, .. } => Ok((call, ended)),
+                // Not reached: the state was `Running` just above.
+                StateReplace::Rejected { .. } | StateReplace::Done => {
+                    Err(POLLED_AFTER_COMPLETION.into())
+                }
+            },
+            this.finish,
+        ))
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F, Head>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -95,26 +155,8 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        let (race, call) = match state.as_mut().project() {
-            StateProj::Running { race, call } => (race, call),
-            StateProj::Rejected { error } => {
-                let error = error.take();
-                return Poll::Ready(Err(error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into())));
-            }
-            StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
-        };
-        let span = call.span().clone();
-        let _entered = span.enter();
-        let ended = ready!(race.poll(call, cx));
-        // Over: drop the inner future, the timer and the registrations, then record.
-        Poll::Ready(match state.project_replace(State::Done) {
-            StateReplace::Running { call, .. } => call.end(ended),
-            // Not reached: the state was `Running` just above.
-            StateReplace::Rejected { .. } | StateReplace::Done => {
-                Err(POLLED_AFTER_COMPLETION.into())
-            }
-        })
+        let (ended, _) = ready!(self.poll_ended(cx));
+        Poll::Ready(ended.and_then(|(call, ended)| call.end(ended)))
     }
 }
 
@@ -160,7 +202,7 @@ where
 /// which stores no permit, so a registration is ready only if a fire came after it was
 /// made. A pass that finds one ready clears it; the next pass registers again and its
 /// check finds that fire, since fires are never undone.
-fn watch(
+pub(crate) fn watch(
     call: &Call,
     mut peer_wake: Pin<&mut Option<OwnedNotified>>,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,

@@ -61,6 +61,9 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+mod body;
 mod call;
 mod error;
 #[cfg(feature = "metrics")]
@@ -70,6 +73,7 @@ pub mod export;
 mod export;
 mod future;
 mod handle;
+mod idle;
 mod interrupt;
 mod layer;
 mod peer;
@@ -79,9 +83,12 @@ mod service;
 mod snapshot;
 mod token;
 
+#[cfg(feature = "http")]
+pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
 pub use error::{BoxError, Interrupted, Reason};
-pub use future::ResponseFuture;
+pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
+pub use idle::{IdleRule, IdleSource, GAP_WARMUP};
 pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};

@@ -21,6 +21,8 @@ use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
+#[cfg(feature = "http")]
+mod gaps;
 pub(crate) mod health;
 pub(crate) mod key;
 mod published;
@@ -45,6 +47,9 @@ pub(crate) struct Peer {
     /// once per millisecond.
     last_used: AtomicU64,
     interrupts: Interrupts,
+    /// The gaps between response body frames, for the bodies' idle deadline.
+    #[cfg(feature = "http")]
+    gaps: gaps::Gaps,
     pub(crate) counters: Counters,
     locked: CachePadded<Mutex<Locked>>,
     metrics: PeerMetrics,
@@ -154,6 +159,8 @@ impl Peer {
             last_used: AtomicU64::new(0),
             in_flight: CachePadded::new(AtomicUsize::new(0)),
             interrupts: Interrupts::new(),
+            #[cfg(feature = "http")]
+            gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
             locked: CachePadded::new(Mutex::new(Locked {
                 window,
@@ -238,6 +245,14 @@ impl Peer {
     /// The peer answered a call that started at `started`: record its latency, and take
     /// the answer as a heartbeat.
     pub(crate) fn on_response(&self, now: Instant, started: Instant) {
+        self.on_head(now, started);
+        self.end();
+    }
+
+    /// The peer answered a call that started at `started` with a head whose body is still
+    /// to come: records it as [`on_response`](Self::on_response) does, but the call stays
+    /// in flight until [`on_body_end`](Self::on_body_end) or an abandon.
+    pub(crate) fn on_head(&self, now: Instant, started: Instant) {
         let latency = now.saturating_duration_since(started);
         self.metrics.answered(latency);
         let mut locked = self.lock();
@@ -245,8 +260,6 @@ impl Peer {
         self.record(&mut locked, now, latency);
         let transition = locked.health.on_response(now);
         self.transition(transition);
-        drop(locked);
-        self.end();
     }
 
     /// A call that started at `started` ran out its `deadline` (from `source`). Records a
@@ -285,6 +298,19 @@ impl Peer {
             self.record(&mut locked, now, deadline);
             self.publish(&mut locked);
         }
+        (explanation, self.miss(locked, now, started, probe))
+    }
+
+    /// Counts a miss (a wait that started at `started` ran out with no answer) and ends the
+    /// call. Returns the silence interrupt if this miss declared the peer silent, after
+    /// firing it into every other call in flight.
+    fn miss(
+        &self,
+        mut locked: MutexGuard<'_, Locked>,
+        now: Instant,
+        started: Instant,
+        probe: bool,
+    ) -> Option<Fired> {
         let policy = locked.policy.clone();
         let transition = locked.health.on_deadline(now, started, probe, &policy);
         let mut silenced = None;
@@ -297,7 +323,7 @@ impl Peer {
         self.transition(transition);
         drop(locked);
         self.end();
-        (explanation, silenced)
+        silenced
     }
 
     /// A call ended without an answer or a deadline: interrupted (`reason` given) or

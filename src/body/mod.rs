@@ -1,0 +1,237 @@
+//! Response bodies watched to their end: the layer's watch goes on past the head.
+//!
+//! [`AdaptiveTimeout`] ends a call when the head arrives; a peer that sends headers and then
+//! goes silent mid-body stalls its reader until TCP gives up. [`BodyTimeoutLayer`] (made
+//! from a built layer with [`AdaptiveTimeoutLayer::with_bodies`], sharing its peer table,
+//! handles and policies) wraps each response body in a [`TimeoutBody`] that carries the
+//! call on: the call stays in flight until its body ends or is dropped, an interrupt into
+//! its peer (silence, [`InterruptHandle`](crate::InterruptHandle), shutdown) or its token
+//! ends the body at once, an idle deadline between frames ends a stalled body as a miss,
+//! and frames are heartbeats for the silence detector.
+//!
+//! It is a second layer type rather than a setting so that users who do not wrap bodies
+//! keep [`AdaptiveTimeout`]'s types and pay nothing: the wrapping service is
+//! [`BodyTimeout`], its future `ResponseFuture<_, WithBody>` and its response
+//! `http::Response<TimeoutBody<B>>`, all nameable. A wrapped body allocates nothing: its
+//! timer and registrations live inside it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::call::Ended;
+use crate::error::BoxError;
+use crate::future::ResponseFuture;
+use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
+use crate::idle::IdleRule;
+use crate::layer::AdaptiveTimeoutLayer;
+use crate::peer::key::PeerKey;
+use crate::propagate::Deadline;
+use crate::service::AdaptiveTimeout;
+
+mod timeout_body;
+
+pub use self::timeout_body::TimeoutBody;
+
+/// A request's own idle deadline for its response body, in place of the layer's
+/// [`IdleRule`]. Put it in the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyIdle {
+    /// At most this long between frames.
+    After(Duration),
+    /// No idle deadline for this body.
+    Off,
+}
+
+/// A request's total deadline for the whole exchange, head and body, counted from the
+/// call's start. Put it in the request's extensions. Without it a body has no total
+/// deadline: only its idle deadline and interrupts end it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyDeadline {
+    /// The exchange must be over within this long.
+    Within(Duration),
+    /// The request's [`Deadline`] extension covers the whole exchange, not only the head
+    /// (no total deadline if the request has none).
+    Caller,
+}
+
+/// How a [`BodyTimeout`]'s answer becomes a watched body: the call's body settings. The
+/// marker of its [`ResponseFuture`].
+#[derive(Clone, Copy, Debug)]
+pub struct WithBody {
+    idle: Idle,
+    total: Option<Duration>,
+}
+
+/// Where a body's idle deadline comes from.
+#[derive(Clone, Copy, Debug)]
+enum Idle {
+    Rule(IdleRule),
+    Fixed(Duration),
+}
+
+/// Wraps services in [`BodyTimeout`]: [`AdaptiveTimeout`] whose response bodies are
+/// watched to their end. Made by [`AdaptiveTimeoutLayer::with_bodies`].
+///
+/// ```
+/// use tower_adaptive_timeout::{AdaptiveTimeoutLayer, IdleRule};
+///
+/// # fn main() -> Result<(), tower_adaptive_timeout::PolicyError> {
+/// let layer = AdaptiveTimeoutLayer::http().build()?;
+/// let handle = layer.handle(); // the same table, with or without bodies
+/// let bodies = layer.with_bodies().idle_rule(IdleRule::Learned);
+/// # let _ = (handle, bodies);
+/// # Ok(()) }
+/// ```
+pub struct BodyTimeoutLayer<K, F> {
+    layer: AdaptiveTimeoutLayer<K, F>,
+    idle: IdleRule,
+}
+
+impl<K, F> AdaptiveTimeoutLayer<K, F> {
+    /// This layer, its services wrapping each response body in a [`TimeoutBody`] (same
+    /// peer table, handles and policies). The body's idle deadline follows
+    /// [`IdleRule::Learned`] unless [`BodyTimeoutLayer::idle_rule`] says otherwise.
+    pub fn with_bodies(self) -> BodyTimeoutLayer<K, F> {
+        BodyTimeoutLayer {
+            layer: self,
+            idle: IdleRule::default(),
+        }
+    }
+}
+
+impl<K: PeerKey, F> BodyTimeoutLayer<K, F> {
+    /// How bodies without a [`BodyIdle`] override get their idle deadline.
+    pub fn idle_rule(mut self, rule: IdleRule) -> Self {
+        self.idle = rule;
+        self
+    }
+
+    /// A handle to fire interrupts into calls (and bodies) in flight.
+    pub fn interrupt_handle(&self) -> InterruptHandle<K> {
+        self.layer.interrupt_handle()
+    }
+
+    /// A handle to read and steer the layer at runtime.
+    pub fn handle(&self) -> AdaptiveTimeoutHandle<K> {
+        self.layer.handle()
+    }
+}
+
+impl<S, K, F: Clone> Layer<S> for BodyTimeoutLayer<K, F> {
+    type Service = BodyTimeout<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyTimeout {
+            inner: self.layer.layer(inner),
+            idle: self.idle,
+        }
+    }
+}
+
+impl<K, F: Clone> Clone for BodyTimeoutLayer<K, F> {
+    fn clone(&self) -> Self {
+        BodyTimeoutLayer {
+            layer: self.layer.clone(),
+            idle: self.idle,
+        }
+    }
+}
+
+impl<K, F> std::fmt::Debug for BodyTimeoutLayer<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyTimeoutLayer")
+            .field("layer", &self.layer)
+            .field("idle", &self.idle)
+            .finish()
+    }
+}
+
+/// [`AdaptiveTimeout`] for `http` services whose response bodies are watched to their
+/// end: its response is `http::Response<TimeoutBody<B>>`.
+#[derive(Clone, Debug)]
+pub struct BodyTimeout<S, K, F> {
+    inner: AdaptiveTimeout<S, K, F>,
+    idle: IdleRule,
+}
+
+impl<S, K, F> BodyTimeout<S, K, F> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref()
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.inner.get_mut()
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner()
+    }
+}
+
+impl<S, K, F, ReqBody, B> Service<http::Request<ReqBody>> for BodyTimeout<S, K, F>
+where
+    AdaptiveTimeout<S, K, F>: Service<
+        http::Request<ReqBody>,
+        Response = http::Response<B>,
+        Error = BoxError,
+        Future = ResponseFuture<S::Future>,
+    >,
+    S: Service<http::Request<ReqBody>>,
+    S::Future: Future<Output = Result<http::Response<B>, S::Error>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Response = http::Response<TimeoutBody<B>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, WithBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let ext = req.extensions();
+        let idle = match ext.get::<BodyIdle>() {
+            Some(BodyIdle::After(d)) => Idle::Fixed(*d),
+            Some(BodyIdle::Off) => Idle::Rule(IdleRule::Off),
+            None => Idle::Rule(self.idle),
+        };
+        let total = match ext.get::<BodyDeadline>() {
+            Some(BodyDeadline::Within(d)) => Some(*d),
+            Some(BodyDeadline::Caller) => ext.get::<Deadline>().map(|d| d.0),
+            None => None,
+        };
+        self.inner.call(req).finish_with(WithBody { idle, total })
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, WithBody>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    E: Into<BoxError>,
+    B: http_body::Body,
+{
+    type Output = Result<http::Response<TimeoutBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (ended, with) = ready!(self.poll_ended(cx));
+        let with = *with;
+        let (call, ended) = ended?;
+        Poll::Ready(match ended {
+            Ended::Answered(Ok(response)) => {
+                Ok(response.map(|body| TimeoutBody::new(body, call, with)))
+            }
+            ended => call
+                .end(ended)
+                .map(|response| response.map(TimeoutBody::unwatched)),
+        })
+    }
+}

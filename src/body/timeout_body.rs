@@ -1,0 +1,236 @@
+//! [`TimeoutBody`]: a response body that carries its call on until its last frame.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+
+use super::{Idle, WithBody};
+use crate::call::Call;
+use crate::error::BoxError;
+use crate::future::watch as interrupt_fired;
+use crate::idle::IdleSource;
+
+/// Frames closer together than this report one heartbeat to the silence detector: a fast
+/// stream does not take its peer's lock per frame (deadlines are at least a millisecond).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
+
+pin_project! {
+    /// A response body watched to its end, from [`BodyTimeout`](crate::BodyTimeout).
+    ///
+    /// Frames, trailers and size hints pass through untouched. The body ends with
+    /// [`Interrupted`](crate::Interrupted) (as a body error) when an interrupt reaches its
+    /// call, when no frame comes for its idle deadline ([`Reason::BodyIdle`](crate::Reason),
+    /// a miss for its peer), or when its total deadline ([`BodyDeadline`](crate::BodyDeadline))
+    /// passes. The inner body is polled first: a frame that is ready wins. Dropping the
+    /// body ends the call with nothing recorded.
+    pub struct TimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Option<Sleep>,
+        #[pin]
+        peer_wake: Option<OwnedNotified>,
+        #[pin]
+        token_wake: Option<OwnedNotified>,
+        watch: Option<Watch>,
+    }
+}
+
+/// A body's call while it is in flight.
+struct Watch {
+    call: Call,
+    idle_from: Idle,
+    /// The idle deadline now in force and why; `None` when off.
+    idle: Option<(Duration, IdleSource)>,
+    /// The total deadline, from the call's start.
+    total: Option<Duration>,
+    /// When the last frame (or the head) arrived.
+    last_frame: Instant,
+    /// When a frame was last reported as a heartbeat.
+    heartbeat_at: Instant,
+}
+
+impl Watch {
+    fn new(call: Call, with: WithBody, now: Instant) -> Self {
+        let mut watch = Watch {
+            call,
+            idle_from: with.idle,
+            idle: None,
+            total: with.total,
+            last_frame: now,
+            heartbeat_at: now,
+        };
+        watch.refresh_idle();
+        watch
+    }
+
+    /// Reads the idle deadline again: a learned one follows the peer as it learns.
+    fn refresh_idle(&mut self) {
+        self.idle = match self.idle_from {
+            Idle::Fixed(d) => Some((d, IdleSource::Request)),
+            Idle::Rule(rule) => self.call.idle_deadline(rule),
+        };
+    }
+
+    /// A frame arrived at `now`.
+    fn frame(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_frame);
+        let heartbeat = now.saturating_duration_since(self.heartbeat_at) >= HEARTBEAT_EVERY;
+        self.call.frame(now, gap, heartbeat);
+        if heartbeat {
+            self.heartbeat_at = now;
+        }
+        self.last_frame = now;
+        self.refresh_idle();
+    }
+
+    /// When the body's next deadline passes, if it has one.
+    fn due(&self) -> Option<Instant> {
+        let idle = self.idle.map(|(d, _)| self.last_frame + d);
+        let total = self.total.map(|d| self.call.started() + d);
+        match (idle, total) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl<B> TimeoutBody<B> {
+    /// `inner`, carrying `call` on. An inner body already at its end ends the call at once.
+    pub(crate) fn new(inner: B, mut call: Call, with: WithBody) -> Self
+    where
+        B: Body,
+    {
+        let now = Instant::now();
+        call.head(now);
+        let watch = if inner.is_end_stream() {
+            call.body_end();
+            None
+        } else {
+            Some(Watch::new(call, with, now))
+        };
+        TimeoutBody {
+            inner,
+            timer: None,
+            peer_wake: None,
+            token_wake: None,
+            watch,
+        }
+    }
+
+    /// `inner` passed through with no call to carry.
+    pub(crate) fn unwatched(inner: B) -> Self {
+        TimeoutBody {
+            inner,
+            timer: None,
+            peer_wake: None,
+            token_wake: None,
+            watch: None,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Whether the body's call is still in flight (its end not yet seen).
+    pub fn is_watched(&self) -> bool {
+        self.watch.is_some()
+    }
+}
+
+impl<B> Body for TimeoutBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(w) = this.watch.as_mut() else {
+            // Over, or never watched: the inner body as it is.
+            return this.inner.poll_frame(cx).map_err(Into::into);
+        };
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                w.frame(Instant::now());
+                if this.inner.is_end_stream() {
+                    end(this.watch);
+                }
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(other) => {
+                // The end of the body, or the inner body's own error: over either way.
+                end(this.watch);
+                return Poll::Ready(other.map(|r| r.map_err(Into::into)));
+            }
+            Poll::Pending => {}
+        }
+        if let Some(fired) = interrupt_fired(&w.call, this.peer_wake, this.token_wake, cx) {
+            let call = take(this.watch);
+            return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).into())));
+        }
+        let Some(due) = w.due() else {
+            return Poll::Pending;
+        };
+        match this.timer.as_mut().as_pin_mut() {
+            Some(timer) if timer.deadline() != due => timer.reset(due),
+            Some(_) => {}
+            None => this.timer.set(Some(tokio::time::sleep_until(due))),
+        }
+        if let Some(timer) = this.timer.as_pin_mut() {
+            ready!(timer.poll(cx));
+        }
+        // A deadline passed: the total one if its time has come, else the idle one.
+        let Some(w) = this.watch.take() else {
+            return Poll::Ready(None);
+        };
+        let total_passed = w.total.filter(|t| Instant::now() >= w.call.started() + *t);
+        let err = match (total_passed, w.idle) {
+            (None, Some((idle, source))) => w.call.body_idle(idle, source, w.last_frame),
+            (total, _) => w.call.body_expired(total.or(w.total).unwrap_or_default()),
+        };
+        Poll::Ready(Some(Err(err.into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Ends the body's call, if it is still in flight.
+fn end(watch: &mut Option<Watch>) {
+    if let Some(w) = watch.take() {
+        w.call.body_end();
+    }
+}
+
+/// Takes the body's call out, ending the watch.
+fn take(watch: &mut Option<Watch>) -> Option<Call> {
+    watch.take().map(|w| w.call)
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for TimeoutBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutBody")
+            .field("inner", &self.inner)
+            .field("watched", &self.watch.is_some())
+            .finish_non_exhaustive()
+    }
+}

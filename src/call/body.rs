@@ -1,0 +1,95 @@
+//! The call guard's side of a response body: a call whose head arrived stays in flight in
+//! its body, and ends there exactly once (its last frame, an error, an interrupt, its idle
+//! or total deadline) or is abandoned when the body is dropped.
+
+use std::panic::Location;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{fire_token, Call};
+use crate::error::{Interrupted, Reason};
+use crate::idle::{IdleRule, IdleSource};
+use crate::interrupt::Fired;
+use crate::peer::CallPeer;
+use crate::policy::DeadlineSource;
+
+impl Call {
+    /// The head arrived: recorded as an answer, but the call stays in flight. A probe is
+    /// over once its head is answered.
+    pub(crate) fn head(&mut self, now: Instant) {
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.on_head(now, self.start);
+        }
+        self.ticket.probe = false;
+    }
+
+    /// When the call started.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// The body's idle deadline under `rule` and why; an untracked call's is its deadline.
+    pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
+        match (&self.peer, rule) {
+            (_, IdleRule::Off) => None,
+            (CallPeer::Tracked(p), rule) => p.idle_deadline(rule),
+            (CallPeer::Untracked(_), _) => Some((self.ticket.deadline, IdleSource::PeerDeadline)),
+        }
+    }
+
+    /// A body frame arrived at `now`, `gap` after the previous one.
+    pub(crate) fn frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.on_frame(now, gap, heartbeat);
+        }
+    }
+
+    /// The body ended: its last frame, or the inner body's own error.
+    pub(crate) fn body_end(mut self) {
+        self.recorded = true;
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.on_body_end();
+        }
+    }
+
+    /// An interrupt reached the body.
+    #[track_caller]
+    pub(crate) fn body_interrupted(self, fired: Fired) -> Interrupted {
+        self.interrupted(fired)
+    }
+
+    /// The body sent nothing since `since` for its `idle` deadline: a miss. The miss that
+    /// declares the peer silent ends with the silence as its reason.
+    #[track_caller]
+    pub(crate) fn body_idle(
+        mut self,
+        idle: Duration,
+        source: IdleSource,
+        since: Instant,
+    ) -> Interrupted {
+        self.recorded = true;
+        let now = Instant::now();
+        let silenced = match &self.peer {
+            CallPeer::Tracked(p) => p.on_body_idle(now, since),
+            CallPeer::Untracked(_) => None,
+        };
+        let (peer, elapsed) = (self.peer.label(), now - self.start);
+        tracing::debug!(peer, ?idle, ?elapsed, source = %source, "body idle");
+        let here = Location::caller();
+        let err = match silenced {
+            Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
+            None => Interrupted::new(Reason::BodyIdle { idle, source }, peer, elapsed, here, here),
+        };
+        fire_token(self.token.as_ref(), err)
+    }
+
+    /// The exchange ran out the `total` deadline its caller gave it, counted from the
+    /// call's start: the caller's deadline, which says nothing about the peer.
+    #[track_caller]
+    pub(crate) fn body_expired(mut self, total: Duration) -> Interrupted {
+        self.ticket.deadline = total;
+        self.ticket.source = DeadlineSource::Caller;
+        self.expired()
+    }
+}

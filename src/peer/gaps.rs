@@ -1,0 +1,222 @@
+//! What response bodies tell a peer: the gaps between their frames (a second, coarse
+//! window per peer, from which the idle deadline is learned), frames as heartbeats, and a
+//! stalled body as a miss.
+//!
+//! The gap window is allocated at the first gap a peer's bodies show, so a peer whose
+//! responses are never wrapped pays nothing but [`Gaps`] itself (about 100 bytes). Its
+//! histograms have one significant figure (10% resolution: the idle deadline is a
+//! generous bound, not a latency estimate) and a lowest discernible gap of 1 ms, so at the
+//! default policy they hold at most [`GAP_WINDOW_BYTES_MAX`] bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::Window;
+use super::Peer;
+use crate::idle::{IdleRule, IdleSource, GAP_WARMUP};
+use crate::interrupt::Fired;
+use crate::policy::TimeoutPolicy;
+
+/// Gaps shorter than this are frames that arrived together, not a wait: not recorded.
+const MIN_GAP: Duration = Duration::from_millis(1);
+/// Recorded gaps between recomputations of the learned idle deadline.
+const RECOMPUTE_EVERY: u64 = 16;
+/// A bound on the gap window's histograms at the default policy (measured in the tests
+/// below, stated in the README).
+#[cfg(test)]
+pub(crate) const GAP_WINDOW_BYTES_MAX: usize = 16 * 1024;
+
+/// One peer's gaps between body frames, and the idle deadline learned from them.
+pub(crate) struct Gaps {
+    /// What the gaps call for (`quantile × factor + margin`, clamped), in nanoseconds:
+    /// the policy's `cold_start` until the window is warm.
+    idle: AtomicU64,
+    /// The gap quantile it came from, in nanoseconds; `COLD` while cold.
+    gap: AtomicU64,
+    locked: Mutex<Option<GapWindow>>,
+}
+
+/// The gap quantile while too few gaps were seen.
+const COLD: u64 = u64::MAX;
+
+struct GapWindow {
+    window: Window,
+    policy: Arc<TimeoutPolicy>,
+    since_recompute: u64,
+}
+
+impl Gaps {
+    pub(crate) fn new(cold_start: Duration) -> Self {
+        Gaps {
+            idle: AtomicU64::new(nanos(cold_start)),
+            gap: AtomicU64::new(COLD),
+            locked: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<GapWindow>> {
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the gaps call for, and why.
+    fn learned(&self) -> (Duration, IdleSource) {
+        let idle = Duration::from_nanos(self.idle.load(Relaxed));
+        match self.gap.load(Relaxed) {
+            COLD => (idle, IdleSource::ColdStart),
+            gap => (
+                idle,
+                IdleSource::Gaps {
+                    gap: Duration::from_nanos(gap),
+                },
+            ),
+        }
+    }
+
+    /// Records one gap; recomputes what the gaps call for when due.
+    fn record(&self, policy: impl FnOnce() -> Arc<TimeoutPolicy>, now: Instant, gap: Duration) {
+        let mut locked = self.lock();
+        let gaps = locked.get_or_insert_with(|| {
+            let policy = policy();
+            GapWindow {
+                window: Window::new(&gap_shape(&policy), now),
+                policy,
+                since_recompute: 0,
+            }
+        });
+        let rotated = gaps.window.advance(now);
+        gaps.window.record(gap);
+        gaps.since_recompute += 1;
+        let samples = gaps.window.samples();
+        let warm = samples >= gaps.policy.min_samples.min(GAP_WARMUP);
+        if !warm {
+            self.gap.store(COLD, Relaxed);
+            self.idle.store(nanos(gaps.policy.cold_start), Relaxed);
+        } else if rotated
+            || gaps.since_recompute >= RECOMPUTE_EVERY
+            || self.gap.load(Relaxed) == COLD
+        {
+            let q = gaps.window.quantile(gaps.policy.quantile);
+            let p = &gaps.policy;
+            let idle = (q.mul_f64(p.factor) + p.margin).clamp(p.min, p.max);
+            self.gap.store(nanos(q), Relaxed);
+            self.idle.store(nanos(idle), Relaxed);
+            gaps.since_recompute = 0;
+        }
+    }
+
+    /// Heap bytes of the gap window's histograms.
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.lock().as_ref().map_or(0, |g| g.window.heap_bytes())
+    }
+}
+
+/// The shape of a gap window: the policy's, with one significant figure and a lowest
+/// discernible gap of 1 ms.
+fn gap_shape(policy: &TimeoutPolicy) -> TimeoutPolicy {
+    let mut shape = policy.clone();
+    shape.significant_figures = 1;
+    shape.min = shape.min.max(MIN_GAP * 100);
+    shape.max = shape.max.max(shape.min * 2);
+    shape
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+impl Peer {
+    /// The idle deadline of a body from this peer under `rule`, and why; `None` when off.
+    pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
+        let (deadline, _) = self.deadline();
+        match rule {
+            IdleRule::Off => None,
+            IdleRule::FromDeadline => Some((deadline, IdleSource::PeerDeadline)),
+            IdleRule::Learned => {
+                let (learned, source) = self.gaps.learned();
+                Some(if deadline >= learned {
+                    (deadline, IdleSource::PeerDeadline)
+                } else {
+                    (learned, source)
+                })
+            }
+        }
+    }
+
+    /// A body frame arrived at `now`, `gap` after the previous one (or after the head).
+    /// With `heartbeat`, it counts as an answer for the silence detector.
+    pub(crate) fn on_frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
+        if gap >= MIN_GAP {
+            let policy = || self.lock().policy.clone();
+            self.gaps.record(policy, now, gap);
+        }
+        if heartbeat {
+            let mut locked = self.lock();
+            let transition = locked.health.on_response(now);
+            self.transition(transition);
+        }
+    }
+
+    /// A body ended (its last frame, or an error from the inner body): the call is over.
+    pub(crate) fn on_body_end(&self) {
+        self.end();
+    }
+
+    /// A body sent nothing since `since` for its idle deadline: a miss like a call's
+    /// deadline, which may declare the peer silent. Ends the call; returns the silence
+    /// interrupt if this miss declared it.
+    pub(crate) fn on_body_idle(&self, now: Instant, since: Instant) -> Option<Fired> {
+        self.metrics.timed_out();
+        let mut locked = self.lock();
+        locked.deadline_exceeded += 1;
+        self.miss(locked, now, since, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gap_window_stays_within_its_memory_bound_at_the_default_policy() {
+        let policy = Arc::new(TimeoutPolicy::default());
+        let gaps = Gaps::new(policy.cold_start);
+        // Every magnitude from 1ms to past the max, in every sub-window.
+        for _ in 0..policy.sub_windows {
+            let mut gap = MIN_GAP;
+            while gap < policy.max * 2 {
+                gaps.record(|| policy.clone(), Instant::now(), gap);
+                gap = gap.mul_f64(1.05);
+            }
+            tokio::time::advance(policy.sub_window()).await;
+        }
+        let bytes = gaps.heap_bytes();
+        assert!(bytes > 0 && bytes <= GAP_WINDOW_BYTES_MAX, "{bytes} bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_gaps_learn_an_idle_deadline_above_them() {
+        let policy = Arc::new(TimeoutPolicy::default());
+        let gaps = Gaps::new(policy.cold_start);
+        assert_eq!(gaps.learned(), (policy.cold_start, IdleSource::ColdStart));
+        for _ in 0..GAP_WARMUP {
+            gaps.record(
+                || policy.clone(),
+                Instant::now(),
+                Duration::from_millis(200),
+            );
+        }
+        let (idle, source) = gaps.learned();
+        let IdleSource::Gaps { gap } = source else {
+            panic!("{source:?}")
+        };
+        assert!(gap >= Duration::from_millis(190), "{gap:?}");
+        assert!(
+            idle >= Duration::from_millis(400) && idle < policy.cold_start,
+            "{idle:?}"
+        );
+    }
+}
