@@ -1,6 +1,6 @@
 //! A loopback TCP proxy with faults switchable at runtime, to put a misbehaving network
 //! between a real client and a real server: latency, a silent peer (no FIN, no RST), resets,
-//! half-open connections and trickling bytes.
+//! half-open connections, trickling bytes and replies cut off mid-way.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -46,6 +46,13 @@ pub enum Fault {
         bytes_per_tick: usize,
         /// Pause after each write.
         tick: Duration,
+    },
+    /// Forward what the client sends and the first `after` bytes the server sends back on
+    /// each connection, then hold the rest: a peer that goes silent mid-reply (headers and
+    /// part of a body arrive, then nothing, with no FIN and no RST).
+    Truncate {
+        /// Reply bytes forwarded per connection before the silence.
+        after: usize,
     },
 }
 
@@ -159,6 +166,7 @@ impl Step {
             Fault::Reset => Step::Reset,
             Fault::HalfOpen if direction == Direction::ToUpstream => pass,
             Fault::HalfOpen => Step::Hold,
+            Fault::Truncate { .. } => pass,
             Fault::SlowDrip {
                 bytes_per_tick,
                 tick,
@@ -236,10 +244,23 @@ async fn pump(
     // Bytes read but not yet written: `buf[start..end]`, read at `read_at`.
     let (mut start, mut end) = (0, 0);
     let mut read_at = Instant::now();
+    // Bytes written so far, for `Fault::Truncate`.
+    let mut sent = 0;
     loop {
         // Copied out so the watch lock is not held across the awaits below.
         let fault = *mode.borrow_and_update();
-        let (delay, drip) = match Step::of(fault, direction) {
+        let left = match fault {
+            Fault::Truncate { after } if direction == Direction::ToClient => {
+                after - sent.min(after)
+            }
+            _ => usize::MAX,
+        };
+        let step = if left == 0 {
+            Step::Hold
+        } else {
+            Step::of(fault, direction)
+        };
+        let (delay, drip) = match step {
             Step::Reset => return End::Reset,
             Step::Hold => match mode.changed().await {
                 Ok(()) => continue,
@@ -272,6 +293,7 @@ async fn pump(
             continue;
         }
         let limit = drip.map_or(end, |(bytes, _)| end.min(start + bytes));
+        let limit = limit.min(start.saturating_add(left));
         tokio::select! {
             changed = mode.changed() => {
                 if changed.is_err() {
@@ -281,7 +303,7 @@ async fn pump(
             }
             written = dst.write(&buf[start..limit]) => match written {
                 Ok(0) | Err(_) => return End::Failed,
-                Ok(n) => start += n,
+                Ok(n) => (start, sent) = (start + n, sent + n),
             },
         }
         if let Some((_, tick)) = drip {

@@ -3,18 +3,22 @@
 //!
 //! * `/hang` never answers.
 //! * `/sleep/MS` answers after `MS` milliseconds.
+//! * `/stream/N/MS` answers at once with a body of `N` frames of [`FRAME_BYTES`] bytes,
+//!   one every `MS` milliseconds (a slow download, or a stream of events); with `N` 0 the
+//!   body never ends.
 //! * Any other path answers after the server's own latency.
 //!
 //! Every answer echoes the [`TIMEOUT_HEADER`] the request arrived with in [`SEEN_HEADER`], so
 //! a caller can see the budget its deadline propagated to the server.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
-use http_body_util::{Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -54,11 +58,17 @@ pub async fn start(latency: Duration) -> std::io::Result<Loopback> {
     .await
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    latency: Duration,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// The size of each frame of a `/stream/..` body.
+pub const FRAME_BYTES: usize = 64;
+
+/// What the server answers with: a whole body, or frames over time.
+pub type Reply = Either<Full<Bytes>, Frames>;
+
+async fn answer(req: Request<Incoming>, latency: Duration) -> Result<Response<Reply>, Infallible> {
     let path = req.uri().path();
+    if let Some(frames) = path.strip_prefix("/stream/").and_then(Frames::parse) {
+        return Ok(Response::new(Either::Right(frames)));
+    }
     if path == "/hang" {
         std::future::pending::<()>().await;
     }
@@ -67,9 +77,59 @@ async fn answer(
         .and_then(|ms| ms.parse().ok())
         .map_or(latency, Duration::from_millis);
     tokio::time::sleep(delay).await;
-    let mut response = Response::new(Full::from("ok"));
+    let mut response = Response::new(Either::Left(Full::from("ok")));
     if let Some(budget) = req.headers().get(TIMEOUT_HEADER) {
         response.headers_mut().insert(SEEN_HEADER, budget.clone());
     }
     Ok(response)
+}
+
+/// A body of frames sent one every `every`: `left` more of them (forever when it started at
+/// zero).
+#[derive(Debug)]
+pub struct Frames {
+    left: Option<u32>,
+    every: Duration,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Frames {
+    /// `N/MS` from a `/stream/N/MS` path.
+    fn parse(spec: &str) -> Option<Self> {
+        let (n, ms) = spec.split_once('/')?;
+        let every = Duration::from_millis(ms.parse().ok()?);
+        let n: u32 = n.parse().ok()?;
+        Some(Frames {
+            left: (n > 0).then_some(n),
+            every,
+            next: Box::pin(tokio::time::sleep(every)),
+        })
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == Some(0) {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.next.as_mut().poll(cx));
+        let at = tokio::time::Instant::now() + self.every;
+        self.next.as_mut().reset(at);
+        if let Some(left) = &mut self.left {
+            *left -= 1;
+        }
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &[b'x'; FRAME_BYTES],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == Some(0)
+    }
 }
