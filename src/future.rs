@@ -107,6 +107,9 @@ impl<F> ResponseFuture<F> {
     }
 }
 
+/// How a call's race ended: its guard and what ended it, or the error of a refused call.
+pub(crate) type Over<T> = Result<(Call, Ended<T>), BoxError>;
+
 impl<F, M, T, E> ResponseFuture<F, M>
 where
     F: Future<Output = Result<T, E>>,
@@ -117,7 +120,7 @@ where
     pub(crate) fn poll_ended(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<(Result<(Call, Ended<F::Output>), BoxError>, &mut M)> {
+    ) -> Poll<(Over<F::Output>, &mut M)> {
         let this = self.project();
         let mut state = this.state;
         let (race, call) = match state.as_mut().project() {
