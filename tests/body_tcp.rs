@@ -61,9 +61,7 @@ async fn open(
 
 /// Reads `body` to its end: the data frames' bytes, the time the last one came, and how
 /// the body ended.
-async fn drain(
-    body: TimeoutBody<hyper::body::Incoming>,
-) -> (usize, Instant, Result<(), BoxError>) {
+async fn drain(body: TimeoutBody<hyper::body::Incoming>) -> (usize, Instant, Result<(), BoxError>) {
     let mut body = std::pin::pin!(body);
     let (mut bytes, mut last) = (0, Instant::now());
     loop {
