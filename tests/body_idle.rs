@@ -181,7 +181,7 @@ async fn a_stalled_stream_is_still_cut_once_the_gaps_are_learned() {
         .unwrap()
         .into_body();
     let started = tokio::time::Instant::now();
-    let err = body.collect().await.err().expect("cut");
+    let err = body.collect().await.expect_err("cut");
     let waited = started.elapsed() - ms(1000);
     let interrupted = Interrupted::find(&*err).expect("typed");
     let Reason::BodyIdle { idle, .. } = interrupted.reason() else {
