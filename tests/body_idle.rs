@@ -120,15 +120,7 @@ async fn run(
     mut gap: impl FnMut() -> Duration,
 ) -> (usize, AdaptiveTimeoutHandle<HttpPeer>) {
     let (svc, handle) = stack(rule);
-    for _ in 0..20 {
-        let response = svc.clone().oneshot(request(None)).await.unwrap();
-        response.into_body().collect().await.unwrap();
-    }
-    assert_eq!(
-        handle.snapshot()[0].deadline,
-        ms(10),
-        "a fast peer: deadline at min"
-    );
+    warm(&svc, &handle).await;
     let mut readers = Vec::new();
     for _ in 0..streams {
         let gaps = (0..frames).map(|_| gap()).collect();
