@@ -111,6 +111,7 @@ impl Call {
         self,
         ended: Ended<Result<T, E>>,
     ) -> Result<T, BoxError> {
+        let _entered = self.span.clone().entered();
         match ended {
             Ended::Answered(result) => {
                 self.answered();

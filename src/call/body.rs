@@ -56,6 +56,7 @@ impl Call {
     /// An interrupt reached the body.
     #[track_caller]
     pub(crate) fn body_interrupted(self, fired: Fired) -> Interrupted {
+        let _entered = self.span.clone().entered();
         self.interrupted(fired)
     }
 
@@ -69,6 +70,7 @@ impl Call {
         since: Instant,
     ) -> Interrupted {
         self.recorded = true;
+        let _entered = self.span.clone().entered();
         let now = Instant::now();
         let silenced = match &self.peer {
             CallPeer::Tracked(p) => p.on_body_idle(now, since),
@@ -88,6 +90,7 @@ impl Call {
     /// call's start: the caller's deadline, which says nothing about the peer.
     #[track_caller]
     pub(crate) fn body_expired(mut self, total: Duration) -> Interrupted {
+        let _entered = self.span.clone().entered();
         self.ticket.deadline = total;
         self.ticket.source = DeadlineSource::Caller;
         self.expired()
