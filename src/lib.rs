@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 mod call;
+pub mod classify;
 mod error;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -79,6 +80,7 @@ mod service;
 mod snapshot;
 mod token;
 
+pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use future::ResponseFuture;
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
