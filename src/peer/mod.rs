@@ -351,8 +351,9 @@ impl Peer {
             // a cut deadline of a peer known to be silent says nothing about its latency.)
             // The tail (the peer answered since) is recorded at once, and the deadline
             // recomputed, since it may be behind. A miss waits for the peer's next answer:
-            // if silence is declared first, it was not slowness.
-            if miss {
+            // if silence is declared first, it was not slowness. (With detection off
+            // nothing tells the two apart: it is recorded at once.)
+            if miss && policy.silent_after_misses > 0 {
                 if locked.pending.len() < PENDING_MISSES {
                     locked.pending.push(deadline);
                 }
