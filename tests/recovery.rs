@@ -158,8 +158,10 @@ async fn a_probe_cut_by_the_callers_deadline_frees_the_probe_slot() {
     let rig = rig(TimeoutPolicy::default());
     rig.warm(ms(10)).await;
     rig.silence().await;
-    // Every caller gives the call 20ms of its own, shorter than any probe's deadline. The
-    // peer comes back at once, answering in 2ms.
+    // Every caller gives the call 20ms of its own, shorter than any probe's deadline: the
+    // probes that go while the peer is still silent are cut by their callers. Then the
+    // peer comes back, answering in 2ms.
+    rig.keep_calling(ms(50), ms(3_000), Some(ms(20))).await;
     rig.peer.set(Mode::Answering(ms(2)));
     let back = Instant::now();
     let first = rig.keep_calling(ms(50), ms(10_000), Some(ms(20))).await;
@@ -182,13 +184,15 @@ async fn fail_fast_off_readmits_a_peer_slower_than_min() {
 #[tokio::test(start_paused = true)]
 async fn callers_that_give_up_early_do_not_hammer_a_silent_peer() {
     let rig = rig(TimeoutPolicy::default());
-    rig.warm(ms(10)).await;
+    // A deadline above 50ms, so probes are dropped by their callers before it.
+    rig.warm(ms(40)).await;
+    assert!(rig.deadline() > ms(50), "{:?}", rig.deadline());
     rig.silence().await;
     // Callers with their own 50ms timeout drop every call that takes longer, probes too.
     let since = Instant::now();
-    for _ in 0..215 {
+    while Instant::now() - since < ms(10_000) {
         let _ = tokio::time::timeout(ms(50), rig.call(None)).await;
-        tokio::time::sleep(ms(1)).await;
+        tokio::time::sleep(ms(45)).await;
     }
     let span = Instant::now() - since;
     let reached = rig.peer.arrivals_since(since);
