@@ -35,7 +35,10 @@ pub enum Outcome {
 
 /// A shared error classifier: one per layer, called only on the error path.
 #[derive(Clone)]
-pub(crate) struct Classifier(Arc<dyn Fn(&(dyn Error + 'static)) -> Outcome + Send + Sync>);
+pub(crate) struct Classifier(Arc<ClassifyFn>);
+
+/// The classifying function behind a [`Classifier`].
+type ClassifyFn = dyn Fn(&(dyn Error + 'static)) -> Outcome + Send + Sync;
 
 impl Classifier {
     pub(crate) fn new<C>(classify: C) -> Self

@@ -226,15 +226,17 @@ impl<K: PeerKey, F> Builder<K, F> {
             overrides,
         };
         Ok(AdaptiveTimeoutLayer {
-            table: Arc::new(PeerTable::new(
-                policies,
-                self.max_peers,
-                self.idle_ttl,
-                self.interrupt_tokens,
-                self.propagation,
-                self.jitter_seed.unwrap_or_else(random_seed),
-            )
-            .with_classifier(self.classifier)),
+            table: Arc::new(
+                PeerTable::new(
+                    policies,
+                    self.max_peers,
+                    self.idle_ttl,
+                    self.interrupt_tokens,
+                    self.propagation,
+                    self.jitter_seed.unwrap_or_else(random_seed),
+                )
+                .with_classifier(self.classifier),
+            ),
             key_fn: self.key_fn,
         })
     }

@@ -57,7 +57,12 @@ impl Peer {
     }
 
     fn arrivals_since(&self, t: Instant) -> usize {
-        self.arrivals.lock().unwrap().iter().filter(|a| **a >= t).count()
+        self.arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| **a >= t)
+            .count()
     }
 }
 
@@ -197,7 +202,10 @@ async fn callers_that_give_up_early_do_not_hammer_a_silent_peer() {
     let span = Instant::now() - since;
     let reached = rig.peer.arrivals_since(since);
     let most = span.as_millis() / TimeoutPolicy::default().probe_backoff.as_millis() + 1;
-    assert!(reached as u128 <= most, "{reached} calls reached the silent peer in {span:?}");
+    assert!(
+        reached as u128 <= most,
+        "{reached} calls reached the silent peer in {span:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

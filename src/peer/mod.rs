@@ -335,7 +335,9 @@ impl Peer {
             // said nothing since it started and the caller waited at least as long as the
             // peer's answers normally take.
             let transition = if probe {
-                locked.health.on_probe_end(now, ProbeEnd::CallerCut, &policy)
+                locked
+                    .health
+                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
             } else if miss && deadline >= self.normal_latency(&locked) {
                 locked.health.on_deadline(now, started, false, &policy)
             } else {

@@ -289,7 +289,15 @@ impl<K: PeerKey> PeerTable<K> {
             let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
             let classifier = self.classifier.clone();
-            let peer = Peer::new(label(key), policy, overridden, self.epoch, now, seed, classifier);
+            let peer = Peer::new(
+                label(key),
+                policy,
+                overridden,
+                self.epoch,
+                now,
+                seed,
+                classifier,
+            );
             inserted = true;
             Arc::new(peer)
         });
