@@ -444,7 +444,7 @@ mod tests {
         let mut h = silent(&policy, t0);
         let mut deadlines = Vec::new();
         let mut now = t0;
-        for _ in 0..12 {
+        for _ in 0..400 {
             now = h.next_probe_at();
             let Verdict::Probe(d) = h.admit(now, &policy).0 else {
                 panic!("no probe at {now:?}")
@@ -454,7 +454,8 @@ mod tests {
             h.on_deadline(now, now - d, true, &policy);
         }
         // The first is long (cold start), then short ones at the deadline from before the
-        // silence, until three times the long one has passed; the next long one doubles.
+        // silence, until LONG_PROBE_SPACING times the long one has passed; the next long
+        // one doubles.
         assert_eq!(deadlines[0], 1000);
         assert_eq!(deadlines[1], 25);
         let second_long = deadlines.iter().skip(1).position(|d| *d > 25).unwrap() + 1;
