@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
+use crate::classify::Outcome;
 use crate::error::{BoxError, Interrupted, Reason};
 use crate::interrupt::Fired;
 use crate::peer::{CallPeer, Ticket};
@@ -114,19 +115,24 @@ impl Call {
         let _entered = self.span.clone().entered();
         match ended {
             Ended::Answered(result) => {
-                self.answered();
-                result.map_err(Into::into)
+                let result = result.map_err(Into::into);
+                let outcome = match (&result, &self.peer) {
+                    (Err(err), CallPeer::Tracked(p)) => p.classify(err),
+                    _ => Outcome::Sample,
+                };
+                self.answered(outcome);
+                result
             }
             Ended::Expired => Err(self.expired().into()),
             Ended::Interrupted(fired) => Err(self.interrupted(fired).into()),
         }
     }
 
-    /// The peer answered.
-    fn answered(mut self) {
+    /// The inner service answered, as `outcome` says.
+    fn answered(mut self, outcome: Outcome) {
         self.recorded = true;
         if let CallPeer::Tracked(p) = &self.peer {
-            p.on_response(Instant::now(), self.start);
+            p.on_outcome(Instant::now(), self.start, self.ticket.probe, outcome);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::classify::{Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
@@ -126,6 +127,7 @@ pub struct Builder<K, F> {
     interrupt_tokens: bool,
     propagation: Propagation,
     jitter_seed: Option<u64>,
+    classifier: Classifier,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -139,6 +141,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             interrupt_tokens: true,
             propagation: Propagation::none(),
             jitter_seed: None,
+            classifier: Classifier::default(),
         }
     }
 
@@ -189,6 +192,21 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// Decides what an inner service's error says about its peer (see [`classify`]):
+    /// a latency sample, an answer only, or a failure to reach it. The default,
+    /// [`default_classifier`], takes transport errors for failures and any other error
+    /// for an answer only. Successful answers are always samples.
+    ///
+    /// [`classify`]: crate::classify
+    /// [`default_classifier`]: crate::classify::default_classifier
+    pub fn classify_errors<C>(mut self, classify: C) -> Self
+    where
+        C: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
+    {
+        self.classifier = Classifier::new(classify);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -208,14 +226,17 @@ impl<K: PeerKey, F> Builder<K, F> {
             overrides,
         };
         Ok(AdaptiveTimeoutLayer {
-            table: Arc::new(PeerTable::new(
-                policies,
-                self.max_peers,
-                self.idle_ttl,
-                self.interrupt_tokens,
-                self.propagation,
-                self.jitter_seed.unwrap_or_else(random_seed),
-            )),
+            table: Arc::new(
+                PeerTable::new(
+                    policies,
+                    self.max_peers,
+                    self.idle_ttl,
+                    self.interrupt_tokens,
+                    self.propagation,
+                    self.jitter_seed.unwrap_or_else(random_seed),
+                )
+                .with_classifier(self.classifier),
+            ),
             key_fn: self.key_fn,
         })
     }

@@ -65,6 +65,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod body;
 mod call;
+pub mod classify;
 mod error;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -85,6 +86,7 @@ mod token;
 
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
+pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};

@@ -40,13 +40,19 @@ pub struct PeerSnapshot {
     pub completed: u64,
     /// Calls that ran out their deadline, ever.
     pub deadline_exceeded: u64,
+    /// Calls whose inner service failed to reach the peer (a transport
+    /// [`Outcome::Failure`](crate::Outcome::Failure)), ever. Failures are neither latency
+    /// samples nor answers: a peer refusing connections is failing, not fast.
+    pub failures: u64,
+    /// Failures since the peer last answered: alert on a peer whose every call fails.
+    pub consecutive_failures: u64,
     /// Calls in flight ended because the peer went silent, ever.
     pub silent_interrupts: u64,
     /// Calls ended by a manual interrupt or shutdown, ever.
     pub manual_interrupts: u64,
     /// Calls refused at once because the peer was silent, ever.
     pub fail_fast: u64,
-    /// How long since the peer last answered anything.
+    /// How long since the peer last answered anything (failures are not answers).
     pub last_response_age: Duration,
     /// When a silent peer's next probe may go, from now (zero if due or not silent).
     pub next_probe_in: Duration,
@@ -87,6 +93,8 @@ impl PeerSnapshot {
             in_flight: peer.in_flight(),
             completed: view.completed,
             deadline_exceeded: view.deadline_exceeded,
+            failures: view.failures,
+            consecutive_failures: view.consecutive_failures,
             silent_interrupts: peer.counters.silent_interrupts.load(Relaxed),
             manual_interrupts: peer.counters.manual_interrupts.load(Relaxed),
             fail_fast: peer.counters.fail_fast.load(Relaxed),

@@ -152,8 +152,8 @@ async fn a_never_answered_call_is_cut_at_the_learned_deadline() {
     assert_eq!(p.deadline_exceeded, 1);
     assert_eq!(
         p.samples,
-        MIN_SAMPLES + 3,
-        "the cut call is a censored sample"
+        MIN_SAMPLES + 2,
+        "the cut call is a miss: its censored sample waits for the peer's next answer"
     );
     assert_eq!(p.state, PeerState::Suspect);
 }
@@ -178,9 +178,10 @@ async fn a_deadline_extension_caps_one_call() {
     };
     assert_eq!(explanation.source, DeadlineSource::Caller);
 
-    // The caller's own deadline says nothing about the peer: no sample, still healthy.
+    // The caller's own deadline says nothing about the peer's latency: no sample. But the
+    // peer said nothing in 150ms, more than any answer it gave: a miss, so suspect.
     let p = handle.peer(&server.peer()).unwrap();
-    assert_eq!((p.samples, p.state), (0, PeerState::Healthy));
+    assert_eq!((p.samples, p.state), (0, PeerState::Suspect));
     assert_eq!(p.deadline_source(), DeadlineSource::ColdStart);
     // A cap longer than the peer's deadline changes nothing.
     let mut req = get(server.uri("/"));

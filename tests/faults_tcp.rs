@@ -220,8 +220,11 @@ async fn resets_pass_through_as_io_errors_not_interrupts() {
         );
     }
     let after = rig.handle.peer(&a).unwrap();
-    // An error is an answer: counted as completed, never as a miss.
-    assert_eq!(after.completed, before.completed + 5);
+    // A reset is a transport failure (an end of stream, an answer): never a miss.
+    assert_eq!(
+        after.completed + after.failures,
+        before.completed + before.failures + 5
+    );
     assert_eq!(after.deadline_exceeded, before.deadline_exceeded);
     assert_ne!(after.state, PeerState::Silent);
     rig.a.set(Fault::Pass);

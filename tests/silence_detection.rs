@@ -146,7 +146,9 @@ async fn probes_follow_the_backoff_and_a_good_probe_recovers_the_peer() {
         .collect();
     let (deadline, _) = rig.handle.deadline(&P::A).unwrap();
     // Waits of 200ms, 400ms, 800ms, then 1000ms (capped), each plus up to 25% jitter and
-    // after the previous probe's deadline; one probe at a time.
+    // after the previous probe's deadline; one probe at a time. The first probe is a long
+    // one (cold start, 1s); the next ones, for three times that, are short (the deadline
+    // from before the silence).
     let mut expected_wait = ms(200);
     let mut last_end = Duration::ZERO;
     for (i, at) in probes.iter().enumerate() {
@@ -155,7 +157,8 @@ async fn probes_follow_the_backoff_and_a_good_probe_recovers_the_peer() {
             wait >= expected_wait && wait <= expected_wait * 5 / 4 + ms(10),
             "probe {i} waited {wait:?}, expected {expected_wait:?} + jitter: {probes:?}"
         );
-        last_end = *at + deadline;
+        let probe_deadline = if i == 0 { ms(1000) } else { deadline };
+        last_end = *at + probe_deadline;
         expected_wait = (expected_wait * 2).min(ms(1000));
     }
     assert!(probes.len() >= 3, "{probes:?}");
@@ -250,6 +253,9 @@ async fn dropped_calls_leave_no_outstanding_and_free_the_probe_slot() {
     assert_eq!(rig.state(P::A), PeerState::Probing);
     drop(probe);
     assert_eq!(rig.state(P::A), PeerState::Silent);
+    // The slot is free, but the next probe still waits out the backoff.
+    assert!(is_silent(&rig.call(P::A, ms(10)).await));
+    tokio::time::sleep(TimeoutPolicy::default().probe_backoff * 5 / 4).await;
     let again = svc.ready().await.unwrap().call(Req {
         peer: P::A,
         delay: ms(10),
@@ -257,7 +263,7 @@ async fn dropped_calls_leave_no_outstanding_and_free_the_probe_slot() {
     assert_eq!(
         rig.peers.arrivals(P::A).len(),
         before + 2,
-        "a new probe may go at once"
+        "a new probe went after the backoff"
     );
     drop(again);
     assert_eq!(rig.handle.peer(&P::A).unwrap().in_flight, 0);

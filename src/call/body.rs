@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{fire_token, Call};
+use crate::classify::Outcome;
 use crate::error::{Interrupted, Reason};
 use crate::idle::{IdleRule, IdleSource};
 use crate::interrupt::Fired;
@@ -19,7 +20,7 @@ impl Call {
     /// over once its head is answered.
     pub(crate) fn head(&mut self, now: Instant) {
         if let CallPeer::Tracked(p) = &self.peer {
-            p.on_head(now, self.start);
+            p.on_head(now, self.start, self.ticket.probe, Outcome::Sample);
         }
         self.ticket.probe = false;
     }

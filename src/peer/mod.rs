@@ -13,10 +13,11 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::health::{Health, PeerState, Transition, Verdict};
+use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
 use self::published::Published;
 use self::window::Window;
-use crate::error::Reason;
+use crate::classify::{Classifier, Outcome};
+use crate::error::{BoxError, Reason};
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
@@ -34,6 +35,9 @@ mod proptests;
 
 /// How an untracked call's peer is named in errors.
 const UNTRACKED: &str = "<untracked peer>";
+
+/// Most misses whose censored samples wait for the peer's next answer.
+const PENDING_MISSES: usize = 32;
 
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
@@ -53,6 +57,7 @@ pub(crate) struct Peer {
     pub(crate) counters: Counters,
     locked: CachePadded<Mutex<Locked>>,
     metrics: PeerMetrics,
+    classifier: Classifier,
 }
 
 /// Per-peer counts of the rare outcomes (answers and timeouts are counted under the lock).
@@ -74,6 +79,12 @@ struct Locked {
     completed: u64,
     /// Calls that ran out their deadline.
     deadline_exceeded: u64,
+    /// Calls whose inner service failed to reach the peer, ever and in a row.
+    failures: u64,
+    consecutive_failures: u64,
+    /// Censored samples of misses, held until the peer answers again (it was slow) or is
+    /// declared silent (it was gone, which says nothing about its latency).
+    pending: Vec<Duration>,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,
     since_recompute: u64,
@@ -98,6 +109,8 @@ pub(crate) struct WindowView {
     pub(crate) next_probe_at: Instant,
     pub(crate) completed: u64,
     pub(crate) deadline_exceeded: u64,
+    pub(crate) failures: u64,
+    pub(crate) consecutive_failures: u64,
 }
 
 /// What an admitted call starts with.
@@ -146,10 +159,12 @@ impl Peer {
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,
+        classifier: Classifier,
     ) -> Peer {
         let window = Window::new(&policy, now);
         let peer = Peer {
             metrics: PeerMetrics::new(&label),
+            classifier,
             label,
             epoch,
             published: CachePadded::new(Published::new(
@@ -166,6 +181,9 @@ impl Peer {
                 window,
                 completed: 0,
                 deadline_exceeded: 0,
+                failures: 0,
+                consecutive_failures: 0,
+                pending: Vec::new(),
                 policy,
                 overridden,
                 since_recompute: 0,
@@ -220,7 +238,7 @@ impl Peer {
             self.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe => probe = true,
+                Verdict::Probe(d) => (probe, deadline) = (true, d),
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
@@ -242,22 +260,58 @@ impl Peer {
         })
     }
 
-    /// The peer answered a call that started at `started`: record its latency, and take
-    /// the answer as a heartbeat.
-    pub(crate) fn on_response(&self, now: Instant, started: Instant) {
-        self.on_head(now, started);
+    /// Classifies an inner error (only errors are classified: a success is a sample).
+    pub(crate) fn classify(&self, err: &BoxError) -> Outcome {
+        self.classifier.classify(&**err)
+    }
+
+    /// The call that started at `started` ended with `outcome` at `now`: recorded as
+    /// [`on_head`](Self::on_head) does, and the call is over.
+    pub(crate) fn on_outcome(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
+        self.on_head(now, started, probe, outcome);
         self.end();
     }
 
-    /// The peer answered a call that started at `started` with a head whose body is still
-    /// to come: records it as [`on_response`](Self::on_response) does, but the call stays
-    /// in flight until [`on_body_end`](Self::on_body_end) or an abandon.
-    pub(crate) fn on_head(&self, now: Instant, started: Instant) {
+    /// Records `outcome` of a call that started at `started`; the call stays in flight
+    /// (its body is still to come) until [`on_body_end`](Self::on_body_end), an abandon,
+    /// or [`on_outcome`](Self::on_outcome)'s end. An answer is a heartbeat (and commits
+    /// the misses held back); a [`Outcome::Sample`] also records its latency. A probe
+    /// answered slower than the learned deadline re-seeds the window: the peer came back
+    /// slower, and its old history would cut every call. A failure records nothing but its
+    /// count; a failed probe frees the probe slot.
+    pub(crate) fn on_head(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
         let latency = now.saturating_duration_since(started);
-        self.metrics.answered(latency);
         let mut locked = self.lock();
+        if outcome == Outcome::Failure {
+            locked.failures += 1;
+            locked.consecutive_failures += 1;
+            if probe {
+                let policy = locked.policy.clone();
+                let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
+                self.transition(transition);
+            }
+            return;
+        }
+        self.metrics.answered(latency);
         locked.completed += 1;
-        self.record(&mut locked, now, latency);
+        locked.consecutive_failures = 0;
+        let learned = locked.source != DeadlineSource::ColdStart;
+        if probe && learned && latency > self.deadline().0 {
+            locked.window = Window::new(&locked.policy, now);
+            locked.pending.clear();
+            self.publish(&mut locked);
+        }
+        let held = std::mem::take(&mut locked.pending);
+        for censored in &held {
+            self.record(&mut locked, now, *censored);
+        }
+        if !held.is_empty() {
+            // Like the tail's, these say the deadline may be behind: recompute at once.
+            self.publish(&mut locked);
+        }
+        if outcome == Outcome::Sample {
+            self.record(&mut locked, now, latency);
+        }
         let transition = locked.health.on_response(now);
         self.transition(transition);
     }
@@ -285,18 +339,42 @@ impl Peer {
             locked.quantile_value,
             locked.overridden,
         );
+        let policy = locked.policy.clone();
+        let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
-            // The caller's own, shorter, deadline says nothing about the peer.
+            // The caller's own, shorter, deadline says nothing about the peer's latency. A
+            // probe cut by it frees the probe slot. Any other call is a miss if the peer
+            // said nothing since it started and the caller waited at least as long as the
+            // peer's answers normally take.
+            let transition = if probe {
+                locked
+                    .health
+                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
+            } else if miss && deadline >= self.normal_latency(&locked) {
+                locked.health.on_deadline(now, started, false, &policy)
+            } else {
+                None
+            };
+            let silenced = self.on_transition(&mut locked, now, transition);
             drop(locked);
             self.end();
-            return (explanation, None);
+            return (explanation, silenced);
         }
         if !probe && source != DeadlineSource::SilentPeer {
             // A censored sample: the peer's latency was at least the deadline. (A probe or
             // a cut deadline of a peer known to be silent says nothing about its latency.)
-            // Timeouts are rare and say the deadline may be behind: recompute at once.
-            self.record(&mut locked, now, deadline);
-            self.publish(&mut locked);
+            // The tail (the peer answered since) is recorded at once, and the deadline
+            // recomputed, since it may be behind. A miss waits for the peer's next answer:
+            // if silence is declared first, it was not slowness. (With detection off
+            // nothing tells the two apart: it is recorded at once.)
+            if miss && policy.silent_after_misses > 0 {
+                if locked.pending.len() < PENDING_MISSES {
+                    locked.pending.push(deadline);
+                }
+            } else {
+                self.record(&mut locked, now, deadline);
+                self.publish(&mut locked);
+            }
         }
         (explanation, self.miss(locked, now, started, probe))
     }
@@ -313,17 +391,42 @@ impl Peer {
     ) -> Option<Fired> {
         let policy = locked.policy.clone();
         let transition = locked.health.on_deadline(now, started, probe, &policy);
+        let silenced = self.on_transition(&mut locked, now, transition);
+        drop(locked);
+        self.end();
+        silenced
+    }
+
+    /// Publishes a transition; one that declares the peer silent drops the misses held
+    /// back and interrupts every call in flight, and the interrupt is returned.
+    fn on_transition(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        transition: Option<Transition>,
+    ) -> Option<Fired> {
         let mut silenced = None;
         if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
-            let fired = self.silent_reason(&locked, now, None);
+            locked.pending.clear();
+            let fired = self.silent_reason(locked, now, None);
             locked.silenced = Some(fired.clone());
             self.interrupts.fire(fired.clone());
             silenced = Some(fired);
         }
         self.transition(transition);
-        drop(locked);
-        self.end();
         silenced
+    }
+
+    /// How long the peer's answers normally take: the window's quantile once it is
+    /// trusted, else the slowest answer seen; at least `min`. A caller's deadline shorter
+    /// than this proves nothing when it runs out.
+    fn normal_latency(&self, locked: &Locked) -> Duration {
+        let seen = if locked.source == DeadlineSource::ColdStart {
+            locked.window.max()
+        } else {
+            locked.quantile_value
+        };
+        seen.max(locked.policy.min)
     }
 
     /// A call ended without an answer or a deadline: interrupted (`reason` given) or
@@ -402,8 +505,10 @@ impl Peer {
         if !locked.policy.same_window(&policy) {
             locked.window = Window::new(&policy, now);
         }
+        let transition = locked.health.release_if_detection_off(&policy);
         locked.policy = policy;
         locked.overridden = overridden;
+        self.transition(transition);
         self.publish(&mut locked);
     }
 
@@ -437,6 +542,8 @@ impl Peer {
             next_probe_at: locked.health.next_probe_at(),
             completed: locked.completed,
             deadline_exceeded: locked.deadline_exceeded,
+            failures: locked.failures,
+            consecutive_failures: locked.consecutive_failures,
         }
     }
 
@@ -453,6 +560,7 @@ impl Peer {
         locked.quantile_value = q;
         locked.since_recompute = 0;
         self.published.set_deadline(deadline, source);
+        locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
         let rotate_at = self.nanos(locked.window.rotates_at());
         self.published.set_rotate_at(rotate_at);

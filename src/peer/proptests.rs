@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::health::{Health, PeerState, Transition, Verdict};
+use super::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
 use super::window::Window;
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 
@@ -223,8 +223,11 @@ proptest! {
                 Event::Admit => {
                     let (admit, t) = h.admit(now, &policy);
                     match admit {
-                        Verdict::Probe => prop_assert_eq!(before, PeerState::Silent),
-                        Verdict::Shortened => prop_assert!(before == PeerState::Silent && !fail_fast),
+                        Verdict::Probe(d) => {
+                            prop_assert_eq!(before, PeerState::Silent);
+                            prop_assert!(d >= policy.min && d <= policy.max);
+                        }
+                        Verdict::Shortened => prop_assert!(!before.is_open() && !fail_fast),
                         Verdict::FailFast => prop_assert!(!before.is_open() && fail_fast),
                         Verdict::Go => prop_assert!(before.is_open()),
                     }
@@ -249,10 +252,11 @@ proptest! {
     #[test]
     fn driven_like_a_peer_at_most_one_probe_is_in_flight(
         misses in 1u32..4,
+        fail_fast in any::<bool>(),
         // Each step: time passes, then a new call (None) or the end of the call at an index.
         steps in prop::collection::vec((0u64..10_000, prop::option::of((any::<prop::sample::Index>(), 0u8..3))), 1..300),
     ) {
-        let policy = health_policy(misses, true);
+        let policy = health_policy(misses, fail_fast);
         let t0 = Instant::now();
         let mut h = Health::new(t0, 7);
         let mut now = t0;
@@ -263,8 +267,8 @@ proptest! {
             let t = match action {
                 None => {
                     let (admit, t) = h.admit(now, &policy);
-                    if matches!(admit, Verdict::Go | Verdict::Probe) {
-                        calls.push(Call { started: now, probe: admit == Verdict::Probe });
+                    if !matches!(admit, Verdict::FailFast) {
+                        calls.push(Call { started: now, probe: matches!(admit, Verdict::Probe(_)) });
                     }
                     t
                 }
@@ -291,9 +295,64 @@ proptest! {
             prop_assert!(probes <= 1, "{} probes in flight", probes);
             if h.state() == PeerState::Probing {
                 prop_assert_eq!(probes, 1, "probing with no probe in flight");
-                prop_assert_eq!(calls.len(), 1, "only the probe is in flight while probing");
+                if fail_fast {
+                    prop_assert_eq!(calls.len(), 1, "only the probe is in flight while probing");
+                }
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A silent peer that answers within `max` is readmitted by a probe, whatever its
+    /// deadline was before the silence, within a bounded number of probes and time: the long
+    /// probes' deadline doubles up to `max`. Probes cut short by their callers or failing
+    /// at once in between do not stop it.
+    #[test]
+    fn a_peer_answering_within_max_is_always_readmitted(
+        before_ms in 1u64..500,
+        latency_ms in 1u64..=4_000,
+        fail_fast in any::<bool>(),
+        interruptions in prop::collection::vec(0u8..4, 0..8),
+    ) {
+        let policy = health_policy(2, fail_fast).max(ms(4_000)).cold_start(ms(100));
+        policy.validate().unwrap();
+        let latency = ms(latency_ms);
+        let t0 = Instant::now();
+        let mut h = Health::new(t0, 7);
+        h.note_deadline(ms(before_ms).clamp(policy.min, policy.max));
+        h.on_deadline(t0, t0, false, &policy);
+        h.on_deadline(t0, t0, false, &policy);
+        prop_assert_eq!(h.state(), PeerState::Silent);
+        let mut interruptions = interruptions.into_iter();
+        let mut now = t0;
+        for _ in 0..5_000 {
+            now = now.max(h.next_probe_at());
+            let (verdict, _) = h.admit(now, &policy);
+            let Verdict::Probe(d) = verdict else {
+                return Err(TestCaseError::fail(format!("no probe due at {:?}", now - t0)));
+            };
+            let t = match interruptions.next() {
+                Some(0) => h.on_probe_end(now + ms(1), ProbeEnd::CallerCut, &policy),
+                Some(1) => h.on_probe_end(now + ms(1), ProbeEnd::Failed, &policy),
+                Some(2) => h.on_abandon(true, now + ms(1)),
+                _ if d >= latency => {
+                    h.on_response(now + latency);
+                    prop_assert_eq!(h.state(), PeerState::Healthy);
+                    prop_assert!(now - t0 < Duration::from_secs(120), "{:?}", now - t0);
+                    return Ok(());
+                }
+                _ => {
+                    now += d;
+                    h.on_deadline(now, now - d, true, &policy)
+                }
+            };
+            prop_assert_eq!(t.map(|t| t.to), Some(PeerState::Silent));
+            now += ms(1);
+        }
+        prop_assert!(false, "not readmitted after 5,000 probes");
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::{CallPeer, Peer, Ticket};
+use crate::classify::Classifier;
 use crate::error::Reason;
 use crate::export;
 use crate::interrupt::{Fired, Interrupts};
@@ -80,6 +81,8 @@ pub(crate) struct PeerTable<K> {
     policies: RwLock<Policies<K>>,
     /// Calls that went untracked because the table was full.
     pub(crate) untracked_calls: AtomicU64,
+    /// What inner errors say about their peers.
+    classifier: Classifier,
 }
 
 impl<K> PeerTable<K> {
@@ -134,7 +137,14 @@ impl<K: PeerKey> PeerTable<K> {
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
             untracked_calls: AtomicU64::new(0),
+            classifier: Classifier::default(),
         }
+    }
+
+    /// Classifies inner errors with `classifier` instead of the default.
+    pub(crate) fn with_classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
     }
 
     /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
@@ -278,7 +288,16 @@ impl<K: PeerKey> PeerTable<K> {
         let entry = self.peers.entry(key.clone()).or_insert_with(|| {
             let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
-            let peer = Peer::new(label(key), policy, overridden, self.epoch, now, seed);
+            let classifier = self.classifier.clone();
+            let peer = Peer::new(
+                label(key),
+                policy,
+                overridden,
+                self.epoch,
+                now,
+                seed,
+                classifier,
+            );
             inserted = true;
             Arc::new(peer)
         });
