@@ -101,7 +101,7 @@ impl Call {
         let err = self.token.as_ref()?.fired()?;
         Some(Fired {
             reason: err.reason().clone(),
-            fired_at: err.fired_at(),
+            fired_at: err.fired_at().location(),
         })
     }
 
@@ -215,7 +215,8 @@ pub(crate) fn refusal(peer: &CallPeer, fired: Fired, token: Option<&Interrupt>) 
         Duration::ZERO,
         fired.fired_at,
         here,
-    );
+    )
+    .refused();
     fire_token(token, err)
 }
 

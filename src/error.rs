@@ -4,6 +4,12 @@
 //! long it had run, who fired the interrupt and where the chain recognized it. The layer's
 //! error type is `BoxError`; find it with `err.downcast_ref::<Interrupted>()`, or with
 //! [`Interrupted::find`] anywhere in a source chain.
+//!
+//! Whether a call may be tried again: [`Interrupted::was_sent`] is false for a call refused
+//! before it reached the inner service (any request may be retried), and the predicates
+//! ([`is_timeout`](Interrupted::is_timeout), [`is_silence`](Interrupted::is_silence),
+//! [`is_refusal`](Interrupted::is_refusal), [`is_cancel`](Interrupted::is_cancel)) sort the
+//! reasons the way retry policies and status codes need.
 
 use std::borrow::Cow;
 use std::error::Error;
@@ -13,6 +19,7 @@ use std::time::Duration;
 
 use crate::idle::IdleSource;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
+use crate::site::Site;
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -88,13 +95,19 @@ impl fmt::Display for Reason {
 }
 
 /// A call that the layer (or an interrupt) stopped before the peer answered.
+///
+/// `Display` says what happened: `call to 10.0.0.7:9000 interrupted after 52ms: deadline
+/// 52ms exceeded (p99.9 23.5ms x 2 + 5ms)`, or `call to ... refused: ...` for a call that
+/// never reached the inner service. The alternate form (`{:#}`) adds where the interrupt
+/// was fired and recognized, as paths relative to their crate.
 #[derive(Clone, Debug)]
 pub struct Interrupted {
     reason: Reason,
     peer: Box<str>,
     elapsed: Duration,
-    fired_at: &'static Location<'static>,
-    recognized_at: &'static Location<'static>,
+    fired_at: Site,
+    recognized_at: Site,
+    sent: bool,
 }
 
 impl Interrupted {
@@ -109,14 +122,21 @@ impl Interrupted {
             reason,
             peer: peer.into(),
             elapsed,
-            fired_at,
-            recognized_at,
+            fired_at: Site::new(fired_at),
+            recognized_at: Site::new(recognized_at),
+            sent: true,
         }
     }
 
     /// The same interrupt, recognized at another place.
     pub(crate) fn recognized(mut self, at: &'static Location<'static>) -> Self {
-        self.recognized_at = at;
+        self.recognized_at = Site::new(at);
+        self
+    }
+
+    /// The same interrupt, for a call refused before it reached the inner service.
+    pub(crate) fn refused(mut self) -> Self {
+        self.sent = false;
         self
     }
 
@@ -147,14 +167,49 @@ impl Interrupted {
 
     /// Where the interrupt was fired: the code that called the firing method, or the
     /// layer's own code for deadlines and silent peers.
-    pub fn fired_at(&self) -> &'static Location<'static> {
+    pub fn fired_at(&self) -> Site {
         self.fired_at
     }
 
     /// Where the call chain noticed the interrupt: the layer's response future, or a
     /// cooperative checkpoint.
-    pub fn recognized_at(&self) -> &'static Location<'static> {
+    pub fn recognized_at(&self) -> Site {
         self.recognized_at
+    }
+
+    /// Whether the request reached the inner service. `false` for a call refused at once:
+    /// its peer was silent (fail-fast), its caller's deadline was already spent, its
+    /// caller's token had already fired, or the layer was shutting down. Such a request
+    /// was never sent anywhere, so it may be retried whatever it does.
+    pub fn was_sent(&self) -> bool {
+        self.sent
+    }
+
+    /// Whether the call was refused before it reached the inner service (`!was_sent()`).
+    pub fn is_refusal(&self) -> bool {
+        !self.sent
+    }
+
+    /// Whether a deadline ran out: the call's ([`Reason::DeadlineExceeded`]), the caller's
+    /// before the call began ([`Reason::BudgetSpent`]), or a body's idle deadline
+    /// ([`Reason::BodyIdle`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::DeadlineExceeded { .. } | Reason::BudgetSpent | Reason::BodyIdle { .. }
+        )
+    }
+
+    /// Whether the call ended because its peer was declared silent
+    /// ([`Reason::PeerSilent`]): in flight when it happened, or refused after.
+    pub fn is_silence(&self) -> bool {
+        matches!(self.reason, Reason::PeerSilent { .. })
+    }
+
+    /// Whether somebody stopped the call on purpose: by hand ([`Reason::Manual`]) or by
+    /// shutting the layer down ([`Reason::Shutdown`]).
+    pub fn is_cancel(&self) -> bool {
+        matches!(self.reason, Reason::Manual(_) | Reason::Shutdown)
     }
 
     /// Finds an `Interrupted` in `err` or anywhere in its `source()` chain.
@@ -170,15 +225,18 @@ impl Interrupted {
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "call to {} interrupted after {}: {} (fired at {}, recognized at {})",
-            self.peer,
-            Human(self.elapsed),
-            self.reason,
-            self.fired_at,
-            self.recognized_at
-        )
+        if self.sent {
+            let elapsed = Human(self.elapsed);
+            write!(f, "call to {} interrupted after {elapsed}", self.peer)?;
+        } else {
+            write!(f, "call to {} refused", self.peer)?;
+        }
+        write!(f, ": {}", self.reason)?;
+        if f.alternate() {
+            let (fired, recognized) = (self.fired_at, self.recognized_at);
+            write!(f, " (fired at {fired}, recognized at {recognized})")?;
+        }
+        Ok(())
     }
 }
 
@@ -268,13 +326,34 @@ mod tests {
             here,
         );
         let text = err.to_string();
-        assert!(
-            text.starts_with(
-                "call to 10.0.0.7:9000 interrupted after 1.2s: peer silent since 900ms, \
-                 4 calls outstanding (fired at src/error.rs:"
-            ),
-            "{text}"
+        assert_eq!(
+            text,
+            "call to 10.0.0.7:9000 interrupted after 1.2s: peer silent since 900ms, \
+             4 calls outstanding"
         );
+        let long = format!("{err:#}");
+        assert!(
+            long.starts_with(&format!("{text} (fired at src/error.rs:")),
+            "{long}"
+        );
+        assert!(long.contains(", recognized at src/error.rs:"), "{long}");
+        let refused = err.refused().to_string();
+        assert!(refused.starts_with("call to 10.0.0.7:9000 refused: peer silent"));
+    }
+
+    #[test]
+    fn predicates_sort_the_reasons() {
+        let here = Location::caller();
+        let of = |reason| Interrupted::new(reason, "p", Duration::ZERO, here, here);
+        let spent = of(Reason::BudgetSpent).refused();
+        assert!(spent.is_timeout() && spent.is_refusal() && !spent.was_sent());
+        let silent = of(Reason::PeerSilent {
+            since: Duration::ZERO,
+            outstanding: 0,
+        });
+        assert!(silent.is_silence() && silent.was_sent() && !silent.is_timeout());
+        assert!(of(Reason::Shutdown).is_cancel());
+        assert!(of(Reason::Manual("x".into())).is_cancel());
     }
 
     #[test]

@@ -81,6 +81,7 @@ mod peer;
 mod policy;
 pub mod propagate;
 mod service;
+mod site;
 mod snapshot;
 mod token;
 
@@ -102,6 +103,7 @@ pub use policy::{
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;
+pub use site::Site;
 pub use snapshot::PeerSnapshot;
 pub use token::{interruptible, Cancelled, Chain, Interrupt, Interruptible, Step};
 
