@@ -93,7 +93,9 @@ mod tests {
         let own = concat!(env!("CARGO_MANIFEST_DIR"), "/src/call.rs");
         assert_eq!(relative(own), "src/call.rs");
         assert_eq!(
-            relative("/home/ci/.cargo/registry/src/index-1/tower-adaptive-timeout-0.1.0/src/peer/mod.rs"),
+            relative(
+                "/home/ci/.cargo/registry/src/index-1/tower-adaptive-timeout-0.1.0/src/peer/mod.rs"
+            ),
             "src/peer/mod.rs"
         );
         assert_eq!(relative("/build/app/tests/it.rs"), "tests/it.rs");

@@ -206,7 +206,9 @@ where
         };
         let total = match ext.get::<BodyDeadline>() {
             Some(BodyDeadline::Within(d)) => Some(*d),
-            Some(BodyDeadline::Caller) => ext.get::<Deadline>().map(|d| d.0),
+            Some(BodyDeadline::Caller) => ext
+                .get::<Deadline>()
+                .map(|d| d.remaining(tokio::time::Instant::now())),
             None => None,
         };
         self.inner.call(req).finish_with(WithBody { idle, total })

@@ -11,7 +11,8 @@ use super::{Deadline, Propagation, GRPC_TIMEOUT};
 /// The caller's deadline: the shortest of the request's [`Deadline`] extension and, with
 /// propagation on, its deadline headers. Malformed headers are ignored.
 pub(crate) fn read<B>(req: &Request<B>, propagation: &Propagation) -> Option<Duration> {
-    let mut deadline = req.extensions().get::<Deadline>().map(|d| d.0);
+    let now = tokio::time::Instant::now();
+    let mut deadline = req.extensions().get::<Deadline>().map(|d| d.remaining(now));
     let headers = req.headers();
     if propagation.grpc_timeout {
         let grpc = header(headers, GRPC_TIMEOUT, parse_grpc_timeout);

@@ -23,30 +23,17 @@
 //! assert_eq!(format_grpc_timeout(Duration::from_millis(1500)).as_str(), "1500000u");
 //! ```
 
-use std::time::Duration;
-
 mod codec;
+mod deadline;
 #[cfg(feature = "http")]
 mod http;
 
 pub use self::codec::{
     format_grpc_timeout, parse_grpc_timeout, parse_millis, BadBudget, GrpcTimeout, GRPC_TIMEOUT,
 };
+pub use self::deadline::Deadline;
 #[cfg(feature = "http")]
 pub(crate) use self::http::{read, write};
-
-/// The caller's deadline for one call: put it in an `http::Request`'s extensions. It can
-/// only make the deadline shorter than the peer's adaptive one.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_adaptive_timeout::Deadline;
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(Deadline(Duration::from_millis(150)));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Deadline(pub Duration);
 
 /// Which headers carry the caller's deadline in and out of `http::Request`s.
 ///
