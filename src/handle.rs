@@ -107,6 +107,16 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
         all
     }
 
+    /// Every change of a tracked peer's state from now on, as [`HealthEvent`]s (typed
+    /// key, from, to, why, when): to remove a silent endpoint from discovery and re-add it
+    /// when it answers again. A subscriber that falls behind loses the oldest events; calls
+    /// never wait for it (see [`events`](crate::events)).
+    ///
+    /// [`HealthEvent`]: crate::HealthEvent
+    pub fn health_events(&self) -> tokio::sync::broadcast::Receiver<crate::HealthEvent<K>> {
+        self.table.events.subscribe()
+    }
+
     /// Peers tracked now.
     pub fn peer_count(&self) -> usize {
         self.table.len()

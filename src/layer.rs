@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 use crate::classify::{Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -88,6 +89,19 @@ impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
     pub fn handle(&self) -> AdaptiveTimeoutHandle<K> {
         AdaptiveTimeoutHandle::new(self.table.clone())
     }
+
+    /// The layer for one balanced endpoint, whose calls all go to `peer`: its services
+    /// are not ready while `peer` is silent and no probe is due (see [`Endpoint`]).
+    /// Endpoints made from one layer share its peer table and its
+    /// [`max_ejection_percent`](Builder::max_ejection_percent).
+    ///
+    /// [`Endpoint`]: crate::Endpoint
+    pub fn for_endpoint(&self, peer: K) -> EndpointLayer<K, F>
+    where
+        F: Clone,
+    {
+        EndpointLayer::new(self.table.clone(), self.key_fn.clone(), peer)
+    }
 }
 
 impl<S, K, F: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F> {
@@ -128,6 +142,7 @@ pub struct Builder<K, F> {
     propagation: Propagation,
     jitter_seed: Option<u64>,
     classifier: Classifier,
+    max_ejection_percent: u8,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -142,6 +157,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             propagation: Propagation::none(),
             jitter_seed: None,
             classifier: Classifier::default(),
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
         }
     }
 
@@ -207,6 +223,14 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// At most this share (in percent, default 50) of the balanced endpoints made from the
+    /// layer ([`AdaptiveTimeoutLayer::for_endpoint`]) is held out at once, rounded down: a
+    /// cause they all share cannot empty a balancer. 0 never holds one out.
+    pub fn max_ejection_percent(mut self, percent: u8) -> Self {
+        self.max_ejection_percent = percent;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -221,22 +245,26 @@ impl<K: PeerKey, F> Builder<K, F> {
         if self.idle_ttl.is_zero() {
             return Err(PolicyError::new("idle_ttl", "must be greater than zero"));
         }
+        if self.max_ejection_percent > 100 {
+            let why = "must be a percentage, at most 100";
+            return Err(PolicyError::new("max_ejection_percent", why));
+        }
         let policies = Policies {
             default: Arc::new(self.policy),
             overrides,
         };
+        let table = PeerTable::new(
+            policies,
+            self.max_peers,
+            self.idle_ttl,
+            self.interrupt_tokens,
+            self.propagation,
+            self.jitter_seed.unwrap_or_else(random_seed),
+        )
+        .with_classifier(self.classifier);
+        table.endpoints.set_max_percent(self.max_ejection_percent);
         Ok(AdaptiveTimeoutLayer {
-            table: Arc::new(
-                PeerTable::new(
-                    policies,
-                    self.max_peers,
-                    self.idle_ttl,
-                    self.interrupt_tokens,
-                    self.propagation,
-                    self.jitter_seed.unwrap_or_else(random_seed),
-                )
-                .with_classifier(self.classifier),
-            ),
+            table: Arc::new(table),
             key_fn: self.key_fn,
         })
     }

@@ -61,12 +61,14 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod balance;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod body;
 mod call;
 pub mod classify;
 mod error;
+pub mod events;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod export;
@@ -85,10 +87,14 @@ mod site;
 mod snapshot;
 mod token;
 
+#[cfg(feature = "balance")]
+pub use balance::EndpointLoad;
+pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
+pub use events::HealthEvent;
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};

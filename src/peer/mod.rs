@@ -18,6 +18,7 @@ use self::published::Published;
 use self::window::Window;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
+use crate::events::PeerWatch;
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
@@ -51,6 +52,8 @@ pub(crate) struct Peer {
     /// once per millisecond.
     last_used: AtomicU64,
     interrupts: Interrupts,
+    /// Wakes what waits on the peer's state, and reports its transitions.
+    watch: PeerWatch,
     /// The gaps between response body frames, for the bodies' idle deadline.
     #[cfg(feature = "http")]
     gaps: gaps::Gaps,
@@ -174,6 +177,7 @@ impl Peer {
             last_used: AtomicU64::new(0),
             in_flight: CachePadded::new(AtomicUsize::new(0)),
             interrupts: Interrupts::new(),
+            watch: PeerWatch::default(),
             #[cfg(feature = "http")]
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
@@ -216,6 +220,19 @@ impl Peer {
     /// The peer's interrupt fan-out.
     pub(crate) fn interrupts(&self) -> &Interrupts {
         &self.interrupts
+    }
+
+    /// What wakes the peer's waiters and reports its transitions.
+    pub(crate) fn watch(&self) -> &PeerWatch {
+        &self.watch
+    }
+
+    /// While the peer is silent with no probe in flight, when the next probe may go;
+    /// `None` in any other state.
+    pub(crate) fn probe_due_at(&self) -> Option<Instant> {
+        let locked = self.lock();
+        let health = &locked.health;
+        (health.state() == PeerState::Silent).then(|| health.next_probe_at())
     }
 
     /// Admits a call starting at `now`, or refuses it because the peer is silent. A healthy
@@ -486,6 +503,7 @@ impl Peer {
         let Some(t) = transition else { return };
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
+        self.watch.changed(&t);
         let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::{CallPeer, Peer, Ticket};
+use crate::balance::EndpointSet;
 use crate::classify::Classifier;
 use crate::error::Reason;
+use crate::events::Events;
 use crate::export;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
@@ -83,6 +85,10 @@ pub(crate) struct PeerTable<K> {
     pub(crate) untracked_calls: AtomicU64,
     /// What inner errors say about their peers.
     classifier: Classifier,
+    /// Where peers' transitions are sent, once anyone subscribes.
+    pub(crate) events: Events<K>,
+    /// The balanced endpoints made from this table, and which are held out.
+    pub(crate) endpoints: EndpointSet<K>,
 }
 
 impl<K> PeerTable<K> {
@@ -138,6 +144,8 @@ impl<K: PeerKey> PeerTable<K> {
             policies: RwLock::new(policies),
             untracked_calls: AtomicU64::new(0),
             classifier: Classifier::default(),
+            events: Events::default(),
+            endpoints: EndpointSet::default(),
         }
     }
 
@@ -298,6 +306,7 @@ impl<K: PeerKey> PeerTable<K> {
                 seed,
                 classifier,
             );
+            peer.watch().report_to(self.events.report(key.clone()));
             inserted = true;
             Arc::new(peer)
         });

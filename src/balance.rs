@@ -1,0 +1,423 @@
+//! Balancer mode: the layer placed per endpoint, under a balancer that routes by readiness.
+//!
+//! A call to a silent peer fails fast in no time, so behind a load balancer a silent
+//! endpoint looks like the fastest, least loaded one and attracts the traffic. An
+//! [`Endpoint`] is instead *not ready* while its peer is silent and no probe is due: its
+//! `poll_ready` is `Pending`, and it wakes when the probe comes due (or the peer's state
+//! changes), so `tower::balance::p2c` routes around it and gives it the probe when it is
+//! time. Under the `balance` feature its [`Load`](tower::load::Load) is the inner
+//! service's, and the worst there is while it is held out ([`EndpointLoad::Silent`]).
+//!
+//! At most `max_ejection_percent` (default 50%, like Envoy's outlier detection) of the
+//! endpoints made from one layer are held out at once, rounded down: a cause all of them
+//! share (the caller's own network) cannot empty the balancer. An endpoint over the cap
+//! stays ready, and its calls fail fast (refusals, [`was_sent`](crate::Interrupted::was_sent)
+//! false) until a probe gets through.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use tower::{discover::ServiceList, service_fn, BoxError, Layer};
+//! use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+//!
+//! # fn main() -> Result<(), BoxError> {
+//! let layer = AdaptiveTimeoutLayer::builder(|addr: &SocketAddr| *addr).build()?;
+//! let addrs: Vec<SocketAddr> = vec!["10.0.0.7:9000".parse()?, "10.0.0.8:9000".parse()?];
+//! let endpoints = addrs.iter().map(|&addr| {
+//!     let client = service_fn(|a: SocketAddr| async move { Ok::<_, BoxError>(a) });
+//!     layer.for_endpoint(addr).layer(client)
+//! });
+//! let _discover = ServiceList::new(endpoints.collect::<Vec<_>>());
+//! // tower::balance::p2c::Balance::new(_discover), with `PeakEwma` or `PendingRequests`
+//! // under each endpoint (feature `balance`) for its load.
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::BoxError;
+use crate::future::ResponseFuture;
+use crate::peer::key::{KeyFn, PeerKey};
+use crate::peer::table::PeerTable;
+use crate::peer::Peer;
+use crate::propagate::Propagation;
+use crate::service::AdaptiveTimeout;
+use crate::token::Interrupt;
+
+/// The default share of a layer's endpoints that may be held out at once, in percent.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
+
+/// Makes [`Endpoint`]s for one peer; from
+/// [`AdaptiveTimeoutLayer::for_endpoint`](crate::AdaptiveTimeoutLayer::for_endpoint).
+#[derive(Clone)]
+pub struct EndpointLayer<K, F> {
+    table: Arc<PeerTable<K>>,
+    key_fn: F,
+    key: K,
+}
+
+impl<K, F> EndpointLayer<K, F> {
+    pub(crate) fn new(table: Arc<PeerTable<K>>, key_fn: F, key: K) -> Self {
+        EndpointLayer { table, key_fn, key }
+    }
+}
+
+impl<K: std::fmt::Debug, F> std::fmt::Debug for EndpointLayer<K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointLayer")
+            .field("peer", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K: PeerKey, F: Clone> Layer<S> for EndpointLayer<K, F> {
+    type Service = Endpoint<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let key_fn = Fixed(self.key.clone(), self.key_fn.clone());
+        Endpoint::new(
+            AdaptiveTimeout::new(inner, self.table.clone(), key_fn),
+            self.table.clone(),
+            self.key.clone(),
+        )
+    }
+}
+
+/// The layer over one balanced endpoint: every call goes to its peer, fixed when it was
+/// made (the request's own key is not asked for; its token, `Deadline` and propagated
+/// budget still are). Not ready while the peer is held out: silent with no probe due.
+/// Clones count as the same endpoint.
+pub struct Endpoint<S, K: PeerKey, F> {
+    inner: AdaptiveTimeout<S, K, Fixed<K, F>>,
+    table: Arc<PeerTable<K>>,
+    key: K,
+    /// The peer, and the table's removal count when it was looked up.
+    peer: Option<(Arc<Peer>, u64)>,
+    /// Whether this endpoint counts as held out in its set.
+    held: bool,
+    /// What wakes a held-out endpoint: the peer's next change of state, its probe time.
+    wake: Option<Pin<Box<Wake>>>,
+}
+
+impl<S, K: PeerKey, F> Endpoint<S, K, F> {
+    fn new(inner: AdaptiveTimeout<S, K, Fixed<K, F>>, table: Arc<PeerTable<K>>, key: K) -> Self {
+        table.endpoints.join(&key);
+        Endpoint {
+            inner,
+            table,
+            key,
+            peer: None,
+            held: false,
+            wake: None,
+        }
+    }
+
+    /// The peer this endpoint calls.
+    pub fn peer(&self) -> &K {
+        &self.key
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref()
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.inner.get_mut()
+    }
+
+    /// Whether the endpoint is held out now: its peer is silent (or probing) with no probe
+    /// due. An endpoint over its set's cap is not held out, silent or not.
+    pub fn is_held_out(&self) -> bool {
+        self.held
+    }
+
+    /// The tracked peer, looked up again only after the table removed some peer.
+    fn tracked(&mut self) -> Option<Arc<Peer>> {
+        let removals = self.table.removals();
+        match &self.peer {
+            Some((peer, seen)) if *seen == removals => Some(peer.clone()),
+            _ => {
+                self.wake = None;
+                let peer = self.table.peer(&self.key, Instant::now())?;
+                self.peer = Some((peer.clone(), removals));
+                Some(peer)
+            }
+        }
+    }
+
+    /// Whether to hold the endpoint out now; if so, the task is registered to be woken
+    /// when the peer's state changes or its probe comes due.
+    fn held_out(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let Some(peer) = self.tracked() else {
+                return self.release();
+            };
+            let wake = self
+                .wake
+                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch().notified())));
+            // Registered before the state is read: a change after the read wakes us.
+            wake.as_mut().project().notified.enable();
+            let silent = !peer.state().is_open();
+            let due = if silent { peer.probe_due_at() } else { None };
+            let probe_due = due.is_some_and(|at| Instant::now() >= at);
+            if !silent || probe_due || !self.hold() {
+                self.wake = None;
+                return self.release();
+            }
+            match self.wake.as_mut().map(|w| w.as_mut().poll(cx, due)) {
+                Some(Poll::Pending) => return true,
+                _ => self.wake = None,
+            }
+        }
+    }
+
+    /// Counts the endpoint as held out, if its set's cap allows.
+    fn hold(&mut self) -> bool {
+        if !self.held {
+            self.held = self.table.endpoints.hold(&self.key);
+        }
+        self.held
+    }
+
+    /// No longer held out. Returns `false`, for `held_out`.
+    fn release(&mut self) -> bool {
+        if std::mem::take(&mut self.held) {
+            self.table.endpoints.release(&self.key);
+        }
+        false
+    }
+}
+
+impl<S, Req, K, F> Service<Req> for Endpoint<S, K, F>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: PeerKey,
+    F: KeyFn<Req, Key = K>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.held_out(cx) {
+            return Poll::Pending;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.inner.call(req)
+    }
+}
+
+impl<S: Clone, K: PeerKey, F: Clone> Clone for Endpoint<S, K, F> {
+    fn clone(&self) -> Self {
+        Endpoint::new(self.inner.clone(), self.table.clone(), self.key.clone())
+    }
+}
+
+impl<S, K: PeerKey, F> Drop for Endpoint<S, K, F> {
+    fn drop(&mut self) {
+        self.table.endpoints.leave(&self.key, self.held);
+    }
+}
+
+impl<S: std::fmt::Debug, K: PeerKey, F> std::fmt::Debug for Endpoint<S, K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("peer", &self.key)
+            .field("held_out", &self.held)
+            .field("inner", self.inner.get_ref())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An endpoint's load: the inner service's while its peer answers, worse than any while
+/// it is silent, and better than any when its probe is due.
+///
+/// A probe is due only now and then, and one call goes: it must win over the inner load,
+/// which, from the calls cut while the peer was silent, may be high for a long time (a
+/// peak-EWMA estimate decays over seconds) and would otherwise keep the peer from ever
+/// being probed, and so from rejoining.
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub enum EndpointLoad<M> {
+    /// The peer is silent and its probe is due: lower than any load, so the probe goes.
+    ProbeDue,
+    /// The inner service's load.
+    Load(M),
+    /// The peer is silent (or its probe is in flight) and no probe is due: the worst load
+    /// there is.
+    Silent,
+}
+
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
+impl<S: tower::load::Load, K: PeerKey, F> tower::load::Load for Endpoint<S, K, F> {
+    type Metric = EndpointLoad<S::Metric>;
+
+    fn load(&self) -> Self::Metric {
+        match &self.peer {
+            Some((peer, _)) if !peer.state().is_open() => match peer.probe_due_at() {
+                Some(at) if Instant::now() >= at => EndpointLoad::ProbeDue,
+                _ => EndpointLoad::Silent,
+            },
+            _ => EndpointLoad::Load(self.inner.get_ref().load()),
+        }
+    }
+}
+
+pin_project! {
+    /// A held-out endpoint's wake-up: its peer's next change of state, or its probe time.
+    struct Wake {
+        #[pin]
+        notified: OwnedNotified,
+        #[pin]
+        sleep: Option<Sleep>,
+    }
+}
+
+impl Wake {
+    fn new(notified: OwnedNotified) -> Self {
+        Wake {
+            notified,
+            sleep: None,
+        }
+    }
+
+    /// Ready when the peer's state changed, or `due` (if any) has come.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, due: Option<Instant>) -> Poll<()> {
+        let mut this = self.project();
+        if this.notified.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(due) = due else {
+            return Poll::Pending;
+        };
+        match this.sleep.as_mut().as_pin_mut() {
+            Some(sleep) if sleep.deadline() != due => sleep.reset(due),
+            Some(_) => {}
+            None => this.sleep.set(Some(tokio::time::sleep_until(due))),
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => sleep.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The balanced endpoints made from one layer, and which of them are held out.
+pub(crate) struct EndpointSet<K> {
+    max_percent: AtomicU8,
+    members: Mutex<HashMap<K, Member>>,
+}
+
+/// One endpoint of a set: its services (an endpoint and its clones) and how many of
+/// them hold it out.
+#[derive(Default)]
+struct Member {
+    services: usize,
+    holding: usize,
+}
+
+impl<K> Default for EndpointSet<K> {
+    fn default() -> Self {
+        EndpointSet {
+            max_percent: AtomicU8::new(DEFAULT_MAX_EJECTION_PERCENT),
+            members: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K> EndpointSet<K> {
+    /// At most `percent` of the endpoints may be held out at once.
+    pub(crate) fn set_max_percent(&self, percent: u8) {
+        self.max_percent.store(percent.min(100), Relaxed);
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<K, Member>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<K: PeerKey> EndpointSet<K> {
+    fn join(&self, key: &K) {
+        self.members().entry(key.clone()).or_default().services += 1;
+    }
+
+    fn leave(&self, key: &K, holding: bool) {
+        let mut members = self.members();
+        let Some(member) = members.get_mut(key) else {
+            return;
+        };
+        member.services = member.services.saturating_sub(1);
+        member.holding = member.holding.saturating_sub(usize::from(holding));
+        if member.services == 0 {
+            members.remove(key);
+        }
+    }
+
+    /// Counts `key` as held out, unless that would hold out more than the cap.
+    fn hold(&self, key: &K) -> bool {
+        let mut members = self.members();
+        let held = members.values().filter(|m| m.holding > 0).count();
+        let cap = members.len() * usize::from(self.max_percent.load(Relaxed)) / 100;
+        match members.get_mut(key) {
+            Some(member) if member.holding > 0 || held < cap => {
+                member.holding += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&self, key: &K) {
+        if let Some(member) = self.members().get_mut(key) {
+            member.holding = member.holding.saturating_sub(1);
+        }
+    }
+}
+
+/// The key function of an endpoint: the peer is fixed; the token, the caller's deadline
+/// and propagation are the layer's key function's.
+#[derive(Clone, Debug)]
+pub(crate) struct Fixed<K, F>(K, F);
+
+impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for Fixed<K, F> {
+    type Key = K;
+
+    fn peer_key(&self, _req: &Req) -> Option<K> {
+        Some(self.0.clone())
+    }
+
+    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
+        self.1.interrupt_token(req)
+    }
+
+    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<std::time::Duration> {
+        self.1.caller_deadline(req, propagation)
+    }
+
+    fn write_deadline(
+        &self,
+        req: &mut Req,
+        deadline: std::time::Duration,
+        propagation: &Propagation,
+    ) {
+        self.1.write_deadline(req, deadline, propagation);
+    }
+}
