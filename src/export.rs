@@ -18,7 +18,7 @@
 //! | `adaptive_timeout_in_flight` | gauge | `peer` | calls in flight |
 //! | `adaptive_timeout_state` | gauge | `peer` | the health state, as a number (below) |
 //! | `adaptive_timeout_latency_seconds` | histogram | `peer` | latency of every answered call |
-//! | `adaptive_timeout_untracked_calls_total` | counter | none | calls that went untracked because the peer table was full |
+//! | `adaptive_timeout_untracked_calls_total` | counter | none | calls that went untracked: their request named no peer, or the peer table was full |
 //!
 //! [`Reason::as_str`]: crate::Reason::as_str
 //! [`PeerState::as_str`]: crate::PeerState::as_str
@@ -49,8 +49,8 @@
 //! only through its token adds one when it first happens, up to one per [`Reason`] (5
 //! today), so at most 17. The layer's `max_peers` bounds how many peers have series at
 //! once: at most `17 × max_peers + 1` series, the 1 being
-//! `adaptive_timeout_untracked_calls_total`, which counts calls to further peers without a
-//! peer label. A forgotten peer's series stay with the recorder until it expires them (for
+//! `adaptive_timeout_untracked_calls_total`, which counts untracked calls (no key, or no
+//! room) without a peer label. A forgotten peer's series stay with the recorder until it expires them (for
 //! Prometheus, `PrometheusBuilder::idle_timeout`); a peer tracked again continues the same
 //! series, and one that replaces it adds its own, so without expiry the count grows with
 //! every distinct peer ever tracked.
@@ -83,7 +83,7 @@ mod off {
     use crate::error::Reason;
     use crate::peer::health::PeerState;
 
-    /// A call went untracked because the table was full.
+    /// A call went untracked (no key, or the table was full).
     pub(crate) fn untracked_call() {}
 
     /// No handles: the methods of the real `PeerMetrics`, doing nothing.

@@ -122,7 +122,9 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
         self.table.len()
     }
 
-    /// Calls that went untracked because the table was full.
+    /// Calls that went untracked: their request named no peer (an `http::Request` with a
+    /// path-only URI and no `Host`, as a tonic client built with `new(channel)` sends), or
+    /// the table was full. They get the default policy's `cold_start` and teach nothing.
     pub fn untracked_calls(&self) -> u64 {
         self.table.untracked_calls.load(Relaxed)
     }

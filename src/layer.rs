@@ -49,8 +49,17 @@ pub struct AdaptiveTimeoutLayer<K, F> {
 
 impl AdaptiveTimeoutLayer<(), ()> {
     /// Starts a layer that keys requests with `key_fn` (any `Fn(&Req) -> K`).
+    ///
+    /// A closure sees only the key: for `http::Request`s, use [`http`](Self::http) or
+    /// [`http_keyed`](Self::http_keyed), which also read the caller's
+    /// [`Deadline`](crate::Deadline), hand out interrupt tokens and propagate deadlines;
+    /// `build()` refuses a closure with a [`Propagation`].
     pub fn builder<Req, F: KeyFn<Req>>(key_fn: F) -> Builder<F::Key, F> {
-        Builder::new(key_fn)
+        let propagates = key_fn.propagates();
+        Builder {
+            propagates,
+            ..Builder::new(key_fn)
+        }
     }
 
     /// Starts a layer for `http::Request`s, keyed by scheme and authority.
@@ -143,6 +152,8 @@ pub struct Builder<K, F> {
     jitter_seed: Option<u64>,
     classifier: Classifier,
     max_ejection_percent: u8,
+    /// Whether the key function honours a `Propagation`.
+    propagates: bool,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -158,6 +169,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             jitter_seed: None,
             classifier: Classifier::default(),
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            propagates: true,
         }
     }
 
@@ -244,6 +256,11 @@ impl<K: PeerKey, F> Builder<K, F> {
         }
         if self.idle_ttl.is_zero() {
             return Err(PolicyError::new("idle_ttl", "must be greater than zero"));
+        }
+        if self.propagation.is_on() && !self.propagates {
+            let why = "the key function cannot read or write deadline headers (a closure sees \
+                       only the key): key http::Request with http() or http_keyed(..)";
+            return Err(PolicyError::new("propagation", why));
         }
         if self.max_ejection_percent > 100 {
             let why = "must be a percentage, at most 100";

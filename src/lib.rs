@@ -85,6 +85,9 @@ pub mod propagate;
 mod service;
 mod site;
 mod snapshot;
+#[cfg(any(feature = "tonic", feature = "http"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tonic", feature = "http"))))]
+pub mod status;
 mod token;
 
 #[cfg(feature = "balance")]

@@ -53,11 +53,11 @@ pub fn describe_metrics() {
     describe_histogram!(LATENCY, Unit::Seconds, "Latency of answered calls.");
     describe_counter!(
         UNTRACKED,
-        "Calls untracked because the peer table was full."
+        "Calls untracked: their request named no peer, or the peer table was full."
     );
 }
 
-/// A call went untracked because the table was full (a cold path: no handle is kept).
+/// A call went untracked, with no key or no room (a cold path: no handle is kept).
 pub(crate) fn untracked_call() {
     counter!(UNTRACKED).increment(1);
 }

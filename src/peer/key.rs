@@ -45,6 +45,14 @@ pub trait KeyFn<Req> {
     fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
         let _ = (req, deadline, propagation);
     }
+
+    /// Whether [`caller_deadline`](Self::caller_deadline) and
+    /// [`write_deadline`](Self::write_deadline) honour a [`Propagation`]: `build()` refuses
+    /// one that the key function would ignore. Default: `false` (a closure sees only the
+    /// key).
+    fn propagates(&self) -> bool {
+        false
+    }
 }
 
 impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
@@ -99,6 +107,11 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
 
     fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
         req.write_deadline(deadline, propagation);
+    }
+
+    /// The request's own [`HasPeer`] impl decides.
+    fn propagates(&self) -> bool {
+        true
     }
 }
 
@@ -257,6 +270,10 @@ mod http_peer {
             propagation: &Propagation,
         ) {
             req.write_deadline(deadline, propagation);
+        }
+
+        fn propagates(&self) -> bool {
+            true
         }
     }
 

@@ -81,7 +81,7 @@ pub(crate) struct PeerTable<K> {
     /// Seeds each peer's probe jitter from its key.
     jitter: foldhash::fast::FixedState,
     policies: RwLock<Policies<K>>,
-    /// Calls that went untracked because the table was full.
+    /// Calls that went untracked: their request named no peer, or the table was full.
     pub(crate) untracked_calls: AtomicU64,
     /// What inner errors say about their peers.
     classifier: Classifier,
@@ -167,7 +167,10 @@ impl<K: PeerKey> PeerTable<K> {
         caller_deadline: Option<Duration>,
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
-        let peer = key.and_then(|key| self.cached_peer(key, now, last));
+        let peer = match key {
+            Some(key) => self.cached_peer(key, now, last),
+            None => self.untracked_call(),
+        };
         if caller_deadline == Some(Duration::ZERO) {
             // The caller has stopped waiting: do not start work nobody awaits.
             let fired = Fired {
@@ -285,9 +288,7 @@ impl<K: PeerKey> PeerTable<K> {
 
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         let Some(slot) = self.reserve(now) else {
-            self.untracked_calls.fetch_add(1, Relaxed);
-            export::untracked_call();
-            return None;
+            return self.untracked_call();
         };
         // Hold the policies' read lock across the insert, so a concurrent policy change
         // either sees this peer or is seen by it.
@@ -316,6 +317,13 @@ impl<K: PeerKey> PeerTable<K> {
             slot.keep();
         }
         Some(peer)
+    }
+
+    /// Counts a call that goes untracked (no key, or no room); gives the `None` it gets.
+    fn untracked_call(&self) -> Option<Arc<Peer>> {
+        self.untracked_calls.fetch_add(1, Relaxed);
+        export::untracked_call();
+        None
     }
 
     /// Takes one of the `max_peers` slots, making room if the table is full. Counting the
