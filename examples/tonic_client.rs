@@ -1,25 +1,25 @@
-//! A tonic `Channel` under the layer, with the call's deadline propagated as `grpc-timeout`.
+//! A tonic `Channel` under the layer, with the call's deadline propagated as `grpc-timeout`
+//! and the layer's errors reaching the client as gRPC status codes.
 //!
 //! A local gRPC server (`ping.Pinger/Ping`, answering after the request's `delay_ms`) prints
 //! the `grpc-timeout` header each call arrives with. The client is a tonic `Channel` wrapped
 //! with `AdaptiveTimeoutLayer::http().propagation(Propagation::grpc())`: the server first
 //! sees the cold-start deadline, then, once the peer has enough samples, the deadline the
-//! layer learned. A call the server sits on is cut at that deadline. Tonic turns the layer's
-//! error into a `Status` (code `Unknown`, the message is the error's text) whose source is
-//! the `Interrupted`. But a `Channel` also enforces the `grpc-timeout` header it is given,
-//! with a timer of its own started a moment after the layer's: when that timer wins, the
-//! call ends with tonic's `Status` `Cancelled` ("Timeout expired") at the same deadline.
+//! layer learned. A call the server sits on is cut at that deadline, and with
+//! `map_err(status::grpc_error)` over the layer the client sees `DEADLINE_EXCEEDED` (a
+//! silent peer is `UNAVAILABLE`, an interrupt by hand `CANCELLED`) with a message that
+//! says what happened; the `Status`'s source is the `Interrupted`. (Without the mapping,
+//! tonic reports any error of the service under it as `Unknown`.)
 //!
 //! Keying: a client built with `new(channel)` sends path-only URIs (`/ping.Pinger/Ping`);
 //! the `Channel` adds its endpoint's authority below the layer, so
-//! `AdaptiveTimeoutLayer::http()` sees no peer and the calls go untracked (they get the
-//! default policy's cold-start deadline and no history). Either build the client with
-//! `with_origin(svc, endpoint_uri)`, as here, so the layer sees the authority, or key the
-//! layer yourself: `AdaptiveTimeoutLayer::http_keyed(|_: &http::Request<tonic::body::Body>|
-//! Some("pinger"))` names every call on the channel as one peer.
+//! `AdaptiveTimeoutLayer::http()` sees no peer and the calls go untracked (the default
+//! policy's cold-start deadline, no history; counted in `untracked_calls`). Key the layer
+//! by the channel's endpoint instead: `layer.for_endpoint(peer).layer(channel)`, as here,
+//! or build the client with `with_origin(svc, endpoint_uri)`.
 //!
 //! ```text
-//! cargo run --example tonic_client
+//! cargo run --example tonic_client --features tonic
 //! ```
 //!
 //! It runs in real time, in well under a second.
@@ -32,7 +32,9 @@ use loopback::bounded;
 use loopback::grpc::{start_server, PingRequest, PingerClient};
 use tonic::transport::Endpoint;
 use tower::{BoxError, ServiceBuilder};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, Propagation, TimeoutPolicy};
+use tower_adaptive_timeout::{
+    status, AdaptiveTimeoutLayer, HttpPeer, Interrupted, Propagation, TimeoutPolicy,
+};
 
 use common::print_snapshots;
 
@@ -56,17 +58,26 @@ async fn main() -> Result<(), BoxError> {
         .propagation(Propagation::grpc())
         .build()?;
     let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(channel);
 
     println!("a client built with new(channel): path-only URIs, the call goes untracked");
-    let mut untracked = PingerClient::new(svc.clone());
+    let mut untracked = PingerClient::new(
+        ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(channel.clone()),
+    );
     untracked
         .ping(PingRequest::after(Duration::ZERO, "new"))
         .await?;
-    println!("  peers tracked: {}\n", handle.peer_count());
+    let (peers, untracked) = (handle.peer_count(), handle.untracked_calls());
+    println!("  peers tracked: {peers}, untracked calls: {untracked}\n");
 
-    println!("a client built with with_origin(svc, {origin}): keyed by its authority");
-    let mut client = PingerClient::with_origin(svc, origin.clone());
+    println!("a client over the layer for the channel's endpoint, {origin}");
+    let peer: HttpPeer = origin.to_string().parse()?;
+    let svc = ServiceBuilder::new()
+        .map_err(status::grpc_error)
+        .layer(layer.for_endpoint(peer))
+        .service(channel);
+    let mut client = PingerClient::new(svc);
     for i in 0..CALLS {
         let reply = client
             .ping(PingRequest::after(
@@ -89,11 +100,8 @@ async fn main() -> Result<(), BoxError> {
         .await
         .expect_err("the call is cut before the server answers");
     println!("  tonic::Status {:?}: {}", status.code(), status.message());
-    match Interrupted::find(&status) {
-        Some(interrupted) => println!("  its source: {interrupted}"),
-        // The Channel enforces the grpc-timeout the layer wrote, with its own timer: when
-        // that timer wins the race, tonic reports its own `TimeoutExpired` instead.
-        None => println!("  cut by the Channel's own timer on the propagated grpc-timeout"),
+    if let Some(interrupted) = Interrupted::find(&status) {
+        println!("  where: {interrupted:#}");
     }
     println!();
     print_snapshots(&handle.snapshot());
