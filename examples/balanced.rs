@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest, Rng};
+use loopback::{call_shared, EchoServer, Fault, FaultProxy, LineClient, LineRequest, Rng};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tower::balance::p2c::Balance;
@@ -85,14 +85,7 @@ where
             while start.elapsed() < RUN {
                 let req = LineRequest::new(addrs[0], 2 + rng.below(6), "ping");
                 let began = Instant::now();
-                let call = {
-                    let mut balance = balance.lock().await;
-                    balance.ready().await.map(|b| b.call(req))
-                };
-                let result = match call {
-                    Ok(call) => call.await,
-                    Err(err) => Err(err),
-                };
+                let result = call_shared(&balance, req).await;
                 let from = *counted.lock().unwrap();
                 if from.is_some_and(|f| began >= f) && began < start + BACK_AT {
                     calls.fetch_add(1, Relaxed);

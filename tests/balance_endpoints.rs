@@ -23,6 +23,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Endpoint, EndpointLoad, PeerState, TimeoutPolicy,
 };
 
+use loopback::call_shared;
 use support::{ms, Rng};
 
 /// One simulated server: answers after 3-7 ms, or never while blackholed (the calls it
@@ -103,14 +104,7 @@ where
             while Instant::now() < start + ms(10_000) {
                 n += 1;
                 let began = Instant::now();
-                let call = {
-                    let mut balance = svc.lock().await;
-                    balance.ready().await.map(|b| b.call(n))
-                };
-                let result = match call {
-                    Ok(call) => call.await,
-                    Err(err) => Err(err),
-                };
+                let result = call_shared(&svc, n).await;
                 let from = *from.lock().unwrap();
                 if from.is_some_and(|f| began >= f) && began < on {
                     tally[0].fetch_add(1, SeqCst);

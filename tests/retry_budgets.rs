@@ -101,23 +101,8 @@ fn peers(
     })
 }
 
-/// The layer (cold start `cold_start`, `grpc-timeout` propagated) under a retry of `policy`.
+/// The layer (under `timeouts`, `grpc-timeout` propagated) under a retry of `policy`.
 fn stack(
-    cold_start: Duration,
-    policy: Elsewhere,
-) -> (
-    impl Service<Request<()>, Response = Response<()>, Error = BoxError, Future: Send>
-        + Clone
-        + Send
-        + 'static,
-    tower_adaptive_timeout::AdaptiveTimeoutHandle<tower_adaptive_timeout::HttpPeer>,
-    Log,
-) {
-    stack_with(TimeoutPolicy::default().cold_start(cold_start), policy)
-}
-
-/// [`stack`] under a timeout policy of its own.
-fn stack_with(
     timeouts: TimeoutPolicy,
     policy: Elsewhere,
 ) -> (
@@ -142,6 +127,11 @@ fn stack_with(
     )
 }
 
+/// The default policy with a cold start of `cold_start`.
+fn cold(cold_start: Duration) -> TimeoutPolicy {
+    TimeoutPolicy::default().cold_start(cold_start)
+}
+
 fn policy(peers: &[&str], attempts: usize, every_error: bool) -> Elsewhere {
     Elsewhere {
         peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
@@ -152,7 +142,7 @@ fn policy(peers: &[&str], attempts: usize, every_error: bool) -> Elsewhere {
 
 #[tokio::test(start_paused = true)]
 async fn a_point_in_time_is_one_budget_for_every_attempt() {
-    let (svc, _, log) = stack(ms(10_000), policy(&[], 5, true));
+    let (svc, _, log) = stack(cold(ms(10_000)), policy(&[], 5, true));
     let start = Instant::now();
     let mut req = get("http://busy:1/");
     req.extensions_mut().insert(Deadline::at(start + ms(300)));
@@ -170,7 +160,7 @@ async fn a_point_in_time_is_one_budget_for_every_attempt() {
     // A duration counts anew per attempt: two retries of a slow call take 300ms each
     // (silence detection off, so the misses do not silence the peer).
     let timeouts = TimeoutPolicy::default().silent_after_misses(0);
-    let (svc, _, log) = stack_with(timeouts, policy(&[], 2, true));
+    let (svc, _, log) = stack(timeouts, policy(&[], 2, true));
     let mut req = get("http://slow:1/");
     req.extensions_mut().insert(Deadline(ms(300)));
     let start = Instant::now();
@@ -184,7 +174,7 @@ async fn a_point_in_time_is_one_budget_for_every_attempt() {
 #[tokio::test(start_paused = true)]
 async fn refusals_and_silence_are_retried_at_another_peer() {
     let (svc, handle, log) = stack(
-        ms(200),
+        cold(ms(200)),
         policy(&["http://gone:1/", "http://b:1/"], 2, false),
     );
     // Two calls in flight to `gone` run out their deadlines: it is silent, and the second
@@ -212,7 +202,7 @@ async fn refusals_and_silence_are_retried_at_another_peer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refusal_says_it_was_never_sent() {
-    let (svc, _, log) = stack(ms(200), policy(&[], 0, false));
+    let (svc, _, log) = stack(cold(ms(200)), policy(&[], 0, false));
     let mut spent = get("http://b:1/");
     spent.extensions_mut().insert(Deadline::at(Instant::now()));
     let err = svc.clone().oneshot(spent).await.unwrap_err();
@@ -233,7 +223,7 @@ async fn a_refusal_says_it_was_never_sent() {
 #[ignore = "holds once each call's token is a child of its caller's"]
 async fn a_retried_request_does_not_inherit_a_fired_token() {
     let (svc, _, log) = stack(
-        ms(200),
+        cold(ms(200)),
         policy(&["http://gone:1/", "http://b:1/"], 2, false),
     );
     // `gone` goes silent with the caller's token in both calls; the layer fires each

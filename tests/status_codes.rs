@@ -10,15 +10,16 @@ pub mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use loopback::bounded;
 use loopback::grpc::{start_server, PingerClient};
+use loopback::{bounded, Loopback};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tower::{service_fn, BoxError, Layer, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::{
-    status, AdaptiveTimeoutLayer, Deadline, Interrupted, PeerState, Propagation, TimeoutPolicy,
+    status, AdaptiveTimeoutLayer, ByPeer, Deadline, HttpPeer, Interrupted, PeerState, Propagation,
+    TimeoutPolicy,
 };
 
 use support::e2e::{loopback_policy, LoopbackPeer};
@@ -83,17 +84,23 @@ async fn every_reason_maps_to_its_status() {
     assert!(other.downcast_ref::<tonic::Status>().is_none());
 }
 
-#[tokio::test]
-async fn a_tonic_client_sees_deadline_exceeded_without_source_paths() {
+/// A loopback gRPC server, a channel to it, and a layer that propagates `grpc-timeout`
+/// (cold start 5s, learned after 10 samples).
+async fn grpc() -> (Loopback, Channel, AdaptiveTimeoutLayer<HttpPeer, ByPeer>) {
     let server = start_server(false).await.unwrap();
-    let channel = bounded(Endpoint::from(server.uri("")).connect())
-        .await
-        .unwrap();
+    let endpoint = Endpoint::from(server.uri(""));
+    let channel = bounded(endpoint.connect()).await.unwrap();
     let layer = AdaptiveTimeoutLayer::http()
         .policy(loopback_policy(Duration::from_secs(5), 10))
         .propagation(Propagation::grpc())
         .build()
         .unwrap();
+    (server, channel, layer)
+}
+
+#[tokio::test]
+async fn a_tonic_client_sees_deadline_exceeded_without_source_paths() {
+    let (server, channel, layer) = grpc().await;
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .map_err(status::grpc_error)
@@ -116,14 +123,7 @@ async fn a_tonic_client_sees_deadline_exceeded_without_source_paths() {
 
 #[tokio::test]
 async fn tonic_clients_keyed_by_their_channel_endpoint_and_untracked_calls_counted() {
-    let server = start_server(false).await.unwrap();
-    let channel = bounded(Endpoint::from(server.uri("")).connect())
-        .await
-        .unwrap();
-    let layer = AdaptiveTimeoutLayer::http()
-        .propagation(Propagation::grpc())
-        .build()
-        .unwrap();
+    let (server, channel, layer) = grpc().await;
     let handle = layer.handle();
 
     // `new(channel)` sends path-only URIs: the layer cannot key them, and counts them.

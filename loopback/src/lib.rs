@@ -46,6 +46,23 @@ pub use rng::Rng;
 #[cfg(feature = "net")]
 pub use server::Loopback;
 
+/// One call through a service that concurrent callers share (a balancer, say): waits for
+/// its turn and for the service to be ready, calls it, and awaits the answer after giving
+/// up the turn.
+#[cfg(feature = "net")]
+pub async fn call_shared<S, R>(svc: &tokio::sync::Mutex<S>, req: R) -> Result<S::Response, S::Error>
+where
+    S: tower::Service<R>,
+{
+    let call = {
+        let mut svc = svc.lock().await;
+        tower::ServiceExt::ready(&mut *svc)
+            .await
+            .map(|s| s.call(req))
+    };
+    call?.await
+}
+
 /// Runs `fut`, panicking if it takes longer than 20 seconds: nothing waits unbounded.
 #[cfg(feature = "net")]
 pub async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
