@@ -7,8 +7,8 @@
 //! oldest (its next `recv` says how many, as `RecvError::Lagged`), and calls never slow
 //! down for it. Until the first subscription nothing is built or sent.
 //!
-//! Each peer also wakes what waits on its state (a balanced endpoint held out of its
-//! balancer, see [`Endpoint`](crate::Endpoint)) through a [`PeerWatch`].
+//! Each peer also wakes what waits on its state: a balanced endpoint held out of its
+//! balancer (see [`Endpoint`](crate::Endpoint)).
 
 use std::sync::{Arc, OnceLock};
 

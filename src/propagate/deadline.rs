@@ -41,6 +41,8 @@ pub enum Deadline {
 }
 
 /// `Deadline(d)`, the form from before [`Deadline::At`]: [`Deadline::Within(d)`](Deadline::Within).
+/// Hidden from the docs, where it would make every link to the enum ambiguous.
+#[doc(hidden)]
 #[allow(non_snake_case)]
 pub fn Deadline(within: Duration) -> Deadline {
     Deadline::Within(within)
