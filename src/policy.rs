@@ -33,11 +33,16 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 /// assert!(policy.validate().is_ok());
 /// assert!(TimeoutPolicy::default().quantile(1.5).validate().is_err());
 /// ```
+///
+/// With the `serde` feature a policy reads from a map of fields (missing fields take their
+/// defaults, unknown ones are refused), never from a list of values by position.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
-    serde(default, deny_unknown_fields)
+    // `remote = "Self"`: the derives become inherent functions, which the trait impls in
+    // `map_only` call, so that deserializing can insist on a map.
+    serde(remote = "Self", default, deny_unknown_fields)
 )]
 #[non_exhaustive]
 pub struct TimeoutPolicy {
@@ -292,6 +297,47 @@ impl TimeoutPolicy {
             && self.significant_figures == other.significant_figures
             && self.min == other.min
             && self.max == other.max
+    }
+}
+
+/// `Serialize` and `Deserialize` for [`TimeoutPolicy`] through the derived (`remote`)
+/// functions; a policy deserializes from a map only. A struct's derived `Deserialize` also
+/// accepts a sequence, by position, so `[0.5, 3.0]` would set `quantile` and `factor`.
+#[cfg(feature = "serde")]
+mod map_only {
+    use std::fmt;
+
+    use serde::de::{value::MapAccessDeserializer, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::TimeoutPolicy;
+
+    impl Serialize for TimeoutPolicy {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            TimeoutPolicy::serialize(self, serializer)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for TimeoutPolicy {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(PolicyMap)
+        }
+    }
+
+    /// Accepts a map and hands it to the derived deserializer; anything else is refused
+    /// with serde's "invalid type: ..., expected a map of timeout policy fields".
+    struct PolicyMap;
+
+    impl<'de> Visitor<'de> for PolicyMap {
+        type Value = TimeoutPolicy;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of timeout policy fields")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TimeoutPolicy, A::Error> {
+            TimeoutPolicy::deserialize(MapAccessDeserializer::new(map))
+        }
     }
 }
 
