@@ -89,7 +89,7 @@ pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
     DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
-    MAX_WINDOW, MIN_SUB_WINDOW,
+    MAX_WINDOW, MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::peer::window::to_units;
+
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest latency window a policy accepts.
@@ -15,6 +17,15 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const MAX_SUB_WINDOWS: u32 = 64;
 /// Shortest sub-window (`window / sub_windows`) a policy accepts.
 pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
+/// Most heap bytes of latency histograms one peer may hold: a policy whose
+/// [`max_window_bytes`](TimeoutPolicy::max_window_bytes) is larger is refused.
+///
+/// 1 MiB is 22 times the default policy's 46,592 bytes: room for 3 significant figures at
+/// the default shape (286,720 bytes) or 64 sub-windows at 2 (432,640), while the largest
+/// shape the other limits allow (7.45 MB: 64 sub-windows of 3 significant figures from 1us
+/// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
+/// largest `max_window_bytes` of its policies.
+pub const MAX_WINDOW_BYTES: usize = 1 << 20;
 
 /// How each peer's deadline is derived from its latency history.
 ///
@@ -239,6 +250,21 @@ impl TimeoutPolicy {
                 format!("must be 1, 2 or 3, got {}", self.significant_figures),
             );
         }
+        let window_bytes = self.max_window_bytes();
+        if window_bytes > MAX_WINDOW_BYTES {
+            let (low, high, sigfig) = self.histogram_bounds();
+            return fail(
+                "sub_windows",
+                format!(
+                    "({}) + 1 histograms of {} bytes ({sigfig} significant figures from {low}us \
+                     to {high}us, set by min / 100 and max) make {window_bytes} bytes per peer, \
+                     above the ceiling of {MAX_WINDOW_BYTES} bytes: use fewer sub_windows or \
+                     significant_figures, or a narrower [min, max]",
+                    self.sub_windows,
+                    window_bytes / (self.sub_windows as usize + 1),
+                ),
+            );
+        }
         if self.recompute_every == 0 {
             return fail("recompute_every", "must be at least 1".into());
         }
@@ -261,6 +287,33 @@ impl TimeoutPolicy {
             );
         }
         Ok(())
+    }
+
+    /// The most heap bytes one peer's latency window can hold under this policy:
+    /// `sub_windows + 1` histograms (the ring and its running sum), each with one `u32`
+    /// count per bucket hdrhistogram needs for `[min / 100, max]` at `significant_figures`.
+    /// A peer reaches it once every sub-window has been written (histograms are allocated
+    /// as they are first written); [`PeerSnapshot::window_bytes`](crate::PeerSnapshot) is
+    /// what it holds now. [`validate`](Self::validate) refuses a policy above
+    /// [`MAX_WINDOW_BYTES`]. 46,592 bytes for the default policy.
+    pub fn max_window_bytes(&self) -> usize {
+        let (low, high, sigfig) = self.histogram_bounds();
+        let counts = histogram_counts(low, high, sigfig);
+        let histograms = usize::try_from(self.sub_windows)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        histograms.saturating_mul(counts.saturating_mul(std::mem::size_of::<u32>()))
+    }
+
+    /// The bounds of this policy's histograms: lowest discernible and highest trackable
+    /// value (in the window's units, microseconds) and significant figures.
+    ///
+    /// Resolution finer than 1% of the shortest deadline is never needed: latencies below
+    /// `min / 100` share buckets, which keeps a peer's window under 48 KiB at defaults.
+    pub(crate) fn histogram_bounds(&self) -> (u64, u64, u8) {
+        let low = (to_units(self.min) / 100).max(1);
+        let high = to_units(self.max).max(low.saturating_mul(2));
+        (low, high, self.significant_figures)
     }
 
     /// Length of one sub-window.
@@ -339,6 +392,24 @@ mod map_only {
             TimeoutPolicy::deserialize(MapAccessDeserializer::new(map))
         }
     }
+}
+
+/// How many counts hdrhistogram allocates for `new_with_bounds(low, high, sigfig)`, by its
+/// own arithmetic (hdrhistogram 7.5: `sub_bucket_count / 2` counts per bucket needed to
+/// cover `high`, plus one bucket). Finite for any input; `low` is at least 1.
+fn histogram_counts(low: u64, high: u64, sigfig: u8) -> usize {
+    // Single-unit resolution up to 2 x 10^sigfig, in a power-of-two number of sub-buckets.
+    let largest = 2 * 10u64.pow(u32::from(sigfig.min(5)));
+    let sub_bucket_magnitude = u64::BITS - (largest - 1).leading_zeros();
+    let unit_magnitude = u64::BITS - 1 - low.max(1).leading_zeros();
+    let sub_buckets = 1u128 << sub_bucket_magnitude;
+    let mut untrackable = sub_buckets << unit_magnitude;
+    let mut buckets = 1u128;
+    while untrackable <= u128::from(high) {
+        untrackable <<= 1;
+        buckets += 1;
+    }
+    usize::try_from((buckets + 1) * (sub_buckets / 2)).unwrap_or(usize::MAX)
 }
 
 /// Why a peer's deadline has the value it has.
@@ -500,5 +571,75 @@ impl DeadlineExplanation {
             min_samples: 0,
             per_peer_policy: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hdrhistogram::Histogram;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::peer::window::Window;
+
+    #[test]
+    fn histogram_counts_follow_hdrhistogram() {
+        let lows = [1, 2, 3, 7, 10, 100, 999, 1_000, 86_400_000, 864_000_000];
+        for low in lows {
+            for high in [2 * low, 2 * low + 1, 1 << 20, 30_000_000, 86_400_000_000] {
+                for sigfig in 0..=5 {
+                    if high < 2 * low {
+                        continue;
+                    }
+                    let h = Histogram::<u32>::new_with_bounds(low, high, sigfig).unwrap();
+                    assert_eq!(
+                        histogram_counts(low, high, sigfig),
+                        h.distinct_values(),
+                        "low {low} high {high} sigfig {sigfig}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_written_everywhere_holds_max_window_bytes() {
+        let ms = Duration::from_millis;
+        let policies = [
+            TimeoutPolicy::default(),
+            TimeoutPolicy::default().significant_figures(3),
+            TimeoutPolicy::default()
+                .significant_figures(1)
+                .sub_windows(1),
+            TimeoutPolicy::default()
+                .min(Duration::from_micros(1))
+                .max(MAX_DEADLINE)
+                .cold_start(ms(5)),
+        ];
+        assert_eq!(policies[0].max_window_bytes(), 46_592);
+        for policy in policies {
+            let t0 = Instant::now();
+            let mut w = Window::new(&policy, t0);
+            for i in 0..policy.sub_windows {
+                w.advance(t0 + policy.sub_window() * i);
+                w.record(ms(5));
+            }
+            assert_eq!(w.heap_bytes(), policy.max_window_bytes(), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn max_window_bytes_is_finite_for_any_policy() {
+        let absurd = TimeoutPolicy::default()
+            .min(Duration::MAX)
+            .max(Duration::MAX)
+            .sub_windows(u32::MAX)
+            .significant_figures(u8::MAX);
+        assert!(absurd.max_window_bytes() > MAX_WINDOW_BYTES);
+        assert!(absurd.validate().is_err());
+        let zero = TimeoutPolicy::default()
+            .min(Duration::ZERO)
+            .max(Duration::ZERO);
+        assert!(zero.max_window_bytes() > 0);
     }
 }
