@@ -49,7 +49,7 @@ impl Call {
     ) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
-            peer = peer.label(),
+            peer = &**peer.label(),
             deadline = ?ticket.deadline,
             source = ticket.source.as_str(),
         );
@@ -143,7 +143,7 @@ impl Call {
             CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer.label(), now - self.start);
-        tracing::debug!(peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
+        tracing::debug!(peer = &**peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
         let here = Location::caller();
         let err = match silenced {
             Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
@@ -168,7 +168,7 @@ impl Call {
         }
         let (peer, elapsed) = (self.peer.label(), now - self.start);
         tracing::debug!(
-            peer,
+            peer = &**peer,
             ?elapsed,
             reason = fired.reason.as_str(),
             "call interrupted"

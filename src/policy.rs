@@ -487,9 +487,10 @@ impl PolicyError {
         }
     }
 
-    /// The same error, saying which peer's policy it was found in.
+    /// The same error, saying which peer's policy it was found in (by its bounded label).
     pub(crate) fn for_peer(mut self, peer: &dyn fmt::Debug) -> Self {
-        self.problem = format!("{} (in the policy for peer {peer:?})", self.problem);
+        let peer = crate::peer::key::label(peer);
+        self.problem = format!("{} (in the policy for peer {peer})", self.problem);
         self
     }
 }

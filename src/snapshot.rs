@@ -1,6 +1,7 @@
 //! Per-peer snapshots: what the layer knows about each peer, and why its deadline is what
 //! it is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,8 +15,9 @@ use crate::policy::{DeadlineExplanation, DeadlineSource};
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct PeerSnapshot {
-    /// The peer (its key's `Debug` form).
-    pub peer: String,
+    /// The peer's name: its key's `Debug` form, bounded (see
+    /// [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES)), shared with its errors and metrics.
+    pub peer: Arc<str>,
     /// Where the peer is in the health state machine.
     pub state: PeerState,
     /// Samples in the latency window.
@@ -68,7 +70,7 @@ impl PeerSnapshot {
         let (deadline, source) = peer.deadline();
         let [p50, p90, p99, p999] = view.quantiles;
         PeerSnapshot {
-            peer: peer.label().to_owned(),
+            peer: peer.label().clone(),
             state: view.state,
             samples: view.samples,
             p50,

@@ -27,7 +27,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::error::{Interrupted, Reason};
 
 /// How a token's chain is named in errors fired by hand.
-const CHAIN: &str = "<call chain>";
+static CHAIN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<call chain>"));
 
 /// A cooperative interrupt token. Clones share one flag.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl Interrupt {
         let here = Location::caller();
         let err = Interrupted::new(
             Reason::Manual(reason.into()),
-            CHAIN,
+            &CHAIN,
             self.inner.started.elapsed(),
             here,
             here,

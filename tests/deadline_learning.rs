@@ -292,7 +292,7 @@ async fn peers_are_independent() {
         ))
     );
     let all = handle.snapshot();
-    let names: Vec<_> = all.iter().map(|s| s.peer.as_str()).collect();
+    let names: Vec<_> = all.iter().map(|s| &*s.peer).collect();
     assert_eq!(names, ["cold", "fast", "slow"], "sorted by peer");
     let samples: Vec<_> = all.iter().map(|s| s.samples).collect();
     assert_eq!(samples, [3, 10, 10]);

@@ -101,7 +101,7 @@ async fn calls_succeed_and_are_recorded_per_peer() {
     assert_eq!(snapshot.len(), 2, "{snapshot:#?}");
     for (server, calls) in [(&a, 12), (&b, 7)] {
         let p = handle.peer(&server.peer()).expect("tracked");
-        assert_eq!(p.peer, format!("http://{}", server.addr()));
+        assert_eq!(&*p.peer, format!("http://{}", server.addr()));
         assert_eq!((p.samples, p.completed), (calls, calls), "{p:#?}");
         assert_eq!((p.deadline_exceeded, p.in_flight), (0, 0));
         assert_eq!(p.state, PeerState::Healthy);

@@ -80,8 +80,8 @@ pub(crate) struct PeerMetrics {
 }
 
 impl PeerMetrics {
-    pub(crate) fn new(label: &str) -> Self {
-        let peer = SharedString::from(std::sync::Arc::<str>::from(label));
+    pub(crate) fn new(label: &std::sync::Arc<str>) -> Self {
+        let peer = SharedString::from(label.clone());
         let p = || peer.clone();
         PeerMetrics {
             calls: counter!(CALLS, "peer" => p()),

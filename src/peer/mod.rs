@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -31,12 +31,13 @@ pub(crate) mod window;
 mod proptests;
 
 /// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
+static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
 
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
-    label: Box<str>,
+    /// The peer's name, made once and shared by its errors, snapshots and metrics.
+    label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
     /// Calls in flight.
@@ -125,17 +126,17 @@ impl CallPeer {
     }
 
     /// The peer's name in errors and traces.
-    pub(crate) fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &Arc<str> {
         match self {
             CallPeer::Tracked(p) => p.label(),
-            CallPeer::Untracked(_) => UNTRACKED,
+            CallPeer::Untracked(_) => &UNTRACKED,
         }
     }
 }
 
 impl Peer {
     pub(crate) fn new(
-        label: Box<str>,
+        label: Arc<str>,
         policy: Arc<TimeoutPolicy>,
         overridden: bool,
         epoch: Instant,
@@ -173,8 +174,8 @@ impl Peer {
         peer
     }
 
-    /// The peer's display name: its key's `Debug` form.
-    pub(crate) fn label(&self) -> &str {
+    /// The peer's name: its key's `Debug` form, bounded.
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.label
     }
 
@@ -357,7 +358,7 @@ impl Peer {
         let Some(t) = transition else { return };
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
-        let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
+        let (peer, from, to, why) = (&**self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
             PeerState::Silent => {
