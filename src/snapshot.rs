@@ -44,7 +44,9 @@ pub struct PeerSnapshot {
     pub deadline_exceeded: u64,
     /// Calls in flight ended because the peer went silent, ever.
     pub silent_interrupts: u64,
-    /// Calls ended by a manual interrupt or shutdown, ever.
+    /// Calls ended from outside the layer, ever: by hand (through the
+    /// [`InterruptHandle`](crate::InterruptHandle) or the caller's token, whatever reason
+    /// that carries) or by shutdown.
     pub manual_interrupts: u64,
     /// Calls refused at once because the peer was silent, ever.
     pub fail_fast: u64,

@@ -123,8 +123,12 @@ pub trait KeyFn<Req> {
     /// The peer `req` goes to.
     fn peer_key(&self, req: &Req) -> Option<Self::Key>;
 
-    /// The request's cooperative [`Interrupt`] token, put there if the request can carry
-    /// one. The layer fires it when it interrupts the call. Default: none.
+    /// The call's own cooperative [`Interrupt`] token, put in the request if it can carry
+    /// one, which the layer fires when it ends the call. If the request already carries
+    /// its caller's token, the call's token should be a [`child`](Interrupt::child) of it
+    /// put in its place: the caller's interrupt still reaches the call, and the layer's
+    /// reaches no other call sharing the caller's token. A call whose token has already
+    /// fired is refused before it reaches the inner service. Default: none.
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
         let _ = req;
         None
@@ -158,8 +162,9 @@ pub trait HasPeer {
     /// The peer this request goes to, if it names one.
     fn peer(&self) -> Option<Self::Key>;
 
-    /// The request's [`Interrupt`] token, inserted if the request can carry one and has
-    /// none yet. Default: none.
+    /// The call's own [`Interrupt`] token, put in the request if it can carry one: a
+    /// [`child`](Interrupt::child) of the caller's token in its place if it carries one,
+    /// else a new one (see [`KeyFn::interrupt_token`]). Default: none.
     fn interrupt_token(&mut self) -> Option<Interrupt> {
         None
     }
@@ -345,14 +350,24 @@ mod http_peer {
             })
         }
 
-        /// The token in the request's extensions; a new one is inserted if there is none,
-        /// so a caller can put its own there first and keep a clone to fire.
+        /// The call's own token, in the request's extensions for work deeper in the chain:
+        /// a child of the caller's token if the request carries one (it takes its place, so
+        /// a caller can put its own there and keep a clone to fire), else a new one.
         fn interrupt_token(&mut self) -> Option<Interrupt> {
-            Some(
-                self.extensions_mut()
-                    .get_or_insert_with(Interrupt::new)
-                    .clone(),
-            )
+            let extensions = self.extensions_mut();
+            let own = match extensions.get_mut::<Interrupt>() {
+                Some(caller) => {
+                    let own = caller.child();
+                    *caller = own.clone();
+                    own
+                }
+                None => {
+                    let own = Interrupt::new();
+                    extensions.insert(own.clone());
+                    own
+                }
+            };
+            Some(own)
         }
 
         /// The [`Deadline`](crate::Deadline) extension and, with propagation on, the

@@ -18,7 +18,7 @@ use self::published::Published;
 use self::window::Window;
 use crate::error::Reason;
 use crate::export::PeerMetrics;
-use crate::interrupt::{Fired, Interrupts};
+use crate::interrupt::{Fired, Interrupts, Origin};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
 pub(crate) mod health;
@@ -56,7 +56,8 @@ pub(crate) struct Peer {
 pub(crate) struct Counters {
     /// Calls in flight ended because the peer went silent.
     pub(crate) silent_interrupts: AtomicU64,
-    /// Calls ended by a manual interrupt or shutdown.
+    /// Calls ended from outside the layer: by hand (through the handle or the caller's
+    /// token) or by shutdown.
     pub(crate) manual_interrupts: AtomicU64,
     /// Calls refused at once because the peer was silent.
     pub(crate) fail_fast: AtomicU64,
@@ -301,18 +302,22 @@ impl Peer {
         (explanation, silenced)
     }
 
-    /// A call ended without an answer or a deadline: interrupted (`reason` given) or
-    /// dropped by its caller (`None`). Records no latency.
-    pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
-        let counter = match reason {
-            Some(Reason::PeerSilent { .. }) => Some(&self.counters.silent_interrupts),
-            Some(_) => Some(&self.counters.manual_interrupts),
-            None => None,
-        };
-        if let Some(c) = counter {
-            c.fetch_add(1, Relaxed);
-        }
-        if let Some(reason) = reason {
+    /// A call ended without an answer or a deadline: interrupted (why, and whether through
+    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency.
+    pub(crate) fn on_abandon(
+        &self,
+        now: Instant,
+        probe: bool,
+        interrupted: Option<(&Reason, Origin)>,
+    ) {
+        if let Some((reason, origin)) = interrupted {
+            // Only this peer's own silence is a silent interrupt: a caller's token may
+            // carry any reason (an outer layer's deadline or silence, say).
+            let counter = match (reason, origin) {
+                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
+                _ => &self.counters.manual_interrupts,
+            };
+            counter.fetch_add(1, Relaxed);
             self.metrics.interrupted(reason);
         }
         if probe {
