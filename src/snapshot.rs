@@ -32,7 +32,8 @@ pub struct PeerSnapshot {
     pub p999: Duration,
     /// Highest latency in the window.
     pub max: Duration,
-    /// The deadline new calls get.
+    /// The deadline a new call gets (before a caller's own deadline shortens it): cut to
+    /// the policy's `min` for a silent peer with `fail_fast` off.
     pub deadline: Duration,
     /// Why the deadline has its value, with the numbers that went into it.
     pub explanation: DeadlineExplanation,
@@ -69,7 +70,6 @@ impl PeerSnapshot {
     pub(crate) fn read(peer: &Peer, now: Instant) -> PeerSnapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let view = peer.view(now);
-        let (deadline, source) = peer.deadline();
         let [p50, p90, p99, p999] = view.quantiles;
         PeerSnapshot {
             peer: peer.label().clone(),
@@ -80,14 +80,8 @@ impl PeerSnapshot {
             p99,
             p999,
             max: view.max,
-            deadline,
-            explanation: DeadlineExplanation::new(
-                source,
-                &view.policy,
-                view.samples,
-                view.quantile_value,
-                view.overridden,
-            ),
+            deadline: view.deadline,
+            explanation: view.explanation,
             in_flight: peer.in_flight(),
             completed: view.completed,
             deadline_exceeded: view.deadline_exceeded,

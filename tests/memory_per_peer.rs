@@ -8,6 +8,7 @@ pub mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicIsize, Ordering::SeqCst};
 use std::sync::Mutex;
 
@@ -47,6 +48,17 @@ static COUNTING: Counting = Counting;
 /// One measurement at a time: the count is the whole process's.
 static TURN: Mutex<()> = Mutex::new(());
 
+/// Runs `measure` alone, on a paused current-thread runtime of its own.
+fn alone<F: Future>(measure: F) -> F::Output {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(measure)
+}
+
 const PEERS: usize = 200;
 
 /// Heap bytes held per peer after one answered call to each of `PEERS` peers, keyed by
@@ -78,36 +90,30 @@ fn by_uri(req: &Request<()>) -> Option<tower_adaptive_timeout::HttpPeer> {
     tower_adaptive_timeout::HasPeer::peer(req)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_peer_does_not_keep_its_first_requests_uri() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+#[test]
+fn a_peer_does_not_keep_its_first_requests_uri() {
     let query = "q".repeat(60_000);
-    let short = bytes_per_peer(by_uri, |i| {
+    let short = alone(bytes_per_peer(by_uri, |i| {
         support::requests::get(&format!("http://h{i}:80/"))
-    })
-    .await;
-    let long = bytes_per_peer(by_uri, |i| {
+    }));
+    let long = alone(bytes_per_peer(by_uri, |i| {
         support::requests::get(&format!("http://h{i}:80/search?{query}"))
-    })
-    .await;
+    }));
     eprintln!("bytes held per peer: {short} (short URI), {long} (60 KB query string)");
     assert!(long < short + 512, "{long} bytes per peer vs {short}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_peer_keeps_one_bounded_label() {
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let tiny = bytes_per_peer(
+#[test]
+fn a_peer_keeps_one_bounded_label() {
+    let tiny = alone(bytes_per_peer(
         |r| Some(r.uri().path().to_owned()),
         |i| support::requests::get(&format!("http://h:80/{i}")),
-    )
-    .await;
+    ));
     // 64 KiB of control bytes per key: each escapes to 6 bytes in its `Debug` form.
-    let huge = bytes_per_peer(
+    let huge = alone(bytes_per_peer(
         |r| Some(format!("{}{}", "\u{1}".repeat(64 << 10), r.uri().path())),
         |i| support::requests::get(&format!("http://h:80/{i}")),
-    )
-    .await;
+    ));
     let key = (64 << 10) + 8;
     eprintln!("bytes held per peer: {tiny} (short key), {huge} (64 KiB key)");
     // The key itself, and a label no longer than a short key's by more than its bound.

@@ -92,7 +92,7 @@ pub(crate) enum Verdict {
 }
 
 /// The state machine of one peer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Health {
     state: PeerState,
     misses: u32,

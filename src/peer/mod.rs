@@ -19,7 +19,7 @@ use self::window::Window;
 use crate::error::Reason;
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts, Origin};
-use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
+use crate::policy::{DeadlineExplanation, DeadlineSource, Explained, TimeoutPolicy};
 
 pub(crate) mod health;
 pub(crate) mod key;
@@ -75,20 +75,21 @@ struct Locked {
     overridden: bool,
     since_recompute: u64,
     source: DeadlineSource,
-    quantile_value: Duration,
+    /// What the latest published deadlines came from.
+    explained: Explained,
     health: Health,
     /// The interrupt fired when the peer last went silent.
     silenced: Option<Fired>,
 }
 
-/// A read of a peer's window and policy, for snapshots and error messages.
+/// A read of a peer's window, state and deadline, for snapshots.
 pub(crate) struct WindowView {
-    pub(crate) policy: Arc<TimeoutPolicy>,
-    pub(crate) overridden: bool,
     pub(crate) samples: u64,
     pub(crate) quantiles: [Duration; 4],
     pub(crate) max: Duration,
-    pub(crate) quantile_value: Duration,
+    /// The deadline a new call gets, and why.
+    pub(crate) deadline: Duration,
+    pub(crate) explanation: DeadlineExplanation,
     pub(crate) heap_bytes: usize,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
@@ -165,7 +166,7 @@ impl Peer {
                 overridden,
                 since_recompute: 0,
                 source: DeadlineSource::ColdStart,
-                quantile_value: Duration::ZERO,
+                explained: Explained::new(),
                 health: Health::new(now, jitter_seed),
                 silenced: None,
             })),
@@ -183,6 +184,25 @@ impl Peer {
     /// The current deadline and why it has that value: one atomic load.
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
         self.published.deadline()
+    }
+
+    /// The deadline a new call starting at `now` gets, and why (before any caller's own
+    /// deadline shortens it): the published one, unless the peer's state cuts it.
+    pub(crate) fn next_deadline(&self, now: Instant) -> (Duration, DeadlineSource) {
+        if self.state().is_open() {
+            return self.deadline();
+        }
+        let locked = self.lock();
+        self.deadline_at(&locked, now)
+    }
+
+    /// [`Self::next_deadline`] under the lock: what the state machine would admit a call
+    /// with, asked of a copy so that nothing changes.
+    fn deadline_at(&self, locked: &Locked, now: Instant) -> (Duration, DeadlineSource) {
+        match locked.health.clone().admit(now, &locked.policy).0 {
+            Verdict::Shortened => (locked.policy.min, DeadlineSource::SilentPeer),
+            Verdict::Go | Verdict::Probe | Verdict::FailFast => self.deadline(),
+        }
     }
 
     /// The health state.
@@ -266,14 +286,9 @@ impl Peer {
         self.metrics.timed_out();
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
-        // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = DeadlineExplanation::new(
-            source,
-            &locked.policy,
-            locked.window.samples(),
-            locked.quantile_value,
-            locked.overridden,
-        );
+        // Explain with the numbers the call's deadline came from, before this miss's own
+        // sample moves them.
+        let explanation = locked.explained.explain(started, deadline, source);
         if source == DeadlineSource::Caller {
             // The caller's own, shorter, deadline says nothing about the peer.
             drop(locked);
@@ -403,14 +418,15 @@ impl Peer {
         if locked.window.advance(now) {
             self.publish(&mut locked);
         }
+        let (deadline, source) = self.deadline_at(&locked, now);
+        let explanation = locked.explained.explain(now, deadline, source);
         let w = &locked.window;
         WindowView {
-            policy: locked.policy.clone(),
-            overridden: locked.overridden,
             samples: w.samples(),
             quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
             max: w.max(),
-            quantile_value: locked.quantile_value,
+            deadline,
+            explanation,
             heap_bytes: w.heap_bytes(),
             last_response: locked.health.last_response(),
             state: locked.health.state(),
@@ -430,8 +446,10 @@ impl Peer {
         };
         let (deadline, source) = locked.policy.deadline(samples, q);
         locked.source = source;
-        locked.quantile_value = q;
         locked.since_recompute = 0;
+        let (policy, overridden) = (locked.policy.clone(), locked.overridden);
+        let at = Instant::now();
+        (locked.explained).publish(at, deadline, source, &policy, samples, q, overridden);
         self.published.set_deadline(deadline, source);
         self.metrics.deadline(deadline);
         let rotate_at = self.nanos(locked.window.rotates_at());

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use crate::peer::window::to_units;
 
+mod explain;
+
+pub(crate) use self::explain::Explained;
+pub use self::explain::{DeadlineExplanation, DeadlineSource};
+
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest latency window a policy accepts.
@@ -412,61 +417,6 @@ fn histogram_counts(low: u64, high: u64, sigfig: u8) -> usize {
     usize::try_from((buckets + 1) * (sub_buckets / 2)).unwrap_or(usize::MAX)
 }
 
-/// Why a peer's deadline has the value it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum DeadlineSource {
-    /// Fewer than `min_samples` in the window: the policy's `cold_start`.
-    ColdStart,
-    /// `quantile × factor + margin`, within `[min, max]`.
-    Quantile,
-    /// `quantile × factor + margin` was below `min`.
-    ClampedMin,
-    /// `quantile × factor + margin` was above `max`.
-    ClampedMax,
-    /// The caller's deadline ([`Deadline`](crate::Deadline), propagated headers) was
-    /// shorter than the peer's.
-    Caller,
-    /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
-    SilentPeer,
-    /// The call's peer is not tracked (no key, or the peer table is full): the default
-    /// policy's `cold_start`.
-    Untracked,
-}
-
-impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 7] = [
-        DeadlineSource::ColdStart,
-        DeadlineSource::Quantile,
-        DeadlineSource::ClampedMin,
-        DeadlineSource::ClampedMax,
-        DeadlineSource::Caller,
-        DeadlineSource::SilentPeer,
-        DeadlineSource::Untracked,
-    ];
-
-    /// A short, stable name, for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadlineSource::ColdStart => "cold_start",
-            DeadlineSource::Quantile => "quantile",
-            DeadlineSource::ClampedMin => "clamped_min",
-            DeadlineSource::ClampedMax => "clamped_max",
-            DeadlineSource::Caller => "caller",
-            DeadlineSource::SilentPeer => "silent_peer",
-            DeadlineSource::Untracked => "untracked",
-        }
-    }
-}
-
-impl fmt::Display for DeadlineSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A policy value that was refused, naming the field and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
@@ -506,74 +456,6 @@ impl fmt::Display for PolicyError {
 }
 
 impl std::error::Error for PolicyError {}
-
-/// Why a deadline has its value: the source and the numbers that went into it.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct DeadlineExplanation {
-    /// Which rule produced the deadline.
-    pub source: DeadlineSource,
-    /// The policy's quantile.
-    pub quantile: f64,
-    /// The window's latency at that quantile (zero during cold start).
-    pub quantile_value: Duration,
-    /// The policy's factor.
-    pub factor: f64,
-    /// The policy's margin.
-    pub margin: Duration,
-    /// The policy's min.
-    pub min: Duration,
-    /// The policy's max.
-    pub max: Duration,
-    /// Samples in the window.
-    pub samples: u64,
-    /// Samples needed before the quantile is trusted.
-    pub min_samples: u64,
-    /// Whether the peer runs under a per-peer policy override.
-    pub per_peer_policy: bool,
-}
-
-impl DeadlineExplanation {
-    pub(crate) fn new(
-        source: DeadlineSource,
-        policy: &TimeoutPolicy,
-        samples: u64,
-        quantile_value: Duration,
-        per_peer_policy: bool,
-    ) -> Self {
-        DeadlineExplanation {
-            source,
-            quantile: policy.quantile,
-            quantile_value,
-            factor: policy.factor,
-            margin: policy.margin,
-            min: policy.min,
-            max: policy.max,
-            samples,
-            min_samples: policy.min_samples,
-            per_peer_policy,
-        }
-    }
-}
-
-impl DeadlineExplanation {
-    /// The explanation for a call whose peer is not tracked.
-    pub(crate) fn untracked() -> Self {
-        DeadlineExplanation {
-            source: DeadlineSource::Untracked,
-            quantile: 0.0,
-            quantile_value: Duration::ZERO,
-            factor: 0.0,
-            margin: Duration::ZERO,
-            min: Duration::ZERO,
-            max: Duration::ZERO,
-            samples: 0,
-            min_samples: 0,
-            per_peer_policy: false,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
