@@ -5,15 +5,12 @@
 
 pub mod support;
 
-use std::convert::Infallible;
-
-use http::{Request, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
-use tower::{service_fn, Layer, Service};
+use tower::{Layer, Service};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PeerState, TimeoutPolicy};
 
 use support::ms;
-use support::requests::get;
+use support::requests::{fast_or_hang, get};
 
 /// The value of `adaptive_timeout_state` for `peer` in a Prometheus page.
 fn state_gauge(page: &str, peer: &str) -> Option<f64> {
@@ -33,13 +30,7 @@ async fn a_peer_tracked_again_starts_healthy_and_labels_hide_userinfo() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    // Answers `/fast` at once; anything else never.
-    let svc = layer.layer(service_fn(|req: Request<()>| async move {
-        if req.uri().path() != "/fast" {
-            std::future::pending::<()>().await;
-        }
-        Ok::<_, Infallible>(Response::new(()))
-    }));
+    let svc = layer.layer(fast_or_hang());
     // A call made (and its peer tracked) under the local recorder, awaited after.
     let call = |uri: &str| {
         let mut svc = svc.clone();

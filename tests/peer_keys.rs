@@ -7,56 +7,27 @@ pub mod support;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
-use http::{Request, Response};
+use http::Request;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, HasPeer, HttpPeer, TimeoutPolicy, MAX_LABEL_BYTES,
 };
 
 use support::ms;
-use support::requests::{get, interrupted};
-
-/// Collects everything a `tracing` subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::requests::{fast_or_hang, get, interrupted};
+use support::trace::capture;
 
 #[tokio::test(start_paused = true)]
 async fn userinfo_is_no_part_of_an_http_peer_and_never_shown() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = capture();
 
     let layer = AdaptiveTimeoutLayer::http()
         .policy(TimeoutPolicy::default().cold_start(ms(50)))
         .build()
         .unwrap();
     let handle = layer.handle();
-    // Answers `/fast` at once; anything else never.
-    let svc = layer.layer(service_fn(|req: Request<()>| async move {
-        if req.uri().path() != "/fast" {
-            std::future::pending::<()>().await;
-        }
-        Ok::<_, Infallible>(Response::new(()))
-    }));
+    let svc = layer.layer(fast_or_hang());
 
     let secret = "http://admin:hunter2@db:5432/fast";
     svc.clone().oneshot(get(secret)).await.unwrap();
@@ -79,7 +50,7 @@ async fn userinfo_is_no_part_of_an_http_peer_and_never_shown() {
         err.to_string(),
         format!("{err:?}"),
         format!("{:?}", handle.snapshot()),
-        String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned(),
+        out.text(),
     ];
     for text in &shown {
         for secret in ["hunter2", "s3cret", "admin", "root"] {
