@@ -1,6 +1,6 @@
 //! Heap bytes a tracked peer holds, counted by a global allocator that tracks live bytes:
 //! a peer keeps neither its first request's URI (a 60 KB query string) nor more than one
-//! bounded label, however long its key's `Debug` form.
+//! bounded label, however long its key's `Debug` form; keying a request allocates nothing.
 //!
 //! The count is global to the process, so the tests here take turns.
 
@@ -9,7 +9,7 @@ pub mod support;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicIsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use http::{Request, Response};
@@ -20,11 +20,13 @@ use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PeerKey};
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only a counter is kept.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, SeqCst);
+        ALLOCATIONS.fetch_add(1, SeqCst);
         // SAFETY: the caller's contract for `alloc` is passed on.
         unsafe { System.alloc(layout) }
     }
@@ -121,4 +123,15 @@ fn a_peer_keeps_one_bounded_label() {
         huge < tiny + key + 2 * tower_adaptive_timeout::MAX_LABEL_BYTES,
         "{huge} bytes per peer vs {tiny} + a {key} byte key"
     );
+}
+
+#[test]
+fn keying_a_request_allocates_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let req = support::requests::get("http://admin:hunter2@h:80/search?q=1");
+    let before = ALLOCATIONS.load(SeqCst);
+    let peer = by_uri(&req);
+    let allocations = ALLOCATIONS.load(SeqCst) - before;
+    assert_eq!(peer.unwrap().authority(), "h:80");
+    assert_eq!(allocations, 0, "the key shares the request's URI");
 }
