@@ -143,8 +143,8 @@ async fn labels_are_bounded_escaped_and_cut_on_a_char_boundary() {
     assert!(err.len() < 2 * MAX_LABEL_BYTES + 200, "{err}");
 
     // A Debug that writes raw control characters and right-to-left overrides: escaped.
-    let (label, _) = label_of(Raw("db\n7\u{1b}[31m\u{202e}x".into())).await;
-    assert_eq!(label, "db\\n7\\u{1b}[31m\\u{202e}x");
+    let (label, _) = label_of(Raw("db\n7\u{1b}[31m\u{202e}x\u{2028}".into())).await;
+    assert_eq!(label, "db\\n7\\u{1b}[31m\\u{202e}x\\u{2028}");
 
     // Multi-byte characters are never split.
     let (label, _) = label_of(Raw("é".repeat(1000))).await;

@@ -104,12 +104,12 @@ impl Write for Bounded {
     }
 }
 
-/// Characters that change how a line reads without showing: bidirectional overrides and
-/// isolates, zero-width characters, the byte-order mark.
+/// Characters that change how a line reads without showing: zero-width characters, the
+/// line and paragraph separators, bidirectional overrides and isolates, the byte-order mark.
 fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
-        '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
     )
 }
 
