@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::error::{BoxError, Interrupted, Reason};
-use crate::interrupt::Fired;
+use crate::interrupt::{Fired, Origin};
 use crate::peer::{CallPeer, Ticket};
 use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
@@ -28,7 +28,7 @@ pub(crate) enum Ended<T> {
     /// The deadline passed first.
     Expired,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
-    Interrupted(Fired),
+    Interrupted(Fired, Origin),
 }
 
 /// One admitted call in flight.
@@ -53,7 +53,7 @@ impl Call {
     ) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
-            peer = peer.label(),
+            peer = &**peer.label(),
             deadline = ?ticket.deadline,
             source = ticket.source.as_str(),
         );
@@ -93,16 +93,12 @@ impl Call {
     }
 
     /// The interrupt that reached the call since it started, if any: fired into its peer,
-    /// or into its token.
-    pub(crate) fn fired(&self) -> Option<Fired> {
+    /// or into its token (by its caller: the layer fires a call's token only as it ends).
+    pub(crate) fn fired(&self) -> Option<(Fired, Origin)> {
         if let Some(fired) = self.peer.interrupts().fired_since(self.ticket.generation) {
-            return Some(fired);
+            return Some((fired, Origin::Peer));
         }
-        let err = self.token.as_ref()?.fired()?;
-        Some(Fired {
-            reason: err.reason().clone(),
-            fired_at: err.fired_at(),
-        })
+        Some((self.token.as_ref()?.fired_record()?, Origin::Caller))
     }
 
     /// Records how the call ended and gives its result. The error of an interrupted or
@@ -124,7 +120,7 @@ impl Call {
                 result
             }
             Ended::Expired => Err(self.expired().into()),
-            Ended::Interrupted(fired) => Err(self.interrupted(fired).into()),
+            Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
 
@@ -153,7 +149,7 @@ impl Call {
             CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer.label(), now - self.start);
-        tracing::debug!(peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
+        tracing::debug!(peer = &**peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
         let here = Location::caller();
         let err = match silenced {
             Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
@@ -170,15 +166,15 @@ impl Call {
 
     /// An interrupt reached the call.
     #[track_caller]
-    fn interrupted(mut self, fired: Fired) -> Interrupted {
+    fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
         self.recorded = true;
         let now = Instant::now();
         if let CallPeer::Tracked(p) = &self.peer {
-            p.on_abandon(now, self.ticket.probe, Some(&fired.reason));
+            p.on_abandon(now, self.ticket.probe, Some((&fired.reason, origin)));
         }
         let (peer, elapsed) = (self.peer.label(), now - self.start);
         tracing::debug!(
-            peer,
+            peer = &**peer,
             ?elapsed,
             reason = fired.reason.as_str(),
             "call interrupted"

@@ -4,7 +4,8 @@
 //! StatsD, ... whichever exporter the application installs). Names are prefixed
 //! `adaptive_timeout_` and follow Prometheus conventions: counters end in `_total`, units
 //! are in the name (`_seconds`). The `peer` label is the peer's name, its key's `Debug`
-//! form (the same as [`PeerSnapshot::peer`](crate::PeerSnapshot::peer)).
+//! form bounded to [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES) (the same string as
+//! [`PeerSnapshot::peer`](crate::PeerSnapshot::peer)).
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
@@ -90,7 +91,7 @@ mod off {
     pub(crate) struct PeerMetrics;
 
     impl PeerMetrics {
-        pub(crate) fn new(_label: &str) -> Self {
+        pub(crate) fn new(_label: &std::sync::Arc<str>) -> Self {
             PeerMetrics
         }
 

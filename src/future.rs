@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 
 use crate::call::{Call, Ended};
 use crate::error::{BoxError, Interrupted};
-use crate::interrupt::Fired;
+use crate::interrupt::{Fired, Origin};
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";
@@ -179,8 +179,8 @@ where
             }
             return Poll::Ready(Ended::Answered(result));
         }
-        if let Some(fired) = watch(call, this.peer_wake, this.token_wake, cx) {
-            return Poll::Ready(Ended::Interrupted(fired));
+        if let Some((fired, origin)) = watch(call, this.peer_wake, this.token_wake, cx) {
+            return Poll::Ready(Ended::Interrupted(fired, origin));
         }
         if this.sleep.is_none() {
             this.sleep
@@ -210,7 +210,7 @@ pub(crate) fn watch(
     mut peer_wake: Pin<&mut Option<OwnedNotified>>,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,
     cx: &mut Context<'_>,
-) -> Option<Fired> {
+) -> Option<(Fired, Origin)> {
     loop {
         if peer_wake.is_none() {
             peer_wake.set(Some(call.peer_notified()));

@@ -82,9 +82,11 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
         had
     }
 
-    /// The deadline a new call to `peer` would get, and why; `None` if it is not tracked.
+    /// The deadline a new call to `peer` would get, and why (before a caller's own deadline
+    /// shortens it); `None` if it is not tracked.
     pub fn deadline(&self, peer: &K) -> Option<(Duration, DeadlineSource)> {
-        self.table.get(peer).map(|p| p.deadline())
+        let now = Instant::now();
+        self.table.get(peer).map(|p| p.next_deadline(now))
     }
 
     /// A snapshot of one peer, if it is tracked.

@@ -38,7 +38,7 @@ pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 ///     .layer(layer)
 ///     .service(service_fn(|_: Req| async { Ok::<_, tower::BoxError>("pong") }));
 /// assert_eq!(svc.oneshot(Req { peer: "10.0.0.7:9000" }).await?, "pong");
-/// assert_eq!(handle.snapshot()[0].peer, "10.0.0.7:9000");
+/// assert_eq!(&*handle.snapshot()[0].peer, "10.0.0.7:9000");
 /// # Ok(()) }
 /// ```
 pub struct AdaptiveTimeoutLayer<K, F> {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
@@ -12,13 +13,14 @@ use crate::error::BoxError;
 use crate::future::ResponseFuture;
 use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::{Admission, LastPeer, PeerTable};
+use crate::token::Interrupt;
 
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
 ///
-/// A call refused at once (its peer is silent, or the caller's deadline was already spent)
-/// never reaches the inner service: like any tower filter, it leaves the readiness it was
-/// given to the next call.
+/// A call refused at once (its peer is silent, or the caller's deadline was already spent,
+/// or its caller's token has fired) never reaches the inner service: like any tower filter,
+/// it leaves the readiness it was given to the next call.
 pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
@@ -76,13 +78,20 @@ where
             None
         };
         let propagation = self.table.propagation();
-        let caller_deadline = self.key_fn.caller_deadline(&req, propagation);
+        // A caller that has already given up (its token fired) has no budget left: the
+        // call is refused, with the caller's reason, before it reaches the inner service.
+        let gone = token.as_ref().and_then(Interrupt::fired_record);
+        let caller_deadline = match gone {
+            Some(_) => Some(Duration::ZERO),
+            None => self.key_fn.caller_deadline(&req, propagation),
+        };
         let key = self.key_fn.peer_key(&req);
         match self
             .table
             .admit(key, start, caller_deadline, &mut self.last)
         {
             Admission::Refused(peer, fired) => {
+                let fired = gone.unwrap_or(fired);
                 ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))
             }
             Admission::Admitted(peer, ticket) => {

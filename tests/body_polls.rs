@@ -178,7 +178,7 @@ async fn ends_at_once(reason: Reason, fire: impl FnOnce(&Rig, &Interrupt) -> u32
     assert_eq!(cut.reason(), &reason);
     let fired_at = (cut.fired_at().file(), cut.fired_at().line());
     assert_eq!(fired_at, (file!(), line), "{cut}");
-    assert_eq!(cut.peer(), rig.snapshot().peer);
+    assert_eq!(cut.peer(), &*rig.snapshot().peer);
     assert!(cut.elapsed().is_zero(), "at once: {cut}");
     assert!(!watched(&mut body));
     let one = Counts {

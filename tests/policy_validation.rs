@@ -13,7 +13,7 @@ use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, Builder, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
-    MAX_SUB_WINDOWS,
+    MAX_SUB_WINDOWS, MAX_WINDOW,
 };
 
 use support::ms;
@@ -273,4 +273,26 @@ async fn runtime_changes_refuse_bad_policies_and_keep_the_old_ones() {
         "a refused override is never installed"
     );
     assert!(handle.remove_peer_policy(&"special"));
+}
+
+#[test]
+fn a_policy_whose_histograms_could_outgrow_the_per_peer_ceiling_is_refused() {
+    // The largest policy otherwise valid: 65 histograms of 3 significant figures from 1us
+    // to 24h, 7.45 MB per peer (71 GB at 10,000 peers).
+    let largest = base()
+        .min(Duration::from_micros(1))
+        .max(MAX_DEADLINE)
+        .cold_start(MAX_DEADLINE)
+        .window(MAX_WINDOW)
+        .sub_windows(MAX_SUB_WINDOWS)
+        .significant_figures(3);
+    assert_refused(
+        "sub_windows",
+        [
+            largest.clone(),
+            base().significant_figures(3).sub_windows(MAX_SUB_WINDOWS),
+        ],
+    );
+    let text = largest.validate().unwrap_err().to_string();
+    assert!(text.contains("7454720 bytes"), "{text}");
 }

@@ -11,7 +11,7 @@ use super::{fire_token, Call};
 use crate::classify::Outcome;
 use crate::error::{Interrupted, Reason};
 use crate::idle::{IdleRule, IdleSource};
-use crate::interrupt::Fired;
+use crate::interrupt::{Fired, Origin};
 use crate::peer::CallPeer;
 use crate::policy::DeadlineSource;
 
@@ -56,9 +56,9 @@ impl Call {
 
     /// An interrupt reached the body.
     #[track_caller]
-    pub(crate) fn body_interrupted(self, fired: Fired) -> Interrupted {
+    pub(crate) fn body_interrupted(self, (fired, origin): (Fired, Origin)) -> Interrupted {
         let _entered = self.span.clone().entered();
-        self.interrupted(fired)
+        self.interrupted(fired, origin)
     }
 
     /// The body sent nothing since `since` for its `idle` deadline: a miss. The miss that
@@ -78,7 +78,7 @@ impl Call {
             CallPeer::Untracked(_) => None,
         };
         let (peer, elapsed) = (self.peer.label(), now - self.start);
-        tracing::debug!(peer, ?idle, ?elapsed, source = %source, "body idle");
+        tracing::debug!(peer = &**peer, ?idle, ?elapsed, source = %source, "body idle");
         let here = Location::caller();
         let err = match silenced {
             Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),

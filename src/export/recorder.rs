@@ -80,9 +80,14 @@ pub(crate) struct PeerMetrics {
 }
 
 impl PeerMetrics {
-    pub(crate) fn new(label: &str) -> Self {
-        let peer = SharedString::from(std::sync::Arc::<str>::from(label));
+    /// A new peer's handles. A peer tracked again finds its former series with the
+    /// recorder: its state gauge starts over at healthy, as the peer does (the deadline
+    /// gauge is set when the peer publishes its first deadline).
+    pub(crate) fn new(label: &std::sync::Arc<str>) -> Self {
+        let peer = SharedString::from(label.clone());
         let p = || peer.clone();
+        let state = gauge!(STATE, "peer" => p());
+        state.set(PeerState::Healthy.index() as f64);
         PeerMetrics {
             calls: counter!(CALLS, "peer" => p()),
             responses: counter!(RESPONSES, "peer" => p()),
@@ -93,7 +98,7 @@ impl PeerMetrics {
                 .map(|s| counter!(TRANSITIONS, "peer" => p(), "to" => s.as_str())),
             deadline: gauge!(DEADLINE, "peer" => p()),
             in_flight: gauge!(IN_FLIGHT, "peer" => p()),
-            state: gauge!(STATE, "peer" => p()),
+            state,
             latency: histogram!(LATENCY, "peer" => p()),
             peer,
         }

@@ -120,7 +120,7 @@ const LONG_PROBE_SPACING: u32 = 8;
 /// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
 /// no peer answering within `max` is locked out.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Health {
     state: PeerState,
     misses: u32,

@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -19,8 +19,8 @@ use self::window::Window;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::export::PeerMetrics;
-use crate::interrupt::{Fired, Interrupts};
-use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
+use crate::interrupt::{Fired, Interrupts, Origin};
+use crate::policy::{DeadlineExplanation, DeadlineSource, Explained, TimeoutPolicy};
 
 #[cfg(feature = "http")]
 mod gaps;
@@ -34,7 +34,7 @@ pub(crate) mod window;
 mod proptests;
 
 /// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
+static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
 
 /// Most misses whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
@@ -42,7 +42,8 @@ const PENDING_MISSES: usize = 32;
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
-    label: Box<str>,
+    /// The peer's name, made once and shared by its errors, snapshots and metrics.
+    label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
     /// Calls in flight.
@@ -65,7 +66,8 @@ pub(crate) struct Peer {
 pub(crate) struct Counters {
     /// Calls in flight ended because the peer went silent.
     pub(crate) silent_interrupts: AtomicU64,
-    /// Calls ended by a manual interrupt or shutdown.
+    /// Calls ended from outside the layer: by hand (through the handle or the caller's
+    /// token) or by shutdown.
     pub(crate) manual_interrupts: AtomicU64,
     /// Calls refused at once because the peer was silent.
     pub(crate) fail_fast: AtomicU64,
@@ -89,20 +91,21 @@ struct Locked {
     overridden: bool,
     since_recompute: u64,
     source: DeadlineSource,
-    quantile_value: Duration,
+    /// What the latest published deadlines came from.
+    explained: Explained,
     health: Health,
     /// The interrupt fired when the peer last went silent.
     silenced: Option<Fired>,
 }
 
-/// A read of a peer's window and policy, for snapshots and error messages.
+/// A read of a peer's window, state and deadline, for snapshots.
 pub(crate) struct WindowView {
-    pub(crate) policy: Arc<TimeoutPolicy>,
-    pub(crate) overridden: bool,
     pub(crate) samples: u64,
     pub(crate) quantiles: [Duration; 4],
     pub(crate) max: Duration,
-    pub(crate) quantile_value: Duration,
+    /// The deadline a new call gets, and why.
+    pub(crate) deadline: Duration,
+    pub(crate) explanation: DeadlineExplanation,
     pub(crate) heap_bytes: usize,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
@@ -143,17 +146,17 @@ impl CallPeer {
     }
 
     /// The peer's name in errors and traces.
-    pub(crate) fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &Arc<str> {
         match self {
             CallPeer::Tracked(p) => p.label(),
-            CallPeer::Untracked(_) => UNTRACKED,
+            CallPeer::Untracked(_) => &UNTRACKED,
         }
     }
 }
 
 impl Peer {
     pub(crate) fn new(
-        label: Box<str>,
+        label: Arc<str>,
         policy: Arc<TimeoutPolicy>,
         overridden: bool,
         epoch: Instant,
@@ -188,7 +191,7 @@ impl Peer {
                 overridden,
                 since_recompute: 0,
                 source: DeadlineSource::ColdStart,
-                quantile_value: Duration::ZERO,
+                explained: Explained::new(),
                 health: Health::new(now, jitter_seed),
                 silenced: None,
             })),
@@ -198,14 +201,33 @@ impl Peer {
         peer
     }
 
-    /// The peer's display name: its key's `Debug` form.
-    pub(crate) fn label(&self) -> &str {
+    /// The peer's name: its key's `Debug` form, bounded.
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.label
     }
 
     /// The current deadline and why it has that value: one atomic load.
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
         self.published.deadline()
+    }
+
+    /// The deadline a new call starting at `now` gets, and why (before any caller's own
+    /// deadline shortens it): the published one, unless the peer's state cuts it.
+    pub(crate) fn next_deadline(&self, now: Instant) -> (Duration, DeadlineSource) {
+        if self.state().is_open() {
+            return self.deadline();
+        }
+        let locked = self.lock();
+        self.deadline_at(&locked, now)
+    }
+
+    /// [`Self::next_deadline`] under the lock: what the state machine would admit a call
+    /// with, asked of a copy so that nothing changes.
+    fn deadline_at(&self, locked: &Locked, now: Instant) -> (Duration, DeadlineSource) {
+        match locked.health.clone().admit(now, &locked.policy).0 {
+            Verdict::Shortened => (locked.policy.min, DeadlineSource::SilentPeer),
+            Verdict::Go | Verdict::Probe(_) | Verdict::FailFast => self.deadline(),
+        }
     }
 
     /// The health state.
@@ -331,14 +353,9 @@ impl Peer {
         self.metrics.timed_out();
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
-        // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = DeadlineExplanation::new(
-            source,
-            &locked.policy,
-            locked.window.samples(),
-            locked.quantile_value,
-            locked.overridden,
-        );
+        // Explain with the numbers the call's deadline came from, before this miss's own
+        // sample moves them.
+        let explanation = locked.explained.explain(started, deadline, source);
         let policy = locked.policy.clone();
         let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
@@ -424,23 +441,27 @@ impl Peer {
         let seen = if locked.source == DeadlineSource::ColdStart {
             locked.window.max()
         } else {
-            locked.quantile_value
+            locked.explained.quantile_value()
         };
         seen.max(locked.policy.min)
     }
 
-    /// A call ended without an answer or a deadline: interrupted (`reason` given) or
-    /// dropped by its caller (`None`). Records no latency.
-    pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
-        let counter = match reason {
-            Some(Reason::PeerSilent { .. }) => Some(&self.counters.silent_interrupts),
-            Some(_) => Some(&self.counters.manual_interrupts),
-            None => None,
-        };
-        if let Some(c) = counter {
-            c.fetch_add(1, Relaxed);
-        }
-        if let Some(reason) = reason {
+    /// A call ended without an answer or a deadline: interrupted (why, and whether through
+    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency.
+    pub(crate) fn on_abandon(
+        &self,
+        now: Instant,
+        probe: bool,
+        interrupted: Option<(&Reason, Origin)>,
+    ) {
+        if let Some((reason, origin)) = interrupted {
+            // Only this peer's own silence is a silent interrupt: a caller's token may
+            // carry any reason (an outer layer's deadline or silence, say).
+            let counter = match (reason, origin) {
+                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
+                _ => &self.counters.manual_interrupts,
+            };
+            counter.fetch_add(1, Relaxed);
             self.metrics.interrupted(reason);
         }
         if probe {
@@ -486,7 +507,7 @@ impl Peer {
         let Some(t) = transition else { return };
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
-        let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
+        let (peer, from, to, why) = (&**self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
             PeerState::Silent => {
@@ -528,14 +549,15 @@ impl Peer {
         if locked.window.advance(now) {
             self.publish(&mut locked);
         }
+        let (deadline, source) = self.deadline_at(&locked, now);
+        let explanation = locked.explained.explain(now, deadline, source);
         let w = &locked.window;
         WindowView {
-            policy: locked.policy.clone(),
-            overridden: locked.overridden,
             samples: w.samples(),
             quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
             max: w.max(),
-            quantile_value: locked.quantile_value,
+            deadline,
+            explanation,
             heap_bytes: w.heap_bytes(),
             last_response: locked.health.last_response(),
             state: locked.health.state(),
@@ -557,8 +579,10 @@ impl Peer {
         };
         let (deadline, source) = locked.policy.deadline(samples, q);
         locked.source = source;
-        locked.quantile_value = q;
         locked.since_recompute = 0;
+        let (policy, overridden) = (locked.policy.clone(), locked.overridden);
+        let at = Instant::now();
+        (locked.explained).publish(at, deadline, source, &policy, samples, q, overridden);
         self.published.set_deadline(deadline, source);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);

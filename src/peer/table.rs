@@ -17,7 +17,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::key::PeerKey;
+use super::key::{detached, label, PeerKey};
 use super::{CallPeer, Peer, Ticket};
 use crate::classify::Classifier;
 use crate::error::Reason;
@@ -285,7 +285,7 @@ impl<K: PeerKey> PeerTable<K> {
         // either sees this peer or is seen by it.
         let policies = self.policies();
         let mut inserted = false;
-        let entry = self.peers.entry(key.clone()).or_insert_with(|| {
+        let entry = self.peers.entry(detached(key)).or_insert_with(|| {
             let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
             let classifier = self.classifier.clone();
@@ -392,15 +392,6 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A peer's display name: its key's `Debug` form, without the quotes of a string key.
-fn label<K: PeerKey>(key: &K) -> Box<str> {
-    let s = format!("{key:?}");
-    match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        Some(inner) if s.len() >= 2 => inner.into(),
-        _ => s.into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,12 +409,6 @@ mod tests {
             Propagation::none(),
             1,
         )
-    }
-
-    #[test]
-    fn string_keys_are_labelled_without_quotes() {
-        assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
-        assert_eq!(&*label(&7u32), "7");
     }
 
     #[tokio::test(start_paused = true)]
