@@ -153,17 +153,26 @@ impl<K: PeerKey> InterruptHandle<K> {
     /// Ends every call in flight, to every peer and untracked, with [`Reason::Manual`].
     #[track_caller]
     pub fn interrupt_all(&self, reason: impl Into<Cow<'static, str>>) {
-        self.fire_all(Reason::Manual(reason.into()), Location::caller());
+        self.fire_all(Fired {
+            reason: Reason::Manual(reason.into()),
+            fired_at: Location::caller(),
+        });
     }
 
-    /// Ends every call in flight with [`Reason::Shutdown`].
+    /// Ends every call in flight with [`Reason::Shutdown`], and refuses every call after it
+    /// the same way, at once, without reaching the inner service: a layer shut down stays
+    /// shut down (every service and handle made from it).
     #[track_caller]
     pub fn shutdown(&self) {
-        self.fire_all(Reason::Shutdown, Location::caller());
+        let fired = Fired {
+            reason: Reason::Shutdown,
+            fired_at: Location::caller(),
+        };
+        self.table.shut_down(fired.clone());
+        self.fire_all(fired);
     }
 
-    fn fire_all(&self, reason: Reason, fired_at: &'static Location<'static>) {
-        let fired = Fired { reason, fired_at };
+    fn fire_all(&self, fired: Fired) {
         for (_, peer) in self.table.all() {
             peer.interrupts().fire(fired.clone());
         }

@@ -85,12 +85,14 @@ where
             Admission::Refused(peer, fired) => {
                 ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))
             }
-            Admission::Admitted(peer, ticket) => {
+            Admission::Admitted(held, ticket) => {
+                // The guard first: a panic from here on (writing the deadline, in the inner
+                // service's `call`) ends the call as abandoned.
+                let call = Call::new(held, start, ticket, token);
                 if propagation.is_on() {
                     self.key_fn
                         .write_deadline(&mut req, ticket.deadline, propagation);
                 }
-                let call = Call::new(peer, start, ticket, token);
                 ResponseFuture::running(self.inner.call(req), call)
             }
         }

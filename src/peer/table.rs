@@ -2,7 +2,10 @@
 //! learns whom it is for, whether it goes ahead, and with which deadline.
 //!
 //! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
-//! policy in force for it. The table holds at most `max_peers` peers: when full, idle peers
+//! policy in force for it. A peer leaves the table only once retired (see
+//! [`Peer::retire`]), which no call in flight allows: a call admitted is always to a peer in
+//! the table, where `shutdown` and `interrupt_all` reach it. After `shutdown`, every call is
+//! refused. The table holds at most `max_peers` peers: when full, idle peers
 //! (no call for `idle_ttl`) are swept, then the idlest of a sample of peers with no call in
 //! flight is evicted; if none qualifies the call goes untracked, with the default policy's
 //! cold-start deadline.
@@ -11,22 +14,25 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::PeerKey;
-use super::{CallPeer, Peer, Ticket};
+use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
 use crate::error::Reason;
-use crate::export;
+use crate::export::{self, PeerMetrics};
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
 
 /// How many peers an eviction looks at to find the idlest.
 const EVICTION_SAMPLE: usize = 32;
+/// How many times a call looks its peer up again after finding it evicted, before it goes
+/// untracked (a table far too small for its keys).
+const ADMIT_TRIES: usize = 4;
 
 /// The default policy and the per-peer overrides.
 pub(crate) struct Policies<K> {
@@ -46,33 +52,33 @@ impl<K: PeerKey> Policies<K> {
 
 /// What the table decided for a new call: whom it is for, and whether it goes ahead.
 pub(crate) enum Admission {
-    /// The call goes ahead with its ticket.
-    Admitted(CallPeer, Ticket),
-    /// The call ends at once: its peer is silent, or the caller's deadline is spent.
+    /// The call goes ahead with its ticket, counted in flight by its hold.
+    Admitted(InFlight, Ticket),
+    /// The call ends at once: its peer is silent, the caller's deadline is spent, or the
+    /// layer was shut down.
     Refused(CallPeer, Fired),
 }
 
-/// The peer one service called last, still the table's while the table has removed no
-/// peer since: repeated calls to one peer skip the lookup.
+/// The peer one service called last: repeated calls to one peer skip the lookup. Once
+/// the table lets the peer go, admission says so and the call looks it up again.
 #[derive(Clone)]
 pub(crate) struct LastPeer<K> {
     key: K,
     peer: Arc<Peer>,
-    removals: u64,
 }
 
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
     peers: DashMap<K, Arc<Peer>, foldhash::fast::RandomState>,
     len: AtomicUsize,
-    /// Peers removed so far; a cached peer is still the table's while this is unchanged.
-    removals: AtomicU64,
     max_peers: usize,
     idle_ttl: Duration,
     epoch: Instant,
     last_sweep: AtomicU64,
     untracked_deadline: AtomicU64,
     untracked: Arc<Interrupts>,
+    /// Set by `shutdown`: why every call from then on is refused.
+    shutdown: OnceLock<Fired>,
     interrupt_tokens: bool,
     propagation: Propagation,
     /// Seeds each peer's probe jitter from its key.
@@ -98,9 +104,11 @@ impl<K> PeerTable<K> {
         &self.untracked
     }
 
-    /// Peers removed so far (swept or evicted).
-    pub(crate) fn removals(&self) -> u64 {
-        self.removals.load(Relaxed)
+    /// Refuses every call from now on with `fired`. Set before firing into the calls in
+    /// flight: a call admitted concurrently either sees this or started at a generation
+    /// the fire moves past (admission reads the generation first).
+    pub(crate) fn shut_down(&self, fired: Fired) {
+        let _ = self.shutdown.set(fired);
     }
 
     /// Tracked peers now.
@@ -122,13 +130,13 @@ impl<K: PeerKey> PeerTable<K> {
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             len: AtomicUsize::new(0),
-            removals: AtomicU64::new(0),
             max_peers,
             idle_ttl,
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
             untracked: Arc::new(Interrupts::new()),
+            shutdown: OnceLock::new(),
             interrupt_tokens,
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
@@ -144,49 +152,98 @@ impl<K: PeerKey> PeerTable<K> {
     #[track_caller]
     pub(crate) fn admit(
         &self,
-        key: Option<K>,
+        mut key: Option<K>,
         now: Instant,
         caller_deadline: Option<Duration>,
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
-        let peer = key.and_then(|key| self.cached_peer(key, now, last));
-        if caller_deadline == Some(Duration::ZERO) {
-            // The caller has stopped waiting: do not start work nobody awaits.
-            let fired = Fired {
-                reason: Reason::BudgetSpent,
-                fired_at: Location::caller(),
+        let here = Location::caller();
+        for _ in 0..ADMIT_TRIES {
+            let Some(peer) = key.take().and_then(|k| self.cached_peer(k, now, last)) else {
+                break;
             };
-            return Admission::Refused(self.call_peer(peer), fired);
+            match self.admit_tracked(peer, now, caller_deadline, here) {
+                Some(admission) => return admission,
+                // The peer was let go since it was found: look it up again.
+                None => key = last.take().map(|last| last.key),
+            }
         }
-        let mut ticket = match &peer {
-            Some(p) => match p.admit(now) {
-                Ok(ticket) => ticket,
-                Err(fired) => return Admission::Refused(self.call_peer(peer), fired),
-            },
-            None => Ticket {
-                deadline: self.untracked_deadline(),
-                source: DeadlineSource::Untracked,
-                generation: self.untracked.generation(),
-                probe: false,
-            },
-        };
-        if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
-            (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
+        if key.is_some() {
+            self.count_untracked();
         }
-        Admission::Admitted(self.call_peer(peer), ticket)
+        self.admit_untracked(caller_deadline, here)
     }
 
-    /// The peer for `key`: the one in `last` if it is the same and still the table's,
-    /// else from the table (and then remembered in `last`).
+    /// Admits a call to `peer`; `None` if the peer has left the table.
+    fn admit_tracked(
+        &self,
+        peer: Arc<Peer>,
+        now: Instant,
+        caller_deadline: Option<Duration>,
+        here: &'static Location<'static>,
+    ) -> Option<Admission> {
+        // Any call to the peer is use, also one refused.
+        peer.touch(now);
+        let generation = peer.interrupts().generation();
+        if let Some(fired) = self.refusal(caller_deadline, here) {
+            return Some(Admission::Refused(CallPeer::Tracked(peer), fired));
+        }
+        match peer.admit(now, generation) {
+            Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
+            Err(NotAdmitted::FailFast(fired)) => {
+                Some(Admission::Refused(CallPeer::Tracked(peer), fired))
+            }
+            Err(NotAdmitted::Retired) => None,
+        }
+    }
+
+    /// Admits a call that has no peer in the table.
+    fn admit_untracked(
+        &self,
+        caller_deadline: Option<Duration>,
+        here: &'static Location<'static>,
+    ) -> Admission {
+        let generation = self.untracked.generation();
+        if let Some(fired) = self.refusal(caller_deadline, here) {
+            return Admission::Refused(CallPeer::Untracked(self.untracked.clone()), fired);
+        }
+        let ticket = Ticket {
+            deadline: self.untracked_deadline(),
+            source: DeadlineSource::Untracked,
+            generation,
+            probe: false,
+        };
+        let held = InFlight::untracked(self.untracked.clone());
+        Admission::Admitted(held, capped(ticket, caller_deadline))
+    }
+
+    /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
+    /// stopped waiting (then fired `here`). Read after the call's interrupt generation.
+    fn refusal(
+        &self,
+        caller_deadline: Option<Duration>,
+        here: &'static Location<'static>,
+    ) -> Option<Fired> {
+        if let Some(fired) = self.shutdown.get() {
+            return Some(fired.clone());
+        }
+        // A spent caller's deadline: do not start work nobody awaits.
+        (caller_deadline == Some(Duration::ZERO)).then_some(Fired {
+            reason: Reason::BudgetSpent,
+            fired_at: here,
+        })
+    }
+
+    /// The peer for `key`: the one in `last` if it is the same, else from the table (and
+    /// then remembered in `last`).
     fn cached_peer(
         &self,
         key: K,
         now: Instant,
         last: &mut Option<LastPeer<K>>,
     ) -> Option<Arc<Peer>> {
-        let removals = self.removals();
         if let Some(last) = last {
-            if last.removals == removals && last.key == key {
+            if last.key == key {
                 return Some(last.peer.clone());
             }
         }
@@ -194,17 +251,8 @@ impl<K: PeerKey> PeerTable<K> {
         *last = Some(LastPeer {
             key,
             peer: peer.clone(),
-            removals,
         });
         Some(peer)
-    }
-
-    /// Whom a call to `peer` is for: the peer, or (`None`) the untracked calls.
-    fn call_peer(&self, peer: Option<Arc<Peer>>) -> CallPeer {
-        match peer {
-            Some(peer) => CallPeer::Tracked(peer),
-            None => CallPeer::Untracked(self.untracked.clone()),
-        }
     }
 
     /// The peer for `key`, inserting it if there is room. `None`: the call is untracked.
@@ -255,20 +303,24 @@ impl<K: PeerKey> PeerTable<K> {
     pub(crate) fn sweep(&self, now: Instant) -> usize {
         let mut removed = 0;
         self.peers.retain(|_, p| {
-            let keep = p.in_flight() > 0 || p.idle_for(now) < self.idle_ttl;
+            let keep = p.idle_for(now) < self.idle_ttl || !p.retire();
             removed += usize::from(!keep);
             keep
         });
         self.len.fetch_sub(removed, Relaxed);
-        self.removals.fetch_add(removed as u64, Relaxed);
         self.last_sweep.store(self.nanos(now), Relaxed);
         removed
     }
 
+    /// Counts a call that goes untracked because the table had no room for its peer.
+    fn count_untracked(&self) {
+        self.untracked_calls.fetch_add(1, Relaxed);
+        export::untracked_call();
+    }
+
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         let Some(slot) = self.reserve(now) else {
-            self.untracked_calls.fetch_add(1, Relaxed);
-            export::untracked_call();
+            self.count_untracked();
             return None;
         };
         // Hold the policies' read lock across the insert, so a concurrent policy change
@@ -278,7 +330,9 @@ impl<K: PeerKey> PeerTable<K> {
         let entry = self.peers.entry(key.clone()).or_insert_with(|| {
             let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
-            let peer = Peer::new(label(key), policy, overridden, self.epoch, now, seed);
+            let label = label(key);
+            let metrics = PeerMetrics::new(&label);
+            let peer = Peer::new(label, metrics, policy, overridden, self.epoch, now, seed);
             inserted = true;
             Arc::new(peer)
         });
@@ -329,13 +383,8 @@ impl<K: PeerKey> PeerTable<K> {
             .max_by_key(|e| e.value().idle_for(now))
             .map(|e| e.key().clone());
         let Some(key) = idlest else { return false };
-        if self
-            .peers
-            .remove_if(&key, |_, p| p.in_flight() == 0)
-            .is_some()
-        {
+        if self.peers.remove_if(&key, |_, p| p.retire()).is_some() {
             self.len.fetch_sub(1, Relaxed);
-            self.removals.fetch_add(1, Relaxed);
         }
         self.len() < self.max_peers
     }
@@ -367,6 +416,14 @@ impl Drop for Slot<'_> {
             len.fetch_sub(1, Relaxed);
         }
     }
+}
+
+/// `ticket`, its deadline shortened to the caller's where that is shorter.
+fn capped(mut ticket: Ticket, caller_deadline: Option<Duration>) -> Ticket {
+    if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
+        (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
+    }
+    ticket
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -412,7 +469,7 @@ mod tests {
         let t = table(2);
         let now = Instant::now();
         let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now); // peer 1 has a call in flight
+        let _call = a.admit(now, 0); // peer 1 has a call in flight
         let _b = t.peer(&2, now).unwrap();
         // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
         assert!(t.peer(&3, now).is_some());
@@ -425,7 +482,7 @@ mod tests {
     async fn full_table_of_busy_peers_refuses_to_track() {
         let t = table(1);
         let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now);
+        let _call = t.peer(&1, now).unwrap().admit(now, 0);
         assert!(t.peer(&2, now).is_none());
         assert_eq!(t.untracked_calls.load(Relaxed), 1);
         assert_eq!(t.len(), 1);
