@@ -468,6 +468,11 @@ impl Peer {
         self.publish(&mut locked);
     }
 
+    /// Whether the table has let the peer go.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.in_flight.load(Relaxed) & RETIRED != 0
+    }
+
     /// Calls in flight now.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Relaxed) & !RETIRED

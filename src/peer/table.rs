@@ -2,7 +2,12 @@
 //! learns whom it is for, whether it goes ahead, and with which deadline.
 //!
 //! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
-//! policy in force for it. A peer leaves the table only once retired (see
+//! policy in force for it. When the table is full, idle peers are swept (no call for
+//! `idle_ttl`), else the idlest with no call in flight among the next few in rotation is
+//! evicted; if all of those are busy, the call goes untracked (with the default policy's
+//! cold-start deadline) and the table is not looked at again for a moment, so that a flood
+//! of new keys into a table of busy peers costs the same per call at any table size. A peer
+//! leaves the table only once retired (see
 //! [`Peer::retire`]), which no call in flight allows: a call admitted is always to a peer in
 //! the table, where `shutdown` and `interrupt_all` reach it. After `shutdown`, every call is
 //! refused. The table holds at most `max_peers` peers: when full, idle peers
@@ -10,11 +15,13 @@
 //! flight is evicted; if none qualifies the call goes untracked, with the default policy's
 //! cold-start deadline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -30,6 +37,9 @@ use crate::propagate::Propagation;
 
 /// How many peers an eviction looks at to find the idlest.
 const EVICTION_SAMPLE: usize = 32;
+/// How long a table found full of busy peers is not looked at again: calls to new peers
+/// meanwhile go untracked at once.
+const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).
 const ADMIT_TRIES: usize = 4;
@@ -70,11 +80,17 @@ pub(crate) struct LastPeer<K> {
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
     peers: DashMap<K, Arc<Peer>, foldhash::fast::RandomState>,
+    /// Every tracked peer once, in the order evictions look at them (taken only to insert,
+    /// evict or sweep a peer). A peer let go may linger until it comes up or a sweep.
+    rotation: Mutex<VecDeque<(K, Arc<Peer>)>>,
     len: AtomicUsize,
     max_peers: usize,
     idle_ttl: Duration,
     epoch: Instant,
     last_sweep: AtomicU64,
+    /// Until when (nanoseconds since `epoch`) a table found full of busy peers is not
+    /// looked at again.
+    busy_until: AtomicU64,
     untracked_deadline: AtomicU64,
     untracked: Arc<Interrupts>,
     /// Set by `shutdown`: why every call from then on is refused.
@@ -129,11 +145,13 @@ impl<K: PeerKey> PeerTable<K> {
         let untracked = nanos(policies.default.cold_start);
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            rotation: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
             max_peers,
             idle_ttl,
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
+            busy_until: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
             untracked: Arc::new(Interrupts::new()),
             shutdown: OnceLock::new(),
@@ -309,6 +327,9 @@ impl<K: PeerKey> PeerTable<K> {
         });
         self.len.fetch_sub(removed, Relaxed);
         self.last_sweep.store(self.nanos(now), Relaxed);
+        if removed > 0 {
+            self.rotation().retain(|(_, p)| !p.is_retired());
+        }
         removed
     }
 
@@ -339,6 +360,7 @@ impl<K: PeerKey> PeerTable<K> {
         let peer = entry.value().clone();
         drop(entry);
         if inserted {
+            self.rotation().push_back((key.clone(), peer.clone()));
             slot.keep();
         }
         Some(peer)
@@ -367,26 +389,61 @@ impl<K: PeerKey> PeerTable<K> {
     }
 
     /// Frees at least one slot if it can: sweeps idle peers (at most every quarter
-    /// `idle_ttl`), else evicts the idlest sampled peer with no call in flight.
+    /// `idle_ttl`), else evicts the idlest of the next [`EVICTION_SAMPLE`] peers in rotation
+    /// with no call in flight. If those are all busy, the table is taken to be full of busy
+    /// peers and not looked at again for [`BUSY_BACKOFF`].
     fn make_room(&self, now: Instant) -> bool {
-        let since_sweep = self
-            .nanos(now)
-            .saturating_sub(self.last_sweep.load(Relaxed));
+        let at = self.nanos(now);
+        let since_sweep = at.saturating_sub(self.last_sweep.load(Relaxed));
         if Duration::from_nanos(since_sweep) >= self.idle_ttl / 4 && self.sweep(now) > 0 {
             return true;
         }
-        let idlest = self
-            .peers
-            .iter()
-            .filter(|e| e.value().in_flight() == 0)
-            .take(EVICTION_SAMPLE)
-            .max_by_key(|e| e.value().idle_for(now))
-            .map(|e| e.key().clone());
-        let Some(key) = idlest else { return false };
-        if self.peers.remove_if(&key, |_, p| p.retire()).is_some() {
+        if at < self.busy_until.load(Relaxed) {
+            return false;
+        }
+        let Some((key, peer)) = self.idlest_in_rotation(now) else {
+            let until = at.saturating_add(nanos(BUSY_BACKOFF));
+            self.busy_until.store(until, Relaxed);
+            return false;
+        };
+        let retired = |_: &K, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
+        if self.peers.remove_if(&key, retired).is_some() {
             self.len.fetch_sub(1, Relaxed);
+        } else if !peer.is_retired() {
+            // A call came in since it was sampled: back in line.
+            self.rotation().push_back((key, peer));
         }
         self.len() < self.max_peers
+    }
+
+    /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
+    /// rotation. The others go to the back of the line; peers already let go are dropped.
+    fn idlest_in_rotation(&self, now: Instant) -> Option<(K, Arc<Peer>)> {
+        let mut rotation = self.rotation();
+        let mut idlest: Option<(K, Arc<Peer>)> = None;
+        for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {
+            let Some(entry) = rotation.pop_front() else {
+                break;
+            };
+            if entry.1.is_retired() {
+                continue;
+            }
+            let idler = entry.1.in_flight() == 0
+                && idlest
+                    .as_ref()
+                    .is_none_or(|(_, p)| entry.1.idle_for(now) > p.idle_for(now));
+            let back = if idler {
+                idlest.replace(entry)
+            } else {
+                Some(entry)
+            };
+            rotation.extend(back);
+        }
+        idlest
+    }
+
+    fn rotation(&self) -> MutexGuard<'_, VecDeque<(K, Arc<Peer>)>> {
+        self.rotation.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_policies(&self) -> RwLockWriteGuard<'_, Policies<K>> {
@@ -476,6 +533,26 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(t.get(&1).is_some());
         assert!(t.get(&2).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_of_busy_peers_is_sampled_once_per_backoff() {
+        let t = table(64);
+        let now = Instant::now();
+        let _calls: Vec<_> = (0..64)
+            .map(|k| t.peer(&k, now).unwrap().admit(now, 0))
+            .collect();
+        let front = || t.rotation().front().map(|(k, _)| *k);
+        assert_eq!(front(), Some(0));
+        assert!(t.peer(&100, now).is_none());
+        assert_eq!(front(), Some(32), "one sample went to the back of the line");
+        for k in 101..1000 {
+            assert!(t.peer(&k, now).is_none());
+        }
+        assert_eq!(front(), Some(32), "not looked at again within the back-off");
+        assert!(t.peer(&1000, now + BUSY_BACKOFF).is_none());
+        assert_eq!(front(), Some(0), "the next sample");
+        assert_eq!(t.untracked_calls.load(Relaxed), 901);
     }
 
     #[tokio::test(start_paused = true)]
