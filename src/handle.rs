@@ -58,28 +58,26 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
     }
 
     /// Replaces the default policy. Peers keep their latency history unless the window's
-    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`) changed.
+    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`) changed. Put in
+    /// force at once on every tracked peer without an override (a call never checks for
+    /// a change), so it takes time in proportion to those peers.
     pub fn set_default_policy(&self, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate()?;
-        self.table.update_policies(|p| p.default = Arc::new(policy));
+        self.table.set_default(policy);
         Ok(())
     }
 
-    /// Gives `peer` its own policy (whether or not it is tracked yet).
+    /// Gives `peer` its own policy (whether or not it is tracked yet). Touches that peer
+    /// only: the same cost at any number of peers.
     pub fn set_peer_policy(&self, peer: K, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate().map_err(|e| e.for_peer(&peer))?;
-        self.table.update_policies(|p| {
-            p.overrides.insert(peer, Arc::new(policy));
-        });
+        self.table.set_override(peer, policy);
         Ok(())
     }
 
     /// Puts `peer` back under the default policy. Returns whether it had an override.
     pub fn remove_peer_policy(&self, peer: &K) -> bool {
-        let mut had = false;
-        self.table
-            .update_policies(|p| had = p.overrides.remove(peer).is_some());
-        had
+        self.table.remove_override(peer)
     }
 
     /// The deadline a new call to `peer` would get, and why; `None` if it is not tracked.

@@ -100,6 +100,9 @@ pub(crate) struct PeerTable<K> {
     /// Seeds each peer's probe jitter from its key.
     jitter: foldhash::fast::FixedState,
     policies: RwLock<Policies<K>>,
+    /// Held by each policy change throughout, so that changes put in force on peers in the
+    /// order they were made.
+    changing: Mutex<()>,
     /// Calls that went untracked because the table was full.
     pub(crate) untracked_calls: AtomicU64,
 }
@@ -159,6 +162,7 @@ impl<K: PeerKey> PeerTable<K> {
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
             policies: RwLock::new(policies),
+            changing: Mutex::new(()),
             untracked_calls: AtomicU64::new(0),
         }
     }
@@ -304,17 +308,53 @@ impl<K: PeerKey> PeerTable<K> {
         self.policies.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Changes the policies, then puts them in force on every tracked peer.
-    pub(crate) fn update_policies(&self, change: impl FnOnce(&mut Policies<K>)) {
-        let mut policies = self.write_policies();
-        change(&mut policies);
+    /// Makes `policy` the default, and puts it in force on every tracked peer without an
+    /// override: O(peers), done at once so that a call never pays for a policy change.
+    pub(crate) fn set_default(&self, policy: TimeoutPolicy) {
+        let _changing = self.changing();
+        let policy = Arc::new(policy);
+        self.write_policies().default = policy.clone();
         self.untracked_deadline
-            .store(nanos(policies.default.cold_start), Relaxed);
+            .store(nanos(policy.cold_start), Relaxed);
+        // Outside the write lock, so inserts go on: one that read the old default is in
+        // the table by now, and one that did not reads the new one.
+        let policies = self.policies();
         let now = Instant::now();
         for entry in self.peers.iter() {
-            let (policy, overridden) = policies.for_key(entry.key());
-            entry.value().set_policy(policy, overridden, now);
+            if !policies.overrides.contains_key(entry.key()) {
+                entry.value().set_policy(policy.clone(), false, now);
+            }
         }
+    }
+
+    /// Gives `key` its own policy, in force at once if the peer is tracked: O(1).
+    pub(crate) fn set_override(&self, key: K, policy: TimeoutPolicy) {
+        let _changing = self.changing();
+        let policy = Arc::new(policy);
+        self.write_policies()
+            .overrides
+            .insert(key.clone(), policy.clone());
+        // Looked up after the change: an insert that read the policies before it is in the
+        // table by now (it holds the read lock until then).
+        if let Some(peer) = self.get(&key) {
+            peer.set_policy(policy, true, Instant::now());
+        }
+    }
+
+    /// Puts `key` back under the default policy: O(1). Returns whether it had an override.
+    pub(crate) fn remove_override(&self, key: &K) -> bool {
+        let _changing = self.changing();
+        let (had, default) = {
+            let mut policies = self.write_policies();
+            (
+                policies.overrides.remove(key).is_some(),
+                policies.default.clone(),
+            )
+        };
+        if let Some(peer) = self.get(key).filter(|_| had) {
+            peer.set_policy(default, false, Instant::now());
+        }
+        had
     }
 
     /// Removes peers idle for `idle_ttl` with no call in flight.
@@ -440,6 +480,10 @@ impl<K: PeerKey> PeerTable<K> {
             rotation.extend(back);
         }
         idlest
+    }
+
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn rotation(&self) -> MutexGuard<'_, VecDeque<(K, Arc<Peer>)>> {
