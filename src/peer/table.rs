@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::key::PeerKey;
 use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
 use crate::error::Reason;
-use crate::export::{self, PeerMetrics};
+use crate::export::{self, Labels, PeerMetrics};
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
@@ -99,6 +99,8 @@ pub(crate) struct PeerTable<K> {
     propagation: Propagation,
     /// Seeds each peer's probe jitter from its key.
     jitter: foldhash::fast::FixedState,
+    /// The peer labels given metric series of their own, at most `max_peers`.
+    labels: Labels,
     policies: RwLock<Policies<K>>,
     /// Held by each policy change throughout, so that changes put in force on peers in the
     /// order they were made.
@@ -161,6 +163,7 @@ impl<K: PeerKey> PeerTable<K> {
             interrupt_tokens,
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
+            labels: Labels::new(max_peers),
             policies: RwLock::new(policies),
             changing: Mutex::new(()),
             untracked_calls: AtomicU64::new(0),
@@ -392,7 +395,7 @@ impl<K: PeerKey> PeerTable<K> {
             let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
             let label = label(key);
-            let metrics = PeerMetrics::new(&label);
+            let metrics = PeerMetrics::new(&label, &self.labels);
             let peer = Peer::new(label, metrics, policy, overridden, self.epoch, now, seed);
             inserted = true;
             Arc::new(peer)
