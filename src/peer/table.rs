@@ -2,18 +2,16 @@
 //! learns whom it is for, whether it goes ahead, and with which deadline.
 //!
 //! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
-//! policy in force for it. When the table is full, idle peers are swept (no call for
-//! `idle_ttl`), else the idlest with no call in flight among the next few in rotation is
-//! evicted; if all of those are busy, the call goes untracked (with the default policy's
-//! cold-start deadline) and the table is not looked at again for a moment, so that a flood
-//! of new keys into a table of busy peers costs the same per call at any table size. A peer
-//! leaves the table only once retired (see
-//! [`Peer::retire`]), which no call in flight allows: a call admitted is always to a peer in
-//! the table, where `shutdown` and `interrupt_all` reach it. After `shutdown`, every call is
-//! refused. The table holds at most `max_peers` peers: when full, idle peers
-//! (no call for `idle_ttl`) are swept, then the idlest of a sample of peers with no call in
-//! flight is evicted; if none qualifies the call goes untracked, with the default policy's
-//! cold-start deadline.
+//! policy in force for it. The table holds at most `max_peers` peers: when full, idle
+//! peers (no call for `idle_ttl`) are swept, else the idlest with no call in flight among
+//! the next few in rotation is evicted; if all of those are busy, the call goes untracked
+//! (with the default policy's cold-start deadline) and the table is not looked at again
+//! for a moment, so that a flood of new keys into a table of busy peers costs the same per
+//! call at any table size.
+//!
+//! A peer leaves the table only once retired (see [`Peer::retire`]), which no call in
+//! flight allows: an admitted call's peer is in the table, where `shutdown` and
+//! `interrupt_all` reach it. After `shutdown`, every call is refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -35,11 +33,8 @@ use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
 
-/// How many peers an eviction looks at to find the idlest.
-const EVICTION_SAMPLE: usize = 32;
-/// How long a table found full of busy peers is not looked at again: calls to new peers
-/// meanwhile go untracked at once.
-const BUSY_BACKOFF: Duration = Duration::from_millis(1);
+mod room;
+
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).
 const ADMIT_TRIES: usize = 4;
@@ -173,7 +168,8 @@ impl<K: PeerKey> PeerTable<K> {
     /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
     /// finds or inserts its peer (through `last`, the calling service's cache), asks the
     /// peer for a ticket, and shortens the deadline to the caller's where that is shorter.
-    /// A spent caller's deadline is refused here, fired where this is called.
+    /// Refused here, whatever the peer: every call once the layer is shut down, and a call
+    /// whose caller's deadline is spent (fired where this is called).
     #[track_caller]
     pub(crate) fn admit(
         &self,
@@ -202,7 +198,7 @@ impl<K: PeerKey> PeerTable<K> {
     /// Admits a call to `peer`; `None` if the peer has left the table.
     fn admit_tracked(
         &self,
-        peer: Arc<Peer>,
+        peer: &Arc<Peer>,
         now: Instant,
         caller_deadline: Option<Duration>,
         here: &'static Location<'static>,
@@ -210,14 +206,13 @@ impl<K: PeerKey> PeerTable<K> {
         // Any call to the peer is use, also one refused.
         peer.touch(now);
         let generation = peer.interrupts().generation();
+        let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
         if let Some(fired) = self.refusal(caller_deadline, here) {
-            return Some(Admission::Refused(CallPeer::Tracked(peer), fired));
+            return refused(fired);
         }
         match peer.admit(now, generation) {
             Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
-            Err(NotAdmitted::FailFast(fired)) => {
-                Some(Admission::Refused(CallPeer::Tracked(peer), fired))
-            }
+            Err(NotAdmitted::FailFast(fired)) => refused(fired),
             Err(NotAdmitted::Retired) => None,
         }
     }
@@ -260,24 +255,19 @@ impl<K: PeerKey> PeerTable<K> {
     }
 
     /// The peer for `key`: the one in `last` if it is the same, else from the table (and
-    /// then remembered in `last`).
-    fn cached_peer(
+    /// then remembered in `last`). Borrowed from `last`: a call clones it once, into its
+    /// hold.
+    fn cached_peer<'a>(
         &self,
         key: K,
         now: Instant,
-        last: &mut Option<LastPeer<K>>,
-    ) -> Option<Arc<Peer>> {
-        if let Some(last) = last {
-            if last.key == key {
-                return Some(last.peer.clone());
-            }
+        last: &'a mut Option<LastPeer<K>>,
+    ) -> Option<&'a Arc<Peer>> {
+        if !last.as_ref().is_some_and(|last| last.key == key) {
+            let peer = self.peer(&key, now)?;
+            *last = Some(LastPeer { key, peer });
         }
-        let peer = self.peer(&key, now)?;
-        *last = Some(LastPeer {
-            key,
-            peer: peer.clone(),
-        });
-        Some(peer)
+        last.as_ref().map(|last| &last.peer)
     }
 
     /// The peer for `key`, inserting it if there is room. `None`: the call is untracked.
@@ -360,22 +350,6 @@ impl<K: PeerKey> PeerTable<K> {
         had
     }
 
-    /// Removes peers idle for `idle_ttl` with no call in flight.
-    pub(crate) fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
-        self.peers.retain(|_, p| {
-            let keep = p.idle_for(now) < self.idle_ttl || !p.retire();
-            removed += usize::from(!keep);
-            keep
-        });
-        self.len.fetch_sub(removed, Relaxed);
-        self.last_sweep.store(self.nanos(now), Relaxed);
-        if removed > 0 {
-            self.rotation().retain(|(_, p)| !p.is_retired());
-        }
-        removed
-    }
-
     /// Counts a call that goes untracked because the table had no room for its peer.
     fn count_untracked(&self) {
         self.untracked_calls.fetch_add(1, Relaxed);
@@ -403,94 +377,14 @@ impl<K: PeerKey> PeerTable<K> {
         let peer = entry.value().clone();
         drop(entry);
         if inserted {
-            self.rotation().push_back((key.clone(), peer.clone()));
+            self.line_up(key.clone(), peer.clone());
             slot.keep();
         }
         Some(peer)
     }
 
-    /// Takes one of the `max_peers` slots, making room if the table is full. Counting the
-    /// slot before inserting keeps concurrent inserts within the bound.
-    fn reserve(&self, now: Instant) -> Option<Slot<'_>> {
-        for _ in 0..8 {
-            let len = self.len();
-            if len >= self.max_peers {
-                if !self.make_room(now) {
-                    return None;
-                }
-                continue;
-            }
-            if self
-                .len
-                .compare_exchange_weak(len, len + 1, Relaxed, Relaxed)
-                .is_ok()
-            {
-                return Some(Slot(Some(&self.len)));
-            }
-        }
-        None
-    }
-
-    /// Frees at least one slot if it can: sweeps idle peers (at most every quarter
-    /// `idle_ttl`), else evicts the idlest of the next [`EVICTION_SAMPLE`] peers in rotation
-    /// with no call in flight. If those are all busy, the table is taken to be full of busy
-    /// peers and not looked at again for [`BUSY_BACKOFF`].
-    fn make_room(&self, now: Instant) -> bool {
-        let at = self.nanos(now);
-        let since_sweep = at.saturating_sub(self.last_sweep.load(Relaxed));
-        if Duration::from_nanos(since_sweep) >= self.idle_ttl / 4 && self.sweep(now) > 0 {
-            return true;
-        }
-        if at < self.busy_until.load(Relaxed) {
-            return false;
-        }
-        let Some((key, peer)) = self.idlest_in_rotation(now) else {
-            let until = at.saturating_add(nanos(BUSY_BACKOFF));
-            self.busy_until.store(until, Relaxed);
-            return false;
-        };
-        let retired = |_: &K, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
-        if self.peers.remove_if(&key, retired).is_some() {
-            self.len.fetch_sub(1, Relaxed);
-        } else if !peer.is_retired() {
-            // A call came in since it was sampled: back in line.
-            self.rotation().push_back((key, peer));
-        }
-        self.len() < self.max_peers
-    }
-
-    /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
-    /// rotation. The others go to the back of the line; peers already let go are dropped.
-    fn idlest_in_rotation(&self, now: Instant) -> Option<(K, Arc<Peer>)> {
-        let mut rotation = self.rotation();
-        let mut idlest: Option<(K, Arc<Peer>)> = None;
-        for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {
-            let Some(entry) = rotation.pop_front() else {
-                break;
-            };
-            if entry.1.is_retired() {
-                continue;
-            }
-            let idler = entry.1.in_flight() == 0
-                && idlest
-                    .as_ref()
-                    .is_none_or(|(_, p)| entry.1.idle_for(now) > p.idle_for(now));
-            let back = if idler {
-                idlest.replace(entry)
-            } else {
-                Some(entry)
-            };
-            rotation.extend(back);
-        }
-        idlest
-    }
-
     fn changing(&self) -> MutexGuard<'_, ()> {
         self.changing.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn rotation(&self) -> MutexGuard<'_, VecDeque<(K, Arc<Peer>)>> {
-        self.rotation.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_policies(&self) -> RwLockWriteGuard<'_, Policies<K>> {
@@ -501,24 +395,6 @@ impl<K: PeerKey> PeerTable<K> {
 
     fn nanos(&self, t: Instant) -> u64 {
         nanos(t.saturating_duration_since(self.epoch))
-    }
-}
-
-/// A table slot taken for an insert: given back unless kept, also if the insert panics
-/// (say, in the key's `Debug`).
-struct Slot<'a>(Option<&'a AtomicUsize>);
-
-impl Slot<'_> {
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if let Some(len) = self.0 {
-            len.fetch_sub(1, Relaxed);
-        }
     }
 }
 
@@ -547,7 +423,8 @@ fn label<K: PeerKey>(key: &K) -> Box<str> {
 mod tests {
     use super::*;
 
-    fn table(max: usize) -> PeerTable<u32> {
+    /// A table of `max` peers keyed by `u32`, under the default policy.
+    pub(super) fn table(max: usize) -> PeerTable<u32> {
         let policies = Policies {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),
@@ -566,49 +443,5 @@ mod tests {
     fn string_keys_are_labelled_without_quotes() {
         assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
         assert_eq!(&*label(&7u32), "7");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_table_evicts_idle_peers_but_never_busy_ones() {
-        let t = table(2);
-        let now = Instant::now();
-        let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now, 0); // peer 1 has a call in flight
-        let _b = t.peer(&2, now).unwrap();
-        // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
-        assert!(t.peer(&3, now).is_some());
-        assert_eq!(t.len(), 2);
-        assert!(t.get(&1).is_some());
-        assert!(t.get(&2).is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_table_of_busy_peers_is_sampled_once_per_backoff() {
-        let t = table(64);
-        let now = Instant::now();
-        let _calls: Vec<_> = (0..64)
-            .map(|k| t.peer(&k, now).unwrap().admit(now, 0))
-            .collect();
-        let front = || t.rotation().front().map(|(k, _)| *k);
-        assert_eq!(front(), Some(0));
-        assert!(t.peer(&100, now).is_none());
-        assert_eq!(front(), Some(32), "one sample went to the back of the line");
-        for k in 101..1000 {
-            assert!(t.peer(&k, now).is_none());
-        }
-        assert_eq!(front(), Some(32), "not looked at again within the back-off");
-        assert!(t.peer(&1000, now + BUSY_BACKOFF).is_none());
-        assert_eq!(front(), Some(0), "the next sample");
-        assert_eq!(t.untracked_calls.load(Relaxed), 901);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_table_of_busy_peers_refuses_to_track() {
-        let t = table(1);
-        let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now, 0);
-        assert!(t.peer(&2, now).is_none());
-        assert_eq!(t.untracked_calls.load(Relaxed), 1);
-        assert_eq!(t.len(), 1);
     }
 }
