@@ -48,6 +48,14 @@ fn stack(
     (svc, handle)
 }
 
+/// One call to `peer`, answered after `delay`.
+async fn call<S>(svc: &S, peer: &'static str, delay: Duration)
+where
+    S: Service<Call, Response = (), Error = BoxError> + Clone,
+{
+    svc.clone().oneshot(Call { peer, delay }).await.unwrap();
+}
+
 /// Warms `peer` on 10ms answers (deadline about 25ms), then answers 50 calls in 20ms
 /// without republishing; returns the deadline it still publishes.
 async fn lag<S>(
@@ -59,7 +67,7 @@ where
     S: Service<Call, Response = (), Error = BoxError> + Clone,
 {
     for delay in [ms(10); 10].into_iter().chain([ms(20); 50]) {
-        svc.clone().oneshot(Call { peer, delay }).await.unwrap();
+        call(svc, peer, delay).await;
     }
     let (deadline, _) = handle.deadline(&peer).unwrap();
     assert!(
@@ -72,13 +80,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn an_override_set_or_removed_touches_its_own_peer_only() {
     let (svc, handle) = stack(builder());
-    svc.clone()
-        .oneshot(Call {
-            peer: "a",
-            delay: ms(1),
-        })
-        .await
-        .unwrap();
+    call(&svc, "a", ms(1)).await;
     let b = lag(&svc, &handle, "b").await;
 
     let special = lagging().cold_start(ms(300));
@@ -96,13 +98,7 @@ async fn an_override_set_or_removed_touches_its_own_peer_only() {
 #[tokio::test(start_paused = true)]
 async fn a_new_default_leaves_peers_with_an_override_alone() {
     let (svc, handle) = stack(builder().peer_policy("c", lagging().margin(ms(4))));
-    svc.clone()
-        .oneshot(Call {
-            peer: "a",
-            delay: ms(1),
-        })
-        .await
-        .unwrap();
+    call(&svc, "a", ms(1)).await;
     let c = lag(&svc, &handle, "c").await;
 
     handle
