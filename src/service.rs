@@ -16,9 +16,9 @@ use crate::peer::table::{Admission, LastPeer, PeerTable};
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
 ///
-/// A call refused at once (its peer is silent, or the caller's deadline was already spent)
-/// never reaches the inner service: like any tower filter, it leaves the readiness it was
-/// given to the next call.
+/// A call refused at once (its peer is silent, the caller's deadline was already spent,
+/// or the layer was shut down) never reaches the inner service: like any tower filter, it
+/// leaves the readiness it was given to the next call.
 pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
