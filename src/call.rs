@@ -186,8 +186,8 @@ impl Call {
 }
 
 /// The error of a call refused at admission (its peer is silent, the caller's deadline
-/// was spent, or the layer was shut down), recognized where this is called. It is fired into the call's token, so work
-/// deeper in the chain stops too.
+/// was spent, or the layer was shut down), recognized where this is called. It is fired
+/// into the call's token, so work deeper in the chain stops too.
 #[track_caller]
 pub(crate) fn refusal(peer: &CallPeer, fired: Fired, token: Option<&Interrupt>) -> Interrupted {
     let here = Location::caller();
