@@ -38,7 +38,8 @@ pub enum Reason {
     },
     /// Somebody interrupted the call by hand, saying why.
     Manual(Cow<'static, str>),
-    /// The layer is shutting down.
+    /// The layer was shut down ([`InterruptHandle::shutdown`](crate::InterruptHandle::shutdown)):
+    /// the calls in flight then, and every call after.
     Shutdown,
     /// The caller's deadline had already passed when the call was made.
     BudgetSpent,

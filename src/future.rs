@@ -243,7 +243,7 @@ mod tests {
 
     use super::*;
     use crate::interrupt::Interrupts;
-    use crate::peer::{CallPeer, Ticket};
+    use crate::peer::{InFlight, Ticket};
     use crate::policy::DeadlineSource;
     use crate::token::Interrupt;
 
@@ -261,8 +261,8 @@ mod tests {
             generation: 0,
             probe: false,
         };
-        let peer = CallPeer::Untracked(Arc::new(Interrupts::new()));
-        Call::new(peer, Instant::now(), ticket, Some(Interrupt::new()))
+        let held = InFlight::untracked(Arc::new(Interrupts::new()));
+        Call::new(held, Instant::now(), ticket, Some(Interrupt::new()))
     }
 
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its

@@ -158,7 +158,9 @@ impl<K: PeerKey, F> Builder<K, F> {
     }
 
     /// At most this many peers are tracked (default 10,000). Calls to further peers get the
-    /// default policy's cold-start deadline.
+    /// default policy's cold-start deadline. With the `metrics` feature, at most this many
+    /// distinct peers get series of their own over the layer's life (see the `export`
+    /// module).
     pub fn max_peers(mut self, max_peers: usize) -> Self {
         self.max_peers = max_peers;
         self

@@ -18,9 +18,9 @@ use crate::token::Interrupt;
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
 ///
-/// A call refused at once (its peer is silent, or the caller's deadline was already spent,
-/// or its caller's token has fired) never reaches the inner service: like any tower filter,
-/// it leaves the readiness it was given to the next call.
+/// A call refused at once (its peer is silent, the caller's deadline was already spent,
+/// its caller's token has fired, or the layer was shut down) never reaches the inner
+/// service: like any tower filter, it leaves the readiness it was given to the next call.
 pub struct AdaptiveTimeout<S, K, F> {
     inner: S,
     table: Arc<PeerTable<K>>,
@@ -94,12 +94,14 @@ where
                 let fired = gone.unwrap_or(fired);
                 ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))
             }
-            Admission::Admitted(peer, ticket) => {
+            Admission::Admitted(held, ticket) => {
+                // The guard first: a panic from here on (writing the deadline, in the inner
+                // service's `call`) ends the call as abandoned.
+                let call = Call::new(held, start, ticket, token);
                 if propagation.is_on() {
                     self.key_fn
                         .write_deadline(&mut req, ticket.deadline, propagation);
                 }
-                let call = Call::new(peer, start, ticket, token);
                 ResponseFuture::running(self.inner.call(req), call)
             }
         }

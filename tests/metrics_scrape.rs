@@ -3,7 +3,8 @@
 //! call each show up in their series, with the peer label and the counts of calls made.
 //!
 //! The `metrics` recorder is global to the process, so this binary installs it once and
-//! checks everything from one test.
+//! checks everything from one test. The bound on series runs under a recorder of its own,
+//! local to its thread.
 #![cfg(feature = "metrics")]
 
 pub mod support;
@@ -21,7 +22,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, DeadlineSource, Interrupted, Reason, TimeoutPolicy,
 };
 
-use support::ms;
+use support::{echo_keys, ms};
 
 /// A call to `peer`, answered after `latency` (never, for `None`).
 struct Call {
@@ -261,6 +262,68 @@ async fn scrape_shows_every_series_with_peer_labels() {
             .map(Interrupted::reason),
         Some(Reason::PeerSilent { .. })
     ));
+}
+
+#[test]
+fn twenty_thousand_keys_through_a_hundred_peers_keep_the_series_bounded() {
+    const KEYS: u64 = 20_000;
+    const MAX_PEERS: usize = 100;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let handle = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let (svc, handle) = echo_keys(MAX_PEERS);
+            for key in 0..KEYS {
+                assert_eq!(svc.clone().oneshot(key).await.unwrap(), key);
+            }
+            handle
+        })
+    });
+    assert_eq!(handle.peer_count(), MAX_PEERS);
+    assert_eq!(handle.untracked_calls(), 0);
+
+    let page = prometheus.render();
+    let m = Exposition::parse(&page);
+    let peers: std::collections::BTreeSet<_> =
+        m.0.keys()
+            .flat_map(|(_, labels)| labels.iter())
+            .filter(|(k, _)| k == "peer")
+            .map(|(_, v)| v.as_str())
+            .collect();
+    let lines = m.0.len();
+    eprintln!(
+        "{KEYS} keys, max_peers {MAX_PEERS}: {lines} series of {} peer labels, {} bytes",
+        peers.len(),
+        page.len()
+    );
+    // The first MAX_PEERS peers keep their own series; the others share `_other`.
+    assert_eq!(peers.len(), MAX_PEERS + 1);
+    assert!(peers.contains("_other") && peers.contains("0") && peers.contains("99"));
+    // Each label: 4 counters, 5 interrupt reasons, 4 transitions, 3 gauges and the
+    // latency summary (7 quantiles, sum, count); plus the untracked counter.
+    assert!(lines <= (MAX_PEERS + 1) * 25 + 1, "{lines} series");
+    let other = [("peer", "_other")];
+    let calls = m.value("adaptive_timeout_calls_total", &other);
+    assert_eq!(calls, (KEYS - MAX_PEERS as u64) as f64);
+    assert_eq!(m.value("adaptive_timeout_in_flight", &other), 0.0);
+    assert_eq!(
+        m.value("adaptive_timeout_latency_seconds_count", &other),
+        calls
+    );
+    for shared in [
+        "adaptive_timeout_deadline_seconds",
+        "adaptive_timeout_state",
+    ] {
+        assert!(
+            !m.0.contains_key(&(shared.to_owned(), vec![("peer".into(), "_other".into())])),
+            "{shared} has no series for peers without their own"
+        );
+    }
 }
 
 /// Prometheus text, as `(name, sorted labels) -> value`.

@@ -1,5 +1,8 @@
-//! The export itself, through the `metrics` facade: one peer's handles, registered once.
+//! The export itself, through the `metrics` facade: one peer's handles, registered once,
+//! under a `peer` label from a bounded set.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::metrics::{
@@ -21,6 +24,10 @@ const IN_FLIGHT: &str = "adaptive_timeout_in_flight";
 const STATE: &str = "adaptive_timeout_state";
 const LATENCY: &str = "adaptive_timeout_latency_seconds";
 const UNTRACKED: &str = "adaptive_timeout_untracked_calls_total";
+
+/// The `peer` label shared by the peers tracked after the layer's bound on labels was
+/// reached.
+const OTHER: &str = "_other";
 
 /// The interrupt reasons whose series every peer has from the start.
 const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];
@@ -62,6 +69,37 @@ pub(crate) fn untracked_call() {
     counter!(UNTRACKED).increment(1);
 }
 
+/// The `peer` labels one layer has given series of their own: at most `bound` (its
+/// `max_peers`) over its life. The `metrics` facade cannot remove a series, so a label
+/// once given is kept (a peer tracked again continues its series) and never handed to
+/// another peer; peers beyond the bound share [`OTHER`].
+pub(crate) struct Labels {
+    bound: usize,
+    given: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Labels {
+    pub(crate) fn new(bound: usize) -> Self {
+        Labels {
+            bound,
+            given: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label of `peer`'s own series, if it has them or there is room for them.
+    fn claim(&self, peer: &Arc<str>) -> Option<SharedString> {
+        let mut given = self.given.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(label) = given.get(peer) {
+            return Some(SharedString::from(label.clone()));
+        }
+        if given.len() >= self.bound {
+            return None;
+        }
+        given.insert(peer.clone());
+        Some(SharedString::from(peer.clone()))
+    }
+}
+
 /// One peer's metric handles, registered when the peer is first tracked.
 pub(crate) struct PeerMetrics {
     peer: SharedString,
@@ -73,20 +111,31 @@ pub(crate) struct PeerMetrics {
     interrupts: [Counter; REASONS.len()],
     /// By [`PeerState::ALL`].
     transitions: [Counter; PeerState::ALL.len()],
+    /// No-op under [`OTHER`], which many peers share.
     deadline: Gauge,
     in_flight: Gauge,
+    /// No-op under [`OTHER`].
     state: Gauge,
     latency: Histogram,
 }
 
 impl PeerMetrics {
-    /// A new peer's handles. A peer tracked again finds its former series with the
-    /// recorder: its state gauge starts over at healthy, as the peer does (the deadline
-    /// gauge is set when the peer publishes its first deadline).
-    pub(crate) fn new(label: &std::sync::Arc<str>) -> Self {
-        let peer = SharedString::from(label.clone());
+    /// The handles of the peer named `label`, under its own label if `labels` has room
+    /// for it, else under [`OTHER`]: counts, `in_flight` and latency summed over those
+    /// peers, and no deadline or state gauge (one value cannot stand for many peers). A
+    /// peer tracked again finds its former series with the recorder: its state gauge
+    /// starts over at healthy, as the peer does (the deadline gauge is set when the peer
+    /// publishes its first deadline).
+    pub(crate) fn new(label: &Arc<str>, labels: &Labels) -> Self {
+        let own = labels.claim(label);
+        let shared = own.is_none();
+        let peer = own.unwrap_or(SharedString::const_str(OTHER));
         let p = || peer.clone();
-        let state = gauge!(STATE, "peer" => p());
+        let single = |name: &'static str| match shared {
+            false => gauge!(name, "peer" => p()),
+            true => Gauge::noop(),
+        };
+        let state = single(STATE);
         state.set(PeerState::Healthy.index() as f64);
         PeerMetrics {
             calls: counter!(CALLS, "peer" => p()),
@@ -96,7 +145,7 @@ impl PeerMetrics {
             interrupts: REASONS.map(|r| counter!(INTERRUPTS, "peer" => p(), "reason" => r)),
             transitions: PeerState::ALL
                 .map(|s| counter!(TRANSITIONS, "peer" => p(), "to" => s.as_str())),
-            deadline: gauge!(DEADLINE, "peer" => p()),
+            deadline: single(DEADLINE),
             in_flight: gauge!(IN_FLIGHT, "peer" => p()),
             state,
             latency: histogram!(LATENCY, "peer" => p()),

@@ -39,6 +39,10 @@ static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked pe
 /// Most misses whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
 
+/// The bit of a peer's in-flight word that says the table has let it go (see
+/// [`Peer::retire`]); the other bits count calls in flight.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
@@ -46,10 +50,11 @@ pub(crate) struct Peer {
     label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
-    /// Calls in flight.
+    /// Calls in flight, and the [`RETIRED`] bit: one word, so that admission and eviction
+    /// agree on whether a call got in before the peer left the table.
     in_flight: CachePadded<AtomicUsize>,
-    /// Last call start, in nanoseconds since `epoch` (for idle eviction); written at most
-    /// once per millisecond.
+    /// Last call to the peer, admitted or refused, in nanoseconds since `epoch` (for idle
+    /// eviction); written at most once per millisecond.
     last_used: AtomicU64,
     interrupts: Interrupts,
     /// The gaps between response body frames, for the bodies' idle deadline.
@@ -127,6 +132,64 @@ pub(crate) struct Ticket {
     pub(crate) probe: bool,
 }
 
+/// Why a peer did not admit a call.
+pub(crate) enum NotAdmitted {
+    /// The peer is silent: the call fails fast.
+    FailFast(Fired),
+    /// The table let the peer go since the caller found it: look the peer up again.
+    Retired,
+}
+
+/// An admitted call's place among its peer's calls in flight, held from the moment the
+/// peer counted it. The call's outcome is recorded through [`InFlight::end`]; dropped
+/// without one (its caller went away, or a panic came between admission and the call's
+/// future) the call ends as abandoned, so the count and a probe slot always come back.
+pub(crate) struct InFlight {
+    peer: CallPeer,
+    probe: bool,
+    ended: bool,
+}
+
+impl InFlight {
+    /// An untracked call: nothing to give back.
+    pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
+        InFlight {
+            peer: CallPeer::Untracked(interrupts),
+            probe: false,
+            ended: false,
+        }
+    }
+
+    /// Whom the call is for.
+    pub(crate) fn peer(&self) -> &CallPeer {
+        &self.peer
+    }
+
+    /// The call's probe was answered (its head came): a later abandon (its body dropped)
+    /// is no abandoned probe.
+    pub(crate) fn probe_answered(&mut self) {
+        self.probe = false;
+    }
+
+    /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
+    /// recorded nowhere). Dropping the hold records nothing after this.
+    pub(crate) fn end(&mut self) -> Option<&Peer> {
+        self.ended = true;
+        match &self.peer {
+            CallPeer::Tracked(p) => Some(p),
+            CallPeer::Untracked(_) => None,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (false, CallPeer::Tracked(p)) = (self.ended, &self.peer) {
+            p.on_abandon(Instant::now(), self.probe, None);
+        }
+    }
+}
+
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
 pub(crate) enum CallPeer {
     /// A peer in the table.
@@ -157,6 +220,7 @@ impl CallPeer {
 impl Peer {
     pub(crate) fn new(
         label: Arc<str>,
+        metrics: PeerMetrics,
         policy: Arc<TimeoutPolicy>,
         overridden: bool,
         epoch: Instant,
@@ -166,7 +230,7 @@ impl Peer {
     ) -> Peer {
         let window = Window::new(&policy, now);
         let peer = Peer {
-            metrics: PeerMetrics::new(&label),
+            metrics,
             classifier,
             label,
             epoch,
@@ -240,19 +304,36 @@ impl Peer {
         &self.interrupts
     }
 
-    /// Admits a call starting at `now`, or refuses it because the peer is silent. A healthy
-    /// peer costs atomic reads only; the window is rotated first if its time has come, so
-    /// stale history does not set the deadline.
-    pub(crate) fn admit(&self, now: Instant) -> Result<Ticket, Fired> {
+    /// Admits a call starting at `now` whose interrupt generation is `generation`, or
+    /// refuses it because the peer is silent or has left the table. A healthy peer costs
+    /// atomic operations only; the window is rotated first if its time has come, so stale
+    /// history does not set the deadline.
+    ///
+    /// The call is counted in flight before anything else, on the word that also holds
+    /// [`RETIRED`]: either the table retires the peer first and this call looks it up again,
+    /// or the call is counted first and the table keeps the peer (and with it the call
+    /// within reach of `shutdown` and `interrupt_all`) until it ends.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        now: Instant,
+        generation: u64,
+    ) -> Result<(InFlight, Ticket), NotAdmitted> {
+        if self.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return Err(NotAdmitted::Retired);
+        }
+        let mut held = InFlight {
+            peer: CallPeer::Tracked(self.clone()),
+            probe: false,
+            ended: false,
+        };
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
             if locked.window.advance(now) {
                 self.publish(&mut locked);
             }
         }
-        let generation = self.interrupts.generation();
         let (mut deadline, mut source) = self.deadline();
-        let mut probe = false;
         if !self.state().is_open() {
             let mut guard = self.lock();
             let locked = &mut *guard;
@@ -260,26 +341,38 @@ impl Peer {
             self.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe(d) => (probe, deadline) = (true, d),
+                Verdict::Probe(d) => (held.probe, deadline) = (true, d),
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
                 Verdict::FailFast => {
+                    // Never in flight: uncounted, and not an abandoned call.
+                    held.ended = true;
+                    self.in_flight.fetch_sub(1, Relaxed);
                     self.counters.fail_fast.fetch_add(1, Relaxed);
                     self.metrics.rejected();
-                    return Err(self.silent_reason(locked, now, locked.silenced.as_ref()));
+                    let fired = self.silent_reason(locked, now, locked.silenced.as_ref());
+                    return Err(NotAdmitted::FailFast(fired));
                 }
             }
         }
-        self.touch(now);
-        self.in_flight.fetch_add(1, Relaxed);
         self.metrics.admitted();
-        Ok(Ticket {
+        let probe = held.probe;
+        let ticket = Ticket {
             deadline,
             source,
             generation,
             probe,
-        })
+        };
+        Ok((held, ticket))
+    }
+
+    /// Lets the peer go if it has no call in flight: from then on every admission is
+    /// refused as [`NotAdmitted::Retired`]. Returns whether it was retired.
+    pub(crate) fn retire(&self) -> bool {
+        self.in_flight
+            .compare_exchange(0, RETIRED, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// Classifies an inner error (only errors are classified: a success is a sample).
@@ -533,12 +626,17 @@ impl Peer {
         self.publish(&mut locked);
     }
 
-    /// Calls in flight now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+    /// Whether the table has let the peer go.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.in_flight.load(Relaxed) & RETIRED != 0
     }
 
-    /// How long since the last call started.
+    /// Calls in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed) & !RETIRED
+    }
+
+    /// How long since the last call to the peer.
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.nanos(now).saturating_sub(self.last_used.load(Relaxed)))
     }
@@ -590,8 +688,9 @@ impl Peer {
         self.published.set_rotate_at(rotate_at);
     }
 
-    /// Notes a call start for idle eviction, writing only when a millisecond has passed.
-    fn touch(&self, now: Instant) {
+    /// Notes a call to the peer at `now` (admitted or refused: either is use) for idle
+    /// eviction, writing only when a millisecond has passed.
+    pub(crate) fn touch(&self, now: Instant) {
         let now = self.nanos(now);
         if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
             self.last_used.store(now, Relaxed);

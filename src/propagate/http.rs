@@ -31,10 +31,22 @@ pub(crate) fn write<B>(req: &mut Request<B>, deadline: Duration, propagation: &P
     let headers = req.headers_mut();
     if propagation.grpc_timeout {
         let value = HeaderValue::from(format_grpc_timeout(deadline));
-        headers.insert(HeaderName::from_static(GRPC_TIMEOUT), value);
+        put(headers, HeaderName::from_static(GRPC_TIMEOUT), value);
     }
     if let Some(name) = &propagation.millis_header {
-        headers.insert(name.clone(), HeaderValue::from(format_millis(deadline)));
+        put(
+            headers,
+            name.clone(),
+            HeaderValue::from(format_millis(deadline)),
+        );
+    }
+}
+
+/// Sets header `name`, unless the map is at its size limit: then the callee is not told
+/// the deadline (a debug event says so), and the call goes ahead.
+fn put(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if headers.try_insert(&name, value).is_err() {
+        tracing::debug!(header = %name, "header map full: deadline not propagated");
     }
 }
 
