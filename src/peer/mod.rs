@@ -218,11 +218,12 @@ impl CallPeer {
 }
 
 impl Peer {
+    /// A peer first seen at `now`, under `policy` (and whether that is a per-peer
+    /// override), its probe jitter seeded by `jitter_seed`.
     pub(crate) fn new(
         label: Arc<str>,
         metrics: PeerMetrics,
-        policy: Arc<TimeoutPolicy>,
-        overridden: bool,
+        (policy, overridden): (Arc<TimeoutPolicy>, bool),
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,

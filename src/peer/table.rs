@@ -379,14 +379,12 @@ impl<K: PeerKey> PeerTable<K> {
             .peers
             .entry(Arc::new(detached(key)))
             .or_insert_with(|| {
-                let (policy, overridden) = policies.for_key(key);
                 let seed = self.jitter.hash_one(key);
                 let label = label(key);
                 let metrics = PeerMetrics::new(&label, &self.labels);
+                let policy = policies.for_key(key);
                 let classifier = self.classifier.clone();
-                let peer = Peer::new(
-                    label, metrics, policy, overridden, self.epoch, now, seed, classifier,
-                );
+                let peer = Peer::new(label, metrics, policy, self.epoch, now, seed, classifier);
                 inserted = true;
                 Arc::new(peer)
             });
