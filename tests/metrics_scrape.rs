@@ -1,6 +1,7 @@
 //! The `metrics` export, scraped as Prometheus text over real HTTP on 127.0.0.1: answered
-//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt and an untracked
-//! call each show up in their series, with the peer label and the counts of calls made.
+//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt, a peer that
+//! refuses connections and an untracked call each show up in their series, with the peer
+//! label and the counts of calls made.
 //!
 //! The `metrics` recorder is global to the process, so this binary installs it once and
 //! checks everything from one test.
@@ -23,7 +24,10 @@ use tower_adaptive_timeout::{
 
 use support::ms;
 
-/// A call to `peer`, answered after `latency` (never, for `None`).
+/// The peer whose calls fail at once with connection refused (its process is down).
+const DOWN: &str = "down:6";
+
+/// A call to `peer`, answered after `latency` (never, for `None`); calls to [`DOWN`] fail.
 struct Call {
     peer: &'static str,
     latency: Option<Duration>,
@@ -41,6 +45,9 @@ fn service(
     layer: &AdaptiveTimeoutLayer<&'static str, fn(&Call) -> &'static str>,
 ) -> tower::util::BoxCloneService<Call, &'static str, BoxError> {
     let inner = service_fn(|c: Call| async move {
+        if c.peer == DOWN {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+        }
         match c.latency {
             Some(latency) => tokio::time::sleep(latency).await,
             None => std::future::pending().await,
@@ -122,6 +129,14 @@ async fn scrape_shows_every_series_with_peer_labels() {
     tokio::time::sleep(ms(20)).await;
     assert!(interrupts.interrupt_peer(&"held:3", "test"));
     assert_eq!(reason(&held.await.unwrap()), Some("manual"));
+
+    // down:6 refuses 5 connections: failures, not answers, and no state change.
+    for _ in 0..5 {
+        let err = svc.clone().oneshot(call(DOWN, Some(1))).await.unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
+    }
+    let down = handle.peer(&DOWN).unwrap();
+    assert_eq!((down.failures, down.consecutive_failures), (5, 5));
 
     // A second layer tracks one peer: while solo:4 is busy, overflow:5 goes untracked.
     let small = AdaptiveTimeoutLayer::builder(key as fn(&Call) -> &'static str)
@@ -210,6 +225,26 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(at("adaptive_timeout_responses_total", &held), 0.0);
     assert_eq!(at("adaptive_timeout_in_flight", &held), 0.0);
 
+    // The peer that refuses connections: failures only.
+    let down = [("peer", DOWN)];
+    assert_eq!(at("adaptive_timeout_calls_total", &down), 5.0);
+    assert_eq!(at("adaptive_timeout_failures_total", &down), 5.0);
+    assert_eq!(at("adaptive_timeout_responses_total", &down), 0.0);
+    assert_eq!(at("adaptive_timeout_timeouts_total", &down), 0.0);
+    assert_eq!(at("adaptive_timeout_latency_seconds_count", &down), 0.0);
+    assert_eq!(at("adaptive_timeout_in_flight", &down), 0.0);
+    assert_eq!(
+        at("adaptive_timeout_state", &down),
+        0.0,
+        "not proof of anything"
+    );
+    for peer in ["fast:1", "gone:2", "held:3"] {
+        assert_eq!(
+            at("adaptive_timeout_failures_total", &[("peer", peer)]),
+            0.0
+        );
+    }
+
     // The untracked call: counted without a peer label, and no series of its own.
     assert_eq!(
         at("adaptive_timeout_calls_total", &[("peer", "solo:4")]),
@@ -224,6 +259,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     // Types and descriptions.
     for (name, kind) in [
         ("adaptive_timeout_calls_total", "counter"),
+        ("adaptive_timeout_failures_total", "counter"),
         ("adaptive_timeout_interrupts_total", "counter"),
         ("adaptive_timeout_transitions_total", "counter"),
         ("adaptive_timeout_deadline_seconds", "gauge"),
@@ -251,7 +287,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
         .collect();
     assert_eq!(
         peers.into_iter().collect::<Vec<_>>(),
-        ["fast:1", "gone:2", "held:3", "solo:4"],
+        ["down:6", "fast:1", "gone:2", "held:3", "solo:4"],
         "one series set per tracked peer"
     );
     assert!(matches!(
