@@ -14,6 +14,9 @@
 //! * [`KeyFn`] maps a request to its peer (any `Fn(&Req) -> K`; `http::Request` is keyed by
 //!   scheme and authority).
 //! * Each peer has a time-decaying latency histogram (a ring of hdrhistogram sub-windows).
+//!   What an outcome teaches it is [`classify`]'s call: a response is a sample, an error
+//!   the peer sent (or a 5xx, with [`classify::HttpStatus`]) an answer only, a transport
+//!   failure neither.
 //! * [`TimeoutPolicy`] turns it into a deadline: `clamp(quantile × factor + margin, min,
 //!   max)`, with a cold-start deadline until enough samples exist. It is recomputed when the
 //!   window rotates or every `recompute_every` samples, never per call.
