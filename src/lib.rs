@@ -100,8 +100,8 @@ pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
-    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
-    MAX_WINDOW, MIN_SUB_WINDOW,
+    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
+    MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW, MIN_SUB_WINDOW,
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;
