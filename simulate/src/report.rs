@@ -150,7 +150,7 @@ impl Row {
     }
 
     /// Median and max return lag over the silences (`None`: a peer never let back in).
-    pub fn return_lag(&self) -> Option<(Option<Duration>, Option<Duration>)> {
+    pub fn return_lag(&self) -> Option<Spread> {
         median_max(self.episodes.iter().map(|e| e.return_lag).collect())
     }
 
@@ -328,8 +328,11 @@ impl Report {
     }
 }
 
+/// A median and a max; `None` for a value longer than any (e.g. a peer never let back in).
+pub type Spread = (Option<Duration>, Option<Duration>);
+
 /// Median and max of `v`, `None` counting as longer than any value; `None` if empty.
-fn median_max(mut v: Vec<Option<Duration>>) -> Option<(Option<Duration>, Option<Duration>)> {
+fn median_max(mut v: Vec<Option<Duration>>) -> Option<Spread> {
     v.sort_by_key(|d| d.unwrap_or(Duration::MAX));
     Some((*v.get(v.len().saturating_sub(1) / 2)?, *v.last()?))
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tower_adaptive_timeout::TimeoutPolicy;
 
-use crate::report::{human, Row};
+use crate::report::{human, Row, Spread};
 use crate::strategies::{layer, Kind};
 use crate::workload::{workloads, PeerPlan};
 use crate::{driver, SimConfig};
@@ -171,7 +171,7 @@ impl Sweep {
                 let v: Vec<String> = point.rows.iter().map(f).collect();
                 v.join(" / ")
             };
-            let lag = |pick: fn((Option<Duration>, Option<Duration>)) -> Option<Duration>| {
+            let lag = |pick: fn(Spread) -> Option<Duration>| {
                 move |r: &Row| {
                     r.return_lag()
                         .map_or("-".into(), |m| pick(m).map_or("none".into(), human))
