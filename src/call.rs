@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
-use crate::classify::Outcome;
+use crate::classify::{ClassifyResponse, Outcome};
 use crate::error::{BoxError, Interrupted, Reason};
 use crate::interrupt::{Fired, Origin};
 use crate::peer::{CallPeer, InFlight, Ticket};
@@ -105,20 +105,23 @@ impl Call {
         Some((self.token.as_ref()?.fired_record()?, Origin::Caller))
     }
 
-    /// Records how the call ended and gives its result. The error of an interrupted or
+    /// Records how the call ended and gives its result: a response as `classify` says, an
+    /// inner error as the peer's error classifier says. The error of an interrupted or
     /// expired call says it was recognized where this is called.
     #[track_caller]
     pub(crate) fn end<T, E: Into<BoxError>>(
         self,
         ended: Ended<Result<T, E>>,
+        classify: &impl ClassifyResponse<T>,
     ) -> Result<T, BoxError> {
         let _entered = self.span.clone().entered();
         match ended {
             Ended::Answered(result) => {
                 let result = result.map_err(Into::into);
                 let outcome = match (&result, self.peer()) {
+                    (Ok(response), _) => classify.classify(response),
                     (Err(err), CallPeer::Tracked(p)) => p.classify(err),
-                    _ => Outcome::Sample,
+                    (Err(_), CallPeer::Untracked(_)) => Outcome::Sample,
                 };
                 self.answered(outcome);
                 result

@@ -11,7 +11,8 @@
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
 //! | `adaptive_timeout_calls_total` | counter | `peer` | calls admitted to the peer (fail-fast rejections are not calls) |
-//! | `adaptive_timeout_responses_total` | counter | `peer` | calls the peer answered (success or the inner service's error) |
+//! | `adaptive_timeout_responses_total` | counter | `peer` | calls the peer answered (a success, or an error or a status it sent) |
+//! | `adaptive_timeout_failures_total` | counter | `peer` | calls that failed to reach the peer ([`Outcome::Failure`]: connection refused or reset, DNS, TLS) |
 //! | `adaptive_timeout_timeouts_total` | counter | `peer` | calls that ran out their deadline |
 //! | `adaptive_timeout_interrupts_total` | counter | `peer`, `reason` | calls in flight ended by an interrupt; `reason` is [`Reason::as_str`]: `peer_silent`, `manual`, `shutdown` (others appear once they happen) |
 //! | `adaptive_timeout_fail_fast_total` | counter | `peer` | calls refused at once because the peer was silent |
@@ -24,12 +25,20 @@
 //!
 //! [`Reason::as_str`]: crate::Reason::as_str
 //! [`PeerState::as_str`]: crate::PeerState::as_str
+//! [`Outcome::Failure`]: crate::Outcome::Failure
 //!
 //! Each counter counts from when the peer was first tracked, like the counters of
-//! [`PeerSnapshot`](crate::PeerSnapshot). A call ends in exactly one of responses, timeouts
-//! or interrupts, or is dropped by its caller, which none of them counts. A timeout that
-//! declares the peer silent is a timeout; the other calls it ends are `peer_silent`
-//! interrupts.
+//! [`PeerSnapshot`](crate::PeerSnapshot). A call ends in exactly one of responses,
+//! failures, timeouts or interrupts, or is dropped by its caller, which none of them
+//! counts. A timeout that declares the peer silent is a timeout; the other calls it ends
+//! are `peer_silent` interrupts.
+//!
+//! A peer whose process is down refuses every connection: its calls fail at once and are
+//! neither answers nor misses, so its state stays what it was (it is let back in at its
+//! first answer). Alert on failures without responses, e.g.
+//! `increase(adaptive_timeout_failures_total[1m]) > 0 unless
+//! increase(adaptive_timeout_responses_total[1m]) > 0`: the series' side of
+//! [`PeerSnapshot::consecutive_failures`](crate::PeerSnapshot::consecutive_failures).
 //!
 //! `adaptive_timeout_state` is one series per peer whose value is the state's number:
 //! `0` healthy, `1` suspect, `2` silent, `3` probing (the order of
@@ -46,10 +55,10 @@
 //!
 //! # Cardinality
 //!
-//! A peer with series of its own has 15 from the start: 4 plain counters, 3 interrupt
+//! A peer with series of its own has 16 from the start: 5 plain counters, 3 interrupt
 //! reasons, 4 transition states, 3 gauges and the histogram. An interrupt reason that
 //! reaches a call only through its token adds one when it first happens, up to one per
-//! [`Reason`] (5 today), so at most 17.
+//! [`Reason`] (5 today), so at most 18.
 //!
 //! The `metrics` facade cannot remove a series, so what bounds them is the set of `peer`
 //! labels: a layer gives series of their own to at most `max_peers` distinct peers over its
@@ -57,10 +66,11 @@
 //! peer first tracked once that bound is reached reports under `peer="_other"`, whose
 //! counters, `in_flight` and latency are summed over all such peers, and which has no
 //! deadline or state gauge (one value cannot stand for many peers). However many distinct
-//! keys a layer sees, it creates at most `17 × (max_peers + 1) + 1` series, the 1 being
+//! keys a layer sees, it creates at most `18 × (max_peers + 1) + 1` series, the 1 being
 //! `adaptive_timeout_untracked_calls_total` (calls that found the table full, without a
 //! peer label). With the Prometheus exporter's default summary, that is at most
-//! `25 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give 2,321.
+//! `26 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give about
+//! 2,400.
 //! Snapshots ([`handle.snapshot()`](crate::AdaptiveTimeoutHandle::snapshot)) name every
 //! tracked peer, including those under `_other`.
 //!
@@ -123,6 +133,8 @@ mod off {
         pub(crate) fn ended(&self) {}
 
         pub(crate) fn answered(&self, _latency: Duration) {}
+
+        pub(crate) fn failed(&self) {}
 
         pub(crate) fn timed_out(&self) {}
 

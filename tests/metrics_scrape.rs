@@ -1,6 +1,7 @@
 //! The `metrics` export, scraped as Prometheus text over real HTTP on 127.0.0.1: answered
-//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt and an untracked
-//! call each show up in their series, with the peer label and the counts of calls made.
+//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt, a peer that
+//! refuses connections and an untracked call each show up in their series, with the peer
+//! label and the counts of calls made.
 //!
 //! The `metrics` recorder is global to the process, so this binary installs it once and
 //! checks everything from one test. The bound on series runs under a recorder of its own,
@@ -24,7 +25,10 @@ use tower_adaptive_timeout::{
 
 use support::{echo_keys, ms};
 
-/// A call to `peer`, answered after `latency` (never, for `None`).
+/// The peer whose calls fail at once with connection refused (its process is down).
+const DOWN: &str = "down:6";
+
+/// A call to `peer`, answered after `latency` (never, for `None`); calls to [`DOWN`] fail.
 struct Call {
     peer: &'static str,
     latency: Option<Duration>,
@@ -42,6 +46,9 @@ fn service(
     layer: &AdaptiveTimeoutLayer<&'static str, fn(&Call) -> &'static str>,
 ) -> tower::util::BoxCloneService<Call, &'static str, BoxError> {
     let inner = service_fn(|c: Call| async move {
+        if c.peer == DOWN {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+        }
         match c.latency {
             Some(latency) => tokio::time::sleep(latency).await,
             None => std::future::pending().await,
@@ -124,6 +131,14 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert!(interrupts.interrupt_peer(&"held:3", "test"));
     assert_eq!(reason(&held.await.unwrap()), Some("manual"));
 
+    // down:6 refuses 5 connections: failures, not answers, and no state change.
+    for _ in 0..5 {
+        let err = svc.clone().oneshot(call(DOWN, Some(1))).await.unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
+    }
+    let down = handle.peer(&DOWN).unwrap();
+    assert_eq!((down.failures, down.consecutive_failures), (5, 5));
+
     // A second layer tracks one peer: while solo:4 is busy, overflow:5 goes untracked.
     let small = AdaptiveTimeoutLayer::builder(key as fn(&Call) -> &'static str)
         .policy(policy.cold_start(Duration::from_secs(10)))
@@ -141,16 +156,28 @@ async fn scrape_shows_every_series_with_peer_labels() {
     let page = scrape(&server).await;
     let m = Exposition::parse(&page);
     let at = |name: &str, labels: &[(&str, &str)]| m.value(name, labels);
+    let expect = |peer: &str, values: &[(&str, f64)]| {
+        for (name, value) in values {
+            let series = format!("adaptive_timeout_{name}");
+            assert_eq!(at(&series, &[("peer", peer)]), *value, "{series} of {peer}");
+        }
+    };
 
     // Answered calls.
     let fast = [("peer", "fast:1")];
-    assert_eq!(at("adaptive_timeout_calls_total", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_responses_total", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_timeouts_total", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_fail_fast_total", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_in_flight", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_state", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_latency_seconds_count", &fast), 30.0);
+    expect(
+        "fast:1",
+        &[
+            ("calls_total", 30.0),
+            ("responses_total", 30.0),
+            ("failures_total", 0.0),
+            ("timeouts_total", 0.0),
+            ("fail_fast_total", 0.0),
+            ("in_flight", 0.0),
+            ("state", 0.0),
+            ("latency_seconds_count", 30.0),
+        ],
+    );
     let sum = at("adaptive_timeout_latency_seconds_sum", &fast);
     assert!((0.06..10.0).contains(&sum), "30 calls of 2ms: {sum}s");
     let under_1ms = at(
@@ -211,6 +238,23 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(at("adaptive_timeout_responses_total", &held), 0.0);
     assert_eq!(at("adaptive_timeout_in_flight", &held), 0.0);
 
+    // The peer that refuses connections: failures only, and its state left as it was.
+    expect(
+        DOWN,
+        &[
+            ("calls_total", 5.0),
+            ("failures_total", 5.0),
+            ("responses_total", 0.0),
+            ("timeouts_total", 0.0),
+            ("latency_seconds_count", 0.0),
+            ("in_flight", 0.0),
+            ("state", 0.0),
+        ],
+    );
+    for peer in ["gone:2", "held:3"] {
+        expect(peer, &[("failures_total", 0.0)]);
+    }
+
     // The untracked call: counted without a peer label, and no series of its own.
     assert_eq!(
         at("adaptive_timeout_calls_total", &[("peer", "solo:4")]),
@@ -225,6 +269,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     // Types and descriptions.
     for (name, kind) in [
         ("adaptive_timeout_calls_total", "counter"),
+        ("adaptive_timeout_failures_total", "counter"),
         ("adaptive_timeout_interrupts_total", "counter"),
         ("adaptive_timeout_transitions_total", "counter"),
         ("adaptive_timeout_deadline_seconds", "gauge"),
@@ -252,7 +297,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
         .collect();
     assert_eq!(
         peers.into_iter().collect::<Vec<_>>(),
-        ["fast:1", "gone:2", "held:3", "solo:4"],
+        ["down:6", "fast:1", "gone:2", "held:3", "solo:4"],
         "one series set per tracked peer"
     );
     assert!(matches!(

@@ -2,9 +2,10 @@
 //!
 //! Covers every policy check made by `build()` (quantile, factor, min, max, margin,
 //! cold_start, min_samples, window, sub_windows, significant_figures, recompute_every,
-//! probe_backoff, probe_backoff_max), the layer settings `max_peers` and `idle_ttl`, bad
-//! per-peer overrides, the boundary values that must still be accepted, and runtime policy
-//! changes through the handle, which refuse bad policies and leave the old one in force.
+//! probe_backoff, probe_backoff_max, long_probe_spacing), the layer settings `max_peers`
+//! and `idle_ttl`, bad per-peer overrides, the boundary values that must still be
+//! accepted, and runtime policy changes through the handle, which refuse bad policies and
+//! leave the old one in force.
 
 pub mod support;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, Builder, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
-    MAX_SUB_WINDOWS, MAX_WINDOW,
+    MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW,
 };
 
 use support::ms;
@@ -158,6 +159,14 @@ fn probe_backoff_must_be_positive_and_ordered() {
 }
 
 #[test]
+fn long_probe_spacing_is_one_to_a_hundred() {
+    assert_refused(
+        "long_probe_spacing",
+        [0, MAX_LONG_PROBE_SPACING + 1, u32::MAX].map(|n| base().long_probe_spacing(n)),
+    );
+}
+
+#[test]
 fn layer_settings_are_checked() {
     assert_eq!(refused(layer().max_peers(0)).field(), "max_peers");
     assert_eq!(
@@ -203,6 +212,10 @@ async fn boundary_values_are_accepted_and_usable() {
         base().margin(Duration::ZERO),
         base().silent_after_misses(0).fail_fast(false),
         base().probe_backoff(ms(1)).probe_backoff_max(ms(1)),
+        base().long_probe_spacing(1),
+        base()
+            .long_probe_spacing(MAX_LONG_PROBE_SPACING)
+            .max(MAX_DEADLINE),
         base()
             .probe_backoff(MAX_DEADLINE)
             .probe_backoff_max(MAX_DEADLINE),

@@ -16,11 +16,11 @@ use crate::peer::CallPeer;
 use crate::policy::DeadlineSource;
 
 impl Call {
-    /// The head arrived: recorded as an answer, but the call stays in flight. A probe is
+    /// The head arrived: recorded as `outcome`, but the call stays in flight. A probe is
     /// over once its head is answered.
-    pub(crate) fn head(&mut self, now: Instant) {
+    pub(crate) fn head(&mut self, now: Instant, outcome: Outcome) {
         if let CallPeer::Tracked(p) = self.peer() {
-            p.on_head(now, self.start, self.ticket.probe, Outcome::Sample);
+            p.on_head(now, self.start, self.ticket.probe, outcome);
         }
         self.ticket.probe = false;
         self.held.probe_answered();

@@ -15,6 +15,7 @@ use crate::peer::health::PeerState;
 
 const CALLS: &str = "adaptive_timeout_calls_total";
 const RESPONSES: &str = "adaptive_timeout_responses_total";
+const FAILURES: &str = "adaptive_timeout_failures_total";
 const TIMEOUTS: &str = "adaptive_timeout_timeouts_total";
 const INTERRUPTS: &str = "adaptive_timeout_interrupts_total";
 const FAIL_FAST: &str = "adaptive_timeout_fail_fast_total";
@@ -37,6 +38,7 @@ const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];
 pub fn describe_metrics() {
     describe_counter!(CALLS, "Calls admitted to the peer.");
     describe_counter!(RESPONSES, "Calls the peer answered.");
+    describe_counter!(FAILURES, "Calls that failed to reach the peer.");
     describe_counter!(TIMEOUTS, "Calls that ran out their adaptive deadline.");
     describe_counter!(
         INTERRUPTS,
@@ -105,6 +107,7 @@ pub(crate) struct PeerMetrics {
     peer: SharedString,
     calls: Counter,
     responses: Counter,
+    failures: Counter,
     timeouts: Counter,
     fail_fast: Counter,
     /// By [`REASONS`].
@@ -140,6 +143,7 @@ impl PeerMetrics {
         PeerMetrics {
             calls: counter!(CALLS, "peer" => p()),
             responses: counter!(RESPONSES, "peer" => p()),
+            failures: counter!(FAILURES, "peer" => p()),
             timeouts: counter!(TIMEOUTS, "peer" => p()),
             fail_fast: counter!(FAIL_FAST, "peer" => p()),
             interrupts: REASONS.map(|r| counter!(INTERRUPTS, "peer" => p(), "reason" => r)),
@@ -173,6 +177,11 @@ impl PeerMetrics {
     pub(crate) fn answered(&self, latency: Duration) {
         self.responses.increment(1);
         self.latency.record(latency.as_secs_f64());
+    }
+
+    /// A call failed to reach the peer.
+    pub(crate) fn failed(&self) {
+        self.failures.increment(1);
     }
 
     /// A call ran out its deadline.

@@ -399,6 +399,7 @@ impl Peer {
         let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
+            self.metrics.failed();
             locked.failures += 1;
             locked.consecutive_failures += 1;
             if probe {

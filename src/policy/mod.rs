@@ -31,6 +31,8 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 /// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
 /// largest `max_window_bytes` of its policies.
 pub const MAX_WINDOW_BYTES: usize = 1 << 20;
+/// Largest `long_probe_spacing` a policy accepts.
+pub const MAX_LONG_PROBE_SPACING: u32 = 100;
 
 /// How each peer's deadline is derived from its latency history.
 ///
@@ -109,6 +111,12 @@ pub struct TimeoutPolicy {
     /// Longest wait between probes. Default `100ms`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff_max: Duration,
+    /// Probes of a silent peer alternate a short deadline (the one from before the
+    /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
+    /// that comes back slower is not locked out). After a long probe of deadline `L` ran
+    /// out, only short ones go for `long_probe_spacing × L`. In `1..=100`; default `8`:
+    /// long probes hold the probe slot at most a ninth of the time.
+    pub long_probe_spacing: u32,
 }
 
 impl Default for TimeoutPolicy {
@@ -129,6 +137,7 @@ impl Default for TimeoutPolicy {
             fail_fast: true,
             probe_backoff: Duration::from_millis(10),
             probe_backoff_max: Duration::from_millis(100),
+            long_probe_spacing: 8,
         }
     }
 }
@@ -179,6 +188,8 @@ setters! {
     probe_backoff: Duration;
     /// Sets [`TimeoutPolicy::probe_backoff_max`].
     probe_backoff_max: Duration;
+    /// Sets [`TimeoutPolicy::long_probe_spacing`].
+    long_probe_spacing: u32;
 }
 
 impl TimeoutPolicy {
@@ -290,6 +301,15 @@ impl TimeoutPolicy {
                 format!(
                     "({:?}) must lie within [probe_backoff, {MAX_DEADLINE:?}]",
                     self.probe_backoff_max
+                ),
+            );
+        }
+        if !(1..=MAX_LONG_PROBE_SPACING).contains(&self.long_probe_spacing) {
+            return fail(
+                "long_probe_spacing",
+                format!(
+                    "must be in 1..={MAX_LONG_PROBE_SPACING}, got {}",
+                    self.long_probe_spacing
                 ),
             );
         }
