@@ -45,8 +45,9 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::future::ResponseFuture;
+use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::PeerTable;
 use crate::peer::Peer;
@@ -60,19 +61,25 @@ pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
 /// Makes [`Endpoint`]s for one peer; from
 /// [`AdaptiveTimeoutLayer::for_endpoint`](crate::AdaptiveTimeoutLayer::for_endpoint).
 #[derive(Clone)]
-pub struct EndpointLayer<K, F> {
+pub struct EndpointLayer<K, F, C = AllSamples> {
     table: Arc<PeerTable<K>>,
     key_fn: F,
+    classify: C,
     key: K,
 }
 
-impl<K, F> EndpointLayer<K, F> {
-    pub(crate) fn new(table: Arc<PeerTable<K>>, key_fn: F, key: K) -> Self {
-        EndpointLayer { table, key_fn, key }
+impl<K, F, C> EndpointLayer<K, F, C> {
+    pub(crate) fn new(table: Arc<PeerTable<K>>, key_fn: F, classify: C, key: K) -> Self {
+        EndpointLayer {
+            table,
+            key_fn,
+            classify,
+            key,
+        }
     }
 }
 
-impl<K: std::fmt::Debug, F> std::fmt::Debug for EndpointLayer<K, F> {
+impl<K: std::fmt::Debug, F, C> std::fmt::Debug for EndpointLayer<K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EndpointLayer")
             .field("peer", &self.key)
@@ -80,13 +87,14 @@ impl<K: std::fmt::Debug, F> std::fmt::Debug for EndpointLayer<K, F> {
     }
 }
 
-impl<S, K: PeerKey, F: Clone> Layer<S> for EndpointLayer<K, F> {
-    type Service = Endpoint<S, K, F>;
+impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
+    type Service = Endpoint<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let key_fn = Fixed(self.key.clone(), self.key_fn.clone());
+        let classify = self.classify.clone();
         Endpoint::new(
-            AdaptiveTimeout::new(inner, self.table.clone(), key_fn),
+            AdaptiveTimeout::new(inner, self.table.clone(), key_fn, classify),
             self.table.clone(),
             self.key.clone(),
         )
@@ -97,20 +105,20 @@ impl<S, K: PeerKey, F: Clone> Layer<S> for EndpointLayer<K, F> {
 /// made (the request's own key is not asked for; its token, `Deadline` and propagated
 /// budget still are). Not ready while the peer is held out: silent with no probe due.
 /// Clones count as the same endpoint.
-pub struct Endpoint<S, K: PeerKey, F> {
-    inner: AdaptiveTimeout<S, K, Fixed<K, F>>,
+pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
+    inner: AdaptiveTimeout<S, K, Fixed<K, F>, C>,
     table: Arc<PeerTable<K>>,
     key: K,
-    /// The peer, and the table's removal count when it was looked up.
-    peer: Option<(Arc<Peer>, u64)>,
+    /// The peer, as last looked up.
+    peer: Option<Arc<Peer>>,
     /// Whether this endpoint counts as held out in its set.
     held: bool,
     /// What wakes a held-out endpoint: the peer's next change of state, its probe time.
     wake: Option<Pin<Box<Wake>>>,
 }
 
-impl<S, K: PeerKey, F> Endpoint<S, K, F> {
-    fn new(inner: AdaptiveTimeout<S, K, Fixed<K, F>>, table: Arc<PeerTable<K>>, key: K) -> Self {
+impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
+    fn new(inner: AdaptiveTimeout<S, K, Fixed<K, F>, C>, table: Arc<PeerTable<K>>, key: K) -> Self {
         table.endpoints.join(&key);
         Endpoint {
             inner,
@@ -143,15 +151,14 @@ impl<S, K: PeerKey, F> Endpoint<S, K, F> {
         self.held
     }
 
-    /// The tracked peer, looked up again only after the table removed some peer.
+    /// The tracked peer, looked up again once the table has let it go.
     fn tracked(&mut self) -> Option<Arc<Peer>> {
-        let removals = self.table.removals();
         match &self.peer {
-            Some((peer, seen)) if *seen == removals => Some(peer.clone()),
+            Some(peer) if !peer.is_retired() => Some(peer.clone()),
             _ => {
                 self.wake = None;
                 let peer = self.table.peer(&self.key, Instant::now())?;
-                self.peer = Some((peer.clone(), removals));
+                self.peer = Some(peer.clone());
                 Some(peer)
             }
         }
@@ -200,16 +207,17 @@ impl<S, K: PeerKey, F> Endpoint<S, K, F> {
     }
 }
 
-impl<S, Req, K, F> Service<Req> for Endpoint<S, K, F>
+impl<S, Req, K, F, C> Service<Req> for Endpoint<S, K, F, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     K: PeerKey,
     F: KeyFn<Req, Key = K>,
+    C: ClassifyResponse<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, Head<C>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.held_out(cx) {
@@ -223,19 +231,19 @@ where
     }
 }
 
-impl<S: Clone, K: PeerKey, F: Clone> Clone for Endpoint<S, K, F> {
+impl<S: Clone, K: PeerKey, F: Clone, C: Clone> Clone for Endpoint<S, K, F, C> {
     fn clone(&self) -> Self {
         Endpoint::new(self.inner.clone(), self.table.clone(), self.key.clone())
     }
 }
 
-impl<S, K: PeerKey, F> Drop for Endpoint<S, K, F> {
+impl<S, K: PeerKey, F, C> Drop for Endpoint<S, K, F, C> {
     fn drop(&mut self) {
         self.table.endpoints.leave(&self.key, self.held);
     }
 }
 
-impl<S: std::fmt::Debug, K: PeerKey, F> std::fmt::Debug for Endpoint<S, K, F> {
+impl<S: std::fmt::Debug, K: PeerKey, F, C> std::fmt::Debug for Endpoint<S, K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("peer", &self.key)
@@ -267,12 +275,12 @@ pub enum EndpointLoad<M> {
 
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
-impl<S: tower::load::Load, K: PeerKey, F> tower::load::Load for Endpoint<S, K, F> {
+impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K, F, C> {
     type Metric = EndpointLoad<S::Metric>;
 
     fn load(&self) -> Self::Metric {
         match &self.peer {
-            Some((peer, _)) if !peer.state().is_open() => match peer.probe_due_at() {
+            Some(peer) if !peer.state().is_open() => match peer.probe_due_at() {
                 Some(at) if Instant::now() >= at => EndpointLoad::ProbeDue,
                 _ => EndpointLoad::Silent,
             },

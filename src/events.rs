@@ -91,15 +91,16 @@ impl<K: PeerKey> Events<K> {
             .subscribe()
     }
 
-    /// What reports `peer`'s transitions: nothing is built while nobody listens.
-    pub(crate) fn report(&self, peer: K) -> Report {
+    /// What reports `peer`'s transitions (the table's own copy of its key, holding no
+    /// request's buffers): nothing is built while nobody listens.
+    pub(crate) fn report(&self, peer: Arc<K>) -> Report {
         let sender = self.sender.clone();
         Box::new(move |t: &Transition| {
             let Some(sender) = sender.get().filter(|s| s.receiver_count() > 0) else {
                 return;
             };
             let event = HealthEvent {
-                peer: peer.clone(),
+                peer: K::clone(&peer),
                 from: t.from,
                 to: t.to,
                 why: t.why,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
-use crate::classify::{Classifier, Outcome};
+use crate::classify::{AllSamples, Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
@@ -39,12 +39,13 @@ pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 ///     .layer(layer)
 ///     .service(service_fn(|_: Req| async { Ok::<_, tower::BoxError>("pong") }));
 /// assert_eq!(svc.oneshot(Req { peer: "10.0.0.7:9000" }).await?, "pong");
-/// assert_eq!(handle.snapshot()[0].peer, "10.0.0.7:9000");
+/// assert_eq!(&*handle.snapshot()[0].peer, "10.0.0.7:9000");
 /// # Ok(()) }
 /// ```
-pub struct AdaptiveTimeoutLayer<K, F> {
+pub struct AdaptiveTimeoutLayer<K, F, C = AllSamples> {
     table: Arc<PeerTable<K>>,
     key_fn: F,
+    classify: C,
 }
 
 impl AdaptiveTimeoutLayer<(), ()> {
@@ -88,7 +89,7 @@ impl AdaptiveTimeoutLayer<(), ()> {
     }
 }
 
-impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
+impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
     /// A handle to fire interrupts into calls in flight.
     pub fn interrupt_handle(&self) -> InterruptHandle<K> {
         InterruptHandle::new(self.table.clone())
@@ -105,32 +106,36 @@ impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
     /// [`max_ejection_percent`](Builder::max_ejection_percent).
     ///
     /// [`Endpoint`]: crate::Endpoint
-    pub fn for_endpoint(&self, peer: K) -> EndpointLayer<K, F>
+    pub fn for_endpoint(&self, peer: K) -> EndpointLayer<K, F, C>
     where
         F: Clone,
+        C: Clone,
     {
-        EndpointLayer::new(self.table.clone(), self.key_fn.clone(), peer)
+        let (key_fn, classify) = (self.key_fn.clone(), self.classify.clone());
+        EndpointLayer::new(self.table.clone(), key_fn, classify, peer)
     }
 }
 
-impl<S, K, F: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F> {
-    type Service = AdaptiveTimeout<S, K, F>;
+impl<S, K, F: Clone, C: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F, C> {
+    type Service = AdaptiveTimeout<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdaptiveTimeout::new(inner, self.table.clone(), self.key_fn.clone())
+        let (table, key_fn) = (self.table.clone(), self.key_fn.clone());
+        AdaptiveTimeout::new(inner, table, key_fn, self.classify.clone())
     }
 }
 
-impl<K, F: Clone> Clone for AdaptiveTimeoutLayer<K, F> {
+impl<K, F: Clone, C: Clone> Clone for AdaptiveTimeoutLayer<K, F, C> {
     fn clone(&self) -> Self {
         AdaptiveTimeoutLayer {
             table: self.table.clone(),
             key_fn: self.key_fn.clone(),
+            classify: self.classify.clone(),
         }
     }
 }
 
-impl<K, F> std::fmt::Debug for AdaptiveTimeoutLayer<K, F> {
+impl<K, F, C> std::fmt::Debug for AdaptiveTimeoutLayer<K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptiveTimeoutLayer")
             .field("peers", &self.table.len())
@@ -141,8 +146,9 @@ impl<K, F> std::fmt::Debug for AdaptiveTimeoutLayer<K, F> {
 /// Configures an [`AdaptiveTimeoutLayer`]; nothing is checked until [`Builder::build`].
 #[derive(Debug)]
 #[must_use = "call .build() to get the layer"]
-pub struct Builder<K, F> {
+pub struct Builder<K, F, C = AllSamples> {
     key_fn: F,
+    classify: C,
     policy: TimeoutPolicy,
     overrides: Vec<(K, TimeoutPolicy)>,
     max_peers: usize,
@@ -160,6 +166,7 @@ impl<K: PeerKey, F> Builder<K, F> {
     fn new(key_fn: F) -> Self {
         Builder {
             key_fn,
+            classify: AllSamples,
             policy: TimeoutPolicy::default(),
             overrides: Vec::new(),
             max_peers: DEFAULT_MAX_PEERS,
@@ -172,7 +179,9 @@ impl<K: PeerKey, F> Builder<K, F> {
             propagates: true,
         }
     }
+}
 
+impl<K: PeerKey, F, C> Builder<K, F, C> {
     /// The policy for every peer without an override.
     pub fn policy(mut self, policy: TimeoutPolicy) -> Self {
         self.policy = policy;
@@ -186,7 +195,9 @@ impl<K: PeerKey, F> Builder<K, F> {
     }
 
     /// At most this many peers are tracked (default 10,000). Calls to further peers get the
-    /// default policy's cold-start deadline.
+    /// default policy's cold-start deadline. With the `metrics` feature, at most this many
+    /// distinct peers get series of their own over the layer's life (see the `export`
+    /// module).
     pub fn max_peers(mut self, max_peers: usize) -> Self {
         self.max_peers = max_peers;
         self
@@ -223,13 +234,14 @@ impl<K: PeerKey, F> Builder<K, F> {
     /// Decides what an inner service's error says about its peer (see [`classify`]):
     /// a latency sample, an answer only, or a failure to reach it. The default,
     /// [`default_classifier`], takes transport errors for failures and any other error
-    /// for an answer only. Successful answers are always samples.
+    /// for an answer only. Successful responses are classified by
+    /// [`classify_responses`](Self::classify_responses).
     ///
     /// [`classify`]: crate::classify
     /// [`default_classifier`]: crate::classify::default_classifier
-    pub fn classify_errors<C>(mut self, classify: C) -> Self
+    pub fn classify_errors<E>(mut self, classify: E) -> Self
     where
-        C: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
+        E: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
     {
         self.classifier = Classifier::new(classify);
         self
@@ -243,8 +255,35 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// Decides what each successful response says about its peer (see [`classify`]): a
+    /// latency sample (the default, [`AllSamples`], for every response), an answer only
+    /// (e.g. [`HttpStatus`] for an HTTP 5xx or 429 or a gRPC error status), or a failure.
+    /// `classify` is any [`ClassifyResponse`] of the inner service's response type,
+    /// closures `Fn(&Response) -> Outcome` included; it becomes a type parameter of the
+    /// layer, its services and their futures, so the default costs nothing per call.
+    ///
+    /// [`classify`]: crate::classify
+    /// [`ClassifyResponse`]: crate::classify::ClassifyResponse
+    /// [`HttpStatus`]: crate::classify::HttpStatus
+    pub fn classify_responses<C2>(self, classify: C2) -> Builder<K, F, C2> {
+        Builder {
+            key_fn: self.key_fn,
+            classify,
+            policy: self.policy,
+            overrides: self.overrides,
+            max_peers: self.max_peers,
+            idle_ttl: self.idle_ttl,
+            interrupt_tokens: self.interrupt_tokens,
+            propagation: self.propagation,
+            jitter_seed: self.jitter_seed,
+            classifier: self.classifier,
+            max_ejection_percent: self.max_ejection_percent,
+            propagates: self.propagates,
+        }
+    }
+
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
+    pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F, C>, PolicyError> {
         self.policy.validate()?;
         let mut overrides = HashMap::with_capacity(self.overrides.len());
         for (peer, policy) in self.overrides {
@@ -283,6 +322,7 @@ impl<K: PeerKey, F> Builder<K, F> {
         Ok(AdaptiveTimeoutLayer {
             table: Arc::new(table),
             key_fn: self.key_fn,
+            classify: self.classify,
         })
     }
 }

@@ -220,7 +220,6 @@ async fn a_refusal_says_it_was_never_sent() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "holds once each call's token is a child of its caller's"]
 async fn a_retried_request_does_not_inherit_a_fired_token() {
     let (svc, _, log) = stack(
         cold(ms(200)),

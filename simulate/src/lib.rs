@@ -15,6 +15,7 @@ pub mod driver;
 pub mod report;
 pub mod skeleton;
 pub mod strategies;
+pub mod sweep;
 pub mod workload;
 
 use std::time::Duration;
@@ -86,11 +87,7 @@ pub async fn simulate(cfg: &SimConfig) -> Report {
     let mut tables = Vec::new();
     for &w in &cfg.workloads {
         let workload = all[w].clone();
-        let plans: Vec<PeerPlan> = workload
-            .peers
-            .iter()
-            .map(|p| PeerPlan::new(p, cfg.duration))
-            .collect();
+        let plans = PeerPlan::all(&workload, cfg.duration);
         let mut rows = Vec::new();
         for &kind in &cfg.kinds {
             let strategy = strategies::build(kind, cfg.seed);

@@ -173,6 +173,15 @@ impl PeerPlan {
         }
     }
 
+    /// Every peer of `workload`, laid out over a run of `duration`.
+    pub fn all(workload: &Workload, duration: Duration) -> Vec<PeerPlan> {
+        workload
+            .peers
+            .iter()
+            .map(|p| PeerPlan::new(p, duration))
+            .collect()
+    }
+
     /// Draws a call starting at `start`: its would-be latency, and when it is answered
     /// (`None` if the peer is silent at some point of its life).
     pub fn draw(&self, start: Duration, rng: &mut Rng) -> (Duration, Option<Duration>) {

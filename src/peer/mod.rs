@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -20,8 +20,8 @@ use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::events::PeerWatch;
 use crate::export::PeerMetrics;
-use crate::interrupt::{Fired, Interrupts};
-use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
+use crate::interrupt::{Fired, Interrupts, Origin};
+use crate::policy::{DeadlineExplanation, DeadlineSource, Explained, TimeoutPolicy};
 
 #[cfg(feature = "http")]
 mod gaps;
@@ -35,21 +35,27 @@ pub(crate) mod window;
 mod proptests;
 
 /// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
+static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
 
 /// Most misses whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
 
+/// The bit of a peer's in-flight word that says the table has let it go (see
+/// [`Peer::retire`]); the other bits count calls in flight.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
-    label: Box<str>,
+    /// The peer's name, made once and shared by its errors, snapshots and metrics.
+    label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
-    /// Calls in flight.
+    /// Calls in flight, and the [`RETIRED`] bit: one word, so that admission and eviction
+    /// agree on whether a call got in before the peer left the table.
     in_flight: CachePadded<AtomicUsize>,
-    /// Last call start, in nanoseconds since `epoch` (for idle eviction); written at most
-    /// once per millisecond.
+    /// Last call to the peer, admitted or refused, in nanoseconds since `epoch` (for idle
+    /// eviction); written at most once per millisecond.
     last_used: AtomicU64,
     interrupts: Interrupts,
     /// Wakes what waits on the peer's state, and reports its transitions.
@@ -68,7 +74,8 @@ pub(crate) struct Peer {
 pub(crate) struct Counters {
     /// Calls in flight ended because the peer went silent.
     pub(crate) silent_interrupts: AtomicU64,
-    /// Calls ended by a manual interrupt or shutdown.
+    /// Calls ended from outside the layer: by hand (through the handle or the caller's
+    /// token) or by shutdown.
     pub(crate) manual_interrupts: AtomicU64,
     /// Calls refused at once because the peer was silent.
     pub(crate) fail_fast: AtomicU64,
@@ -92,20 +99,21 @@ struct Locked {
     overridden: bool,
     since_recompute: u64,
     source: DeadlineSource,
-    quantile_value: Duration,
+    /// What the latest published deadlines came from.
+    explained: Explained,
     health: Health,
     /// The interrupt fired when the peer last went silent.
     silenced: Option<Fired>,
 }
 
-/// A read of a peer's window and policy, for snapshots and error messages.
+/// A read of a peer's window, state and deadline, for snapshots.
 pub(crate) struct WindowView {
-    pub(crate) policy: Arc<TimeoutPolicy>,
-    pub(crate) overridden: bool,
     pub(crate) samples: u64,
     pub(crate) quantiles: [Duration; 4],
     pub(crate) max: Duration,
-    pub(crate) quantile_value: Duration,
+    /// The deadline a new call gets, and why.
+    pub(crate) deadline: Duration,
+    pub(crate) explanation: DeadlineExplanation,
     pub(crate) heap_bytes: usize,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
@@ -127,6 +135,64 @@ pub(crate) struct Ticket {
     pub(crate) probe: bool,
 }
 
+/// Why a peer did not admit a call.
+pub(crate) enum NotAdmitted {
+    /// The peer is silent: the call fails fast.
+    FailFast(Fired),
+    /// The table let the peer go since the caller found it: look the peer up again.
+    Retired,
+}
+
+/// An admitted call's place among its peer's calls in flight, held from the moment the
+/// peer counted it. The call's outcome is recorded through [`InFlight::end`]; dropped
+/// without one (its caller went away, or a panic came between admission and the call's
+/// future) the call ends as abandoned, so the count and a probe slot always come back.
+pub(crate) struct InFlight {
+    peer: CallPeer,
+    probe: bool,
+    ended: bool,
+}
+
+impl InFlight {
+    /// An untracked call: nothing to give back.
+    pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
+        InFlight {
+            peer: CallPeer::Untracked(interrupts),
+            probe: false,
+            ended: false,
+        }
+    }
+
+    /// Whom the call is for.
+    pub(crate) fn peer(&self) -> &CallPeer {
+        &self.peer
+    }
+
+    /// The call's probe was answered (its head came): a later abandon (its body dropped)
+    /// is no abandoned probe.
+    pub(crate) fn probe_answered(&mut self) {
+        self.probe = false;
+    }
+
+    /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
+    /// recorded nowhere). Dropping the hold records nothing after this.
+    pub(crate) fn end(&mut self) -> Option<&Peer> {
+        self.ended = true;
+        match &self.peer {
+            CallPeer::Tracked(p) => Some(p),
+            CallPeer::Untracked(_) => None,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (false, CallPeer::Tracked(p)) = (self.ended, &self.peer) {
+            p.on_abandon(Instant::now(), self.probe, None);
+        }
+    }
+}
+
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
 pub(crate) enum CallPeer {
     /// A peer in the table.
@@ -146,19 +212,21 @@ impl CallPeer {
     }
 
     /// The peer's name in errors and traces.
-    pub(crate) fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &Arc<str> {
         match self {
             CallPeer::Tracked(p) => p.label(),
-            CallPeer::Untracked(_) => UNTRACKED,
+            CallPeer::Untracked(_) => &UNTRACKED,
         }
     }
 }
 
 impl Peer {
+    /// A peer first seen at `now`, under `policy` (and whether that is a per-peer
+    /// override), its probe jitter seeded by `jitter_seed`.
     pub(crate) fn new(
-        label: Box<str>,
-        policy: Arc<TimeoutPolicy>,
-        overridden: bool,
+        label: Arc<str>,
+        metrics: PeerMetrics,
+        (policy, overridden): (Arc<TimeoutPolicy>, bool),
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,
@@ -166,7 +234,7 @@ impl Peer {
     ) -> Peer {
         let window = Window::new(&policy, now);
         let peer = Peer {
-            metrics: PeerMetrics::new(&label),
+            metrics,
             classifier,
             label,
             epoch,
@@ -192,7 +260,7 @@ impl Peer {
                 overridden,
                 since_recompute: 0,
                 source: DeadlineSource::ColdStart,
-                quantile_value: Duration::ZERO,
+                explained: Explained::new(),
                 health: Health::new(now, jitter_seed),
                 silenced: None,
             })),
@@ -202,14 +270,33 @@ impl Peer {
         peer
     }
 
-    /// The peer's display name: its key's `Debug` form.
-    pub(crate) fn label(&self) -> &str {
+    /// The peer's name: its key's `Debug` form, bounded.
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.label
     }
 
     /// The current deadline and why it has that value: one atomic load.
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
         self.published.deadline()
+    }
+
+    /// The deadline a new call starting at `now` gets, and why (before any caller's own
+    /// deadline shortens it): the published one, unless the peer's state cuts it.
+    pub(crate) fn next_deadline(&self, now: Instant) -> (Duration, DeadlineSource) {
+        if self.state().is_open() {
+            return self.deadline();
+        }
+        let locked = self.lock();
+        self.deadline_at(&locked, now)
+    }
+
+    /// [`Self::next_deadline`] under the lock: what the state machine would admit a call
+    /// with, asked of a copy so that nothing changes.
+    fn deadline_at(&self, locked: &Locked, now: Instant) -> (Duration, DeadlineSource) {
+        match locked.health.clone().admit(now, &locked.policy).0 {
+            Verdict::Shortened => (locked.policy.min, DeadlineSource::SilentPeer),
+            Verdict::Go | Verdict::Probe(_) | Verdict::FailFast => self.deadline(),
+        }
     }
 
     /// The health state.
@@ -235,19 +322,36 @@ impl Peer {
         (health.state() == PeerState::Silent).then(|| health.next_probe_at())
     }
 
-    /// Admits a call starting at `now`, or refuses it because the peer is silent. A healthy
-    /// peer costs atomic reads only; the window is rotated first if its time has come, so
-    /// stale history does not set the deadline.
-    pub(crate) fn admit(&self, now: Instant) -> Result<Ticket, Fired> {
+    /// Admits a call starting at `now` whose interrupt generation is `generation`, or
+    /// refuses it because the peer is silent or has left the table. A healthy peer costs
+    /// atomic operations only; the window is rotated first if its time has come, so stale
+    /// history does not set the deadline.
+    ///
+    /// The call is counted in flight before anything else, on the word that also holds
+    /// [`RETIRED`]: either the table retires the peer first and this call looks it up again,
+    /// or the call is counted first and the table keeps the peer (and with it the call
+    /// within reach of `shutdown` and `interrupt_all`) until it ends.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        now: Instant,
+        generation: u64,
+    ) -> Result<(InFlight, Ticket), NotAdmitted> {
+        if self.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return Err(NotAdmitted::Retired);
+        }
+        let mut held = InFlight {
+            peer: CallPeer::Tracked(self.clone()),
+            probe: false,
+            ended: false,
+        };
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
             if locked.window.advance(now) {
                 self.publish(&mut locked);
             }
         }
-        let generation = self.interrupts.generation();
         let (mut deadline, mut source) = self.deadline();
-        let mut probe = false;
         if !self.state().is_open() {
             let mut guard = self.lock();
             let locked = &mut *guard;
@@ -255,26 +359,38 @@ impl Peer {
             self.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe(d) => (probe, deadline) = (true, d),
+                Verdict::Probe(d) => (held.probe, deadline) = (true, d),
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
                 Verdict::FailFast => {
+                    // Never in flight: uncounted, and not an abandoned call.
+                    held.ended = true;
+                    self.in_flight.fetch_sub(1, Relaxed);
                     self.counters.fail_fast.fetch_add(1, Relaxed);
                     self.metrics.rejected();
-                    return Err(self.silent_reason(locked, now, locked.silenced.as_ref()));
+                    let fired = self.silent_reason(locked, now, locked.silenced.as_ref());
+                    return Err(NotAdmitted::FailFast(fired));
                 }
             }
         }
-        self.touch(now);
-        self.in_flight.fetch_add(1, Relaxed);
         self.metrics.admitted();
-        Ok(Ticket {
+        let probe = held.probe;
+        let ticket = Ticket {
             deadline,
             source,
             generation,
             probe,
-        })
+        };
+        Ok((held, ticket))
+    }
+
+    /// Lets the peer go if it has no call in flight: from then on every admission is
+    /// refused as [`NotAdmitted::Retired`]. Returns whether it was retired.
+    pub(crate) fn retire(&self) -> bool {
+        self.in_flight
+            .compare_exchange(0, RETIRED, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// Classifies an inner error (only errors are classified: a success is a sample).
@@ -300,6 +416,7 @@ impl Peer {
         let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
+            self.metrics.failed();
             locked.failures += 1;
             locked.consecutive_failures += 1;
             if probe {
@@ -348,14 +465,9 @@ impl Peer {
         self.metrics.timed_out();
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
-        // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = DeadlineExplanation::new(
-            source,
-            &locked.policy,
-            locked.window.samples(),
-            locked.quantile_value,
-            locked.overridden,
-        );
+        // Explain with the numbers the call's deadline came from, before this miss's own
+        // sample moves them.
+        let explanation = locked.explained.explain(started, deadline, source);
         let policy = locked.policy.clone();
         let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
@@ -441,23 +553,27 @@ impl Peer {
         let seen = if locked.source == DeadlineSource::ColdStart {
             locked.window.max()
         } else {
-            locked.quantile_value
+            locked.explained.quantile_value()
         };
         seen.max(locked.policy.min)
     }
 
-    /// A call ended without an answer or a deadline: interrupted (`reason` given) or
-    /// dropped by its caller (`None`). Records no latency.
-    pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
-        let counter = match reason {
-            Some(Reason::PeerSilent { .. }) => Some(&self.counters.silent_interrupts),
-            Some(_) => Some(&self.counters.manual_interrupts),
-            None => None,
-        };
-        if let Some(c) = counter {
-            c.fetch_add(1, Relaxed);
-        }
-        if let Some(reason) = reason {
+    /// A call ended without an answer or a deadline: interrupted (why, and whether through
+    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency.
+    pub(crate) fn on_abandon(
+        &self,
+        now: Instant,
+        probe: bool,
+        interrupted: Option<(&Reason, Origin)>,
+    ) {
+        if let Some((reason, origin)) = interrupted {
+            // Only this peer's own silence is a silent interrupt: a caller's token may
+            // carry any reason (an outer layer's deadline or silence, say).
+            let counter = match (reason, origin) {
+                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
+                _ => &self.counters.manual_interrupts,
+            };
+            counter.fetch_add(1, Relaxed);
             self.metrics.interrupted(reason);
         }
         if probe {
@@ -504,7 +620,7 @@ impl Peer {
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
         self.watch.changed(&t);
-        let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
+        let (peer, from, to, why) = (&**self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
             PeerState::Silent => {
@@ -530,12 +646,17 @@ impl Peer {
         self.publish(&mut locked);
     }
 
-    /// Calls in flight now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+    /// Whether the table has let the peer go.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.in_flight.load(Relaxed) & RETIRED != 0
     }
 
-    /// How long since the last call started.
+    /// Calls in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed) & !RETIRED
+    }
+
+    /// How long since the last call to the peer.
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.nanos(now).saturating_sub(self.last_used.load(Relaxed)))
     }
@@ -546,14 +667,15 @@ impl Peer {
         if locked.window.advance(now) {
             self.publish(&mut locked);
         }
+        let (deadline, source) = self.deadline_at(&locked, now);
+        let explanation = locked.explained.explain(now, deadline, source);
         let w = &locked.window;
         WindowView {
-            policy: locked.policy.clone(),
-            overridden: locked.overridden,
             samples: w.samples(),
             quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
             max: w.max(),
-            quantile_value: locked.quantile_value,
+            deadline,
+            explanation,
             heap_bytes: w.heap_bytes(),
             last_response: locked.health.last_response(),
             state: locked.health.state(),
@@ -575,8 +697,10 @@ impl Peer {
         };
         let (deadline, source) = locked.policy.deadline(samples, q);
         locked.source = source;
-        locked.quantile_value = q;
         locked.since_recompute = 0;
+        let (policy, overridden) = (locked.policy.clone(), locked.overridden);
+        let at = Instant::now();
+        (locked.explained).publish(at, deadline, source, &policy, samples, q, overridden);
         self.published.set_deadline(deadline, source);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
@@ -584,8 +708,9 @@ impl Peer {
         self.published.set_rotate_at(rotate_at);
     }
 
-    /// Notes a call start for idle eviction, writing only when a millisecond has passed.
-    fn touch(&self, now: Instant) {
+    /// Notes a call to the peer at `now` (admitted or refused: either is use) for idle
+    /// eviction, writing only when a millisecond has passed.
+    pub(crate) fn touch(&self, now: Instant) {
         let now = self.nanos(now);
         if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
             self.last_used.store(now, Relaxed);
