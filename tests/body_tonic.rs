@@ -10,7 +10,9 @@
 //!
 //! How a cut stream surfaces: tonic turns the body's error into `Status::from_error`, a
 //! `Status` with code `Unknown`, the `Interrupted`'s text as its message and the
-//! `Interrupted` as its `source()`, as for a cut unary call.
+//! `Interrupted` as its `source()`, as for a cut unary call; with the body's errors mapped
+//! through `status::grpc_error` the caller sees the code for what happened
+//! (`DEADLINE_EXCEEDED` for a stalled stream).
 #![cfg(feature = "http")]
 
 pub mod support;
@@ -170,4 +172,41 @@ async fn an_interrupt_into_the_peer_ends_an_open_stream() {
         (p.in_flight, p.manual_interrupts, p.deadline_exceeded),
         (0, 1, 0)
     );
+}
+
+/// With the body's errors mapped through `status::grpc_error`, a stalled stream reaches
+/// the caller with the code for what happened instead of `Unknown`.
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn a_stalled_stream_mapped_to_a_status_says_deadline_exceeded() {
+    use http_body_util::BodyExt;
+    use tower_adaptive_timeout::{status, BoxError};
+
+    type Mapped = http_body_util::combinators::MapErr<
+        TimeoutBody<tonic::body::Body>,
+        fn(BoxError) -> BoxError,
+    >;
+    let server = start_server(false).await.expect("bind 127.0.0.1");
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(TimeoutPolicy::default().cold_start(IDLE))
+        .build()
+        .expect("a valid policy");
+    let svc = ServiceBuilder::new()
+        .map_response(|r: http::Response<TimeoutBody<tonic::body::Body>>| {
+            r.map(|body| -> Mapped { body.map_err(status::grpc_error) })
+        })
+        .layer(layer.with_bodies())
+        .service(channel(&server).await);
+    let mut client = PingerClient::with_origin(svc, server.uri(""));
+    let request = StreamRequest::steady(10, ms(20)).stalling_after(2);
+    let mut stream = bounded(client.stream(request))
+        .await
+        .expect("the head")
+        .into_inner();
+    let (replies, _, end) = drain(&mut stream).await;
+    let status = end.expect_err("the stalled stream is cut");
+    assert_eq!(replies, 2);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let cut = Interrupted::find(&status).expect("the Interrupted is the status's source");
+    assert!(matches!(cut.reason(), Reason::BodyIdle { .. }), "{cut}");
 }
