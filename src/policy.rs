@@ -1,8 +1,10 @@
 //! Deadline policy: how a peer's latency history becomes its deadline.
 //!
 //! A peer's deadline is `clamp(quantile × factor + margin, min, max)`, where `quantile` is read
-//! from the peer's time-decaying latency histogram. Until the window holds `min_samples`
-//! samples the peer gets `cold_start` instead.
+//! from the peer's time-decaying latency histogram. A quiet peer, whose window holds fewer
+//! than `min_samples`, reads it from its last `min_samples` answers of up to `max_history`
+//! ago; with fewer still, from its second answer on, from an upper estimate of the quantile
+//! (see [`DeadlineSource::Estimate`]). Before that the peer gets `cold_start`.
 
 use std::fmt;
 use std::time::Duration;
@@ -58,11 +60,20 @@ pub struct TimeoutPolicy {
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
-    /// sample stands in for a high quantile and underestimates a heavy tail.
+    /// sample stands in for a high quantile and underestimates a heavy tail. From the second
+    /// sample to this many the deadline is an upper estimate of the quantile instead.
     pub min_samples: u64,
     /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
+    /// How far back a quiet peer's history reaches: while its window holds fewer than
+    /// `min_samples`, its deadline is learned from its last `min_samples` answers of up to
+    /// this long ago (`window`, if that is longer). At most 7 days. Default `15min`: ten
+    /// calls a minute reach the quantile after ten minutes. It costs 12 bytes per answer
+    /// kept (at most `min(min_samples, 1024)`, so 1,200 bytes at the default), whatever
+    /// its length; a busy peer still forgets after `window`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub max_history: Duration,
     /// Number of sub-windows the window rotates through; a sample counts for between
     /// `window - window / sub_windows` and `window`. Default `6`.
     pub sub_windows: u32,
@@ -101,6 +112,7 @@ impl Default for TimeoutPolicy {
             cold_start: Duration::from_secs(1),
             min_samples: 100,
             window: Duration::from_secs(60),
+            max_history: Duration::from_secs(15 * 60),
             sub_windows: 6,
             significant_figures: 2,
             recompute_every: 256,
@@ -144,6 +156,8 @@ setters! {
     min_samples: u64;
     /// Sets [`TimeoutPolicy::window`].
     window: Duration;
+    /// Sets [`TimeoutPolicy::max_history`].
+    max_history: Duration;
     /// Sets [`TimeoutPolicy::sub_windows`].
     sub_windows: u32;
     /// Sets [`TimeoutPolicy::significant_figures`].
@@ -213,6 +227,12 @@ impl TimeoutPolicy {
             return fail(
                 "window",
                 format!("must be in (0, {MAX_WINDOW:?}], got {:?}", self.window),
+            );
+        }
+        if self.max_history > MAX_WINDOW {
+            return fail(
+                "max_history",
+                format!("must be at most {MAX_WINDOW:?}, got {:?}", self.max_history),
             );
         }
         if self.sub_windows == 0 || self.sub_windows > MAX_SUB_WINDOWS {
@@ -287,9 +307,24 @@ impl TimeoutPolicy {
         }
     }
 
+    /// The deadline from an upper estimate of the quantile (`estimate`, in seconds, from
+    /// fewer than `min_samples` answers, the slowest `slowest`): `estimate × factor +
+    /// margin`, but never above `cold_start` unless the answers show a peer slower than
+    /// it, and then at most twice the quantile formula on the slowest answer; within
+    /// `[min, max]`.
+    pub(crate) fn estimated_deadline(&self, estimate: f64, slowest: Duration) -> Duration {
+        let secs = |d: Duration| d.as_secs_f64();
+        let learned = estimate.mul_add(self.factor, secs(self.margin));
+        let ceiling =
+            secs(self.cold_start).max(2.0 * secs(slowest).mul_add(self.factor, secs(self.margin)));
+        let raw = learned.min(ceiling).clamp(secs(self.min), secs(self.max));
+        Duration::try_from_secs_f64(raw).unwrap_or(self.max)
+    }
+
     /// Whether two policies shape the latency window the same way (so it can be kept).
     pub(crate) fn same_window(&self, other: &TimeoutPolicy) -> bool {
-        self.window == other.window
+        crate::peer::history::capacity(self) == crate::peer::history::capacity(other)
+            && self.window == other.window
             && self.sub_windows == other.sub_windows
             && self.significant_figures == other.significant_figures
             && self.min == other.min
@@ -303,8 +338,13 @@ impl TimeoutPolicy {
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum DeadlineSource {
-    /// Fewer than `min_samples` in the window: the policy's `cold_start`.
+    /// Fewer than two answers to learn from: the policy's `cold_start`.
     ColdStart,
+    /// From two answers to `min_samples`: an upper estimate of the quantile (the larger
+    /// of a log-normal prediction bound and a Pareto tail extrapolation, never below the
+    /// slowest answer) × factor + margin, at most `cold_start` unless the answers show a
+    /// slower peer; within `[min, max]`.
+    Estimate,
     /// `quantile × factor + margin`, within `[min, max]`.
     Quantile,
     /// `quantile × factor + margin` was below `min`.
@@ -322,8 +362,9 @@ pub enum DeadlineSource {
 }
 
 impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 7] = [
+    pub(crate) const ALL: [DeadlineSource; 8] = [
         DeadlineSource::ColdStart,
+        DeadlineSource::Estimate,
         DeadlineSource::Quantile,
         DeadlineSource::ClampedMin,
         DeadlineSource::ClampedMax,
@@ -336,6 +377,7 @@ impl DeadlineSource {
     pub fn as_str(self) -> &'static str {
         match self {
             DeadlineSource::ColdStart => "cold_start",
+            DeadlineSource::Estimate => "estimate",
             DeadlineSource::Quantile => "quantile",
             DeadlineSource::ClampedMin => "clamped_min",
             DeadlineSource::ClampedMax => "clamped_max",
@@ -400,7 +442,8 @@ pub struct DeadlineExplanation {
     pub source: DeadlineSource,
     /// The policy's quantile.
     pub quantile: f64,
-    /// The window's latency at that quantile (zero during cold start).
+    /// The latency at that quantile (zero during cold start; its upper estimate while
+    /// the source is [`DeadlineSource::Estimate`]).
     pub quantile_value: Duration,
     /// The policy's factor.
     pub factor: f64,
@@ -410,8 +453,11 @@ pub struct DeadlineExplanation {
     pub min: Duration,
     /// The policy's max.
     pub max: Duration,
-    /// Samples in the window.
+    /// Samples the deadline was learned from.
     pub samples: u64,
+    /// How far back those samples reach when that is beyond the window (a quiet peer's
+    /// history, up to `max_history`); zero when they are the window's.
+    pub history: Duration,
     /// Samples needed before the quantile is trusted.
     pub min_samples: u64,
     /// Whether the peer runs under a per-peer policy override.
@@ -419,11 +465,12 @@ pub struct DeadlineExplanation {
 }
 
 impl DeadlineExplanation {
+    /// Explains `source` under `policy`, with what the history said (samples, the
+    /// quantile's value or estimate, how far back beyond the window).
     pub(crate) fn new(
         source: DeadlineSource,
         policy: &TimeoutPolicy,
-        samples: u64,
-        quantile_value: Duration,
+        (samples, quantile_value, history): (u64, Duration, Duration),
         per_peer_policy: bool,
     ) -> Self {
         DeadlineExplanation {
@@ -435,6 +482,7 @@ impl DeadlineExplanation {
             min: policy.min,
             max: policy.max,
             samples,
+            history,
             min_samples: policy.min_samples,
             per_peer_policy,
         }
@@ -453,6 +501,7 @@ impl DeadlineExplanation {
             min: Duration::ZERO,
             max: Duration::ZERO,
             samples: 0,
+            history: Duration::ZERO,
             min_samples: 0,
             per_peer_policy: false,
         }

@@ -18,7 +18,8 @@ pub struct PeerSnapshot {
     pub peer: String,
     /// Where the peer is in the health state machine.
     pub state: PeerState,
-    /// Samples in the latency window.
+    /// Samples the quantiles below are read from: the window's, or a quiet peer's last
+    /// answers (up to `min_samples` of them, from up to `max_history` ago).
     pub samples: u64,
     /// Median latency in the window.
     pub p50: Duration,
@@ -58,7 +59,8 @@ pub struct PeerSnapshot {
     pub next_probe_in: Duration,
     /// How long since the last call to the peer started.
     pub idle: Duration,
-    /// Heap bytes the peer's latency window holds.
+    /// Heap bytes the peer's latency history holds (its window's histograms, allocated
+    /// once it is busy, and its last answers).
     pub window_bytes: usize,
 }
 
@@ -86,8 +88,7 @@ impl PeerSnapshot {
             explanation: DeadlineExplanation::new(
                 source,
                 &view.policy,
-                view.samples,
-                view.quantile_value,
+                view.learned,
                 view.overridden,
             ),
             in_flight: peer.in_flight(),

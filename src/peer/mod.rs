@@ -14,18 +14,21 @@ use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
+use self::lane::Lane;
 use self::published::Published;
-use self::window::Window;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
+mod estimate;
 #[cfg(feature = "http")]
 mod gaps;
 pub(crate) mod health;
+pub(crate) mod history;
 pub(crate) mod key;
+mod lane;
 mod published;
 pub(crate) mod table;
 pub(crate) mod window;
@@ -74,7 +77,8 @@ pub(crate) struct Counters {
 /// The part of a peer behind its lock: what a completion, a rotation or a policy change
 /// reads and writes.
 struct Locked {
-    window: Window,
+    /// The latency history and the deadline learned from it.
+    lane: Lane,
     /// Calls that ended with the inner service's answer (success or error).
     completed: u64,
     /// Calls that ran out their deadline.
@@ -87,9 +91,6 @@ struct Locked {
     pending: Vec<Duration>,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,
-    since_recompute: u64,
-    source: DeadlineSource,
-    quantile_value: Duration,
     health: Health,
     /// The interrupt fired when the peer last went silent.
     silenced: Option<Fired>,
@@ -102,7 +103,8 @@ pub(crate) struct WindowView {
     pub(crate) samples: u64,
     pub(crate) quantiles: [Duration; 4],
     pub(crate) max: Duration,
-    pub(crate) quantile_value: Duration,
+    /// What the deadline was learned from: samples, the quantile's value, history.
+    pub(crate) learned: (u64, Duration, Duration),
     pub(crate) heap_bytes: usize,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
@@ -161,7 +163,7 @@ impl Peer {
         jitter_seed: u64,
         classifier: Classifier,
     ) -> Peer {
-        let window = Window::new(&policy, now);
+        let lane = Lane::new(&policy, now);
         let peer = Peer {
             metrics: PeerMetrics::new(&label),
             classifier,
@@ -178,7 +180,7 @@ impl Peer {
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
             locked: CachePadded::new(Mutex::new(Locked {
-                window,
+                lane,
                 completed: 0,
                 deadline_exceeded: 0,
                 failures: 0,
@@ -186,14 +188,11 @@ impl Peer {
                 pending: Vec::new(),
                 policy,
                 overridden,
-                since_recompute: 0,
-                source: DeadlineSource::ColdStart,
-                quantile_value: Duration::ZERO,
                 health: Health::new(now, jitter_seed),
                 silenced: None,
             })),
         };
-        peer.publish(&mut peer.lock());
+        peer.publish(&mut peer.lock(), now);
         peer.last_used.store(peer.nanos(now), Relaxed);
         peer
     }
@@ -224,8 +223,8 @@ impl Peer {
     pub(crate) fn admit(&self, now: Instant) -> Result<Ticket, Fired> {
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
-            if locked.window.advance(now) {
-                self.publish(&mut locked);
+            if locked.lane.window.advance(now) {
+                self.publish(&mut locked, now);
             }
         }
         let generation = self.interrupts.generation();
@@ -295,11 +294,11 @@ impl Peer {
         self.metrics.answered(latency);
         locked.completed += 1;
         locked.consecutive_failures = 0;
-        let learned = locked.source != DeadlineSource::ColdStart;
+        let learned = locked.lane.source != DeadlineSource::ColdStart;
         if probe && learned && latency > self.deadline().0 {
-            locked.window = Window::new(&locked.policy, now);
+            locked.lane = Lane::new(&locked.policy, now);
             locked.pending.clear();
-            self.publish(&mut locked);
+            self.publish(&mut locked, now);
         }
         let held = std::mem::take(&mut locked.pending);
         for censored in &held {
@@ -307,7 +306,7 @@ impl Peer {
         }
         if !held.is_empty() {
             // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish(&mut locked);
+            self.publish(&mut locked, now);
         }
         if outcome == Outcome::Sample {
             self.record(&mut locked, now, latency);
@@ -332,13 +331,9 @@ impl Peer {
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
         // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = DeadlineExplanation::new(
-            source,
-            &locked.policy,
-            locked.window.samples(),
-            locked.quantile_value,
-            locked.overridden,
-        );
+        let explanation = locked
+            .lane
+            .explain(source, &locked.policy, locked.overridden);
         let policy = locked.policy.clone();
         let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
@@ -350,7 +345,7 @@ impl Peer {
                 locked
                     .health
                     .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-            } else if miss && deadline >= self.normal_latency(&locked) {
+            } else if miss && deadline >= locked.lane.normal_latency(&locked.policy) {
                 locked.health.on_deadline(now, started, false, &policy)
             } else {
                 None
@@ -373,7 +368,7 @@ impl Peer {
                 }
             } else {
                 self.record(&mut locked, now, deadline);
-                self.publish(&mut locked);
+                self.publish(&mut locked, now);
             }
         }
         (explanation, self.miss(locked, now, started, probe))
@@ -417,18 +412,6 @@ impl Peer {
         silenced
     }
 
-    /// How long the peer's answers normally take: the window's quantile once it is
-    /// trusted, else the slowest answer seen; at least `min`. A caller's deadline shorter
-    /// than this proves nothing when it runs out.
-    fn normal_latency(&self, locked: &Locked) -> Duration {
-        let seen = if locked.source == DeadlineSource::ColdStart {
-            locked.window.max()
-        } else {
-            locked.quantile_value
-        };
-        seen.max(locked.policy.min)
-    }
-
     /// A call ended without an answer or a deadline: interrupted (`reason` given) or
     /// dropped by its caller (`None`). Records no latency.
     pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
@@ -458,13 +441,9 @@ impl Peer {
 
     /// Records one latency and republishes the deadline when it is due.
     fn record(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant, latency: Duration) {
-        let rotated = locked.window.advance(now);
-        locked.window.record(latency);
-        locked.since_recompute += 1;
-        let warmed_up = locked.source == DeadlineSource::ColdStart
-            && locked.window.samples() >= locked.policy.min_samples;
-        if rotated || warmed_up || locked.since_recompute >= locked.policy.recompute_every {
-            self.publish(locked);
+        let locked_ = &mut **locked;
+        if locked_.lane.record(now, latency, &locked_.policy) {
+            self.publish(locked, now);
         }
     }
 
@@ -503,13 +482,13 @@ impl Peer {
     pub(crate) fn set_policy(&self, policy: Arc<TimeoutPolicy>, overridden: bool, now: Instant) {
         let mut locked = self.lock();
         if !locked.policy.same_window(&policy) {
-            locked.window = Window::new(&policy, now);
+            locked.lane = Lane::new(&policy, now);
         }
         let transition = locked.health.release_if_detection_off(&policy);
         locked.policy = policy;
         locked.overridden = overridden;
         self.transition(transition);
-        self.publish(&mut locked);
+        self.publish(&mut locked, now);
     }
 
     /// Calls in flight now.
@@ -525,18 +504,21 @@ impl Peer {
     /// Reads the window: quantiles p50, p90, p99, p99.9, the max and the policy.
     pub(crate) fn view(&self, now: Instant) -> WindowView {
         let mut locked = self.lock();
-        if locked.window.advance(now) {
-            self.publish(&mut locked);
+        if locked.lane.window.advance(now) {
+            self.publish(&mut locked, now);
         }
-        let w = &locked.window;
+        let reach = locked.policy.max_history;
+        let w = &mut locked.lane.window;
+        let (quantiles, max, samples) = w.quantiles([0.5, 0.9, 0.99, 0.999], reach, now);
+        let heap_bytes = w.heap_bytes();
         WindowView {
             policy: locked.policy.clone(),
             overridden: locked.overridden,
-            samples: w.samples(),
-            quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
-            max: w.max(),
-            quantile_value: locked.quantile_value,
-            heap_bytes: w.heap_bytes(),
+            samples,
+            quantiles,
+            max,
+            learned: locked.lane.learned(),
+            heap_bytes,
             last_response: locked.health.last_response(),
             state: locked.health.state(),
             next_probe_at: locked.health.next_probe_at(),
@@ -547,22 +529,14 @@ impl Peer {
         }
     }
 
-    /// Recomputes the deadline from the window and publishes it (under the lock).
-    fn publish(&self, locked: &mut MutexGuard<'_, Locked>) {
-        let samples = locked.window.samples();
-        let q = if samples >= locked.policy.min_samples {
-            locked.window.quantile(locked.policy.quantile)
-        } else {
-            Duration::ZERO
-        };
-        let (deadline, source) = locked.policy.deadline(samples, q);
-        locked.source = source;
-        locked.quantile_value = q;
-        locked.since_recompute = 0;
+    /// Recomputes the deadline from the history and publishes it (under the lock).
+    fn publish(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant) {
+        let locked_ = &mut **locked;
+        let (deadline, source) = locked_.lane.recompute(now, &locked_.policy);
         self.published.set_deadline(deadline, source);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
-        let rotate_at = self.nanos(locked.window.rotates_at());
+        let rotate_at = self.nanos(locked.lane.window.rotates_at());
         self.published.set_rotate_at(rotate_at);
     }
 
