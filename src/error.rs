@@ -222,6 +222,7 @@ impl fmt::Display for DeadlineExplanation {
                 write!(f, ", cut to max {}", Human(self.max))
             }
             DeadlineSource::Caller => f.write_str("the caller's deadline"),
+            DeadlineSource::Floor => f.write_str("the call's floor (MinDeadline)"),
             DeadlineSource::SilentPeer => write!(f, "peer silent: cut to min {}", Human(self.min)),
             DeadlineSource::Untracked => f.write_str("untracked peer: default cold start"),
         }?;

@@ -244,7 +244,6 @@ mod tests {
     use super::*;
     use crate::interrupt::Interrupts;
     use crate::peer::{CallPeer, Ticket};
-    use crate::policy::DeadlineSource;
     use crate::token::Interrupt;
 
     struct Noop;
@@ -255,12 +254,7 @@ mod tests {
 
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
-        let ticket = Ticket {
-            deadline: Duration::from_millis(100),
-            source: DeadlineSource::Untracked,
-            generation: 0,
-            probe: false,
-        };
+        let ticket = Ticket::untracked(Duration::from_millis(100), 0);
         let peer = CallPeer::Untracked(Arc::new(Interrupts::new()));
         Call::new(peer, Instant::now(), ticket, Some(Interrupt::new()))
     }

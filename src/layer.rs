@@ -19,6 +19,10 @@ use crate::service::AdaptiveTimeout;
 pub const DEFAULT_MAX_PEERS: usize = 10_000;
 /// Default time after which a peer with no calls may be forgotten.
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Default bound on latency classes per peer.
+pub const DEFAULT_MAX_CLASSES: usize = 8;
+/// Most latency classes per peer a layer accepts.
+pub const MAX_CLASSES: usize = 64;
 
 /// Wraps services in [`AdaptiveTimeout`]. Every service made from one layer (and every clone
 /// of those) shares one peer table.
@@ -128,6 +132,7 @@ pub struct Builder<K, F> {
     propagation: Propagation,
     jitter_seed: Option<u64>,
     classifier: Classifier,
+    max_classes: usize,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -142,6 +147,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             propagation: Propagation::none(),
             jitter_seed: None,
             classifier: Classifier::default(),
+            max_classes: DEFAULT_MAX_CLASSES,
         }
     }
 
@@ -207,6 +213,14 @@ impl<K: PeerKey, F> Builder<K, F> {
         self
     }
 
+    /// At most this many latency classes per peer (default 8, at most 64; `0` turns
+    /// classes off): see [`class`](crate::class). Each holds a latency history of its own,
+    /// so a peer holds at most `1 + max_classes` of them.
+    pub fn max_classes(mut self, max_classes: usize) -> Self {
+        self.max_classes = max_classes;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
         self.policy.validate()?;
@@ -220,6 +234,12 @@ impl<K: PeerKey, F> Builder<K, F> {
         }
         if self.idle_ttl.is_zero() {
             return Err(PolicyError::new("idle_ttl", "must be greater than zero"));
+        }
+        if self.max_classes > MAX_CLASSES {
+            return Err(PolicyError::new(
+                "max_classes",
+                format!("must be at most {MAX_CLASSES}, got {}", self.max_classes),
+            ));
         }
         let policies = Policies {
             default: Arc::new(self.policy),
@@ -235,7 +255,8 @@ impl<K: PeerKey, F> Builder<K, F> {
                     self.propagation,
                     self.jitter_seed.unwrap_or_else(random_seed),
                 )
-                .with_classifier(self.classifier),
+                .with_classifier(self.classifier)
+                .with_max_classes(self.max_classes),
             ),
             key_fn: self.key_fn,
         })

@@ -65,6 +65,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod body;
 mod call;
+pub mod class;
 pub mod classify;
 mod error;
 #[cfg(feature = "metrics")]
@@ -86,12 +87,16 @@ mod token;
 
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
+pub use class::{ClassOf, LatencyClass, LatencyHints, MinDeadline};
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};
-pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
+pub use layer::{
+    AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_CLASSES, DEFAULT_MAX_PEERS,
+    MAX_CLASSES,
+};
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]

@@ -354,6 +354,9 @@ pub enum DeadlineSource {
     /// The caller's deadline ([`Deadline`](crate::Deadline), propagated headers) was
     /// shorter than the peer's.
     Caller,
+    /// The call's floor ([`MinDeadline`](crate::MinDeadline)) was longer than the peer's
+    /// deadline: the call got the floor, at most the policy's `max`.
+    Floor,
     /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
     SilentPeer,
     /// The call's peer is not tracked (no key, or the peer table is full): the default
@@ -362,13 +365,14 @@ pub enum DeadlineSource {
 }
 
 impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 8] = [
+    pub(crate) const ALL: [DeadlineSource; 9] = [
         DeadlineSource::ColdStart,
         DeadlineSource::Estimate,
         DeadlineSource::Quantile,
         DeadlineSource::ClampedMin,
         DeadlineSource::ClampedMax,
         DeadlineSource::Caller,
+        DeadlineSource::Floor,
         DeadlineSource::SilentPeer,
         DeadlineSource::Untracked,
     ];
@@ -382,6 +386,7 @@ impl DeadlineSource {
             DeadlineSource::ClampedMin => "clamped_min",
             DeadlineSource::ClampedMax => "clamped_max",
             DeadlineSource::Caller => "caller",
+            DeadlineSource::Floor => "floor",
             DeadlineSource::SilentPeer => "silent_peer",
             DeadlineSource::Untracked => "untracked",
         }

@@ -78,9 +78,10 @@ where
         let propagation = self.table.propagation();
         let caller_deadline = self.key_fn.caller_deadline(&req, propagation);
         let key = self.key_fn.peer_key(&req);
+        let hints = self.key_fn.latency_hints(&req);
         match self
             .table
-            .admit(key, start, caller_deadline, &mut self.last)
+            .admit(key, start, caller_deadline, hints, &mut self.last)
         {
             Admission::Refused(peer, fired) => {
                 ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))

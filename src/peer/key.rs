@@ -9,6 +9,7 @@ use std::hash::Hash;
 
 use std::time::Duration;
 
+use crate::class::LatencyHints;
 use crate::propagate::Propagation;
 use crate::token::Interrupt;
 
@@ -45,6 +46,12 @@ pub trait KeyFn<Req> {
     fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
         let _ = (req, deadline, propagation);
     }
+
+    /// The request's latency class and floor (see [`class`](crate::class)). Default: none.
+    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
+        let _ = req;
+        LatencyHints::new()
+    }
 }
 
 impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
@@ -77,6 +84,11 @@ pub trait HasPeer {
     fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
         let _ = (deadline, propagation);
     }
+
+    /// The request's latency class and floor (see [`class`](crate::class)). Default: none.
+    fn latency_hints(&self) -> LatencyHints<'_> {
+        LatencyHints::new()
+    }
 }
 
 /// The [`KeyFn`] that asks the request itself, through [`HasPeer`].
@@ -100,6 +112,10 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
     fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
         req.write_deadline(deadline, propagation);
     }
+
+    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
+        req.latency_hints()
+    }
 }
 
 #[cfg(feature = "http")]
@@ -118,6 +134,7 @@ mod http_peer {
     use std::time::Duration;
 
     use super::{HasPeer, KeyFn, PeerKey};
+    use crate::class::{self, LatencyHints};
     use crate::propagate::{self, Propagation};
     use crate::token::Interrupt;
 
@@ -226,6 +243,12 @@ mod http_peer {
         fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
             propagate::write(self, deadline, propagation);
         }
+
+        /// The [`LatencyClass`](crate::LatencyClass) extension, else the path's template;
+        /// the [`MinDeadline`](crate::MinDeadline) extension.
+        fn latency_hints(&self) -> LatencyHints<'_> {
+            class::http_hints(self)
+        }
     }
 
     /// Keys `http::Request`s with your own function, keeping what
@@ -257,6 +280,10 @@ mod http_peer {
             propagation: &Propagation,
         ) {
             req.write_deadline(deadline, propagation);
+        }
+
+        fn latency_hints<'r>(&self, req: &'r Request<B>) -> LatencyHints<'r> {
+            req.latency_hints()
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
 use self::lane::Lane;
 use self::published::Published;
+use crate::class::LatencyHints;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::export::PeerMetrics;
@@ -126,6 +127,29 @@ pub(crate) struct Ticket {
     pub(crate) probe: bool,
 }
 
+impl Ticket {
+    /// The ticket of a call whose peer is not tracked.
+    pub(crate) fn untracked(deadline: Duration, generation: u64) -> Ticket {
+        Ticket {
+            deadline,
+            source: DeadlineSource::Untracked,
+            generation,
+            probe: false,
+        }
+    }
+
+    /// The same ticket raised to the call's `floor` (at most `max`) where that is
+    /// longer. A silent peer's cut deadline stays cut: the floor is what a call needs
+    /// from a peer that answers.
+    pub(crate) fn floored(mut self, floor: Option<Duration>, max: Duration) -> Ticket {
+        let floor = floor.map_or(Duration::ZERO, |f| f.min(max));
+        if floor > self.deadline && self.source != DeadlineSource::SilentPeer {
+            (self.deadline, self.source) = (floor, DeadlineSource::Floor);
+        }
+        self
+    }
+}
+
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
 pub(crate) enum CallPeer {
     /// A peer in the table.
@@ -217,10 +241,10 @@ impl Peer {
         &self.interrupts
     }
 
-    /// Admits a call starting at `now`, or refuses it because the peer is silent. A healthy
-    /// peer costs atomic reads only; the window is rotated first if its time has come, so
-    /// stale history does not set the deadline.
-    pub(crate) fn admit(&self, now: Instant) -> Result<Ticket, Fired> {
+    /// Admits a call starting at `now` with `hints` (its floor), or refuses it because
+    /// the peer is silent. A healthy peer costs atomic reads only; the window is rotated
+    /// first if its time has come, so stale history does not set the deadline.
+    pub(crate) fn admit(&self, now: Instant, hints: LatencyHints<'_>) -> Result<Ticket, Fired> {
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
             if locked.lane.window.advance(now) {
@@ -251,12 +275,13 @@ impl Peer {
         self.touch(now);
         self.in_flight.fetch_add(1, Relaxed);
         self.metrics.admitted();
-        Ok(Ticket {
+        let ticket = Ticket {
             deadline,
             source,
             generation,
             probe,
-        })
+        };
+        Ok(ticket.floored(hints.floor, self.published.max()))
     }
 
     /// Classifies an inner error (only errors are classified: a success is a sample).
@@ -534,6 +559,7 @@ impl Peer {
         let locked_ = &mut **locked;
         let (deadline, source) = locked_.lane.recompute(now, &locked_.policy);
         self.published.set_deadline(deadline, source);
+        self.published.set_max(locked.policy.max);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
         let rotate_at = self.nanos(locked.lane.window.rotates_at());

@@ -22,6 +22,8 @@ pub(super) struct Published {
     state: AtomicU8,
     /// When the window next rotates, in nanoseconds since the peer's epoch.
     rotate_at: AtomicU64,
+    /// The policy's `max`, in nanoseconds: what a call's floor may raise its deadline to.
+    max: AtomicU64,
 }
 
 impl Published {
@@ -31,7 +33,18 @@ impl Published {
             deadline: AtomicU64::new(pack(deadline, source)),
             state: AtomicU8::new(0),
             rotate_at: AtomicU64::new(0),
+            max: AtomicU64::new(0),
         }
+    }
+
+    /// The policy's `max`.
+    pub(super) fn max(&self) -> Duration {
+        Duration::from_nanos(self.max.load(Relaxed))
+    }
+
+    pub(super) fn set_max(&self, max: Duration) {
+        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        self.max.store(nanos, Relaxed);
     }
 
     /// The deadline new calls get, and why: one atomic load.

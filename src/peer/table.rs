@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::key::PeerKey;
 use super::{CallPeer, Peer, Ticket};
+use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
 use crate::export;
@@ -73,6 +74,8 @@ pub(crate) struct PeerTable<K> {
     epoch: Instant,
     last_sweep: AtomicU64,
     untracked_deadline: AtomicU64,
+    /// The default policy's `max`, which caps an untracked call's floor.
+    untracked_max: AtomicU64,
     untracked: Arc<Interrupts>,
     interrupt_tokens: bool,
     propagation: Propagation,
@@ -83,6 +86,8 @@ pub(crate) struct PeerTable<K> {
     pub(crate) untracked_calls: AtomicU64,
     /// What inner errors say about their peers.
     classifier: Classifier,
+    /// Latency classes each peer may hold.
+    max_classes: usize,
 }
 
 impl<K> PeerTable<K> {
@@ -122,6 +127,7 @@ impl<K: PeerKey> PeerTable<K> {
         jitter_seed: u64,
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
+        let untracked_max = nanos(policies.default.max);
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             len: AtomicUsize::new(0),
@@ -131,6 +137,7 @@ impl<K: PeerKey> PeerTable<K> {
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
+            untracked_max: AtomicU64::new(untracked_max),
             untracked: Arc::new(Interrupts::new()),
             interrupt_tokens,
             propagation,
@@ -138,6 +145,7 @@ impl<K: PeerKey> PeerTable<K> {
             policies: RwLock::new(policies),
             untracked_calls: AtomicU64::new(0),
             classifier: Classifier::default(),
+            max_classes: 0,
         }
     }
 
@@ -147,16 +155,24 @@ impl<K: PeerKey> PeerTable<K> {
         self
     }
 
+    /// Lets each peer hold up to `max_classes` latency classes (none by default).
+    pub(crate) fn with_max_classes(mut self, max_classes: usize) -> Self {
+        self.max_classes = max_classes;
+        self
+    }
+
     /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
     /// finds or inserts its peer (through `last`, the calling service's cache), asks the
-    /// peer for a ticket, and shortens the deadline to the caller's where that is shorter.
-    /// A spent caller's deadline is refused here, fired where this is called.
+    /// peer for a ticket (for the call's class, raised to its floor), and shortens the
+    /// deadline to the caller's where that is shorter. A spent caller's deadline is
+    /// refused here, fired where this is called.
     #[track_caller]
     pub(crate) fn admit(
         &self,
         key: Option<K>,
         now: Instant,
         caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
         let peer = key.and_then(|key| self.cached_peer(key, now, last));
@@ -169,16 +185,15 @@ impl<K: PeerKey> PeerTable<K> {
             return Admission::Refused(self.call_peer(peer), fired);
         }
         let mut ticket = match &peer {
-            Some(p) => match p.admit(now) {
+            Some(p) => match p.admit(now, hints) {
                 Ok(ticket) => ticket,
                 Err(fired) => return Admission::Refused(self.call_peer(peer), fired),
             },
-            None => Ticket {
-                deadline: self.untracked_deadline(),
-                source: DeadlineSource::Untracked,
-                generation: self.untracked.generation(),
-                probe: false,
-            },
+            None => {
+                let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
+                Ticket::untracked(self.untracked_deadline(), self.untracked.generation())
+                    .floored(hints.floor, max)
+            }
         };
         if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
             (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
@@ -254,6 +269,8 @@ impl<K: PeerKey> PeerTable<K> {
         change(&mut policies);
         self.untracked_deadline
             .store(nanos(policies.default.cold_start), Relaxed);
+        self.untracked_max
+            .store(nanos(policies.default.max), Relaxed);
         let now = Instant::now();
         for entry in self.peers.iter() {
             let (policy, overridden) = policies.for_key(entry.key());
@@ -431,7 +448,7 @@ mod tests {
         let t = table(2);
         let now = Instant::now();
         let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now); // peer 1 has a call in flight
+        let _call = a.admit(now, LatencyHints::new()); // peer 1 has a call in flight
         let _b = t.peer(&2, now).unwrap();
         // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
         assert!(t.peer(&3, now).is_some());
@@ -444,7 +461,7 @@ mod tests {
     async fn full_table_of_busy_peers_refuses_to_track() {
         let t = table(1);
         let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now);
+        let _call = t.peer(&1, now).unwrap().admit(now, LatencyHints::new());
         assert!(t.peer(&2, now).is_none());
         assert_eq!(t.untracked_calls.load(Relaxed), 1);
         assert_eq!(t.len(), 1);
