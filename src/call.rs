@@ -132,7 +132,7 @@ impl Call {
     fn answered(mut self, outcome: Outcome) {
         self.recorded = true;
         if let CallPeer::Tracked(p) = &self.peer {
-            p.on_outcome(Instant::now(), self.start, self.ticket.probe, outcome);
+            p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
         }
     }
 
@@ -143,13 +143,10 @@ impl Call {
         self.recorded = true;
         let now = Instant::now();
         let Ticket {
-            deadline,
-            source,
-            probe,
-            ..
+            deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match &self.peer {
-            CallPeer::Tracked(p) => p.on_deadline(now, self.start, deadline, source, probe),
+            CallPeer::Tracked(p) => p.on_deadline(now, self.start, &self.ticket),
             CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer.label(), now - self.start);

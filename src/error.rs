@@ -229,6 +229,9 @@ impl fmt::Display for DeadlineExplanation {
         if !self.history.is_zero() {
             write!(f, ", over the last {}", Human(self.history))?;
         }
+        if let Some(class) = &self.class {
+            write!(f, ", class {class}")?;
+        }
         if self.per_peer_policy {
             f.write_str(", per-peer policy")?;
         }

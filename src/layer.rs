@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::class::Classed;
 use crate::classify::{Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -219,6 +220,38 @@ impl<K: PeerKey, F> Builder<K, F> {
     pub fn max_classes(mut self, max_classes: usize) -> Self {
         self.max_classes = max_classes;
         self
+    }
+
+    /// Names each request's latency class with `classify` (see [`class`](crate::class)):
+    /// requests of one peer and one class share a latency history and a deadline; `None`
+    /// leaves a call in its peer's own history. For `http::Request`s the path (or a
+    /// [`LatencyClass`](crate::LatencyClass) extension) already names it.
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+    ///
+    /// struct Query { host: String, report: bool }
+    /// let layer = AdaptiveTimeoutLayer::builder(|q: &Query| q.host.clone())
+    ///     .latency_class(|q: &Query| q.report.then_some("report"))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn latency_class<Req, C>(self, classify: C) -> Builder<K, Classed<F, C>>
+    where
+        C: Fn(&Req) -> Option<&str>,
+    {
+        Builder {
+            key_fn: Classed::new(self.key_fn, classify),
+            policy: self.policy,
+            overrides: self.overrides,
+            max_peers: self.max_peers,
+            idle_ttl: self.idle_ttl,
+            interrupt_tokens: self.interrupt_tokens,
+            propagation: self.propagation,
+            jitter_seed: self.jitter_seed,
+            classifier: self.classifier,
+            max_classes: self.max_classes,
+        }
     }
 
     /// Checks the configuration and builds the layer.

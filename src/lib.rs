@@ -87,7 +87,7 @@ mod token;
 
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
-pub use class::{ClassOf, LatencyClass, LatencyHints, MinDeadline};
+pub use class::{ClassOf, ClassSnapshot, Classed, LatencyClass, LatencyHints, MinDeadline};
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use future::{Head, ResponseFuture};

@@ -467,6 +467,8 @@ pub struct DeadlineExplanation {
     pub min_samples: u64,
     /// Whether the peer runs under a per-peer policy override.
     pub per_peer_policy: bool,
+    /// The latency class whose history set the deadline; `None`: the peer's own.
+    pub class: Option<String>,
 }
 
 impl DeadlineExplanation {
@@ -490,6 +492,7 @@ impl DeadlineExplanation {
             history,
             min_samples: policy.min_samples,
             per_peer_policy,
+            class: None,
         }
     }
 }
@@ -509,6 +512,7 @@ impl DeadlineExplanation {
             history: Duration::ZERO,
             min_samples: 0,
             per_peer_policy: false,
+            class: None,
         }
     }
 }

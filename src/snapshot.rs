@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::class::ClassSnapshot;
 use crate::peer::health::PeerState;
 use crate::peer::Peer;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
@@ -60,8 +61,11 @@ pub struct PeerSnapshot {
     /// How long since the last call to the peer started.
     pub idle: Duration,
     /// Heap bytes the peer's latency history holds (its window's histograms, allocated
-    /// once it is busy, and its last answers).
+    /// once it is busy, and its last answers), its classes' included.
     pub window_bytes: usize,
+    /// The peer's latency classes, in the order they were first seen (see
+    /// [`class`](crate::class)); the figures above are over every call.
+    pub classes: Vec<ClassSnapshot>,
 }
 
 impl PeerSnapshot {
@@ -106,6 +110,7 @@ impl PeerSnapshot {
             },
             idle: peer.idle_for(now),
             window_bytes: view.heap_bytes,
+            classes: view.classes,
         }
     }
 }

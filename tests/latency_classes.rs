@@ -10,15 +10,16 @@ use http::{Request, Response};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Deadline, DeadlineSource, HttpPeer, Interrupted,
-    MinDeadline, Reason, TimeoutPolicy,
+    LatencyClass, MinDeadline, Reason, TimeoutPolicy,
 };
 
 use support::ms;
 
-/// The host: `/report...` answers in 500ms, anything else in 10ms; `/hang` never.
+/// The host: `/report...` answers in 500ms, anything else in 10ms; a request with an
+/// `x-hang` header never.
 async fn host(req: Request<()>) -> Result<Response<()>, BoxError> {
     let path = req.uri().path();
-    if path.starts_with("/hang") {
+    if req.headers().contains_key("x-hang") {
         std::future::pending::<()>().await;
     }
     let delay = if path.starts_with("/report") { 500 } else { 10 };
@@ -47,6 +48,13 @@ fn get(path: &str) -> Request<()> {
     Request::get(format!("http://reports.local{path}"))
         .body(())
         .unwrap()
+}
+
+/// A request to `path` the host never answers.
+fn hang(path: &str) -> Request<()> {
+    let mut req = get(path);
+    req.headers_mut().insert("x-hang", "1".parse().unwrap());
+    req
 }
 
 fn peer() -> HttpPeer {
@@ -93,7 +101,7 @@ async fn a_floor_raises_the_deadline_up_to_max_and_a_caller_deadline_still_cuts(
     assert!(call(&svc, req).await.is_none());
 
     // A floor past the policy's max is cut to max; the explanation says why.
-    let mut req = get("/hang");
+    let mut req = hang("/report");
     req.extensions_mut().insert(MinDeadline(ms(60_000)));
     let cut = call(&svc, req).await.expect("cut");
     assert_eq!(cut.deadline(), Some(ms(2000)));
@@ -111,4 +119,131 @@ async fn a_floor_raises_the_deadline_up_to_max_and_a_caller_deadline_still_cuts(
     req.extensions_mut().insert(Deadline(ms(100)));
     let cut = call(&svc, req).await.expect("cut");
     assert_eq!(cut.deadline(), Some(ms(100)));
+}
+
+/// Makes `calls` calls, one at a time: every `every`-th is the report (with `floor`, if
+/// any), the rest fast lookups of ever-changing ids. Returns how many reports were cut,
+/// and how many of the others.
+async fn mixed<S>(svc: &S, calls: usize, every: usize, floor: Option<Duration>) -> (usize, usize)
+where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone,
+{
+    let (mut reports_cut, mut fast_cut) = (0, 0);
+    for i in 1..=calls {
+        if i % every == 0 {
+            let mut req = get("/report");
+            if let Some(floor) = floor {
+                req.extensions_mut().insert(MinDeadline(floor));
+            }
+            reports_cut += usize::from(call(svc, req).await.is_some());
+        } else {
+            fast_cut += usize::from(call(svc, get(&format!("/items/{i}"))).await.is_some());
+        }
+    }
+    (reports_cut, fast_cut)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rare_slow_route_is_cut_once_with_classes_and_every_time_without() {
+    // 1 call in 2,000 is the 500ms report; the host's p99.9 is the 10ms lookups'.
+    let (svc, handle) = stack(TimeoutPolicy::default(), 0);
+    assert_eq!(
+        mixed(&svc, 40_000, 2_000, None).await,
+        (20, 0),
+        "keyed by host alone"
+    );
+    let (deadline, _) = handle.deadline(&peer()).unwrap();
+    assert!(deadline < ms(30), "{deadline:?}");
+
+    // Classes by path: only the report's first call, before its class had a sample.
+    let (svc, handle) = stack(TimeoutPolicy::default(), 8);
+    assert_eq!(mixed(&svc, 40_000, 2_000, None).await, (1, 0));
+    let snap = handle.peer(&peer()).unwrap();
+    let classes: Vec<_> = snap.classes.iter().map(|c| c.class.as_str()).collect();
+    assert_eq!(classes, ["/items/:id", "/report"], "ids share a template");
+    let report = &snap.classes[1];
+    assert_eq!(report.samples, 20);
+    assert!(report.deadline > ms(500), "{report:#?}");
+    assert_eq!(report.explanation.class.as_deref(), Some("/report"));
+    assert!(
+        snap.deadline < ms(30),
+        "the host's own deadline is the lookups': {snap:#?}"
+    );
+
+    // With a floor on the report: none cut, from the first.
+    let (svc, _) = stack(TimeoutPolicy::default(), 8);
+    assert_eq!(mixed(&svc, 40_000, 2_000, Some(ms(1000))).await, (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn classes_past_the_bound_share_the_peers_history_and_silence_is_per_peer() {
+    let (svc, handle) = stack(TimeoutPolicy::default(), 2);
+    warm(&svc, 150).await;
+    for path in ["/a", "/b", "/c", "/d"] {
+        assert!(call(&svc, get(path)).await.is_none());
+    }
+    let snap = handle.peer(&peer()).unwrap();
+    let classes: Vec<_> = snap.classes.iter().map(|c| c.class.as_str()).collect();
+    assert_eq!(classes, ["/items/:id", "/a"], "the first two seen");
+    assert_eq!(snap.completed, 154);
+
+    // A named class takes the place of the path's.
+    let mut req = get("/items/1");
+    req.extensions_mut().insert(LatencyClass::new("named"));
+    assert!(call(&svc, req).await.is_none());
+
+    // Two misses on different classes make the host silent: health is per peer.
+    let cut = call(&svc, hang("/a")).await.expect("cut");
+    assert!(
+        matches!(cut.reason(), Reason::DeadlineExceeded { .. }),
+        "{cut}"
+    );
+    assert!(cut.to_string().contains("class /a"), "{cut}");
+    let cut = call(&svc, hang("/items/1")).await.expect("cut");
+    assert!(matches!(cut.reason(), Reason::PeerSilent { .. }), "{cut}");
+    let refused = call(&svc, get("/a")).await.expect("refused");
+    assert!(
+        matches!(refused.reason(), Reason::PeerSilent { .. }),
+        "{refused}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_request_type_names_its_class_with_a_closure() {
+    type Query = (&'static str, &'static str, u64);
+    let layer = AdaptiveTimeoutLayer::builder(|q: &Query| q.0)
+        .latency_class(|q: &Query| (q.1 == "report").then_some("report"))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|q: Query| async move {
+        tokio::time::sleep(ms(q.2)).await;
+        Ok::<_, BoxError>(())
+    }));
+    for _ in 0..200 {
+        svc.clone().oneshot(("db", "get", 5)).await.unwrap();
+    }
+    // The first report has the peer's deadline; from its sample on, the class its own.
+    let first = svc.clone().oneshot(("db", "report", 300)).await;
+    assert!(first.is_err());
+    // (An answer between: two misses with none would declare the peer silent.)
+    svc.clone().oneshot(("db", "get", 5)).await.unwrap();
+    svc.clone().oneshot(("db", "report", 300)).await.unwrap();
+    let snap = handle.peer(&"db").unwrap();
+    assert_eq!(
+        snap.classes.len(),
+        1,
+        "unclassed calls stay in the peer's history"
+    );
+    assert_eq!(
+        (snap.classes[0].class.as_str(), snap.classes[0].samples),
+        ("report", 2)
+    );
+    assert_eq!(snap.completed, 202);
+
+    let err = AdaptiveTimeoutLayer::builder(|q: &Query| q.0)
+        .max_classes(65)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "max_classes");
 }

@@ -20,7 +20,7 @@ impl Call {
     /// over once its head is answered.
     pub(crate) fn head(&mut self, now: Instant) {
         if let CallPeer::Tracked(p) = &self.peer {
-            p.on_head(now, self.start, self.ticket.probe, Outcome::Sample);
+            p.on_head(now, self.start, &self.ticket, Outcome::Sample);
         }
         self.ticket.probe = false;
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
+use self::classes::{ClassIx, ClassLane, ClassSlots};
 use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
 use self::lane::Lane;
 use self::published::Published;
@@ -23,6 +24,7 @@ use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
+mod classes;
 mod estimate;
 #[cfg(feature = "http")]
 mod gaps;
@@ -59,6 +61,8 @@ pub(crate) struct Peer {
     #[cfg(feature = "http")]
     gaps: gaps::Gaps,
     pub(crate) counters: Counters,
+    /// Which latency classes the peer holds, and their deadlines.
+    classes: ClassSlots,
     locked: CachePadded<Mutex<Locked>>,
     metrics: PeerMetrics,
     classifier: Classifier,
@@ -78,8 +82,10 @@ pub(crate) struct Counters {
 /// The part of a peer behind its lock: what a completion, a rotation or a policy change
 /// reads and writes.
 struct Locked {
-    /// The latency history and the deadline learned from it.
+    /// The latency history of every call and the deadline learned from it.
     lane: Lane,
+    /// The latency classes' histories, in the order of their slots.
+    classes: Vec<ClassLane>,
     /// Calls that ended with the inner service's answer (success or error).
     completed: u64,
     /// Calls that ran out their deadline.
@@ -87,9 +93,10 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
-    /// Censored samples of misses, held until the peer answers again (it was slow) or is
-    /// declared silent (it was gone, which says nothing about its latency).
-    pending: Vec<Duration>,
+    /// Censored samples of misses (and their calls' classes), held until the peer
+    /// answers again (it was slow) or is declared silent (it was gone, which says nothing
+    /// about its latency).
+    pending: Vec<(Option<ClassIx>, Duration)>,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,
     health: Health,
@@ -107,6 +114,7 @@ pub(crate) struct WindowView {
     /// What the deadline was learned from: samples, the quantile's value, history.
     pub(crate) learned: (u64, Duration, Duration),
     pub(crate) heap_bytes: usize,
+    pub(crate) classes: Vec<crate::class::ClassSnapshot>,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
     pub(crate) next_probe_at: Instant,
@@ -125,6 +133,8 @@ pub(crate) struct Ticket {
     pub(crate) generation: u64,
     /// Whether the call is the probe of a silent peer.
     pub(crate) probe: bool,
+    /// The call's latency class, if it has one of the peer's.
+    pub(crate) class: Option<ClassIx>,
 }
 
 impl Ticket {
@@ -135,6 +145,7 @@ impl Ticket {
             source: DeadlineSource::Untracked,
             generation,
             probe: false,
+            class: None,
         }
     }
 
@@ -178,14 +189,15 @@ impl CallPeer {
 }
 
 impl Peer {
+    /// A new peer named `label` under `policy` (and whether it is a per-peer override).
     pub(crate) fn new(
         label: Box<str>,
-        policy: Arc<TimeoutPolicy>,
-        overridden: bool,
+        (policy, overridden): (Arc<TimeoutPolicy>, bool),
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,
         classifier: Classifier,
+        max_classes: usize,
     ) -> Peer {
         let lane = Lane::new(&policy, now);
         let peer = Peer {
@@ -203,8 +215,10 @@ impl Peer {
             #[cfg(feature = "http")]
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
+            classes: ClassSlots::new(max_classes),
             locked: CachePadded::new(Mutex::new(Locked {
                 lane,
+                classes: Vec::new(),
                 completed: 0,
                 deadline_exceeded: 0,
                 failures: 0,
@@ -241,18 +255,19 @@ impl Peer {
         &self.interrupts
     }
 
-    /// Admits a call starting at `now` with `hints` (its floor), or refuses it because
-    /// the peer is silent. A healthy peer costs atomic reads only; the window is rotated
-    /// first if its time has come, so stale history does not set the deadline.
+    /// Admits a call starting at `now` with `hints` (its class and floor), or refuses it
+    /// because the peer is silent. A healthy peer costs atomic reads only (a new class
+    /// takes the lock once); the windows are rotated first if their time has come, so
+    /// stale history does not set the deadline.
     pub(crate) fn admit(&self, now: Instant, hints: LatencyHints<'_>) -> Result<Ticket, Fired> {
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
-            if locked.lane.window.advance(now) {
-                self.publish(&mut locked, now);
-            }
+            locked.lane.window.advance(now);
+            self.publish(&mut locked, now);
         }
+        let class = self.class_of(now, hints.class);
         let generation = self.interrupts.generation();
-        let (mut deadline, mut source) = self.deadline();
+        let (mut deadline, mut source) = self.class_deadline(class);
         let mut probe = false;
         if !self.state().is_open() {
             let mut guard = self.lock();
@@ -280,6 +295,7 @@ impl Peer {
             source,
             generation,
             probe,
+            class,
         };
         Ok(ticket.floored(hints.floor, self.published.max()))
     }
@@ -289,10 +305,16 @@ impl Peer {
         self.classifier.classify(&**err)
     }
 
-    /// The call that started at `started` ended with `outcome` at `now`: recorded as
-    /// [`on_head`](Self::on_head) does, and the call is over.
-    pub(crate) fn on_outcome(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
-        self.on_head(now, started, probe, outcome);
+    /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
+    /// recorded as [`on_head`](Self::on_head) does, and the call is over.
+    pub(crate) fn on_outcome(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+        outcome: Outcome,
+    ) {
+        self.on_head(now, started, ticket, outcome);
         self.end();
     }
 
@@ -303,7 +325,14 @@ impl Peer {
     /// answered slower than the learned deadline re-seeds the window: the peer came back
     /// slower, and its old history would cut every call. A failure records nothing but its
     /// count; a failed probe frees the probe slot.
-    pub(crate) fn on_head(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
+    pub(crate) fn on_head(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+        outcome: Outcome,
+    ) {
+        let (probe, class) = (ticket.probe, ticket.class);
         let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
@@ -326,21 +355,22 @@ impl Peer {
             self.publish(&mut locked, now);
         }
         let held = std::mem::take(&mut locked.pending);
-        for censored in &held {
-            self.record(&mut locked, now, *censored);
+        for &(class, censored) in &held {
+            self.record(&mut locked, now, censored, class);
+            // Like the tail's, these say the deadline may be behind: recompute at once.
+            self.publish_class(&mut locked, now, class);
         }
         if !held.is_empty() {
-            // Like the tail's, these say the deadline may be behind: recompute at once.
             self.publish(&mut locked, now);
         }
         if outcome == Outcome::Sample {
-            self.record(&mut locked, now, latency);
+            self.record(&mut locked, now, latency, class);
         }
         let transition = locked.health.on_response(now);
         self.transition(transition);
     }
 
-    /// A call that started at `started` ran out its `deadline` (from `source`). Records a
+    /// A call of `ticket` that started at `started` ran out its deadline. Records a
     /// censored sample at the deadline, counts a miss, and may declare the peer silent,
     /// interrupting every other call in flight. Returns why the deadline had its value,
     /// and the silence interrupt if this miss declared it.
@@ -348,17 +378,20 @@ impl Peer {
         &self,
         now: Instant,
         started: Instant,
-        deadline: Duration,
-        source: DeadlineSource,
-        probe: bool,
+        ticket: &Ticket,
     ) -> (DeadlineExplanation, Option<Fired>) {
+        let Ticket {
+            deadline,
+            source,
+            probe,
+            class,
+            ..
+        } = *ticket;
         self.metrics.timed_out();
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
         // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = locked
-            .lane
-            .explain(source, &locked.policy, locked.overridden);
+        let explanation = self.explain(&locked, source, class);
         let policy = locked.policy.clone();
         let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
@@ -370,7 +403,7 @@ impl Peer {
                 locked
                     .health
                     .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-            } else if miss && deadline >= locked.lane.normal_latency(&locked.policy) {
+            } else if miss && deadline >= self.lane_of(&locked, class).normal_latency(&policy) {
                 locked.health.on_deadline(now, started, false, &policy)
             } else {
                 None
@@ -389,11 +422,12 @@ impl Peer {
             // nothing tells the two apart: it is recorded at once.)
             if miss && policy.silent_after_misses > 0 {
                 if locked.pending.len() < PENDING_MISSES {
-                    locked.pending.push(deadline);
+                    locked.pending.push((class, deadline));
                 }
             } else {
-                self.record(&mut locked, now, deadline);
+                self.record(&mut locked, now, deadline, class);
                 self.publish(&mut locked, now);
+                self.publish_class(&mut locked, now, class);
             }
         }
         (explanation, self.miss(locked, now, started, probe))
@@ -464,10 +498,15 @@ impl Peer {
         self.metrics.ended();
     }
 
-    /// Records one latency and republishes the deadline when it is due.
-    fn record(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant, latency: Duration) {
-        let locked_ = &mut **locked;
-        if locked_.lane.record(now, latency, &locked_.policy) {
+    /// Records one latency (of a call of `class`) and republishes the deadlines when due.
+    fn record(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        latency: Duration,
+        class: Option<ClassIx>,
+    ) {
+        if self.record_lanes(locked, now, latency, class) {
             self.publish(locked, now);
         }
     }
@@ -506,13 +545,15 @@ impl Peer {
     /// Puts a new policy in force; the window is kept when its shape did not change.
     pub(crate) fn set_policy(&self, policy: Arc<TimeoutPolicy>, overridden: bool, now: Instant) {
         let mut locked = self.lock();
-        if !locked.policy.same_window(&policy) {
+        let reset = !locked.policy.same_window(&policy);
+        if reset {
             locked.lane = Lane::new(&policy, now);
         }
         let transition = locked.health.release_if_detection_off(&policy);
         locked.policy = policy;
         locked.overridden = overridden;
         self.transition(transition);
+        self.reshape_classes(&mut locked, now, reset);
         self.publish(&mut locked, now);
     }
 
@@ -535,7 +576,8 @@ impl Peer {
         let reach = locked.policy.max_history;
         let w = &mut locked.lane.window;
         let (quantiles, max, samples) = w.quantiles([0.5, 0.9, 0.99, 0.999], reach, now);
-        let heap_bytes = w.heap_bytes();
+        let heap_bytes = w.heap_bytes() + Peer::class_bytes(&locked);
+        let classes = self.class_views(&mut locked, now);
         WindowView {
             policy: locked.policy.clone(),
             overridden: locked.overridden,
@@ -544,6 +586,7 @@ impl Peer {
             max,
             learned: locked.lane.learned(),
             heap_bytes,
+            classes,
             last_response: locked.health.last_response(),
             state: locked.health.state(),
             next_probe_at: locked.health.next_probe_at(),
@@ -554,16 +597,18 @@ impl Peer {
         }
     }
 
-    /// Recomputes the deadline from the history and publishes it (under the lock).
+    /// Recomputes the peer's deadline from its history and publishes it (under the
+    /// lock), with when the next of its windows (its own, its classes') rotates.
     fn publish(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant) {
-        let locked_ = &mut **locked;
-        let (deadline, source) = locked_.lane.recompute(now, &locked_.policy);
+        let locked = &mut **locked;
+        let (deadline, source) = locked.lane.recompute(now, &locked.policy);
         self.published.set_deadline(deadline, source);
         self.published.set_max(locked.policy.max);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
-        let rotate_at = self.nanos(locked.lane.window.rotates_at());
-        self.published.set_rotate_at(rotate_at);
+        let own = locked.lane.window.rotates_at();
+        let next = self.rotate_classes(locked, now).map_or(own, |c| c.min(own));
+        self.published.set_rotate_at(self.nanos(next));
     }
 
     /// Notes a call start for idle eviction, writing only when a millisecond has passed.

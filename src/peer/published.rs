@@ -75,7 +75,8 @@ impl Published {
     }
 }
 
-fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
+/// The deadline word of `deadline` from `source`: never 0 for a deadline of at least 1ns.
+pub(super) fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
     let nanos = u64::try_from(deadline.as_nanos()).map_or(NANOS_MASK, |n| n.min(NANOS_MASK));
     let tag = DeadlineSource::ALL
         .iter()
@@ -84,7 +85,8 @@ fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
     nanos | tag << NANOS_BITS
 }
 
-fn unpack(word: u64) -> (Duration, DeadlineSource) {
+/// The deadline and source a deadline word holds.
+pub(super) fn unpack(word: u64) -> (Duration, DeadlineSource) {
     let source =
         DeadlineSource::ALL[((word >> NANOS_BITS) as usize).min(DeadlineSource::ALL.len() - 1)];
     (Duration::from_nanos(word & NANOS_MASK), source)

@@ -303,17 +303,16 @@ impl<K: PeerKey> PeerTable<K> {
         let policies = self.policies();
         let mut inserted = false;
         let entry = self.peers.entry(key.clone()).or_insert_with(|| {
-            let (policy, overridden) = policies.for_key(key);
             let seed = self.jitter.hash_one(key);
             let classifier = self.classifier.clone();
             let peer = Peer::new(
                 label(key),
-                policy,
-                overridden,
+                policies.for_key(key),
                 self.epoch,
                 now,
                 seed,
                 classifier,
+                self.max_classes,
             );
             inserted = true;
             Arc::new(peer)

@@ -1,0 +1,243 @@
+//! A peer's latency classes: a latency history and a deadline per (peer, class), under the
+//! peer's one health state (see [`class`](crate::class) for where classes come from).
+//!
+//! Admission finds a call's class without a lock: each class holds a slot of two atomics,
+//! its id and its published deadline word (0 until the class has a sample, when calls of
+//! the class get the peer's own deadline). Slots are claimed in order under the peer's lock
+//! by the first call of a new class, at most `max_classes`; once all are taken, calls of
+//! further classes go with the peer's own history without taking the lock. Every call's
+//! outcome feeds the peer's own history too: it is the peer's whole picture, and what a
+//! class without samples (or beyond the bound) is given.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::lane::Lane;
+use super::published::{pack, unpack};
+use super::{Locked, Peer};
+use crate::class::{ClassOf, ClassSnapshot};
+use crate::policy::{DeadlineExplanation, DeadlineSource};
+
+/// A class's place among its peer's slots.
+pub(crate) type ClassIx = u8;
+
+/// The lock-free part of a peer's classes.
+pub(crate) struct ClassSlots {
+    slots: Box<[Slot]>,
+    /// Every slot is taken: a new class goes with the peer's own history at once.
+    full: AtomicBool,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The class's id; 0 while the slot is free.
+    id: AtomicU64,
+    /// The class's packed deadline word; 0 while the class has no sample.
+    deadline: AtomicU64,
+}
+
+/// One class's history, behind the peer's lock.
+pub(crate) struct ClassLane {
+    label: Box<str>,
+    pub(super) lane: Lane,
+    /// Whether the class has had a sample (its deadline is its own).
+    sampled: bool,
+}
+
+impl ClassSlots {
+    /// Room for `max` classes (none: classes off).
+    pub(crate) fn new(max: usize) -> Self {
+        ClassSlots {
+            slots: (0..max.min(usize::from(ClassIx::MAX)))
+                .map(|_| Slot::default())
+                .collect(),
+            full: AtomicBool::new(max == 0),
+        }
+    }
+
+    /// The slot holding class `id`, if any: a scan of at most `max_classes` atomics.
+    fn find(&self, id: u64) -> Option<ClassIx> {
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot.id.load(Ordering::Acquire) {
+                0 => return None,
+                found if found == id => return ClassIx::try_from(i).ok(),
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+impl Peer {
+    /// The slot of `class`, claiming one for a class not seen before if any is free.
+    /// Allocates (the class's label and history) only for a new class.
+    pub(super) fn class_of(&self, now: Instant, class: Option<ClassOf<'_>>) -> Option<ClassIx> {
+        let class = class?;
+        let id = class.id();
+        if let Some(i) = self.classes.find(id) {
+            return Some(i);
+        }
+        if self.classes.full.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut locked = self.lock();
+        if let Some(i) = self.classes.find(id) {
+            return Some(i);
+        }
+        let i = locked.classes.len();
+        let Some(slot) = self.classes.slots.get(i) else {
+            self.classes.full.store(true, Ordering::Relaxed);
+            return None;
+        };
+        let lane = Lane::new(&locked.policy, now);
+        locked.classes.push(ClassLane {
+            label: class.label(),
+            lane,
+            sampled: false,
+        });
+        slot.id.store(id, Ordering::Release);
+        ClassIx::try_from(i).ok()
+    }
+
+    /// The deadline a new call of `class` gets: its class's once the class has a sample,
+    /// else the peer's. One or two atomic loads.
+    pub(super) fn class_deadline(&self, class: Option<ClassIx>) -> (Duration, DeadlineSource) {
+        let own = class
+            .and_then(|i| self.classes.slots.get(usize::from(i)))
+            .map(|slot| slot.deadline.load(Ordering::Relaxed))
+            .filter(|word| *word != 0);
+        own.map_or_else(|| self.deadline(), unpack)
+    }
+
+    /// Records `latency` into the peer's history and its class's, republishing what is
+    /// due.
+    pub(super) fn record_lanes(
+        &self,
+        locked: &mut Locked,
+        now: Instant,
+        latency: Duration,
+        class: Option<ClassIx>,
+    ) -> bool {
+        let own_due = locked.lane.record(now, latency, &locked.policy);
+        let policy = &locked.policy;
+        let class_due = class
+            .and_then(|i| locked.classes.get_mut(usize::from(i)))
+            .is_some_and(|c| {
+                // The first sample makes the class's deadline its own at once.
+                let first = !std::mem::replace(&mut c.sampled, true);
+                c.lane.record(now, latency, policy) || first
+            });
+        if class_due {
+            self.publish_class(locked, now, class);
+        }
+        own_due
+    }
+
+    /// Recomputes and publishes the deadline of `class`.
+    pub(super) fn publish_class(&self, locked: &mut Locked, now: Instant, class: Option<ClassIx>) {
+        let Some(i) = class.map(usize::from) else {
+            return;
+        };
+        let (Some(c), Some(slot)) = (locked.classes.get_mut(i), self.classes.slots.get(i)) else {
+            return;
+        };
+        if c.sampled {
+            let (deadline, source) = c.lane.recompute(now, &locked.policy);
+            slot.deadline
+                .store(pack(deadline, source), Ordering::Relaxed);
+        }
+    }
+
+    /// Rotates the classes' windows whose time has come, republishing them. Returns when
+    /// the next of them rotates (`None`: no class).
+    pub(super) fn rotate_classes(&self, locked: &mut Locked, now: Instant) -> Option<Instant> {
+        for i in 0..locked.classes.len() {
+            if locked.classes[i].lane.window.advance(now) {
+                self.publish_class(locked, now, ClassIx::try_from(i).ok());
+            }
+        }
+        locked
+            .classes
+            .iter()
+            .map(|c| c.lane.window.rotates_at())
+            .min()
+    }
+
+    /// Puts `policy` in force on the classes' histories (`reset`: the window's shape
+    /// changed) and republishes them.
+    pub(super) fn reshape_classes(&self, locked: &mut Locked, now: Instant, reset: bool) {
+        for i in 0..locked.classes.len() {
+            if reset {
+                locked.classes[i].lane = Lane::new(&locked.policy, now);
+            }
+            self.publish_class(locked, now, ClassIx::try_from(i).ok());
+        }
+    }
+
+    /// Why a deadline from `source` for a call of `class` had its value: the class's
+    /// history once it has a sample (naming the class), else the peer's.
+    pub(super) fn explain(
+        &self,
+        locked: &Locked,
+        source: DeadlineSource,
+        class: Option<ClassIx>,
+    ) -> DeadlineExplanation {
+        let policy = &locked.policy;
+        match class.and_then(|i| locked.classes.get(usize::from(i))) {
+            Some(c) if c.sampled => {
+                let mut why = c.lane.explain(source, policy, locked.overridden);
+                why.class = Some(c.label.to_string());
+                why
+            }
+            _ => locked.lane.explain(source, policy, locked.overridden),
+        }
+    }
+
+    /// The history that says how long a call of `class` normally takes.
+    pub(super) fn lane_of<'a>(&self, locked: &'a Locked, class: Option<ClassIx>) -> &'a Lane {
+        match class.and_then(|i| locked.classes.get(usize::from(i))) {
+            Some(c) if c.sampled => &c.lane,
+            _ => &locked.lane,
+        }
+    }
+
+    /// What each class knows, for a snapshot.
+    pub(super) fn class_views(&self, locked: &mut Locked, now: Instant) -> Vec<ClassSnapshot> {
+        let reach = locked.policy.max_history;
+        let mut views = Vec::with_capacity(locked.classes.len());
+        for (i, c) in locked.classes.iter_mut().enumerate() {
+            let (deadline, source) = self.class_deadline(ClassIx::try_from(i).ok());
+            let (quantiles, max, samples) = c.lane.window.quantiles([0.5, 0.99], reach, now);
+            let mut explanation = if c.sampled {
+                c.lane.explain(source, &locked.policy, locked.overridden)
+            } else {
+                locked
+                    .lane
+                    .explain(source, &locked.policy, locked.overridden)
+            };
+            explanation.class = c.sampled.then(|| c.label.to_string());
+            views.push(ClassSnapshot {
+                class: c.label.to_string(),
+                samples,
+                p50: quantiles[0],
+                p99: quantiles[1],
+                max,
+                deadline,
+                explanation,
+                window_bytes: c.lane.window.heap_bytes(),
+            });
+        }
+        views
+    }
+
+    /// Heap bytes of every class's history.
+    pub(super) fn class_bytes(locked: &Locked) -> usize {
+        locked
+            .classes
+            .iter()
+            .map(|c| c.lane.window.heap_bytes())
+            .sum()
+    }
+}
