@@ -34,10 +34,13 @@ pub(crate) mod key;
 mod lane;
 mod published;
 pub(crate) mod table;
+mod ticket;
 pub(crate) mod window;
 
 #[cfg(test)]
 mod proptests;
+
+pub(crate) use self::ticket::Ticket;
 
 /// How an untracked call's peer is named in errors.
 const UNTRACKED: &str = "<untracked peer>";
@@ -122,43 +125,6 @@ pub(crate) struct WindowView {
     pub(crate) deadline_exceeded: u64,
     pub(crate) failures: u64,
     pub(crate) consecutive_failures: u64,
-}
-
-/// What an admitted call starts with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket {
-    pub(crate) deadline: Duration,
-    pub(crate) source: DeadlineSource,
-    /// The interrupt generation when the call started.
-    pub(crate) generation: u64,
-    /// Whether the call is the probe of a silent peer.
-    pub(crate) probe: bool,
-    /// The call's latency class, if it has one of the peer's.
-    pub(crate) class: Option<ClassIx>,
-}
-
-impl Ticket {
-    /// The ticket of a call whose peer is not tracked.
-    pub(crate) fn untracked(deadline: Duration, generation: u64) -> Ticket {
-        Ticket {
-            deadline,
-            source: DeadlineSource::Untracked,
-            generation,
-            probe: false,
-            class: None,
-        }
-    }
-
-    /// The same ticket raised to the call's `floor` (at most `max`) where that is
-    /// longer. A silent peer's cut deadline stays cut: the floor is what a call needs
-    /// from a peer that answers.
-    pub(crate) fn floored(mut self, floor: Option<Duration>, max: Duration) -> Ticket {
-        let floor = floor.map_or(Duration::ZERO, |f| f.min(max));
-        if floor > self.deadline && self.source != DeadlineSource::SilentPeer {
-            (self.deadline, self.source) = (floor, DeadlineSource::Floor);
-        }
-        self
-    }
 }
 
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
