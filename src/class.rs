@@ -14,8 +14,11 @@
 //!   [`HasPeer::latency_hints`](crate::HasPeer::latency_hints).
 //! * **How many.** At most [`Builder::max_classes`](crate::Builder::max_classes) per peer
 //!   (8 by default), the first ones seen, for the peer's life in the table; calls of further
-//!   classes share the peer's own history. A class with no answer yet gets the peer's
-//!   deadline; from its first recorded sample, its own (cold start, estimate, quantile).
+//!   classes share the peer's own history (which every call feeds).
+//! * **Which deadline.** A class learns like a new peer: until its second answer it gets
+//!   the longer of `cold_start` and the peer's deadline (a class of its own may be slower
+//!   than the peer's usual calls, never assumed faster), then its estimate, then its
+//!   quantile.
 //! * **Memory.** A class holds its last `min_samples` answers (1,200 bytes at the default
 //!   policy) and, once it is busy, a window like a peer's (46,592 bytes at most): a peer
 //!   holds at most `1 + max_classes` of them.

@@ -232,12 +232,16 @@ async fn old_samples_expire_with_the_window() {
     );
 
     // A whole window later the window is empty, but its last `min_samples` answers are
-    // history for up to `max_history`: the peer is quiet, not new.
+    // history for up to `max_history`: the peer is quiet, not new. Ten answers hold no
+    // p99.9, so it is estimated from them.
     tokio::time::sleep_until(t0 + ms(1400)).await;
     let quiet = snapshot(&handle, "a");
     assert_eq!(quiet.samples, 10);
-    assert_eq!(quiet.deadline_source(), DeadlineSource::Quantile);
-    assert_near(quiet.deadline, ms(15));
+    assert_eq!(quiet.deadline_source(), DeadlineSource::Estimate);
+    assert!(
+        quiet.deadline > ms(15) && quiet.deadline < ms(100),
+        "{quiet:#?}"
+    );
     let why = quiet.explanation.to_string();
     assert!(why.ends_with(", over the last 1s"), "{why}");
 

@@ -86,12 +86,15 @@ async fn ten_calls_a_minute_learn_a_deadline_close_to_a_busy_peers() {
         "{five_minutes:?} vs busy {busy:?}"
     );
 
-    // Ten minutes in, its last 100 answers reach back further than the window: the
-    // quantile itself, as a busy peer has.
+    // Ten minutes in, its last 100 answers reach back further than the window. They hold
+    // no p99.9 (that takes 1,000), so the estimate stays, as close as 100 answers allow.
     steady(&svc, "quiet", 10, t1, 50..100).await;
     let snap = handle.peer(&"quiet").unwrap();
-    assert_eq!(snap.deadline_source(), DeadlineSource::Quantile);
-    assert!(near(snap.deadline, busy), "{snap:#?}");
+    assert_eq!(snap.deadline_source(), DeadlineSource::Estimate);
+    assert!(
+        snap.deadline <= five_minutes && snap.deadline <= busy * 2,
+        "{snap:#?}"
+    );
     assert!(
         snap.explanation.history > Duration::from_secs(9 * 60),
         "{snap:#?}"

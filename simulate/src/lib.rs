@@ -86,15 +86,20 @@ pub async fn simulate(cfg: &SimConfig) -> Report {
     let mut tables = Vec::new();
     for &w in &cfg.workloads {
         let workload = all[w].clone();
+        let run_cfg = SimConfig {
+            duration: cfg.duration * workload.length,
+            ..cfg.clone()
+        };
         let plans: Vec<PeerPlan> = workload
             .peers
             .iter()
-            .map(|p| PeerPlan::new(p, cfg.duration))
+            .flat_map(|p| std::iter::repeat_n(p, usize::from(p.replicas.max(1))))
+            .map(|p| PeerPlan::new(p, run_cfg.duration))
             .collect();
         let mut rows = Vec::new();
         for &kind in &cfg.kinds {
             let strategy = strategies::build(kind, cfg.seed);
-            let run = driver::run(&plans, &strategy, cfg, w as u64).await;
+            let run = driver::run(&plans, &strategy, &run_cfg, w as u64).await;
             rows.push(Row::new(kind, &plans, &run));
         }
         tables.push(Table { workload, rows });

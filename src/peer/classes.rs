@@ -2,12 +2,12 @@
 //! peer's one health state (see [`class`](crate::class) for where classes come from).
 //!
 //! Admission finds a call's class without a lock: each class holds a slot of two atomics,
-//! its id and its published deadline word (0 until the class has a sample, when calls of
-//! the class get the peer's own deadline). Slots are claimed in order under the peer's lock
+//! its id and its published deadline word (0 until the class has a sample: calls of the
+//! class get the longer of `cold_start` and the peer's deadline until it has learned). Slots are claimed in order under the peer's lock
 //! by the first call of a new class, at most `max_classes`; once all are taken, calls of
 //! further classes go with the peer's own history without taking the lock. Every call's
-//! outcome feeds the peer's own history too: it is the peer's whole picture, and what a
-//! class without samples (or beyond the bound) is given.
+//! outcome feeds the peer's own history too: it is the peer's whole picture, and what
+//! calls beyond the bound are given.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,6 +44,13 @@ pub(crate) struct ClassLane {
     pub(super) lane: Lane,
     /// Whether the class has had a sample (its deadline is its own).
     sampled: bool,
+}
+
+impl ClassLane {
+    /// Whether a deadline from `source` for a call of this class was the class's own.
+    fn set(&self, source: DeadlineSource) -> bool {
+        self.lane.source == source && (self.sampled || source == DeadlineSource::ColdStart)
+    }
 }
 
 impl ClassSlots {
@@ -101,14 +108,25 @@ impl Peer {
         ClassIx::try_from(i).ok()
     }
 
-    /// The deadline a new call of `class` gets: its class's once the class has a sample,
-    /// else the peer's. One or two atomic loads.
+    /// The deadline a new call of `class` gets: its class's own once it has learned
+    /// from its answers; before that (no answer, or one) the longer of `cold_start` and
+    /// the peer's deadline, since a class of its own may well be slower than the peer's
+    /// usual calls (the rare slow route), and is at least as slow as an unknown peer.
+    /// A few atomic loads.
     pub(super) fn class_deadline(&self, class: Option<ClassIx>) -> (Duration, DeadlineSource) {
-        let own = class
-            .and_then(|i| self.classes.slots.get(usize::from(i)))
-            .map(|slot| slot.deadline.load(Ordering::Relaxed))
-            .filter(|word| *word != 0);
-        own.map_or_else(|| self.deadline(), unpack)
+        let peer = self.deadline();
+        let Some(slot) = class.and_then(|i| self.classes.slots.get(usize::from(i))) else {
+            return peer;
+        };
+        let own = match slot.deadline.load(Ordering::Relaxed) {
+            0 => (self.published.cold_start(), DeadlineSource::ColdStart),
+            word => unpack(word),
+        };
+        if own.1 == DeadlineSource::ColdStart && peer.0 > own.0 {
+            peer
+        } else {
+            own
+        }
     }
 
     /// Records `latency` into the peer's history and its class's, republishing what is
@@ -177,22 +195,19 @@ impl Peer {
     }
 
     /// Why a deadline from `source` for a call of `class` had its value: the class's
-    /// history once it has a sample (naming the class), else the peer's.
+    /// history when it set the deadline (naming the class), else the peer's.
     pub(super) fn explain(
         &self,
         locked: &Locked,
         source: DeadlineSource,
         class: Option<ClassIx>,
     ) -> DeadlineExplanation {
-        let policy = &locked.policy;
-        match class.and_then(|i| locked.classes.get(usize::from(i))) {
-            Some(c) if c.sampled => {
-                let mut why = c.lane.explain(source, policy, locked.overridden);
-                why.class = Some(c.label.to_string());
-                why
-            }
-            _ => locked.lane.explain(source, policy, locked.overridden),
-        }
+        let class = class.and_then(|i| locked.classes.get(usize::from(i)));
+        let own = class.filter(|c| c.set(source));
+        let lane = own.map_or(&locked.lane, |c| &c.lane);
+        let mut why = lane.explain(source, &locked.policy, locked.overridden);
+        why.class = own.map(|c| c.label.to_string());
+        why
     }
 
     /// The history that says how long a call of `class` normally takes.
@@ -210,14 +225,10 @@ impl Peer {
         for (i, c) in locked.classes.iter_mut().enumerate() {
             let (deadline, source) = self.class_deadline(ClassIx::try_from(i).ok());
             let (quantiles, max, samples) = c.lane.window.quantiles([0.5, 0.99], reach, now);
-            let mut explanation = if c.sampled {
-                c.lane.explain(source, &locked.policy, locked.overridden)
-            } else {
-                locked
-                    .lane
-                    .explain(source, &locked.policy, locked.overridden)
-            };
-            explanation.class = c.sampled.then(|| c.label.to_string());
+            let own = c.set(source);
+            let lane = if own { &c.lane } else { &locked.lane };
+            let mut explanation = lane.explain(source, &locked.policy, locked.overridden);
+            explanation.class = own.then(|| c.label.to_string());
             views.push(ClassSnapshot {
                 class: c.label.to_string(),
                 samples,

@@ -569,7 +569,8 @@ impl Peer {
         let locked = &mut **locked;
         let (deadline, source) = locked.lane.recompute(now, &locked.policy);
         self.published.set_deadline(deadline, source);
-        self.published.set_max(locked.policy.max);
+        self.published
+            .set_bounds(locked.policy.max, locked.policy.cold_start);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
         let own = locked.lane.window.rotates_at();

@@ -24,6 +24,8 @@ pub(super) struct Published {
     rotate_at: AtomicU64,
     /// The policy's `max`, in nanoseconds: what a call's floor may raise its deadline to.
     max: AtomicU64,
+    /// The policy's `cold_start`, in nanoseconds: what a latency class starts with.
+    cold_start: AtomicU64,
 }
 
 impl Published {
@@ -34,7 +36,13 @@ impl Published {
             state: AtomicU8::new(0),
             rotate_at: AtomicU64::new(0),
             max: AtomicU64::new(0),
+            cold_start: AtomicU64::new(0),
         }
+    }
+
+    /// The policy's `cold_start`.
+    pub(super) fn cold_start(&self) -> Duration {
+        Duration::from_nanos(self.cold_start.load(Relaxed))
     }
 
     /// The policy's `max`.
@@ -42,9 +50,11 @@ impl Published {
         Duration::from_nanos(self.max.load(Relaxed))
     }
 
-    pub(super) fn set_max(&self, max: Duration) {
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        self.max.store(nanos, Relaxed);
+    /// Publishes the policy's `max` and `cold_start`.
+    pub(super) fn set_bounds(&self, max: Duration, cold_start: Duration) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.max.store(nanos(max), Relaxed);
+        self.cold_start.store(nanos(cold_start), Relaxed);
     }
 
     /// The deadline new calls get, and why: one atomic load.

@@ -162,7 +162,8 @@ impl Window {
     }
 
     /// What the history says at `now` about `policy`'s quantile: from the window once it
-    /// holds `min_samples`, else from the answers of the last `max(window, max_history)`.
+    /// holds `min_samples`, else from the answers of the last `max(window, max_history)`
+    /// (the quantile itself if they hold it, else its upper estimate).
     /// Sorts at most `min_samples` answers: called when the deadline is recomputed, never
     /// per call.
     pub(crate) fn read(&mut self, now: Instant, policy: &TimeoutPolicy) -> Reading {
@@ -182,7 +183,11 @@ impl Window {
         } else {
             Duration::ZERO
         };
-        if samples >= policy.min_samples {
+        // Fewer than 1 / (1 - quantile) answers (1,000 at p99.9) hold no such quantile:
+        // it would read as their slowest, an extrapolation blind to the count. A quiet
+        // peer gets the estimate then, which is at least that slowest answer.
+        let observed = samples as f64 * (1.0 - policy.quantile) >= 1.0;
+        if samples >= policy.min_samples && observed {
             return Reading::Quantile {
                 value: from_units(u64::from(rank(live, policy.quantile))),
                 samples,
@@ -375,41 +380,52 @@ mod tests {
 
     #[test]
     fn a_quiet_peer_reads_its_answers_beyond_the_window_up_to_max_history() {
-        // 10 answers a minute: never 100 within the 60 s window.
-        let policy = TimeoutPolicy::default().max_history(secs(15 * 60));
-        let t0 = Instant::now();
-        let mut w = Window::new(&policy, t0);
-        assert_eq!(w.read(t0, &policy), Reading::Few { samples: 0 });
-        let mut now = t0;
-        for i in 0..200u64 {
-            now = t0 + secs(6 * i);
-            w.advance(now);
-            w.record(ms(20), now);
-            match (i + 1, w.read(now, &policy)) {
-                (1, reading) => assert_eq!(reading, Reading::Few { samples: 1 }),
-                (n @ 2..=99, Reading::Estimate { samples, value, .. }) => {
-                    assert_eq!(samples, n);
-                    assert!(value >= 0.020, "{value}");
-                }
-                (
-                    n @ 100..,
+        // 10 answers a minute: never 100 within the 60 s window. At p99 the last 100 hold
+        // the quantile; at p99.9 they do not, and the estimate stays.
+        for (q, holds) in [(0.99, true), (0.999, false)] {
+            let policy = TimeoutPolicy::default().quantile(q);
+            let t0 = Instant::now();
+            let mut w = Window::new(&policy, t0);
+            assert_eq!(w.read(t0, &policy), Reading::Few { samples: 0 });
+            let mut now = t0;
+            for i in 0..200u64 {
+                now = t0 + secs(6 * i);
+                w.advance(now);
+                w.record(ms(20), now);
+                let n = (i + 1).min(100);
+                let reach = if i >= 99 { secs(6 * 99) } else { secs(6 * i) };
+                let history = if reach > policy.window {
+                    reach
+                } else {
+                    Duration::ZERO
+                };
+                match w.read(now, &policy) {
+                    Reading::Few { samples } => assert_eq!((i, samples), (0, 1)),
+                    Reading::Estimate {
+                        samples,
+                        value,
+                        history: h,
+                        ..
+                    } => {
+                        assert!(i > 0 && (i < 99 || !holds), "{i}");
+                        assert_eq!((samples, h), (n, history));
+                        assert!(value >= 0.020, "{value}");
+                    }
                     Reading::Quantile {
                         samples,
                         value,
-                        history,
-                    },
-                ) => {
-                    assert_eq!(samples, 100, "the last min_samples answers, at {n}");
-                    assert_eq!(value, ms(20));
-                    assert_eq!(history, secs(6 * 99), "they reach back ten minutes");
+                        history: h,
+                    } => {
+                        assert!(i >= 99 && holds, "{i}");
+                        assert_eq!((samples, h, value), (100, history, ms(20)));
+                    }
                 }
-                (n, reading) => panic!("after {n} answers: {reading:?}"),
+                assert_eq!(w.samples(), 0, "no histograms for a quiet peer");
             }
-            assert_eq!(w.samples(), 0, "no histograms for a quiet peer");
+            // Silent for longer than max_history: nothing left to learn from.
+            let later = now + policy.max_history + secs(1);
+            assert_eq!(w.read(later, &policy), Reading::Few { samples: 0 });
         }
-        // Silent for longer than max_history: nothing left to learn from.
-        let later = now + secs(15 * 60 + 1);
-        assert_eq!(w.read(later, &policy), Reading::Few { samples: 0 });
     }
 
     #[test]
