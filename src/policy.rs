@@ -280,6 +280,13 @@ impl TimeoutPolicy {
         Ok(())
     }
 
+    /// Heap bytes of the last answers one history (a peer's, or one of its latency
+    /// classes') keeps under this policy, whatever `max_history` is: 12 bytes per answer,
+    /// `min(min_samples, 1024)` answers; 1,200 bytes at the default policy, at most 12,288.
+    pub fn history_bytes(&self) -> usize {
+        crate::peer::history::capacity(self) * crate::peer::history::BYTES_PER_ANSWER
+    }
+
     /// Length of one sub-window.
     pub fn sub_window(&self) -> Duration {
         self.window / self.sub_windows.max(1)

@@ -18,7 +18,6 @@ use crate::policy::TimeoutPolicy;
 pub(crate) const MAX_RECENT: usize = 1024;
 
 /// Heap bytes per kept answer: latency and second, plus their scratch copy.
-#[cfg(test)]
 pub(crate) const BYTES_PER_ANSWER: usize = 3 * std::mem::size_of::<u32>();
 
 /// A ring of the last answers.
@@ -150,6 +149,7 @@ mod tests {
 
     #[test]
     fn capacity_follows_min_samples_within_bounds() {
+        assert_eq!(TimeoutPolicy::default().history_bytes(), 1_200);
         let cap = |n| capacity(&TimeoutPolicy::default().min_samples(n));
         assert_eq!(cap(100), 100);
         assert_eq!(cap(1), 1);
