@@ -58,7 +58,8 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
     }
 
     /// Replaces the default policy. Peers keep their latency history unless the window's
-    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`) changed.
+    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`, or the number
+    /// of answers kept, `min_samples` up to 1,024) changed.
     pub fn set_default_policy(&self, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate()?;
         self.table.update_policies(|p| p.default = Arc::new(policy));
