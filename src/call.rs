@@ -1,6 +1,7 @@
 //! The in-flight call guard: one admitted call's bookkeeping, from its ticket to its
 //! outcome. It records the outcome exactly once: the outcome methods consume it, and a
-//! guard dropped without one (its caller went away) records the call as abandoned.
+//! guard dropped without one (its caller went away) records the call as abandoned, through
+//! the peer's [`InFlight`] hold it carries from admission on.
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.
@@ -11,10 +12,10 @@ use std::time::Duration;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
-use crate::classify::Outcome;
+use crate::classify::{ClassifyResponse, Outcome};
 use crate::error::{BoxError, Interrupted, Reason};
-use crate::interrupt::Fired;
-use crate::peer::{CallPeer, Ticket};
+use crate::interrupt::{Fired, Origin};
+use crate::peer::{CallPeer, InFlight, Ticket};
 use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
 
@@ -28,43 +29,46 @@ pub(crate) enum Ended<T> {
     /// The deadline passed first.
     Expired,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
-    Interrupted(Fired),
+    Interrupted(Fired, Origin),
 }
 
 /// One admitted call in flight.
 pub(crate) struct Call {
-    peer: CallPeer,
+    /// The call's place among its peer's calls in flight: the outcome methods end it;
+    /// dropped with the guard, it records the call as abandoned.
+    held: InFlight,
     start: Instant,
     ticket: Ticket,
     token: Option<Interrupt>,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
     span: tracing::Span,
-    /// Set by the outcome methods, which consume the guard; otherwise `Drop` records the
-    /// call as abandoned.
-    recorded: bool,
 }
 
 impl Call {
     pub(crate) fn new(
-        peer: CallPeer,
+        held: InFlight,
         start: Instant,
         ticket: Ticket,
         token: Option<Interrupt>,
     ) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
-            peer = peer.label(),
+            peer = &**held.peer().label(),
             deadline = ?ticket.deadline,
             source = ticket.source.as_str(),
         );
         Call {
-            peer,
+            held,
             start,
             ticket,
             token,
             span,
-            recorded: false,
         }
+    }
+
+    /// Whom the call is for.
+    fn peer(&self) -> &CallPeer {
+        self.held.peer()
     }
 
     /// The call's span, entered while its future is polled.
@@ -84,7 +88,7 @@ impl Call {
 
     /// A registration woken by the next fire into the call's peer.
     pub(crate) fn peer_notified(&self) -> OwnedNotified {
-        self.peer.interrupts().notified()
+        self.peer().interrupts().notified()
     }
 
     /// A registration woken when the call's token fires, if it has a token.
@@ -93,45 +97,43 @@ impl Call {
     }
 
     /// The interrupt that reached the call since it started, if any: fired into its peer,
-    /// or into its token.
-    pub(crate) fn fired(&self) -> Option<Fired> {
-        if let Some(fired) = self.peer.interrupts().fired_since(self.ticket.generation) {
-            return Some(fired);
+    /// or into its token (by its caller: the layer fires a call's token only as it ends).
+    pub(crate) fn fired(&self) -> Option<(Fired, Origin)> {
+        if let Some(fired) = self.peer().interrupts().fired_since(self.ticket.generation) {
+            return Some((fired, Origin::Peer));
         }
-        let err = self.token.as_ref()?.fired()?;
-        Some(Fired {
-            reason: err.reason().clone(),
-            fired_at: err.fired_at(),
-        })
+        Some((self.token.as_ref()?.fired_record()?, Origin::Caller))
     }
 
-    /// Records how the call ended and gives its result. The error of an interrupted or
+    /// Records how the call ended and gives its result: a response as `classify` says, an
+    /// inner error as the peer's error classifier says. The error of an interrupted or
     /// expired call says it was recognized where this is called.
     #[track_caller]
     pub(crate) fn end<T, E: Into<BoxError>>(
         self,
         ended: Ended<Result<T, E>>,
+        classify: &impl ClassifyResponse<T>,
     ) -> Result<T, BoxError> {
         let _entered = self.span.clone().entered();
         match ended {
             Ended::Answered(result) => {
                 let result = result.map_err(Into::into);
-                let outcome = match (&result, &self.peer) {
+                let outcome = match (&result, self.peer()) {
+                    (Ok(response), _) => classify.classify(response),
                     (Err(err), CallPeer::Tracked(p)) => p.classify(err),
-                    _ => Outcome::Sample,
+                    (Err(_), CallPeer::Untracked(_)) => Outcome::Sample,
                 };
                 self.answered(outcome);
                 result
             }
             Ended::Expired => Err(self.expired().into()),
-            Ended::Interrupted(fired) => Err(self.interrupted(fired).into()),
+            Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
 
     /// The inner service answered, as `outcome` says.
     fn answered(mut self, outcome: Outcome) {
-        self.recorded = true;
-        if let CallPeer::Tracked(p) = &self.peer {
+        if let Some(p) = self.held.end() {
             p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
         }
     }
@@ -140,17 +142,16 @@ impl Call {
     /// silence as its reason; any other with the deadline and why it had its value.
     #[track_caller]
     fn expired(mut self) -> Interrupted {
-        self.recorded = true;
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
         } = self.ticket;
-        let (explanation, silenced) = match &self.peer {
-            CallPeer::Tracked(p) => p.on_deadline(now, self.start, &self.ticket),
-            CallPeer::Untracked(_) => (DeadlineExplanation::untracked(), None),
+        let (explanation, silenced) = match self.held.end() {
+            Some(p) => p.on_deadline(now, self.start, &self.ticket),
+            None => (DeadlineExplanation::untracked(), None),
         };
-        let (peer, elapsed) = (self.peer.label(), now - self.start);
-        tracing::debug!(peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
+        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        tracing::debug!(peer = &**peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
         let here = Location::caller();
         let err = match silenced {
             Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),
@@ -167,15 +168,14 @@ impl Call {
 
     /// An interrupt reached the call.
     #[track_caller]
-    fn interrupted(mut self, fired: Fired) -> Interrupted {
-        self.recorded = true;
+    fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
         let now = Instant::now();
-        if let CallPeer::Tracked(p) = &self.peer {
-            p.on_abandon(now, self.ticket.probe, Some(&fired.reason));
+        if let Some(p) = self.held.end() {
+            p.on_abandon(now, self.ticket.probe, Some((&fired.reason, origin)));
         }
-        let (peer, elapsed) = (self.peer.label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.start);
         tracing::debug!(
-            peer,
+            peer = &**peer,
             ?elapsed,
             reason = fired.reason.as_str(),
             "call interrupted"
@@ -188,15 +188,6 @@ impl Call {
             Location::caller(),
         );
         fire_token(self.token.as_ref(), err)
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if let (false, CallPeer::Tracked(p)) = (self.recorded, &self.peer) {
-            // Dropped by its caller: nothing to record, but it is no longer in flight.
-            p.on_abandon(Instant::now(), self.ticket.probe, None);
-        }
     }
 }
 

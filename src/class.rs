@@ -21,7 +21,8 @@
 //!   quantile.
 //! * **Memory.** A class holds its last `min_samples` answers (1,200 bytes at the default
 //!   policy) and, once it is busy, a window like a peer's (46,592 bytes at most): a peer
-//!   holds at most `1 + max_classes` of them.
+//!   holds at most `1 + max_classes` of them, each within its policy's
+//!   [`max_window_bytes`](crate::TimeoutPolicy::max_window_bytes).
 //! * **Floor.** [`MinDeadline`] says "this call needs at least this long": the call's
 //!   deadline is raised to it, up to the policy's `max`; a caller's deadline still shortens
 //!   it ([`DeadlineSource::Floor`](crate::DeadlineSource::Floor)).

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
 use std::panic::Location;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::idle::IdleSource;
@@ -37,7 +38,8 @@ pub enum Reason {
     },
     /// Somebody interrupted the call by hand, saying why.
     Manual(Cow<'static, str>),
-    /// The layer is shutting down.
+    /// The layer was shut down ([`InterruptHandle::shutdown`](crate::InterruptHandle::shutdown)):
+    /// the calls in flight then, and every call after.
     Shutdown,
     /// The caller's deadline had already passed when the call was made.
     BudgetSpent,
@@ -91,7 +93,7 @@ impl fmt::Display for Reason {
 #[derive(Clone, Debug)]
 pub struct Interrupted {
     reason: Reason,
-    peer: Box<str>,
+    peer: Arc<str>,
     elapsed: Duration,
     fired_at: &'static Location<'static>,
     recognized_at: &'static Location<'static>,
@@ -100,14 +102,14 @@ pub struct Interrupted {
 impl Interrupted {
     pub(crate) fn new(
         reason: Reason,
-        peer: &str,
+        peer: &Arc<str>,
         elapsed: Duration,
         fired_at: &'static Location<'static>,
         recognized_at: &'static Location<'static>,
     ) -> Self {
         Interrupted {
             reason,
-            peer: peer.into(),
+            peer: peer.clone(),
             elapsed,
             fired_at,
             recognized_at,
@@ -125,7 +127,8 @@ impl Interrupted {
         &self.reason
     }
 
-    /// The peer the call was for (its key's `Debug` form).
+    /// The peer the call was for: its name, as [`PeerSnapshot::peer`](crate::PeerSnapshot)
+    /// shows it.
     pub fn peer(&self) -> &str {
         &self.peer
     }
@@ -279,7 +282,7 @@ mod tests {
                 since: Duration::from_millis(900),
                 outstanding: 4,
             },
-            "10.0.0.7:9000",
+            &"10.0.0.7:9000".into(),
             Duration::from_millis(1200),
             here,
             here,
@@ -309,7 +312,7 @@ mod tests {
             }
         }
         let here = Location::caller();
-        let inner = Interrupted::new(Reason::Shutdown, "p", Duration::ZERO, here, here);
+        let inner = Interrupted::new(Reason::Shutdown, &"p".into(), Duration::ZERO, here, here);
         let boxed: Box<dyn Error + Send + Sync> = Box::new(Wrapper(inner));
         assert_eq!(Interrupted::find(&*boxed).unwrap().peer(), "p");
         let other: Box<dyn Error + Send + Sync> = "plain".into();

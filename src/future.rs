@@ -15,8 +15,9 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Sleep;
 
 use crate::call::{Call, Ended};
+use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
-use crate::interrupt::Fired;
+use crate::interrupt::{Fired, Origin};
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";
@@ -27,6 +28,7 @@ pin_project! {
     ///
     /// `M` says what the answer becomes: [`Head`] (the default) gives it as it is and ends
     /// the call; [`WithBody`](crate::WithBody) keeps the call going in the response's body.
+    /// Either carries the layer's response classifier (see [`crate::classify`]).
     pub struct ResponseFuture<F, M = Head> {
         #[pin]
         state: State<F>,
@@ -35,9 +37,25 @@ pin_project! {
 }
 
 /// The call ends when the response arrives: the answer is given as the inner service gave
-/// it. What [`AdaptiveTimeout`](crate::AdaptiveTimeout) returns.
+/// it, and recorded as `C` classifies it. What [`AdaptiveTimeout`](crate::AdaptiveTimeout)
+/// returns.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Head;
+pub struct Head<C = AllSamples> {
+    classify: C,
+}
+
+impl<C> Head<C> {
+    /// Answers classified by `classify`.
+    pub(crate) fn new(classify: C) -> Self {
+        Head { classify }
+    }
+
+    /// The classifier.
+    #[cfg(feature = "http")]
+    pub(crate) fn into_classifier(self) -> C {
+        self.classify
+    }
+}
 
 pin_project! {
     #[project = StateProj]
@@ -71,9 +89,10 @@ pin_project! {
     }
 }
 
-impl<F> ResponseFuture<F> {
-    /// An admitted call: `inner` races its deadline and interrupts, `call` records the end.
-    pub(crate) fn running(inner: F, call: Call) -> Self {
+impl<F, M> ResponseFuture<F, M> {
+    /// An admitted call: `inner` races its deadline and interrupts, `call` records the end,
+    /// `finish` makes the answer what the caller gets.
+    pub(crate) fn running(inner: F, call: Call, finish: M) -> Self {
         let race = Race {
             inner,
             sleep: None,
@@ -82,27 +101,28 @@ impl<F> ResponseFuture<F> {
         };
         ResponseFuture {
             state: State::Running { race, call },
-            finish: Head,
+            finish,
         }
     }
 
     /// A call refused at admission, which never reached the inner service: it ends with
     /// `error` at its first poll.
-    pub(crate) fn rejected(error: Interrupted) -> Self {
+    pub(crate) fn rejected(error: Interrupted, finish: M) -> Self {
         ResponseFuture {
             state: State::Rejected {
                 error: Some(error.into()),
             },
-            finish: Head,
+            finish,
         }
     }
 
-    /// The same call, its answer made into something else by `finish`.
+    /// The same call, its answer made into something else: `finish` makes the new marker
+    /// from the old one.
     #[cfg(feature = "http")]
-    pub(crate) fn finish_with<M>(self, finish: M) -> ResponseFuture<F, M> {
+    pub(crate) fn map_finish<N>(self, finish: impl FnOnce(M) -> N) -> ResponseFuture<F, N> {
         ResponseFuture {
             state: self.state,
-            finish,
+            finish: finish(self.finish),
         }
     }
 }
@@ -150,16 +170,17 @@ where
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F, Head>
+impl<F, T, E, C> Future for ResponseFuture<F, Head<C>>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    C: ClassifyResponse<T>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (ended, _) = ready!(self.poll_ended(cx));
-        Poll::Ready(ended.and_then(|(call, ended)| call.end(ended)))
+        let (ended, head) = ready!(self.poll_ended(cx));
+        Poll::Ready(ended.and_then(|(call, ended)| call.end(ended, &head.classify)))
     }
 }
 
@@ -179,8 +200,8 @@ where
             }
             return Poll::Ready(Ended::Answered(result));
         }
-        if let Some(fired) = watch(call, this.peer_wake, this.token_wake, cx) {
-            return Poll::Ready(Ended::Interrupted(fired));
+        if let Some((fired, origin)) = watch(call, this.peer_wake, this.token_wake, cx) {
+            return Poll::Ready(Ended::Interrupted(fired, origin));
         }
         if this.sleep.is_none() {
             this.sleep
@@ -210,7 +231,7 @@ pub(crate) fn watch(
     mut peer_wake: Pin<&mut Option<OwnedNotified>>,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,
     cx: &mut Context<'_>,
-) -> Option<Fired> {
+) -> Option<(Fired, Origin)> {
     loop {
         if peer_wake.is_none() {
             peer_wake.set(Some(call.peer_notified()));
@@ -243,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::interrupt::Interrupts;
-    use crate::peer::{CallPeer, Ticket};
+    use crate::peer::{InFlight, Ticket};
     use crate::token::Interrupt;
 
     struct Noop;
@@ -255,8 +276,8 @@ mod tests {
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
         let ticket = Ticket::untracked(Duration::from_millis(100), 0);
-        let peer = CallPeer::Untracked(Arc::new(Interrupts::new()));
-        Call::new(peer, Instant::now(), ticket, Some(Interrupt::new()))
+        let held = InFlight::untracked(Arc::new(Interrupts::new()));
+        Call::new(held, Instant::now(), ticket, Some(Interrupt::new()))
     }
 
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its

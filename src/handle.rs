@@ -59,33 +59,33 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
 
     /// Replaces the default policy. Peers keep their latency history unless the window's
     /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`, or the number
-    /// of answers kept, `min_samples` up to 1,024) changed.
+    /// of answers kept, `min_samples` up to 1,024) changed. Put in force at once on every
+    /// tracked peer without an override (a call never checks for a change), so it takes
+    /// time in proportion to those peers.
     pub fn set_default_policy(&self, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate()?;
-        self.table.update_policies(|p| p.default = Arc::new(policy));
+        self.table.set_default(policy);
         Ok(())
     }
 
-    /// Gives `peer` its own policy (whether or not it is tracked yet).
+    /// Gives `peer` its own policy (whether or not it is tracked yet). Touches that peer
+    /// only: the same cost at any number of peers.
     pub fn set_peer_policy(&self, peer: K, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate().map_err(|e| e.for_peer(&peer))?;
-        self.table.update_policies(|p| {
-            p.overrides.insert(peer, Arc::new(policy));
-        });
+        self.table.set_override(peer, policy);
         Ok(())
     }
 
     /// Puts `peer` back under the default policy. Returns whether it had an override.
     pub fn remove_peer_policy(&self, peer: &K) -> bool {
-        let mut had = false;
-        self.table
-            .update_policies(|p| had = p.overrides.remove(peer).is_some());
-        had
+        self.table.remove_override(peer)
     }
 
-    /// The deadline a new call to `peer` would get, and why; `None` if it is not tracked.
+    /// The deadline a new call to `peer` would get, and why (before a caller's own deadline
+    /// shortens it); `None` if it is not tracked.
     pub fn deadline(&self, peer: &K) -> Option<(Duration, DeadlineSource)> {
-        self.table.get(peer).map(|p| p.deadline())
+        let now = Instant::now();
+        self.table.get(peer).map(|p| p.next_deadline(now))
     }
 
     /// A snapshot of one peer, if it is tracked.
@@ -154,17 +154,26 @@ impl<K: PeerKey> InterruptHandle<K> {
     /// Ends every call in flight, to every peer and untracked, with [`Reason::Manual`].
     #[track_caller]
     pub fn interrupt_all(&self, reason: impl Into<Cow<'static, str>>) {
-        self.fire_all(Reason::Manual(reason.into()), Location::caller());
+        self.fire_all(Fired {
+            reason: Reason::Manual(reason.into()),
+            fired_at: Location::caller(),
+        });
     }
 
-    /// Ends every call in flight with [`Reason::Shutdown`].
+    /// Ends every call in flight with [`Reason::Shutdown`], and refuses every call after it
+    /// the same way, at once, without reaching the inner service: a layer shut down stays
+    /// shut down (every service and handle made from it).
     #[track_caller]
     pub fn shutdown(&self) {
-        self.fire_all(Reason::Shutdown, Location::caller());
+        let fired = Fired {
+            reason: Reason::Shutdown,
+            fired_at: Location::caller(),
+        };
+        self.table.shut_down(fired.clone());
+        self.fire_all(fired);
     }
 
-    fn fire_all(&self, reason: Reason, fired_at: &'static Location<'static>) {
-        let fired = Fired { reason, fired_at };
+    fn fire_all(&self, fired: Fired) {
         for (_, peer) in self.table.all() {
             peer.interrupts().fire(fired.clone());
         }

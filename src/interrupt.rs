@@ -22,6 +22,16 @@ pub(crate) struct Fired {
     pub(crate) fired_at: &'static Location<'static>,
 }
 
+/// Where an interrupt that reached a call came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Fired into the call's peer: its silence, by hand through the handle, or shutdown.
+    Peer,
+    /// Fired into the call's token from outside the layer: by its caller, through the
+    /// caller's token.
+    Caller,
+}
+
 /// The fan-out point of one peer (or of all untracked calls).
 pub(crate) struct Interrupts {
     generation: AtomicU64,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::class::Classed;
-use crate::classify::{Classifier, Outcome};
+use crate::classify::{AllSamples, Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
@@ -43,12 +43,13 @@ pub const MAX_CLASSES: usize = 64;
 ///     .layer(layer)
 ///     .service(service_fn(|_: Req| async { Ok::<_, tower::BoxError>("pong") }));
 /// assert_eq!(svc.oneshot(Req { peer: "10.0.0.7:9000" }).await?, "pong");
-/// assert_eq!(handle.snapshot()[0].peer, "10.0.0.7:9000");
+/// assert_eq!(&*handle.snapshot()[0].peer, "10.0.0.7:9000");
 /// # Ok(()) }
 /// ```
-pub struct AdaptiveTimeoutLayer<K, F> {
+pub struct AdaptiveTimeoutLayer<K, F, C = AllSamples> {
     table: Arc<PeerTable<K>>,
     key_fn: F,
+    classify: C,
 }
 
 impl AdaptiveTimeoutLayer<(), ()> {
@@ -83,7 +84,7 @@ impl AdaptiveTimeoutLayer<(), ()> {
     }
 }
 
-impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
+impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
     /// A handle to fire interrupts into calls in flight.
     pub fn interrupt_handle(&self) -> InterruptHandle<K> {
         InterruptHandle::new(self.table.clone())
@@ -95,24 +96,26 @@ impl<K: PeerKey, F> AdaptiveTimeoutLayer<K, F> {
     }
 }
 
-impl<S, K, F: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F> {
-    type Service = AdaptiveTimeout<S, K, F>;
+impl<S, K, F: Clone, C: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F, C> {
+    type Service = AdaptiveTimeout<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdaptiveTimeout::new(inner, self.table.clone(), self.key_fn.clone())
+        let (table, key_fn) = (self.table.clone(), self.key_fn.clone());
+        AdaptiveTimeout::new(inner, table, key_fn, self.classify.clone())
     }
 }
 
-impl<K, F: Clone> Clone for AdaptiveTimeoutLayer<K, F> {
+impl<K, F: Clone, C: Clone> Clone for AdaptiveTimeoutLayer<K, F, C> {
     fn clone(&self) -> Self {
         AdaptiveTimeoutLayer {
             table: self.table.clone(),
             key_fn: self.key_fn.clone(),
+            classify: self.classify.clone(),
         }
     }
 }
 
-impl<K, F> std::fmt::Debug for AdaptiveTimeoutLayer<K, F> {
+impl<K, F, C> std::fmt::Debug for AdaptiveTimeoutLayer<K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptiveTimeoutLayer")
             .field("peers", &self.table.len())
@@ -123,8 +126,9 @@ impl<K, F> std::fmt::Debug for AdaptiveTimeoutLayer<K, F> {
 /// Configures an [`AdaptiveTimeoutLayer`]; nothing is checked until [`Builder::build`].
 #[derive(Debug)]
 #[must_use = "call .build() to get the layer"]
-pub struct Builder<K, F> {
+pub struct Builder<K, F, C = AllSamples> {
     key_fn: F,
+    classify: C,
     policy: TimeoutPolicy,
     overrides: Vec<(K, TimeoutPolicy)>,
     max_peers: usize,
@@ -140,6 +144,7 @@ impl<K: PeerKey, F> Builder<K, F> {
     fn new(key_fn: F) -> Self {
         Builder {
             key_fn,
+            classify: AllSamples,
             policy: TimeoutPolicy::default(),
             overrides: Vec::new(),
             max_peers: DEFAULT_MAX_PEERS,
@@ -151,7 +156,9 @@ impl<K: PeerKey, F> Builder<K, F> {
             max_classes: DEFAULT_MAX_CLASSES,
         }
     }
+}
 
+impl<K: PeerKey, F, C> Builder<K, F, C> {
     /// The policy for every peer without an override.
     pub fn policy(mut self, policy: TimeoutPolicy) -> Self {
         self.policy = policy;
@@ -165,7 +172,9 @@ impl<K: PeerKey, F> Builder<K, F> {
     }
 
     /// At most this many peers are tracked (default 10,000). Calls to further peers get the
-    /// default policy's cold-start deadline.
+    /// default policy's cold-start deadline. With the `metrics` feature, at most this many
+    /// distinct peers get series of their own over the layer's life (see the `export`
+    /// module).
     pub fn max_peers(mut self, max_peers: usize) -> Self {
         self.max_peers = max_peers;
         self
@@ -202,13 +211,14 @@ impl<K: PeerKey, F> Builder<K, F> {
     /// Decides what an inner service's error says about its peer (see [`classify`]):
     /// a latency sample, an answer only, or a failure to reach it. The default,
     /// [`default_classifier`], takes transport errors for failures and any other error
-    /// for an answer only. Successful answers are always samples.
+    /// for an answer only. Successful responses are classified by
+    /// [`classify_responses`](Self::classify_responses).
     ///
     /// [`classify`]: crate::classify
     /// [`default_classifier`]: crate::classify::default_classifier
-    pub fn classify_errors<C>(mut self, classify: C) -> Self
+    pub fn classify_errors<E>(mut self, classify: E) -> Self
     where
-        C: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
+        E: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
     {
         self.classifier = Classifier::new(classify);
         self
@@ -216,7 +226,8 @@ impl<K: PeerKey, F> Builder<K, F> {
 
     /// At most this many latency classes per peer (default 8, at most 64; `0` turns
     /// classes off): see [`class`](crate::class). Each holds a latency history of its own,
-    /// so a peer holds at most `1 + max_classes` of them.
+    /// so a peer holds at most `1 + max_classes` of them, up to `1 + max_classes` times
+    /// its policy's [`max_window_bytes`](TimeoutPolicy::max_window_bytes).
     pub fn max_classes(mut self, max_classes: usize) -> Self {
         self.max_classes = max_classes;
         self
@@ -236,12 +247,39 @@ impl<K: PeerKey, F> Builder<K, F> {
     ///     .build()
     ///     .unwrap();
     /// ```
-    pub fn latency_class<Req, C>(self, classify: C) -> Builder<K, Classed<F, C>>
+    pub fn latency_class<Req, L>(self, classify: L) -> Builder<K, Classed<F, L>, C>
     where
-        C: Fn(&Req) -> Option<&str>,
+        L: Fn(&Req) -> Option<&str>,
     {
         Builder {
             key_fn: Classed::new(self.key_fn, classify),
+            classify: self.classify,
+            policy: self.policy,
+            overrides: self.overrides,
+            max_peers: self.max_peers,
+            idle_ttl: self.idle_ttl,
+            interrupt_tokens: self.interrupt_tokens,
+            propagation: self.propagation,
+            jitter_seed: self.jitter_seed,
+            classifier: self.classifier,
+            max_classes: self.max_classes,
+        }
+    }
+
+    /// Decides what each successful response says about its peer (see [`classify`]): a
+    /// latency sample (the default, [`AllSamples`], for every response), an answer only
+    /// (e.g. [`HttpStatus`] for an HTTP 5xx or 429 or a gRPC error status), or a failure.
+    /// `classify` is any [`ClassifyResponse`] of the inner service's response type,
+    /// closures `Fn(&Response) -> Outcome` included; it becomes a type parameter of the
+    /// layer, its services and their futures, so the default costs nothing per call.
+    ///
+    /// [`classify`]: crate::classify
+    /// [`ClassifyResponse`]: crate::classify::ClassifyResponse
+    /// [`HttpStatus`]: crate::classify::HttpStatus
+    pub fn classify_responses<C2>(self, classify: C2) -> Builder<K, F, C2> {
+        Builder {
+            key_fn: self.key_fn,
+            classify,
             policy: self.policy,
             overrides: self.overrides,
             max_peers: self.max_peers,
@@ -255,7 +293,7 @@ impl<K: PeerKey, F> Builder<K, F> {
     }
 
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F>, PolicyError> {
+    pub fn build(self) -> Result<AdaptiveTimeoutLayer<K, F, C>, PolicyError> {
         self.policy.validate()?;
         let mut overrides = HashMap::with_capacity(self.overrides.len());
         for (peer, policy) in self.overrides {
@@ -292,6 +330,7 @@ impl<K: PeerKey, F> Builder<K, F> {
                 .with_max_classes(self.max_classes),
             ),
             key_fn: self.key_fn,
+            classify: self.classify,
         })
     }
 }

@@ -12,8 +12,11 @@
 //! ```
 //!
 //! * [`KeyFn`] maps a request to its peer (any `Fn(&Req) -> K`; `http::Request` is keyed by
-//!   scheme and authority).
+//!   scheme, host and port).
 //! * Each peer has a time-decaying latency histogram (a ring of hdrhistogram sub-windows).
+//!   What an outcome teaches it is [`classify`]'s call: a response is a sample, an error
+//!   the peer sent (or a 5xx, with [`classify::HttpStatus`]) an answer only, a transport
+//!   failure neither.
 //! * [`TimeoutPolicy`] turns it into a deadline: `clamp(quantile × factor + margin, min,
 //!   max)`, with a cold-start deadline until enough samples exist. It is recomputed when the
 //!   window rotates or every `recompute_every` samples, never per call.
@@ -98,12 +101,12 @@ pub use layer::{
     MAX_CLASSES,
 };
 pub use peer::health::PeerState;
-pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey};
+pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey, MAX_LABEL_BYTES};
 #[cfg(feature = "http")]
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
-    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_SUB_WINDOWS,
-    MAX_WINDOW, MIN_SUB_WINDOW,
+    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
+    MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;

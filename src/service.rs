@@ -3,36 +3,42 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::call::{refusal, Call};
+use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::future::ResponseFuture;
+use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::{Admission, LastPeer, PeerTable};
+use crate::token::Interrupt;
 
 /// Gives every call the adaptive deadline of its peer. Made by
 /// [`AdaptiveTimeoutLayer`](crate::AdaptiveTimeoutLayer); clones share the peer table.
 ///
-/// A call refused at once (its peer is silent, or the caller's deadline was already spent)
-/// never reaches the inner service: like any tower filter, it leaves the readiness it was
-/// given to the next call.
-pub struct AdaptiveTimeout<S, K, F> {
+/// A call refused at once (its peer is silent, the caller's deadline was already spent,
+/// its caller's token has fired, or the layer was shut down) never reaches the inner
+/// service: like any tower filter, it leaves the readiness it was given to the next call.
+/// `C` classifies responses ([`crate::classify`]).
+pub struct AdaptiveTimeout<S, K, F, C = AllSamples> {
     inner: S,
     table: Arc<PeerTable<K>>,
     key_fn: F,
+    classify: C,
     /// The last peer this service called: repeated calls to one peer skip the table.
     last: Option<LastPeer<K>>,
 }
 
-impl<S, K, F> AdaptiveTimeout<S, K, F> {
-    pub(crate) fn new(inner: S, table: Arc<PeerTable<K>>, key_fn: F) -> Self {
+impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
+    pub(crate) fn new(inner: S, table: Arc<PeerTable<K>>, key_fn: F, classify: C) -> Self {
         AdaptiveTimeout {
             inner,
             table,
             key_fn,
+            classify,
             last: None,
         }
     }
@@ -53,16 +59,17 @@ impl<S, K, F> AdaptiveTimeout<S, K, F> {
     }
 }
 
-impl<S, Req, K, F> Service<Req> for AdaptiveTimeout<S, K, F>
+impl<S, Req, K, F, C> Service<Req> for AdaptiveTimeout<S, K, F, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     K: PeerKey,
     F: KeyFn<Req, Key = K>,
+    C: ClassifyResponse<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, Head<C>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -76,40 +83,51 @@ where
             None
         };
         let propagation = self.table.propagation();
-        let caller_deadline = self.key_fn.caller_deadline(&req, propagation);
+        // A caller that has already given up (its token fired) has no budget left: the
+        // call is refused, with the caller's reason, before it reaches the inner service.
+        let gone = token.as_ref().and_then(Interrupt::fired_record);
+        let caller_deadline = match gone {
+            Some(_) => Some(Duration::ZERO),
+            None => self.key_fn.caller_deadline(&req, propagation),
+        };
         let key = self.key_fn.peer_key(&req);
         let hints = self.key_fn.latency_hints(&req);
+        let head = Head::new(self.classify.clone());
         match self
             .table
             .admit(key, start, caller_deadline, hints, &mut self.last)
         {
             Admission::Refused(peer, fired) => {
-                ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()))
+                let fired = gone.unwrap_or(fired);
+                ResponseFuture::rejected(refusal(&peer, fired, token.as_ref()), head)
             }
-            Admission::Admitted(peer, ticket) => {
+            Admission::Admitted(held, ticket) => {
+                // The guard first: a panic from here on (writing the deadline, in the inner
+                // service's `call`) ends the call as abandoned.
+                let call = Call::new(held, start, ticket, token);
                 if propagation.is_on() {
                     self.key_fn
                         .write_deadline(&mut req, ticket.deadline, propagation);
                 }
-                let call = Call::new(peer, start, ticket, token);
-                ResponseFuture::running(self.inner.call(req), call)
+                ResponseFuture::running(self.inner.call(req), call, head)
             }
         }
     }
 }
 
-impl<S: Clone, K: Clone, F: Clone> Clone for AdaptiveTimeout<S, K, F> {
+impl<S: Clone, K: Clone, F: Clone, C: Clone> Clone for AdaptiveTimeout<S, K, F, C> {
     fn clone(&self) -> Self {
         AdaptiveTimeout {
             inner: self.inner.clone(),
             table: self.table.clone(),
             key_fn: self.key_fn.clone(),
+            classify: self.classify.clone(),
             last: self.last.clone(),
         }
     }
 }
 
-impl<S: std::fmt::Debug, K, F> std::fmt::Debug for AdaptiveTimeout<S, K, F> {
+impl<S: std::fmt::Debug, K, F, C> std::fmt::Debug for AdaptiveTimeout<S, K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptiveTimeout")
             .field("inner", &self.inner)

@@ -1,6 +1,7 @@
 //! Per-peer snapshots: what the layer knows about each peer, and why its deadline is what
 //! it is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,8 +16,9 @@ use crate::policy::{DeadlineExplanation, DeadlineSource};
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct PeerSnapshot {
-    /// The peer (its key's `Debug` form).
-    pub peer: String,
+    /// The peer's name: its key's `Debug` form, bounded (see
+    /// [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES)), shared with its errors and metrics.
+    pub peer: Arc<str>,
     /// Where the peer is in the health state machine.
     pub state: PeerState,
     /// Samples the quantiles below are read from: the window's, or a quiet peer's last
@@ -32,7 +34,8 @@ pub struct PeerSnapshot {
     pub p999: Duration,
     /// Highest latency in the window.
     pub max: Duration,
-    /// The deadline new calls get.
+    /// The deadline a new call gets (before a caller's own deadline shortens it): cut to
+    /// the policy's `min` for a silent peer with `fail_fast` off.
     pub deadline: Duration,
     /// Why the deadline has its value, with the numbers that went into it.
     pub explanation: DeadlineExplanation,
@@ -50,7 +53,9 @@ pub struct PeerSnapshot {
     pub consecutive_failures: u64,
     /// Calls in flight ended because the peer went silent, ever.
     pub silent_interrupts: u64,
-    /// Calls ended by a manual interrupt or shutdown, ever.
+    /// Calls ended from outside the layer, ever: by hand (through the
+    /// [`InterruptHandle`](crate::InterruptHandle) or the caller's token, whatever reason
+    /// that carries) or by shutdown.
     pub manual_interrupts: u64,
     /// Calls refused at once because the peer was silent, ever.
     pub fail_fast: u64,
@@ -77,10 +82,9 @@ impl PeerSnapshot {
     pub(crate) fn read(peer: &Peer, now: Instant) -> PeerSnapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let view = peer.view(now);
-        let (deadline, source) = peer.deadline();
         let [p50, p90, p99, p999] = view.quantiles;
         PeerSnapshot {
-            peer: peer.label().to_owned(),
+            peer: peer.label().clone(),
             state: view.state,
             samples: view.samples,
             p50,
@@ -88,13 +92,8 @@ impl PeerSnapshot {
             p99,
             p999,
             max: view.max,
-            deadline,
-            explanation: DeadlineExplanation::new(
-                source,
-                &view.policy,
-                view.learned,
-                view.overridden,
-            ),
+            deadline: view.deadline,
+            explanation: view.explanation,
             in_flight: peer.in_flight(),
             completed: view.completed,
             deadline_exceeded: view.deadline_exceeded,

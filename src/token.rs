@@ -5,7 +5,9 @@
 //! [`checkpoint`](Interrupt::checkpoint), or at once where it awaits
 //! [`cancelled`](Interrupt::cancelled) or runs under [`interruptible`]. The error says who
 //! fired and where the chain recognized it. When the layer interrupts a call, it fires the
-//! call's token with the same reason, so work deeper in the chain stops too.
+//! call's token with the same reason, so work deeper in the chain stops too. A call's token
+//! is its own: a [`child`](Interrupt::child) of its caller's token if the request carried
+//! one, so the caller's fire reaches the call but the layer's reaches no other call.
 //!
 //! ```
 //! use tower_adaptive_timeout::{Chain, Interrupt, Reason};
@@ -27,7 +29,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -36,9 +38,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::{Interrupted, Reason};
+use crate::interrupt::Fired;
 
 /// How a token's chain is named in errors fired by hand.
-const CHAIN: &str = "<call chain>";
+static CHAIN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<call chain>"));
 
 /// A cooperative interrupt token. Clones share one flag.
 #[derive(Clone)]
@@ -49,7 +52,11 @@ pub struct Interrupt {
 struct TokenInner {
     started: Instant,
     fired: OnceLock<Interrupted>,
+    /// Shared by a token and all its descendants: a fire anywhere among them wakes every
+    /// waiter, and each checks its own line of tokens.
     notify: Arc<Notify>,
+    /// The token whose fire reaches this one too.
+    parent: Option<Interrupt>,
 }
 
 impl Interrupt {
@@ -60,6 +67,36 @@ impl Interrupt {
                 started: Instant::now(),
                 fired: OnceLock::new(),
                 notify: Arc::new(Notify::new()),
+                parent: None,
+            }),
+        }
+    }
+
+    /// A new token that fires when this one does, or when fired itself, which leaves this
+    /// one alone: give each piece of work its own, so stopping one leaves the others
+    /// running while stopping their caller stops them all.
+    ///
+    /// The layer gives each call such a child of the caller's token (when the request
+    /// carries one): a caller's interrupt reaches every call it made, and the layer's
+    /// interrupt of one call (its deadline, say) reaches that call only.
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::Interrupt;
+    ///
+    /// let caller = Interrupt::new();
+    /// let (one, two) = (caller.child(), caller.child());
+    /// one.interrupt("this call is over");
+    /// assert!(!caller.is_interrupted() && !two.is_interrupted());
+    /// caller.interrupt("the user went away");
+    /// assert!(two.is_interrupted());
+    /// ```
+    pub fn child(&self) -> Interrupt {
+        Interrupt {
+            inner: Arc::new(TokenInner {
+                started: Instant::now(),
+                fired: OnceLock::new(),
+                notify: self.inner.notify.clone(),
+                parent: Some(self.clone()),
             }),
         }
     }
@@ -71,7 +108,7 @@ impl Interrupt {
         let here = Location::caller();
         let err = Interrupted::new(
             Reason::Manual(reason.into()),
-            CHAIN,
+            &CHAIN,
             self.inner.started.elapsed(),
             here,
             here,
@@ -79,16 +116,16 @@ impl Interrupt {
         self.fire(err)
     }
 
-    /// Whether the token has fired.
+    /// Whether the token (or one it is a [`child`](Self::child) of) has fired.
     pub fn is_interrupted(&self) -> bool {
-        self.inner.fired.get().is_some()
+        self.fired().is_some()
     }
 
     /// A stopping point: `Err` if the token has fired, naming this line as where the
     /// interrupt was recognized.
     #[track_caller]
     pub fn checkpoint(&self) -> Result<(), Interrupted> {
-        match self.inner.fired.get() {
+        match self.fired() {
             Some(err) => Err(err.clone().recognized(Location::caller())),
             None => Ok(()),
         }
@@ -111,14 +148,39 @@ impl Interrupt {
         first
     }
 
-    /// The error the token fired with, if it has.
+    /// The error the token fired with, if it has: its own, else the nearest parent's.
     pub(crate) fn fired(&self) -> Option<&Interrupted> {
-        self.inner.fired.get()
+        let mut token = self;
+        loop {
+            if let Some(err) = token.inner.fired.get() {
+                return Some(err);
+            }
+            token = token.inner.parent.as_ref()?;
+        }
+    }
+
+    /// [`Self::fired`], as the layer's record of a fire.
+    pub(crate) fn fired_record(&self) -> Option<Fired> {
+        let err = self.fired()?;
+        Some(Fired {
+            reason: err.reason().clone(),
+            fired_at: err.fired_at(),
+        })
     }
 
     /// A future woken when the token fires. Create it, then check [`Self::fired`].
     pub(crate) fn notified(&self) -> OwnedNotified {
         self.inner.notify.clone().notified_owned()
+    }
+}
+
+impl Drop for TokenInner {
+    fn drop(&mut self) {
+        // Drop a long line of parents in a loop, not one nested drop per generation.
+        let mut parent = self.parent.take();
+        while let Some(token) = parent {
+            parent = Arc::into_inner(token.inner).and_then(|mut inner| inner.parent.take());
+        }
     }
 }
 
@@ -131,7 +193,7 @@ impl Default for Interrupt {
 impl fmt::Debug for Interrupt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Interrupt")
-            .field("fired", &self.inner.fired.get())
+            .field("fired", &self.fired())
             .finish()
     }
 }

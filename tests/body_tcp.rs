@@ -4,7 +4,8 @@
 //!
 //! Covers: a body cut off mid-way ends with `Interrupted` (`BodyIdle`) within two idle
 //! deadlines of its last frame; bodies stalled to a peer that other calls declare silent
-//! all end at once with `PeerSilent`; a whole body passes through; counts return to zero.
+//! all end at once with `PeerSilent`; a slow but steady stream (a frame every 200 ms for
+//! 10 s) is never cut; a whole body passes through; counts return to zero.
 //!
 //! Real time under a bounded wait; the only timing bounds are the ones the behaviour
 //! promises (two idle deadlines), with an idle deadline wide enough for a loaded machine.
@@ -172,4 +173,27 @@ async fn bodies_to_a_peer_declared_silent_all_end_at_once() {
     }
     let peer = handle.peer(&server.peer()).unwrap();
     assert_eq!((peer.in_flight, peer.silent_interrupts), (0, 3));
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_stream_is_never_cut() {
+    // A frame every 200 ms for 10 s, three at once: longer than twenty idle deadlines in
+    // all, while each gap stays under the learned one.
+    let server = http_server::start(Duration::ZERO).await.unwrap();
+    let (svc, handle) = client();
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let body = open(&svc, &server, "/stream/50/200", None).await;
+        readers.push(tokio::spawn(drain(body)));
+    }
+    for reader in readers {
+        let (bytes, _, end) = bounded(reader).await.unwrap();
+        end.expect("a steady stream runs to its end");
+        assert_eq!(bytes, 50 * FRAME_BYTES);
+    }
+    let peer = handle.peer(&server.peer()).unwrap();
+    assert_eq!(
+        (peer.in_flight, peer.completed, peer.deadline_exceeded),
+        (0, 3, 0)
+    );
 }

@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted, PeerSnapshot, Reason,
-    TimeoutPolicy,
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineExplanation, DeadlineSource, Interrupted,
+    PeerSnapshot, Reason, TimeoutPolicy,
 };
 
 use support::ms;
@@ -117,6 +117,14 @@ where
     err.downcast_ref::<Interrupted>()
         .unwrap_or_else(|| panic!("expected Interrupted, got {err}"))
         .clone()
+}
+
+/// Why the deadline of a call that ran out had its value.
+fn explained(e: &Interrupted) -> DeadlineExplanation {
+    match e.reason() {
+        Reason::DeadlineExceeded { explanation, .. } => (**explanation).clone(),
+        other => panic!("unexpected reason {other:?}"),
+    }
 }
 
 fn snapshot(handle: &AdaptiveTimeoutHandle<&'static str>, peer: &'static str) -> PeerSnapshot {
@@ -312,7 +320,7 @@ async fn peers_are_independent() {
         ))
     );
     let all = handle.snapshot();
-    let names: Vec<_> = all.iter().map(|s| s.peer.as_str()).collect();
+    let names: Vec<_> = all.iter().map(|s| &*s.peer).collect();
     assert_eq!(names, ["cold", "fast", "slow"], "sorted by peer");
     let samples: Vec<_> = all.iter().map(|s| s.samples).collect();
     assert_eq!(samples, [1, 10, 10]);
@@ -566,10 +574,6 @@ async fn the_explanation_matches_the_deadline_the_call_had() {
     for _ in 0..4 {
         errs.push(interrupted(&svc, call("hung", ms(60_000))).await);
     }
-    let explained = |e: &Interrupted| match e.reason() {
-        Reason::DeadlineExceeded { explanation, .. } => (**explanation).clone(),
-        other => panic!("unexpected reason {other:?}"),
-    };
     // The second call still had the cold-start deadline, with one sample behind it, the
     // third an estimate from two.
     let second = explained(&errs[1]);
@@ -600,5 +604,28 @@ async fn a_service_forgets_its_last_peer_once_the_table_evicts_it() {
         (a.completed, a.samples),
         (1, 1),
         "a fresh peer in the table"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_explains_the_numbers_its_deadline_came_from() {
+    let (svc, handle) = stack(builder(eager().quantile(0.5).min_samples(10)));
+    calls(&svc, "p", ms(100), 10).await;
+    let (deadline, source) = handle.deadline(&"p").unwrap();
+    assert_eq!(source, DeadlineSource::Quantile);
+    // A call that never answers starts with that deadline (p50 100ms x 2 + 5ms); while it
+    // is in flight, 30 answers after 180ms move the peer's deadline on.
+    let hung = tokio::spawn(svc.clone().oneshot(call("p", ms(60_000))));
+    tokio::task::yield_now().await;
+    burst(&svc, "p", ms(180), 30).await;
+    assert!(handle.deadline(&"p").unwrap().0 > deadline * 3 / 2);
+    let err = hung.await.unwrap().unwrap_err();
+    let err = err.downcast_ref::<Interrupted>().unwrap();
+    let e = explained(err);
+    let formula = e.quantile_value.mul_f64(e.factor) + e.margin;
+    assert_eq!(err.deadline(), Some(deadline));
+    assert_eq!(
+        (e.source, formula, e.samples),
+        (DeadlineSource::Quantile, deadline, 10)
     );
 }

@@ -73,7 +73,7 @@ fn assert_recorded(
     tally: &Tally,
 ) -> PeerSnapshot {
     let snap = handle.peer(&addr).expect("peer is tracked");
-    assert_eq!(snap.peer, addr.to_string());
+    assert_eq!(&*snap.peer, addr.to_string());
     assert_eq!(snap.samples, tally.answered + tally.interrupted);
     assert_eq!(snap.completed, tally.answered);
     assert_eq!(snap.deadline_exceeded, tally.interrupted);

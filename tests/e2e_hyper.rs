@@ -4,8 +4,9 @@
 //! Covers: calls succeed and are recorded under their own peer (scheme + authority); a path
 //! that never answers is cut with `Interrupted` (`DeadlineExceeded`) at the learned deadline;
 //! a `Deadline` extension caps one call; the milliseconds header carries the call's deadline
-//! to the server; the `Interrupt` token a caller put in the request is fired when the layer
-//! interrupts the call (and left alone with tokens turned off).
+//! to the server; the call's own `Interrupt` token (a child of the one a caller put in the
+//! request) is fired when the layer interrupts the call, the caller's is left alone and its
+//! fire reaches the call (and with tokens turned off the caller's is left alone too).
 //!
 //! Everything runs in real time under a bounded wait. Assertions are structural, with
 //! generous upper bounds only (the cold-start deadline a cut must come well before).
@@ -13,6 +14,7 @@
 
 pub mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -105,7 +107,7 @@ async fn calls_succeed_and_are_recorded_per_peer() {
     assert_eq!(snapshot.len(), 2, "{snapshot:#?}");
     for (server, calls) in [(&a, 12), (&b, 7)] {
         let p = handle.peer(&server.peer()).expect("tracked");
-        assert_eq!(p.peer, format!("http://{}", server.addr()));
+        assert_eq!(&*p.peer, format!("http://{}", server.addr()));
         assert_eq!((p.samples, p.completed), (calls, calls), "{p:#?}");
         assert_eq!((p.deadline_exceeded, p.in_flight), (0, 0));
         assert_eq!(p.state, PeerState::Healthy);
@@ -144,8 +146,8 @@ async fn a_never_answered_call_is_cut_at_the_learned_deadline() {
         } => {
             assert_eq!(*deadline, learned);
             assert_eq!(explanation.source, DeadlineSource::Quantile);
-            // Learned when the window first held `min_samples`: the next recomputation
-            // is due at a rotation or after `recompute_every` more answers.
+            // The numbers the deadline came from: computed as the window reached
+            // min_samples, not republished since (recompute_every is 5).
             assert_eq!(explanation.samples, MIN_SAMPLES);
         }
         other => panic!("expected DeadlineExceeded, got {other:?}"),
@@ -233,32 +235,68 @@ async fn the_millis_header_carries_the_deadline_to_the_server() {
 }
 
 #[tokio::test]
-async fn the_request_token_is_fired_when_the_layer_interrupts() {
+async fn the_calls_own_token_is_fired_when_the_layer_interrupts_and_the_callers_reaches_it() {
     let server = http_server::start(Duration::from_millis(1)).await.unwrap();
-    let (svc, _handle) = client();
+    // The token the request carries past the layer, as the client below it sees it.
+    let below = Arc::new(Mutex::new(None));
+    let seen = below.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            AdaptiveTimeoutLayer::http()
+                .policy(loopback_policy(COLD_START, MIN_SAMPLES))
+                .build()
+                .unwrap(),
+        )
+        .map_request(move |req: http::Request<Empty<Bytes>>| {
+            *seen.lock().unwrap() = req.extensions().get::<Interrupt>().cloned();
+            req
+        })
+        .service(http_server::client());
     let cap = Duration::from_millis(100);
 
-    // A call that is answered leaves its token alone.
-    let answered = Interrupt::new();
+    // A call that is answered leaves the tokens alone.
+    let caller = Interrupt::new();
     let mut req = get(server.uri("/"));
-    req.extensions_mut().insert(answered.clone());
-    send(&svc, req).await.expect("answered");
-    assert!(!answered.is_interrupted());
+    req.extensions_mut().insert(caller.clone());
+    bounded(svc.clone().oneshot(req)).await.expect("answered");
+    let own = below
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a token below the layer");
+    assert!(!own.is_interrupted() && !caller.is_interrupted());
 
-    let token = Interrupt::new();
-    let err = send(&svc, hang(&server, Some(cap), Some(&token)))
+    // The layer's interrupt fires the call's own token, not the caller's.
+    let err = bounded(svc.clone().oneshot(hang(&server, Some(cap), Some(&caller))))
         .await
         .unwrap_err();
     assert_eq!(interrupted(&err).deadline(), Some(cap));
+    let own = below
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a token below the layer");
     assert!(
-        token.is_interrupted(),
-        "the caller's clone sees the interrupt"
+        !caller.is_interrupted(),
+        "other calls with the caller's token go on"
     );
     // Work deeper in the chain stops at its next checkpoint, with the same reason.
-    let stopped = token.checkpoint().expect_err("the token has fired");
+    let stopped = own.checkpoint().expect_err("the call's token has fired");
     assert_eq!(stopped.reason(), interrupted(&err).reason());
-    let woke = bounded(token.cancelled()).await;
+    let woke = bounded(own.cancelled()).await;
     assert_eq!(woke.deadline(), Some(cap));
+
+    // The caller's interrupt reaches the call and the work below it.
+    let call = tokio::spawn(bounded(svc.oneshot(hang(&server, None, Some(&caller)))));
+    while below.lock().unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    caller.interrupt("the user went away");
+    let err = call.await.unwrap().unwrap_err();
+    let reason = Reason::Manual("the user went away".into());
+    assert_eq!(interrupted(&err).reason(), &reason);
+    let own = below.lock().unwrap().take().unwrap();
+    assert_eq!(own.checkpoint().unwrap_err().reason(), &reason);
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use loopback::grpc::{start_server, PingReply, PingRequest, PingerClient};
 use loopback::{bounded, Loopback};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 use tower::ServiceBuilder;
 use tower_adaptive_timeout::propagate::parse_grpc_timeout;
@@ -30,7 +30,7 @@ use tower_adaptive_timeout::{
     Interrupted, PeerState, Propagation, Reason,
 };
 
-use support::e2e::{loopback_policy, LoopbackPeer};
+use support::e2e::{channel, loopback_policy, LoopbackPeer};
 
 /// Far above any deadline a warmed-up loopback peer gets: a cut must come well before it.
 const COLD_START: Duration = Duration::from_secs(5);
@@ -55,14 +55,6 @@ async fn setup(
         .service(channel(&server).await);
     let client = PingerClient::with_origin(svc, server.uri(""));
     (server, client, handle)
-}
-
-/// A `Channel` connected to `server`.
-async fn channel(server: &Loopback) -> Channel {
-    let endpoint = Endpoint::from(server.uri(""));
-    bounded(endpoint.connect())
-        .await
-        .expect("connect over loopback")
 }
 
 /// Pings with `delay`, returning the reply or the status.

@@ -8,7 +8,9 @@
 //!   `set_default_policy` and policies read from JSON refuse them with an error naming the
 //!   field, and any policy they accept is usable.
 //! * An inner service that panics (in `call`, at its first poll, or mid-flight) leaves the
-//!   peer usable: nothing in flight, nothing poisoned, deadlines still adapt.
+//!   peer usable: nothing in flight, nothing poisoned, deadlines still adapt. So does a
+//!   panic between admission and the inner call (writing the deadline into the request),
+//!   also for a probe; and a header map already at its size limit is not written to.
 //! * Peer keys whose `Debug` panics, and concurrent floods on a multi-threaded runtime.
 
 pub mod support;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeout, AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted,
-    PeerState, Reason, TimeoutPolicy,
+    KeyFn, PeerState, Propagation, Reason, TimeoutPolicy,
 };
 
 use support::{echo_keys, lean, ms};
@@ -39,6 +41,8 @@ enum Act {
     Answer,
     Hang,
     PanicInCall,
+    /// Panics where the layer writes the call's deadline into the request.
+    PanicWritingDeadline,
     PanicAtFirstPoll,
     PanicMidFlight,
 }
@@ -89,7 +93,7 @@ impl Service<Req> for Sim {
                     tokio::time::sleep(req.delay).await;
                     panic!("injected panic mid-flight")
                 }
-                Act::Answer | Act::PanicInCall => {
+                Act::Answer | Act::PanicInCall | Act::PanicWritingDeadline => {
                     if !req.delay.is_zero() {
                         tokio::time::sleep(req.delay).await;
                     }
@@ -402,4 +406,90 @@ fn concurrent_floods_keep_the_table_within_max_peers() {
     eprintln!("peak peer_count {peak} with max_peers {MAX}");
     assert!(handle.peer_count() <= MAX, "{}", handle.peer_count());
     assert!(peak <= MAX, "peer_count reached {peak} > max_peers {MAX}");
+}
+
+/// Keys by `Req::key`, and panics writing the deadline of an [`Act::PanicWritingDeadline`].
+#[derive(Clone)]
+struct PanicsWriting;
+
+impl KeyFn<Req> for PanicsWriting {
+    type Key = u64;
+
+    fn peer_key(&self, req: &Req) -> Option<u64> {
+        Some(req.key)
+    }
+
+    fn write_deadline(&self, req: &mut Req, _: Duration, _: &Propagation) {
+        assert_ne!(req.act, Act::PanicWritingDeadline, "injected panic writing");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_between_admission_and_the_inner_call_leaks_no_call_and_no_probe() {
+    let policy = TimeoutPolicy::default()
+        .cold_start(ms(100))
+        .probe_backoff(ms(500))
+        .probe_backoff_max(ms(500));
+    let layer = AdaptiveTimeoutLayer::builder(PanicsWriting)
+        .policy(policy)
+        .propagation(Propagation::grpc())
+        .build()
+        .unwrap();
+    let (handle, svc) = (layer.handle(), layer.layer(Sim));
+    let panics = |act| tokio::spawn(svc.clone().oneshot(Req::act(1, act)));
+    assert!(panics(Act::PanicWritingDeadline)
+        .await
+        .unwrap_err()
+        .is_panic());
+    assert_eq!(handle.peer(&1).unwrap().in_flight, 0);
+
+    // Silenced by two misses; its probe, when due, panics the same way.
+    for r in [panics(Act::Hang), panics(Act::Hang)] {
+        r.await.unwrap().unwrap_err();
+    }
+    assert_eq!(handle.peer(&1).unwrap().state, PeerState::Silent);
+    tokio::time::sleep(ms(700)).await;
+    assert!(panics(Act::PanicWritingDeadline)
+        .await
+        .unwrap_err()
+        .is_panic());
+    let snap = handle.peer(&1).unwrap();
+    assert_eq!((snap.in_flight, snap.state), (0, PeerState::Silent));
+    // A later probe goes out, is answered, and the peer is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(svc.clone().oneshot(Req::answer(1, ms(1))).await.unwrap(), 1);
+    assert_eq!(handle.peer(&1).unwrap().state, PeerState::Healthy);
+}
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_header_map_at_its_size_limit_is_left_unwritten() {
+    use http::{HeaderName, HeaderValue, Request};
+
+    let millis = HeaderName::from_static("x-request-timeout-ms");
+    let layer = AdaptiveTimeoutLayer::http()
+        .propagation(Propagation::grpc().millis_header(millis.clone()))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|req: Request<()>| async move {
+        Ok::<_, Infallible>(req.headers().len())
+    }));
+    let mut req = Request::get("http://10.0.0.7:9000/").body(()).unwrap();
+    let headers = req.headers_mut();
+    for i in 0.. {
+        let name = HeaderName::try_from(format!("x-filler-{i}")).unwrap();
+        if headers
+            .try_insert(name, HeaderValue::from_static("1"))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let full = headers.len();
+    let joined = tokio::spawn(svc.oneshot(req)).await;
+    let peer = "http://10.0.0.7:9000".parse().unwrap();
+    assert_eq!(handle.peer(&peer).unwrap().in_flight, 0);
+    let seen = joined.expect("no panic").unwrap();
+    assert_eq!(seen, full, "neither deadline header was added");
 }

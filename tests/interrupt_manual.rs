@@ -87,3 +87,34 @@ async fn an_interrupt_racing_a_response_ends_each_call_exactly_once() {
     );
     assert_eq!(snap.in_flight, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_new_calls_are_refused_before_the_inner_service() {
+    // One peer slot, held by A's call in flight: B goes untracked.
+    let rig = rig_with(TimeoutPolicy::default(), 1);
+    rig.peers.silence(P::A, true);
+    let mut set = JoinSet::new();
+    rig.spawn(&mut set, P::A);
+    tokio::time::sleep(ms(1)).await;
+    let line = line!() + 1;
+    rig.interrupts.shutdown();
+    let (r, _) = set.join_next().await.unwrap().unwrap();
+    assert_eq!(interrupted(&r).reason(), &Reason::Shutdown);
+    let arrived = rig.peers.arrivals(P::A).len();
+    // Later calls, to the tracked peer, a new one and one over the bound, never start.
+    for peer in [P::A, P::B, P::Tail] {
+        let r = rig.call(peer, ms(1)).await;
+        let err = interrupted(&r);
+        assert_eq!(err.reason(), &Reason::Shutdown, "{peer:?}");
+        assert_eq!(err.elapsed(), Duration::ZERO);
+        assert_eq!(
+            (err.fired_at().file(), err.fired_at().line()),
+            (file!(), line),
+            "the shutdown call is named"
+        );
+    }
+    assert_eq!(rig.peers.arrivals(P::A).len(), arrived);
+    assert!(rig.peers.arrivals(P::B).is_empty());
+    assert!(rig.peers.arrivals(P::Tail).is_empty());
+    assert!(rig.handle.snapshot().iter().all(|p| p.in_flight == 0));
+}

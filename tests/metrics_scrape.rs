@@ -1,9 +1,11 @@
 //! The `metrics` export, scraped as Prometheus text over real HTTP on 127.0.0.1: answered
-//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt and an untracked
-//! call each show up in their series, with the peer label and the counts of calls made.
+//! calls, timeouts, a peer declared silent, fail-fast, a manual interrupt, a peer that
+//! refuses connections and an untracked call each show up in their series, with the peer
+//! label and the counts of calls made.
 //!
 //! The `metrics` recorder is global to the process, so this binary installs it once and
-//! checks everything from one test.
+//! checks everything from one test. The bound on series runs under a recorder of its own,
+//! local to its thread.
 #![cfg(feature = "metrics")]
 
 pub mod support;
@@ -21,9 +23,12 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, DeadlineSource, Interrupted, Reason, TimeoutPolicy,
 };
 
-use support::ms;
+use support::{echo_keys, ms};
 
-/// A call to `peer`, answered after `latency` (never, for `None`).
+/// The peer whose calls fail at once with connection refused (its process is down).
+const DOWN: &str = "down:6";
+
+/// A call to `peer`, answered after `latency` (never, for `None`); calls to [`DOWN`] fail.
 struct Call {
     peer: &'static str,
     latency: Option<Duration>,
@@ -41,6 +46,9 @@ fn service(
     layer: &AdaptiveTimeoutLayer<&'static str, fn(&Call) -> &'static str>,
 ) -> tower::util::BoxCloneService<Call, &'static str, BoxError> {
     let inner = service_fn(|c: Call| async move {
+        if c.peer == DOWN {
+            return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into());
+        }
         match c.latency {
             Some(latency) => tokio::time::sleep(latency).await,
             None => std::future::pending().await,
@@ -123,6 +131,14 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert!(interrupts.interrupt_peer(&"held:3", "test"));
     assert_eq!(reason(&held.await.unwrap()), Some("manual"));
 
+    // down:6 refuses 5 connections: failures, not answers, and no state change.
+    for _ in 0..5 {
+        let err = svc.clone().oneshot(call(DOWN, Some(1))).await.unwrap_err();
+        assert!(err.downcast_ref::<std::io::Error>().is_some(), "{err}");
+    }
+    let down = handle.peer(&DOWN).unwrap();
+    assert_eq!((down.failures, down.consecutive_failures), (5, 5));
+
     // A second layer tracks one peer: while solo:4 is busy, overflow:5 goes untracked.
     let small = AdaptiveTimeoutLayer::builder(key as fn(&Call) -> &'static str)
         .policy(policy.cold_start(Duration::from_secs(10)))
@@ -140,16 +156,28 @@ async fn scrape_shows_every_series_with_peer_labels() {
     let page = scrape(&server).await;
     let m = Exposition::parse(&page);
     let at = |name: &str, labels: &[(&str, &str)]| m.value(name, labels);
+    let expect = |peer: &str, values: &[(&str, f64)]| {
+        for (name, value) in values {
+            let series = format!("adaptive_timeout_{name}");
+            assert_eq!(at(&series, &[("peer", peer)]), *value, "{series} of {peer}");
+        }
+    };
 
     // Answered calls.
     let fast = [("peer", "fast:1")];
-    assert_eq!(at("adaptive_timeout_calls_total", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_responses_total", &fast), 30.0);
-    assert_eq!(at("adaptive_timeout_timeouts_total", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_fail_fast_total", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_in_flight", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_state", &fast), 0.0);
-    assert_eq!(at("adaptive_timeout_latency_seconds_count", &fast), 30.0);
+    expect(
+        "fast:1",
+        &[
+            ("calls_total", 30.0),
+            ("responses_total", 30.0),
+            ("failures_total", 0.0),
+            ("timeouts_total", 0.0),
+            ("fail_fast_total", 0.0),
+            ("in_flight", 0.0),
+            ("state", 0.0),
+            ("latency_seconds_count", 30.0),
+        ],
+    );
     let sum = at("adaptive_timeout_latency_seconds_sum", &fast);
     assert!((0.06..10.0).contains(&sum), "30 calls of 2ms: {sum}s");
     let under_1ms = at(
@@ -210,6 +238,23 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(at("adaptive_timeout_responses_total", &held), 0.0);
     assert_eq!(at("adaptive_timeout_in_flight", &held), 0.0);
 
+    // The peer that refuses connections: failures only, and its state left as it was.
+    expect(
+        DOWN,
+        &[
+            ("calls_total", 5.0),
+            ("failures_total", 5.0),
+            ("responses_total", 0.0),
+            ("timeouts_total", 0.0),
+            ("latency_seconds_count", 0.0),
+            ("in_flight", 0.0),
+            ("state", 0.0),
+        ],
+    );
+    for peer in ["gone:2", "held:3"] {
+        expect(peer, &[("failures_total", 0.0)]);
+    }
+
     // The untracked call: counted without a peer label, and no series of its own.
     assert_eq!(
         at("adaptive_timeout_calls_total", &[("peer", "solo:4")]),
@@ -224,6 +269,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
     // Types and descriptions.
     for (name, kind) in [
         ("adaptive_timeout_calls_total", "counter"),
+        ("adaptive_timeout_failures_total", "counter"),
         ("adaptive_timeout_interrupts_total", "counter"),
         ("adaptive_timeout_transitions_total", "counter"),
         ("adaptive_timeout_deadline_seconds", "gauge"),
@@ -251,7 +297,7 @@ async fn scrape_shows_every_series_with_peer_labels() {
         .collect();
     assert_eq!(
         peers.into_iter().collect::<Vec<_>>(),
-        ["fast:1", "gone:2", "held:3", "solo:4"],
+        ["down:6", "fast:1", "gone:2", "held:3", "solo:4"],
         "one series set per tracked peer"
     );
     assert!(matches!(
@@ -261,6 +307,68 @@ async fn scrape_shows_every_series_with_peer_labels() {
             .map(Interrupted::reason),
         Some(Reason::PeerSilent { .. })
     ));
+}
+
+#[test]
+fn twenty_thousand_keys_through_a_hundred_peers_keep_the_series_bounded() {
+    const KEYS: u64 = 20_000;
+    const MAX_PEERS: usize = 100;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let handle = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let (svc, handle) = echo_keys(MAX_PEERS);
+            for key in 0..KEYS {
+                assert_eq!(svc.clone().oneshot(key).await.unwrap(), key);
+            }
+            handle
+        })
+    });
+    assert_eq!(handle.peer_count(), MAX_PEERS);
+    assert_eq!(handle.untracked_calls(), 0);
+
+    let page = prometheus.render();
+    let m = Exposition::parse(&page);
+    let peers: std::collections::BTreeSet<_> =
+        m.0.keys()
+            .flat_map(|(_, labels)| labels.iter())
+            .filter(|(k, _)| k == "peer")
+            .map(|(_, v)| v.as_str())
+            .collect();
+    let lines = m.0.len();
+    eprintln!(
+        "{KEYS} keys, max_peers {MAX_PEERS}: {lines} series of {} peer labels, {} bytes",
+        peers.len(),
+        page.len()
+    );
+    // The first MAX_PEERS peers keep their own series; the others share `_other`.
+    assert_eq!(peers.len(), MAX_PEERS + 1);
+    assert!(peers.contains("_other") && peers.contains("0") && peers.contains("99"));
+    // Each label: 5 counters, 5 interrupt reasons, 4 transitions, 3 gauges and the
+    // latency summary (7 quantiles, sum, count); plus the untracked counter.
+    assert!(lines <= (MAX_PEERS + 1) * 26 + 1, "{lines} series");
+    let other = [("peer", "_other")];
+    let calls = m.value("adaptive_timeout_calls_total", &other);
+    assert_eq!(calls, (KEYS - MAX_PEERS as u64) as f64);
+    assert_eq!(m.value("adaptive_timeout_in_flight", &other), 0.0);
+    assert_eq!(
+        m.value("adaptive_timeout_latency_seconds_count", &other),
+        calls
+    );
+    for shared in [
+        "adaptive_timeout_deadline_seconds",
+        "adaptive_timeout_state",
+    ] {
+        assert!(
+            !m.0.contains_key(&(shared.to_owned(), vec![("peer".into(), "_other".into())])),
+            "{shared} has no series for peers without their own"
+        );
+    }
 }
 
 /// Prometheus text, as `(name, sorted labels) -> value`.

@@ -112,3 +112,13 @@ async fn snapshots_and_sources_serialize() {
         "clamped_max"
     );
 }
+
+#[test]
+fn a_policy_is_a_map_never_a_list() {
+    // By position, `[0.5, 3.0]` would set quantile and factor: refused, saying what is wanted.
+    for json in ["[0.5, 3.0]", "[]", "null", "3", r#""0.5""#] {
+        let err = parse(json).expect_err(json);
+        assert!(err.to_string().contains("map"), "{json}: {err}");
+    }
+    assert_eq!(parse(r#"{ "quantile": 0.5 }"#).unwrap().quantile, 0.5);
+}

@@ -2,9 +2,10 @@
 //!
 //! Covers every policy check made by `build()` (quantile, factor, min, max, margin,
 //! cold_start, min_samples, window, sub_windows, significant_figures, recompute_every,
-//! probe_backoff, probe_backoff_max), the layer settings `max_peers` and `idle_ttl`, bad
-//! per-peer overrides, the boundary values that must still be accepted, and runtime policy
-//! changes through the handle, which refuse bad policies and leave the old one in force.
+//! probe_backoff, probe_backoff_max, long_probe_spacing), the layer settings `max_peers`
+//! and `idle_ttl`, bad per-peer overrides, the boundary values that must still be
+//! accepted, and runtime policy changes through the handle, which refuse bad policies and
+//! leave the old one in force.
 
 pub mod support;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, Builder, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
-    MAX_SUB_WINDOWS,
+    MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW,
 };
 
 use support::ms;
@@ -158,6 +159,14 @@ fn probe_backoff_must_be_positive_and_ordered() {
 }
 
 #[test]
+fn long_probe_spacing_is_one_to_a_hundred() {
+    assert_refused(
+        "long_probe_spacing",
+        [0, MAX_LONG_PROBE_SPACING + 1, u32::MAX].map(|n| base().long_probe_spacing(n)),
+    );
+}
+
+#[test]
 fn layer_settings_are_checked() {
     assert_eq!(refused(layer().max_peers(0)).field(), "max_peers");
     assert_eq!(
@@ -203,6 +212,10 @@ async fn boundary_values_are_accepted_and_usable() {
         base().margin(Duration::ZERO),
         base().silent_after_misses(0).fail_fast(false),
         base().probe_backoff(ms(1)).probe_backoff_max(ms(1)),
+        base().long_probe_spacing(1),
+        base()
+            .long_probe_spacing(MAX_LONG_PROBE_SPACING)
+            .max(MAX_DEADLINE),
         base()
             .probe_backoff(MAX_DEADLINE)
             .probe_backoff_max(MAX_DEADLINE),
@@ -273,4 +286,32 @@ async fn runtime_changes_refuse_bad_policies_and_keep_the_old_ones() {
         "a refused override is never installed"
     );
     assert!(handle.remove_peer_policy(&"special"));
+}
+
+#[test]
+fn a_policy_whose_histograms_could_outgrow_the_per_peer_ceiling_is_refused() {
+    // The largest policy otherwise valid: 65 histograms of 3 significant figures from 1us
+    // to 24h, 7.45 MB per history (71 GB at 10,000 peers).
+    let largest = base()
+        .min(Duration::from_micros(1))
+        .max(MAX_DEADLINE)
+        .cold_start(MAX_DEADLINE)
+        .window(MAX_WINDOW)
+        .sub_windows(MAX_SUB_WINDOWS)
+        .significant_figures(3);
+    assert_refused(
+        "sub_windows",
+        [
+            largest.clone(),
+            base().significant_figures(3).sub_windows(MAX_SUB_WINDOWS),
+        ],
+    );
+    let text = largest.validate().unwrap_err().to_string();
+    // The ceiling counts each history's last answers too (1,200 bytes at min_samples 100).
+    assert!(text.contains("and 1200 bytes of last answers"), "{text}");
+    assert!(text.contains("7455920 bytes per history"), "{text}");
+    assert_eq!(
+        largest.max_window_bytes(),
+        7_454_720 + largest.history_bytes()
+    );
 }

@@ -134,3 +134,65 @@ async fn an_inner_error_at_the_propagated_deadline_counts_as_a_miss() {
     let err = early.oneshot(get("http://d:1/")).await.unwrap_err();
     assert!(err.downcast_ref::<Interrupted>().is_none(), "{err}");
 }
+
+/// The budget headers a call to a layer with grpc and millis propagation hands its callee,
+/// for a request built by `req`.
+async fn propagated(req: Request<()>) -> (String, String) {
+    let name = HeaderName::from_static("x-request-timeout-ms");
+    let layer = AdaptiveTimeoutLayer::http()
+        .propagation(Propagation::grpc().millis_header(name.clone()))
+        .build()
+        .unwrap();
+    let echo = service_fn(|req: Request<()>| async move {
+        let mut resp = Response::new(());
+        *resp.headers_mut() = req.headers().clone();
+        Ok::<_, Infallible>(resp)
+    });
+    let resp = layer.layer(echo).oneshot(req).await.unwrap();
+    let text = |n: &str| {
+        let all: Vec<_> = resp.headers().get_all(n).iter().collect();
+        assert_eq!(all.len(), 1, "{n} written once: {all:?}");
+        all[0].to_str().unwrap().to_owned()
+    };
+    (text("grpc-timeout"), text(name.as_str()))
+}
+
+fn with_deadline(d: Duration) -> Request<()> {
+    let mut req = get("http://e:1/");
+    req.extensions_mut().insert(Deadline(d));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_budget_never_propagates_as_zero_nor_grows() {
+    // Under a millisecond: the millis header says 1 (0 would read as spent), gRPC says
+    // the nanoseconds exactly.
+    let (grpc, millis) = propagated(with_deadline(Duration::from_micros(400))).await;
+    assert_eq!((grpc.as_str(), millis.as_str()), ("400000n", "1"));
+    let (grpc, millis) = propagated(with_deadline(Duration::from_nanos(1))).await;
+    assert_eq!((grpc.as_str(), millis.as_str()), ("1n", "1"));
+    // From a millisecond on: whole milliseconds, rounded down, in both.
+    let (grpc, millis) = propagated(with_deadline(Duration::from_micros(1_999))).await;
+    assert_eq!((grpc.as_str(), millis.as_str()), ("1m", "1"));
+    let (grpc, millis) = propagated(with_deadline(Duration::from_micros(250_700))).await;
+    assert_eq!((grpc.as_str(), millis.as_str()), ("250m", "250"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_budget_headers_give_the_smallest_valid_budget() {
+    // A malformed first value must not hide a valid one, nor a larger one a smaller one.
+    let req = Request::get("http://e:1/")
+        .header("grpc-timeout", "soon")
+        .header("grpc-timeout", "800m")
+        .header("grpc-timeout", "5m")
+        .body(())
+        .unwrap();
+    assert_eq!(propagated(req).await, ("5m".into(), "5".into()));
+    let req = Request::get("http://e:1/")
+        .header("x-request-timeout-ms", "-1")
+        .header("x-request-timeout-ms", "7")
+        .header("x-request-timeout-ms", "900")
+        .body(())
+        .unwrap();
+    assert_eq!(propagated(req).await, ("7m".into(), "7".into()));
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
-use tower_adaptive_timeout::{Interrupted, PeerState, Reason, TimeoutPolicy};
+use tower_adaptive_timeout::{DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy};
 
 use support::peers::{rig, Ended, Req, Rig, P};
 use support::{interrupted, ms, Rng};
@@ -267,4 +267,28 @@ async fn dropped_calls_leave_no_outstanding_and_free_the_probe_slot() {
     );
     drop(again);
     assert_eq!(rig.handle.peer(&P::A).unwrap().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshots_and_the_handle_report_the_deadline_a_new_call_gets() {
+    let min = ms(15);
+    let rig = rig(TimeoutPolicy::default().fail_fast(false).min(min));
+    five_in_flight(&rig, P::A).await;
+    assert_eq!(rig.state(P::A), PeerState::Silent);
+    let reported = rig.handle.deadline(&P::A).unwrap();
+    let snap = rig.handle.peer(&P::A).unwrap();
+    // What a new call gets: the deadline cut to min.
+    let start = Instant::now();
+    let err = interrupted(&rig.call(P::A, ms(10)).await).clone();
+    assert_eq!(Instant::now() - start, min);
+    assert_eq!(err.deadline(), Some(min));
+    assert_eq!(reported, (min, DeadlineSource::SilentPeer));
+    assert_eq!((snap.deadline, snap.deadline_source()), reported);
+    assert_eq!(snap.explanation.min, min);
+    // Back to the learned deadline once the peer answers.
+    rig.peers.silence(P::A, false);
+    rig.call(P::A, ms(5)).await.unwrap();
+    let (deadline, source) = rig.handle.deadline(&P::A).unwrap();
+    assert_ne!(source, DeadlineSource::SilentPeer);
+    assert_eq!(rig.handle.peer(&P::A).unwrap().deadline, deadline);
 }

@@ -2,44 +2,18 @@
 //! event on every deadline expiry inside it, and an event on every state change with the
 //! peer, the states and why.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+pub mod support;
+
 use std::time::Duration;
 
 use tower::{service_fn, Layer, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
 
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+use support::trace::capture;
 
 #[tokio::test(start_paused = true)]
 async fn expiries_and_state_changes_are_traced_inside_the_call_span() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = capture();
 
     let layer = AdaptiveTimeoutLayer::builder(|_: &u32| "db-7")
         .policy(TimeoutPolicy::default().cold_start(Duration::from_millis(40)))

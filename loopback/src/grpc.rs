@@ -1,18 +1,23 @@
-//! A tiny gRPC service, `ping.Pinger/Ping`, written by hand: the prost messages, the
-//! client and the server glue that `tonic-build` would otherwise generate from
+//! A tiny gRPC service, `ping.Pinger`, written by hand: the prost messages, the client and
+//! the server glue that `tonic-build` would otherwise generate from
 //!
 //! ```text
 //! syntax = "proto3";
 //! package ping;
-//! service Pinger { rpc Ping(PingRequest) returns (PingReply); }
+//! service Pinger {
+//!   rpc Ping(PingRequest) returns (PingReply);
+//!   rpc Stream(StreamRequest) returns (stream PingReply);
+//! }
 //! message PingRequest { uint64 delay_ms = 1; string payload = 2; }
 //! message PingReply { string payload = 1; string grpc_timeout = 2; }
+//! message StreamRequest { uint64 count = 1; uint64 every_ms = 2; optional uint64 stall_after = 3; }
 //! ```
 //!
-//! The server answers after the request's `delay_ms` and reports the `grpc-timeout` header
-//! the request arrived with, so a caller can see the deadline it propagated. It serves
-//! HTTP/2 with hyper directly (tonic's own server brings a router this example does not
-//! need).
+//! `Ping` answers after the request's `delay_ms` and reports the `grpc-timeout` header the
+//! request arrived with, so a caller can see the deadline it propagated. `Stream` sends
+//! `count` replies, one every `every_ms`; with `stall_after`, it goes silent after that
+//! many and never ends the stream (a hung server stream). The server speaks HTTP/2 with
+//! hyper directly (tonic's own server brings a router these tests do not need).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -22,8 +27,10 @@ use http::uri::PathAndQuery;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::client::GrpcService;
-use tonic::{GrpcMethod, IntoRequest, Request, Response, Status};
+use tonic::{GrpcMethod, IntoRequest, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 use tower::BoxError;
 
@@ -33,6 +40,8 @@ use crate::Loopback;
 pub const SERVICE: &str = "ping.Pinger";
 /// The path of `Ping`.
 pub const PING_PATH: &str = "/ping.Pinger/Ping";
+/// The path of `Stream`.
+pub const STREAM_PATH: &str = "/ping.Pinger/Stream";
 /// The metadata key of a call's deadline in the gRPC protocol.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
@@ -58,11 +67,50 @@ pub struct PingReply {
     pub grpc_timeout: String,
 }
 
+/// The request of a server stream: `count` replies, one every `every_ms`, going silent
+/// after `stall_after` of them if set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamRequest {
+    /// How many replies the stream carries.
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    /// The wait before each reply.
+    #[prost(uint64, tag = "2")]
+    pub every_ms: u64,
+    /// After this many replies the server sends nothing more and keeps the stream open
+    /// until the caller goes away.
+    #[prost(uint64, optional, tag = "3")]
+    pub stall_after: Option<u64>,
+}
+
+impl StreamRequest {
+    /// A stream of `count` replies, one every `every`, that ends after the last.
+    pub fn steady(count: u64, every: Duration) -> Self {
+        StreamRequest {
+            count,
+            every_ms: millis(every),
+            stall_after: None,
+        }
+    }
+
+    /// This stream, silent and never ending after `replies` replies.
+    pub fn stalling_after(self, replies: u64) -> Self {
+        StreamRequest {
+            stall_after: Some(replies),
+            ..self
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl PingRequest {
     /// A ping the server answers after `delay`.
     pub fn after(delay: Duration, payload: &str) -> Self {
         PingRequest {
-            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            delay_ms: millis(delay),
             payload: payload.to_owned(),
         }
     }
@@ -101,6 +149,29 @@ where
         &mut self,
         request: impl IntoRequest<PingRequest>,
     ) -> Result<Response<PingReply>, Status> {
+        let request = self.ready(request, "Ping").await?;
+        let path = PathAndQuery::from_static(PING_PATH);
+        self.inner.unary(request, path, ProstCodec::default()).await
+    }
+
+    /// Calls `Stream`: the response's head, its replies to be read with
+    /// [`Streaming::message`].
+    pub async fn stream(
+        &mut self,
+        request: impl IntoRequest<StreamRequest>,
+    ) -> Result<Response<Streaming<PingReply>>, Status> {
+        let request = self.ready(request, "Stream").await?;
+        let path = PathAndQuery::from_static(STREAM_PATH);
+        let codec = ProstCodec::default();
+        self.inner.server_streaming(request, path, codec).await
+    }
+
+    /// Waits until the service is ready, and names `method` in the request.
+    async fn ready<M>(
+        &mut self,
+        request: impl IntoRequest<M>,
+        method: &'static str,
+    ) -> Result<Request<M>, Status> {
         self.inner
             .ready()
             .await
@@ -108,9 +179,8 @@ where
         let mut request = request.into_request();
         request
             .extensions_mut()
-            .insert(GrpcMethod::new(SERVICE, "Ping"));
-        let path = PathAndQuery::from_static(PING_PATH);
-        self.inner.unary(request, path, ProstCodec::default()).await
+            .insert(GrpcMethod::new(SERVICE, method));
+        Ok(request)
     }
 
     /// Calls `Ping` with a request the server answers after `delay`; returns the reply.
@@ -137,12 +207,20 @@ async fn route(
     req: http::Request<Incoming>,
     log: bool,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
-    if req.uri().path() != PING_PATH {
-        return Ok(Status::unimplemented(req.uri().path().to_owned()).into_http());
-    }
-    let handler = tower::service_fn(move |req| ping(req, log));
-    let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
-    Ok(grpc.unary(handler, req).await)
+    // A codec per method: their message types differ.
+    Ok(match req.uri().path() {
+        PING_PATH => {
+            let handler = tower::service_fn(move |req| ping(req, log));
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
+            grpc.unary(handler, req).await
+        }
+        STREAM_PATH => {
+            let handler = tower::service_fn(stream);
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::default());
+            grpc.server_streaming(handler, req).await
+        }
+        path => Status::unimplemented(path.to_owned()).into_http(),
+    })
 }
 
 async fn ping(req: Request<PingRequest>, log: bool) -> Result<Response<PingReply>, Status> {
@@ -170,4 +248,35 @@ async fn ping(req: Request<PingRequest>, log: bool) -> Result<Response<PingReply
         payload: ping.payload,
         grpc_timeout,
     }))
+}
+
+/// The replies of a server stream, as the server sends them.
+type Replies = ReceiverStream<Result<PingReply, Status>>;
+
+/// Starts sending the stream's replies from a task of their own; the stream ends after
+/// the last, or stays open and silent after `stall_after` of them until the caller goes
+/// away.
+async fn stream(req: Request<StreamRequest>) -> Result<Response<Replies>, Status> {
+    let StreamRequest {
+        count,
+        every_ms,
+        stall_after,
+    } = req.into_inner();
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for n in 0..stall_after.map_or(count, |s| s.min(count)) {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            let reply = PingReply {
+                payload: n.to_string(),
+                grpc_timeout: String::new(),
+            };
+            if tx.send(Ok(reply)).await.is_err() {
+                return; // The caller went away.
+            }
+        }
+        if stall_after.is_some() {
+            tx.closed().await;
+        }
+    });
+    Ok(Response::new(ReceiverStream::new(rx)))
 }

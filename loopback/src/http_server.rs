@@ -48,7 +48,12 @@ pub fn get(uri: http::Uri) -> Request<Empty<Bytes>> {
 /// Starts a server on 127.0.0.1 that answers after `latency` (see the module docs for the
 /// paths that answer otherwise).
 pub async fn start(latency: Duration) -> std::io::Result<Loopback> {
-    Loopback::start(move |stream| async move {
+    start_at(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), latency).await
+}
+
+/// [`start`] on `addr`: a server stopped with [`Loopback::stop`], started again on its port.
+pub async fn start_at(addr: std::net::SocketAddr, latency: Duration) -> std::io::Result<Loopback> {
+    Loopback::start_at(addr, move |stream| async move {
         let service = hyper::service::service_fn(move |req| answer(req, latency));
         // A connection ends when the client goes away; nothing to report.
         let _ = http1::Builder::new()

@@ -2,11 +2,12 @@
 //! servers and clients on 127.0.0.1, a proxy that puts network faults between them, and a
 //! seeded random number generator.
 //!
-//! * [`Loopback`]: the accept loop every server here runs on; dropping it stops the server.
+//! * [`Loopback`]: the accept loop every server here runs on; dropping it stops the server,
+//!   and a server stopped with [`Loopback::stop`] can be started again on its port.
 //! * [`http_server`]: a hyper HTTP/1 server with a latency per server and per path, and the
 //!   hyper-util client that talks to it.
-//! * [`grpc`]: a hand-written gRPC `Pinger` service (prost messages, tonic client and server
-//!   glue, no protoc).
+//! * [`grpc`]: a hand-written gRPC `Pinger` service, unary and server-streaming (prost
+//!   messages, tonic client and server glue, no protoc).
 //! * [`page`]: a text page over HTTP (a Prometheus scrape endpoint) and its `GET`.
 //! * [`EchoServer`], [`LineClient`] and [`FaultProxy`]: a line protocol with a chosen latency
 //!   per call, a tower client for it, and latency, silence, resets, half-open connections or

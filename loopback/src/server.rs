@@ -12,7 +12,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// A server task on an ephemeral 127.0.0.1 port: its accept loop runs in a task, and every
 /// accepted connection in a task of its own. Dropping it aborts the accept loop and with it
-/// every connection, so no server outlives its test or example.
+/// every connection, so no server outlives its test or example. [`Loopback::stop`] does the
+/// same and waits until the port refuses connections, so a server can be started again on
+/// it ([`Loopback::start_at`]): a process that goes down and comes back.
 #[derive(Debug)]
 pub struct Loopback {
     addr: SocketAddr,
@@ -27,7 +29,17 @@ impl Loopback {
         F: Fn(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Loopback::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), serve).await
+    }
+
+    /// [`Loopback::start`] on `addr`: the address of a server stopped earlier, to start it
+    /// again on the same port.
+    pub async fn start_at<F, Fut>(addr: SocketAddr, serve: F) -> std::io::Result<Loopback>
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&accepted);
@@ -52,6 +64,17 @@ impl Loopback {
             accepted,
             task,
         })
+    }
+
+    /// Stops the server: closes its listener (new connections are refused) and every
+    /// connection it accepted, and returns once they are closed, with the address it
+    /// listened on.
+    pub async fn stop(mut self) -> SocketAddr {
+        self.task.abort();
+        // Resolves once the aborted task, and with it the listener and every connection
+        // task, is dropped; its only outcome is the cancellation.
+        let _ = (&mut self.task).await;
+        self.addr
     }
 
     /// The address the server listens on.

@@ -251,3 +251,31 @@ async fn dropping_the_proxy_closes_its_connections() {
     let refused = timeout(PATIENCE, TcpStream::connect(addr)).await.unwrap();
     assert!(refused.is_err(), "listener closed");
 }
+
+/// A stopped HTTP server refuses connections on its port, and closes the ones it had; one
+/// started again on that port answers.
+#[tokio::test]
+async fn a_stopped_http_server_refuses_connections_until_started_again_on_its_port() {
+    let server = http_server::start(Duration::from_millis(1)).await.unwrap();
+    let uri = server.uri("/");
+    let client = http_server::client();
+    let ok = timeout(PATIENCE, client.request(http_server::get(uri.clone()))).await;
+    assert!(ok.unwrap().unwrap().status().is_success());
+    let mut open = Conn::open(server.addr()).await;
+    let addr = server.stop().await;
+    assert_eq!(
+        open.line().await.unwrap_or_default(),
+        "",
+        "connection closed"
+    );
+    let refused = timeout(PATIENCE, TcpStream::connect(addr)).await.unwrap();
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+    let _again = http_server::start_at(addr, Duration::from_millis(1))
+        .await
+        .unwrap();
+    let ok = timeout(PATIENCE, client.request(http_server::get(uri))).await;
+    assert!(ok.unwrap().unwrap().status().is_success());
+}

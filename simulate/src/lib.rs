@@ -15,6 +15,7 @@ pub mod driver;
 pub mod report;
 pub mod skeleton;
 pub mod strategies;
+pub mod sweep;
 pub mod workload;
 
 use std::time::Duration;
@@ -90,12 +91,7 @@ pub async fn simulate(cfg: &SimConfig) -> Report {
             duration: cfg.duration * workload.length,
             ..cfg.clone()
         };
-        let plans: Vec<PeerPlan> = workload
-            .peers
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(p, usize::from(p.replicas.max(1))))
-            .map(|p| PeerPlan::new(p, run_cfg.duration))
-            .collect();
+        let plans = PeerPlan::all(&workload, run_cfg.duration);
         let mut rows = Vec::new();
         for &kind in &cfg.kinds {
             let strategy = strategies::build(kind, cfg.seed);

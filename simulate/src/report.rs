@@ -163,13 +163,29 @@ impl Row {
         f: impl Fn(&Episode) -> Option<Option<Duration>>,
         missing: &str,
     ) -> (String, String) {
-        let mut v: Vec<Option<Duration>> = self.episodes.iter().filter_map(f).collect();
-        v.sort_by_key(|d| d.unwrap_or(Duration::MAX));
-        let show = |d: &Option<Duration>| d.map_or(missing.to_string(), human);
-        match (v.get(v.len().saturating_sub(1) / 2), v.last()) {
-            (Some(med), Some(max)) => (show(med), show(max)),
-            _ => ("-".into(), "-".into()),
+        let show = |d: Option<Duration>| d.map_or(missing.to_string(), human);
+        match median_max(self.episodes.iter().filter_map(f).collect()) {
+            Some((med, max)) => (show(med), show(max)),
+            None => ("-".into(), "-".into()),
         }
+    }
+
+    /// Median and max return lag over the silences (`None`: a peer never let back in).
+    pub fn return_lag(&self) -> Option<Spread> {
+        median_max(self.episodes.iter().map(|e| e.return_lag).collect())
+    }
+
+    /// The longest cut of a silence, in units of the peer's deadline when it began.
+    pub fn max_cut_in_deadlines(&self) -> Option<f64> {
+        self.episodes
+            .iter()
+            .filter_map(Episode::cut_in_deadlines)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    }
+
+    /// False interrupts, in percent of the calls the peers would have answered.
+    pub fn false_interrupt_pct(&self) -> f64 {
+        pct(self.false_interrupts, self.healthy_calls)
     }
 
     /// The row's cells.
@@ -179,7 +195,7 @@ impl Row {
             self.calls.to_string(),
             format!(
                 "{:.3}% ({})",
-                pct(self.false_interrupts, self.healthy_calls),
+                self.false_interrupt_pct(),
                 self.false_interrupts
             ),
             self.worst_peer
@@ -193,11 +209,7 @@ impl Row {
             return cells;
         }
         let (cut_med, cut_max) = self.spread(|e| e.cut.map(Some), "-");
-        let in_deadlines = self
-            .episodes
-            .iter()
-            .filter_map(Episode::cut_in_deadlines)
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        let in_deadlines = self.max_cut_in_deadlines();
         let (lag_med, lag_max) = self.spread(|e| Some(e.return_lag), "none");
         cells.extend([
             cut_med,
@@ -391,6 +403,15 @@ impl Report {
         let table = self.tables.iter().find(|t| t.workload.name == workload)?;
         table.rows.iter().find(|r| r.kind == kind)
     }
+}
+
+/// A median and a max; `None` for a value longer than any (e.g. a peer never let back in).
+pub type Spread = (Option<Duration>, Option<Duration>);
+
+/// Median and max of `v`, `None` counting as longer than any value; `None` if empty.
+fn median_max(mut v: Vec<Option<Duration>>) -> Option<Spread> {
+    v.sort_by_key(|d| d.unwrap_or(Duration::MAX));
+    Some((*v.get(v.len().saturating_sub(1) / 2)?, *v.last()?))
 }
 
 /// `n` of `of`, in percent.

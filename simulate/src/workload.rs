@@ -254,6 +254,16 @@ impl PeerPlan {
         }
     }
 
+    /// Every peer of `workload` (each of its replicas), laid out over a run of `duration`.
+    pub fn all(workload: &Workload, duration: Duration) -> Vec<PeerPlan> {
+        workload
+            .peers
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p, usize::from(p.replicas.max(1))))
+            .map(|p| PeerPlan::new(p, duration))
+            .collect()
+    }
+
     /// Draws a call starting at `start`: its route (0: the usual one, 1: the slow one),
     /// its would-be latency, and when it is answered (`None` if the peer is silent at
     /// some point of its life). A peer without a slow route draws no route, so its

@@ -1,10 +1,12 @@
 //! Invariants of the strategy simulator, on a short run: the layer cuts every call in
 //! flight to a silent peer within two of the peer's deadlines, no call outlives the layer's
-//! longest deadline, and the same seed gives the same tables, byte for byte.
+//! longest deadline, the same seed gives the same tables, byte for byte, and the probe
+//! sweep's default cadence is the report's row of the layer.
 
 use std::time::Duration;
 
 use simulate::strategies::Kind;
+use simulate::sweep::{sweep, CADENCES};
 use simulate::{simulate, SimConfig};
 use tower_adaptive_timeout::TimeoutPolicy;
 
@@ -117,4 +119,21 @@ async fn a_quiet_peer_learns_a_deadline_below_cold_start_and_is_cut_when_silent(
         silence.longest_wait.is_some(),
         "calls were cut: {silence:?}"
     );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_sweeps_default_cadence_gives_the_reports_row_of_the_layer() {
+    let defaults: Vec<_> = CADENCES.into_iter().filter(|c| c.is_default()).collect();
+    assert_eq!(defaults.len(), 1, "the defaults are swept once");
+    let cfg = short(5, vec![SILENT], vec![Kind::Layer]);
+    let report = simulate(&cfg).await;
+    let row = report.row("silent", Kind::Layer).expect("a row");
+    let swept = sweep(&cfg, &[cfg.seed], &defaults).await;
+    let point = &swept.points[0].rows[0];
+    assert_eq!(
+        (point.calls, point.wasted, point.lost_after_return),
+        (row.calls, row.wasted, row.lost_after_return)
+    );
+    assert_eq!(point.return_lag(), row.return_lag());
+    assert!(swept.markdown().contains("| **8** | **10ms / 100ms** |"));
 }

@@ -24,8 +24,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::call::Ended;
+use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::future::ResponseFuture;
+use crate::future::{Head, ResponseFuture};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::idle::IdleRule;
 use crate::layer::AdaptiveTimeoutLayer;
@@ -59,10 +60,17 @@ pub enum BodyDeadline {
     Caller,
 }
 
-/// How a [`BodyTimeout`]'s answer becomes a watched body: the call's body settings. The
-/// marker of its [`ResponseFuture`].
+/// How a [`BodyTimeout`]'s answer becomes a watched body: the call's body settings and
+/// the layer's response classifier `C`. The marker of its [`ResponseFuture`].
 #[derive(Clone, Copy, Debug)]
-pub struct WithBody {
+pub struct WithBody<C = AllSamples> {
+    body: BodySettings,
+    classify: C,
+}
+
+/// One call's body settings.
+#[derive(Clone, Copy, Debug)]
+struct BodySettings {
     idle: Idle,
     total: Option<Duration>,
 }
@@ -87,16 +95,16 @@ enum Idle {
 /// # let _ = (handle, bodies);
 /// # Ok(()) }
 /// ```
-pub struct BodyTimeoutLayer<K, F> {
-    layer: AdaptiveTimeoutLayer<K, F>,
+pub struct BodyTimeoutLayer<K, F, C = AllSamples> {
+    layer: AdaptiveTimeoutLayer<K, F, C>,
     idle: IdleRule,
 }
 
-impl<K, F> AdaptiveTimeoutLayer<K, F> {
+impl<K, F, C> AdaptiveTimeoutLayer<K, F, C> {
     /// This layer, its services wrapping each response body in a [`TimeoutBody`] (same
-    /// peer table, handles and policies). The body's idle deadline follows
+    /// peer table, handles, policies and classifiers). The body's idle deadline follows
     /// [`IdleRule::Learned`] unless [`BodyTimeoutLayer::idle_rule`] says otherwise.
-    pub fn with_bodies(self) -> BodyTimeoutLayer<K, F> {
+    pub fn with_bodies(self) -> BodyTimeoutLayer<K, F, C> {
         BodyTimeoutLayer {
             layer: self,
             idle: IdleRule::default(),
@@ -104,7 +112,7 @@ impl<K, F> AdaptiveTimeoutLayer<K, F> {
     }
 }
 
-impl<K: PeerKey, F> BodyTimeoutLayer<K, F> {
+impl<K: PeerKey, F, C> BodyTimeoutLayer<K, F, C> {
     /// How bodies without a [`BodyIdle`] override get their idle deadline.
     pub fn idle_rule(mut self, rule: IdleRule) -> Self {
         self.idle = rule;
@@ -122,8 +130,8 @@ impl<K: PeerKey, F> BodyTimeoutLayer<K, F> {
     }
 }
 
-impl<S, K, F: Clone> Layer<S> for BodyTimeoutLayer<K, F> {
-    type Service = BodyTimeout<S, K, F>;
+impl<S, K, F: Clone, C: Clone> Layer<S> for BodyTimeoutLayer<K, F, C> {
+    type Service = BodyTimeout<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         BodyTimeout {
@@ -133,7 +141,7 @@ impl<S, K, F: Clone> Layer<S> for BodyTimeoutLayer<K, F> {
     }
 }
 
-impl<K, F: Clone> Clone for BodyTimeoutLayer<K, F> {
+impl<K, F: Clone, C: Clone> Clone for BodyTimeoutLayer<K, F, C> {
     fn clone(&self) -> Self {
         BodyTimeoutLayer {
             layer: self.layer.clone(),
@@ -142,7 +150,7 @@ impl<K, F: Clone> Clone for BodyTimeoutLayer<K, F> {
     }
 }
 
-impl<K, F> std::fmt::Debug for BodyTimeoutLayer<K, F> {
+impl<K, F, C> std::fmt::Debug for BodyTimeoutLayer<K, F, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyTimeoutLayer")
             .field("layer", &self.layer)
@@ -154,12 +162,12 @@ impl<K, F> std::fmt::Debug for BodyTimeoutLayer<K, F> {
 /// [`AdaptiveTimeout`] for `http` services whose response bodies are watched to their
 /// end: its response is `http::Response<TimeoutBody<B>>`.
 #[derive(Clone, Debug)]
-pub struct BodyTimeout<S, K, F> {
-    inner: AdaptiveTimeout<S, K, F>,
+pub struct BodyTimeout<S, K, F, C = AllSamples> {
+    inner: AdaptiveTimeout<S, K, F, C>,
     idle: IdleRule,
 }
 
-impl<S, K, F> BodyTimeout<S, K, F> {
+impl<S, K, F, C> BodyTimeout<S, K, F, C> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         self.inner.get_ref()
@@ -176,22 +184,23 @@ impl<S, K, F> BodyTimeout<S, K, F> {
     }
 }
 
-impl<S, K, F, ReqBody, B> Service<http::Request<ReqBody>> for BodyTimeout<S, K, F>
+impl<S, K, F, C, ReqBody, B> Service<http::Request<ReqBody>> for BodyTimeout<S, K, F, C>
 where
-    AdaptiveTimeout<S, K, F>: Service<
+    AdaptiveTimeout<S, K, F, C>: Service<
         http::Request<ReqBody>,
         Response = http::Response<B>,
         Error = BoxError,
-        Future = ResponseFuture<S::Future>,
+        Future = ResponseFuture<S::Future, Head<C>>,
     >,
     S: Service<http::Request<ReqBody>>,
     S::Future: Future<Output = Result<http::Response<B>, S::Error>>,
     S::Error: Into<BoxError>,
     B: http_body::Body,
+    C: ClassifyResponse<http::Response<B>>,
 {
     type Response = http::Response<TimeoutBody<B>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, WithBody>;
+    type Future = ResponseFuture<S::Future, WithBody<C>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -209,28 +218,34 @@ where
             Some(BodyDeadline::Caller) => ext.get::<Deadline>().map(|d| d.0),
             None => None,
         };
-        self.inner.call(req).finish_with(WithBody { idle, total })
+        let body = BodySettings { idle, total };
+        self.inner.call(req).map_finish(|head| WithBody {
+            body,
+            classify: head.into_classifier(),
+        })
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, WithBody>
+impl<F, B, E, C> Future for ResponseFuture<F, WithBody<C>>
 where
     F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
     B: http_body::Body,
+    C: ClassifyResponse<http::Response<B>>,
 {
     type Output = Result<http::Response<TimeoutBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (ended, with) = ready!(self.poll_ended(cx));
-        let with = *with;
         let (call, ended) = ended?;
         Poll::Ready(match ended {
             Ended::Answered(Ok(response)) => {
-                Ok(response.map(|body| TimeoutBody::new(body, call, with)))
+                let outcome = with.classify.classify(&response);
+                let body = with.body;
+                Ok(response.map(|inner| TimeoutBody::new(inner, call, outcome, body)))
             }
             ended => call
-                .end(ended)
+                .end(ended, &with.classify)
                 .map(|response| response.map(TimeoutBody::unwatched)),
         })
     }

@@ -10,8 +10,9 @@ use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::{Idle, WithBody};
+use super::{BodySettings, Idle};
 use crate::call::Call;
+use crate::classify::Outcome;
 use crate::error::BoxError;
 use crate::future::watch as interrupt_fired;
 use crate::idle::IdleSource;
@@ -57,7 +58,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(call: Call, with: WithBody, now: Instant) -> Self {
+    fn new(call: Call, with: BodySettings, now: Instant) -> Self {
         let mut watch = Watch {
             call,
             idle_from: with.idle,
@@ -102,13 +103,14 @@ impl Watch {
 }
 
 impl<B> TimeoutBody<B> {
-    /// `inner`, carrying `call` on. An inner body already at its end ends the call at once.
-    pub(crate) fn new(inner: B, mut call: Call, with: WithBody) -> Self
+    /// `inner`, carrying `call` on, its head recorded as `outcome`. An inner body already
+    /// at its end ends the call at once.
+    pub(super) fn new(inner: B, mut call: Call, outcome: Outcome, with: BodySettings) -> Self
     where
         B: Body,
     {
         let now = Instant::now();
-        call.head(now);
+        call.head(now, outcome);
         let watch = if inner.is_end_stream() {
             call.body_end();
             None

@@ -11,18 +11,19 @@ use super::{fire_token, Call};
 use crate::classify::Outcome;
 use crate::error::{Interrupted, Reason};
 use crate::idle::{IdleRule, IdleSource};
-use crate::interrupt::Fired;
+use crate::interrupt::{Fired, Origin};
 use crate::peer::CallPeer;
 use crate::policy::DeadlineSource;
 
 impl Call {
-    /// The head arrived: recorded as an answer, but the call stays in flight. A probe is
+    /// The head arrived: recorded as `outcome`, but the call stays in flight. A probe is
     /// over once its head is answered.
-    pub(crate) fn head(&mut self, now: Instant) {
-        if let CallPeer::Tracked(p) = &self.peer {
-            p.on_head(now, self.start, &self.ticket, Outcome::Sample);
+    pub(crate) fn head(&mut self, now: Instant, outcome: Outcome) {
+        if let CallPeer::Tracked(p) = self.peer() {
+            p.on_head(now, self.start, &self.ticket, outcome);
         }
         self.ticket.probe = false;
+        self.held.probe_answered();
     }
 
     /// When the call started.
@@ -32,7 +33,7 @@ impl Call {
 
     /// The body's idle deadline under `rule` and why; an untracked call's is its deadline.
     pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
-        match (&self.peer, rule) {
+        match (self.peer(), rule) {
             (_, IdleRule::Off) => None,
             (CallPeer::Tracked(p), rule) => p.idle_deadline(rule),
             (CallPeer::Untracked(_), _) => Some((self.ticket.deadline, IdleSource::PeerDeadline)),
@@ -41,24 +42,23 @@ impl Call {
 
     /// A body frame arrived at `now`, `gap` after the previous one.
     pub(crate) fn frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
-        if let CallPeer::Tracked(p) = &self.peer {
+        if let CallPeer::Tracked(p) = self.peer() {
             p.on_frame(now, gap, heartbeat);
         }
     }
 
     /// The body ended: its last frame, or the inner body's own error.
     pub(crate) fn body_end(mut self) {
-        self.recorded = true;
-        if let CallPeer::Tracked(p) = &self.peer {
+        if let Some(p) = self.held.end() {
             p.on_body_end();
         }
     }
 
     /// An interrupt reached the body.
     #[track_caller]
-    pub(crate) fn body_interrupted(self, fired: Fired) -> Interrupted {
+    pub(crate) fn body_interrupted(self, (fired, origin): (Fired, Origin)) -> Interrupted {
         let _entered = self.span.clone().entered();
-        self.interrupted(fired)
+        self.interrupted(fired, origin)
     }
 
     /// The body sent nothing since `since` for its `idle` deadline: a miss. The miss that
@@ -70,15 +70,14 @@ impl Call {
         source: IdleSource,
         since: Instant,
     ) -> Interrupted {
-        self.recorded = true;
         let _entered = self.span.clone().entered();
         let now = Instant::now();
-        let silenced = match &self.peer {
-            CallPeer::Tracked(p) => p.on_body_idle(now, since),
-            CallPeer::Untracked(_) => None,
+        let silenced = match self.held.end() {
+            Some(p) => p.on_body_idle(now, since),
+            None => None,
         };
-        let (peer, elapsed) = (self.peer.label(), now - self.start);
-        tracing::debug!(peer, ?idle, ?elapsed, source = %source, "body idle");
+        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        tracing::debug!(peer = &**peer, ?idle, ?elapsed, source = %source, "body idle");
         let here = Location::caller();
         let err = match silenced {
             Some(fired) => Interrupted::new(fired.reason, peer, elapsed, fired.fired_at, here),

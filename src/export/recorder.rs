@@ -1,5 +1,8 @@
-//! The export itself, through the `metrics` facade: one peer's handles, registered once.
+//! The export itself, through the `metrics` facade: one peer's handles, registered once,
+//! under a `peer` label from a bounded set.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::metrics::{
@@ -12,6 +15,7 @@ use crate::peer::health::PeerState;
 
 const CALLS: &str = "adaptive_timeout_calls_total";
 const RESPONSES: &str = "adaptive_timeout_responses_total";
+const FAILURES: &str = "adaptive_timeout_failures_total";
 const TIMEOUTS: &str = "adaptive_timeout_timeouts_total";
 const INTERRUPTS: &str = "adaptive_timeout_interrupts_total";
 const FAIL_FAST: &str = "adaptive_timeout_fail_fast_total";
@@ -22,6 +26,10 @@ const STATE: &str = "adaptive_timeout_state";
 const LATENCY: &str = "adaptive_timeout_latency_seconds";
 const UNTRACKED: &str = "adaptive_timeout_untracked_calls_total";
 
+/// The `peer` label shared by the peers tracked after the layer's bound on labels was
+/// reached.
+const OTHER: &str = "_other";
+
 /// The interrupt reasons whose series every peer has from the start.
 const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];
 
@@ -30,6 +38,7 @@ const REASONS: [&str; 3] = ["peer_silent", "manual", "shutdown"];
 pub fn describe_metrics() {
     describe_counter!(CALLS, "Calls admitted to the peer.");
     describe_counter!(RESPONSES, "Calls the peer answered.");
+    describe_counter!(FAILURES, "Calls that failed to reach the peer.");
     describe_counter!(TIMEOUTS, "Calls that ran out their adaptive deadline.");
     describe_counter!(
         INTERRUPTS,
@@ -62,38 +71,87 @@ pub(crate) fn untracked_call() {
     counter!(UNTRACKED).increment(1);
 }
 
+/// The `peer` labels one layer has given series of their own: at most `bound` (its
+/// `max_peers`) over its life. The `metrics` facade cannot remove a series, so a label
+/// once given is kept (a peer tracked again continues its series) and never handed to
+/// another peer; peers beyond the bound share [`OTHER`].
+pub(crate) struct Labels {
+    bound: usize,
+    given: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Labels {
+    pub(crate) fn new(bound: usize) -> Self {
+        Labels {
+            bound,
+            given: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label of `peer`'s own series, if it has them or there is room for them.
+    fn claim(&self, peer: &Arc<str>) -> Option<SharedString> {
+        let mut given = self.given.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(label) = given.get(peer) {
+            return Some(SharedString::from(label.clone()));
+        }
+        if given.len() >= self.bound {
+            return None;
+        }
+        given.insert(peer.clone());
+        Some(SharedString::from(peer.clone()))
+    }
+}
+
 /// One peer's metric handles, registered when the peer is first tracked.
 pub(crate) struct PeerMetrics {
     peer: SharedString,
     calls: Counter,
     responses: Counter,
+    failures: Counter,
     timeouts: Counter,
     fail_fast: Counter,
     /// By [`REASONS`].
     interrupts: [Counter; REASONS.len()],
     /// By [`PeerState::ALL`].
     transitions: [Counter; PeerState::ALL.len()],
+    /// No-op under [`OTHER`], which many peers share.
     deadline: Gauge,
     in_flight: Gauge,
+    /// No-op under [`OTHER`].
     state: Gauge,
     latency: Histogram,
 }
 
 impl PeerMetrics {
-    pub(crate) fn new(label: &str) -> Self {
-        let peer = SharedString::from(std::sync::Arc::<str>::from(label));
+    /// The handles of the peer named `label`, under its own label if `labels` has room
+    /// for it, else under [`OTHER`]: counts, `in_flight` and latency summed over those
+    /// peers, and no deadline or state gauge (one value cannot stand for many peers). A
+    /// peer tracked again finds its former series with the recorder: its state gauge
+    /// starts over at healthy, as the peer does (the deadline gauge is set when the peer
+    /// publishes its first deadline).
+    pub(crate) fn new(label: &Arc<str>, labels: &Labels) -> Self {
+        let own = labels.claim(label);
+        let shared = own.is_none();
+        let peer = own.unwrap_or(SharedString::const_str(OTHER));
         let p = || peer.clone();
+        let single = |name: &'static str| match shared {
+            false => gauge!(name, "peer" => p()),
+            true => Gauge::noop(),
+        };
+        let state = single(STATE);
+        state.set(PeerState::Healthy.index() as f64);
         PeerMetrics {
             calls: counter!(CALLS, "peer" => p()),
             responses: counter!(RESPONSES, "peer" => p()),
+            failures: counter!(FAILURES, "peer" => p()),
             timeouts: counter!(TIMEOUTS, "peer" => p()),
             fail_fast: counter!(FAIL_FAST, "peer" => p()),
             interrupts: REASONS.map(|r| counter!(INTERRUPTS, "peer" => p(), "reason" => r)),
             transitions: PeerState::ALL
                 .map(|s| counter!(TRANSITIONS, "peer" => p(), "to" => s.as_str())),
-            deadline: gauge!(DEADLINE, "peer" => p()),
+            deadline: single(DEADLINE),
             in_flight: gauge!(IN_FLIGHT, "peer" => p()),
-            state: gauge!(STATE, "peer" => p()),
+            state,
             latency: histogram!(LATENCY, "peer" => p()),
             peer,
         }
@@ -119,6 +177,11 @@ impl PeerMetrics {
     pub(crate) fn answered(&self, latency: Duration) {
         self.responses.increment(1);
         self.latency.record(latency.as_secs_f64());
+    }
+
+    /// A call failed to reach the peer.
+    pub(crate) fn failed(&self) {
+        self.failures.increment(1);
     }
 
     /// A call ran out its deadline.

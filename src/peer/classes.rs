@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::lane::Lane;
 use super::published::{pack, unpack};
-use super::{Locked, Peer};
+use super::{Locked, Peer, Ticket};
 use crate::class::{ClassOf, ClassSnapshot};
 use crate::policy::{DeadlineExplanation, DeadlineSource};
 
@@ -104,8 +104,10 @@ impl Peer {
             lane,
             sampled: false,
         });
+        let ix = ClassIx::try_from(i).ok();
+        self.publish_class(&mut locked, now, ix);
         slot.id.store(id, Ordering::Release);
-        ClassIx::try_from(i).ok()
+        ix
     }
 
     /// The deadline a new call of `class` gets: its class's own once it has learned
@@ -161,8 +163,10 @@ impl Peer {
         let (Some(c), Some(slot)) = (locked.classes.get_mut(i), self.classes.slots.get(i)) else {
             return;
         };
+        // Recomputed (and remembered, for explanations) from the class's first call on;
+        // published to its calls once it has a sample.
+        let (deadline, source) = c.lane.recompute(now, &locked.policy, locked.overridden);
         if c.sampled {
-            let (deadline, source) = c.lane.recompute(now, &locked.policy);
             slot.deadline
                 .store(pack(deadline, source), Ordering::Relaxed);
         }
@@ -194,18 +198,22 @@ impl Peer {
         }
     }
 
-    /// Why a deadline from `source` for a call of `class` had its value: the class's
-    /// history when it set the deadline (naming the class), else the peer's.
+    /// Why the call of `ticket` that started at `started` had its deadline: the numbers
+    /// of the publication it came from, in its class's history when that set the deadline
+    /// (naming the class), else in the peer's.
     pub(super) fn explain(
         &self,
         locked: &Locked,
-        source: DeadlineSource,
-        class: Option<ClassIx>,
+        started: Instant,
+        ticket: &Ticket,
     ) -> DeadlineExplanation {
-        let class = class.and_then(|i| locked.classes.get(usize::from(i)));
+        let (deadline, source) = (ticket.deadline, ticket.source);
+        let class = ticket
+            .class
+            .and_then(|i| locked.classes.get(usize::from(i)));
         let own = class.filter(|c| c.set(source));
         let lane = own.map_or(&locked.lane, |c| &c.lane);
-        let mut why = lane.explain(source, &locked.policy, locked.overridden);
+        let mut why = lane.explained.explain(started, deadline, source);
         why.class = own.map(|c| c.label.to_string());
         why
     }
@@ -227,7 +235,7 @@ impl Peer {
             let (quantiles, max, samples) = c.lane.window.quantiles([0.5, 0.99], reach, now);
             let own = c.set(source);
             let lane = if own { &c.lane } else { &locked.lane };
-            let mut explanation = lane.explain(source, &locked.policy, locked.overridden);
+            let mut explanation = lane.explained.explain(now, deadline, source);
             explanation.class = own.then(|| c.label.to_string());
             views.push(ClassSnapshot {
                 class: c.label.to_string(),

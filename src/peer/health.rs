@@ -106,21 +106,16 @@ pub(crate) enum ProbeEnd {
     Failed,
 }
 
-/// A long probe that ran out its deadline `L` is followed by short probes for `L` times
-/// this, so long probes take at most a ninth of a silence and a peer that comes back as
-/// fast as before is rarely kept waiting behind one. (The simulator's sweep: spacing 3
-/// gave a median return lag of 0.7-1.1 s, 8 and 16 about 0.1-0.25 s; 8 readmits a peer
-/// that came back slower sooner.)
-const LONG_PROBE_SPACING: u32 = 8;
-
 /// The state machine of one peer.
 ///
 /// Probes alternate between two deadlines. A *short* probe gets the deadline the peer had
 /// before it went silent: it readmits a peer that comes back as it was, without holding the
 /// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
-/// no peer answering within `max` is locked out.
-#[derive(Debug)]
+/// no peer answering within `max` is locked out. After a long probe `L` that ran out, only
+/// short ones go for `long_probe_spacing × L`, so a peer that comes back as fast as before
+/// is rarely kept waiting behind a long one.
+#[derive(Clone, Debug)]
 pub(crate) struct Health {
     state: PeerState,
     misses: u32,
@@ -284,7 +279,8 @@ impl Health {
         self.next_probe_at = now + self.jittered(self.backoff);
         match how {
             ProbeEnd::RanOut if self.probe_long => {
-                self.next_long_at = now + self.long_deadline * LONG_PROBE_SPACING;
+                let spacing = self.long_deadline.saturating_mul(policy.long_probe_spacing);
+                self.next_long_at = now + spacing;
                 self.long_deadline = (self.long_deadline * 2).min(policy.max);
             }
             ProbeEnd::Failed => self.next_long_at = now,
@@ -454,7 +450,7 @@ mod tests {
             h.on_deadline(now, now - d, true, &policy);
         }
         // The first is long (cold start), then short ones at the deadline from before the
-        // silence, until LONG_PROBE_SPACING times the long one has passed; the next long
+        // silence, until long_probe_spacing times the long one has passed; the next long
         // one doubles.
         assert_eq!(deadlines[0], 1000);
         assert_eq!(deadlines[1], 25);

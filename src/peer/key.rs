@@ -4,9 +4,9 @@
 //! `Fn(&Req) -> K` is one; [`ByPeer`] uses the request's own [`HasPeer`] impl, which
 //! `http::Request` has (keyed by scheme and authority, falling back to the `Host` header).
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug, Write};
 use std::hash::Hash;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::class::LatencyHints;
@@ -14,8 +14,105 @@ use crate::propagate::Propagation;
 use crate::token::Interrupt;
 
 /// What a peer key must be: hashable, comparable, cheap to clone, printable.
+///
+/// The table keeps a clone of a new peer's key for as long as it tracks the peer, so a key
+/// should own what it holds: one that shares a request's buffers keeps them alive.
+/// [`HttpPeer`] keys are copied out of their request's URI when their peer is first tracked.
+/// A peer is named by its key's `Debug` form, bounded (see [`MAX_LABEL_BYTES`]).
 pub trait PeerKey: Hash + Eq + Clone + Debug + Send + Sync + 'static {}
 impl<K: Hash + Eq + Clone + Debug + Send + Sync + 'static> PeerKey for K {}
+
+/// Longest peer label, in bytes: the name errors, snapshots, traces and metric labels give
+/// a peer. It is its key's `Debug` form (without the quotes of a string key), with control
+/// and bidirectional-override characters escaped, cut on a character boundary with `…`
+/// when longer. A peer's label is made once and shared by all of them.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Marks a label cut short.
+const CUT: char = '…';
+
+/// The key the table keeps for a new peer: a clone, except that an [`HttpPeer`] is copied
+/// out of the request's URI buffer (and loses any userinfo), so a tracked peer does not
+/// keep its first request's URI alive. The per-request key keeps sharing the buffer, so
+/// keying a request does not allocate.
+pub(crate) fn detached<K: PeerKey>(key: &K) -> K {
+    #[allow(unused_mut)]
+    let mut kept = key.clone();
+    #[cfg(feature = "http")]
+    if let Some(peer) = (&mut kept as &mut dyn std::any::Any).downcast_mut::<HttpPeer>() {
+        *peer = peer.detached();
+    }
+    kept
+}
+
+/// A peer's label (see [`MAX_LABEL_BYTES`]). Formatting stops once the bound is reached,
+/// so a huge key costs no more than a short one.
+pub(crate) fn label<K: Debug + ?Sized>(key: &K) -> Arc<str> {
+    // Room for a string key's quotes, stripped below.
+    let room = MAX_LABEL_BYTES + 2;
+    let mut out = Bounded {
+        // An escaped character is at most 10 bytes: written before it is taken back.
+        text: String::with_capacity(room + 10),
+        room,
+        full: false,
+    };
+    // An error here is `out` being full, or a `Debug` that failed: keep what was written.
+    let _ = write!(out, "{key:?}");
+    let Bounded { mut text, full, .. } = out;
+    if text.starts_with('"') {
+        if !full && text.len() >= 2 && text.ends_with('"') {
+            text.pop();
+        }
+        text.remove(0);
+    }
+    if full || text.len() > MAX_LABEL_BYTES {
+        let mut end = MAX_LABEL_BYTES - CUT.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push(CUT);
+    }
+    text.into()
+}
+
+/// A `fmt::Write` that escapes control and invisible formatting characters and refuses
+/// more than `room` bytes.
+struct Bounded {
+    text: String,
+    room: usize,
+    full: bool,
+}
+
+impl Write for Bounded {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            let at = self.text.len();
+            if c.is_control() {
+                write!(self.text, "{}", c.escape_debug())?;
+            } else if is_invisible_format(c) {
+                write!(self.text, "{}", c.escape_unicode())?;
+            } else {
+                self.text.push(c);
+            }
+            if self.text.len() > self.room {
+                self.text.truncate(at);
+                self.full = true;
+                return Err(fmt::Error);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Characters that change how a line reads without showing: zero-width characters, the
+/// line and paragraph separators, bidirectional overrides and isolates, the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
+    )
+}
 
 /// Maps a request to the key of the peer it goes to.
 ///
@@ -27,8 +124,12 @@ pub trait KeyFn<Req> {
     /// The peer `req` goes to.
     fn peer_key(&self, req: &Req) -> Option<Self::Key>;
 
-    /// The request's cooperative [`Interrupt`] token, put there if the request can carry
-    /// one. The layer fires it when it interrupts the call. Default: none.
+    /// The call's own cooperative [`Interrupt`] token, put in the request if it can carry
+    /// one, which the layer fires when it ends the call. If the request already carries
+    /// its caller's token, the call's token should be a [`child`](Interrupt::child) of it
+    /// put in its place: the caller's interrupt still reaches the call, and the layer's
+    /// reaches no other call sharing the caller's token. A call whose token has already
+    /// fired is refused before it reaches the inner service. Default: none.
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
         let _ = req;
         None
@@ -68,8 +169,9 @@ pub trait HasPeer {
     /// The peer this request goes to, if it names one.
     fn peer(&self) -> Option<Self::Key>;
 
-    /// The request's [`Interrupt`] token, inserted if the request can carry one and has
-    /// none yet. Default: none.
+    /// The call's own [`Interrupt`] token, put in the request if it can carry one: a
+    /// [`child`](Interrupt::child) of the caller's token in its place if it carries one,
+    /// else a new one (see [`KeyFn::interrupt_token`]). Default: none.
     fn interrupt_token(&mut self) -> Option<Interrupt> {
         None
     }
@@ -124,7 +226,7 @@ pub use self::http_peer::{HttpKeyFn, HttpPeer, InvalidPeer};
 #[cfg(feature = "http")]
 mod http_peer {
     use std::fmt;
-
+    use std::hash::{Hash, Hasher};
     use std::str::FromStr;
 
     use http::uri::{Authority, Scheme};
@@ -138,13 +240,20 @@ mod http_peer {
     use crate::propagate::{self, Propagation};
     use crate::token::Interrupt;
 
-    /// The peer of an HTTP request: scheme and authority (`https://api.example.com:443`).
+    /// The peer of an HTTP request: scheme, host and port (`https://api.example.com:443`).
     ///
-    /// Cloning shares the URI's buffers, so keying a request does not copy its authority.
+    /// Userinfo (`user:password@`) is no part of a peer: `http://admin:pw@db:5432/` and
+    /// `http://db:5432/` are one peer, and a peer is never shown with its userinfo. Hosts
+    /// compare without regard to ASCII case.
+    ///
+    /// Keying a request shares its URI's buffers (nothing is copied); the key a tracked peer
+    /// keeps is copied out of them, so the peer does not keep the request's URI alive.
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-    #[derive(Clone, PartialEq, Eq, Hash)]
+    #[derive(Clone)]
     pub struct HttpPeer {
         scheme: Option<Scheme>,
+        /// The URI's authority, perhaps with userinfo, which comparisons, hashes and
+        /// printing skip.
         authority: Authority,
     }
 
@@ -162,9 +271,43 @@ mod http_peer {
             self.scheme.as_ref()
         }
 
-        /// The host and port.
-        pub fn authority(&self) -> &Authority {
-            &self.authority
+        /// The host and port (`api.example.com:443`), never the userinfo.
+        pub fn authority(&self) -> &str {
+            let all = self.authority.as_str();
+            // Userinfo ends at the authority's last `@`, as `Authority::host` reads it.
+            all.rsplit_once('@').map_or(all, |(_, host_port)| host_port)
+        }
+
+        /// The same peer in buffers of its own, without userinfo.
+        pub(crate) fn detached(&self) -> HttpPeer {
+            let own = |s: &str| Authority::try_from(s).ok();
+            let scheme = self.scheme.as_ref().map(|s| {
+                // `http` and `https` are stored inline; others share the URI's buffer.
+                Scheme::try_from(s.as_str()).unwrap_or_else(|_| s.clone())
+            });
+            HttpPeer {
+                scheme,
+                authority: own(self.authority()).unwrap_or_else(|| self.authority.clone()),
+            }
+        }
+    }
+
+    impl PartialEq for HttpPeer {
+        fn eq(&self, other: &HttpPeer) -> bool {
+            self.scheme == other.scheme && self.authority().eq_ignore_ascii_case(other.authority())
+        }
+    }
+
+    impl Eq for HttpPeer {}
+
+    impl Hash for HttpPeer {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.scheme.hash(state);
+            let host_port = self.authority();
+            state.write_usize(host_port.len());
+            for b in host_port.bytes() {
+                state.write_u8(b.to_ascii_lowercase());
+            }
         }
     }
 
@@ -194,8 +337,8 @@ mod http_peer {
     impl fmt::Display for HttpPeer {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             match &self.scheme {
-                Some(s) => write!(f, "{s}://{}", self.authority),
-                None => write!(f, "{}", self.authority),
+                Some(s) => write!(f, "{s}://{}", self.authority()),
+                None => f.write_str(self.authority()),
             }
         }
     }
@@ -210,8 +353,8 @@ mod http_peer {
     impl<B> HasPeer for Request<B> {
         type Key = HttpPeer;
 
-        /// Scheme and authority of the URI; for an origin-form URI (`/path`), the `Host`
-        /// header. `None` when neither names a host.
+        /// Scheme, host and port of the URI; for an origin-form URI (`/path`), the `Host`
+        /// header. `None` when neither names a host. Userinfo in either is no part of it.
         fn peer(&self) -> Option<HttpPeer> {
             if let Some(peer) = HttpPeer::from_uri(self.uri()) {
                 return Some(peer);
@@ -224,14 +367,24 @@ mod http_peer {
             })
         }
 
-        /// The token in the request's extensions; a new one is inserted if there is none,
-        /// so a caller can put its own there first and keep a clone to fire.
+        /// The call's own token, in the request's extensions for work deeper in the chain:
+        /// a child of the caller's token if the request carries one (it takes its place, so
+        /// a caller can put its own there and keep a clone to fire), else a new one.
         fn interrupt_token(&mut self) -> Option<Interrupt> {
-            Some(
-                self.extensions_mut()
-                    .get_or_insert_with(Interrupt::new)
-                    .clone(),
-            )
+            let extensions = self.extensions_mut();
+            let own = match extensions.get_mut::<Interrupt>() {
+                Some(caller) => {
+                    let own = caller.child();
+                    *caller = own.clone();
+                    own
+                }
+                None => {
+                    let own = Interrupt::new();
+                    extensions.insert(own.clone());
+                    own
+                }
+            };
+            Some(own)
         }
 
         /// The [`Deadline`](crate::Deadline) extension and, with propagation on, the
@@ -328,5 +481,42 @@ mod http_peer {
                 .unwrap();
             assert!(bad.peer().is_none());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_keys_are_labelled_without_quotes() {
+        assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
+        assert_eq!(&*label(&7u32), "7");
+        assert_eq!(&*label(&""), "");
+        assert_eq!(&*label(&"\""), "\\\"");
+    }
+
+    #[test]
+    fn long_labels_are_cut_to_the_bound_with_a_marker() {
+        for len in [MAX_LABEL_BYTES - 1, MAX_LABEL_BYTES] {
+            assert_eq!(label(&"x".repeat(len)).len(), len, "fits whole");
+        }
+        for len in [MAX_LABEL_BYTES + 1, MAX_LABEL_BYTES + 2, 100_000] {
+            let cut = label(&"x".repeat(len));
+            assert_eq!(cut.len(), MAX_LABEL_BYTES, "{len}");
+            assert!(cut.ends_with(CUT) && !cut.starts_with('"'), "{cut}");
+        }
+    }
+
+    #[test]
+    fn a_failing_debug_keeps_what_it_wrote() {
+        struct Fails;
+        impl Debug for Fails {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("half")?;
+                Err(fmt::Error)
+            }
+        }
+        assert_eq!(&*label(&Fails), "half");
     }
 }

@@ -9,12 +9,13 @@
 //! `min_samples` answers are sorted), else on a rotation or every `recompute_every`
 //! answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::window::{Reading, Window};
-use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
+use crate::policy::{DeadlineSource, Explained, Learned, TimeoutPolicy};
 
 /// A latency history and what was last learned from it.
 pub(crate) struct Lane {
@@ -23,7 +24,10 @@ pub(crate) struct Lane {
     pub(crate) source: DeadlineSource,
     /// Samples it was learned from, the quantile's value (or estimate), and how far back
     /// beyond the window the samples reach.
-    learned: (u64, Duration, Duration),
+    learned: Learned,
+    /// The deadlines last published from this history and what each came from, so a call
+    /// is explained by the numbers of its own deadline.
+    pub(crate) explained: Explained,
     since_recompute: u64,
 }
 
@@ -34,6 +38,7 @@ impl Lane {
             window: Window::new(policy, now),
             source: DeadlineSource::ColdStart,
             learned: (0, Duration::ZERO, Duration::ZERO),
+            explained: Explained::new(),
             since_recompute: 0,
         }
     }
@@ -55,11 +60,13 @@ impl Lane {
             || self.since_recompute >= policy.recompute_every
     }
 
-    /// Recomputes the deadline from the history at `now`.
+    /// Recomputes the deadline from the history at `now` under `policy` (`overridden`:
+    /// a per-peer one), and remembers what it came from.
     pub(crate) fn recompute(
         &mut self,
         now: Instant,
-        policy: &TimeoutPolicy,
+        policy: &Arc<TimeoutPolicy>,
+        overridden: bool,
     ) -> (Duration, DeadlineSource) {
         self.since_recompute = 0;
         let (deadline, source, learned) = match self.window.read(now, policy) {
@@ -92,23 +99,8 @@ impl Lane {
         };
         self.source = source;
         self.learned = learned;
+        (self.explained).publish(now, (deadline, source), policy, learned, overridden);
         (deadline, source)
-    }
-
-    /// Why a deadline from `source` has its value, with what this history said.
-    pub(crate) fn explain(
-        &self,
-        source: DeadlineSource,
-        policy: &TimeoutPolicy,
-        overridden: bool,
-    ) -> DeadlineExplanation {
-        DeadlineExplanation::new(source, policy, self.learned, overridden)
-    }
-
-    /// What the history said when the deadline was last computed: samples, the quantile
-    /// (or its estimate) and how far back beyond the window.
-    pub(crate) fn learned(&self) -> (u64, Duration, Duration) {
-        self.learned
     }
 
     /// How long answers normally take: the quantile once it is read from `min_samples`,

@@ -1,20 +1,20 @@
 //! Everything the layer knows per peer.
 //!
 //! A call goes through [`key`] (which peer), [`table`] (the bounded table admits it and
-//! hands out its [`Ticket`]), and ends in one of [`Peer`]'s outcome methods, which feed the
-//! latency [`window`] and the [`health`] state machine and republish what the next call
-//! reads ([`published`]).
+//! hands out its [`InFlight`] hold and its [`Ticket`]), and ends in one of [`Peer`]'s
+//! outcome methods ([`outcome`]), which feed the latency [`window`] and the [`health`]
+//! state machine and republish what the next call reads ([`published`]).
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use self::classes::{ClassIx, ClassLane, ClassSlots};
-use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
+use self::health::{Health, PeerState, Transition, Verdict};
 use self::lane::Lane;
 use self::published::Published;
 use crate::class::LatencyHints;
@@ -30,8 +30,10 @@ mod estimate;
 mod gaps;
 pub(crate) mod health;
 pub(crate) mod history;
+mod in_flight;
 pub(crate) mod key;
 mod lane;
+mod outcome;
 mod published;
 pub(crate) mod table;
 mod ticket;
@@ -40,24 +42,31 @@ pub(crate) mod window;
 #[cfg(test)]
 mod proptests;
 
+pub(crate) use self::in_flight::{InFlight, NotAdmitted};
 pub(crate) use self::ticket::Ticket;
 
 /// How an untracked call's peer is named in errors.
-const UNTRACKED: &str = "<untracked peer>";
+static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
 
 /// Most misses whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
 
+/// The bit of a peer's in-flight word that says the table has let it go (see
+/// [`Peer::retire`]); the other bits count calls in flight.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads.
 pub(crate) struct Peer {
-    label: Box<str>,
+    /// The peer's name, made once and shared by its errors, snapshots and metrics.
+    label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
-    /// Calls in flight.
+    /// Calls in flight, and the [`RETIRED`] bit: one word, so that admission and eviction
+    /// agree on whether a call got in before the peer left the table.
     in_flight: CachePadded<AtomicUsize>,
-    /// Last call start, in nanoseconds since `epoch` (for idle eviction); written at most
-    /// once per millisecond.
+    /// Last call to the peer, admitted or refused, in nanoseconds since `epoch` (for idle
+    /// eviction); written at most once per millisecond.
     last_used: AtomicU64,
     interrupts: Interrupts,
     /// The gaps between response body frames, for the bodies' idle deadline.
@@ -76,7 +85,8 @@ pub(crate) struct Peer {
 pub(crate) struct Counters {
     /// Calls in flight ended because the peer went silent.
     pub(crate) silent_interrupts: AtomicU64,
-    /// Calls ended by a manual interrupt or shutdown.
+    /// Calls ended from outside the layer: by hand (through the handle or the caller's
+    /// token) or by shutdown.
     pub(crate) manual_interrupts: AtomicU64,
     /// Calls refused at once because the peer was silent.
     pub(crate) fail_fast: AtomicU64,
@@ -107,15 +117,14 @@ struct Locked {
     silenced: Option<Fired>,
 }
 
-/// A read of a peer's window and policy, for snapshots and error messages.
+/// A read of a peer's window, state and deadline, for snapshots.
 pub(crate) struct WindowView {
-    pub(crate) policy: Arc<TimeoutPolicy>,
-    pub(crate) overridden: bool,
     pub(crate) samples: u64,
     pub(crate) quantiles: [Duration; 4],
     pub(crate) max: Duration,
-    /// What the deadline was learned from: samples, the quantile's value, history.
-    pub(crate) learned: (u64, Duration, Duration),
+    /// The deadline a new call gets, and why.
+    pub(crate) deadline: Duration,
+    pub(crate) explanation: DeadlineExplanation,
     pub(crate) heap_bytes: usize,
     pub(crate) classes: Vec<crate::class::ClassSnapshot>,
     pub(crate) last_response: Instant,
@@ -146,28 +155,30 @@ impl CallPeer {
     }
 
     /// The peer's name in errors and traces.
-    pub(crate) fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &Arc<str> {
         match self {
             CallPeer::Tracked(p) => p.label(),
-            CallPeer::Untracked(_) => UNTRACKED,
+            CallPeer::Untracked(_) => &UNTRACKED,
         }
     }
 }
 
 impl Peer {
-    /// A new peer named `label` under `policy` (and whether it is a per-peer override).
+    /// A peer first seen at `now`, under `policy` (and whether that is a per-peer
+    /// override), its probe jitter seeded by `jitter_seed`; its errors read by
+    /// `classifier`, and at most `max_classes` latency classes of its own.
     pub(crate) fn new(
-        label: Box<str>,
+        label: Arc<str>,
+        metrics: PeerMetrics,
         (policy, overridden): (Arc<TimeoutPolicy>, bool),
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,
-        classifier: Classifier,
-        max_classes: usize,
+        (classifier, max_classes): (Classifier, usize),
     ) -> Peer {
         let lane = Lane::new(&policy, now);
         let peer = Peer {
-            metrics: PeerMetrics::new(&label),
+            metrics,
             classifier,
             label,
             epoch,
@@ -201,14 +212,33 @@ impl Peer {
         peer
     }
 
-    /// The peer's display name: its key's `Debug` form.
-    pub(crate) fn label(&self) -> &str {
+    /// The peer's name: its key's `Debug` form, bounded.
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.label
     }
 
     /// The current deadline and why it has that value: one atomic load.
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
         self.published.deadline()
+    }
+
+    /// The deadline a new call starting at `now` gets, and why (before any caller's own
+    /// deadline shortens it): the published one, unless the peer's state cuts it.
+    pub(crate) fn next_deadline(&self, now: Instant) -> (Duration, DeadlineSource) {
+        if self.state().is_open() {
+            return self.deadline();
+        }
+        let locked = self.lock();
+        self.deadline_at(&locked, now)
+    }
+
+    /// [`Self::next_deadline`] under the lock: what the state machine would admit a call
+    /// with, asked of a copy so that nothing changes.
+    fn deadline_at(&self, locked: &Locked, now: Instant) -> (Duration, DeadlineSource) {
+        match locked.health.clone().admit(now, &locked.policy).0 {
+            Verdict::Shortened => (locked.policy.min, DeadlineSource::SilentPeer),
+            Verdict::Go | Verdict::Probe(_) | Verdict::FailFast => self.deadline(),
+        }
     }
 
     /// The health state.
@@ -221,20 +251,34 @@ impl Peer {
         &self.interrupts
     }
 
-    /// Admits a call starting at `now` with `hints` (its class and floor), or refuses it
-    /// because the peer is silent. A healthy peer costs atomic reads only (a new class
-    /// takes the lock once); the windows are rotated first if their time has come, so
-    /// stale history does not set the deadline.
-    pub(crate) fn admit(&self, now: Instant, hints: LatencyHints<'_>) -> Result<Ticket, Fired> {
+    /// Admits a call starting at `now` with `hints` (its class and floor), whose interrupt
+    /// generation is `generation`, or refuses it because the peer is silent or has left the
+    /// table. A healthy peer costs atomic operations only (a new class takes the lock
+    /// once); the windows are rotated first if their time has come, so stale history does
+    /// not set the deadline.
+    ///
+    /// The call is counted in flight before anything else, on the word that also holds
+    /// [`RETIRED`]: either the table retires the peer first and this call looks it up again,
+    /// or the call is counted first and the table keeps the peer (and with it the call
+    /// within reach of `shutdown` and `interrupt_all`) until it ends.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        now: Instant,
+        generation: u64,
+        hints: LatencyHints<'_>,
+    ) -> Result<(InFlight, Ticket), NotAdmitted> {
+        if self.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return Err(NotAdmitted::Retired);
+        }
+        let mut held = InFlight::tracked(self.clone());
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
             locked.lane.window.advance(now);
             self.publish(&mut locked, now);
         }
         let class = self.class_of(now, hints.class);
-        let generation = self.interrupts.generation();
         let (mut deadline, mut source) = self.class_deadline(class);
-        let mut probe = false;
         if !self.state().is_open() {
             let mut guard = self.lock();
             let locked = &mut *guard;
@@ -242,20 +286,23 @@ impl Peer {
             self.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe(d) => (probe, deadline) = (true, d),
+                Verdict::Probe(d) => (held.probe, deadline) = (true, d),
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
                 Verdict::FailFast => {
+                    // Never in flight: uncounted, and not an abandoned call.
+                    held.ended = true;
+                    self.in_flight.fetch_sub(1, Relaxed);
                     self.counters.fail_fast.fetch_add(1, Relaxed);
                     self.metrics.rejected();
-                    return Err(self.silent_reason(locked, now, locked.silenced.as_ref()));
+                    let fired = self.silent_reason(locked, now, locked.silenced.as_ref());
+                    return Err(NotAdmitted::FailFast(fired));
                 }
             }
         }
-        self.touch(now);
-        self.in_flight.fetch_add(1, Relaxed);
         self.metrics.admitted();
+        let probe = held.probe;
         let ticket = Ticket {
             deadline,
             source,
@@ -263,218 +310,20 @@ impl Peer {
             probe,
             class,
         };
-        Ok(ticket.floored(hints.floor, self.published.max()))
+        Ok((held, ticket.floored(hints.floor, self.published.max())))
+    }
+
+    /// Lets the peer go if it has no call in flight: from then on every admission is
+    /// refused as [`NotAdmitted::Retired`]. Returns whether it was retired.
+    pub(crate) fn retire(&self) -> bool {
+        self.in_flight
+            .compare_exchange(0, RETIRED, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// Classifies an inner error (only errors are classified: a success is a sample).
     pub(crate) fn classify(&self, err: &BoxError) -> Outcome {
         self.classifier.classify(&**err)
-    }
-
-    /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
-    /// recorded as [`on_head`](Self::on_head) does, and the call is over.
-    pub(crate) fn on_outcome(
-        &self,
-        now: Instant,
-        started: Instant,
-        ticket: &Ticket,
-        outcome: Outcome,
-    ) {
-        self.on_head(now, started, ticket, outcome);
-        self.end();
-    }
-
-    /// Records `outcome` of a call that started at `started`; the call stays in flight
-    /// (its body is still to come) until [`on_body_end`](Self::on_body_end), an abandon,
-    /// or [`on_outcome`](Self::on_outcome)'s end. An answer is a heartbeat (and commits
-    /// the misses held back); a [`Outcome::Sample`] also records its latency. A probe
-    /// answered slower than the learned deadline re-seeds the window: the peer came back
-    /// slower, and its old history would cut every call. A failure records nothing but its
-    /// count; a failed probe frees the probe slot.
-    pub(crate) fn on_head(
-        &self,
-        now: Instant,
-        started: Instant,
-        ticket: &Ticket,
-        outcome: Outcome,
-    ) {
-        let (probe, class) = (ticket.probe, ticket.class);
-        let latency = now.saturating_duration_since(started);
-        let mut locked = self.lock();
-        if outcome == Outcome::Failure {
-            locked.failures += 1;
-            locked.consecutive_failures += 1;
-            if probe {
-                let policy = locked.policy.clone();
-                let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
-                self.transition(transition);
-            }
-            return;
-        }
-        self.metrics.answered(latency);
-        locked.completed += 1;
-        locked.consecutive_failures = 0;
-        let learned = locked.lane.source != DeadlineSource::ColdStart;
-        if probe && learned && latency > self.deadline().0 {
-            locked.lane = Lane::new(&locked.policy, now);
-            locked.pending.clear();
-            self.publish(&mut locked, now);
-        }
-        let held = std::mem::take(&mut locked.pending);
-        for &(class, censored) in &held {
-            self.record(&mut locked, now, censored, class);
-            // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish_class(&mut locked, now, class);
-        }
-        if !held.is_empty() {
-            self.publish(&mut locked, now);
-        }
-        if outcome == Outcome::Sample {
-            self.record(&mut locked, now, latency, class);
-        }
-        let transition = locked.health.on_response(now);
-        self.transition(transition);
-    }
-
-    /// A call of `ticket` that started at `started` ran out its deadline. Records a
-    /// censored sample at the deadline, counts a miss, and may declare the peer silent,
-    /// interrupting every other call in flight. Returns why the deadline had its value,
-    /// and the silence interrupt if this miss declared it.
-    pub(crate) fn on_deadline(
-        &self,
-        now: Instant,
-        started: Instant,
-        ticket: &Ticket,
-    ) -> (DeadlineExplanation, Option<Fired>) {
-        let Ticket {
-            deadline,
-            source,
-            probe,
-            class,
-            ..
-        } = *ticket;
-        self.metrics.timed_out();
-        let mut locked = self.lock();
-        locked.deadline_exceeded += 1;
-        // Explain with the numbers in force before this miss's own sample moves them.
-        let explanation = self.explain(&locked, source, class);
-        let policy = locked.policy.clone();
-        let miss = locked.health.is_miss(started);
-        if source == DeadlineSource::Caller {
-            // The caller's own, shorter, deadline says nothing about the peer's latency. A
-            // probe cut by it frees the probe slot. Any other call is a miss if the peer
-            // said nothing since it started and the caller waited at least as long as the
-            // peer's answers normally take.
-            let transition = if probe {
-                locked
-                    .health
-                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-            } else if miss && deadline >= self.lane_of(&locked, class).normal_latency(&policy) {
-                locked.health.on_deadline(now, started, false, &policy)
-            } else {
-                None
-            };
-            let silenced = self.on_transition(&mut locked, now, transition);
-            drop(locked);
-            self.end();
-            return (explanation, silenced);
-        }
-        if !probe && source != DeadlineSource::SilentPeer {
-            // A censored sample: the peer's latency was at least the deadline. (A probe or
-            // a cut deadline of a peer known to be silent says nothing about its latency.)
-            // The tail (the peer answered since) is recorded at once, and the deadline
-            // recomputed, since it may be behind. A miss waits for the peer's next answer:
-            // if silence is declared first, it was not slowness. (With detection off
-            // nothing tells the two apart: it is recorded at once.)
-            if miss && policy.silent_after_misses > 0 {
-                if locked.pending.len() < PENDING_MISSES {
-                    locked.pending.push((class, deadline));
-                }
-            } else {
-                self.record(&mut locked, now, deadline, class);
-                self.publish(&mut locked, now);
-                self.publish_class(&mut locked, now, class);
-            }
-        }
-        (explanation, self.miss(locked, now, started, probe))
-    }
-
-    /// Counts a miss (a wait that started at `started` ran out with no answer) and ends the
-    /// call. Returns the silence interrupt if this miss declared the peer silent, after
-    /// firing it into every other call in flight.
-    fn miss(
-        &self,
-        mut locked: MutexGuard<'_, Locked>,
-        now: Instant,
-        started: Instant,
-        probe: bool,
-    ) -> Option<Fired> {
-        let policy = locked.policy.clone();
-        let transition = locked.health.on_deadline(now, started, probe, &policy);
-        let silenced = self.on_transition(&mut locked, now, transition);
-        drop(locked);
-        self.end();
-        silenced
-    }
-
-    /// Publishes a transition; one that declares the peer silent drops the misses held
-    /// back and interrupts every call in flight, and the interrupt is returned.
-    fn on_transition(
-        &self,
-        locked: &mut MutexGuard<'_, Locked>,
-        now: Instant,
-        transition: Option<Transition>,
-    ) -> Option<Fired> {
-        let mut silenced = None;
-        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
-            locked.pending.clear();
-            let fired = self.silent_reason(locked, now, None);
-            locked.silenced = Some(fired.clone());
-            self.interrupts.fire(fired.clone());
-            silenced = Some(fired);
-        }
-        self.transition(transition);
-        silenced
-    }
-
-    /// A call ended without an answer or a deadline: interrupted (`reason` given) or
-    /// dropped by its caller (`None`). Records no latency.
-    pub(crate) fn on_abandon(&self, now: Instant, probe: bool, reason: Option<&Reason>) {
-        let counter = match reason {
-            Some(Reason::PeerSilent { .. }) => Some(&self.counters.silent_interrupts),
-            Some(_) => Some(&self.counters.manual_interrupts),
-            None => None,
-        };
-        if let Some(c) = counter {
-            c.fetch_add(1, Relaxed);
-        }
-        if let Some(reason) = reason {
-            self.metrics.interrupted(reason);
-        }
-        if probe {
-            let mut locked = self.lock();
-            let transition = locked.health.on_abandon(probe, now);
-            self.transition(transition);
-        }
-        self.end();
-    }
-
-    fn end(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.metrics.ended();
-    }
-
-    /// Records one latency (of a call of `class`) and republishes the deadlines when due.
-    fn record(
-        &self,
-        locked: &mut MutexGuard<'_, Locked>,
-        now: Instant,
-        latency: Duration,
-        class: Option<ClassIx>,
-    ) {
-        if self.record_lanes(locked, now, latency, class) {
-            self.publish(locked, now);
-        }
     }
 
     /// Why calls to this silent peer end: how long it has been quiet, how many calls
@@ -495,7 +344,7 @@ impl Peer {
         let Some(t) = transition else { return };
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
-        let (peer, from, to, why) = (self.label(), t.from.as_str(), t.to.as_str(), t.why);
+        let (peer, from, to, why) = (&**self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
             PeerState::Silent => {
@@ -523,12 +372,17 @@ impl Peer {
         self.publish(&mut locked, now);
     }
 
-    /// Calls in flight now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed)
+    /// Whether the table has let the peer go.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.in_flight.load(Relaxed) & RETIRED != 0
     }
 
-    /// How long since the last call started.
+    /// Calls in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed) & !RETIRED
+    }
+
+    /// How long since the last call to the peer.
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.nanos(now).saturating_sub(self.last_used.load(Relaxed)))
     }
@@ -539,18 +393,19 @@ impl Peer {
         if locked.lane.window.advance(now) {
             self.publish(&mut locked, now);
         }
+        let (deadline, source) = self.deadline_at(&locked, now);
+        let explanation = locked.lane.explained.explain(now, deadline, source);
         let reach = locked.policy.max_history;
         let w = &mut locked.lane.window;
         let (quantiles, max, samples) = w.quantiles([0.5, 0.9, 0.99, 0.999], reach, now);
         let heap_bytes = w.heap_bytes() + Peer::class_bytes(&locked);
         let classes = self.class_views(&mut locked, now);
         WindowView {
-            policy: locked.policy.clone(),
-            overridden: locked.overridden,
             samples,
             quantiles,
             max,
-            learned: locked.lane.learned(),
+            deadline,
+            explanation,
             heap_bytes,
             classes,
             last_response: locked.health.last_response(),
@@ -567,7 +422,9 @@ impl Peer {
     /// lock), with when the next of its windows (its own, its classes') rotates.
     fn publish(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant) {
         let locked = &mut **locked;
-        let (deadline, source) = locked.lane.recompute(now, &locked.policy);
+        let (deadline, source) = locked
+            .lane
+            .recompute(now, &locked.policy, locked.overridden);
         self.published.set_deadline(deadline, source);
         self.published
             .set_bounds(locked.policy.max, locked.policy.cold_start);
@@ -578,8 +435,9 @@ impl Peer {
         self.published.set_rotate_at(self.nanos(next));
     }
 
-    /// Notes a call start for idle eviction, writing only when a millisecond has passed.
-    fn touch(&self, now: Instant) {
+    /// Notes a call to the peer at `now` (admitted or refused: either is use) for idle
+    /// eviction, writing only when a millisecond has passed.
+    pub(crate) fn touch(&self, now: Instant) {
         let now = self.nanos(now);
         if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
             self.last_used.store(now, Relaxed);

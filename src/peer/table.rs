@@ -2,33 +2,44 @@
 //! learns whom it is for, whether it goes ahead, and with which deadline.
 //!
 //! Lookups take one shard's read lock (no global lock). A new peer is inserted with the
-//! policy in force for it. The table holds at most `max_peers` peers: when full, idle peers
-//! (no call for `idle_ttl`) are swept, then the idlest of a sample of peers with no call in
-//! flight is evicted; if none qualifies the call goes untracked, with the default policy's
-//! cold-start deadline.
+//! policy in force for it. The table holds at most `max_peers` peers: when full, idle
+//! peers (no call for `idle_ttl`) are swept, else the idlest with no call in flight among
+//! the next few in rotation is evicted; if all of those are busy, the call goes untracked
+//! (with the default policy's cold-start deadline) and the table is not looked at again
+//! for a moment, so that a flood of new keys into a table of busy peers costs the same per
+//! call at any table size.
+//!
+//! A peer leaves the table only once retired (see [`Peer::retire`]), which no call in
+//! flight allows: an admitted call's peer is in the table, where `shutdown` and
+//! `interrupt_all` reach it. After `shutdown`, every call is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::key::PeerKey;
-use super::{CallPeer, Peer, Ticket};
+use super::key::{detached, label, PeerKey};
+use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
-use crate::export;
+use crate::export::{self, Labels, PeerMetrics};
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
 
-/// How many peers an eviction looks at to find the idlest.
-const EVICTION_SAMPLE: usize = 32;
+mod room;
+
+/// How many times a call looks its peer up again after finding it evicted, before it goes
+/// untracked (a table far too small for its keys).
+const ADMIT_TRIES: usize = 4;
 
 /// The default policy and the per-peer overrides.
 pub(crate) struct Policies<K> {
@@ -48,40 +59,51 @@ impl<K: PeerKey> Policies<K> {
 
 /// What the table decided for a new call: whom it is for, and whether it goes ahead.
 pub(crate) enum Admission {
-    /// The call goes ahead with its ticket.
-    Admitted(CallPeer, Ticket),
-    /// The call ends at once: its peer is silent, or the caller's deadline is spent.
+    /// The call goes ahead with its ticket, counted in flight by its hold.
+    Admitted(InFlight, Ticket),
+    /// The call ends at once: its peer is silent, the caller's deadline is spent, or the
+    /// layer was shut down.
     Refused(CallPeer, Fired),
 }
 
-/// The peer one service called last, still the table's while the table has removed no
-/// peer since: repeated calls to one peer skip the lookup.
+/// The peer one service called last: repeated calls to one peer skip the lookup. Once
+/// the table lets the peer go, admission says so and the call looks it up again.
 #[derive(Clone)]
 pub(crate) struct LastPeer<K> {
     key: K,
     peer: Arc<Peer>,
-    removals: u64,
 }
 
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
-    peers: DashMap<K, Arc<Peer>, foldhash::fast::RandomState>,
+    peers: DashMap<Arc<K>, Arc<Peer>, foldhash::fast::RandomState>,
+    /// Every tracked peer once, in the order evictions look at them (taken only to insert,
+    /// evict or sweep a peer). A peer let go may linger until it comes up or a sweep.
+    rotation: Mutex<VecDeque<(Arc<K>, Arc<Peer>)>>,
     len: AtomicUsize,
-    /// Peers removed so far; a cached peer is still the table's while this is unchanged.
-    removals: AtomicU64,
     max_peers: usize,
     idle_ttl: Duration,
     epoch: Instant,
     last_sweep: AtomicU64,
+    /// Until when (nanoseconds since `epoch`) a table found full of busy peers is not
+    /// looked at again.
+    busy_until: AtomicU64,
     untracked_deadline: AtomicU64,
     /// The default policy's `max`, which caps an untracked call's floor.
     untracked_max: AtomicU64,
     untracked: Arc<Interrupts>,
+    /// Set by `shutdown`: why every call from then on is refused.
+    shutdown: OnceLock<Fired>,
     interrupt_tokens: bool,
     propagation: Propagation,
     /// Seeds each peer's probe jitter from its key.
     jitter: foldhash::fast::FixedState,
+    /// The peer labels given metric series of their own, at most `max_peers`.
+    labels: Labels,
     policies: RwLock<Policies<K>>,
+    /// Held by each policy change throughout, so that changes put in force on peers in the
+    /// order they were made.
+    changing: Mutex<()>,
     /// Calls that went untracked because the table was full.
     pub(crate) untracked_calls: AtomicU64,
     /// What inner errors say about their peers.
@@ -106,9 +128,11 @@ impl<K> PeerTable<K> {
         &self.untracked
     }
 
-    /// Peers removed so far (swept or evicted).
-    pub(crate) fn removals(&self) -> u64 {
-        self.removals.load(Relaxed)
+    /// Refuses every call from now on with `fired`. Set before firing into the calls in
+    /// flight: a call admitted concurrently either sees this or started at a generation
+    /// the fire moves past (admission reads the generation first).
+    pub(crate) fn shut_down(&self, fired: Fired) {
+        let _ = self.shutdown.set(fired);
     }
 
     /// Tracked peers now.
@@ -130,19 +154,23 @@ impl<K: PeerKey> PeerTable<K> {
         let untracked_max = nanos(policies.default.max);
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            rotation: Mutex::new(VecDeque::new()),
             len: AtomicUsize::new(0),
-            removals: AtomicU64::new(0),
             max_peers,
             idle_ttl,
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
+            busy_until: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
             untracked_max: AtomicU64::new(untracked_max),
             untracked: Arc::new(Interrupts::new()),
+            shutdown: OnceLock::new(),
             interrupt_tokens,
             propagation,
             jitter: foldhash::fast::FixedState::with_seed(jitter_seed),
+            labels: Labels::new(max_peers),
             policies: RwLock::new(policies),
+            changing: Mutex::new(()),
             untracked_calls: AtomicU64::new(0),
             classifier: Classifier::default(),
             max_classes: 0,
@@ -164,72 +192,108 @@ impl<K: PeerKey> PeerTable<K> {
     /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
     /// finds or inserts its peer (through `last`, the calling service's cache), asks the
     /// peer for a ticket (for the call's class, raised to its floor), and shortens the
-    /// deadline to the caller's where that is shorter. A spent caller's deadline is
-    /// refused here, fired where this is called.
+    /// deadline to the caller's where that is shorter. Refused here, whatever the peer:
+    /// every call once the layer is shut down, and a call whose caller's deadline is spent
+    /// (fired where this is called).
     #[track_caller]
     pub(crate) fn admit(
         &self,
-        key: Option<K>,
+        mut key: Option<K>,
         now: Instant,
         caller_deadline: Option<Duration>,
         hints: LatencyHints<'_>,
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
-        let peer = key.and_then(|key| self.cached_peer(key, now, last));
-        if caller_deadline == Some(Duration::ZERO) {
-            // The caller has stopped waiting: do not start work nobody awaits.
-            let fired = Fired {
-                reason: Reason::BudgetSpent,
-                fired_at: Location::caller(),
+        let here = Location::caller();
+        for _ in 0..ADMIT_TRIES {
+            let Some(peer) = key.take().and_then(|k| self.cached_peer(k, now, last)) else {
+                break;
             };
-            return Admission::Refused(self.call_peer(peer), fired);
-        }
-        let mut ticket = match &peer {
-            Some(p) => match p.admit(now, hints) {
-                Ok(ticket) => ticket,
-                Err(fired) => return Admission::Refused(self.call_peer(peer), fired),
-            },
-            None => {
-                let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
-                Ticket::untracked(self.untracked_deadline(), self.untracked.generation())
-                    .floored(hints.floor, max)
+            match self.admit_tracked(peer, now, caller_deadline, hints, here) {
+                Some(admission) => return admission,
+                // The peer was let go since it was found: look it up again.
+                None => key = last.take().map(|last| last.key),
             }
-        };
-        if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
-            (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
         }
-        Admission::Admitted(self.call_peer(peer), ticket)
+        if key.is_some() {
+            self.count_untracked();
+        }
+        self.admit_untracked(caller_deadline, hints, here)
     }
 
-    /// The peer for `key`: the one in `last` if it is the same and still the table's,
-    /// else from the table (and then remembered in `last`).
-    fn cached_peer(
+    /// Admits a call to `peer`; `None` if the peer has left the table.
+    fn admit_tracked(
+        &self,
+        peer: &Arc<Peer>,
+        now: Instant,
+        caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
+        here: &'static Location<'static>,
+    ) -> Option<Admission> {
+        // Any call to the peer is use, also one refused.
+        peer.touch(now);
+        let generation = peer.interrupts().generation();
+        let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
+        if let Some(fired) = self.refusal(caller_deadline, here) {
+            return refused(fired);
+        }
+        match peer.admit(now, generation, hints) {
+            Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
+            Err(NotAdmitted::FailFast(fired)) => refused(fired),
+            Err(NotAdmitted::Retired) => None,
+        }
+    }
+
+    /// Admits a call that has no peer in the table, raised to its floor (at most the
+    /// default policy's `max`).
+    fn admit_untracked(
+        &self,
+        caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
+        here: &'static Location<'static>,
+    ) -> Admission {
+        let generation = self.untracked.generation();
+        if let Some(fired) = self.refusal(caller_deadline, here) {
+            return Admission::Refused(CallPeer::Untracked(self.untracked.clone()), fired);
+        }
+        let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
+        let ticket =
+            Ticket::untracked(self.untracked_deadline(), generation).floored(hints.floor, max);
+        let held = InFlight::untracked(self.untracked.clone());
+        Admission::Admitted(held, capped(ticket, caller_deadline))
+    }
+
+    /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
+    /// stopped waiting (then fired `here`). Read after the call's interrupt generation.
+    fn refusal(
+        &self,
+        caller_deadline: Option<Duration>,
+        here: &'static Location<'static>,
+    ) -> Option<Fired> {
+        if let Some(fired) = self.shutdown.get() {
+            return Some(fired.clone());
+        }
+        // A spent caller's deadline: do not start work nobody awaits.
+        (caller_deadline == Some(Duration::ZERO)).then_some(Fired {
+            reason: Reason::BudgetSpent,
+            fired_at: here,
+        })
+    }
+
+    /// The peer for `key`: the one in `last` if it is the same, else from the table (and
+    /// then remembered in `last`). Borrowed from `last`: a call clones it once, into its
+    /// hold.
+    fn cached_peer<'a>(
         &self,
         key: K,
         now: Instant,
-        last: &mut Option<LastPeer<K>>,
-    ) -> Option<Arc<Peer>> {
-        let removals = self.removals();
-        if let Some(last) = last {
-            if last.removals == removals && last.key == key {
-                return Some(last.peer.clone());
-            }
+        last: &'a mut Option<LastPeer<K>>,
+    ) -> Option<&'a Arc<Peer>> {
+        if !last.as_ref().is_some_and(|last| last.key == key) {
+            let peer = self.peer(&key, now)?;
+            *last = Some(LastPeer { key, peer });
         }
-        let peer = self.peer(&key, now)?;
-        *last = Some(LastPeer {
-            key,
-            peer: peer.clone(),
-            removals,
-        });
-        Some(peer)
-    }
-
-    /// Whom a call to `peer` is for: the peer, or (`None`) the untracked calls.
-    fn call_peer(&self, peer: Option<Arc<Peer>>) -> CallPeer {
-        match peer {
-            Some(peer) => CallPeer::Tracked(peer),
-            None => CallPeer::Untracked(self.untracked.clone()),
-        }
+        last.as_ref().map(|last| &last.peer)
     }
 
     /// The peer for `key`, inserting it if there is room. `None`: the call is untracked.
@@ -254,7 +318,7 @@ impl<K: PeerKey> PeerTable<K> {
     pub(crate) fn all(&self) -> Vec<(K, Arc<Peer>)> {
         self.peers
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| (K::clone(e.key()), e.value().clone()))
             .collect()
     }
 
@@ -263,116 +327,95 @@ impl<K: PeerKey> PeerTable<K> {
         self.policies.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Changes the policies, then puts them in force on every tracked peer.
-    pub(crate) fn update_policies(&self, change: impl FnOnce(&mut Policies<K>)) {
-        let mut policies = self.write_policies();
-        change(&mut policies);
+    /// Makes `policy` the default, and puts it in force on every tracked peer without an
+    /// override: O(peers), done at once so that a call never pays for a policy change.
+    pub(crate) fn set_default(&self, policy: TimeoutPolicy) {
+        let _changing = self.changing();
+        let policy = Arc::new(policy);
+        self.write_policies().default = policy.clone();
         self.untracked_deadline
-            .store(nanos(policies.default.cold_start), Relaxed);
-        self.untracked_max
-            .store(nanos(policies.default.max), Relaxed);
+            .store(nanos(policy.cold_start), Relaxed);
+        self.untracked_max.store(nanos(policy.max), Relaxed);
+        // Outside the write lock, so inserts go on: one that read the old default is in
+        // the table by now, and one that did not reads the new one.
+        let policies = self.policies();
         let now = Instant::now();
         for entry in self.peers.iter() {
-            let (policy, overridden) = policies.for_key(entry.key());
-            entry.value().set_policy(policy, overridden, now);
+            if !policies.overrides.contains_key(&**entry.key()) {
+                entry.value().set_policy(policy.clone(), false, now);
+            }
         }
     }
 
-    /// Removes peers idle for `idle_ttl` with no call in flight.
-    pub(crate) fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
-        self.peers.retain(|_, p| {
-            let keep = p.in_flight() > 0 || p.idle_for(now) < self.idle_ttl;
-            removed += usize::from(!keep);
-            keep
-        });
-        self.len.fetch_sub(removed, Relaxed);
-        self.removals.fetch_add(removed as u64, Relaxed);
-        self.last_sweep.store(self.nanos(now), Relaxed);
-        removed
+    /// Gives `key` its own policy, in force at once if the peer is tracked: O(1).
+    pub(crate) fn set_override(&self, key: K, policy: TimeoutPolicy) {
+        let _changing = self.changing();
+        let policy = Arc::new(policy);
+        self.write_policies()
+            .overrides
+            .insert(key.clone(), policy.clone());
+        // Looked up after the change: an insert that read the policies before it is in the
+        // table by now (it holds the read lock until then).
+        if let Some(peer) = self.get(&key) {
+            peer.set_policy(policy, true, Instant::now());
+        }
+    }
+
+    /// Puts `key` back under the default policy: O(1). Returns whether it had an override.
+    pub(crate) fn remove_override(&self, key: &K) -> bool {
+        let _changing = self.changing();
+        let (had, default) = {
+            let mut policies = self.write_policies();
+            (
+                policies.overrides.remove(key).is_some(),
+                policies.default.clone(),
+            )
+        };
+        if let Some(peer) = self.get(key).filter(|_| had) {
+            peer.set_policy(default, false, Instant::now());
+        }
+        had
+    }
+
+    /// Counts a call that goes untracked because the table had no room for its peer.
+    fn count_untracked(&self) {
+        self.untracked_calls.fetch_add(1, Relaxed);
+        export::untracked_call();
     }
 
     fn insert(&self, key: &K, now: Instant) -> Option<Arc<Peer>> {
         let Some(slot) = self.reserve(now) else {
-            self.untracked_calls.fetch_add(1, Relaxed);
-            export::untracked_call();
+            self.count_untracked();
             return None;
         };
         // Hold the policies' read lock across the insert, so a concurrent policy change
         // either sees this peer or is seen by it.
         let policies = self.policies();
         let mut inserted = false;
-        let entry = self.peers.entry(key.clone()).or_insert_with(|| {
-            let seed = self.jitter.hash_one(key);
-            let classifier = self.classifier.clone();
-            let peer = Peer::new(
-                label(key),
-                policies.for_key(key),
-                self.epoch,
-                now,
-                seed,
-                classifier,
-                self.max_classes,
-            );
-            inserted = true;
-            Arc::new(peer)
-        });
-        let peer = entry.value().clone();
+        let entry = self
+            .peers
+            .entry(Arc::new(detached(key)))
+            .or_insert_with(|| {
+                let seed = self.jitter.hash_one(key);
+                let label = label(key);
+                let metrics = PeerMetrics::new(&label, &self.labels);
+                let policy = policies.for_key(key);
+                let reading = (self.classifier.clone(), self.max_classes);
+                let peer = Peer::new(label, metrics, policy, self.epoch, now, seed, reading);
+                inserted = true;
+                Arc::new(peer)
+            });
+        let (stored, peer) = (entry.key().clone(), entry.value().clone());
         drop(entry);
         if inserted {
+            self.line_up(stored, peer.clone());
             slot.keep();
         }
         Some(peer)
     }
 
-    /// Takes one of the `max_peers` slots, making room if the table is full. Counting the
-    /// slot before inserting keeps concurrent inserts within the bound.
-    fn reserve(&self, now: Instant) -> Option<Slot<'_>> {
-        for _ in 0..8 {
-            let len = self.len();
-            if len >= self.max_peers {
-                if !self.make_room(now) {
-                    return None;
-                }
-                continue;
-            }
-            if self
-                .len
-                .compare_exchange_weak(len, len + 1, Relaxed, Relaxed)
-                .is_ok()
-            {
-                return Some(Slot(Some(&self.len)));
-            }
-        }
-        None
-    }
-
-    /// Frees at least one slot if it can: sweeps idle peers (at most every quarter
-    /// `idle_ttl`), else evicts the idlest sampled peer with no call in flight.
-    fn make_room(&self, now: Instant) -> bool {
-        let since_sweep = self
-            .nanos(now)
-            .saturating_sub(self.last_sweep.load(Relaxed));
-        if Duration::from_nanos(since_sweep) >= self.idle_ttl / 4 && self.sweep(now) > 0 {
-            return true;
-        }
-        let idlest = self
-            .peers
-            .iter()
-            .filter(|e| e.value().in_flight() == 0)
-            .take(EVICTION_SAMPLE)
-            .max_by_key(|e| e.value().idle_for(now))
-            .map(|e| e.key().clone());
-        let Some(key) = idlest else { return false };
-        if self
-            .peers
-            .remove_if(&key, |_, p| p.in_flight() == 0)
-            .is_some()
-        {
-            self.len.fetch_sub(1, Relaxed);
-            self.removals.fetch_add(1, Relaxed);
-        }
-        self.len() < self.max_peers
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write_policies(&self) -> RwLockWriteGuard<'_, Policies<K>> {
@@ -386,42 +429,24 @@ impl<K: PeerKey> PeerTable<K> {
     }
 }
 
-/// A table slot taken for an insert: given back unless kept, also if the insert panics
-/// (say, in the key's `Debug`).
-struct Slot<'a>(Option<&'a AtomicUsize>);
-
-impl Slot<'_> {
-    fn keep(mut self) {
-        self.0 = None;
+/// `ticket`, its deadline shortened to the caller's where that is shorter.
+fn capped(mut ticket: Ticket, caller_deadline: Option<Duration>) -> Ticket {
+    if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
+        (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
     }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if let Some(len) = self.0 {
-            len.fetch_sub(1, Relaxed);
-        }
-    }
+    ticket
 }
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A peer's display name: its key's `Debug` form, without the quotes of a string key.
-fn label<K: PeerKey>(key: &K) -> Box<str> {
-    let s = format!("{key:?}");
-    match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        Some(inner) if s.len() >= 2 => inner.into(),
-        _ => s.into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table(max: usize) -> PeerTable<u32> {
+    /// A table of `max` peers keyed by `u32`, under the default policy.
+    pub(super) fn table(max: usize) -> PeerTable<u32> {
         let policies = Policies {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),
@@ -434,35 +459,5 @@ mod tests {
             Propagation::none(),
             1,
         )
-    }
-
-    #[test]
-    fn string_keys_are_labelled_without_quotes() {
-        assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
-        assert_eq!(&*label(&7u32), "7");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_table_evicts_idle_peers_but_never_busy_ones() {
-        let t = table(2);
-        let now = Instant::now();
-        let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now, LatencyHints::new()); // peer 1 has a call in flight
-        let _b = t.peer(&2, now).unwrap();
-        // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
-        assert!(t.peer(&3, now).is_some());
-        assert_eq!(t.len(), 2);
-        assert!(t.get(&1).is_some());
-        assert!(t.get(&2).is_none());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_table_of_busy_peers_refuses_to_track() {
-        let t = table(1);
-        let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now, LatencyHints::new());
-        assert!(t.peer(&2, now).is_none());
-        assert_eq!(t.untracked_calls.load(Relaxed), 1);
-        assert_eq!(t.len(), 1);
     }
 }

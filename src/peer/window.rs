@@ -66,17 +66,13 @@ pub(crate) enum Reading {
 impl Window {
     /// An empty window shaped by `policy` (which must be valid), starting at `now`.
     pub(crate) fn new(policy: &TimeoutPolicy, now: Instant) -> Window {
-        // Resolution finer than 1% of the shortest deadline is never needed: latencies below
-        // `min / 100` share buckets, which keeps a peer's window under 48 KiB at defaults.
-        let low = (to_units(policy.min) / 100).max(1);
-        let high = to_units(policy.max).max(2 * low);
         Window {
             subs: (0..policy.sub_windows).map(|_| None).collect(),
             total: None,
             current: 0,
             current_ends: now + policy.sub_window(),
             sub_len: policy.sub_window(),
-            bounds: (low, high, policy.significant_figures),
+            bounds: policy.histogram_bounds(),
             recent: Recent::new(policy, now),
         }
     }

@@ -131,27 +131,30 @@ pub fn parse_millis(value: &[u8]) -> Result<Duration, BadBudget> {
     digits(value, MILLIS_MAX_DIGITS).map(Duration::from_millis)
 }
 
-/// Formats the caller's deadline as a `grpc-timeout` value, in the finest unit whose
-/// value fits in 8 digits (`n`, then `u`, `m`, `S`, `M`, `H`).
+/// Formats the caller's deadline as a `grpc-timeout` value: whole milliseconds from one
+/// millisecond on, nanoseconds below it.
 ///
-/// A coarser unit rounds **down**: the value is the time the caller still has, and a
-/// callee must never believe it has more time than that. The loss is under one unit and,
-/// since a coarser unit is only chosen when the finer one overflows 8 digits, under a
-/// hundred-thousandth of the deadline. A non-zero deadline never rounds to zero. Deadlines
-/// beyond 99,999,999 hours saturate to `99999999H`.
+/// Values round **down**: the value is the time the caller still has, and a callee must
+/// never believe it has more time than that. From a millisecond on the loss is under a
+/// millisecond (under a second, a minute or an hour when the milliseconds, seconds or minutes
+/// would need more than 8 digits: past 27.7 hours, 3.2 years and 190 years); below it the
+/// value is exact, so a live budget never reads as zero. Deadlines beyond 99,999,999 hours
+/// saturate to `99999999H`.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tower_adaptive_timeout::propagate::format_grpc_timeout;
 ///
-/// assert_eq!(format_grpc_timeout(Duration::from_millis(250)).as_str(), "250000u");
-/// assert_eq!(format_grpc_timeout(Duration::from_secs(3600)).as_str(), "3600000m");
+/// assert_eq!(format_grpc_timeout(Duration::from_micros(250_700)).as_str(), "250m");
+/// assert_eq!(format_grpc_timeout(Duration::from_micros(400)).as_str(), "400000n");
 /// ```
 pub fn format_grpc_timeout(d: Duration) -> GrpcTimeout {
+    if d < Duration::from_millis(1) {
+        // Under 1,000,000 nanoseconds: at most 6 digits.
+        return GrpcTimeout::new(u64::from(d.subsec_nanos()), b'n');
+    }
     let secs = d.as_secs();
     let candidates = [
-        (d.as_nanos(), b'n'),
-        (d.as_micros(), b'u'),
         (d.as_millis(), b'm'),
         (u128::from(secs), b'S'),
         (u128::from(secs / 60), b'M'),
@@ -164,6 +167,27 @@ pub fn format_grpc_timeout(d: Duration) -> GrpcTimeout {
         })
         .unwrap_or((GRPC_MAX_VALUE.min(secs / 3600), b'H'));
     GrpcTimeout::new(value, unit)
+}
+
+/// Formats the caller's deadline as a plain milliseconds value: whole milliseconds rounded
+/// down, so the callee never believes it has more time than the caller; but a live budget
+/// under a millisecond is `1`, since `0` reads as spent. Saturates at `u64::MAX`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_adaptive_timeout::propagate::format_millis;
+///
+/// assert_eq!(format_millis(Duration::from_micros(250_700)), 250);
+/// assert_eq!(format_millis(Duration::from_micros(400)), 1);
+/// assert_eq!(format_millis(Duration::ZERO), 0);
+/// ```
+pub fn format_millis(d: Duration) -> u64 {
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if millis == 0 && !d.is_zero() {
+        1
+    } else {
+        millis
+    }
 }
 
 /// A formatted `grpc-timeout` value: up to 8 digits and a unit, held on the stack.
@@ -201,7 +225,7 @@ impl GrpcTimeout {
         }
     }
 
-    /// The value as text, such as `250000u`.
+    /// The value as text, such as `250m`.
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and unit letters are ever written.
         std::str::from_utf8(self.as_bytes()).unwrap_or("0n")
@@ -340,12 +364,13 @@ mod tests {
     }
 
     #[test]
-    fn formats_in_the_finest_unit_that_fits() {
+    fn formats_milliseconds_or_nanoseconds_below_one() {
         assert_eq!(fmt(Duration::ZERO), "0n");
-        assert_eq!(fmt(Duration::from_nanos(99_999_999)), "99999999n");
-        assert_eq!(fmt(Duration::from_nanos(100_000_000)), "100000u");
-        assert_eq!(fmt(Duration::from_micros(99_999_999)), "99999999u");
-        assert_eq!(fmt(Duration::from_micros(100_000_000)), "100000m");
+        assert_eq!(fmt(Duration::from_nanos(1)), "1n");
+        assert_eq!(fmt(Duration::from_nanos(999_999)), "999999n");
+        assert_eq!(fmt(Duration::from_millis(1)), "1m");
+        assert_eq!(fmt(Duration::from_millis(250)), "250m");
+        assert_eq!(fmt(Duration::from_secs(3600)), "3600000m");
         assert_eq!(fmt(Duration::from_millis(99_999_999)), "99999999m");
         assert_eq!(fmt(Duration::from_millis(100_000_000)), "100000S");
         assert_eq!(fmt(Duration::from_secs(99_999_999)), "99999999S");
@@ -357,10 +382,20 @@ mod tests {
     #[test]
     fn formatting_rounds_down() {
         // Each fraction of the chosen unit is dropped, never rounded up.
-        assert_eq!(fmt(Duration::from_nanos(100_999_999)), "100999u");
-        assert_eq!(fmt(Duration::from_nanos(100_000_999_999)), "100000m");
+        assert_eq!(fmt(Duration::from_micros(1_999)), "1m");
+        assert_eq!(fmt(Duration::from_nanos(100_999_999)), "100m");
+        assert_eq!(fmt(Duration::new(99_999, 999_999_999)), "99999999m");
         assert_eq!(fmt(Duration::new(100_000, 999_999_999)), "100000S");
         assert_eq!(fmt(Duration::from_secs(100_000_000 + 59)), "1666667M");
+    }
+
+    #[test]
+    fn millis_round_down_but_a_live_budget_is_never_zero() {
+        assert_eq!(format_millis(Duration::ZERO), 0);
+        assert_eq!(format_millis(Duration::from_nanos(1)), 1);
+        assert_eq!(format_millis(Duration::from_micros(1_999)), 1);
+        assert_eq!(format_millis(Duration::from_millis(250)), 250);
+        assert_eq!(format_millis(Duration::MAX), u64::MAX);
     }
 
     #[test]
@@ -403,7 +438,7 @@ mod tests {
     #[test]
     fn converts_to_a_header_value() {
         let value = http::HeaderValue::from(format_grpc_timeout(Duration::from_secs(1)));
-        assert_eq!(value, "1000000u");
+        assert_eq!(value, "1000m");
         assert_eq!(http::HeaderName::from_static(GRPC_TIMEOUT), "grpc-timeout");
     }
 }

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
-use super::codec::{format_grpc_timeout, parse_grpc_timeout, parse_millis, BadBudget};
+use super::codec::{
+    format_grpc_timeout, format_millis, parse_grpc_timeout, parse_millis, BadBudget,
+};
 use super::{Deadline, Propagation, GRPC_TIMEOUT};
 
 /// The caller's deadline: the shortest of the request's [`Deadline`] extension and, with
-/// propagation on, its deadline headers. Malformed headers are ignored.
+/// propagation on, its deadline headers (every value of a repeated header). Malformed values
+/// are ignored.
 pub(crate) fn read<B>(req: &Request<B>, propagation: &Propagation) -> Option<Duration> {
     let mut deadline = req.extensions().get::<Deadline>().map(|d| d.0);
     let headers = req.headers();
@@ -28,27 +31,43 @@ pub(crate) fn write<B>(req: &mut Request<B>, deadline: Duration, propagation: &P
     let headers = req.headers_mut();
     if propagation.grpc_timeout {
         let value = HeaderValue::from(format_grpc_timeout(deadline));
-        headers.insert(HeaderName::from_static(GRPC_TIMEOUT), value);
+        put(headers, HeaderName::from_static(GRPC_TIMEOUT), value);
     }
     if let Some(name) = &propagation.millis_header {
-        let millis = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
-        headers.insert(name.clone(), HeaderValue::from(millis));
+        put(
+            headers,
+            name.clone(),
+            HeaderValue::from(format_millis(deadline)),
+        );
     }
 }
 
+/// Sets header `name`, unless the map is at its size limit: then the callee is not told
+/// the deadline (a debug event says so), and the call goes ahead.
+fn put(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    if headers.try_insert(&name, value).is_err() {
+        tracing::debug!(header = %name, "header map full: deadline not propagated");
+    }
+}
+
+/// The smallest valid budget among every value of header `name`: a repeated header must not
+/// let a malformed or a larger value hide a smaller one.
 fn header(
     headers: &HeaderMap,
     name: &str,
     parse: fn(&[u8]) -> Result<Duration, BadBudget>,
 ) -> Option<Duration> {
-    let value = headers.get(name)?;
-    match parse(value.as_bytes()) {
-        Ok(d) => Some(d),
-        Err(why) => {
-            tracing::debug!(header = name, ?value, %why, "ignoring malformed budget header");
-            None
-        }
-    }
+    let valid = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| match parse(value.as_bytes()) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                tracing::debug!(header = name, ?value, %why, "ignoring malformed budget header");
+                None
+            }
+        });
+    valid.min()
 }
 
 fn min(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -96,7 +115,7 @@ mod tests {
             .body(())
             .unwrap();
         write(&mut req, ms(250), &prop);
-        assert_eq!(req.headers()["grpc-timeout"], "250000u");
+        assert_eq!(req.headers()["grpc-timeout"], "250m");
         assert_eq!(req.headers()[&name], "250");
         let mut untouched = Request::new(());
         write(&mut untouched, ms(250), &Propagation::none());

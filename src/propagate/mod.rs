@@ -12,7 +12,8 @@
 //! panicking on any input:
 //!
 //! * gRPC's [`GRPC_TIMEOUT`] header: [`parse_grpc_timeout`] and [`format_grpc_timeout`].
-//! * A plain milliseconds header such as `x-request-timeout-ms: 250`: [`parse_millis`].
+//! * A plain milliseconds header such as `x-request-timeout-ms: 250`: [`parse_millis`] and
+//!   [`format_millis`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -20,7 +21,7 @@
 //!
 //! assert_eq!(parse_grpc_timeout(b"250m"), Ok(Duration::from_millis(250)));
 //! assert_eq!(parse_grpc_timeout(b"1.5S"), Err(BadBudget::NotDigits));
-//! assert_eq!(format_grpc_timeout(Duration::from_millis(1500)).as_str(), "1500000u");
+//! assert_eq!(format_grpc_timeout(Duration::from_millis(1500)).as_str(), "1500m");
 //! ```
 
 use std::time::Duration;
@@ -30,7 +31,8 @@ mod codec;
 mod http;
 
 pub use self::codec::{
-    format_grpc_timeout, parse_grpc_timeout, parse_millis, BadBudget, GrpcTimeout, GRPC_TIMEOUT,
+    format_grpc_timeout, format_millis, parse_grpc_timeout, parse_millis, BadBudget, GrpcTimeout,
+    GRPC_TIMEOUT,
 };
 #[cfg(feature = "http")]
 pub(crate) use self::http::{read, write};

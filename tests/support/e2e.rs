@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use loopback::Loopback;
+use loopback::{bounded, Loopback};
+use tonic::transport::{Channel, Endpoint};
 use tower_adaptive_timeout::{HasPeer, HttpPeer, TimeoutPolicy};
 
 /// A policy for loopback peers: deadline = clamp(p99 x 2 + 200ms, 10ms, 30s), `cold_start`
@@ -30,4 +31,12 @@ impl LoopbackPeer for Loopback {
             .expect("a valid request");
         req.peer().expect("the URI names a host")
     }
+}
+
+/// A tonic `Channel` connected to `server`.
+pub async fn channel(server: &Loopback) -> Channel {
+    let endpoint = Endpoint::from(server.uri(""));
+    bounded(endpoint.connect())
+        .await
+        .expect("connect over loopback")
 }

@@ -11,6 +11,7 @@ pub mod line;
 pub mod peers;
 #[cfg(feature = "http")]
 pub mod requests;
+pub mod trace;
 
 use std::convert::Infallible;
 use std::fmt::Debug;

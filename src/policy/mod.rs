@@ -9,6 +9,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::peer::window::to_units;
+
+mod explain;
+
+pub use self::explain::{DeadlineExplanation, DeadlineSource};
+pub(crate) use self::explain::{Explained, Learned};
+
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Longest latency window a policy accepts.
@@ -17,6 +24,17 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const MAX_SUB_WINDOWS: u32 = 64;
 /// Shortest sub-window (`window / sub_windows`) a policy accepts.
 pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
+/// Most heap bytes one latency history (histograms and last answers) may hold: a policy
+/// whose [`max_window_bytes`](TimeoutPolicy::max_window_bytes) is larger is refused.
+///
+/// 1 MiB is 22 times the default policy's 47,792 bytes: room for 3 significant figures at
+/// the default shape (286,720 bytes) or 64 sub-windows at 2 (432,640), while the largest
+/// shape the other limits allow (7.45 MB: 64 sub-windows of 3 significant figures from 1us
+/// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
+/// largest `max_window_bytes` of its policies, times `1 + max_classes`.
+pub const MAX_WINDOW_BYTES: usize = 1 << 20;
+/// Largest `long_probe_spacing` a policy accepts.
+pub const MAX_LONG_PROBE_SPACING: u32 = 100;
 
 /// How each peer's deadline is derived from its latency history.
 ///
@@ -35,11 +53,16 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 /// assert!(policy.validate().is_ok());
 /// assert!(TimeoutPolicy::default().quantile(1.5).validate().is_err());
 /// ```
+///
+/// With the `serde` feature a policy reads from a map of fields (missing fields take their
+/// defaults, unknown ones are refused), never from a list of values by position.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
-    serde(default, deny_unknown_fields)
+    // `remote = "Self"`: the derives become inherent functions, which the trait impls in
+    // `map_only` call, so that deserializing can insist on a map.
+    serde(remote = "Self", default, deny_unknown_fields)
 )]
 #[non_exhaustive]
 pub struct TimeoutPolicy {
@@ -99,6 +122,12 @@ pub struct TimeoutPolicy {
     /// Longest wait between probes. Default `100ms`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff_max: Duration,
+    /// Probes of a silent peer alternate a short deadline (the one from before the
+    /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
+    /// that comes back slower is not locked out). After a long probe of deadline `L` ran
+    /// out, only short ones go for `long_probe_spacing × L`. In `1..=100`; default `8`:
+    /// long probes hold the probe slot at most a ninth of the time.
+    pub long_probe_spacing: u32,
 }
 
 impl Default for TimeoutPolicy {
@@ -120,6 +149,7 @@ impl Default for TimeoutPolicy {
             fail_fast: true,
             probe_backoff: Duration::from_millis(10),
             probe_backoff_max: Duration::from_millis(100),
+            long_probe_spacing: 8,
         }
     }
 }
@@ -172,6 +202,8 @@ setters! {
     probe_backoff: Duration;
     /// Sets [`TimeoutPolicy::probe_backoff_max`].
     probe_backoff_max: Duration;
+    /// Sets [`TimeoutPolicy::long_probe_spacing`].
+    long_probe_spacing: u32;
 }
 
 impl TimeoutPolicy {
@@ -256,6 +288,23 @@ impl TimeoutPolicy {
                 format!("must be 1, 2 or 3, got {}", self.significant_figures),
             );
         }
+        let window_bytes = self.max_window_bytes();
+        if window_bytes > MAX_WINDOW_BYTES {
+            let (low, high, sigfig) = self.histogram_bounds();
+            return fail(
+                "sub_windows",
+                format!(
+                    "({}) + 1 histograms of {} bytes ({sigfig} significant figures from {low}us \
+                     to {high}us, set by min / 100 and max) and {} bytes of last answers make \
+                     {window_bytes} bytes per history, above the ceiling of {MAX_WINDOW_BYTES} \
+                     bytes: use fewer sub_windows or significant_figures, or a narrower \
+                     [min, max]",
+                    self.sub_windows,
+                    self.histogram_bytes() / (self.sub_windows as usize + 1),
+                    self.history_bytes(),
+                ),
+            );
+        }
         if self.recompute_every == 0 {
             return fail("recompute_every", "must be at least 1".into());
         }
@@ -277,6 +326,15 @@ impl TimeoutPolicy {
                 ),
             );
         }
+        if !(1..=MAX_LONG_PROBE_SPACING).contains(&self.long_probe_spacing) {
+            return fail(
+                "long_probe_spacing",
+                format!(
+                    "must be in 1..={MAX_LONG_PROBE_SPACING}, got {}",
+                    self.long_probe_spacing
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -285,6 +343,41 @@ impl TimeoutPolicy {
     /// `min(min_samples, 1024)` answers; 1,200 bytes at the default policy, at most 12,288.
     pub fn history_bytes(&self) -> usize {
         crate::peer::history::capacity(self) * crate::peer::history::BYTES_PER_ANSWER
+    }
+
+    /// The most heap bytes one latency history (a peer's, or one of its latency classes')
+    /// can hold under this policy: its histograms (`sub_windows + 1`, the ring and its
+    /// running sum, each with one `u32` count per bucket hdrhistogram needs for
+    /// `[min / 100, max]` at `significant_figures`; allocated as a busy peer first writes
+    /// them, none for a quiet one) plus its last answers,
+    /// [`history_bytes`](Self::history_bytes). [`validate`](Self::validate) refuses a
+    /// policy above [`MAX_WINDOW_BYTES`]; a peer holds at most `1 + max_classes` histories
+    /// (see [`Builder::max_classes`](crate::Builder::max_classes)).
+    /// [`PeerSnapshot::window_bytes`](crate::PeerSnapshot) is what a peer holds now.
+    /// 47,792 bytes for the default policy.
+    pub fn max_window_bytes(&self) -> usize {
+        self.histogram_bytes().saturating_add(self.history_bytes())
+    }
+
+    /// The most heap bytes of one history's histograms: 46,592 for the default policy.
+    pub(crate) fn histogram_bytes(&self) -> usize {
+        let (low, high, sigfig) = self.histogram_bounds();
+        let counts = histogram_counts(low, high, sigfig);
+        let histograms = usize::try_from(self.sub_windows)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        histograms.saturating_mul(counts.saturating_mul(std::mem::size_of::<u32>()))
+    }
+
+    /// The bounds of this policy's histograms: lowest discernible and highest trackable
+    /// value (in the window's units, microseconds) and significant figures.
+    ///
+    /// Resolution finer than 1% of the shortest deadline is never needed: latencies below
+    /// `min / 100` share buckets, which keeps a peer's window under 48 KiB at defaults.
+    pub(crate) fn histogram_bounds(&self) -> (u64, u64, u8) {
+        let low = (to_units(self.min) / 100).max(1);
+        let high = to_units(self.max).max(low.saturating_mul(2));
+        (low, high, self.significant_figures)
     }
 
     /// Length of one sub-window.
@@ -339,71 +432,63 @@ impl TimeoutPolicy {
     }
 }
 
-/// Why a peer's deadline has the value it has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[non_exhaustive]
-pub enum DeadlineSource {
-    /// Fewer than two answers to learn from: the policy's `cold_start`.
-    ColdStart,
-    /// From two answers to `min_samples`: an upper estimate of the quantile (the larger
-    /// of a log-normal prediction bound and a Pareto tail extrapolation, never below the
-    /// slowest answer) × factor + margin, at most `cold_start` unless the answers show a
-    /// slower peer; within `[min, max]`.
-    Estimate,
-    /// `quantile × factor + margin`, within `[min, max]`.
-    Quantile,
-    /// `quantile × factor + margin` was below `min`.
-    ClampedMin,
-    /// `quantile × factor + margin` was above `max`.
-    ClampedMax,
-    /// The caller's deadline ([`Deadline`](crate::Deadline), propagated headers) was
-    /// shorter than the peer's.
-    Caller,
-    /// The call's floor ([`MinDeadline`](crate::MinDeadline)) was longer than the peer's
-    /// deadline: the call got the floor, at most the policy's `max`.
-    Floor,
-    /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
-    SilentPeer,
-    /// The call's peer is not tracked (no key, or the peer table is full): the default
-    /// policy's `cold_start`.
-    Untracked,
-}
+/// `Serialize` and `Deserialize` for [`TimeoutPolicy`] through the derived (`remote`)
+/// functions; a policy deserializes from a map only. A struct's derived `Deserialize` also
+/// accepts a sequence, by position, so `[0.5, 3.0]` would set `quantile` and `factor`.
+#[cfg(feature = "serde")]
+mod map_only {
+    use std::fmt;
 
-impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 9] = [
-        DeadlineSource::ColdStart,
-        DeadlineSource::Estimate,
-        DeadlineSource::Quantile,
-        DeadlineSource::ClampedMin,
-        DeadlineSource::ClampedMax,
-        DeadlineSource::Caller,
-        DeadlineSource::Floor,
-        DeadlineSource::SilentPeer,
-        DeadlineSource::Untracked,
-    ];
+    use serde::de::{value::MapAccessDeserializer, MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    /// A short, stable name, for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadlineSource::ColdStart => "cold_start",
-            DeadlineSource::Estimate => "estimate",
-            DeadlineSource::Quantile => "quantile",
-            DeadlineSource::ClampedMin => "clamped_min",
-            DeadlineSource::ClampedMax => "clamped_max",
-            DeadlineSource::Caller => "caller",
-            DeadlineSource::Floor => "floor",
-            DeadlineSource::SilentPeer => "silent_peer",
-            DeadlineSource::Untracked => "untracked",
+    use super::TimeoutPolicy;
+
+    impl Serialize for TimeoutPolicy {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            TimeoutPolicy::serialize(self, serializer)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for TimeoutPolicy {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(PolicyMap)
+        }
+    }
+
+    /// Accepts a map and hands it to the derived deserializer; anything else is refused
+    /// with serde's "invalid type: ..., expected a map of timeout policy fields".
+    struct PolicyMap;
+
+    impl<'de> Visitor<'de> for PolicyMap {
+        type Value = TimeoutPolicy;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of timeout policy fields")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TimeoutPolicy, A::Error> {
+            TimeoutPolicy::deserialize(MapAccessDeserializer::new(map))
         }
     }
 }
 
-impl fmt::Display for DeadlineSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// How many counts hdrhistogram allocates for `new_with_bounds(low, high, sigfig)`, by its
+/// own arithmetic (hdrhistogram 7.5: `sub_bucket_count / 2` counts per bucket needed to
+/// cover `high`, plus one bucket). Finite for any input; `low` is at least 1.
+fn histogram_counts(low: u64, high: u64, sigfig: u8) -> usize {
+    // Single-unit resolution up to 2 x 10^sigfig, in a power-of-two number of sub-buckets.
+    let largest = 2 * 10u64.pow(u32::from(sigfig.min(5)));
+    let sub_bucket_magnitude = u64::BITS - (largest - 1).leading_zeros();
+    let unit_magnitude = u64::BITS - 1 - low.max(1).leading_zeros();
+    let sub_buckets = 1u128 << sub_bucket_magnitude;
+    let mut untrackable = sub_buckets << unit_magnitude;
+    let mut buckets = 1u128;
+    while untrackable <= u128::from(high) {
+        untrackable <<= 1;
+        buckets += 1;
     }
+    usize::try_from((buckets + 1) * (sub_buckets / 2)).unwrap_or(usize::MAX)
 }
 
 /// A policy value that was refused, naming the field and what is wrong with it.
@@ -426,9 +511,10 @@ impl PolicyError {
         }
     }
 
-    /// The same error, saying which peer's policy it was found in.
+    /// The same error, saying which peer's policy it was found in (by its bounded label).
     pub(crate) fn for_peer(mut self, peer: &dyn fmt::Debug) -> Self {
-        self.problem = format!("{} (in the policy for peer {peer:?})", self.problem);
+        let peer = crate::peer::key::label(peer);
+        self.problem = format!("{} (in the policy for peer {peer})", self.problem);
         self
     }
 }
@@ -445,81 +531,77 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// Why a deadline has its value: the source and the numbers that went into it.
-#[derive(Clone, Debug, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct DeadlineExplanation {
-    /// Which rule produced the deadline.
-    pub source: DeadlineSource,
-    /// The policy's quantile.
-    pub quantile: f64,
-    /// The latency at that quantile (zero during cold start; its upper estimate while
-    /// the source is [`DeadlineSource::Estimate`]).
-    pub quantile_value: Duration,
-    /// The policy's factor.
-    pub factor: f64,
-    /// The policy's margin.
-    pub margin: Duration,
-    /// The policy's min.
-    pub min: Duration,
-    /// The policy's max.
-    pub max: Duration,
-    /// Samples the deadline was learned from.
-    pub samples: u64,
-    /// How far back those samples reach when that is beyond the window (a quiet peer's
-    /// history, up to `max_history`); zero when they are the window's.
-    pub history: Duration,
-    /// Samples needed before the quantile is trusted.
-    pub min_samples: u64,
-    /// Whether the peer runs under a per-peer policy override.
-    pub per_peer_policy: bool,
-    /// The latency class whose history set the deadline; `None`: the peer's own.
-    pub class: Option<String>,
-}
+#[cfg(test)]
+mod tests {
+    use hdrhistogram::Histogram;
+    use tokio::time::Instant;
 
-impl DeadlineExplanation {
-    /// Explains `source` under `policy`, with what the history said (samples, the
-    /// quantile's value or estimate, how far back beyond the window).
-    pub(crate) fn new(
-        source: DeadlineSource,
-        policy: &TimeoutPolicy,
-        (samples, quantile_value, history): (u64, Duration, Duration),
-        per_peer_policy: bool,
-    ) -> Self {
-        DeadlineExplanation {
-            source,
-            quantile: policy.quantile,
-            quantile_value,
-            factor: policy.factor,
-            margin: policy.margin,
-            min: policy.min,
-            max: policy.max,
-            samples,
-            history,
-            min_samples: policy.min_samples,
-            per_peer_policy,
-            class: None,
+    use super::*;
+    use crate::peer::window::Window;
+
+    #[test]
+    fn histogram_counts_follow_hdrhistogram() {
+        let lows = [1, 2, 3, 7, 10, 100, 999, 1_000, 86_400_000, 864_000_000];
+        for low in lows {
+            for high in [2 * low, 2 * low + 1, 1 << 20, 30_000_000, 86_400_000_000] {
+                for sigfig in 0..=5 {
+                    if high < 2 * low {
+                        continue;
+                    }
+                    let h = Histogram::<u32>::new_with_bounds(low, high, sigfig).unwrap();
+                    assert_eq!(
+                        histogram_counts(low, high, sigfig),
+                        h.distinct_values(),
+                        "low {low} high {high} sigfig {sigfig}"
+                    );
+                }
+            }
         }
     }
-}
 
-impl DeadlineExplanation {
-    /// The explanation for a call whose peer is not tracked.
-    pub(crate) fn untracked() -> Self {
-        DeadlineExplanation {
-            source: DeadlineSource::Untracked,
-            quantile: 0.0,
-            quantile_value: Duration::ZERO,
-            factor: 0.0,
-            margin: Duration::ZERO,
-            min: Duration::ZERO,
-            max: Duration::ZERO,
-            samples: 0,
-            history: Duration::ZERO,
-            min_samples: 0,
-            per_peer_policy: false,
-            class: None,
+    #[test]
+    fn a_window_written_everywhere_holds_max_window_bytes() {
+        let ms = Duration::from_millis;
+        let policies = [
+            TimeoutPolicy::default(),
+            TimeoutPolicy::default().significant_figures(3),
+            TimeoutPolicy::default()
+                .significant_figures(1)
+                .sub_windows(1),
+            TimeoutPolicy::default()
+                .min(Duration::from_micros(1))
+                .max(MAX_DEADLINE)
+                .cold_start(ms(5)),
+        ];
+        assert_eq!(policies[0].histogram_bytes(), 46_592);
+        assert_eq!(policies[0].max_window_bytes(), 46_592 + 1_200);
+        for policy in policies {
+            let t0 = Instant::now();
+            let mut w = Window::new(&policy, t0);
+            // A busy peer: `min_samples` answers in every sub-window.
+            for i in 0..policy.sub_windows {
+                let at = t0 + policy.sub_window() * i;
+                w.advance(at);
+                for _ in 0..policy.min_samples {
+                    w.record(ms(5), at);
+                }
+            }
+            assert_eq!(w.heap_bytes(), policy.max_window_bytes(), "{policy:?}");
         }
+    }
+
+    #[test]
+    fn max_window_bytes_is_finite_for_any_policy() {
+        let absurd = TimeoutPolicy::default()
+            .min(Duration::MAX)
+            .max(Duration::MAX)
+            .sub_windows(u32::MAX)
+            .significant_figures(u8::MAX);
+        assert!(absurd.max_window_bytes() > MAX_WINDOW_BYTES);
+        assert!(absurd.validate().is_err());
+        let zero = TimeoutPolicy::default()
+            .min(Duration::ZERO)
+            .max(Duration::ZERO);
+        assert!(zero.max_window_bytes() > 0);
     }
 }
