@@ -134,7 +134,7 @@ impl Call {
     /// The inner service answered, as `outcome` says.
     fn answered(mut self, outcome: Outcome) {
         if let Some(p) = self.held.end() {
-            p.on_outcome(Instant::now(), self.start, self.ticket.probe, outcome);
+            p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
         }
     }
 
@@ -144,13 +144,10 @@ impl Call {
     fn expired(mut self) -> Interrupted {
         let now = Instant::now();
         let Ticket {
-            deadline,
-            source,
-            probe,
-            ..
+            deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match self.held.end() {
-            Some(p) => p.on_deadline(now, self.start, deadline, source, probe),
+            Some(p) => p.on_deadline(now, self.start, &self.ticket),
             None => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);

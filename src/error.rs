@@ -263,6 +263,16 @@ impl fmt::Display for DeadlineExplanation {
                 "cold start: {} of {} samples",
                 self.samples, self.min_samples
             ),
+            DeadlineSource::Estimate => write!(
+                f,
+                "estimate from {} of {} samples: p{} <= {} x {} + {}",
+                self.samples,
+                self.min_samples,
+                self.quantile * 100.0,
+                Human(self.quantile_value),
+                self.factor,
+                Human(self.margin)
+            ),
             DeadlineSource::Quantile => formula(f),
             DeadlineSource::ClampedMin => {
                 formula(f)?;
@@ -273,9 +283,16 @@ impl fmt::Display for DeadlineExplanation {
                 write!(f, ", cut to max {}", Human(self.max))
             }
             DeadlineSource::Caller => f.write_str("the caller's deadline"),
+            DeadlineSource::Floor => f.write_str("the call's floor (MinDeadline)"),
             DeadlineSource::SilentPeer => write!(f, "peer silent: cut to min {}", Human(self.min)),
             DeadlineSource::Untracked => f.write_str("untracked peer: default cold start"),
         }?;
+        if !self.history.is_zero() {
+            write!(f, ", over the last {}", Human(self.history))?;
+        }
+        if let Some(class) = &self.class {
+            write!(f, ", class {class}")?;
+        }
         if self.per_peer_policy {
             f.write_str(", per-peer policy")?;
         }

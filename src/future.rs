@@ -265,7 +265,6 @@ mod tests {
     use super::*;
     use crate::interrupt::Interrupts;
     use crate::peer::{InFlight, Ticket};
-    use crate::policy::DeadlineSource;
     use crate::token::Interrupt;
 
     struct Noop;
@@ -276,12 +275,7 @@ mod tests {
 
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
-        let ticket = Ticket {
-            deadline: Duration::from_millis(100),
-            source: DeadlineSource::Untracked,
-            generation: 0,
-            probe: false,
-        };
+        let ticket = Ticket::untracked(Duration::from_millis(100), 0);
         let held = InFlight::untracked(Arc::new(Interrupts::new()));
         Call::new(held, Instant::now(), ticket, Some(Interrupt::new()))
     }

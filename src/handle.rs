@@ -58,9 +58,10 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
     }
 
     /// Replaces the default policy. Peers keep their latency history unless the window's
-    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`) changed. Put in
-    /// force at once on every tracked peer without an override (a call never checks for
-    /// a change), so it takes time in proportion to those peers.
+    /// shape (`window`, `sub_windows`, `significant_figures`, `min`, `max`, or the number
+    /// of answers kept, `min_samples` up to 1,024) changed. Put in force at once on every
+    /// tracked peer without an override (a call never checks for a change), so it takes
+    /// time in proportion to those peers.
     pub fn set_default_policy(&self, policy: TimeoutPolicy) -> Result<(), PolicyError> {
         policy.validate()?;
         self.table.set_default(policy);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
+use crate::class::Classed;
 use crate::classify::{AllSamples, Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -20,6 +21,10 @@ use crate::service::AdaptiveTimeout;
 pub const DEFAULT_MAX_PEERS: usize = 10_000;
 /// Default time after which a peer with no calls may be forgotten.
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Default bound on latency classes per peer.
+pub const DEFAULT_MAX_CLASSES: usize = 8;
+/// Most latency classes per peer a layer accepts.
+pub const MAX_CLASSES: usize = 64;
 
 /// Wraps services in [`AdaptiveTimeout`]. Every service made from one layer (and every clone
 /// of those) shares one peer table.
@@ -160,6 +165,7 @@ pub struct Builder<K, F, C = AllSamples> {
     max_ejection_percent: u8,
     /// Whether the key function honours a `Propagation`.
     propagates: bool,
+    max_classes: usize,
 }
 
 impl<K: PeerKey, F> Builder<K, F> {
@@ -177,6 +183,7 @@ impl<K: PeerKey, F> Builder<K, F> {
             classifier: Classifier::default(),
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
             propagates: true,
+            max_classes: DEFAULT_MAX_CLASSES,
         }
     }
 }
@@ -255,6 +262,50 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
         self
     }
 
+    /// At most this many latency classes per peer (default 8, at most 64; `0` turns
+    /// classes off): see [`class`](crate::class). Each holds a latency history of its own,
+    /// so a peer holds at most `1 + max_classes` of them, up to `1 + max_classes` times
+    /// its policy's [`max_window_bytes`](TimeoutPolicy::max_window_bytes).
+    pub fn max_classes(mut self, max_classes: usize) -> Self {
+        self.max_classes = max_classes;
+        self
+    }
+
+    /// Names each request's latency class with `classify` (see [`class`](crate::class)):
+    /// requests of one peer and one class share a latency history and a deadline; `None`
+    /// leaves a call in its peer's own history. For `http::Request`s the path (or a
+    /// [`LatencyClass`](crate::LatencyClass) extension) already names it.
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+    ///
+    /// struct Query { host: String, report: bool }
+    /// let layer = AdaptiveTimeoutLayer::builder(|q: &Query| q.host.clone())
+    ///     .latency_class(|q: &Query| q.report.then_some("report"))
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn latency_class<Req, L>(self, classify: L) -> Builder<K, Classed<F, L>, C>
+    where
+        L: Fn(&Req) -> Option<&str>,
+    {
+        Builder {
+            key_fn: Classed::new(self.key_fn, classify),
+            classify: self.classify,
+            policy: self.policy,
+            overrides: self.overrides,
+            max_peers: self.max_peers,
+            idle_ttl: self.idle_ttl,
+            interrupt_tokens: self.interrupt_tokens,
+            propagation: self.propagation,
+            jitter_seed: self.jitter_seed,
+            classifier: self.classifier,
+            max_ejection_percent: self.max_ejection_percent,
+            propagates: self.propagates,
+            max_classes: self.max_classes,
+        }
+    }
+
     /// Decides what each successful response says about its peer (see [`classify`]): a
     /// latency sample (the default, [`AllSamples`], for every response), an answer only
     /// (e.g. [`HttpStatus`] for an HTTP 5xx or 429 or a gRPC error status), or a failure.
@@ -279,6 +330,7 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
             classifier: self.classifier,
             max_ejection_percent: self.max_ejection_percent,
             propagates: self.propagates,
+            max_classes: self.max_classes,
         }
     }
 
@@ -305,6 +357,12 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
             let why = "must be a percentage, at most 100";
             return Err(PolicyError::new("max_ejection_percent", why));
         }
+        if self.max_classes > MAX_CLASSES {
+            return Err(PolicyError::new(
+                "max_classes",
+                format!("must be at most {MAX_CLASSES}, got {}", self.max_classes),
+            ));
+        }
         let policies = Policies {
             default: Arc::new(self.policy),
             overrides,
@@ -317,7 +375,8 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
             self.propagation,
             self.jitter_seed.unwrap_or_else(random_seed),
         )
-        .with_classifier(self.classifier);
+        .with_classifier(self.classifier)
+        .with_max_classes(self.max_classes);
         table.endpoints.set_max_percent(self.max_ejection_percent);
         Ok(AdaptiveTimeoutLayer {
             table: Arc::new(table),

@@ -69,6 +69,7 @@ mod balance;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod body;
 mod call;
+pub mod class;
 pub mod classify;
 mod error;
 pub mod events;
@@ -98,13 +99,17 @@ pub use balance::EndpointLoad;
 pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
+pub use class::{ClassOf, ClassSnapshot, Classed, LatencyClass, LatencyHints, MinDeadline};
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};
-pub use layer::{AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_PEERS};
+pub use layer::{
+    AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_CLASSES, DEFAULT_MAX_PEERS,
+    MAX_CLASSES,
+};
 pub use peer::health::PeerState;
 pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey, MAX_LABEL_BYTES};
 #[cfg(feature = "http")]

@@ -91,10 +91,11 @@ where
             None => self.key_fn.caller_deadline(&req, propagation),
         };
         let key = self.key_fn.peer_key(&req);
+        let hints = self.key_fn.latency_hints(&req);
         let head = Head::new(self.classify.clone());
         match self
             .table
-            .admit(key, start, caller_deadline, &mut self.last)
+            .admit(key, start, caller_deadline, hints, &mut self.last)
         {
             Admission::Refused(peer, fired) => {
                 let fired = gone.unwrap_or(fired);

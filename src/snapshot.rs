@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::class::ClassSnapshot;
 use crate::peer::health::PeerState;
 use crate::peer::Peer;
 use crate::policy::{DeadlineExplanation, DeadlineSource};
@@ -20,7 +21,8 @@ pub struct PeerSnapshot {
     pub peer: Arc<str>,
     /// Where the peer is in the health state machine.
     pub state: PeerState,
-    /// Samples in the latency window.
+    /// Samples the quantiles below are read from: the window's, or a quiet peer's last
+    /// answers (up to `min_samples` of them, from up to `max_history` ago).
     pub samples: u64,
     /// Median latency in the window.
     pub p50: Duration,
@@ -63,8 +65,12 @@ pub struct PeerSnapshot {
     pub next_probe_in: Duration,
     /// How long since the last call to the peer started.
     pub idle: Duration,
-    /// Heap bytes the peer's latency window holds.
+    /// Heap bytes the peer's latency history holds (its window's histograms, allocated
+    /// once it is busy, and its last answers), its classes' included.
     pub window_bytes: usize,
+    /// The peer's latency classes, in the order they were first seen (see
+    /// [`class`](crate::class)); the figures above are over every call.
+    pub classes: Vec<ClassSnapshot>,
 }
 
 impl PeerSnapshot {
@@ -103,6 +109,7 @@ impl PeerSnapshot {
             },
             idle: peer.idle_for(now),
             window_bytes: view.heap_bytes,
+            classes: view.classes,
         }
     }
 }

@@ -146,14 +146,14 @@ async fn cold_start_deadline_comes_first() {
     let (svc, handle) = stack(builder(policy));
     assert_eq!(handle.deadline(&"a"), None, "no call yet: not tracked");
 
-    let answers = calls(&svc, "a", ms(10), 4).await;
-    assert_eq!(answers, vec![ms(10); 4]);
+    let answers = calls(&svc, "a", ms(10), 1).await;
+    assert_eq!(answers, vec![ms(10)]);
     assert_eq!(
         handle.deadline(&"a"),
         Some((ms(300), DeadlineSource::ColdStart))
     );
     let snap = snapshot(&handle, "a");
-    assert_eq!(snap.samples, 4);
+    assert_eq!(snap.samples, 1);
     assert_eq!(snap.deadline_source(), DeadlineSource::ColdStart);
     assert_eq!(snap.explanation.min_samples, 5);
 
@@ -167,13 +167,15 @@ async fn deadline_follows_the_distribution_after_min_samples() {
     let policy = eager().factor(2.0).margin(ms(5)).min_samples(20);
     let (svc, handle) = stack(builder(policy));
     calls(&svc, "a", ms(10), 19).await;
-    assert_eq!(handle.deadline(&"a").unwrap().1, DeadlineSource::ColdStart);
+    let (estimate, source) = handle.deadline(&"a").unwrap();
+    assert_eq!(source, DeadlineSource::Estimate);
 
     calls(&svc, "a", ms(10), 1).await;
     let (deadline, source) = handle.deadline(&"a").unwrap();
     assert_eq!(source, DeadlineSource::Quantile);
-    // 10ms x 2 + 5ms.
+    // 10ms x 2 + 5ms, below the estimate it replaces.
     assert_near(deadline, ms(25));
+    assert!(estimate > deadline, "{estimate:?}");
 
     let snap = snapshot(&handle, "a");
     assert_eq!(snap.samples, 20);
@@ -237,8 +239,22 @@ async fn old_samples_expire_with_the_window() {
         Some((fast.deadline, DeadlineSource::Quantile))
     );
 
-    // A whole window later nothing is left: back to cold start.
+    // A whole window later the window is empty, but its last `min_samples` answers are
+    // history for up to `max_history`: the peer is quiet, not new. Ten answers hold no
+    // p99.9, so it is estimated from them.
     tokio::time::sleep_until(t0 + ms(1400)).await;
+    let quiet = snapshot(&handle, "a");
+    assert_eq!(quiet.samples, 10);
+    assert_eq!(quiet.deadline_source(), DeadlineSource::Estimate);
+    assert!(
+        quiet.deadline > ms(15) && quiet.deadline < ms(100),
+        "{quiet:#?}"
+    );
+    let why = quiet.explanation.to_string();
+    assert!(why.ends_with(", over the last 1s"), "{why}");
+
+    // Past `max_history` nothing is left: back to cold start.
+    tokio::time::sleep_until(t0 + ms(2_000) + TimeoutPolicy::default().max_history).await;
     let empty = snapshot(&handle, "a");
     assert_eq!(empty.samples, 0);
     assert_eq!(empty.deadline_source(), DeadlineSource::ColdStart);
@@ -265,7 +281,11 @@ async fn censored_samples_raise_the_deadline_of_a_slowing_peer() {
         let err = interrupted(&svc, call("hung", ms(60_000))).await;
         deadlines.push(err.deadline().expect("deadline exceeded"));
     }
-    assert_eq!(&deadlines[..5], &[ms(50); 5], "cold start first");
+    assert_eq!(&deadlines[..2], &[ms(50); 2], "cold start first");
+    assert!(
+        deadlines[2] > ms(50),
+        "an estimate from the second: {deadlines:?}"
+    );
     assert!(
         deadlines.windows(2).all(|w| w[0] <= w[1]),
         "the deadline never drops while calls time out: {deadlines:?}"
@@ -288,7 +308,7 @@ async fn peers_are_independent() {
     let (svc, handle) = stack(builder(eager().min_samples(10)));
     calls(&svc, "fast", ms(5), 10).await;
     calls(&svc, "slow", ms(200), 10).await;
-    calls(&svc, "cold", ms(5), 3).await;
+    calls(&svc, "cold", ms(5), 1).await;
 
     assert_near(handle.deadline(&"fast").unwrap().0, ms(15));
     assert_near(handle.deadline(&"slow").unwrap().0, ms(405));
@@ -303,7 +323,7 @@ async fn peers_are_independent() {
     let names: Vec<_> = all.iter().map(|s| &*s.peer).collect();
     assert_eq!(names, ["cold", "fast", "slow"], "sorted by peer");
     let samples: Vec<_> = all.iter().map(|s| s.samples).collect();
-    assert_eq!(samples, [3, 10, 10]);
+    assert_eq!(samples, [1, 10, 10]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -351,9 +371,10 @@ async fn runtime_peer_policy_is_set_and_removed() {
 
     assert!(handle.remove_peer_policy(&"a"));
     assert!(!handle.remove_peer_policy(&"a"), "already removed");
+    // Two samples (5ms, and the 200ms cut): an estimate, as high as the cold start.
     assert_eq!(
         handle.deadline(&"a"),
-        Some((default_cold, DeadlineSource::ColdStart))
+        Some((default_cold, DeadlineSource::Estimate))
     );
     assert!(!snapshot(&handle, "a").explanation.per_peer_policy);
     assert_eq!(
@@ -553,9 +574,13 @@ async fn the_explanation_matches_the_deadline_the_call_had() {
     for _ in 0..4 {
         errs.push(interrupted(&svc, call("hung", ms(60_000))).await);
     }
-    // The third call still had the cold-start deadline, with two samples behind it.
+    // The second call still had the cold-start deadline, with one sample behind it, the
+    // third an estimate from two.
+    let second = explained(&errs[1]);
+    assert_eq!(second.source, DeadlineSource::ColdStart);
+    assert_eq!((second.samples, second.min_samples), (1, 3));
     let third = explained(&errs[2]);
-    assert_eq!(third.source, DeadlineSource::ColdStart);
+    assert_eq!(third.source, DeadlineSource::Estimate);
     assert_eq!((third.samples, third.min_samples), (2, 3));
     // The fourth call's deadline is the formula over the numbers its explanation shows.
     let fourth = explained(&errs[3]);

@@ -291,7 +291,7 @@ async fn runtime_changes_refuse_bad_policies_and_keep_the_old_ones() {
 #[test]
 fn a_policy_whose_histograms_could_outgrow_the_per_peer_ceiling_is_refused() {
     // The largest policy otherwise valid: 65 histograms of 3 significant figures from 1us
-    // to 24h, 7.45 MB per peer (71 GB at 10,000 peers).
+    // to 24h, 7.45 MB per history (71 GB at 10,000 peers).
     let largest = base()
         .min(Duration::from_micros(1))
         .max(MAX_DEADLINE)
@@ -307,5 +307,11 @@ fn a_policy_whose_histograms_could_outgrow_the_per_peer_ceiling_is_refused() {
         ],
     );
     let text = largest.validate().unwrap_err().to_string();
-    assert!(text.contains("7454720 bytes"), "{text}");
+    // The ceiling counts each history's last answers too (1,200 bytes at min_samples 100).
+    assert!(text.contains("and 1200 bytes of last answers"), "{text}");
+    assert!(text.contains("7455920 bytes per history"), "{text}");
+    assert_eq!(
+        largest.max_window_bytes(),
+        7_454_720 + largest.history_bytes()
+    );
 }

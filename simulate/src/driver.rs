@@ -25,6 +25,8 @@ const MAX_CALLS_PER_CALLER: usize = 1_000_000;
 pub struct CallRecord {
     /// The peer called.
     pub peer: PeerId,
+    /// The route it took (0: the peer's usual one).
+    pub route: u8,
     /// When the call started.
     pub start: Duration,
     /// When it ended.
@@ -50,7 +52,13 @@ pub async fn run(plans: &[PeerPlan], strategy: &Strategy, cfg: &SimConfig, workl
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for (peer, plan) in plans.iter().enumerate() {
-        for caller in 0..cfg.callers as u64 {
+        // A quiet peer has one caller at its own pace.
+        let callers = if plan.spec.pace.is_some() {
+            1
+        } else {
+            cfg.callers as u64
+        };
+        for caller in 0..callers {
             let stream = (workload << 40) | ((peer as u64) << 20) | caller;
             set.spawn(call_loop(
                 peer as PeerId,
@@ -91,7 +99,10 @@ async fn call_loop(
     t0: Instant,
     cfg: SimConfig,
 ) -> Vec<CallRecord> {
-    let think_mean = cfg.think.as_secs_f64();
+    let think_mean = plan
+        .spec
+        .pace
+        .map_or(cfg.think.as_secs_f64(), |per_minute| 60.0 / per_minute);
     let think = |rng: &mut Rng| Duration::from_secs_f64(rng.exponential(think_mean));
     let mut calls = Vec::new();
     tokio::time::sleep(think(&mut rng)).await;
@@ -100,8 +111,14 @@ async fn call_loop(
         if start >= cfg.duration {
             break;
         }
-        let (_, answer_in) = plan.draw(start, &mut rng);
-        let call = async { svc.ready().await?.call(Req { peer, answer_in }).await };
+        let (route, _, answer_in) = plan.draw(start, &mut rng);
+        let class = plan.class(route);
+        let req = Req {
+            peer,
+            class,
+            answer_in,
+        };
+        let call = async { svc.ready().await?.call(req).await };
         let ending = match tokio::time::timeout(HUNG_AFTER, call).await {
             Ok(Ok(())) => Ending::Answered,
             Ok(Err(ending)) => ending,
@@ -109,6 +126,7 @@ async fn call_loop(
         };
         calls.push(CallRecord {
             peer,
+            route,
             start,
             end: Instant::now() - t0,
             answer_in,

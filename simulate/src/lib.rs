@@ -87,11 +87,15 @@ pub async fn simulate(cfg: &SimConfig) -> Report {
     let mut tables = Vec::new();
     for &w in &cfg.workloads {
         let workload = all[w].clone();
-        let plans = PeerPlan::all(&workload, cfg.duration);
+        let run_cfg = SimConfig {
+            duration: cfg.duration * workload.length,
+            ..cfg.clone()
+        };
+        let plans = PeerPlan::all(&workload, run_cfg.duration);
         let mut rows = Vec::new();
         for &kind in &cfg.kinds {
             let strategy = strategies::build(kind, cfg.seed);
-            let run = driver::run(&plans, &strategy, cfg, w as u64).await;
+            let run = driver::run(&plans, &strategy, &run_cfg, w as u64).await;
             rows.push(Row::new(kind, &plans, &run));
         }
         tables.push(Table { workload, rows });

@@ -22,6 +22,9 @@ pub struct Episode {
     pub cut: Option<Duration>,
     /// The deadline the strategy gave new calls to the peer when the silence began.
     pub deadline: Option<Duration>,
+    /// The longest any call waited on the silent peer (from the silence's start, or its
+    /// own, to its end).
+    pub longest_wait: Option<Duration>,
     /// From the peer's return to the start of the first call it answered after it (`None`:
     /// none before the run ended).
     pub return_lag: Option<Duration>,
@@ -46,8 +49,12 @@ pub struct Row {
     pub healthy_calls: usize,
     /// Of those, calls the strategy ended without the answer.
     pub false_interrupts: usize,
-    /// The healthy peer with the highest false-interrupt rate, and that rate (%).
-    pub worst_peer: Option<(&'static str, f64)>,
+    /// The healthy peer (or route of a peer, or group of replicas) with the highest
+    /// false-interrupt rate, and that rate (%).
+    pub worst_peer: Option<(String, f64)>,
+    /// Per peer name (and route): calls the peer would have answered, and of those the
+    /// strategy ended without the answer, in the order the peers first appear.
+    pub per_peer: Vec<(String, usize, usize)>,
     /// Calls that ended without an answer after more than [`STALL`].
     pub stalled: usize,
     /// The longest call of the run, however it ended.
@@ -72,6 +79,7 @@ impl Row {
             healthy_calls: 0,
             false_interrupts: 0,
             worst_peer: None,
+            per_peer: Vec::new(),
             stalled: run
                 .calls
                 .iter()
@@ -103,12 +111,17 @@ impl Row {
                 .iter()
                 .filter(|c| c.start < from && c.answer_in.is_some())
                 .collect();
-            let falses = healthy.iter().filter(|c| unanswered(c)).count();
-            row.healthy_calls += healthy.len();
-            row.false_interrupts += falses;
-            let rate = pct(falses, healthy.len());
-            if !matches!(row.worst_peer, Some((_, worst)) if worst >= rate) {
-                row.worst_peer = Some((plan.spec.name, rate));
+            for route in 0..=u8::from(plan.spec.slow_route.is_some()) {
+                let name = plan.route_name(route);
+                let of_route = healthy.iter().filter(|c| c.route == route);
+                let (n, falses) =
+                    of_route.fold((0, 0), |(n, f), c| (n + 1, f + usize::from(unanswered(c))));
+                row.healthy_calls += n;
+                row.false_interrupts += falses;
+                match row.per_peer.iter_mut().find(|p| p.0 == name) {
+                    Some(p) => (p.1, p.2) = (p.1 + n, p.2 + falses),
+                    None => row.per_peer.push((name, n, falses)),
+                }
             }
             if plan.silence.is_none() {
                 continue;
@@ -118,6 +131,7 @@ impl Row {
                 .iter()
                 .map(|c| c.end - c.start.max(from))
                 .sum::<Duration>();
+            let longest_wait = lost.iter().map(|c| c.end - c.start.max(from)).max();
             let in_flight: Vec<_> = lost.iter().filter(|c| c.start < from).collect();
             let after: Vec<_> = calls.iter().filter(|c| c.start >= until).collect();
             row.lost_after_return += after.iter().filter(|c| unanswered(c)).count();
@@ -126,11 +140,18 @@ impl Row {
                 in_flight: in_flight.len(),
                 cut: in_flight.iter().map(|c| c.end - from).max(),
                 deadline: run.deadline_at_silence[i],
+                longest_wait,
                 return_lag: after
                     .iter()
                     .find(|c| c.ending == Ending::Answered)
                     .map(|c| c.start - until),
             });
+        }
+        for (name, n, falses) in &row.per_peer {
+            let rate = pct(*falses, *n);
+            if !matches!(row.worst_peer, Some((_, worst)) if worst >= rate) {
+                row.worst_peer = Some((name.clone(), rate));
+            }
         }
         row
     }
@@ -178,6 +199,7 @@ impl Row {
                 self.false_interrupts
             ),
             self.worst_peer
+                .as_ref()
                 .map_or("-".into(), |(name, rate)| format!("{rate:.2}% {name}")),
             self.stalled.to_string(),
             human(self.longest),
@@ -208,11 +230,12 @@ impl Row {
             let opt = |d: Option<Duration>, missing: &str| d.map_or(missing.into(), human);
             let _ = write!(
                 line,
-                " `{}` {} in flight, cut {} (deadline {}), return lag {};",
+                " `{}` {} in flight, cut {} (deadline {}), longest wait {}, return lag {};",
                 e.peer,
                 e.in_flight,
                 opt(e.cut, "-"),
                 opt(e.deadline, "-"),
+                opt(e.longest_wait, "-"),
                 opt(e.return_lag, "none")
             );
         }
@@ -256,6 +279,42 @@ impl Table {
         self.workload.peers.iter().any(|p| p.silence.is_some())
     }
 
+    /// Whether the table breaks false interrupts down per peer: workloads of quiet peers
+    /// or of several routes, where the worst one hides the rest.
+    fn per_peer(&self) -> bool {
+        let peers = &self.workload.peers;
+        peers
+            .iter()
+            .any(|p| p.pace.is_some() || p.slow_route.is_some())
+    }
+
+    /// One row per peer (or route), one column per strategy: its false-interrupt rate.
+    fn write_per_peer(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "False interrupts per peer (of the calls each would have answered; replicas \
+             together):\n"
+        );
+        let names: Vec<&str> = self.rows.iter().map(|r| r.kind.name()).collect();
+        let _ = writeln!(out, "| peer | calls | {} |", names.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(names.len() + 2));
+        let Some(first) = self.rows.first() else {
+            return;
+        };
+        for (i, (peer, calls, _)) in first.per_peer.iter().enumerate() {
+            let cells: Vec<String> = self
+                .rows
+                .iter()
+                .map(|r| {
+                    let (_, n, f) = &r.per_peer[i];
+                    format!("{:.2}% ({f})", pct(*f, *n))
+                })
+                .collect();
+            let _ = writeln!(out, "| {peer} | {calls} | {} |", cells.join(" | "));
+        }
+        out.push('\n');
+    }
+
     fn write(&self, out: &mut String) {
         let w = &self.workload;
         let _ = writeln!(out, "### {}: {}\n", w.name, w.about);
@@ -272,6 +331,21 @@ impl Table {
                     b * 100.0
                 );
             }
+            if let Some(pace) = p.pace {
+                let _ = write!(line, ", one caller, {pace} calls a minute");
+            }
+            if p.replicas > 1 {
+                let _ = write!(line, ", {} peers", p.replicas);
+            }
+            if let Some(slow) = p.slow_route {
+                let _ = write!(
+                    line,
+                    "; route `{}` (1 call in {}): {}",
+                    slow.name,
+                    slow.one_in,
+                    slow.tail.describe()
+                );
+            }
             let _ = writeln!(out, "{line}");
         }
         let mut head = Self::HEAD.to_vec();
@@ -284,6 +358,9 @@ impl Table {
             let _ = writeln!(out, "| {} |", row.cells(self.has_silence()).join(" | "));
         }
         out.push('\n');
+        if self.per_peer() {
+            self.write_per_peer(out);
+        }
         if self.has_silence() {
             let _ = writeln!(out, "Per silence:\n");
             for row in &self.rows {

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use tower_adaptive_timeout::TimeoutPolicy;
+use tower_adaptive_timeout::{TimeoutPolicy, DEFAULT_MAX_CLASSES};
 
 use crate::report::{human, Row, Spread};
 use crate::strategies::{layer, Kind};
@@ -133,7 +133,7 @@ pub async fn sweep(config: &SimConfig, seeds: &[u64], cadences: &[Cadence]) -> S
                 seed,
                 ..config.clone()
             };
-            let strategy = layer::build(cadence.policy(), seed);
+            let strategy = layer::build(cadence.policy(), seed, DEFAULT_MAX_CLASSES);
             let run = driver::run(&plans, &strategy, &cfg, w as u64).await;
             rows.push(Row::new(Kind::Layer, &plans, &run));
         }

@@ -68,7 +68,28 @@ pub struct PeerSpec {
     pub shift: Option<(f64, f64)>,
     /// Silent over this span (fractions of the run).
     pub silence: Option<(f64, f64)>,
+    /// A quiet peer: one caller making this many calls a minute (exponential gaps), in
+    /// place of the run's closed-loop callers.
+    pub pace: Option<f64>,
+    /// Identical peers of this name (separate keys, one line in the report).
+    pub replicas: u16,
+    /// A second, rare route on the same peer: its name, latency, and one call in how many.
+    pub slow_route: Option<SlowRoute>,
 }
+
+/// A rare route of a peer, slower than its usual calls.
+#[derive(Clone, Copy, Debug)]
+pub struct SlowRoute {
+    /// Its name in the report (and its latency class).
+    pub name: &'static str,
+    /// Its latency.
+    pub tail: Tail,
+    /// One call in this many takes it.
+    pub one_in: u64,
+}
+
+/// The name of a peer's usual route, when it has a slow one (and its latency class).
+pub const MAIN_ROUTE: &str = "/items/:id";
 
 /// A named set of peers.
 #[derive(Clone, Debug)]
@@ -79,6 +100,8 @@ pub struct Workload {
     pub about: &'static str,
     /// Its peers.
     pub peers: Vec<PeerSpec>,
+    /// Its runs last this many times the configured duration.
+    pub length: u32,
 }
 
 const fn peer(name: &'static str, tail: Tail) -> PeerSpec {
@@ -87,6 +110,9 @@ const fn peer(name: &'static str, tail: Tail) -> PeerSpec {
         tail,
         shift: None,
         silence: None,
+        pace: None,
+        replicas: 1,
+        slow_route: None,
     }
 }
 
@@ -105,7 +131,36 @@ const PARETO_HEAVY: Tail = pareto(10.0, 1.5);
 const LN_SLOW: Tail = lognormal(300.0, 0.5);
 const LN_SILENT: Tail = lognormal(20.0, 0.6);
 
-/// The three workloads, in report order.
+/// The quiet workload's peers: each healthy shape at 1, 6 and 30 calls a minute, 20
+/// replicas each (so a rate of 0.1% is a count of calls), and one quiet peer that goes
+/// silent.
+fn quiet(healthy: &[PeerSpec]) -> Vec<PeerSpec> {
+    const NAMES: [[&str; 3]; 5] = [
+        ["ln-fast@1", "ln-fast@6", "ln-fast@30"],
+        ["ln-wide@1", "ln-wide@6", "ln-wide@30"],
+        ["pareto-mild@1", "pareto-mild@6", "pareto-mild@30"],
+        ["pareto-heavy@1", "pareto-heavy@6", "pareto-heavy@30"],
+        ["ln-slow@1", "ln-slow@6", "ln-slow@30"],
+    ];
+    let mut quiet = Vec::new();
+    for (names, shape) in NAMES.iter().zip(healthy) {
+        for (name, pace) in names.iter().zip([1.0, 6.0, 30.0]) {
+            quiet.push(PeerSpec {
+                pace: Some(pace),
+                replicas: 20,
+                ..peer(name, shape.tail)
+            });
+        }
+    }
+    quiet.push(PeerSpec {
+        pace: Some(6.0),
+        silence: Some((0.5, 0.75)),
+        ..peer("silent-quiet@6", LN_SILENT)
+    });
+    quiet
+}
+
+/// The workloads, in report order.
 pub fn workloads() -> Vec<Workload> {
     let healthy = vec![
         peer("ln-fast", LN_FAST),
@@ -131,21 +186,47 @@ pub fn workloads() -> Vec<Workload> {
             ..peer(name, LN_SILENT)
         });
     }
+    let quiet = quiet(&healthy);
+    let mixed = vec![PeerSpec {
+        slow_route: Some(SlowRoute {
+            name: "/report",
+            tail: lognormal(500.0, 0.3),
+            one_in: 2_000,
+        }),
+        ..peer("one-host", LN_FAST)
+    }];
     vec![
         Workload {
             name: "heavy-tail",
             about: "healthy peers with lognormal and Pareto latency tails",
             peers: healthy,
+            length: 1,
         },
         Workload {
             name: "shift",
             about: "one peer's latency grows 5x halfway through the run",
             peers: shift,
+            length: 1,
         },
         Workload {
             name: "silent",
             about: "three peers go silent mid-run with calls in flight, then come back",
             peers: silent,
+            length: 1,
+        },
+        Workload {
+            name: "quiet",
+            about: "quiet peers: every healthy shape at 1, 6 and 30 calls a minute (20 peers \
+                    each), one quiet peer goes silent; 30x the run's length",
+            peers: quiet,
+            length: 30,
+        },
+        Workload {
+            name: "mixed-route",
+            about: "one host, a fast route and a rare slow one (1 call in 2,000) under one \
+                    key; 3x the run's length",
+            peers: mixed,
+            length: 3,
         },
     ]
 }
@@ -173,19 +254,26 @@ impl PeerPlan {
         }
     }
 
-    /// Every peer of `workload`, laid out over a run of `duration`.
+    /// Every peer of `workload` (each of its replicas), laid out over a run of `duration`.
     pub fn all(workload: &Workload, duration: Duration) -> Vec<PeerPlan> {
         workload
             .peers
             .iter()
+            .flat_map(|p| std::iter::repeat_n(p, usize::from(p.replicas.max(1))))
             .map(|p| PeerPlan::new(p, duration))
             .collect()
     }
 
-    /// Draws a call starting at `start`: its would-be latency, and when it is answered
-    /// (`None` if the peer is silent at some point of its life).
-    pub fn draw(&self, start: Duration, rng: &mut Rng) -> (Duration, Option<Duration>) {
-        let mut latency = self.spec.tail.sample(rng);
+    /// Draws a call starting at `start`: its route (0: the usual one, 1: the slow one),
+    /// its would-be latency, and when it is answered (`None` if the peer is silent at
+    /// some point of its life). A peer without a slow route draws no route, so its
+    /// stream is the same as before routes existed.
+    pub fn draw(&self, start: Duration, rng: &mut Rng) -> (u8, Duration, Option<Duration>) {
+        let (route, tail) = match self.spec.slow_route {
+            Some(slow) if rng.below(slow.one_in) == 0 => (1, slow.tail),
+            _ => (0, self.spec.tail),
+        };
+        let mut latency = tail.sample(rng);
         if let Some((at, factor)) = self.shift {
             if start >= at {
                 latency = latency.mul_f64(factor);
@@ -194,15 +282,34 @@ impl PeerPlan {
         let lost = self
             .silence
             .is_some_and(|(from, until)| start < until && start + latency >= from);
-        (latency, (!lost).then_some(latency))
+        (route, latency, (!lost).then_some(latency))
+    }
+
+    /// The name of `route` of this peer: the peer's name, with the route's when it has a
+    /// slow one.
+    pub fn route_name(&self, route: u8) -> String {
+        match (self.spec.slow_route, route) {
+            (None, _) => self.spec.name.to_string(),
+            (Some(_), 0) => format!("{} {MAIN_ROUTE}", self.spec.name),
+            (Some(slow), _) => format!("{} {}", self.spec.name, slow.name),
+        }
+    }
+
+    /// The latency class of `route`: the route's name when the peer has a slow one.
+    pub fn class(&self, route: u8) -> Option<&'static str> {
+        let slow = self.spec.slow_route?;
+        Some(if route == 0 { MAIN_ROUTE } else { slow.name })
     }
 }
 
-/// A call: which peer, and after how long the peer answers it (`None`: never).
+/// A call: which peer, which latency class, and after how long the peer answers it
+/// (`None`: never).
 #[derive(Clone, Copy, Debug)]
 pub struct Req {
     /// The peer.
     pub peer: PeerId,
+    /// The call's route, as a latency class (`None`: the peer has one route).
+    pub class: Option<&'static str>,
     /// When the answer comes, from the call's start.
     pub answer_in: Option<Duration>,
 }

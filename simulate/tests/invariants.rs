@@ -81,6 +81,46 @@ async fn the_same_seed_gives_the_same_tables_byte_for_byte() {
     }
 }
 
+/// Indices of the quiet and mixed-route workloads.
+const QUIET: usize = 3;
+const MIXED: usize = 4;
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn classes_keep_the_rare_slow_route_uncut() {
+    let kinds = vec![Kind::Layer, Kind::LayerNoClasses];
+    let report = simulate(&short(5, vec![MIXED], kinds)).await;
+    let route = |kind| {
+        let row = report.row("mixed-route", kind).expect("a row");
+        let slow = row.per_peer.iter().find(|p| p.0.ends_with("/report"));
+        slow.map(|&(_, calls, cut)| (calls, cut))
+            .expect("the slow route")
+    };
+    let (calls, cut) = route(Kind::Layer);
+    assert!(calls > 0, "the run has slow calls");
+    assert_eq!(cut, 0, "classes: none of {calls} cut");
+    assert_eq!(
+        route(Kind::LayerNoClasses),
+        (calls, calls),
+        "one history: all cut"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_quiet_peer_learns_a_deadline_below_cold_start_and_is_cut_when_silent() {
+    let report = simulate(&short(6, vec![QUIET], vec![Kind::Layer])).await;
+    let row = report.row("quiet", Kind::Layer).expect("a row");
+    assert_eq!(row.hung, 0);
+    let [silence] = &row.episodes[..] else {
+        panic!("one silent peer: {:?}", row.episodes)
+    };
+    let cold = TimeoutPolicy::default().cold_start;
+    assert!(silence.deadline.expect("reported") < cold, "{silence:?}");
+    assert!(
+        silence.longest_wait.is_some(),
+        "calls were cut: {silence:?}"
+    );
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn the_sweeps_default_cadence_gives_the_reports_row_of_the_layer() {
     let defaults: Vec<_> = CADENCES.into_iter().filter(|c| c.is_default()).collect();

@@ -20,7 +20,7 @@ impl Call {
     /// over once its head is answered.
     pub(crate) fn head(&mut self, now: Instant, outcome: Outcome) {
         if let CallPeer::Tracked(p) = self.peer() {
-            p.on_head(now, self.start, self.ticket.probe, outcome);
+            p.on_head(now, self.start, &self.ticket, outcome);
         }
         self.ticket.probe = false;
         self.held.probe_answered();

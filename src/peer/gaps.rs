@@ -87,7 +87,7 @@ impl Gaps {
             }
         });
         let rotated = gaps.window.advance(now);
-        gaps.window.record(gap);
+        gaps.window.record(gap, now);
         gaps.since_recompute += 1;
         let samples = gaps.window.samples();
         let warm = samples >= gaps.policy.min_samples.min(GAP_WARMUP);
@@ -114,11 +114,13 @@ impl Gaps {
     }
 }
 
-/// The shape of a gap window: the policy's, with one significant figure and a lowest
-/// discernible gap of 1 ms.
+/// The shape of a gap window: the policy's, with one significant figure, a lowest
+/// discernible gap of 1 ms, and histograms from the first gap (it keeps one answer
+/// besides).
 fn gap_shape(policy: &TimeoutPolicy) -> TimeoutPolicy {
     let mut shape = policy.clone();
     shape.significant_figures = 1;
+    shape.min_samples = 1;
     shape.min = shape.min.max(MIN_GAP * 100);
     shape.max = shape.max.max(shape.min * 2);
     shape

@@ -9,6 +9,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::class::LatencyHints;
 use crate::propagate::Propagation;
 use crate::token::Interrupt;
 
@@ -154,6 +155,12 @@ pub trait KeyFn<Req> {
     fn propagates(&self) -> bool {
         false
     }
+
+    /// The request's latency class and floor (see [`class`](crate::class)). Default: none.
+    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
+        let _ = req;
+        LatencyHints::new()
+    }
 }
 
 impl<Req, K: PeerKey, F: Fn(&Req) -> K> KeyFn<Req> for F {
@@ -187,6 +194,11 @@ pub trait HasPeer {
     fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
         let _ = (deadline, propagation);
     }
+
+    /// The request's latency class and floor (see [`class`](crate::class)). Default: none.
+    fn latency_hints(&self) -> LatencyHints<'_> {
+        LatencyHints::new()
+    }
 }
 
 /// The [`KeyFn`] that asks the request itself, through [`HasPeer`].
@@ -215,6 +227,10 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
     fn propagates(&self) -> bool {
         true
     }
+
+    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
+        req.latency_hints()
+    }
 }
 
 #[cfg(feature = "http")]
@@ -233,6 +249,7 @@ mod http_peer {
     use std::time::Duration;
 
     use super::{HasPeer, KeyFn, PeerKey};
+    use crate::class::{self, LatencyHints};
     use crate::propagate::{self, Propagation};
     use crate::token::Interrupt;
 
@@ -392,6 +409,12 @@ mod http_peer {
         fn write_deadline(&mut self, deadline: Duration, propagation: &Propagation) {
             propagate::write(self, deadline, propagation);
         }
+
+        /// The [`LatencyClass`](crate::LatencyClass) extension, else the path's template;
+        /// the [`MinDeadline`](crate::MinDeadline) extension.
+        fn latency_hints(&self) -> LatencyHints<'_> {
+            class::http_hints(self)
+        }
     }
 
     /// Keys `http::Request`s with your own function, keeping what
@@ -427,6 +450,10 @@ mod http_peer {
 
         fn propagates(&self) -> bool {
             true
+        }
+
+        fn latency_hints<'r>(&self, req: &'r Request<B>) -> LatencyHints<'r> {
+            req.latency_hints()
         }
     }
 

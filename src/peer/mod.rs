@@ -1,9 +1,9 @@
 //! Everything the layer knows per peer.
 //!
 //! A call goes through [`key`] (which peer), [`table`] (the bounded table admits it and
-//! hands out its [`Ticket`]), and ends in one of [`Peer`]'s outcome methods, which feed the
-//! latency [`window`] and the [`health`] state machine and republish what the next call
-//! reads ([`published`]).
+//! hands out its [`InFlight`] hold and its [`Ticket`]), and ends in one of [`Peer`]'s
+//! outcome methods ([`outcome`]), which feed the latency [`window`] and the [`health`]
+//! state machine and republish what the next call reads ([`published`]).
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -13,26 +13,38 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
+use self::classes::{ClassIx, ClassLane, ClassSlots};
+use self::health::{Health, PeerState, Transition, Verdict};
+use self::lane::Lane;
 use self::published::Published;
-use self::window::Window;
+use crate::class::LatencyHints;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::events::PeerWatch;
 use crate::export::PeerMetrics;
-use crate::interrupt::{Fired, Interrupts, Origin};
-use crate::policy::{DeadlineExplanation, DeadlineSource, Explained, TimeoutPolicy};
+use crate::interrupt::{Fired, Interrupts};
+use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
 
+mod classes;
+mod estimate;
 #[cfg(feature = "http")]
 mod gaps;
 pub(crate) mod health;
+pub(crate) mod history;
+mod in_flight;
 pub(crate) mod key;
+mod lane;
+mod outcome;
 mod published;
 pub(crate) mod table;
+mod ticket;
 pub(crate) mod window;
 
 #[cfg(test)]
 mod proptests;
+
+pub(crate) use self::in_flight::{InFlight, NotAdmitted};
+pub(crate) use self::ticket::Ticket;
 
 /// How an untracked call's peer is named in errors.
 static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
@@ -64,6 +76,8 @@ pub(crate) struct Peer {
     #[cfg(feature = "http")]
     gaps: gaps::Gaps,
     pub(crate) counters: Counters,
+    /// Which latency classes the peer holds, and their deadlines.
+    classes: ClassSlots,
     locked: CachePadded<Mutex<Locked>>,
     metrics: PeerMetrics,
     classifier: Classifier,
@@ -84,7 +98,10 @@ pub(crate) struct Counters {
 /// The part of a peer behind its lock: what a completion, a rotation or a policy change
 /// reads and writes.
 struct Locked {
-    window: Window,
+    /// The latency history of every call and the deadline learned from it.
+    lane: Lane,
+    /// The latency classes' histories, in the order of their slots.
+    classes: Vec<ClassLane>,
     /// Calls that ended with the inner service's answer (success or error).
     completed: u64,
     /// Calls that ran out their deadline.
@@ -92,15 +109,12 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
-    /// Censored samples of misses, held until the peer answers again (it was slow) or is
-    /// declared silent (it was gone, which says nothing about its latency).
-    pending: Vec<Duration>,
+    /// Censored samples of misses (and their calls' classes), held until the peer
+    /// answers again (it was slow) or is declared silent (it was gone, which says nothing
+    /// about its latency).
+    pending: Vec<(Option<ClassIx>, Duration)>,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,
-    since_recompute: u64,
-    source: DeadlineSource,
-    /// What the latest published deadlines came from.
-    explained: Explained,
     health: Health,
     /// The interrupt fired when the peer last went silent.
     silenced: Option<Fired>,
@@ -115,6 +129,7 @@ pub(crate) struct WindowView {
     pub(crate) deadline: Duration,
     pub(crate) explanation: DeadlineExplanation,
     pub(crate) heap_bytes: usize,
+    pub(crate) classes: Vec<crate::class::ClassSnapshot>,
     pub(crate) last_response: Instant,
     pub(crate) state: PeerState,
     pub(crate) next_probe_at: Instant,
@@ -122,75 +137,6 @@ pub(crate) struct WindowView {
     pub(crate) deadline_exceeded: u64,
     pub(crate) failures: u64,
     pub(crate) consecutive_failures: u64,
-}
-
-/// What an admitted call starts with.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Ticket {
-    pub(crate) deadline: Duration,
-    pub(crate) source: DeadlineSource,
-    /// The interrupt generation when the call started.
-    pub(crate) generation: u64,
-    /// Whether the call is the probe of a silent peer.
-    pub(crate) probe: bool,
-}
-
-/// Why a peer did not admit a call.
-pub(crate) enum NotAdmitted {
-    /// The peer is silent: the call fails fast.
-    FailFast(Fired),
-    /// The table let the peer go since the caller found it: look the peer up again.
-    Retired,
-}
-
-/// An admitted call's place among its peer's calls in flight, held from the moment the
-/// peer counted it. The call's outcome is recorded through [`InFlight::end`]; dropped
-/// without one (its caller went away, or a panic came between admission and the call's
-/// future) the call ends as abandoned, so the count and a probe slot always come back.
-pub(crate) struct InFlight {
-    peer: CallPeer,
-    probe: bool,
-    ended: bool,
-}
-
-impl InFlight {
-    /// An untracked call: nothing to give back.
-    pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
-        InFlight {
-            peer: CallPeer::Untracked(interrupts),
-            probe: false,
-            ended: false,
-        }
-    }
-
-    /// Whom the call is for.
-    pub(crate) fn peer(&self) -> &CallPeer {
-        &self.peer
-    }
-
-    /// The call's probe was answered (its head came): a later abandon (its body dropped)
-    /// is no abandoned probe.
-    pub(crate) fn probe_answered(&mut self) {
-        self.probe = false;
-    }
-
-    /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
-    /// recorded nowhere). Dropping the hold records nothing after this.
-    pub(crate) fn end(&mut self) -> Option<&Peer> {
-        self.ended = true;
-        match &self.peer {
-            CallPeer::Tracked(p) => Some(p),
-            CallPeer::Untracked(_) => None,
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let (false, CallPeer::Tracked(p)) = (self.ended, &self.peer) {
-            p.on_abandon(Instant::now(), self.probe, None);
-        }
-    }
 }
 
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
@@ -222,7 +168,8 @@ impl CallPeer {
 
 impl Peer {
     /// A peer first seen at `now`, under `policy` (and whether that is a per-peer
-    /// override), its probe jitter seeded by `jitter_seed`.
+    /// override), its probe jitter seeded by `jitter_seed`; its errors read by
+    /// `classifier`, and at most `max_classes` latency classes of its own.
     pub(crate) fn new(
         label: Arc<str>,
         metrics: PeerMetrics,
@@ -230,9 +177,9 @@ impl Peer {
         epoch: Instant,
         now: Instant,
         jitter_seed: u64,
-        classifier: Classifier,
+        (classifier, max_classes): (Classifier, usize),
     ) -> Peer {
-        let window = Window::new(&policy, now);
+        let lane = Lane::new(&policy, now);
         let peer = Peer {
             metrics,
             classifier,
@@ -249,8 +196,10 @@ impl Peer {
             #[cfg(feature = "http")]
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
+            classes: ClassSlots::new(max_classes),
             locked: CachePadded::new(Mutex::new(Locked {
-                window,
+                lane,
+                classes: Vec::new(),
                 completed: 0,
                 deadline_exceeded: 0,
                 failures: 0,
@@ -258,14 +207,11 @@ impl Peer {
                 pending: Vec::new(),
                 policy,
                 overridden,
-                since_recompute: 0,
-                source: DeadlineSource::ColdStart,
-                explained: Explained::new(),
                 health: Health::new(now, jitter_seed),
                 silenced: None,
             })),
         };
-        peer.publish(&mut peer.lock());
+        peer.publish(&mut peer.lock(), now);
         peer.last_used.store(peer.nanos(now), Relaxed);
         peer
     }
@@ -322,10 +268,11 @@ impl Peer {
         (health.state() == PeerState::Silent).then(|| health.next_probe_at())
     }
 
-    /// Admits a call starting at `now` whose interrupt generation is `generation`, or
-    /// refuses it because the peer is silent or has left the table. A healthy peer costs
-    /// atomic operations only; the window is rotated first if its time has come, so stale
-    /// history does not set the deadline.
+    /// Admits a call starting at `now` with `hints` (its class and floor), whose interrupt
+    /// generation is `generation`, or refuses it because the peer is silent or has left the
+    /// table. A healthy peer costs atomic operations only (a new class takes the lock
+    /// once); the windows are rotated first if their time has come, so stale history does
+    /// not set the deadline.
     ///
     /// The call is counted in flight before anything else, on the word that also holds
     /// [`RETIRED`]: either the table retires the peer first and this call looks it up again,
@@ -335,23 +282,20 @@ impl Peer {
         self: &Arc<Self>,
         now: Instant,
         generation: u64,
+        hints: LatencyHints<'_>,
     ) -> Result<(InFlight, Ticket), NotAdmitted> {
         if self.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
             self.in_flight.fetch_sub(1, Relaxed);
             return Err(NotAdmitted::Retired);
         }
-        let mut held = InFlight {
-            peer: CallPeer::Tracked(self.clone()),
-            probe: false,
-            ended: false,
-        };
+        let mut held = InFlight::tracked(self.clone());
         if self.published.rotation_due(self.nanos(now)) {
             let mut locked = self.lock();
-            if locked.window.advance(now) {
-                self.publish(&mut locked);
-            }
+            locked.lane.window.advance(now);
+            self.publish(&mut locked, now);
         }
-        let (mut deadline, mut source) = self.deadline();
+        let class = self.class_of(now, hints.class);
+        let (mut deadline, mut source) = self.class_deadline(class);
         if !self.state().is_open() {
             let mut guard = self.lock();
             let locked = &mut *guard;
@@ -381,8 +325,9 @@ impl Peer {
             source,
             generation,
             probe,
+            class,
         };
-        Ok((held, ticket))
+        Ok((held, ticket.floored(hints.floor, self.published.max())))
     }
 
     /// Lets the peer go if it has no call in flight: from then on every admission is
@@ -396,209 +341,6 @@ impl Peer {
     /// Classifies an inner error (only errors are classified: a success is a sample).
     pub(crate) fn classify(&self, err: &BoxError) -> Outcome {
         self.classifier.classify(&**err)
-    }
-
-    /// The call that started at `started` ended with `outcome` at `now`: recorded as
-    /// [`on_head`](Self::on_head) does, and the call is over.
-    pub(crate) fn on_outcome(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
-        self.on_head(now, started, probe, outcome);
-        self.end();
-    }
-
-    /// Records `outcome` of a call that started at `started`; the call stays in flight
-    /// (its body is still to come) until [`on_body_end`](Self::on_body_end), an abandon,
-    /// or [`on_outcome`](Self::on_outcome)'s end. An answer is a heartbeat (and commits
-    /// the misses held back); a [`Outcome::Sample`] also records its latency. A probe
-    /// answered slower than the learned deadline re-seeds the window: the peer came back
-    /// slower, and its old history would cut every call. A failure records nothing but its
-    /// count; a failed probe frees the probe slot.
-    pub(crate) fn on_head(&self, now: Instant, started: Instant, probe: bool, outcome: Outcome) {
-        let latency = now.saturating_duration_since(started);
-        let mut locked = self.lock();
-        if outcome == Outcome::Failure {
-            self.metrics.failed();
-            locked.failures += 1;
-            locked.consecutive_failures += 1;
-            if probe {
-                let policy = locked.policy.clone();
-                let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
-                self.transition(transition);
-            }
-            return;
-        }
-        self.metrics.answered(latency);
-        locked.completed += 1;
-        locked.consecutive_failures = 0;
-        let learned = locked.source != DeadlineSource::ColdStart;
-        if probe && learned && latency > self.deadline().0 {
-            locked.window = Window::new(&locked.policy, now);
-            locked.pending.clear();
-            self.publish(&mut locked);
-        }
-        let held = std::mem::take(&mut locked.pending);
-        for censored in &held {
-            self.record(&mut locked, now, *censored);
-        }
-        if !held.is_empty() {
-            // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish(&mut locked);
-        }
-        if outcome == Outcome::Sample {
-            self.record(&mut locked, now, latency);
-        }
-        let transition = locked.health.on_response(now);
-        self.transition(transition);
-    }
-
-    /// A call that started at `started` ran out its `deadline` (from `source`). Records a
-    /// censored sample at the deadline, counts a miss, and may declare the peer silent,
-    /// interrupting every other call in flight. Returns why the deadline had its value,
-    /// and the silence interrupt if this miss declared it.
-    pub(crate) fn on_deadline(
-        &self,
-        now: Instant,
-        started: Instant,
-        deadline: Duration,
-        source: DeadlineSource,
-        probe: bool,
-    ) -> (DeadlineExplanation, Option<Fired>) {
-        self.metrics.timed_out();
-        let mut locked = self.lock();
-        locked.deadline_exceeded += 1;
-        // Explain with the numbers the call's deadline came from, before this miss's own
-        // sample moves them.
-        let explanation = locked.explained.explain(started, deadline, source);
-        let policy = locked.policy.clone();
-        let miss = locked.health.is_miss(started);
-        if source == DeadlineSource::Caller {
-            // The caller's own, shorter, deadline says nothing about the peer's latency. A
-            // probe cut by it frees the probe slot. Any other call is a miss if the peer
-            // said nothing since it started and the caller waited at least as long as the
-            // peer's answers normally take.
-            let transition = if probe {
-                locked
-                    .health
-                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-            } else if miss && deadline >= self.normal_latency(&locked) {
-                locked.health.on_deadline(now, started, false, &policy)
-            } else {
-                None
-            };
-            let silenced = self.on_transition(&mut locked, now, transition);
-            drop(locked);
-            self.end();
-            return (explanation, silenced);
-        }
-        if !probe && source != DeadlineSource::SilentPeer {
-            // A censored sample: the peer's latency was at least the deadline. (A probe or
-            // a cut deadline of a peer known to be silent says nothing about its latency.)
-            // The tail (the peer answered since) is recorded at once, and the deadline
-            // recomputed, since it may be behind. A miss waits for the peer's next answer:
-            // if silence is declared first, it was not slowness. (With detection off
-            // nothing tells the two apart: it is recorded at once.)
-            if miss && policy.silent_after_misses > 0 {
-                if locked.pending.len() < PENDING_MISSES {
-                    locked.pending.push(deadline);
-                }
-            } else {
-                self.record(&mut locked, now, deadline);
-                self.publish(&mut locked);
-            }
-        }
-        (explanation, self.miss(locked, now, started, probe))
-    }
-
-    /// Counts a miss (a wait that started at `started` ran out with no answer) and ends the
-    /// call. Returns the silence interrupt if this miss declared the peer silent, after
-    /// firing it into every other call in flight.
-    fn miss(
-        &self,
-        mut locked: MutexGuard<'_, Locked>,
-        now: Instant,
-        started: Instant,
-        probe: bool,
-    ) -> Option<Fired> {
-        let policy = locked.policy.clone();
-        let transition = locked.health.on_deadline(now, started, probe, &policy);
-        let silenced = self.on_transition(&mut locked, now, transition);
-        drop(locked);
-        self.end();
-        silenced
-    }
-
-    /// Publishes a transition; one that declares the peer silent drops the misses held
-    /// back and interrupts every call in flight, and the interrupt is returned.
-    fn on_transition(
-        &self,
-        locked: &mut MutexGuard<'_, Locked>,
-        now: Instant,
-        transition: Option<Transition>,
-    ) -> Option<Fired> {
-        let mut silenced = None;
-        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
-            locked.pending.clear();
-            let fired = self.silent_reason(locked, now, None);
-            locked.silenced = Some(fired.clone());
-            self.interrupts.fire(fired.clone());
-            silenced = Some(fired);
-        }
-        self.transition(transition);
-        silenced
-    }
-
-    /// How long the peer's answers normally take: the window's quantile once it is
-    /// trusted, else the slowest answer seen; at least `min`. A caller's deadline shorter
-    /// than this proves nothing when it runs out.
-    fn normal_latency(&self, locked: &Locked) -> Duration {
-        let seen = if locked.source == DeadlineSource::ColdStart {
-            locked.window.max()
-        } else {
-            locked.explained.quantile_value()
-        };
-        seen.max(locked.policy.min)
-    }
-
-    /// A call ended without an answer or a deadline: interrupted (why, and whether through
-    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency.
-    pub(crate) fn on_abandon(
-        &self,
-        now: Instant,
-        probe: bool,
-        interrupted: Option<(&Reason, Origin)>,
-    ) {
-        if let Some((reason, origin)) = interrupted {
-            // Only this peer's own silence is a silent interrupt: a caller's token may
-            // carry any reason (an outer layer's deadline or silence, say).
-            let counter = match (reason, origin) {
-                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
-                _ => &self.counters.manual_interrupts,
-            };
-            counter.fetch_add(1, Relaxed);
-            self.metrics.interrupted(reason);
-        }
-        if probe {
-            let mut locked = self.lock();
-            let transition = locked.health.on_abandon(probe, now);
-            self.transition(transition);
-        }
-        self.end();
-    }
-
-    fn end(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.metrics.ended();
-    }
-
-    /// Records one latency and republishes the deadline when it is due.
-    fn record(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant, latency: Duration) {
-        let rotated = locked.window.advance(now);
-        locked.window.record(latency);
-        locked.since_recompute += 1;
-        let warmed_up = locked.source == DeadlineSource::ColdStart
-            && locked.window.samples() >= locked.policy.min_samples;
-        if rotated || warmed_up || locked.since_recompute >= locked.policy.recompute_every {
-            self.publish(locked);
-        }
     }
 
     /// Why calls to this silent peer end: how long it has been quiet, how many calls
@@ -636,14 +378,16 @@ impl Peer {
     /// Puts a new policy in force; the window is kept when its shape did not change.
     pub(crate) fn set_policy(&self, policy: Arc<TimeoutPolicy>, overridden: bool, now: Instant) {
         let mut locked = self.lock();
-        if !locked.policy.same_window(&policy) {
-            locked.window = Window::new(&policy, now);
+        let reset = !locked.policy.same_window(&policy);
+        if reset {
+            locked.lane = Lane::new(&policy, now);
         }
         let transition = locked.health.release_if_detection_off(&policy);
         locked.policy = policy;
         locked.overridden = overridden;
         self.transition(transition);
-        self.publish(&mut locked);
+        self.reshape_classes(&mut locked, now, reset);
+        self.publish(&mut locked, now);
     }
 
     /// Whether the table has let the peer go.
@@ -664,19 +408,24 @@ impl Peer {
     /// Reads the window: quantiles p50, p90, p99, p99.9, the max and the policy.
     pub(crate) fn view(&self, now: Instant) -> WindowView {
         let mut locked = self.lock();
-        if locked.window.advance(now) {
-            self.publish(&mut locked);
+        if locked.lane.window.advance(now) {
+            self.publish(&mut locked, now);
         }
         let (deadline, source) = self.deadline_at(&locked, now);
-        let explanation = locked.explained.explain(now, deadline, source);
-        let w = &locked.window;
+        let explanation = locked.lane.explained.explain(now, deadline, source);
+        let reach = locked.policy.max_history;
+        let w = &mut locked.lane.window;
+        let (quantiles, max, samples) = w.quantiles([0.5, 0.9, 0.99, 0.999], reach, now);
+        let heap_bytes = w.heap_bytes() + Peer::class_bytes(&locked);
+        let classes = self.class_views(&mut locked, now);
         WindowView {
-            samples: w.samples(),
-            quantiles: [0.5, 0.9, 0.99, 0.999].map(|q| w.quantile(q)),
-            max: w.max(),
+            samples,
+            quantiles,
+            max,
             deadline,
             explanation,
-            heap_bytes: w.heap_bytes(),
+            heap_bytes,
+            classes,
             last_response: locked.health.last_response(),
             state: locked.health.state(),
             next_probe_at: locked.health.next_probe_at(),
@@ -687,25 +436,21 @@ impl Peer {
         }
     }
 
-    /// Recomputes the deadline from the window and publishes it (under the lock).
-    fn publish(&self, locked: &mut MutexGuard<'_, Locked>) {
-        let samples = locked.window.samples();
-        let q = if samples >= locked.policy.min_samples {
-            locked.window.quantile(locked.policy.quantile)
-        } else {
-            Duration::ZERO
-        };
-        let (deadline, source) = locked.policy.deadline(samples, q);
-        locked.source = source;
-        locked.since_recompute = 0;
-        let (policy, overridden) = (locked.policy.clone(), locked.overridden);
-        let at = Instant::now();
-        (locked.explained).publish(at, deadline, source, &policy, samples, q, overridden);
+    /// Recomputes the peer's deadline from its history and publishes it (under the
+    /// lock), with when the next of its windows (its own, its classes') rotates.
+    fn publish(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant) {
+        let locked = &mut **locked;
+        let (deadline, source) = locked
+            .lane
+            .recompute(now, &locked.policy, locked.overridden);
         self.published.set_deadline(deadline, source);
+        self.published
+            .set_bounds(locked.policy.max, locked.policy.cold_start);
         locked.health.note_deadline(deadline);
         self.metrics.deadline(deadline);
-        let rotate_at = self.nanos(locked.window.rotates_at());
-        self.published.set_rotate_at(rotate_at);
+        let own = locked.lane.window.rotates_at();
+        let next = self.rotate_classes(locked, now).map_or(own, |c| c.min(own));
+        self.published.set_rotate_at(self.nanos(next));
     }
 
     /// Notes a call to the peer at `now` (admitted or refused: either is use) for idle

@@ -24,7 +24,9 @@ fn ms(n: u64) -> Duration {
 
 /// A valid policy with a small window, so generated time steps cross many rotations.
 fn window_policy(sub_windows: u32, sub_ms: u64) -> TimeoutPolicy {
+    // `min_samples` 1: every sample goes into the histograms from the first.
     TimeoutPolicy::default()
+        .min_samples(1)
         .sub_windows(sub_windows)
         .window(ms(sub_ms * u64::from(sub_windows)))
 }
@@ -61,7 +63,7 @@ proptest! {
             }
             if record {
                 live.push((now, w.rotates_at()));
-                w.record(ms(3));
+                w.record(ms(3), now);
                 prop_assert_eq!(w.samples(), live.len() as u64);
             }
         }
@@ -78,7 +80,7 @@ proptest! {
         let mut w = Window::new(&policy, t0);
         let at = t0 + Duration::from_micros(offset_us);
         w.advance(at);
-        w.record(ms(1));
+        w.record(ms(1), at);
         let sub = policy.sub_window();
         // Still there just short of `window - sub_window` ...
         let young = at + policy.window - sub - Duration::from_nanos(1);

@@ -22,6 +22,10 @@ pub(super) struct Published {
     state: AtomicU8,
     /// When the window next rotates, in nanoseconds since the peer's epoch.
     rotate_at: AtomicU64,
+    /// The policy's `max`, in nanoseconds: what a call's floor may raise its deadline to.
+    max: AtomicU64,
+    /// The policy's `cold_start`, in nanoseconds: what a latency class starts with.
+    cold_start: AtomicU64,
 }
 
 impl Published {
@@ -31,7 +35,26 @@ impl Published {
             deadline: AtomicU64::new(pack(deadline, source)),
             state: AtomicU8::new(0),
             rotate_at: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            cold_start: AtomicU64::new(0),
         }
+    }
+
+    /// The policy's `cold_start`.
+    pub(super) fn cold_start(&self) -> Duration {
+        Duration::from_nanos(self.cold_start.load(Relaxed))
+    }
+
+    /// The policy's `max`.
+    pub(super) fn max(&self) -> Duration {
+        Duration::from_nanos(self.max.load(Relaxed))
+    }
+
+    /// Publishes the policy's `max` and `cold_start`.
+    pub(super) fn set_bounds(&self, max: Duration, cold_start: Duration) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.max.store(nanos(max), Relaxed);
+        self.cold_start.store(nanos(cold_start), Relaxed);
     }
 
     /// The deadline new calls get, and why: one atomic load.
@@ -62,7 +85,8 @@ impl Published {
     }
 }
 
-fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
+/// The deadline word of `deadline` from `source`: never 0 for a deadline of at least 1ns.
+pub(super) fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
     let nanos = u64::try_from(deadline.as_nanos()).map_or(NANOS_MASK, |n| n.min(NANOS_MASK));
     let tag = DeadlineSource::ALL
         .iter()
@@ -71,7 +95,8 @@ fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
     nanos | tag << NANOS_BITS
 }
 
-fn unpack(word: u64) -> (Duration, DeadlineSource) {
+/// The deadline and source a deadline word holds.
+pub(super) fn unpack(word: u64) -> (Duration, DeadlineSource) {
     let source =
         DeadlineSource::ALL[((word >> NANOS_BITS) as usize).min(DeadlineSource::ALL.len() - 1)];
     (Duration::from_nanos(word & NANOS_MASK), source)

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::key::{detached, label, PeerKey};
 use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
 use crate::balance::EndpointSet;
+use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
 use crate::events::Events;
@@ -90,6 +91,8 @@ pub(crate) struct PeerTable<K> {
     /// looked at again.
     busy_until: AtomicU64,
     untracked_deadline: AtomicU64,
+    /// The default policy's `max`, which caps an untracked call's floor.
+    untracked_max: AtomicU64,
     untracked: Arc<Interrupts>,
     /// Set by `shutdown`: why every call from then on is refused.
     shutdown: OnceLock<Fired>,
@@ -111,6 +114,8 @@ pub(crate) struct PeerTable<K> {
     pub(crate) events: Events<K>,
     /// The balanced endpoints made from this table, and which are held out.
     pub(crate) endpoints: EndpointSet<K>,
+    /// Latency classes each peer may hold.
+    max_classes: usize,
 }
 
 impl<K> PeerTable<K> {
@@ -152,6 +157,7 @@ impl<K: PeerKey> PeerTable<K> {
         jitter_seed: u64,
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
+        let untracked_max = nanos(policies.default.max);
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             rotation: Mutex::new(VecDeque::new()),
@@ -162,6 +168,7 @@ impl<K: PeerKey> PeerTable<K> {
             last_sweep: AtomicU64::new(0),
             busy_until: AtomicU64::new(0),
             untracked_deadline: AtomicU64::new(untracked),
+            untracked_max: AtomicU64::new(untracked_max),
             untracked: Arc::new(Interrupts::new()),
             shutdown: OnceLock::new(),
             interrupt_tokens,
@@ -174,6 +181,7 @@ impl<K: PeerKey> PeerTable<K> {
             classifier: Classifier::default(),
             events: Events::default(),
             endpoints: EndpointSet::default(),
+            max_classes: 0,
         }
     }
 
@@ -183,17 +191,25 @@ impl<K: PeerKey> PeerTable<K> {
         self
     }
 
+    /// Lets each peer hold up to `max_classes` latency classes (none by default).
+    pub(crate) fn with_max_classes(mut self, max_classes: usize) -> Self {
+        self.max_classes = max_classes;
+        self
+    }
+
     /// Admits a new call to `key` (`None`: the request names no peer) starting at `now`:
     /// finds or inserts its peer (through `last`, the calling service's cache), asks the
-    /// peer for a ticket, and shortens the deadline to the caller's where that is shorter.
-    /// Refused here, whatever the peer: every call once the layer is shut down, and a call
-    /// whose caller's deadline is spent (fired where this is called).
+    /// peer for a ticket (for the call's class, raised to its floor), and shortens the
+    /// deadline to the caller's where that is shorter. Refused here, whatever the peer:
+    /// every call once the layer is shut down, and a call whose caller's deadline is spent
+    /// (fired where this is called).
     #[track_caller]
     pub(crate) fn admit(
         &self,
         mut key: Option<K>,
         now: Instant,
         caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
         let here = Location::caller();
@@ -205,7 +221,7 @@ impl<K: PeerKey> PeerTable<K> {
             let Some(peer) = key.take().and_then(|k| self.cached_peer(k, now, last)) else {
                 break;
             };
-            match self.admit_tracked(peer, now, caller_deadline, here) {
+            match self.admit_tracked(peer, now, caller_deadline, hints, here) {
                 Some(admission) => return admission,
                 // The peer was let go since it was found: look it up again.
                 None => key = last.take().map(|last| last.key),
@@ -214,7 +230,7 @@ impl<K: PeerKey> PeerTable<K> {
         if key.is_some() {
             self.count_untracked();
         }
-        self.admit_untracked(caller_deadline, here)
+        self.admit_untracked(caller_deadline, hints, here)
     }
 
     /// Admits a call to `peer`; `None` if the peer has left the table.
@@ -223,6 +239,7 @@ impl<K: PeerKey> PeerTable<K> {
         peer: &Arc<Peer>,
         now: Instant,
         caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
         here: &'static Location<'static>,
     ) -> Option<Admission> {
         // Any call to the peer is use, also one refused.
@@ -232,29 +249,28 @@ impl<K: PeerKey> PeerTable<K> {
         if let Some(fired) = self.refusal(caller_deadline, here) {
             return refused(fired);
         }
-        match peer.admit(now, generation) {
+        match peer.admit(now, generation, hints) {
             Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
             Err(NotAdmitted::FailFast(fired)) => refused(fired),
             Err(NotAdmitted::Retired) => None,
         }
     }
 
-    /// Admits a call that has no peer in the table.
+    /// Admits a call that has no peer in the table, raised to its floor (at most the
+    /// default policy's `max`).
     fn admit_untracked(
         &self,
         caller_deadline: Option<Duration>,
+        hints: LatencyHints<'_>,
         here: &'static Location<'static>,
     ) -> Admission {
         let generation = self.untracked.generation();
         if let Some(fired) = self.refusal(caller_deadline, here) {
             return Admission::Refused(CallPeer::Untracked(self.untracked.clone()), fired);
         }
-        let ticket = Ticket {
-            deadline: self.untracked_deadline(),
-            source: DeadlineSource::Untracked,
-            generation,
-            probe: false,
-        };
+        let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
+        let ticket =
+            Ticket::untracked(self.untracked_deadline(), generation).floored(hints.floor, max);
         let held = InFlight::untracked(self.untracked.clone());
         Admission::Admitted(held, capped(ticket, caller_deadline))
     }
@@ -331,6 +347,7 @@ impl<K: PeerKey> PeerTable<K> {
         self.write_policies().default = policy.clone();
         self.untracked_deadline
             .store(nanos(policy.cold_start), Relaxed);
+        self.untracked_max.store(nanos(policy.max), Relaxed);
         // Outside the write lock, so inserts go on: one that read the old default is in
         // the table by now, and one that did not reads the new one.
         let policies = self.policies();
@@ -393,8 +410,8 @@ impl<K: PeerKey> PeerTable<K> {
             let label = label(key);
             let metrics = PeerMetrics::new(&label, &self.labels);
             let policy = policies.for_key(key);
-            let classifier = self.classifier.clone();
-            let peer = Peer::new(label, metrics, policy, self.epoch, now, seed, classifier);
+            let reading = (self.classifier.clone(), self.max_classes);
+            let peer = Peer::new(label, metrics, policy, self.epoch, now, seed, reading);
             peer.watch().report_to(self.events.report(stored));
             inserted = true;
             Arc::new(peer)

@@ -16,8 +16,13 @@ use super::TimeoutPolicy;
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum DeadlineSource {
-    /// Fewer than `min_samples` in the window: the policy's `cold_start`.
+    /// Fewer than two answers to learn from: the policy's `cold_start`.
     ColdStart,
+    /// From two answers to `min_samples`: an upper estimate of the quantile (the larger
+    /// of a log-normal prediction bound and a Pareto tail extrapolation, never below the
+    /// slowest answer) × factor + margin, at most `cold_start` unless the answers show a
+    /// slower peer; within `[min, max]`.
+    Estimate,
     /// `quantile × factor + margin`, within `[min, max]`.
     Quantile,
     /// `quantile × factor + margin` was below `min`.
@@ -27,6 +32,9 @@ pub enum DeadlineSource {
     /// The caller's deadline ([`Deadline`](crate::Deadline), propagated headers) was
     /// shorter than the peer's.
     Caller,
+    /// The call's floor ([`MinDeadline`](crate::MinDeadline)) was longer than the peer's
+    /// deadline: the call got the floor, at most the policy's `max`.
+    Floor,
     /// The peer is silent and `fail_fast` is off: the deadline is cut to `min`.
     SilentPeer,
     /// The call's peer is not tracked (no key, or the peer table is full): the default
@@ -35,12 +43,14 @@ pub enum DeadlineSource {
 }
 
 impl DeadlineSource {
-    pub(crate) const ALL: [DeadlineSource; 7] = [
+    pub(crate) const ALL: [DeadlineSource; 9] = [
         DeadlineSource::ColdStart,
+        DeadlineSource::Estimate,
         DeadlineSource::Quantile,
         DeadlineSource::ClampedMin,
         DeadlineSource::ClampedMax,
         DeadlineSource::Caller,
+        DeadlineSource::Floor,
         DeadlineSource::SilentPeer,
         DeadlineSource::Untracked,
     ];
@@ -49,10 +59,12 @@ impl DeadlineSource {
     pub fn as_str(self) -> &'static str {
         match self {
             DeadlineSource::ColdStart => "cold_start",
+            DeadlineSource::Estimate => "estimate",
             DeadlineSource::Quantile => "quantile",
             DeadlineSource::ClampedMin => "clamped_min",
             DeadlineSource::ClampedMax => "clamped_max",
             DeadlineSource::Caller => "caller",
+            DeadlineSource::Floor => "floor",
             DeadlineSource::SilentPeer => "silent_peer",
             DeadlineSource::Untracked => "untracked",
         }
@@ -74,7 +86,8 @@ pub struct DeadlineExplanation {
     pub source: DeadlineSource,
     /// The policy's quantile.
     pub quantile: f64,
-    /// The window's latency at that quantile (zero during cold start).
+    /// The latency at that quantile (zero during cold start; its upper estimate while
+    /// the source is [`DeadlineSource::Estimate`]).
     pub quantile_value: Duration,
     /// The policy's factor.
     pub factor: f64,
@@ -84,20 +97,29 @@ pub struct DeadlineExplanation {
     pub min: Duration,
     /// The policy's max.
     pub max: Duration,
-    /// Samples in the window.
+    /// Samples the deadline was learned from.
     pub samples: u64,
+    /// How far back those samples reach when that is beyond the window (a quiet peer's
+    /// history, up to `max_history`); zero when they are the window's.
+    pub history: Duration,
     /// Samples needed before the quantile is trusted.
     pub min_samples: u64,
     /// Whether the peer runs under a per-peer policy override.
     pub per_peer_policy: bool,
+    /// The latency class whose history set the deadline; `None`: the peer's own.
+    pub class: Option<String>,
 }
 
+/// What a history said when a deadline was computed from it: samples learned from, the
+/// quantile's value (or its upper estimate), and how far back beyond the window.
+pub(crate) type Learned = (u64, Duration, Duration);
+
 impl DeadlineExplanation {
+    /// Explains `source` under `policy`, with what the history said.
     pub(crate) fn new(
         source: DeadlineSource,
         policy: &TimeoutPolicy,
-        samples: u64,
-        quantile_value: Duration,
+        (samples, quantile_value, history): Learned,
         per_peer_policy: bool,
     ) -> Self {
         DeadlineExplanation {
@@ -109,8 +131,10 @@ impl DeadlineExplanation {
             min: policy.min,
             max: policy.max,
             samples,
+            history,
             min_samples: policy.min_samples,
             per_peer_policy,
+            class: None,
         }
     }
 }
@@ -125,8 +149,7 @@ struct Computed {
     deadline: Duration,
     source: DeadlineSource,
     policy: Arc<TimeoutPolicy>,
-    samples: u64,
-    quantile_value: Duration,
+    learned: Learned,
     per_peer_policy: bool,
 }
 
@@ -134,12 +157,11 @@ impl Computed {
     fn explanation(&self, source: DeadlineSource) -> DeadlineExplanation {
         let Computed {
             policy,
-            samples,
-            quantile_value,
+            learned,
             per_peer_policy,
             ..
         } = self;
-        DeadlineExplanation::new(source, policy, *samples, *quantile_value, *per_peer_policy)
+        DeadlineExplanation::new(source, policy, *learned, *per_peer_policy)
     }
 }
 
@@ -183,15 +205,12 @@ impl Explained {
     }
 
     /// Notes a deadline published at `at` and the numbers it came from.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &mut self,
         at: Instant,
-        deadline: Duration,
-        source: DeadlineSource,
+        (deadline, source): (Duration, DeadlineSource),
         policy: &Arc<TimeoutPolicy>,
-        samples: u64,
-        quantile_value: Duration,
+        learned: Learned,
         per_peer_policy: bool,
     ) {
         let computed = Computed {
@@ -199,8 +218,7 @@ impl Explained {
             deadline,
             source,
             policy: policy.clone(),
-            samples,
-            quantile_value,
+            learned,
             per_peer_policy,
         };
         match &mut self.runs[self.newest] {
@@ -213,13 +231,6 @@ impl Explained {
                 });
             }
         }
-    }
-
-    /// The quantile value of the newest publication (zero before the first).
-    pub(crate) fn quantile_value(&self) -> Duration {
-        self.runs[self.newest]
-            .as_ref()
-            .map_or(Duration::ZERO, |run| run.last.quantile_value)
     }
 
     /// Why a call that started at `started` with `deadline` (from `source`) had it: the
@@ -273,8 +284,10 @@ impl DeadlineExplanation {
             min: Duration::ZERO,
             max: Duration::ZERO,
             samples: 0,
+            history: Duration::ZERO,
             min_samples: 0,
             per_peer_policy: false,
+            class: None,
         }
     }
 }
@@ -291,15 +304,8 @@ mod tests {
         let mut explained = Explained::new();
         let publish = |e: &mut Explained, at: u64, q: u64, samples| {
             let (deadline, source) = policy.deadline(samples, ms(q));
-            e.publish(
-                t0 + ms(at),
-                deadline,
-                source,
-                &policy,
-                samples,
-                ms(q),
-                false,
-            );
+            let learned = (samples, ms(q), Duration::ZERO);
+            e.publish(t0 + ms(at), (deadline, source), &policy, learned, false);
             deadline
         };
         let cold = publish(&mut explained, 0, 0, 0);

@@ -1,8 +1,10 @@
 //! Deadline policy: how a peer's latency history becomes its deadline.
 //!
 //! A peer's deadline is `clamp(quantile × factor + margin, min, max)`, where `quantile` is read
-//! from the peer's time-decaying latency histogram. Until the window holds `min_samples`
-//! samples the peer gets `cold_start` instead.
+//! from the peer's time-decaying latency histogram. A quiet peer, whose window holds fewer
+//! than `min_samples`, reads it from its last `min_samples` answers of up to `max_history`
+//! ago; with fewer still, from its second answer on, from an upper estimate of the quantile
+//! (see [`DeadlineSource::Estimate`]). Before that the peer gets `cold_start`.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,8 +13,8 @@ use crate::peer::window::to_units;
 
 mod explain;
 
-pub(crate) use self::explain::Explained;
 pub use self::explain::{DeadlineExplanation, DeadlineSource};
+pub(crate) use self::explain::{Explained, Learned};
 
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -22,14 +24,14 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 pub const MAX_SUB_WINDOWS: u32 = 64;
 /// Shortest sub-window (`window / sub_windows`) a policy accepts.
 pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
-/// Most heap bytes of latency histograms one peer may hold: a policy whose
-/// [`max_window_bytes`](TimeoutPolicy::max_window_bytes) is larger is refused.
+/// Most heap bytes one latency history (histograms and last answers) may hold: a policy
+/// whose [`max_window_bytes`](TimeoutPolicy::max_window_bytes) is larger is refused.
 ///
-/// 1 MiB is 22 times the default policy's 46,592 bytes: room for 3 significant figures at
+/// 1 MiB is 22 times the default policy's 47,792 bytes: room for 3 significant figures at
 /// the default shape (286,720 bytes) or 64 sub-windows at 2 (432,640), while the largest
 /// shape the other limits allow (7.45 MB: 64 sub-windows of 3 significant figures from 1us
 /// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
-/// largest `max_window_bytes` of its policies.
+/// largest `max_window_bytes` of its policies, times `1 + max_classes`.
 pub const MAX_WINDOW_BYTES: usize = 1 << 20;
 /// Largest `long_probe_spacing` a policy accepts.
 pub const MAX_LONG_PROBE_SPACING: u32 = 100;
@@ -81,11 +83,20 @@ pub struct TimeoutPolicy {
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
-    /// sample stands in for a high quantile and underestimates a heavy tail.
+    /// sample stands in for a high quantile and underestimates a heavy tail. From the second
+    /// sample to this many the deadline is an upper estimate of the quantile instead.
     pub min_samples: u64,
     /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub window: Duration,
+    /// How far back a quiet peer's history reaches: while its window holds fewer than
+    /// `min_samples`, its deadline is learned from its last `min_samples` answers of up to
+    /// this long ago (`window`, if that is longer). At most 7 days. Default `15min`: ten
+    /// calls a minute reach the quantile after ten minutes. It costs 12 bytes per answer
+    /// kept (at most `min(min_samples, 1024)`, so 1,200 bytes at the default), whatever
+    /// its length; a busy peer still forgets after `window`.
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub max_history: Duration,
     /// Number of sub-windows the window rotates through; a sample counts for between
     /// `window - window / sub_windows` and `window`. Default `6`.
     pub sub_windows: u32,
@@ -130,6 +141,7 @@ impl Default for TimeoutPolicy {
             cold_start: Duration::from_secs(1),
             min_samples: 100,
             window: Duration::from_secs(60),
+            max_history: Duration::from_secs(15 * 60),
             sub_windows: 6,
             significant_figures: 2,
             recompute_every: 256,
@@ -174,6 +186,8 @@ setters! {
     min_samples: u64;
     /// Sets [`TimeoutPolicy::window`].
     window: Duration;
+    /// Sets [`TimeoutPolicy::max_history`].
+    max_history: Duration;
     /// Sets [`TimeoutPolicy::sub_windows`].
     sub_windows: u32;
     /// Sets [`TimeoutPolicy::significant_figures`].
@@ -247,6 +261,12 @@ impl TimeoutPolicy {
                 format!("must be in (0, {MAX_WINDOW:?}], got {:?}", self.window),
             );
         }
+        if self.max_history > MAX_WINDOW {
+            return fail(
+                "max_history",
+                format!("must be at most {MAX_WINDOW:?}, got {:?}", self.max_history),
+            );
+        }
         if self.sub_windows == 0 || self.sub_windows > MAX_SUB_WINDOWS {
             return fail(
                 "sub_windows",
@@ -275,11 +295,13 @@ impl TimeoutPolicy {
                 "sub_windows",
                 format!(
                     "({}) + 1 histograms of {} bytes ({sigfig} significant figures from {low}us \
-                     to {high}us, set by min / 100 and max) make {window_bytes} bytes per peer, \
-                     above the ceiling of {MAX_WINDOW_BYTES} bytes: use fewer sub_windows or \
-                     significant_figures, or a narrower [min, max]",
+                     to {high}us, set by min / 100 and max) and {} bytes of last answers make \
+                     {window_bytes} bytes per history, above the ceiling of {MAX_WINDOW_BYTES} \
+                     bytes: use fewer sub_windows or significant_figures, or a narrower \
+                     [min, max]",
                     self.sub_windows,
-                    window_bytes / (self.sub_windows as usize + 1),
+                    self.histogram_bytes() / (self.sub_windows as usize + 1),
+                    self.history_bytes(),
                 ),
             );
         }
@@ -316,14 +338,29 @@ impl TimeoutPolicy {
         Ok(())
     }
 
-    /// The most heap bytes one peer's latency window can hold under this policy:
-    /// `sub_windows + 1` histograms (the ring and its running sum), each with one `u32`
-    /// count per bucket hdrhistogram needs for `[min / 100, max]` at `significant_figures`.
-    /// A peer reaches it once every sub-window has been written (histograms are allocated
-    /// as they are first written); [`PeerSnapshot::window_bytes`](crate::PeerSnapshot) is
-    /// what it holds now. [`validate`](Self::validate) refuses a policy above
-    /// [`MAX_WINDOW_BYTES`]. 46,592 bytes for the default policy.
+    /// Heap bytes of the last answers one history (a peer's, or one of its latency
+    /// classes') keeps under this policy, whatever `max_history` is: 12 bytes per answer,
+    /// `min(min_samples, 1024)` answers; 1,200 bytes at the default policy, at most 12,288.
+    pub fn history_bytes(&self) -> usize {
+        crate::peer::history::capacity(self) * crate::peer::history::BYTES_PER_ANSWER
+    }
+
+    /// The most heap bytes one latency history (a peer's, or one of its latency classes')
+    /// can hold under this policy: its histograms (`sub_windows + 1`, the ring and its
+    /// running sum, each with one `u32` count per bucket hdrhistogram needs for
+    /// `[min / 100, max]` at `significant_figures`; allocated as a busy peer first writes
+    /// them, none for a quiet one) plus its last answers,
+    /// [`history_bytes`](Self::history_bytes). [`validate`](Self::validate) refuses a
+    /// policy above [`MAX_WINDOW_BYTES`]; a peer holds at most `1 + max_classes` histories
+    /// (see [`Builder::max_classes`](crate::Builder::max_classes)).
+    /// [`PeerSnapshot::window_bytes`](crate::PeerSnapshot) is what a peer holds now.
+    /// 47,792 bytes for the default policy.
     pub fn max_window_bytes(&self) -> usize {
+        self.histogram_bytes().saturating_add(self.history_bytes())
+    }
+
+    /// The most heap bytes of one history's histograms: 46,592 for the default policy.
+    pub(crate) fn histogram_bytes(&self) -> usize {
         let (low, high, sigfig) = self.histogram_bounds();
         let counts = histogram_counts(low, high, sigfig);
         let histograms = usize::try_from(self.sub_windows)
@@ -370,9 +407,24 @@ impl TimeoutPolicy {
         }
     }
 
+    /// The deadline from an upper estimate of the quantile (`estimate`, in seconds, from
+    /// fewer than `min_samples` answers, the slowest `slowest`): `estimate × factor +
+    /// margin`, but never above `cold_start` unless the answers show a peer slower than
+    /// it, and then at most twice the quantile formula on the slowest answer; within
+    /// `[min, max]`.
+    pub(crate) fn estimated_deadline(&self, estimate: f64, slowest: Duration) -> Duration {
+        let secs = |d: Duration| d.as_secs_f64();
+        let learned = estimate.mul_add(self.factor, secs(self.margin));
+        let ceiling =
+            secs(self.cold_start).max(2.0 * secs(slowest).mul_add(self.factor, secs(self.margin)));
+        let raw = learned.min(ceiling).clamp(secs(self.min), secs(self.max));
+        Duration::try_from_secs_f64(raw).unwrap_or(self.max)
+    }
+
     /// Whether two policies shape the latency window the same way (so it can be kept).
     pub(crate) fn same_window(&self, other: &TimeoutPolicy) -> bool {
-        self.window == other.window
+        crate::peer::history::capacity(self) == crate::peer::history::capacity(other)
+            && self.window == other.window
             && self.sub_windows == other.sub_windows
             && self.significant_figures == other.significant_figures
             && self.min == other.min
@@ -521,13 +573,18 @@ mod tests {
                 .max(MAX_DEADLINE)
                 .cold_start(ms(5)),
         ];
-        assert_eq!(policies[0].max_window_bytes(), 46_592);
+        assert_eq!(policies[0].histogram_bytes(), 46_592);
+        assert_eq!(policies[0].max_window_bytes(), 46_592 + 1_200);
         for policy in policies {
             let t0 = Instant::now();
             let mut w = Window::new(&policy, t0);
+            // A busy peer: `min_samples` answers in every sub-window.
             for i in 0..policy.sub_windows {
-                w.advance(t0 + policy.sub_window() * i);
-                w.record(ms(5));
+                let at = t0 + policy.sub_window() * i;
+                w.advance(at);
+                for _ in 0..policy.min_samples {
+                    w.record(ms(5), at);
+                }
             }
             assert_eq!(w.heap_bytes(), policy.max_window_bytes(), "{policy:?}");
         }

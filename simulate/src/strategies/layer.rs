@@ -9,11 +9,14 @@ use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
 use super::{ending_of, SimService, Strategy};
 use crate::workload::{peers_service, PeerId, Req};
 
-/// The layer under `policy`, keyed by `Req::peer`, its probe jitter seeded with `seed`.
-pub fn build(policy: TimeoutPolicy, seed: u64) -> Strategy {
+/// The layer under `policy`, keyed by `Req::peer` with `Req::class` as the latency class
+/// (at most `max_classes` per peer), its probe jitter seeded with `seed`.
+pub fn build(policy: TimeoutPolicy, seed: u64, max_classes: usize) -> Strategy {
     let cold = policy.cold_start;
     let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.peer) as fn(&Req) -> PeerId)
+        .latency_class(|r: &Req| r.class)
         .policy(policy)
+        .max_classes(max_classes)
         .jitter_seed(seed)
         .build()
         .expect("a valid policy");

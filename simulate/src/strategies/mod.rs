@@ -1,9 +1,9 @@
 //! The strategies compared, each a tower layer over the same simulated peers, one file
 //! each: fixed timeouts ([`fixed`]), RFC 6298 RTO ([`rto`]), the `adaptive-timeout`
 //! crate's formula ([`adaptive_timeout_crate`]), phi accrual ([`phi`]) and
-//! `tower-adaptive-timeout`'s layer ([`layer`]), at its defaults and once more with one
-//! setting changed (labelled as such): `fail_fast` off, so calls to a silent peer go out
-//! with the shortest deadline instead of being refused. The per-peer rules (RTO, the
+//! `tower-adaptive-timeout`'s layer ([`layer`]), at its defaults and with one setting
+//! changed (labelled as such): `fail_fast` off, so calls to a silent peer go out with the
+//! shortest deadline instead of being refused; `max_classes` 0, one history per peer. The per-peer rules (RTO, the
 //! crate's formula, phi) run on the shared [`skeleton`](crate::skeleton).
 
 pub mod adaptive_timeout_crate;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
-use tower_adaptive_timeout::{Interrupted, Reason, TimeoutPolicy};
+use tower_adaptive_timeout::{Interrupted, Reason, TimeoutPolicy, DEFAULT_MAX_CLASSES};
 
 use crate::skeleton::{PeerDeadlineLayer, PeerTimer};
 use crate::workload::{peers_service, PeerId, Req};
@@ -48,11 +48,14 @@ pub enum Kind {
     /// This crate's layer with `fail_fast` off: no refusals and no probes; calls to a
     /// silent peer get the policy's `min` deadline, and any answer readmits the peer.
     LayerNoFailFast,
+    /// This crate's layer with latency classes off (`max_classes(0)`): one history per
+    /// peer, as before classes existed.
+    LayerNoClasses,
 }
 
 impl Kind {
     /// Every strategy, in report order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Fixed1s,
         Kind::Fixed30s,
         Kind::Rfc6298,
@@ -60,6 +63,7 @@ impl Kind {
         Kind::PhiAccrual,
         Kind::Layer,
         Kind::LayerNoFailFast,
+        Kind::LayerNoClasses,
     ];
 
     /// Name in the report.
@@ -72,6 +76,7 @@ impl Kind {
             Kind::PhiAccrual => "phi accrual > 8",
             Kind::Layer => "this layer (defaults)",
             Kind::LayerNoFailFast => "this layer (TUNED: fail_fast off)",
+            Kind::LayerNoClasses => "this layer (TUNED: max_classes 0)",
         }
     }
 }
@@ -93,8 +98,13 @@ pub fn build(kind: Kind, seed: u64) -> Strategy {
         Kind::Rfc6298 => skeleton(rto::Rto::default()),
         Kind::AdaptiveTimeoutCrate => skeleton(adaptive_timeout_crate::CrateFormula::default()),
         Kind::PhiAccrual => skeleton(phi::Phi::default()),
-        Kind::Layer => layer::build(TimeoutPolicy::default(), seed),
-        Kind::LayerNoFailFast => layer::build(TimeoutPolicy::default().fail_fast(false), seed),
+        Kind::Layer => layer::build(TimeoutPolicy::default(), seed, DEFAULT_MAX_CLASSES),
+        Kind::LayerNoFailFast => layer::build(
+            TimeoutPolicy::default().fail_fast(false),
+            seed,
+            DEFAULT_MAX_CLASSES,
+        ),
+        Kind::LayerNoClasses => layer::build(TimeoutPolicy::default(), seed, 0),
     }
 }
 

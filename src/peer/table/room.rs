@@ -142,6 +142,7 @@ impl Drop for Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::class::LatencyHints;
     use crate::peer::table::tests::table;
 
     #[tokio::test(start_paused = true)]
@@ -149,7 +150,7 @@ mod tests {
         let t = table(2);
         let now = Instant::now();
         let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now, 0); // peer 1 has a call in flight
+        let _call = a.admit(now, 0, LatencyHints::new()); // peer 1 has a call in flight
         let _b = t.peer(&2, now).unwrap();
         // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
         assert!(t.peer(&3, now).is_some());
@@ -163,7 +164,7 @@ mod tests {
         let t = table(64);
         let now = Instant::now();
         let _calls: Vec<_> = (0..64)
-            .map(|k| t.peer(&k, now).unwrap().admit(now, 0))
+            .map(|k| t.peer(&k, now).unwrap().admit(now, 0, LatencyHints::new()))
             .collect();
         let front = || t.rotation().front().map(|(k, _)| **k);
         assert_eq!(front(), Some(0));
@@ -182,7 +183,7 @@ mod tests {
     async fn full_table_of_busy_peers_refuses_to_track() {
         let t = table(1);
         let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now, 0);
+        let _call = t.peer(&1, now).unwrap().admit(now, 0, LatencyHints::new());
         assert!(t.peer(&2, now).is_none());
         assert_eq!(t.untracked_calls.load(Relaxed), 1);
         assert_eq!(t.len(), 1);

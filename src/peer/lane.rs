@@ -1,0 +1,116 @@
+//! One latency history and the deadline learned from it: a peer's own, or one of its
+//! latency classes'.
+//!
+//! The deadline goes through three regimes as answers come: `cold_start` before the second,
+//! an upper estimate of the quantile until `min_samples` ([`DeadlineSource::Estimate`]),
+//! then the quantile of the window (or, for a quiet peer, of its last `min_samples` answers
+//! of up to `max_history` ago). It is recomputed here, under the peer's lock, never per
+//! call: on every answer while it is still learning (fewer than `min_samples`: at most
+//! `min_samples` answers are sorted), else on a rotation or every `recompute_every`
+//! answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::window::{Reading, Window};
+use crate::policy::{DeadlineSource, Explained, Learned, TimeoutPolicy};
+
+/// A latency history and what was last learned from it.
+pub(crate) struct Lane {
+    pub(crate) window: Window,
+    /// Why the deadline last computed has its value.
+    pub(crate) source: DeadlineSource,
+    /// Samples it was learned from, the quantile's value (or estimate), and how far back
+    /// beyond the window the samples reach.
+    learned: Learned,
+    /// The deadlines last published from this history and what each came from, so a call
+    /// is explained by the numbers of its own deadline.
+    pub(crate) explained: Explained,
+    since_recompute: u64,
+}
+
+impl Lane {
+    /// An empty history under `policy`, starting at `now`.
+    pub(crate) fn new(policy: &TimeoutPolicy, now: Instant) -> Lane {
+        Lane {
+            window: Window::new(policy, now),
+            source: DeadlineSource::ColdStart,
+            learned: (0, Duration::ZERO, Duration::ZERO),
+            explained: Explained::new(),
+            since_recompute: 0,
+        }
+    }
+
+    /// Records `latency`, answered at `now`. Returns whether the deadline is due to be
+    /// recomputed: the window rotated, the deadline is still learning, or
+    /// `recompute_every` answers came since it was.
+    pub(crate) fn record(
+        &mut self,
+        now: Instant,
+        latency: Duration,
+        policy: &TimeoutPolicy,
+    ) -> bool {
+        let rotated = self.window.advance(now);
+        self.window.record(latency, now);
+        self.since_recompute += 1;
+        rotated
+            || self.learned.0 < policy.min_samples
+            || self.since_recompute >= policy.recompute_every
+    }
+
+    /// Recomputes the deadline from the history at `now` under `policy` (`overridden`:
+    /// a per-peer one), and remembers what it came from.
+    pub(crate) fn recompute(
+        &mut self,
+        now: Instant,
+        policy: &Arc<TimeoutPolicy>,
+        overridden: bool,
+    ) -> (Duration, DeadlineSource) {
+        self.since_recompute = 0;
+        let (deadline, source, learned) = match self.window.read(now, policy) {
+            Reading::Few { samples } => (
+                policy.cold_start,
+                DeadlineSource::ColdStart,
+                (samples, Duration::ZERO, Duration::ZERO),
+            ),
+            Reading::Estimate {
+                value,
+                slowest,
+                samples,
+                history,
+            } => {
+                let shown = Duration::try_from_secs_f64(value.min(policy.max.as_secs_f64()));
+                (
+                    policy.estimated_deadline(value, slowest),
+                    DeadlineSource::Estimate,
+                    (samples, shown.unwrap_or(policy.max), history),
+                )
+            }
+            Reading::Quantile {
+                value,
+                samples,
+                history,
+            } => {
+                let (deadline, source) = policy.deadline(samples, value);
+                (deadline, source, (samples, value, history))
+            }
+        };
+        self.source = source;
+        self.learned = learned;
+        (self.explained).publish(now, (deadline, source), policy, learned, overridden);
+        (deadline, source)
+    }
+
+    /// How long answers normally take: the quantile once it is read from `min_samples`,
+    /// else the slowest answer kept; at least `min`. A caller's deadline shorter than this
+    /// proves nothing when it runs out.
+    pub(crate) fn normal_latency(&self, policy: &TimeoutPolicy) -> Duration {
+        let seen = match self.source {
+            DeadlineSource::ColdStart | DeadlineSource::Estimate => self.window.max(),
+            _ => self.learned.1,
+        };
+        seen.max(policy.min)
+    }
+}

@@ -1,0 +1,233 @@
+//! How a call's outcome is recorded on its peer: an answer (a sample, a heartbeat, the
+//! misses held back committed), a deadline run out (a censored sample, a miss, perhaps
+//! silence declared), a failure, or an abandon; and the call leaves the in-flight count.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::classes::ClassIx;
+use super::health::{PeerState, ProbeEnd, Transition};
+use super::lane::Lane;
+use super::{Locked, Peer, Ticket, PENDING_MISSES};
+use crate::classify::Outcome;
+use crate::error::Reason;
+use crate::interrupt::{Fired, Origin};
+use crate::policy::{DeadlineExplanation, DeadlineSource};
+
+impl Peer {
+    /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
+    /// recorded as [`on_head`](Self::on_head) does, and the call is over.
+    pub(crate) fn on_outcome(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+        outcome: Outcome,
+    ) {
+        self.on_head(now, started, ticket, outcome);
+        self.end();
+    }
+
+    /// Records `outcome` of a call that started at `started`; the call stays in flight
+    /// (its body is still to come) until [`on_body_end`](Self::on_body_end), an abandon,
+    /// or [`on_outcome`](Self::on_outcome)'s end. An answer is a heartbeat (and commits
+    /// the misses held back); a [`Outcome::Sample`] also records its latency. A probe
+    /// answered slower than the learned deadline re-seeds the window: the peer came back
+    /// slower, and its old history would cut every call. A failure records nothing but its
+    /// count; a failed probe frees the probe slot.
+    pub(crate) fn on_head(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+        outcome: Outcome,
+    ) {
+        let (probe, class) = (ticket.probe, ticket.class);
+        let latency = now.saturating_duration_since(started);
+        let mut locked = self.lock();
+        if outcome == Outcome::Failure {
+            self.metrics.failed();
+            locked.failures += 1;
+            locked.consecutive_failures += 1;
+            if probe {
+                let policy = locked.policy.clone();
+                let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
+                self.transition(transition);
+            }
+            return;
+        }
+        self.metrics.answered(latency);
+        locked.completed += 1;
+        locked.consecutive_failures = 0;
+        let learned = locked.lane.source != DeadlineSource::ColdStart;
+        if probe && learned && latency > self.deadline().0 {
+            locked.lane = Lane::new(&locked.policy, now);
+            locked.pending.clear();
+            self.publish(&mut locked, now);
+        }
+        let held = std::mem::take(&mut locked.pending);
+        for &(class, censored) in &held {
+            self.record(&mut locked, now, censored, class);
+            // Like the tail's, these say the deadline may be behind: recompute at once.
+            self.publish_class(&mut locked, now, class);
+        }
+        if !held.is_empty() {
+            self.publish(&mut locked, now);
+        }
+        if outcome == Outcome::Sample {
+            self.record(&mut locked, now, latency, class);
+        }
+        let transition = locked.health.on_response(now);
+        self.transition(transition);
+    }
+
+    /// A call of `ticket` that started at `started` ran out its deadline. Records a
+    /// censored sample at the deadline, counts a miss, and may declare the peer silent,
+    /// interrupting every other call in flight. Returns why the deadline had its value,
+    /// and the silence interrupt if this miss declared it.
+    pub(crate) fn on_deadline(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+    ) -> (DeadlineExplanation, Option<Fired>) {
+        let Ticket {
+            deadline,
+            source,
+            probe,
+            class,
+            ..
+        } = *ticket;
+        self.metrics.timed_out();
+        let mut locked = self.lock();
+        locked.deadline_exceeded += 1;
+        // Explain with the numbers the call's deadline came from, before this miss's own
+        // sample moves them.
+        let explanation = self.explain(&locked, started, ticket);
+        let policy = locked.policy.clone();
+        let miss = locked.health.is_miss(started);
+        if source == DeadlineSource::Caller {
+            // The caller's own, shorter, deadline says nothing about the peer's latency. A
+            // probe cut by it frees the probe slot. Any other call is a miss if the peer
+            // said nothing since it started and the caller waited at least as long as the
+            // peer's answers normally take.
+            let transition = if probe {
+                locked
+                    .health
+                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
+            } else if miss && deadline >= self.lane_of(&locked, class).normal_latency(&policy) {
+                locked.health.on_deadline(now, started, false, &policy)
+            } else {
+                None
+            };
+            let silenced = self.on_transition(&mut locked, now, transition);
+            drop(locked);
+            self.end();
+            return (explanation, silenced);
+        }
+        if !probe && source != DeadlineSource::SilentPeer {
+            // A censored sample: the peer's latency was at least the deadline. (A probe or
+            // a cut deadline of a peer known to be silent says nothing about its latency.)
+            // The tail (the peer answered since) is recorded at once, and the deadline
+            // recomputed, since it may be behind. A miss waits for the peer's next answer:
+            // if silence is declared first, it was not slowness. (With detection off
+            // nothing tells the two apart: it is recorded at once.)
+            if miss && policy.silent_after_misses > 0 {
+                if locked.pending.len() < PENDING_MISSES {
+                    locked.pending.push((class, deadline));
+                }
+            } else {
+                self.record(&mut locked, now, deadline, class);
+                self.publish(&mut locked, now);
+                self.publish_class(&mut locked, now, class);
+            }
+        }
+        (explanation, self.miss(locked, now, started, probe))
+    }
+
+    /// Counts a miss (a wait that started at `started` ran out with no answer) and ends the
+    /// call. Returns the silence interrupt if this miss declared the peer silent, after
+    /// firing it into every other call in flight.
+    pub(super) fn miss(
+        &self,
+        mut locked: MutexGuard<'_, Locked>,
+        now: Instant,
+        started: Instant,
+        probe: bool,
+    ) -> Option<Fired> {
+        let policy = locked.policy.clone();
+        let transition = locked.health.on_deadline(now, started, probe, &policy);
+        let silenced = self.on_transition(&mut locked, now, transition);
+        drop(locked);
+        self.end();
+        silenced
+    }
+
+    /// Publishes a transition; one that declares the peer silent drops the misses held
+    /// back and interrupts every call in flight, and the interrupt is returned.
+    fn on_transition(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        transition: Option<Transition>,
+    ) -> Option<Fired> {
+        let mut silenced = None;
+        if transition.is_some_and(|t| t.to == PeerState::Silent && t.from != PeerState::Probing) {
+            locked.pending.clear();
+            let fired = self.silent_reason(locked, now, None);
+            locked.silenced = Some(fired.clone());
+            self.interrupts.fire(fired.clone());
+            silenced = Some(fired);
+        }
+        self.transition(transition);
+        silenced
+    }
+
+    /// A call ended without an answer or a deadline: interrupted (why, and whether through
+    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency.
+    pub(crate) fn on_abandon(
+        &self,
+        now: Instant,
+        probe: bool,
+        interrupted: Option<(&Reason, Origin)>,
+    ) {
+        if let Some((reason, origin)) = interrupted {
+            // Only this peer's own silence is a silent interrupt: a caller's token may
+            // carry any reason (an outer layer's deadline or silence, say).
+            let counter = match (reason, origin) {
+                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
+                _ => &self.counters.manual_interrupts,
+            };
+            counter.fetch_add(1, Relaxed);
+            self.metrics.interrupted(reason);
+        }
+        if probe {
+            let mut locked = self.lock();
+            let transition = locked.health.on_abandon(probe, now);
+            self.transition(transition);
+        }
+        self.end();
+    }
+
+    /// The call leaves the in-flight count.
+    pub(super) fn end(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        self.metrics.ended();
+    }
+
+    /// Records one latency (of a call of `class`) and republishes the deadlines when due.
+    fn record(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        latency: Duration,
+        class: Option<ClassIx>,
+    ) {
+        if self.record_lanes(locked, now, latency, class) {
+            self.publish(locked, now);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! What an admitted call starts with: its deadline and why, and what its outcome feeds.
+
+use std::time::Duration;
+
+use super::classes::ClassIx;
+use crate::policy::DeadlineSource;
+
+/// What an admitted call starts with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    pub(crate) deadline: Duration,
+    pub(crate) source: DeadlineSource,
+    /// The interrupt generation when the call started.
+    pub(crate) generation: u64,
+    /// Whether the call is the probe of a silent peer.
+    pub(crate) probe: bool,
+    /// The call's latency class, if it has one of the peer's.
+    pub(crate) class: Option<ClassIx>,
+}
+
+impl Ticket {
+    /// The ticket of a call whose peer is not tracked.
+    pub(crate) fn untracked(deadline: Duration, generation: u64) -> Ticket {
+        Ticket {
+            deadline,
+            source: DeadlineSource::Untracked,
+            generation,
+            probe: false,
+            class: None,
+        }
+    }
+
+    /// The same ticket raised to the call's `floor` (at most `max`) where that is
+    /// longer. A silent peer's cut deadline stays cut: the floor is what a call needs
+    /// from a peer that answers.
+    pub(crate) fn floored(mut self, floor: Option<Duration>, max: Duration) -> Ticket {
+        let floor = floor.map_or(Duration::ZERO, |f| f.min(max));
+        if floor > self.deadline && self.source != DeadlineSource::SilentPeer {
+            (self.deadline, self.source) = (floor, DeadlineSource::Floor);
+        }
+        self
+    }
+}
