@@ -289,21 +289,7 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
     where
         L: Fn(&Req) -> Option<&str>,
     {
-        Builder {
-            key_fn: Classed::new(self.key_fn, classify),
-            classify: self.classify,
-            policy: self.policy,
-            overrides: self.overrides,
-            max_peers: self.max_peers,
-            idle_ttl: self.idle_ttl,
-            interrupt_tokens: self.interrupt_tokens,
-            propagation: self.propagation,
-            jitter_seed: self.jitter_seed,
-            classifier: self.classifier,
-            max_ejection_percent: self.max_ejection_percent,
-            propagates: self.propagates,
-            max_classes: self.max_classes,
-        }
+        self.retype(|key_fn| Classed::new(key_fn, classify), |c| c)
     }
 
     /// Decides what each successful response says about its peer (see [`classify`]): a
@@ -317,9 +303,18 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
     /// [`ClassifyResponse`]: crate::classify::ClassifyResponse
     /// [`HttpStatus`]: crate::classify::HttpStatus
     pub fn classify_responses<C2>(self, classify: C2) -> Builder<K, F, C2> {
+        self.retype(|key_fn| key_fn, |_| classify)
+    }
+
+    /// The same settings with the key function and the response classifier mapped.
+    fn retype<F2, C2>(
+        self,
+        key_fn: impl FnOnce(F) -> F2,
+        classify: impl FnOnce(C) -> C2,
+    ) -> Builder<K, F2, C2> {
         Builder {
-            key_fn: self.key_fn,
-            classify,
+            key_fn: key_fn(self.key_fn),
+            classify: classify(self.classify),
             policy: self.policy,
             overrides: self.overrides,
             max_peers: self.max_peers,
