@@ -22,6 +22,13 @@ use tokio::time::Instant;
 
 use crate::policy::TimeoutPolicy;
 
+/// Long probes double up to this multiple of the first one's deadline (8 s at the
+/// defaults: under the 10 s a caller counts as stalled) ...
+const LONG_PROBE_CAP: u32 = 8;
+/// ... and past it only up to this share of the silence so far (`1/120`: a 10 s probe after
+/// 20 minutes of silence, `max` = 30 s after an hour).
+pub(crate) const LONG_PROBE_PATIENCE: u32 = 120;
+
 /// Where a peer is in the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -115,6 +122,12 @@ pub(crate) enum ProbeEnd {
 /// no peer answering within `max` is locked out. After a long probe `L` that ran out, only
 /// short ones go for `long_probe_spacing × L`, so a peer that comes back as fast as before
 /// is rarely kept waiting behind a long one.
+///
+/// A long probe makes its caller wait at most `max(LONG_PROBE_CAP × base, silence /
+/// LONG_PROBE_PATIENCE)`, `base` being its first deadline: a quiet peer, whose every call
+/// may be a long probe, does not stall callers for `max` over a silence of minutes, while a
+/// peer that comes back slower than the cap is still readmitted once the silence is long
+/// enough for a probe at its latency (a 30 s probe after an hour of silence).
 #[derive(Clone, Debug)]
 pub(crate) struct Health {
     state: PeerState,
@@ -128,6 +141,10 @@ pub(crate) struct Health {
     long_deadline: Duration,
     /// When the next probe may be a long one.
     next_long_at: Instant,
+    /// When the peer was declared silent.
+    silent_since: Instant,
+    /// The first long probe's deadline; long probes stay within a multiple of it.
+    long_base: Duration,
     /// Whether the probe in flight is a long one.
     probe_long: bool,
     /// State of the jitter generator (xorshift64*).
@@ -146,6 +163,8 @@ impl Health {
             answering_deadline: Duration::ZERO,
             long_deadline: Duration::ZERO,
             next_long_at: now,
+            silent_since: now,
+            long_base: Duration::ZERO,
             probe_long: false,
             rng: seed | 1,
         }
@@ -188,6 +207,7 @@ impl Health {
             PeerState::Silent if now >= self.next_probe_at => {
                 self.probe_long = now >= self.next_long_at;
                 let deadline = if self.probe_long {
+                    self.long_deadline = self.long_deadline.min(self.long_cap(now));
                     self.long_deadline
                 } else {
                     self.answering_deadline
@@ -240,6 +260,8 @@ impl Health {
                         .answering_deadline
                         .max(policy.cold_start)
                         .min(policy.max);
+                    self.long_base = self.long_deadline;
+                    self.silent_since = now;
                     self.next_long_at = now;
                     self.go(
                         PeerState::Silent,
@@ -303,6 +325,13 @@ impl Health {
             return self.go(PeerState::Silent, "probe abandoned");
         }
         None
+    }
+
+    /// The longest deadline a long probe may have at `now`: a multiple of the first one,
+    /// or a share of the silence so far, whichever is longer.
+    fn long_cap(&self, now: Instant) -> Duration {
+        let silence = now.saturating_duration_since(self.silent_since);
+        (self.long_base * LONG_PROBE_CAP).max(silence / LONG_PROBE_PATIENCE)
     }
 
     /// Lets the peer's calls through again (a policy without silence detection).
@@ -458,6 +487,38 @@ mod tests {
         assert_eq!(deadlines[second_long], 2000);
         assert!(deadlines[1..second_long].iter().all(|d| *d == 25));
         assert!(now >= t0, "{now:?}");
+    }
+
+    #[test]
+    fn long_probes_stay_within_eight_times_the_first_until_the_silence_is_long() {
+        let policy = TimeoutPolicy::default();
+        let t0 = Instant::now();
+        let mut h = silent(&policy, t0);
+        // A quiet peer: a call every 10 s, each one a probe.
+        let mut longest = Vec::new();
+        for minute in 1..=70u64 {
+            let mut now = t0 + Duration::from_secs(60 * (minute - 1));
+            let mut top = Duration::ZERO;
+            while now < t0 + Duration::from_secs(60 * minute) {
+                now = now.max(h.next_probe_at());
+                let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+                    panic!("no probe at {:?}", now - t0)
+                };
+                top = top.max(d);
+                now += d;
+                h.on_deadline(now, now - d, true, &policy);
+                now += Duration::from_secs(10);
+            }
+            longest.push(top);
+        }
+        // 8 s at most for 16 minutes, then a 120th of the silence: `max` after an hour.
+        assert!(longest[..16].iter().all(|d| *d <= ms(8_000)), "{longest:?}");
+        assert_eq!(longest[15], ms(8_000));
+        assert!(
+            longest[..30].iter().all(|d| *d <= ms(15_000)),
+            "{longest:?}"
+        );
+        assert_eq!(longest[60..].iter().max(), Some(&policy.max));
     }
 
     #[test]

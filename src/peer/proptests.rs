@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use super::health::{Health, PeerState, ProbeEnd, Transition, Verdict};
+use super::health::{Health, PeerState, ProbeEnd, Transition, Verdict, LONG_PROBE_PATIENCE};
 use super::window::Window;
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 
@@ -334,7 +334,7 @@ proptest! {
         prop_assert_eq!(h.state(), PeerState::Silent);
         let mut interruptions = interruptions.into_iter();
         let mut now = t0;
-        for _ in 0..5_000 {
+        for _ in 0..20_000 {
             now = now.max(h.next_probe_at());
             let (verdict, _) = h.admit(now, &policy);
             let Verdict::Probe(d) = verdict else {
@@ -348,8 +348,10 @@ proptest! {
                     h.on_response(now + latency);
                     prop_assert_eq!(h.state(), PeerState::Healthy);
                     // Long probes of 0.1 s doubling to 4 s, each followed by `spacing` times
-                    // its deadline of short ones: under 6.4 s x (spacing + 1).
-                    let bound = ms(8_000) * (spacing + 1);
+                    // its deadline of short ones: under 6.4 s x (spacing + 1), once the
+                    // silence is long enough for a probe at the peer's latency (past eight
+                    // times the first long probe, `LONG_PROBE_PATIENCE` times that latency).
+                    let bound = ms(8_000) * (spacing + 1) + latency * LONG_PROBE_PATIENCE;
                     prop_assert!(now - t0 < bound, "{:?}", now - t0);
                     return Ok(());
                 }
@@ -361,7 +363,7 @@ proptest! {
             prop_assert_eq!(t.map(|t| t.to), Some(PeerState::Silent));
             now += ms(1);
         }
-        prop_assert!(false, "not readmitted after 5,000 probes");
+        prop_assert!(false, "not readmitted after 20,000 probes");
     }
 }
 
