@@ -32,11 +32,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -55,8 +53,7 @@ use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
 use crate::token::Interrupt;
 
-/// The default share of a layer's endpoints that may be held out at once, in percent.
-pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
+pub use crate::peer::table::DEFAULT_MAX_EJECTION_PERCENT;
 
 /// Makes [`Endpoint`]s for one peer; from
 /// [`AdaptiveTimeoutLayer::for_endpoint`](crate::AdaptiveTimeoutLayer::for_endpoint).
@@ -328,78 +325,6 @@ impl Wake {
     }
 }
 
-/// The balanced endpoints made from one layer, and which of them are held out.
-pub(crate) struct EndpointSet<K> {
-    max_percent: AtomicU8,
-    members: Mutex<HashMap<K, Member>>,
-}
-
-/// One endpoint of a set: its services (an endpoint and its clones) and how many of
-/// them hold it out.
-#[derive(Default)]
-struct Member {
-    services: usize,
-    holding: usize,
-}
-
-impl<K> Default for EndpointSet<K> {
-    fn default() -> Self {
-        EndpointSet {
-            max_percent: AtomicU8::new(DEFAULT_MAX_EJECTION_PERCENT),
-            members: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<K> EndpointSet<K> {
-    /// At most `percent` of the endpoints may be held out at once.
-    pub(crate) fn set_max_percent(&self, percent: u8) {
-        self.max_percent.store(percent.min(100), Relaxed);
-    }
-
-    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<K, Member>> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl<K: PeerKey> EndpointSet<K> {
-    fn join(&self, key: &K) {
-        self.members().entry(key.clone()).or_default().services += 1;
-    }
-
-    fn leave(&self, key: &K, holding: bool) {
-        let mut members = self.members();
-        let Some(member) = members.get_mut(key) else {
-            return;
-        };
-        member.services = member.services.saturating_sub(1);
-        member.holding = member.holding.saturating_sub(usize::from(holding));
-        if member.services == 0 {
-            members.remove(key);
-        }
-    }
-
-    /// Counts `key` as held out, unless that would hold out more than the cap.
-    fn hold(&self, key: &K) -> bool {
-        let mut members = self.members();
-        let held = members.values().filter(|m| m.holding > 0).count();
-        let cap = members.len() * usize::from(self.max_percent.load(Relaxed)) / 100;
-        match members.get_mut(key) {
-            Some(member) if member.holding > 0 || held < cap => {
-                member.holding += 1;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn release(&self, key: &K) {
-        if let Some(member) = self.members().get_mut(key) {
-            member.holding = member.holding.saturating_sub(1);
-        }
-    }
-}
-
 /// The key function of an endpoint: the peer is fixed; the token, the caller's deadline
 /// and propagation are the layer's key function's.
 #[derive(Clone, Debug)]
@@ -427,5 +352,13 @@ impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for Fixed<K, F> {
         propagation: &Propagation,
     ) {
         self.1.write_deadline(req, deadline, propagation);
+    }
+
+    fn propagates(&self) -> bool {
+        self.1.propagates()
+    }
+
+    fn latency_hints<'r>(&self, req: &'r Req) -> crate::class::LatencyHints<'r> {
+        self.1.latency_hints(req)
     }
 }

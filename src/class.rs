@@ -31,10 +31,7 @@ use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use crate::peer::key::KeyFn;
 use crate::policy::DeadlineExplanation;
-use crate::propagate::Propagation;
-use crate::token::Interrupt;
 
 /// A request's latency class: put it in an `http::Request`'s extensions for a known-slow
 /// (or known-fast) operation. It takes the place of the class the path would give.
@@ -123,57 +120,6 @@ pub(crate) fn http_hints<B>(req: &http::Request<B>) -> LatencyHints<'_> {
     LatencyHints {
         class: Some(class),
         floor: ext.get::<MinDeadline>().map(|m| m.0),
-    }
-}
-
-/// A [`KeyFn`] that keys requests with `F` and names their latency class with `C` (a
-/// class of `None` leaves the call in its peer's own history): made by
-/// [`Builder::latency_class`](crate::Builder::latency_class). Everything else is `F`'s.
-#[derive(Clone, Copy, Debug)]
-pub struct Classed<F, C> {
-    key_fn: F,
-    classify: C,
-}
-
-impl<F, C> Classed<F, C> {
-    pub(crate) fn new(key_fn: F, classify: C) -> Self {
-        Classed { key_fn, classify }
-    }
-}
-
-impl<Req, F, C> KeyFn<Req> for Classed<F, C>
-where
-    F: KeyFn<Req>,
-    C: Fn(&Req) -> Option<&str>,
-{
-    type Key = F::Key;
-
-    fn peer_key(&self, req: &Req) -> Option<F::Key> {
-        self.key_fn.peer_key(req)
-    }
-
-    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
-        self.key_fn.interrupt_token(req)
-    }
-
-    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
-        self.key_fn.caller_deadline(req, propagation)
-    }
-
-    fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
-        self.key_fn.write_deadline(req, deadline, propagation);
-    }
-
-    fn propagates(&self) -> bool {
-        self.key_fn.propagates()
-    }
-
-    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
-        let hints = self.key_fn.latency_hints(req);
-        match (self.classify)(req) {
-            Some(name) => hints.class(ClassOf::Named(name)),
-            None => hints,
-        }
     }
 }
 

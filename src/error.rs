@@ -319,6 +319,20 @@ impl fmt::Display for Human {
     }
 }
 
+/// Why an idle deadline had its value, for [`Reason::BodyIdle`]'s message.
+impl fmt::Display for IdleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdleSource::Gaps { gap } => {
+                write!(f, "from the peer's gaps between frames, {}", Human(*gap))
+            }
+            IdleSource::ColdStart => f.write_str("cold start: too few gaps between frames seen"),
+            IdleSource::PeerDeadline => f.write_str("the peer's call deadline"),
+            IdleSource::Request => f.write_str("the request's override"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

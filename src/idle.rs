@@ -8,10 +8,7 @@
 //! streams a frame every 200 ms is not cut between frames, and a peer whose frames come
 //! back to back is still given at least what a call to it gets.
 
-use std::fmt;
 use std::time::Duration;
-
-use crate::error::Human;
 
 /// How a response body's idle deadline is set, for bodies with no per-request override.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,7 +31,7 @@ pub enum IdleRule {
 /// the policy's `min_samples`: a stream's gaps come slower than calls.
 pub const GAP_WARMUP: u64 = 20;
 
-/// Why a body's idle deadline had its value.
+/// Why a body's idle deadline had its value (its `Display` is beside [`Reason`](crate::Reason)'s).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum IdleSource {
@@ -50,17 +47,4 @@ pub enum IdleSource {
     PeerDeadline,
     /// The request's [`BodyIdle`](crate::BodyIdle) override.
     Request,
-}
-
-impl fmt::Display for IdleSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdleSource::Gaps { gap } => {
-                write!(f, "from the peer's gaps between frames, {}", Human(*gap))
-            }
-            IdleSource::ColdStart => f.write_str("cold start: too few gaps between frames seen"),
-            IdleSource::PeerDeadline => f.write_str("the peer's call deadline"),
-            IdleSource::Request => f.write_str("the request's override"),
-        }
-    }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
-use crate::class::Classed;
 use crate::classify::{AllSamples, Classifier, Outcome};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
+use crate::peer::key::Classed;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{PeerTable, Policies};
 use crate::policy::{PolicyError, TimeoutPolicy};

@@ -93,13 +93,14 @@ mod snapshot;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "tonic", feature = "http"))))]
 pub mod status;
 mod token;
+mod units;
 
 #[cfg(feature = "balance")]
 pub use balance::EndpointLoad;
 pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
-pub use class::{ClassOf, ClassSnapshot, Classed, LatencyClass, LatencyHints, MinDeadline};
+pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline};
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
@@ -111,7 +112,7 @@ pub use layer::{
     MAX_CLASSES,
 };
 pub use peer::health::PeerState;
-pub use peer::key::{ByPeer, HasPeer, KeyFn, PeerKey, MAX_LABEL_BYTES};
+pub use peer::key::{ByPeer, Classed, HasPeer, KeyFn, PeerKey, MAX_LABEL_BYTES};
 #[cfg(feature = "http")]
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{

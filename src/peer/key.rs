@@ -9,7 +9,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::class::LatencyHints;
+use crate::class::{ClassOf, LatencyHints};
 use crate::propagate::Propagation;
 use crate::token::Interrupt;
 
@@ -230,6 +230,57 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
 
     fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
         req.latency_hints()
+    }
+}
+
+/// A [`KeyFn`] that keys requests with `F` and names their latency class with `C` (a
+/// class of `None` leaves the call in its peer's own history): made by
+/// [`Builder::latency_class`](crate::Builder::latency_class). Everything else is `F`'s.
+#[derive(Clone, Copy, Debug)]
+pub struct Classed<F, C> {
+    key_fn: F,
+    classify: C,
+}
+
+impl<F, C> Classed<F, C> {
+    pub(crate) fn new(key_fn: F, classify: C) -> Self {
+        Classed { key_fn, classify }
+    }
+}
+
+impl<Req, F, C> KeyFn<Req> for Classed<F, C>
+where
+    F: KeyFn<Req>,
+    C: Fn(&Req) -> Option<&str>,
+{
+    type Key = F::Key;
+
+    fn peer_key(&self, req: &Req) -> Option<F::Key> {
+        self.key_fn.peer_key(req)
+    }
+
+    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
+        self.key_fn.interrupt_token(req)
+    }
+
+    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<Duration> {
+        self.key_fn.caller_deadline(req, propagation)
+    }
+
+    fn write_deadline(&self, req: &mut Req, deadline: Duration, propagation: &Propagation) {
+        self.key_fn.write_deadline(req, deadline, propagation);
+    }
+
+    fn propagates(&self) -> bool {
+        self.key_fn.propagates()
+    }
+
+    fn latency_hints<'r>(&self, req: &'r Req) -> LatencyHints<'r> {
+        let hints = self.key_fn.latency_hints(req);
+        match (self.classify)(req) {
+            Some(name) => hints.class(ClassOf::Named(name)),
+            None => hints,
+        }
     }
 }
 

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 
 use super::key::{detached, label, PeerKey};
 use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
-use crate::balance::EndpointSet;
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
@@ -37,7 +36,11 @@ use crate::interrupt::{Fired, Interrupts};
 use crate::policy::{DeadlineSource, TimeoutPolicy};
 use crate::propagate::Propagation;
 
+mod ejection;
 mod room;
+
+pub(crate) use self::ejection::EndpointSet;
+pub use self::ejection::DEFAULT_MAX_EJECTION_PERCENT;
 
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).

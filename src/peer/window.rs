@@ -17,9 +17,7 @@ use tokio::time::Instant;
 use super::estimate;
 use super::history::Recent;
 use crate::policy::TimeoutPolicy;
-
-/// Latencies are recorded in microseconds.
-const UNIT_NANOS: u64 = 1_000;
+use crate::units::{from_units, to_units, UNIT_NANOS};
 
 /// The latency history of one peer.
 pub(crate) struct Window {
@@ -254,16 +252,6 @@ fn rank(values: &mut [u32], q: f64) -> u32 {
     let n = values.len();
     let at = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
     *values.select_nth_unstable(at).1
-}
-
-/// A duration in histogram units.
-pub(crate) fn to_units(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos() / u128::from(UNIT_NANOS)).unwrap_or(u64::MAX)
-}
-
-/// Histogram units back to a duration.
-pub(crate) fn from_units(v: u64) -> Duration {
-    Duration::from_nanos(v.saturating_mul(UNIT_NANOS))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::peer::window::to_units;
+use crate::units::to_units;
 
 mod explain;
 
