@@ -3,7 +3,7 @@
 //!
 //! The inner future is polled first, so an answer that is ready wins, even over an interrupt
 //! already fired or a deadline already past. The deadline timer and the interrupt
-//! registrations are made only if the inner future is not ready at its first poll: calls
+//! registration are made only if the inner future is not ready at its first poll: calls
 //! answered at once pay for neither.
 
 use std::future::Future;
@@ -76,14 +76,13 @@ pin_project! {
 
 pin_project! {
     /// What a running call waits on: its inner future first, then its interrupts and its
-    /// deadline, both armed at the first poll that finds the inner future pending.
+    /// deadline, both armed at the first poll that finds the inner future pending (the
+    /// peer's interrupts through a registration the call holds).
     struct Race<F> {
         #[pin]
         inner: F,
         #[pin]
         sleep: Option<Sleep>,
-        #[pin]
-        peer_wake: Option<OwnedNotified>,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -96,7 +95,6 @@ impl<F, M> ResponseFuture<F, M> {
         let race = Race {
             inner,
             sleep: None,
-            peer_wake: None,
             token_wake: None,
         };
         ResponseFuture {
@@ -190,7 +188,7 @@ where
 {
     /// Polls the inner future, then the interrupts, then the deadline; the first that is
     /// ready ends the call.
-    fn poll(self: Pin<&mut Self>, call: &Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
+    fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
         let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             if result.is_err() && call.past_deadline() {
@@ -200,7 +198,7 @@ where
             }
             return Poll::Ready(Ended::Answered(result));
         }
-        if let Some((fired, origin)) = watch(call, this.peer_wake, this.token_wake, cx) {
+        if let Some((fired, origin)) = watch(call, this.token_wake, cx) {
             return Poll::Ready(Ended::Interrupted(fired, origin));
         }
         if this.sleep.is_none() {
@@ -218,39 +216,30 @@ where
 /// one that fired since the call started, or `None` with this task registered for the next.
 ///
 /// No wake-up is lost: each pass registers first and checks second, and every fire
-/// publishes its reason (generation bumped, token set) before it notifies. A fire before
-/// the check is seen by the check; a fire after it completes a registration made before
-/// it, and that registration is polled with this task's waker.
+/// publishes its reason (generation bumped, token set) before it wakes. A fire before the
+/// check is seen by the check; a fire after it finds this task's waker registered.
 ///
-/// The loop settles by its second pass. Both broadcasts notify with `notify_waiters`,
-/// which stores no permit, so a registration is ready only if a fire came after it was
-/// made. A pass that finds one ready clears it; the next pass registers again and its
-/// check finds that fire, since fires are never undone.
+/// The peer's registration is the call's, made once and kept up to date with the task's
+/// waker. The token notifies with `notify_waiters`, which stores no permit, so its
+/// registration is ready only if a fire came after it was made; a pass that finds it ready
+/// clears it, and the next pass registers again and its check finds that fire, since fires
+/// are never undone: the loop settles by its second pass.
 pub(crate) fn watch(
-    call: &Call,
-    mut peer_wake: Pin<&mut Option<OwnedNotified>>,
+    call: &mut Call,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,
     cx: &mut Context<'_>,
 ) -> Option<(Fired, Origin)> {
+    call.wait_for_peer(cx.waker());
     loop {
-        if peer_wake.is_none() {
-            peer_wake.set(Some(call.peer_notified()));
-        }
         if token_wake.is_none() {
             token_wake.set(call.token_notified());
         }
         if let Some(fired) = call.fired() {
             return Some(fired);
         }
-        let mut woke = false;
-        for mut wake in [peer_wake.as_mut(), token_wake.as_mut()] {
-            if let Some(Poll::Ready(())) = wake.as_mut().as_pin_mut().map(|w| w.poll(cx)) {
-                wake.set(None);
-                woke = true;
-            }
-        }
-        if !woke {
-            return None;
+        match token_wake.as_mut().as_pin_mut().map(|w| w.poll(cx)) {
+            Some(Poll::Ready(())) => token_wake.set(None),
+            _ => return None,
         }
     }
 }
@@ -283,19 +272,18 @@ mod tests {
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its
     /// timer, its peer registration and its token registration.
     fn poll_once<F: Future<Output = Result<(), ()>>>(inner: F) -> (bool, [bool; 3]) {
-        let call = call();
+        let mut call = call();
         let mut race = std::pin::pin!(Race {
             inner,
             sleep: None,
-            peer_wake: None,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));
         let mut cx = Context::from_waker(&waker);
-        let ended = race.as_mut().poll(&call, &mut cx).is_ready();
+        let ended = race.as_mut().poll(&mut call, &mut cx).is_ready();
         let armed = [
             race.sleep.is_some(),
-            race.peer_wake.is_some(),
+            call.is_waiting(),
             race.token_wake.is_some(),
         ];
         (ended, armed)

@@ -1,19 +1,25 @@
 //! The per-peer interrupt broadcast: firing into calls in flight without a per-call channel.
 //!
-//! Each peer has an [`Interrupts`]: a generation counter and a `Notify`. A call notes the
-//! generation when it starts; firing records why, bumps the generation and wakes every
-//! waiting call, which sees the generation moved and ends with the recorded reason. This
+//! Each peer has an [`Interrupts`]: a generation counter and the wakers of its calls that
+//! wait, striped per core ([`crate::stripe`]). A call notes the generation when it starts;
+//! firing records why, bumps the generation and wakes every waiting call, which sees the
+//! generation moved and ends with the recorded reason. A waiting call registers once, in
+//! its own core's stripe (an uncontended lock and a slot), and leaves when it ends. This
 //! module knows nothing of peers: the peer fires it when it turns silent, and
 //! [`InterruptHandle`](crate::InterruptHandle) fires it by hand.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
-use tokio::sync::futures::OwnedNotified;
-use tokio::sync::Notify;
+use slab::Slab;
 
 use crate::error::Reason;
+use crate::stripe::Striped;
+
+/// Waiter slots a stripe keeps once it has none in use.
+const SHRINK_ABOVE: usize = 1024;
 
 /// An interrupt that was fired: why, and by whom.
 #[derive(Clone, Debug)]
@@ -35,15 +41,23 @@ pub(crate) enum Origin {
 /// The fan-out point of one peer (or of all untracked calls).
 pub(crate) struct Interrupts {
     generation: AtomicU64,
-    notify: Arc<Notify>,
+    /// The wakers of the calls waiting, per stripe.
+    waiting: Striped<Mutex<Slab<Waker>>>,
     last: Mutex<Option<Fired>>,
+}
+
+/// A call's place among the waiters of its [`Interrupts`]: its stripe and its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Waiting {
+    stripe: usize,
+    slot: usize,
 }
 
 impl Interrupts {
     pub(crate) fn new() -> Self {
         Interrupts {
             generation: AtomicU64::new(0),
-            notify: Arc::new(Notify::new()),
+            waiting: Striped::new(|| Mutex::new(Slab::new())),
             last: Mutex::new(None),
         }
     }
@@ -56,16 +70,50 @@ impl Interrupts {
     /// Ends every call that started before now with `fired`.
     pub(crate) fn fire(&self, fired: Fired) {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(fired);
-        // Bump before notifying: a call that registers after the notification sees the
+        // Bump before waking: a call that registers after its stripe was woken sees the
         // new generation; one that registered before is woken.
         self.generation.fetch_add(1, SeqCst);
-        self.notify.notify_waiters();
+        // Woken outside the stripe's lock: a waker that polls its task at once finds the
+        // lock free.
+        let mut wakers = Vec::new();
+        for stripe in self.waiting.iter() {
+            wakers.extend(lock(stripe).iter().map(|(_, waker)| waker.clone()));
+            wakers.drain(..).for_each(Waker::wake);
+        }
     }
 
-    /// A future woken by the next [`fire`](Self::fire). Create it, then check
-    /// [`fired_since`](Self::fired_since): no interrupt can fall between the two.
-    pub(crate) fn notified(&self) -> OwnedNotified {
-        self.notify.clone().notified_owned()
+    /// Registers `waker` to be woken by the next [`fire`](Self::fire), or updates the
+    /// registration `at` holds. Register, then check [`fired_since`](Self::fired_since):
+    /// no interrupt can fall between the two. The registration stays until
+    /// [`leave`](Self::leave).
+    pub(crate) fn wait(&self, at: &mut Option<Waiting>, waker: &Waker) {
+        match *at {
+            Some(Waiting { stripe, slot }) => {
+                let mut waiting = lock(self.waiting.get(stripe));
+                if let Some(old) = waiting.get_mut(slot) {
+                    if !old.will_wake(waker) {
+                        old.clone_from(waker);
+                    }
+                }
+            }
+            None => {
+                let (stripe, waiting) = self.waiting.mine();
+                let slot = lock(waiting).insert(waker.clone());
+                *at = Some(Waiting { stripe, slot });
+            }
+        }
+    }
+
+    /// Ends the registration `at` holds, if any.
+    pub(crate) fn leave(&self, at: &mut Option<Waiting>) {
+        if let Some(Waiting { stripe, slot }) = at.take() {
+            let mut waiting = lock(self.waiting.get(stripe));
+            waiting.try_remove(slot);
+            if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
+                // A burst of waiters is over: give its memory back.
+                *waiting = Slab::new();
+            }
+        }
     }
 
     /// The interrupt fired since `generation`, if any.
@@ -78,4 +126,10 @@ impl Interrupts {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+}
+
+/// A stripe of waiters, locked. Nothing under this lock panics half-way (a waker that
+/// panics as it wakes leaves the slab whole).
+fn lock(waiting: &Mutex<Slab<Waker>>) -> MutexGuard<'_, Slab<Waker>> {
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }

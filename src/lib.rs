@@ -92,6 +92,7 @@ mod snapshot;
 #[cfg(any(feature = "tonic", feature = "http"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "tonic", feature = "http"))))]
 pub mod status;
+mod stripe;
 mod token;
 mod units;
 

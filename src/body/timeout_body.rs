@@ -36,8 +36,6 @@ pin_project! {
         #[pin]
         timer: Option<Sleep>,
         #[pin]
-        peer_wake: Option<OwnedNotified>,
-        #[pin]
         token_wake: Option<OwnedNotified>,
         watch: Option<Watch>,
     }
@@ -120,7 +118,6 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             inner,
             timer: None,
-            peer_wake: None,
             token_wake: None,
             watch,
         }
@@ -131,7 +128,6 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             inner,
             timer: None,
-            peer_wake: None,
             token_wake: None,
             watch: None,
         }
@@ -180,7 +176,7 @@ where
             }
             Poll::Pending => {}
         }
-        if let Some(fired) = interrupt_fired(&w.call, this.peer_wake, this.token_wake, cx) {
+        if let Some(fired) = interrupt_fired(&mut w.call, this.token_wake, cx) {
             let call = take(this.watch);
             return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).into())));
         }

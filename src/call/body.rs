@@ -49,9 +49,8 @@ impl Call {
 
     /// The body ended: its last frame, or the inner body's own error.
     pub(crate) fn body_end(mut self) {
-        if let Some(p) = self.held.end() {
-            p.on_body_end();
-        }
+        // Nothing more to record: the call leaves its peer's count as its hold is dropped.
+        self.held.end();
     }
 
     /// An interrupt reached the body.

@@ -162,14 +162,9 @@ impl Peer {
         }
     }
 
-    /// A body ended (its last frame, or an error from the inner body): the call is over.
-    pub(crate) fn on_body_end(&self) {
-        self.end();
-    }
-
     /// A body sent nothing since `since` for its idle deadline: a miss like a call's
-    /// deadline, which may declare the peer silent. Ends the call; returns the silence
-    /// interrupt if this miss declared it.
+    /// deadline, which may declare the peer silent. Returns the silence interrupt if this
+    /// miss declared it.
     pub(crate) fn on_body_idle(&self, now: Instant, since: Instant) -> Option<Fired> {
         self.metrics.timed_out();
         let mut locked = self.lock();

@@ -1,8 +1,10 @@
-//! An admitted call's hold on its peer's in-flight count, and why a peer did not admit a
-//! call.
+//! An admitted call's hold on its peer's in-flight count, the reference to its peer it
+//! holds, and why a peer did not admit a call.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
+use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use super::{CallPeer, Peer};
@@ -16,21 +18,62 @@ pub(crate) enum NotAdmitted {
     Retired,
 }
 
+/// A reference to a tracked peer that calls clone. A service that keeps calling one peer
+/// holds a *lease*: a reference of its own, on its own cache line, so the calls of
+/// services on different cores do not all write the peer's one reference count.
+#[derive(Clone)]
+pub(crate) enum PeerRef {
+    /// The peer's own reference.
+    Shared(Arc<Peer>),
+    /// A service's lease on it.
+    Leased(Arc<CachePadded<Arc<Peer>>>),
+}
+
+impl PeerRef {
+    /// A lease on the same peer.
+    pub(crate) fn leased(&self) -> PeerRef {
+        match self {
+            PeerRef::Shared(peer) => PeerRef::Leased(Arc::new(CachePadded::new(peer.clone()))),
+            PeerRef::Leased(_) => self.clone(),
+        }
+    }
+
+    /// Whether this is a lease.
+    pub(crate) fn is_leased(&self) -> bool {
+        matches!(self, PeerRef::Leased(_))
+    }
+}
+
+impl Deref for PeerRef {
+    type Target = Peer;
+
+    fn deref(&self) -> &Peer {
+        match self {
+            PeerRef::Shared(peer) => peer,
+            PeerRef::Leased(lease) => lease,
+        }
+    }
+}
+
 /// An admitted call's place among its peer's calls in flight, held from the moment the
-/// peer counted it. The call's outcome is recorded through [`InFlight::end`]; dropped
-/// without one (its caller went away, or a panic came between admission and the call's
-/// future) the call ends as abandoned, so the count and a probe slot always come back.
+/// peer counted it (on the stripe it names). The call's outcome is recorded through
+/// [`InFlight::end`]; dropped without one (its caller went away, or a panic came between
+/// admission and the call's future) the call ends as abandoned. Either way the count and
+/// a probe slot come back when the hold is dropped.
 pub(crate) struct InFlight {
     peer: CallPeer,
+    /// The stripe the call is counted on (`None`: not counted).
+    pub(super) stripe: Option<usize>,
     pub(super) probe: bool,
     pub(super) ended: bool,
 }
 
 impl InFlight {
-    /// A call `peer` has just counted in flight.
-    pub(super) fn tracked(peer: Arc<Peer>) -> Self {
+    /// A call `peer` has just counted in flight on `stripe`.
+    pub(super) fn tracked(peer: PeerRef, stripe: usize) -> Self {
         InFlight {
             peer: CallPeer::Tracked(peer),
+            stripe: Some(stripe),
             probe: false,
             ended: false,
         }
@@ -40,6 +83,7 @@ impl InFlight {
     pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
         InFlight {
             peer: CallPeer::Untracked(interrupts),
+            stripe: None,
             probe: false,
             ended: false,
         }
@@ -70,8 +114,13 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let (false, CallPeer::Tracked(p)) = (self.ended, &self.peer) {
-            p.on_abandon(Instant::now(), self.probe, None);
+        if let CallPeer::Tracked(p) = &self.peer {
+            if !self.ended {
+                p.on_abandon(Instant::now(), self.probe, None);
+            }
+            if let Some(stripe) = self.stripe {
+                p.leave(stripe);
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 //! state machine and republish what the next call reads ([`published`]).
 
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use self::classes::{ClassIx, ClassLane, ClassSlots};
 use self::health::{Health, PeerState, Transition, Verdict};
 use self::lane::Lane;
 use self::published::Published;
+use self::stripes::Stripes;
 use crate::class::LatencyHints;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
@@ -36,6 +37,7 @@ pub(crate) mod key;
 mod lane;
 mod outcome;
 mod published;
+mod stripes;
 pub(crate) mod table;
 mod ticket;
 pub(crate) mod window;
@@ -43,7 +45,7 @@ pub(crate) mod window;
 #[cfg(test)]
 mod proptests;
 
-pub(crate) use self::in_flight::{InFlight, NotAdmitted};
+pub(crate) use self::in_flight::{InFlight, NotAdmitted, PeerRef};
 pub(crate) use self::ticket::Ticket;
 
 /// How an untracked call's peer is named in errors.
@@ -52,20 +54,18 @@ static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked pe
 /// Most misses whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
 
-/// The bit of a peer's in-flight word that says the table has let it go (see
-/// [`Peer::retire`]); the other bits count calls in flight.
-const RETIRED: usize = 1 << (usize::BITS - 1);
-
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
-/// separate cache lines, so callers on other cores do not invalidate each other's reads.
+/// separate cache lines, so callers on other cores do not invalidate each other's reads;
+/// what every call writes is striped per core ([`stripes`]).
 pub(crate) struct Peer {
     /// The peer's name, made once and shared by its errors, snapshots and metrics.
     label: Arc<str>,
     epoch: Instant,
     published: CachePadded<Published>,
-    /// Calls in flight, and the [`RETIRED`] bit: one word, so that admission and eviction
-    /// agree on whether a call got in before the peer left the table.
-    in_flight: CachePadded<AtomicUsize>,
+    /// Calls in flight (with the mark that the table let the peer go, on the same words,
+    /// so that admission and eviction agree on whether a call got in before it left), and
+    /// answers not yet in the window.
+    stripes: Stripes,
     /// Last call to the peer, admitted or refused, in nanoseconds since `epoch` (for idle
     /// eviction); written at most once per millisecond.
     last_used: AtomicU64,
@@ -142,7 +142,7 @@ pub(crate) struct WindowView {
 /// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
 pub(crate) enum CallPeer {
     /// A peer in the table.
-    Tracked(Arc<Peer>),
+    Tracked(PeerRef),
     /// No peer (no key, or the table was full): only layer-wide interrupts reach the call,
     /// and its outcome is recorded nowhere.
     Untracked(Arc<Interrupts>),
@@ -190,7 +190,7 @@ impl Peer {
                 DeadlineSource::ColdStart,
             )),
             last_used: AtomicU64::new(0),
-            in_flight: CachePadded::new(AtomicUsize::new(0)),
+            stripes: Stripes::new(),
             interrupts: Interrupts::new(),
             watch: PeerWatch::default(),
             #[cfg(feature = "http")]
@@ -268,39 +268,36 @@ impl Peer {
         (health.state() == PeerState::Silent).then(|| health.next_probe_at())
     }
 
-    /// Admits a call starting at `now` with `hints` (its class and floor), whose interrupt
-    /// generation is `generation`, or refuses it because the peer is silent or has left the
-    /// table. A healthy peer costs atomic operations only (a new class takes the lock
-    /// once); the windows are rotated first if their time has come, so stale history does
-    /// not set the deadline.
+    /// Admits a call to `peer` starting at `now` with `hints` (its class and floor), whose
+    /// interrupt generation is `generation`, or refuses it because the peer is silent or
+    /// has left the table. A healthy peer costs atomic operations only (a new class takes
+    /// the lock once); the windows are rotated first if their time has come, so stale
+    /// history does not set the deadline.
     ///
-    /// The call is counted in flight before anything else, on the word that also holds
-    /// [`RETIRED`]: either the table retires the peer first and this call looks it up again,
-    /// or the call is counted first and the table keeps the peer (and with it the call
-    /// within reach of `shutdown` and `interrupt_all`) until it ends.
+    /// The call is counted in flight before anything else, on the stripe words that also
+    /// hold the retired mark: either the table retires the peer first and this call looks
+    /// it up again, or the call is counted first and the table keeps the peer (and with it
+    /// the call within reach of `shutdown` and `interrupt_all`) until it ends.
     pub(crate) fn admit(
-        self: &Arc<Self>,
+        peer: &PeerRef,
         now: Instant,
         generation: u64,
         hints: LatencyHints<'_>,
     ) -> Result<(InFlight, Ticket), NotAdmitted> {
-        if self.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
-            self.in_flight.fetch_sub(1, Relaxed);
-            return Err(NotAdmitted::Retired);
-        }
-        let mut held = InFlight::tracked(self.clone());
-        if self.published.rotation_due(self.nanos(now)) {
-            let mut locked = self.lock();
+        let stripe = peer.stripes.enter().ok_or(NotAdmitted::Retired)?;
+        let mut held = InFlight::tracked(peer.clone(), stripe);
+        if peer.published.rotation_due(peer.nanos(now)) {
+            let mut locked = peer.lock();
             locked.lane.window.advance(now);
-            self.publish(&mut locked, now);
+            peer.publish(&mut locked, now);
         }
-        let class = self.class_of(now, hints.class);
-        let (mut deadline, mut source) = self.class_deadline(class);
-        if !self.state().is_open() {
-            let mut guard = self.lock();
+        let class = peer.class_of(now, hints.class);
+        let (mut deadline, mut source) = peer.class_deadline(class);
+        if !peer.state().is_open() {
+            let mut guard = peer.lock();
             let locked = &mut *guard;
             let (verdict, transition) = locked.health.admit(now, &locked.policy);
-            self.transition(transition);
+            peer.transition(transition);
             match verdict {
                 Verdict::Go => {}
                 Verdict::Probe(d) => (held.probe, deadline) = (true, d),
@@ -309,16 +306,16 @@ impl Peer {
                 }
                 Verdict::FailFast => {
                     // Never in flight: uncounted, and not an abandoned call.
-                    held.ended = true;
-                    self.in_flight.fetch_sub(1, Relaxed);
-                    self.counters.fail_fast.fetch_add(1, Relaxed);
-                    self.metrics.rejected();
-                    let fired = self.silent_reason(locked, now, locked.silenced.as_ref());
+                    (held.ended, held.stripe) = (true, None);
+                    peer.stripes.leave(stripe);
+                    peer.counters.fail_fast.fetch_add(1, Relaxed);
+                    peer.metrics.rejected();
+                    let fired = peer.silent_reason(locked, now, locked.silenced.as_ref());
                     return Err(NotAdmitted::FailFast(fired));
                 }
             }
         }
-        self.metrics.admitted();
+        peer.metrics.admitted();
         let probe = held.probe;
         let ticket = Ticket {
             deadline,
@@ -327,15 +324,19 @@ impl Peer {
             probe,
             class,
         };
-        Ok((held, ticket.floored(hints.floor, self.published.max())))
+        Ok((held, ticket.floored(hints.floor, peer.published.max())))
     }
 
     /// Lets the peer go if it has no call in flight: from then on every admission is
     /// refused as [`NotAdmitted::Retired`]. Returns whether it was retired.
     pub(crate) fn retire(&self) -> bool {
-        self.in_flight
-            .compare_exchange(0, RETIRED, Relaxed, Relaxed)
-            .is_ok()
+        self.stripes.retire()
+    }
+
+    /// A call counted on `stripe` is no longer in flight.
+    pub(crate) fn leave(&self, stripe: usize) {
+        self.stripes.leave(stripe);
+        self.metrics.ended();
     }
 
     /// Classifies an inner error (only errors are classified: a success is a sample).
@@ -392,12 +393,12 @@ impl Peer {
 
     /// Whether the table has let the peer go.
     pub(crate) fn is_retired(&self) -> bool {
-        self.in_flight.load(Relaxed) & RETIRED != 0
+        self.stripes.is_retired()
     }
 
     /// Calls in flight now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Relaxed) & !RETIRED
+        self.stripes.in_flight()
     }
 
     /// How long since the last call to the peer.
@@ -466,9 +467,26 @@ impl Peer {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The peer's lock, with every answer the stripes held handed over: whatever reads or
+    /// judges the peer under it sees them.
     fn lock(&self) -> MutexGuard<'_, Locked> {
+        let mut locked = self.lock_alone();
+        let now = self.nanos(Instant::now());
+        for batch in self.stripes.take_all(now) {
+            self.hand_over(&mut locked, &batch);
+        }
+        locked
+    }
+
+    /// The peer's lock, the stripes' answers left where they are.
+    fn lock_alone(&self) -> MutexGuard<'_, Locked> {
         // Nothing under this lock can panic half-way through an update; a poisoned lock
         // still holds consistent data.
         self.locked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The instant `nanos` after the epoch.
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
     }
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::classes::ClassIx;
 use super::health::{PeerState, ProbeEnd, Transition};
 use super::lane::Lane;
+use super::stripes::Batch;
 use super::{Locked, Peer, Ticket, PENDING_MISSES};
 use crate::classify::Outcome;
 use crate::error::Reason;
@@ -19,7 +20,8 @@ use crate::policy::{DeadlineExplanation, DeadlineSource};
 
 impl Peer {
     /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
-    /// recorded as [`on_head`](Self::on_head) does, and the call is over.
+    /// recorded as [`on_head`](Self::on_head) does (the call leaves the in-flight count
+    /// when its hold is dropped).
     pub(crate) fn on_outcome(
         &self,
         now: Instant,
@@ -28,16 +30,15 @@ impl Peer {
         outcome: Outcome,
     ) {
         self.on_head(now, started, ticket, outcome);
-        self.end();
     }
 
     /// Records `outcome` of a call that started at `started`; the call stays in flight
-    /// (its body is still to come) until [`on_body_end`](Self::on_body_end), an abandon,
-    /// or [`on_outcome`](Self::on_outcome)'s end. An answer is a heartbeat (and commits
-    /// the misses held back); a [`Outcome::Sample`] also records its latency. A probe
-    /// answered slower than the learned deadline re-seeds the window: the peer came back
-    /// slower, and its old history would cut every call. A failure records nothing but its
-    /// count; a failed probe frees the probe slot.
+    /// (its body is still to come) until its hold is dropped. An answer is a heartbeat
+    /// (and commits the misses held back); a [`Outcome::Sample`] also records its latency.
+    /// A healthy peer's samples are held in the caller's stripe and handed over in batches
+    /// ([`stripes`](super::stripes)). A probe answered slower than the learned deadline
+    /// re-seeds the window: the peer came back slower, and its old history would cut every
+    /// call. A failure records nothing but its count; a failed probe frees the probe slot.
     pub(crate) fn on_head(
         &self,
         now: Instant,
@@ -47,6 +48,13 @@ impl Peer {
     ) {
         let (probe, class) = (ticket.probe, ticket.class);
         let latency = now.saturating_duration_since(started);
+        if outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+            self.metrics.answered(latency);
+            if let Some(batch) = self.stripes.hold(latency, class, self.nanos(now)) {
+                self.hand_over(&mut self.lock_alone(), &batch);
+            }
+            return;
+        }
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
             self.metrics.failed();
@@ -60,25 +68,46 @@ impl Peer {
             return;
         }
         self.metrics.answered(latency);
-        locked.completed += 1;
-        locked.consecutive_failures = 0;
         let learned = locked.lane.source != DeadlineSource::ColdStart;
         if probe && learned && latency > self.deadline().0 {
             locked.lane = Lane::new(&locked.policy, now);
             locked.pending.clear();
             self.publish(&mut locked, now);
         }
+        let sample = (outcome == Outcome::Sample).then_some(latency);
+        self.answered(&mut locked, now, sample, class);
+    }
+
+    /// Records the answers `batch` held.
+    pub(super) fn hand_over(&self, locked: &mut MutexGuard<'_, Locked>, batch: &Batch) {
+        let at = self.instant(batch.latest);
+        for (latency, class) in batch.answers() {
+            self.answered(locked, at, Some(latency), class);
+        }
+    }
+
+    /// The peer answered at `now` (with a latency `sample`, of `class`): a heartbeat; the
+    /// misses held back are committed, and the sample recorded.
+    fn answered(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        sample: Option<Duration>,
+        class: Option<ClassIx>,
+    ) {
+        locked.completed += 1;
+        locked.consecutive_failures = 0;
         let held = std::mem::take(&mut locked.pending);
         for &(class, censored) in &held {
-            self.record(&mut locked, now, censored, class);
+            self.record(locked, now, censored, class);
             // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish_class(&mut locked, now, class);
+            self.publish_class(locked, now, class);
         }
         if !held.is_empty() {
-            self.publish(&mut locked, now);
+            self.publish(locked, now);
         }
-        if outcome == Outcome::Sample {
-            self.record(&mut locked, now, latency, class);
+        if let Some(latency) = sample {
+            self.record(locked, now, latency, class);
         }
         let transition = locked.health.on_response(now);
         self.transition(transition);
@@ -124,8 +153,6 @@ impl Peer {
                 None
             };
             let silenced = self.on_transition(&mut locked, now, transition);
-            drop(locked);
-            self.end();
             return (explanation, silenced);
         }
         if !probe && source != DeadlineSource::SilentPeer {
@@ -148,8 +175,7 @@ impl Peer {
         (explanation, self.miss(locked, now, started, probe))
     }
 
-    /// Counts a miss (a wait that started at `started` ran out with no answer) and ends the
-    /// call. Returns the silence interrupt if this miss declared the peer silent, after
+    /// Counts a miss (a wait that started at `started` ran out with no answer). Returns the silence interrupt if this miss declared the peer silent, after
     /// firing it into every other call in flight.
     pub(super) fn miss(
         &self,
@@ -160,10 +186,7 @@ impl Peer {
     ) -> Option<Fired> {
         let policy = locked.policy.clone();
         let transition = locked.health.on_deadline(now, started, probe, &policy);
-        let silenced = self.on_transition(&mut locked, now, transition);
-        drop(locked);
-        self.end();
-        silenced
+        self.on_transition(&mut locked, now, transition)
     }
 
     /// Publishes a transition; one that declares the peer silent drops the misses held
@@ -209,13 +232,6 @@ impl Peer {
             let transition = locked.health.on_abandon(probe, now);
             self.transition(transition);
         }
-        self.end();
-    }
-
-    /// The call leaves the in-flight count.
-    pub(super) fn end(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
-        self.metrics.ended();
     }
 
     /// Records one latency (of a call of `class`) and republishes the deadlines when due.

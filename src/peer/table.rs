@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::{detached, label, PeerKey};
-use super::{CallPeer, InFlight, NotAdmitted, Peer, Ticket};
+use super::{CallPeer, InFlight, NotAdmitted, Peer, PeerRef, Ticket};
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
@@ -45,6 +45,11 @@ pub use self::ejection::DEFAULT_MAX_EJECTION_PERCENT;
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).
 const ADMIT_TRIES: usize = 4;
+
+/// Calls in a row to one peer after which a service leases it (one allocation, then no
+/// shared reference count written per call); a service that moves between peers more
+/// often than this never does.
+const LEASE_AFTER: u32 = 64;
 
 /// The default policy and the per-peer overrides.
 pub(crate) struct Policies<K> {
@@ -72,11 +77,14 @@ pub(crate) enum Admission {
 }
 
 /// The peer one service called last: repeated calls to one peer skip the lookup. Once
-/// the table lets the peer go, admission says so and the call looks it up again.
+/// the table lets the peer go, admission says so and the call looks it up again. A clone
+/// of the service shares its lease, if it has one.
 #[derive(Clone)]
 pub(crate) struct LastPeer<K> {
     key: K,
-    peer: Arc<Peer>,
+    peer: PeerRef,
+    /// Calls to the peer in a row; at [`LEASE_AFTER`] the service takes a lease on it.
+    calls: u32,
 }
 
 /// All tracked peers, bounded.
@@ -239,7 +247,7 @@ impl<K: PeerKey> PeerTable<K> {
     /// Admits a call to `peer`; `None` if the peer has left the table.
     fn admit_tracked(
         &self,
-        peer: &Arc<Peer>,
+        peer: &PeerRef,
         now: Instant,
         caller_deadline: Option<Duration>,
         hints: LatencyHints<'_>,
@@ -252,7 +260,7 @@ impl<K: PeerKey> PeerTable<K> {
         if let Some(fired) = self.refusal(caller_deadline, here) {
             return refused(fired);
         }
-        match peer.admit(now, generation, hints) {
+        match Peer::admit(peer, now, generation, hints) {
             Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
             Err(NotAdmitted::FailFast(fired)) => refused(fired),
             Err(NotAdmitted::Retired) => None,
@@ -303,10 +311,23 @@ impl<K: PeerKey> PeerTable<K> {
         key: K,
         now: Instant,
         last: &'a mut Option<LastPeer<K>>,
-    ) -> Option<&'a Arc<Peer>> {
-        if !last.as_ref().is_some_and(|last| last.key == key) {
-            let peer = self.peer(&key, now)?;
-            *last = Some(LastPeer { key, peer });
+    ) -> Option<&'a PeerRef> {
+        match last {
+            Some(last) if last.key == key => {
+                if last.calls < LEASE_AFTER {
+                    last.calls += 1;
+                } else if !last.peer.is_leased() {
+                    last.peer = last.peer.leased();
+                }
+            }
+            _ => {
+                let peer = PeerRef::Shared(self.peer(&key, now)?);
+                *last = Some(LastPeer {
+                    key,
+                    peer,
+                    calls: 0,
+                });
+            }
         }
         last.as_ref().map(|last| &last.peer)
     }

@@ -144,13 +144,19 @@ mod tests {
     use super::*;
     use crate::class::LatencyHints;
     use crate::peer::table::tests::table;
+    use crate::peer::PeerRef;
+
+    /// The peer for `key`, inserted if new, as a call holds it.
+    fn shared(t: &PeerTable<u32>, key: u32) -> PeerRef {
+        PeerRef::Shared(t.peer(&key, Instant::now()).unwrap())
+    }
 
     #[tokio::test(start_paused = true)]
     async fn full_table_evicts_idle_peers_but_never_busy_ones() {
         let t = table(2);
         let now = Instant::now();
-        let a = t.peer(&1, now).unwrap();
-        let _call = a.admit(now, 0, LatencyHints::new()); // peer 1 has a call in flight
+        // Peer 1 has a call in flight.
+        let _call = Peer::admit(&shared(&t, 1), now, 0, LatencyHints::new());
         let _b = t.peer(&2, now).unwrap();
         // Peer 3 evicts peer 2 (idle), not peer 1 (busy).
         assert!(t.peer(&3, now).is_some());
@@ -164,7 +170,7 @@ mod tests {
         let t = table(64);
         let now = Instant::now();
         let _calls: Vec<_> = (0..64)
-            .map(|k| t.peer(&k, now).unwrap().admit(now, 0, LatencyHints::new()))
+            .map(|k| Peer::admit(&shared(&t, k), now, 0, LatencyHints::new()))
             .collect();
         let front = || t.rotation().front().map(|(k, _)| **k);
         assert_eq!(front(), Some(0));
@@ -183,7 +189,7 @@ mod tests {
     async fn full_table_of_busy_peers_refuses_to_track() {
         let t = table(1);
         let now = Instant::now();
-        let _call = t.peer(&1, now).unwrap().admit(now, 0, LatencyHints::new());
+        let _call = Peer::admit(&shared(&t, 1), now, 0, LatencyHints::new());
         assert!(t.peer(&2, now).is_none());
         assert_eq!(t.untracked_calls.load(Relaxed), 1);
         assert_eq!(t.len(), 1);

@@ -1,0 +1,220 @@
+//! What every call to a peer writes, striped per core ([`crate::stripe`]): the count of
+//! calls in flight, and the answers of a healthy peer, batched before they reach the
+//! window under the peer's lock.
+//!
+//! A stripe's batch is handed to the window when it is full, when a millisecond has
+//! passed since the stripe's last hand-over, or whenever anything takes the peer's lock
+//! (a miss, a probe, a rotation, a snapshot), which first takes every stripe's batch. A
+//! peer answering less than once a millisecond per core thus records each answer at once,
+//! as it always did; a hot one takes its lock once per [`BATCH`] answers per core instead
+//! of once per answer, and nothing that judges the peer (a miss, silence) reads it before
+//! its answers are in.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use super::classes::ClassIx;
+use crate::stripe::Striped;
+
+/// Answers a stripe holds before it hands them over.
+pub(super) const BATCH: usize = 8;
+
+/// How long a stripe holds answers at most while calls go on: the first answer after this
+/// long hands the batch over.
+const HOLD_NANOS: u64 = 1_000_000;
+
+/// The bit of a stripe's in-flight word that says the table has let the peer go (see
+/// [`Stripes::retire`]); the other bits count calls in flight.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
+/// Bits of a batched answer that hold its latency in nanoseconds (the rest hold its
+/// class): 2^56 ns is over two years, past any `max`.
+const LATENCY_BITS: u32 = 56;
+const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
+/// The class bits of an answer that has no class.
+const NO_CLASS: u64 = 0xff;
+
+/// A peer's stripes.
+pub(super) struct Stripes(Striped<Stripe>);
+
+/// One core's share of a peer.
+struct Stripe {
+    /// Calls in flight counted here, and the [`RETIRED`] bit.
+    in_flight: AtomicUsize,
+    batch: Mutex<Batch>,
+}
+
+/// Answers not yet in the window.
+#[derive(Default)]
+pub(super) struct Batch {
+    len: usize,
+    answers: [u64; BATCH],
+    /// The latest answer's time, in nanoseconds since the peer's epoch.
+    pub(super) latest: u64,
+    /// When the batch was last handed over (`None`: never, and its first answer goes at once).
+    handed_at: Option<u64>,
+}
+
+impl Batch {
+    /// The answers held: latency, and class.
+    pub(super) fn answers(&self) -> impl Iterator<Item = (Duration, Option<ClassIx>)> + '_ {
+        self.answers[..self.len].iter().map(|&word| {
+            let class = ClassIx::try_from(word >> LATENCY_BITS)
+                .ok()
+                .filter(|&c| u64::from(c) != NO_CLASS);
+            (Duration::from_nanos(word & LATENCY_MASK), class)
+        })
+    }
+
+    /// Whether it holds nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Stripes {
+    pub(super) fn new() -> Self {
+        Stripes(Striped::new(|| Stripe {
+            in_flight: AtomicUsize::new(0),
+            batch: Mutex::new(Batch::default()),
+        }))
+    }
+
+    /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
+    /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
+    pub(super) fn enter(&self) -> Option<usize> {
+        let (i, stripe) = self.0.mine();
+        if stripe.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
+            stripe.in_flight.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(i)
+    }
+
+    /// A call counted on `stripe` is no longer in flight.
+    pub(super) fn leave(&self, stripe: usize) {
+        self.0.get(stripe).in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Calls in flight now (a sum over the stripes).
+    pub(super) fn in_flight(&self) -> usize {
+        self.0
+            .iter()
+            .map(|s| s.in_flight.load(Relaxed) & !RETIRED)
+            .sum()
+    }
+
+    /// Retires the peer if it has no call in flight on any stripe; from then on every
+    /// [`enter`](Self::enter) is refused. Returns whether it was retired. A stripe found
+    /// busy undoes the stripes already marked; a call refused in between looks the peer up
+    /// again and finds it.
+    pub(super) fn retire(&self) -> bool {
+        for (n, stripe) in self.0.iter().enumerate() {
+            if stripe
+                .in_flight
+                .compare_exchange(0, RETIRED, Relaxed, Relaxed)
+                .is_err()
+            {
+                for undo in self.0.iter().take(n) {
+                    undo.in_flight.fetch_and(!RETIRED, Relaxed);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether the peer was retired: its last stripe is marked (a retirement marks the
+    /// stripes in order, and one that fails never marks the last).
+    pub(super) fn is_retired(&self) -> bool {
+        let last = self.0.get(self.0.len() - 1);
+        last.in_flight.load(Relaxed) & RETIRED != 0
+    }
+
+    /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
+    /// epoch) in this thread's stripe. Returns the batch to hand over (this answer in it)
+    /// if it is full or has been held long enough, else `None`: the answer waits.
+    pub(super) fn hold(
+        &self,
+        latency: Duration,
+        class: Option<ClassIx>,
+        now: u64,
+    ) -> Option<Batch> {
+        let class = class.map_or(NO_CLASS, u64::from);
+        let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
+        let (_, stripe) = self.0.mine();
+        let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        let len = batch.len;
+        batch.answers[len] = nanos | class << LATENCY_BITS;
+        batch.len += 1;
+        batch.latest = batch.latest.max(now);
+        let held_since = batch.handed_at.map(|at| now.saturating_sub(at));
+        if batch.len < BATCH && held_since.is_some_and(|held| held < HOLD_NANOS) {
+            return None;
+        }
+        Some(take(&mut batch, now))
+    }
+
+    /// Takes every stripe's batch (as of `now`), for whoever holds the peer's lock.
+    pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
+        self.0.iter().filter_map(move |stripe| {
+            let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            (!batch.is_empty()).then(|| take(&mut batch, now))
+        })
+    }
+}
+
+/// Takes `batch`'s answers, leaving it empty and handed over at `now`.
+fn take(batch: &mut Batch, now: u64) -> Batch {
+    let taken = std::mem::take(batch);
+    batch.handed_at = Some(now);
+    taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
+        let stripes = Stripes::new();
+        let ms = HOLD_NANOS;
+        let first = stripes.hold(Duration::from_millis(3), Some(2), 10 * ms);
+        let answers: Vec<_> = first.expect("handed over").answers().collect();
+        assert_eq!(answers, [(Duration::from_millis(3), Some(2))]);
+        for i in 1..BATCH as u64 {
+            let t = 10 * ms + i;
+            assert!(stripes.hold(Duration::from_nanos(i), None, t).is_none());
+        }
+        let full = stripes.hold(Duration::from_secs(1), None, 10 * ms + 100);
+        let full = full.expect("a full batch is handed over");
+        assert_eq!(full.answers().count(), BATCH);
+        assert_eq!(full.latest, 10 * ms + 100);
+        assert!(stripes.hold(Duration::ZERO, None, 10 * ms + 200).is_none());
+        let held: Vec<_> = stripes.take_all(11 * ms).collect();
+        assert_eq!(held.len(), 1);
+        assert_eq!(
+            held[0].answers().collect::<Vec<_>>(),
+            [(Duration::ZERO, None)]
+        );
+        assert_eq!(stripes.take_all(11 * ms).count(), 0);
+    }
+
+    #[test]
+    fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
+        let stripes = Stripes(Striped::with_stripes(4, || Stripe {
+            in_flight: AtomicUsize::new(0),
+            batch: Mutex::new(Batch::default()),
+        }));
+        let mine = stripes.enter().expect("admitted");
+        assert_eq!(stripes.in_flight(), 1);
+        assert!(!stripes.retire(), "a call is in flight");
+        assert!(!stripes.is_retired());
+        stripes.leave(mine);
+        assert!(stripes.retire());
+        assert!(stripes.is_retired());
+        assert_eq!(stripes.enter(), None);
+        assert_eq!(stripes.in_flight(), 0);
+    }
+}
