@@ -18,14 +18,12 @@
 
 pub mod common;
 
-use std::time::Instant;
-
 use criterion::{criterion_group, Criterion};
 use tower::Service;
 
 use common::{
-    drive, multi_thread, pending_once_inner, ready_inner, with_layer, with_tower_timeout, Group,
-    Ratio, Req,
+    drive, multi_thread, pending_once_inner, ready_inner, run_tasks, with_layer,
+    with_tower_timeout, Group, Ratio, Req,
 };
 
 /// Tasks calling at once (and worker threads).
@@ -46,27 +44,17 @@ const CASES: [Case; 2] = [
 ];
 
 /// Benchmarks `svc` with one task per entry of `peers`, each making a batch of calls to
-/// its peers round-robin.
+/// its peers round-robin through its own clone of `svc`.
 fn bench_tasks<S>(group: &mut Group<'_>, id: &str, peers: [&'static [u32]; TASKS], svc: S)
 where
     S: Service<Req> + Clone + Send + 'static,
     S::Future: Send,
 {
     let rt = multi_thread(TASKS);
+    let tasks = peers.map(|keys| (svc.clone(), keys));
     group.bench(id, move |iters| {
-        rt.block_on(async {
-            let start = Instant::now();
-            let tasks: Vec<_> = peers
-                .iter()
-                .map(|&keys| {
-                    let mut svc = svc.clone();
-                    tokio::spawn(async move { drive(&mut svc, keys, iters).await })
-                })
-                .collect();
-            for task in tasks {
-                task.await.expect("task");
-            }
-            start.elapsed()
+        run_tasks(&rt, &tasks, iters, |mut svc, keys, iters| async move {
+            drive(&mut svc, keys, iters).await
         })
     });
 }

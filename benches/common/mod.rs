@@ -1,6 +1,7 @@
 //! Shared pieces of the benches: the request type, the inner services, the three stacks
-//! compared (bare, `tower::timeout::Timeout`, this layer), runtimes, the call loop, and a
-//! recorder that keeps every measured sample so each bench can print medians and ratios.
+//! compared (bare, `tower::timeout::Timeout`, this layer), runtimes, the call loop, tasks
+//! calling at once, and a recorder that keeps every measured sample so each bench can print
+//! medians and ratios.
 //!
 //! Every benchmark is timed with `iter_custom`: a batch of `iters` calls runs inside one
 //! `block_on`, so the runtime's entry cost is spread over the batch and the per-call figure
@@ -13,11 +14,14 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
+use tokio::sync::{mpsc, oneshot};
 use tower::timeout::Timeout;
 use tower::{service_fn, Layer, Service};
 use tower_adaptive_timeout::{AdaptiveTimeout, AdaptiveTimeoutLayer};
@@ -69,6 +73,60 @@ pub fn pending_once_inner() -> impl Inner {
         tokio::task::yield_now().await;
         Ok::<_, Infallible>(r.peer)
     })
+}
+
+/// A request on its way to a connection task, with where to send the answer.
+type Envelope = (Req, oneshot::Sender<u32>);
+
+/// An inner service that hands each request to a connection task over an unbounded mpsc
+/// and waits for the answer on a oneshot, as hyper's client hands requests to its
+/// connection task. The task answers at once. Clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    to_conn: mpsc::UnboundedSender<Envelope>,
+}
+
+/// The answer of a [`Channel`] call.
+pub struct ChannelCall(oneshot::Receiver<u32>);
+
+impl Future for ChannelCall {
+    type Output = Result<u32, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| Ok(answer.expect("the connection task answers every request")))
+    }
+}
+
+impl Service<Req> for Channel {
+    type Response = u32;
+    type Error = Infallible;
+    type Future = ChannelCall;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> ChannelCall {
+        let (answer, rx) = oneshot::channel();
+        self.to_conn
+            .send((req, answer))
+            .expect("the connection task outlives its services");
+        ChannelCall(rx)
+    }
+}
+
+/// A [`Channel`] and its connection task, spawned on the current runtime (call it inside
+/// one, e.g. under `Runtime::enter`). The task ends when the last clone is dropped.
+pub fn channel_inner() -> Channel {
+    let (to_conn, mut requests) = mpsc::unbounded_channel::<Envelope>();
+    tokio::spawn(async move {
+        while let Some((req, answer)) = requests.recv().await {
+            let _ = answer.send(req.peer);
+        }
+    });
+    Channel { to_conn }
 }
 
 /// This layer with the default policy, keyed by `Req::peer`.
@@ -124,16 +182,44 @@ pub async fn drive<S: Service<Req>>(svc: &mut S, keys: &[u32], iters: u64) -> Du
     start.elapsed()
 }
 
-/// Runs `fut` on `rt` with a `fmt` subscriber at `TRACE` level (writing to `io::sink`)
-/// installed on this thread when `tracing` is set, without one otherwise.
+/// Spawns one task per entry of `tasks` on `rt`, each running `run` with its own clone of
+/// its service, its peers and `iters`, and waits for all of them; returns the wall time.
+/// Dividing by `iters` gives wall time per call per task.
+pub fn run_tasks<S, R, F>(
+    rt: &tokio::runtime::Runtime,
+    tasks: &[(S, &'static [u32])],
+    iters: u64,
+    run: R,
+) -> Duration
+where
+    S: Clone,
+    R: Fn(S, &'static [u32], u64) -> F,
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        let handles: Vec<_> = tasks
+            .iter()
+            .map(|(svc, keys)| tokio::spawn(run(svc.clone(), keys, iters)))
+            .collect();
+        for handle in handles {
+            handle.await.expect("task");
+        }
+        start.elapsed()
+    })
+}
+
+/// Runs `fut` on `rt` with a `fmt` subscriber at `level` (writing to `io::sink`, as a
+/// production subscriber writes to its log) installed on this thread, or with none.
 pub fn block_on_traced<F: Future>(
     rt: &tokio::runtime::Runtime,
-    tracing: bool,
+    level: Option<tracing::Level>,
     fut: F,
 ) -> F::Output {
-    let _guard = tracing.then(|| {
+    let _guard = level.map(|level| {
         let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
+            .with_max_level(level)
             .with_writer(std::io::sink)
             .finish();
         tracing::subscriber::set_default(subscriber)
@@ -202,11 +288,22 @@ pub struct Group<'a> {
 impl<'a> Group<'a> {
     /// A group with the modest sampling settings every bench here uses.
     pub fn new(c: &'a mut Criterion, name: &str) -> Self {
+        Self::timed(c, name, MEASUREMENT, WARM_UP)
+    }
+
+    /// A group with `SAMPLE_SIZE` samples taken over `measurement`, after `warm_up`: for
+    /// benches with so many cases that the default times would make them too long.
+    pub fn timed(
+        c: &'a mut Criterion,
+        name: &str,
+        measurement: Duration,
+        warm_up: Duration,
+    ) -> Self {
         let mut inner = c.benchmark_group(name);
         inner
             .sample_size(SAMPLE_SIZE)
-            .measurement_time(MEASUREMENT)
-            .warm_up_time(WARM_UP);
+            .measurement_time(measurement)
+            .warm_up_time(warm_up);
         Group {
             name: name.to_owned(),
             inner,
@@ -280,22 +377,60 @@ pub fn print_medians(title: &str) {
     }
 }
 
+/// What a ratio must be to meet its target.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// At most this (a cost).
+    AtMost(f64),
+    /// At least this (a throughput).
+    AtLeast(f64),
+}
+
+impl Target {
+    /// Whether `value` meets the target.
+    pub fn met(self, value: f64) -> bool {
+        match self {
+            Target::AtMost(t) => value <= t,
+            Target::AtLeast(t) => value >= t,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AtMost(t) => write!(f, "<= {t}"),
+            Target::AtLeast(t) => write!(f, ">= {t}"),
+        }
+    }
+}
+
 /// One line of a bench's ratio table.
 pub struct Ratio {
     pub label: String,
     pub value: Option<f64>,
-    /// The ratio must be at most this.
-    pub target: Option<f64>,
+    pub target: Option<Target>,
 }
 
 impl Ratio {
-    /// `median(num) / median(den)`.
+    /// `median(num) / median(den)`, which must be at most `target`.
     pub fn plain(label: &str, num: &str, den: &str, target: Option<f64>) -> Ratio {
         let value = median(num).zip(median(den)).map(|(n, d)| n / d);
         Ratio {
             label: label.to_owned(),
             value,
-            target,
+            target: target.map(Target::AtMost),
+        }
+    }
+
+    /// The throughput of `num` over that of `den`: `median(den) / median(num)`, which must
+    /// be at least `target`.
+    pub fn throughput(label: &str, num: &str, den: &str, target: Option<f64>) -> Ratio {
+        let value = median(num).zip(median(den)).map(|(n, d)| d / n);
+        Ratio {
+            label: label.to_owned(),
+            value,
+            target: target.map(Target::AtLeast),
         }
     }
 
@@ -308,8 +443,20 @@ impl Ratio {
         Ratio {
             label: label.to_owned(),
             value,
-            target,
+            target: target.map(Target::AtMost),
         }
+    }
+
+    /// The value and, when there is a target and not in test mode, whether it is met.
+    pub fn verdict(&self) -> (String, String) {
+        let value = self.value.map_or("n/a".to_owned(), |v| format!("{v:.2}"));
+        let verdict = match (self.value, self.target) {
+            _ if test_mode() => String::new(),
+            (Some(v), Some(t)) if t.met(v) => format!("target {t}: met"),
+            (Some(_), Some(t)) => format!("target {t}: MISSED"),
+            _ => String::new(),
+        };
+        (value, verdict)
     }
 }
 
@@ -321,13 +468,7 @@ pub fn print_ratios(title: &str, ratios: &[Ratio]) {
         println!("(test mode: one call per benchmark, ratios are not meaningful)");
     }
     for r in ratios {
-        let value = r.value.map_or("n/a".to_owned(), |v| format!("{v:.2}"));
-        let verdict = match (r.value, r.target) {
-            _ if test_mode() => String::new(),
-            (Some(v), Some(t)) if v <= t => format!("target <= {t}: met"),
-            (Some(_), Some(t)) => format!("target <= {t}: MISSED"),
-            _ => String::new(),
-        };
+        let (value, verdict) = r.verdict();
         println!("{:<56} {value:>8}  {verdict}", r.label);
     }
 }
