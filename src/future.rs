@@ -2,9 +2,9 @@
 //! interrupts, then hands what ended the call to the call guard, which records it.
 //!
 //! The inner future is polled first, so an answer that is ready wins, even over an interrupt
-//! already fired or a deadline already past. The deadline timer and the interrupt
-//! registration are made only if the inner future is not ready at its first poll: calls
-//! answered at once pay for neither.
+//! already fired or a deadline already past. The deadline (an entry in the thread's deadline
+//! queue, [`crate::timer`]) and the interrupt registration are made only if the inner
+//! future is not ready at its first poll: calls answered at once pay for neither.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +12,12 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::Sleep;
 
 use crate::call::{Call, Ended};
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
 use crate::interrupt::{Fired, Origin};
+use crate::timer::Deadline;
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";
@@ -82,7 +82,7 @@ pin_project! {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Option<Sleep>,
+        deadline: Deadline,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -94,7 +94,7 @@ impl<F, M> ResponseFuture<F, M> {
     pub(crate) fn running(inner: F, call: Call, finish: M) -> Self {
         let race = Race {
             inner,
-            sleep: None,
+            deadline: Deadline::Unarmed,
             token_wake: None,
         };
         ResponseFuture {
@@ -133,7 +133,7 @@ where
     F: Future<Output = Result<T, E>>,
 {
     /// Runs the race; once it is over, gives the call guard and what ended the call, with
-    /// the inner future, the timer and the registrations dropped. A refused call (or a
+    /// the inner future, the deadline and the registrations dropped. A refused call (or a
     /// future polled again after it finished) gives its error instead.
     pub(crate) fn poll_ended(
         self: Pin<&mut Self>,
@@ -189,7 +189,7 @@ where
     /// Polls the inner future, then the interrupts, then the deadline; the first that is
     /// ready ends the call.
     fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             if result.is_err() && call.past_deadline() {
                 // An error at the deadline is most likely the inner stack enforcing the
@@ -201,13 +201,7 @@ where
         if let Some((fired, origin)) = watch(call, this.token_wake, cx) {
             return Poll::Ready(Ended::Interrupted(fired, origin));
         }
-        if this.sleep.is_none() {
-            this.sleep
-                .set(Some(tokio::time::sleep_until(call.deadline_at())));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
+        ready!(this.deadline.poll_at(call.deadline_at(), cx));
         Poll::Ready(Ended::Expired)
     }
 }
@@ -275,14 +269,14 @@ mod tests {
         let mut call = call();
         let mut race = std::pin::pin!(Race {
             inner,
-            sleep: None,
+            deadline: Deadline::Unarmed,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));
         let mut cx = Context::from_waker(&waker);
         let ended = race.as_mut().poll(&mut call, &mut cx).is_ready();
         let armed = [
-            race.sleep.is_some(),
+            race.deadline.is_armed(),
             call.is_waiting(),
             race.token_wake.is_some(),
         ];

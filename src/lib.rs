@@ -93,6 +93,7 @@ mod snapshot;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "tonic", feature = "http"))))]
 pub mod status;
 mod stripe;
+mod timer;
 mod token;
 mod units;
 

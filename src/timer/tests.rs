@@ -1,0 +1,137 @@
+//! The deadline queues on the paused clock: precision, early registrations, leaving, and
+//! runtimes coming and going on one thread.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinSet;
+
+use super::*;
+
+/// Waits on a queued deadline at `at`; returns when it ended.
+async fn wait(at: Instant) -> Instant {
+    let mut deadline = pin!(Deadline::Unarmed);
+    poll_fn(|cx| {
+        let polled = deadline.as_mut().poll_at(at, cx);
+        assert!(
+            matches!(*deadline, Deadline::Queued { .. }),
+            "not in a queue"
+        );
+        polled
+    })
+    .await;
+    Instant::now()
+}
+
+/// The calls in the current thread's queue.
+fn live() -> usize {
+    QUEUE.with(|q| q.borrow().as_ref().map_or(0, |q| q.live()))
+}
+
+/// Asserts a call with deadline `at`, started at `start`, ended at `end`: not before its
+/// deadline, and within 1 ms + 1% after it.
+fn assert_on_time(start: Instant, at: Instant, end: Instant) {
+    let slack = Duration::from_millis(1) + (at - start) / 100;
+    assert!(end >= at, "ended {:?} early", at - end);
+    assert!(end <= at + slack, "ended {:?} late", end - at);
+}
+
+/// A single-threaded runtime on the paused clock.
+fn paused() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// Runs calls with `n` deadlines spread over about a second, registered out of order and
+/// with sub-millisecond parts; asserts each ends on time.
+async fn many_on_time(n: u64) {
+    let start = Instant::now();
+    let mut calls = JoinSet::new();
+    for i in 0..n {
+        // A permutation of 0..n (7919 is prime), each step 0.37 ms apart.
+        let at =
+            start + Duration::from_millis(5) + Duration::from_micros(370) * (i * 7919 % n) as u32;
+        calls.spawn(async move { (at, wait(at).await) });
+    }
+    while let Some(ended) = calls.join_next().await {
+        let (at, end) = ended.expect("call");
+        assert_on_time(start, at, end);
+    }
+    assert_eq!(live(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_call_ends_within_a_millisecond_and_a_percent_of_its_deadline() {
+    many_on_time(2_000).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_registered_earlier_than_the_armed_instant_ends_on_time() {
+    let start = Instant::now();
+    let late = tokio::spawn(wait(start + Duration::from_secs(10)));
+    tokio::task::yield_now().await; // The driver is armed for 10s.
+    tokio::time::advance(Duration::from_millis(3)).await;
+    let early = Instant::now() + Duration::from_micros(4_500);
+    assert_on_time(Instant::now(), early, wait(early).await);
+    assert_on_time(
+        start,
+        start + Duration::from_secs(10),
+        late.await.expect("call"),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_leaves_no_entry_behind() {
+    let start = Instant::now();
+    let mut calls = JoinSet::new();
+    for i in 0..100u64 {
+        calls.spawn(wait(start + Duration::from_millis(50 + i)));
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await; // Every call polled once, and waiting.
+    }
+    assert_eq!(live(), 100);
+    calls.abort_all();
+    while calls.join_next().await.is_some() {}
+    assert_eq!(live(), 0);
+    // The queue still serves the calls that come after.
+    let at = Instant::now() + Duration::from_millis(20);
+    assert_on_time(Instant::now(), at, wait(at).await);
+}
+
+#[test]
+fn a_runtime_used_after_another_one_was_dropped_gets_its_own_driver() {
+    for _ in 0..2 {
+        let rt = paused();
+        rt.block_on(many_on_time(200));
+        // The driver is left waiting; the runtime drops it.
+        drop(rt);
+        let driving = QUEUE.with(|q| {
+            q.borrow()
+                .as_ref()
+                .map(|q| q.driving.load(Ordering::Acquire))
+        });
+        assert_eq!(driving, Some(false));
+    }
+}
+
+#[test]
+fn runtimes_used_in_turn_each_drive_their_own_calls() {
+    let (one, two) = (paused(), paused());
+    for _ in 0..3 {
+        // Each runtime's calls end on time while the other one is not running.
+        one.block_on(many_on_time(50));
+        two.block_on(many_on_time(50));
+    }
+    // A queue left behind (and its driver) goes away once no call holds it: each runtime
+    // keeps at most the driver of the thread's current queue.
+    for rt in [&one, &two] {
+        rt.block_on(tokio::task::yield_now());
+        assert!(rt.metrics().num_alive_tasks() <= 1);
+    }
+}
