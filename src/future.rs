@@ -81,7 +81,6 @@ pin_project! {
     struct Race<F> {
         #[pin]
         inner: F,
-        #[pin]
         deadline: Deadline,
         #[pin]
         token_wake: Option<OwnedNotified>,

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
-use pin_project_lite::pin_project;
 use slab::Slab;
 use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
@@ -47,40 +46,39 @@ mod tests;
 /// Stale heap items tolerated beyond the live ones before the heap is compacted.
 const STALE_SLACK: usize = 32;
 
-pin_project! {
-    /// A call's deadline: unarmed until the call first waits, then an entry in its thread's
-    /// queue (or, with no runtime on the thread, a `Sleep` of its own).
-    #[project = DeadlineProj]
-    pub(crate) enum Deadline {
-        /// Not armed yet: the call has not waited.
-        Unarmed,
-        /// In a thread's deadline queue.
-        Queued { entry: Entry },
-        /// A tokio timer of its own.
-        Own { #[pin] sleep: Sleep },
-    }
+/// A call's deadline: unarmed until the call first waits, then an entry in its thread's
+/// queue (or, with no runtime on the thread, a `Sleep` of its own, boxed: it is rare, and a
+/// small future is cheaper to move).
+pub(crate) enum Deadline {
+    /// Not armed yet: the call has not waited.
+    Unarmed,
+    /// In a thread's deadline queue.
+    Queued(Entry),
+    /// A tokio timer of its own.
+    Own(Pin<Box<Sleep>>),
 }
 
 impl Deadline {
     /// Ready once `at` has passed; arms at the first call, keeps the task's waker current
     /// at later ones.
-    pub(crate) fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if let DeadlineProj::Unarmed = self.as_mut().project() {
-            match register(at, cx.waker()) {
+    pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Deadline::Unarmed => match register(at, cx.waker()) {
                 // Not due before the driver has seen it.
                 Some(entry) => {
-                    self.set(Deadline::Queued { entry });
-                    return Poll::Pending;
+                    *self = Deadline::Queued(entry);
+                    Poll::Pending
                 }
-                None => self.set(Deadline::Own {
-                    sleep: tokio::time::sleep_until(at),
-                }),
-            }
-        }
-        match self.project() {
-            DeadlineProj::Queued { entry } if entry.expired(cx.waker()) => Poll::Ready(()),
-            DeadlineProj::Own { sleep } => sleep.poll(cx),
-            _ => Poll::Pending,
+                None => {
+                    let mut sleep = Box::pin(tokio::time::sleep_until(at));
+                    let polled = sleep.as_mut().poll(cx);
+                    *self = Deadline::Own(sleep);
+                    polled
+                }
+            },
+            Deadline::Queued(entry) if entry.expired(cx.waker()) => Poll::Ready(()),
+            Deadline::Queued(_) => Poll::Pending,
+            Deadline::Own(sleep) => sleep.as_mut().poll(cx),
         }
     }
 

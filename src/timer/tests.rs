@@ -2,7 +2,6 @@
 //! runtimes coming and going on one thread.
 
 use std::future::poll_fn;
-use std::pin::pin;
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
@@ -12,13 +11,10 @@ use super::*;
 
 /// Waits on a queued deadline at `at`; returns when it ended.
 async fn wait(at: Instant) -> Instant {
-    let mut deadline = pin!(Deadline::Unarmed);
+    let mut deadline = Deadline::Unarmed;
     poll_fn(|cx| {
-        let polled = deadline.as_mut().poll_at(at, cx);
-        assert!(
-            matches!(*deadline, Deadline::Queued { .. }),
-            "not in a queue"
-        );
+        let polled = deadline.poll_at(at, cx);
+        assert!(matches!(deadline, Deadline::Queued(_)), "not in a queue");
         polled
     })
     .await;
