@@ -9,32 +9,37 @@
 //! grown to the calls in flight.
 //!
 //! A call that ends leaves its slot at once; its heap item stays behind (lazy deletion) and
-//! is recognized as stale by its generation. Stale items on top are popped as calls leave,
-//! so the top is always a live deadline, and the heap is compacted when stale items outnumber
-//! live ones. A heap rather than a hashed wheel: deadlines are `now + d` with similar `d`,
-//! so a push lands near the bottom and rarely sifts, and the driver needs only the earliest.
+//! is known stale by its generation. Stale items on top are popped as calls leave, so the
+//! top is always a live deadline, and the heap is compacted when stale items outnumber live
+//! ones. A heap rather than a hashed wheel: deadlines are `now + d` with similar `d`, so a
+//! push lands near the bottom and rarely sifts, and only the earliest is ever needed.
 //!
-//! Each queue is served by a driver task on the runtime the queue belongs to: it sleeps (on
-//! one tokio timer) until the earliest live deadline, marks every call due as expired, wakes
-//! it and re-arms. A registration earlier than the armed instant wakes the driver. The
-//! queue is shared (`Arc`), so a call that migrates to another worker, or is dropped on
-//! another thread, still reaches its entry. Deadlines are tokio `Instant`s and the driver's
-//! timer is a tokio timer, so the paused clock (`start_paused`, auto-advance,
-//! `tokio::time::advance`) keeps working.
+//! The queue's one `Sleep` is armed for its earliest deadline. It is polled with a waker of
+//! the queue's own, so when tokio fires it, the calls due are marked expired and woken right
+//! there, inside tokio's timer processing, as their own `Sleep`s would have been: no task
+//! hop, and `tokio::time::advance` wakes them before it returns. That waker never polls the
+//! timer (tokio also calls it while shutting down, when polling panics); re-arming falls
+//! to a call of the queue: one registering earlier than the armed instant re-arms at once,
+//! and after a fire the earliest call left is woken to re-arm in its next poll (or, if it
+//! ends instead, passes that on to the next earliest). No task runs per queue, so nothing is
+//! left behind in a runtime.
 //!
-//! A thread's queue belongs to one runtime (by [`Id`]): a thread that enters another
-//! runtime, or whose driver was dropped with its runtime, gets a new queue and driver at its
-//! next registration; the old queue lives on while calls still hold it, and its driver
-//! stops once it is gone. With no runtime on the thread, a call falls back to its own
-//! `Sleep`. Response bodies keep a `Sleep` of their own: they re-arm it per frame.
+//! The queue is shared (`Arc`), so a call that migrates to another worker, or is dropped on
+//! another thread, still reaches its entry. Deadlines are tokio `Instant`s read against the
+//! runtime's clock, and the timer is a tokio timer, so the paused clock (`start_paused`,
+//! auto-advance, `tokio::time::advance`) keeps working. A thread's queue belongs to one
+//! runtime (by [`Id`]): a thread that enters another runtime (or a new one, after its
+//! previous runtime was dropped) gets a new queue at its next registration, and the old
+//! one goes away with its last call. With no runtime on the thread, a call falls back to a
+//! `Sleep` of its own. Response bodies keep a `Sleep` of their own too: they re-arm it per
+//! frame.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 use tokio::runtime::{Handle, Id};
@@ -45,6 +50,9 @@ mod tests;
 
 /// Stale heap items tolerated beyond the live ones before the heap is compacted.
 const STALE_SLACK: usize = 32;
+
+/// Calls woken per batch after a fire, outside the lock.
+const WAKE_BATCH: usize = 32;
 
 /// A call's deadline: unarmed until the call first waits, then an entry in its thread's
 /// queue (or, with no runtime on the thread, a `Sleep` of its own, boxed: it is rare, and a
@@ -64,7 +72,8 @@ impl Deadline {
     pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         match self {
             Deadline::Unarmed => match register(at, cx.waker()) {
-                // Not due before the driver has seen it.
+                // Not due before the timer fires (a deadline already past fires it as the
+                // registration arms it, and the call is woken).
                 Some(entry) => {
                     *self = Deadline::Queued(entry);
                     Poll::Pending
@@ -97,19 +106,26 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// Whether the deadline has passed (as the driver saw it); if not, `waker` is the one
-    /// woken when it does.
+    /// Whether the deadline has passed (as the queue's timer saw it); if not, `waker` is the
+    /// one woken when it does. Re-arms the timer if it is not armed.
     fn expired(&self, waker: &Waker) -> bool {
-        let mut state = self.queue.lock();
-        let Some(slot) = state.slots.get_mut(self.key) else {
-            return true; // Not reached: the slot is the entry's until it drops.
+        let rearm = {
+            let mut state = self.queue.lock();
+            let Some(slot) = state.slots.get_mut(self.key) else {
+                return true; // Not reached: the slot is the entry's until it drops.
+            };
+            if slot.expired {
+                return true;
+            }
+            match &mut slot.waker {
+                Some(w) if w.will_wake(waker) => {}
+                w => *w = Some(waker.clone()),
+            }
+            state.armed.is_none()
         };
-        if slot.expired {
-            return true;
-        }
-        match &mut slot.waker {
-            Some(w) if w.will_wake(waker) => {}
-            w => *w = Some(waker.clone()),
+        // Only from the queue's runtime: a timer is polled where it can fire.
+        if rearm && Handle::try_current().is_ok_and(|h| h.id() == self.queue.runtime) {
+            self.queue.arm();
         }
         false
     }
@@ -117,22 +133,25 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let slot = {
+        let (slot, rearm) = {
             let mut state = self.queue.lock();
             let slot = state.slots.try_remove(self.key);
             state.pop_stale();
-            slot
+            (slot, state.rearmer())
         };
         drop(slot); // Its waker, outside the lock.
+        if let Some(next) = rearm {
+            next.wake();
+        }
     }
 }
 
 /// Joins the current thread's queue with deadline `at`; `None` with no runtime on the
-/// thread (or one shutting down), where the call needs a timer of its own.
+/// thread, where the call needs a timer of its own.
 fn register(at: Instant, waker: &Waker) -> Option<Entry> {
     let handle = Handle::try_current().ok()?;
     let queue = thread_queue(&handle)?;
-    let (key, driver) = {
+    let (key, arm) = {
         let mut state = queue.lock();
         let generation = state.next_generation;
         state.next_generation += 1;
@@ -149,53 +168,49 @@ fn register(at: Instant, waker: &Waker) -> Option<Entry> {
         if state.heap.len() > 2 * state.slots.len() + STALE_SLACK {
             state.compact();
         }
-        let driver = match state.armed {
-            Some(armed) if armed <= at => None,
-            _ => {
-                state.armed = Some(at);
-                state.driver.take()
-            }
-        };
-        (key, driver)
+        let arm = state.armed.is_none_or(|armed| at < armed);
+        if arm {
+            state.armed = Some(at);
+        }
+        (key, arm)
     };
-    if let Some(driver) = driver {
-        driver.wake();
+    let entry = Entry { queue, key };
+    if arm {
+        entry.queue.arm();
     }
-    Some(Entry { queue, key })
+    Some(entry)
 }
 
 thread_local! {
     /// The thread's deadline queue, for the runtime it was made in.
-    static QUEUE: std::cell::RefCell<Option<Arc<Queue>>> = const { std::cell::RefCell::new(None) };
+    static QUEUE: std::cell::RefCell<Option<Arc<Queue>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// The thread's queue for `handle`'s runtime, made (and its driver started) if the thread
-/// has none for it, or its driver is gone.
+/// The thread's queue for `handle`'s runtime, made if the thread has none for it.
 fn thread_queue(handle: &Handle) -> Option<Arc<Queue>> {
     let id = handle.id();
     QUEUE
         .try_with(|queue| {
             let mut queue = queue.borrow_mut();
             match &*queue {
-                Some(q) if q.runtime == id && q.driving.load(Ordering::Acquire) => Some(q.clone()),
-                _ => {
-                    let q = Queue::start(handle)?;
-                    *queue = Some(q.clone());
-                    Some(q)
-                }
+                Some(q) if q.runtime == id => q.clone(),
+                _ => queue.insert(Queue::new(id)).clone(),
             }
         })
         .ok()
-        .flatten()
 }
 
 /// A thread's deadline queue.
 pub(crate) struct Queue {
     state: Mutex<State>,
-    /// The runtime its driver runs on, whose clock its deadlines are read against.
+    /// The one tokio timer, armed for `State::armed`. Taken before `state` when both are
+    /// held, never after: tokio may call `fire` (which takes `state`) while it is polled.
+    timer: Mutex<Pin<Box<Sleep>>>,
+    /// What the timer wakes: a [`Fire`] for this queue.
+    fire: Waker,
+    /// The runtime whose clock and timers the queue uses.
     runtime: Id,
-    /// Cleared when its driver is dropped (with its runtime).
-    driving: AtomicBool,
 }
 
 /// What the lock guards.
@@ -204,17 +219,15 @@ struct State {
     /// Earliest first; items whose slot is gone (or reused) are stale.
     heap: BinaryHeap<Reverse<Due>>,
     next_generation: u64,
-    /// The instant the driver is armed for: `None` while it waits with no deadline.
+    /// The instant the timer is armed for; `None` once it fired (or before it was armed).
     armed: Option<Instant>,
-    /// The driver's waker while it waits.
-    driver: Option<Waker>,
 }
 
 /// A call in the queue.
 struct Slot {
     generation: u64,
     waker: Option<Waker>,
-    /// Set by the driver once the deadline passed.
+    /// Set once the deadline passed.
     expired: bool,
 }
 
@@ -227,57 +240,81 @@ struct Due {
 }
 
 impl Queue {
-    /// A queue for `handle`'s runtime, with its driver spawned; `None` if the runtime drops
-    /// the driver at once (it is shutting down).
-    fn start(handle: &Handle) -> Option<Arc<Queue>> {
-        let queue = Arc::new(Queue {
+    /// A queue for runtime `id`, the current one. Its timer is made here: a runtime without
+    /// timers panics in the call's poll, as a call's own `Sleep` would.
+    fn new(id: Id) -> Arc<Queue> {
+        let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+        Arc::new_cyclic(|queue| Queue {
             state: Mutex::new(State {
                 slots: Slab::new(),
                 heap: BinaryHeap::new(),
                 next_generation: 0,
                 armed: None,
-                driver: None,
             }),
-            runtime: handle.id(),
-            driving: AtomicBool::new(true),
-        });
-        // Made here, not in the driver: a runtime without timers panics in the call's
-        // poll, as a call's own `Sleep` would.
-        let sleep = tokio::time::sleep_until(Instant::now());
-        drop(handle.spawn(drive(Arc::downgrade(&queue), sleep)));
-        queue.driving.load(Ordering::Acquire).then_some(queue)
+            timer: Mutex::new(timer),
+            fire: Waker::from(Arc::new(Fire(queue.clone()))),
+            runtime: id,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Marks every call due at `now` as expired and moves its waker into `wake`; records
-    /// `driver` as the driver's waker and returns the instant to sleep until, if any.
-    fn fire(&self, now: Instant, driver: &Waker, wake: &mut Vec<Waker>) -> Option<Instant> {
-        let mut state = self.lock();
-        while let Some(Reverse(due)) = state.heap.peek() {
-            if due.at > now {
-                break;
+    /// Arms the timer for the earliest deadline, expiring the calls already due.
+    fn arm(&self) {
+        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let next = {
+                let mut state = self.lock();
+                state.pop_stale();
+                let next = state.heap.peek().map(|Reverse(due)| due.at);
+                state.armed = next;
+                next
+            };
+            let Some(next) = next else {
+                return; // Nothing to wait for: a fire still due finds nothing.
+            };
+            if timer.deadline() != next {
+                timer.as_mut().reset(next);
             }
-            let (key, generation) = (due.key, due.generation);
-            state.heap.pop();
-            match state.slots.get_mut(key) {
-                Some(slot) if slot.generation == generation => {
-                    slot.expired = true;
-                    wake.extend(slot.waker.take());
+            if timer
+                .as_mut()
+                .poll(&mut Context::from_waker(&self.fire))
+                .is_pending()
+            {
+                return;
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    /// Marks every call due at `now` as expired and wakes it, in batches woken outside the
+    /// lock.
+    fn expire(&self, now: Instant) {
+        loop {
+            let mut batch: [Option<Waker>; WAKE_BATCH] = Default::default();
+            let mut n = 0;
+            {
+                let mut state = self.lock();
+                while n < WAKE_BATCH {
+                    match state.pop_due(now) {
+                        Some(waker) => {
+                            batch[n] = waker;
+                            n += 1;
+                        }
+                        None => break,
+                    }
                 }
-                _ => {}
+            }
+            batch
+                .iter_mut()
+                .flat_map(Option::take)
+                .for_each(Waker::wake);
+            if n < WAKE_BATCH {
+                return;
             }
         }
-        state.pop_stale();
-        let next = state.heap.peek().map(|Reverse(due)| due.at);
-        state.armed = next;
-        match &mut state.driver {
-            Some(w) if w.will_wake(driver) => {}
-            w => *w = Some(driver.clone()),
-        }
-        next
     }
 
     /// How many calls are in the queue.
@@ -287,12 +324,26 @@ impl Queue {
     }
 }
 
-impl Drop for Queue {
-    fn drop(&mut self) {
-        // Its driver stops at its next poll.
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(driver) = state.driver.take() {
-            driver.wake();
+/// The timer's waker: expires the calls due, then wakes the earliest call left to re-arm.
+struct Fire(Weak<Queue>);
+
+impl Wake for Fire {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let Some(queue) = self.0.upgrade() else {
+            return;
+        };
+        queue.expire(Instant::now());
+        let rearm = {
+            let mut state = queue.lock();
+            state.armed = None;
+            state.rearmer()
+        };
+        if let Some(next) = rearm {
+            next.wake();
         }
     }
 }
@@ -315,53 +366,32 @@ impl State {
         }
     }
 
+    /// Pops the earliest deadline if it is due at `now`: `Some` with the waker of its call,
+    /// now expired; `None` if none is due.
+    fn pop_due(&mut self, now: Instant) -> Option<Option<Waker>> {
+        self.pop_stale();
+        let Reverse(due) = self.heap.peek().filter(|Reverse(due)| due.at <= now)?;
+        let key = due.key;
+        self.heap.pop();
+        let slot = self.slots.get_mut(key)?;
+        slot.expired = true;
+        Some(slot.waker.take())
+    }
+
+    /// The waker of the call that is to re-arm the timer: the earliest, while the timer is
+    /// not armed.
+    fn rearmer(&mut self) -> Option<Waker> {
+        if self.armed.is_some() {
+            return None;
+        }
+        self.pop_stale();
+        let Reverse(due) = self.heap.peek()?;
+        self.slots.get(due.key)?.waker.clone()
+    }
+
     /// Drops every stale item.
     fn compact(&mut self) {
         let slots = &self.slots;
         self.heap.retain(|Reverse(due)| Self::is_live(slots, due));
-    }
-}
-
-/// The driver: sleeps until the queue's earliest deadline, expires every call due, re-arms.
-/// It stops when the queue is gone; dropped with its runtime, it marks the queue undriven,
-/// so the thread's next registration starts another.
-async fn drive(queue: Weak<Queue>, sleep: Sleep) {
-    let _stopped = Stopped(queue.clone());
-    let mut sleep = pin!(Some(sleep));
-    let mut wake = Vec::new();
-    poll_fn(|cx| loop {
-        let Some(q) = queue.upgrade() else {
-            return Poll::Ready(());
-        };
-        let next = q.fire(Instant::now(), cx.waker(), &mut wake);
-        drop(q);
-        wake.drain(..).for_each(Waker::wake);
-        let Some(next) = next else {
-            // Idle: no timer held, so a paused clock is not pulled forward.
-            sleep.set(None);
-            return Poll::Pending;
-        };
-        match sleep.as_mut().as_pin_mut() {
-            Some(s) if s.deadline() == next => {}
-            Some(s) => s.reset(next),
-            None => sleep.set(Some(tokio::time::sleep_until(next))),
-        }
-        if let Some(s) = sleep.as_mut().as_pin_mut() {
-            if s.poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
-    })
-    .await;
-}
-
-/// Marks the queue undriven when its driver is dropped.
-struct Stopped(Weak<Queue>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if let Some(queue) = self.0.upgrade() {
-            queue.driving.store(false, Ordering::Release);
-        }
     }
 }

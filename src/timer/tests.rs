@@ -82,6 +82,18 @@ async fn a_call_registered_earlier_than_the_armed_instant_ends_on_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn advancing_the_clock_past_a_deadline_wakes_the_call_before_it_returns() {
+    let at = Instant::now() + Duration::from_millis(10);
+    let mut call = tokio_test::task::spawn(wait(at));
+    assert!(call.poll().is_pending());
+    tokio::time::advance(Duration::from_millis(9)).await;
+    assert!(!call.is_woken());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(call.is_woken(), "the deadline woke the call");
+    assert_eq!(call.poll(), Poll::Ready(at));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_call_leaves_no_entry_behind() {
     let start = Instant::now();
     let mut calls = JoinSet::new();
@@ -100,34 +112,33 @@ async fn a_dropped_call_leaves_no_entry_behind() {
     assert_on_time(Instant::now(), at, wait(at).await);
 }
 
-#[test]
-fn a_runtime_used_after_another_one_was_dropped_gets_its_own_driver() {
-    for _ in 0..2 {
-        let rt = paused();
-        rt.block_on(many_on_time(200));
-        // The driver is left waiting; the runtime drops it.
-        drop(rt);
-        let driving = QUEUE.with(|q| {
-            q.borrow()
-                .as_ref()
-                .map(|q| q.driving.load(Ordering::Acquire))
-        });
-        assert_eq!(driving, Some(false));
-    }
+/// The runtime the current thread's queue belongs to.
+fn queue_runtime() -> Option<Id> {
+    QUEUE.with(|q| q.borrow().as_ref().map(|q| q.runtime))
 }
 
 #[test]
-fn runtimes_used_in_turn_each_drive_their_own_calls() {
+fn a_runtime_used_after_another_one_was_dropped_gets_its_own_queue() {
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        let rt = paused();
+        rt.block_on(many_on_time(200));
+        runtimes.push(queue_runtime());
+        drop(rt); // With the queue's timer armed for a call that is gone.
+    }
+    assert_ne!(runtimes[0], runtimes[1]);
+}
+
+#[test]
+fn runtimes_used_in_turn_each_serve_their_own_calls() {
     let (one, two) = (paused(), paused());
     for _ in 0..3 {
         // Each runtime's calls end on time while the other one is not running.
         one.block_on(many_on_time(50));
+        let left = QUEUE.with(|q| q.borrow().as_ref().map(Arc::downgrade));
         two.block_on(many_on_time(50));
-    }
-    // A queue left behind (and its driver) goes away once no call holds it: each runtime
-    // keeps at most the driver of the thread's current queue.
-    for rt in [&one, &two] {
-        rt.block_on(tokio::task::yield_now());
-        assert!(rt.metrics().num_alive_tasks() <= 1);
+        // The queue left behind went away with its last call, and no task is left.
+        assert!(left.is_some_and(|q| q.upgrade().is_none()));
+        assert_eq!(one.metrics().num_alive_tasks(), 0);
     }
 }
