@@ -24,6 +24,11 @@ use crate::token::Interrupt;
 #[cfg(feature = "http")]
 mod body;
 
+/// How much earlier than the call's own deadline the inner stack may enforce it: a deadline
+/// propagated in a header is rounded down to whole milliseconds, so a timer armed from it
+/// (a tonic `Channel`'s, on `grpc-timeout`) can fire up to this much before the call's.
+const PROPAGATED_PRECISION: Duration = Duration::from_millis(1);
+
 /// What ended a running call, as the response future saw it.
 pub(crate) enum Ended<T> {
     /// The inner future finished first (with the inner service's answer or error).
@@ -86,9 +91,11 @@ impl Call {
         self.start + self.ticket.deadline
     }
 
-    /// Whether the call's deadline has passed (read only on the error path).
+    /// Whether the call's deadline has passed, to the precision it is propagated with (read
+    /// only on the error path): an inner error this close to the deadline is the inner
+    /// stack enforcing it.
     pub(crate) fn past_deadline(&self) -> bool {
-        Instant::now() >= self.deadline_at()
+        Instant::now() + PROPAGATED_PRECISION >= self.deadline_at()
     }
 
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
