@@ -261,10 +261,11 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Arms the timer for the earliest deadline, expiring the calls already due.
+    /// Arms the timer for the earliest deadline, expiring the calls already due (outside
+    /// the timer's lock, so a waker that polls its task at once finds the lock free).
     fn arm(&self) {
-        let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            let mut timer = self.timer.lock().unwrap_or_else(PoisonError::into_inner);
             let next = {
                 let mut state = self.lock();
                 state.pop_stale();
@@ -285,6 +286,7 @@ impl Queue {
             {
                 return;
             }
+            drop(timer);
             self.expire(Instant::now());
         }
     }
