@@ -46,11 +46,12 @@ pub(crate) struct Interrupts {
     last: Mutex<Option<Fired>>,
 }
 
-/// A call's place among the waiters of its [`Interrupts`]: its stripe and its slot.
+/// A call's place among the waiters of its [`Interrupts`]: its stripe and its slot, in
+/// one word (a call is moved as its future is, so it stays small).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Waiting {
-    stripe: usize,
-    slot: usize,
+    stripe: u32,
+    slot: u32,
 }
 
 impl Interrupts {
@@ -89,8 +90,8 @@ impl Interrupts {
     pub(crate) fn wait(&self, at: &mut Option<Waiting>, waker: &Waker) {
         match *at {
             Some(Waiting { stripe, slot }) => {
-                let mut waiting = lock(self.waiting.get(stripe));
-                if let Some(old) = waiting.get_mut(slot) {
+                let mut waiting = lock(self.waiting.get(stripe as usize));
+                if let Some(old) = waiting.get_mut(slot as usize) {
                     if !old.will_wake(waker) {
                         old.clone_from(waker);
                     }
@@ -98,8 +99,13 @@ impl Interrupts {
             }
             None => {
                 let (stripe, waiting) = self.waiting.mine();
-                let slot = lock(waiting).insert(waker.clone());
-                *at = Some(Waiting { stripe, slot });
+                let mut waiting = lock(waiting);
+                let entry = waiting.vacant_entry();
+                // More waiters than `u32` counts cannot be: each is a call's future in memory.
+                if let (Ok(stripe), Ok(slot)) = (u32::try_from(stripe), u32::try_from(entry.key())) {
+                    entry.insert(waker.clone());
+                    *at = Some(Waiting { stripe, slot });
+                }
             }
         }
     }
@@ -107,8 +113,8 @@ impl Interrupts {
     /// Ends the registration `at` holds, if any.
     pub(crate) fn leave(&self, at: &mut Option<Waiting>) {
         if let Some(Waiting { stripe, slot }) = at.take() {
-            let mut waiting = lock(self.waiting.get(stripe));
-            waiting.try_remove(slot);
+            let mut waiting = lock(self.waiting.get(stripe as usize));
+            waiting.try_remove(slot as usize);
             if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
                 // A burst of waiters is over: give its memory back.
                 *waiting = Slab::new();

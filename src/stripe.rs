@@ -32,6 +32,12 @@ thread_local! {
     static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// Moves this thread to the next free index: called by a thread that found its stripe
+/// busy (another thread shares it), so two threads that collide part.
+pub(crate) fn move_thread() {
+    THREAD.with(|t| t.set(NEXT_THREAD.fetch_add(1, Relaxed)));
+}
+
 /// This thread's index (not reduced to a stripe).
 fn thread_index() -> usize {
     THREAD.with(|t| {
@@ -55,21 +61,22 @@ impl<T> Striped<T> {
         Self::with_stripes(*STRIPES, make)
     }
 
-    /// `n` stripes (at least one).
+    /// `n` stripes, rounded up to a power of two.
     pub(crate) fn with_stripes(n: usize, mut make: impl FnMut() -> T) -> Self {
-        let stripes = (0..n.max(1)).map(|_| CachePadded::new(make())).collect();
+        let n = n.max(1).next_power_of_two();
+        let stripes = (0..n).map(|_| CachePadded::new(make())).collect();
         Striped { stripes }
     }
 
     /// The stripe this thread writes, and its index.
     pub(crate) fn mine(&self) -> (usize, &T) {
-        let i = thread_index() % self.stripes.len();
+        let i = thread_index() & (self.stripes.len() - 1);
         (i, &self.stripes[i])
     }
 
     /// The stripe at `i` (as [`mine`](Self::mine) gave it).
     pub(crate) fn get(&self, i: usize) -> &T {
-        &self.stripes[i % self.stripes.len()]
+        &self.stripes[i & (self.stripes.len() - 1)]
     }
 
     /// Every stripe.

@@ -10,6 +10,9 @@ use tokio::time::Instant;
 use super::{CallPeer, Peer};
 use crate::interrupt::{Fired, Interrupts};
 
+/// The stripe of a hold that counts no call.
+pub(super) const UNCOUNTED: u32 = u32::MAX;
+
 /// Why a peer did not admit a call.
 pub(crate) enum NotAdmitted {
     /// The peer is silent: the call fails fast.
@@ -62,8 +65,8 @@ impl Deref for PeerRef {
 /// a probe slot come back when the hold is dropped.
 pub(crate) struct InFlight {
     peer: CallPeer,
-    /// The stripe the call is counted on (`None`: not counted).
-    pub(super) stripe: Option<usize>,
+    /// The stripe the call is counted on ([`UNCOUNTED`]: none).
+    pub(super) stripe: u32,
     pub(super) probe: bool,
     pub(super) ended: bool,
 }
@@ -73,7 +76,7 @@ impl InFlight {
     pub(super) fn tracked(peer: PeerRef, stripe: usize) -> Self {
         InFlight {
             peer: CallPeer::Tracked(peer),
-            stripe: Some(stripe),
+            stripe: u32::try_from(stripe).unwrap_or(UNCOUNTED),
             probe: false,
             ended: false,
         }
@@ -83,7 +86,7 @@ impl InFlight {
     pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
         InFlight {
             peer: CallPeer::Untracked(interrupts),
-            stripe: None,
+            stripe: UNCOUNTED,
             probe: false,
             ended: false,
         }
@@ -118,8 +121,8 @@ impl Drop for InFlight {
             if !self.ended {
                 p.on_abandon(Instant::now(), self.probe, None);
             }
-            if let Some(stripe) = self.stripe {
-                p.leave(stripe);
+            if self.stripe != UNCOUNTED {
+                p.leave(self.stripe as usize);
             }
         }
     }

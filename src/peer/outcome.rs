@@ -47,14 +47,16 @@ impl Peer {
         outcome: Outcome,
     ) {
         let (probe, class) = (ticket.probe, ticket.class);
-        let latency = now.saturating_duration_since(started);
         if outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+            let now = self.nanos(now);
+            let latency = Duration::from_nanos(now.saturating_sub(ticket.started));
             self.metrics.answered(latency);
-            if let Some(batch) = self.stripes.hold(latency, class, self.nanos(now)) {
+            if let Some(batch) = self.stripes.hold(latency, class, now) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
         }
+        let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
             self.metrics.failed();
@@ -74,39 +76,38 @@ impl Peer {
             locked.pending.clear();
             self.publish(&mut locked, now);
         }
-        let sample = (outcome == Outcome::Sample).then_some(latency);
-        self.answered(&mut locked, now, sample, class);
+        let sample = (outcome == Outcome::Sample).then_some((latency, class));
+        self.answered(&mut locked, now, 1, sample.into_iter());
     }
 
-    /// Records the answers `batch` held.
+    /// Records the answers `batch` held, as of its latest.
     pub(super) fn hand_over(&self, locked: &mut MutexGuard<'_, Locked>, batch: &Batch) {
-        let at = self.instant(batch.latest);
-        for (latency, class) in batch.answers() {
-            self.answered(locked, at, Some(latency), class);
-        }
+        let answers = batch.answers();
+        self.answered(locked, self.instant(batch.latest), answers.len() as u64, answers);
     }
 
-    /// The peer answered at `now` (with a latency `sample`, of `class`): a heartbeat; the
-    /// misses held back are committed, and the sample recorded.
+    /// The peer gave `answers` answers, the last at `now`, with these latency samples
+    /// (and their classes): a heartbeat; the misses held back are committed, and the
+    /// samples recorded.
     fn answered(
         &self,
         locked: &mut MutexGuard<'_, Locked>,
         now: Instant,
-        sample: Option<Duration>,
-        class: Option<ClassIx>,
+        answers: u64,
+        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) {
-        locked.completed += 1;
+        locked.completed += answers;
         locked.consecutive_failures = 0;
-        let held = std::mem::take(&mut locked.pending);
-        for &(class, censored) in &held {
-            self.record(locked, now, censored, class);
-            // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish_class(locked, now, class);
-        }
-        if !held.is_empty() {
+        if !locked.pending.is_empty() {
+            let held = std::mem::take(&mut locked.pending);
+            for &(class, censored) in &held {
+                self.record(locked, now, censored, class);
+                // Like the tail's, these say the deadline may be behind: recompute at once.
+                self.publish_class(locked, now, class);
+            }
             self.publish(locked, now);
         }
-        if let Some(latency) = sample {
+        for (latency, class) in samples {
             self.record(locked, now, latency, class);
         }
         let transition = locked.health.on_response(now);

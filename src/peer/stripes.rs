@@ -11,7 +11,7 @@
 //! its answers are in.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use super::classes::ClassIx;
@@ -58,7 +58,9 @@ pub(super) struct Batch {
 
 impl Batch {
     /// The answers held: latency, and class.
-    pub(super) fn answers(&self) -> impl Iterator<Item = (Duration, Option<ClassIx>)> + '_ {
+    pub(super) fn answers(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (Duration, Option<ClassIx>)> + '_ {
         self.answers[..self.len].iter().map(|&word| {
             let class = ClassIx::try_from(word >> LATENCY_BITS)
                 .ok()
@@ -144,7 +146,15 @@ impl Stripes {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
         let (_, stripe) = self.0.mine();
-        let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = match stripe.batch.try_lock() {
+            Ok(batch) => batch,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Another thread writes this stripe: move to another for the next call.
+                crate::stripe::move_thread();
+                stripe.batch.lock().unwrap_or_else(PoisonError::into_inner)
+            }
+        };
         let len = batch.len;
         batch.answers[len] = nanos | class << LATENCY_BITS;
         batch.len += 1;

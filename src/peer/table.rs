@@ -253,11 +253,12 @@ impl<K: PeerKey> PeerTable<K> {
         hints: LatencyHints<'_>,
         here: &'static Location<'static>,
     ) -> Option<Admission> {
-        // Any call to the peer is use, also one refused.
-        peer.touch(now);
         let generation = peer.interrupts().generation();
         let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
         if let Some(fired) = self.refusal(caller_deadline, here) {
+            // Any call to the peer is use, also one refused (an admitted one is noted as
+            // it is admitted).
+            peer.touch(peer.nanos(now));
             return refused(fired);
         }
         match Peer::admit(peer, now, generation, hints) {

@@ -16,6 +16,8 @@ pub(crate) struct Ticket {
     pub(crate) probe: bool,
     /// The call's latency class, if it has one of the peer's.
     pub(crate) class: Option<ClassIx>,
+    /// When the call started, in nanoseconds since its peer's epoch (0 if untracked).
+    pub(crate) started: u64,
 }
 
 impl Ticket {
@@ -27,6 +29,7 @@ impl Ticket {
             generation,
             probe: false,
             class: None,
+            started: 0,
         }
     }
 
