@@ -102,7 +102,8 @@ impl Interrupts {
                 let mut waiting = lock(waiting);
                 let entry = waiting.vacant_entry();
                 // More waiters than `u32` counts cannot be: each is a call's future in memory.
-                if let (Ok(stripe), Ok(slot)) = (u32::try_from(stripe), u32::try_from(entry.key())) {
+                if let (Ok(stripe), Ok(slot)) = (u32::try_from(stripe), u32::try_from(entry.key()))
+                {
                     entry.insert(waker.clone());
                     *at = Some(Waiting { stripe, slot });
                 }

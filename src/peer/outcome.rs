@@ -83,7 +83,12 @@ impl Peer {
     /// Records the answers `batch` held, as of its latest.
     pub(super) fn hand_over(&self, locked: &mut MutexGuard<'_, Locked>, batch: &Batch) {
         let answers = batch.answers();
-        self.answered(locked, self.instant(batch.latest), answers.len() as u64, answers);
+        self.answered(
+            locked,
+            self.instant(batch.latest),
+            answers.len() as u64,
+            answers,
+        );
     }
 
     /// The peer gave `answers` answers, the last at `now`, with these latency samples
@@ -246,5 +251,64 @@ impl Peer {
         if self.record_lanes(locked, now, latency, class) {
             self.publish(locked, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{advance, Instant};
+
+    use crate::class::LatencyHints;
+    use crate::classify::Outcome;
+    use crate::peer::health::PeerState;
+    use crate::peer::table::tests::table;
+    use crate::peer::{Peer, PeerRef};
+
+    /// Admits a call to `peer` now and answers it after `took`.
+    async fn answered(peer: &PeerRef, took: Duration) {
+        let start = Instant::now();
+        let (mut held, ticket) = Peer::admit(peer, start, 0, LatencyHints::new())
+            .ok()
+            .unwrap();
+        advance(took).await;
+        held.end();
+        peer.on_outcome(Instant::now(), start, &ticket, Outcome::Sample);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_held_in_a_stripe_is_seen_before_a_miss_is_judged() {
+        let t = table(4);
+        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        // The stripe's first answer goes to the window at once; the next, within the
+        // millisecond, is held.
+        answered(&peer, Duration::from_micros(10)).await;
+        let start = Instant::now();
+        let (mut waiting, ticket) = Peer::admit(&peer, start, 0, LatencyHints::new())
+            .ok()
+            .unwrap();
+        answered(&peer, Duration::from_micros(100)).await;
+        // The waiting call runs out: the peer answered since it started (the held answer),
+        // so it is slowness, not a miss.
+        advance(ticket.deadline).await;
+        waiting.end();
+        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket);
+        assert!(silenced.is_none());
+        assert_eq!(peer.state(), PeerState::Healthy);
+        let view = peer.view(Instant::now());
+        assert_eq!((view.completed, view.deadline_exceeded), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_answer_of_a_burst_reaches_the_window_and_calls_leave_the_count() {
+        let t = table(4);
+        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        for _ in 0..1_004 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        assert_eq!(peer.in_flight(), 0);
+        let view = peer.view(Instant::now());
+        assert_eq!((view.completed, view.samples), (1_004, 1_004));
     }
 }

@@ -478,11 +478,11 @@ fn nanos(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A table of `max` peers keyed by `u32`, under the default policy.
-    pub(super) fn table(max: usize) -> PeerTable<u32> {
+    pub(crate) fn table(max: usize) -> PeerTable<u32> {
         let policies = Policies {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),
