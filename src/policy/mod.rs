@@ -79,7 +79,8 @@ pub struct TimeoutPolicy {
     /// Longest deadline, at most 24h. Default `30s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max: Duration,
-    /// Deadline used while the window holds fewer than `min_samples`. Default `1s`.
+    /// Deadline used before a peer's second answer, and the ceiling of its estimate until
+    /// `min_samples` unless its answers show a slower peer. Default `1s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
