@@ -7,8 +7,9 @@
 //! (a miss, a probe, a rotation, a snapshot), which first takes every stripe's batch. A
 //! peer answering less than once a millisecond per core thus records each answer at once,
 //! as it always did; a hot one takes its lock once per [`BATCH`] answers per core instead
-//! of once per answer, and nothing that judges the peer (a miss, silence) reads it before
-//! its answers are in.
+//! of once per answer (recording a batch under one lock is also cheaper than its answers
+//! one by one), and nothing that judges the peer (a miss, silence) reads it before its
+//! answers are in. A stripe allocates its batch the first time it holds an answer.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};
@@ -18,7 +19,7 @@ use super::classes::ClassIx;
 use crate::stripe::Striped;
 
 /// Answers a stripe holds before it hands them over.
-pub(super) const BATCH: usize = 8;
+pub(super) const BATCH: usize = 64;
 
 /// How long a stripe holds answers at most while calls go on: the first answer after this
 /// long hands the batch over.
@@ -42,18 +43,27 @@ pub(super) struct Stripes(Striped<Stripe>);
 struct Stripe {
     /// Calls in flight counted here, and the [`RETIRED`] bit.
     in_flight: AtomicUsize,
-    batch: Mutex<Batch>,
+    held: Mutex<Held>,
 }
 
-/// Answers not yet in the window.
+/// A stripe's answers not yet in the window.
 #[derive(Default)]
+struct Held {
+    /// Allocated when the stripe first holds an answer (a stripe whose answers all go at
+    /// once never does), and kept.
+    batch: Option<Box<Batch>>,
+    /// When the stripe last handed answers over (`None`: never, and its first answer goes
+    /// at once).
+    handed_at: Option<u64>,
+}
+
+/// Answers handed over together.
+#[derive(Clone)]
 pub(super) struct Batch {
     len: usize,
     answers: [u64; BATCH],
     /// The latest answer's time, in nanoseconds since the peer's epoch.
     pub(super) latest: u64,
-    /// When the batch was last handed over (`None`: never, and its first answer goes at once).
-    handed_at: Option<u64>,
 }
 
 impl Batch {
@@ -69,9 +79,28 @@ impl Batch {
         })
     }
 
-    /// Whether it holds nothing.
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
+    /// No answers.
+    fn empty() -> Batch {
+        Batch {
+            len: 0,
+            answers: [0; BATCH],
+            latest: 0,
+        }
+    }
+
+    /// A batch of one answer, at `now`.
+    fn one(answer: u64, now: u64) -> Batch {
+        let mut batch = Batch::empty();
+        batch.push(answer, now);
+        batch
+    }
+
+    /// Adds an answer at `now`; returns whether the batch is full.
+    fn push(&mut self, answer: u64, now: u64) -> bool {
+        self.answers[self.len] = answer;
+        self.len += 1;
+        self.latest = self.latest.max(now);
+        self.len == BATCH
     }
 }
 
@@ -79,7 +108,7 @@ impl Stripes {
     pub(super) fn new() -> Self {
         Stripes(Striped::new(|| Stripe {
             in_flight: AtomicUsize::new(0),
-            batch: Mutex::new(Batch::default()),
+            held: Mutex::new(Held::default()),
         }))
     }
 
@@ -145,41 +174,65 @@ impl Stripes {
     ) -> Option<Batch> {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
+        let answer = nanos | class << LATENCY_BITS;
         let (_, stripe) = self.0.mine();
-        let mut batch = match stripe.batch.try_lock() {
-            Ok(batch) => batch,
+        let mut held = match stripe.held.try_lock() {
+            Ok(held) => held,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 // Another thread writes this stripe: move to another for the next call.
                 crate::stripe::move_thread();
-                stripe.batch.lock().unwrap_or_else(PoisonError::into_inner)
+                stripe.held.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
-        let len = batch.len;
-        batch.answers[len] = nanos | class << LATENCY_BITS;
-        batch.len += 1;
-        batch.latest = batch.latest.max(now);
-        let held_since = batch.handed_at.map(|at| now.saturating_sub(at));
-        if batch.len < BATCH && held_since.is_some_and(|held| held < HOLD_NANOS) {
-            return None;
+        let due = held
+            .handed_at
+            .is_none_or(|at| now.saturating_sub(at) >= HOLD_NANOS);
+        let batch = match &mut held.batch {
+            Some(batch) => batch,
+            // Nothing held, and time to hand over: this answer goes alone, unheld.
+            None if due => {
+                held.handed_at = Some(now);
+                return Some(Batch::one(answer, now));
+            }
+            None => held.batch.insert(Box::new(Batch::empty())),
+        };
+        let full = batch.push(answer, now);
+        if full || due {
+            held.take(now)
+        } else {
+            None
         }
-        Some(take(&mut batch, now))
     }
 
-    /// Takes every stripe's batch (as of `now`), for whoever holds the peer's lock.
+    /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
     pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
-        self.0.iter().filter_map(move |stripe| {
-            let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
-            (!batch.is_empty()).then(|| take(&mut batch, now))
-        })
+        self.0.iter().filter_map(move |stripe| stripe.take(now))
     }
 }
 
-/// Takes `batch`'s answers, leaving it empty and handed over at `now`.
-fn take(batch: &mut Batch, now: u64) -> Batch {
-    let taken = std::mem::take(batch);
-    batch.handed_at = Some(now);
-    taken
+impl Stripe {
+    /// Takes the stripe's held answers, if any.
+    fn take(&self, now: u64) -> Option<Batch> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let any = held.batch.as_ref().is_some_and(|b| b.len > 0);
+        if any {
+            held.take(now)
+        } else {
+            None
+        }
+    }
+}
+
+impl Held {
+    /// The answers held, handed over at `now`; the batch stays, empty.
+    fn take(&mut self, now: u64) -> Option<Batch> {
+        self.handed_at = Some(now);
+        let batch = self.batch.as_mut()?;
+        let taken = (**batch).clone();
+        (batch.len, batch.latest) = (0, 0);
+        Some(taken)
+    }
 }
 
 #[cfg(test)]
@@ -215,7 +268,7 @@ mod tests {
     fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
         let stripes = Stripes(Striped::with_stripes(4, || Stripe {
             in_flight: AtomicUsize::new(0),
-            batch: Mutex::new(Batch::default()),
+            held: Mutex::new(Held::default()),
         }));
         let mine = stripes.enter().expect("admitted");
         assert_eq!(stripes.in_flight(), 1);
