@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -480,6 +480,15 @@ impl Peer {
             self.hand_over(&mut locked, &batch);
         }
         locked
+    }
+
+    /// The peer's lock if it is free, the stripes' answers left where they are.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Locked>> {
+        match self.locked.try_lock() {
+            Ok(locked) => Some(locked),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The peer's lock, the stripes' answers left where they are.

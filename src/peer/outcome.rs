@@ -48,10 +48,22 @@ impl Peer {
     ) {
         let (probe, class) = (ticket.probe, ticket.class);
         if outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
-            let now = self.nanos(now);
-            let latency = Duration::from_nanos(now.saturating_sub(ticket.started));
+            let now_ns = self.nanos(now);
+            let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started));
             self.metrics.answered(latency);
-            if let Some(batch) = self.stripes.hold(latency, class, now) {
+            let stripe = self.stripes.mine();
+            if !stripe.holds(now_ns) {
+                if let Some(mut locked) = self.try_lock() {
+                    if let Some(batch) = stripe.take_held(now_ns) {
+                        self.hand_over(&mut locked, &batch);
+                    }
+                    let sample = Some((latency, class));
+                    return self.answered(&mut locked, now, 1, sample.into_iter());
+                }
+                // Another core is recording: hold this core's answers for a while.
+                stripe.contended(now_ns);
+            }
+            if let Some(batch) = self.stripes.hold(latency, class, now_ns) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
@@ -281,8 +293,9 @@ mod tests {
     async fn an_answer_held_in_a_stripe_is_seen_before_a_miss_is_judged() {
         let t = table(4);
         let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
-        // The stripe's first answer goes to the window at once; the next, within the
-        // millisecond, is held.
+        // As if another core had held the peer's lock: this one holds its answers. Its
+        // first goes to the window at once; the next, within the millisecond, is held.
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
         answered(&peer, Duration::from_micros(10)).await;
         let start = Instant::now();
         let (mut waiting, ticket) = Peer::admit(&peer, start, 0, LatencyHints::new())
@@ -301,14 +314,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn every_answer_of_a_burst_reaches_the_window_and_calls_leave_the_count() {
+    async fn every_answer_of_a_contended_burst_reaches_the_window_and_calls_leave_the_count() {
         let t = table(4);
         let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
         for _ in 0..1_004 {
             answered(&peer, Duration::ZERO).await;
         }
         assert_eq!(peer.in_flight(), 0);
         let view = peer.view(Instant::now());
         assert_eq!((view.completed, view.samples), (1_004, 1_004));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_uncontended_answer_goes_to_the_window_at_once() {
+        let t = table(4);
+        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        for _ in 0..3 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
+        answered(&peer, Duration::ZERO).await;
+        answered(&peer, Duration::ZERO).await;
+        assert!(peer.stripes.mine().holds(peer.nanos(Instant::now())));
+        let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
+        assert_eq!(held, 1, "the first answer of a holding stripe goes at once");
+        // Once the core no longer holds, its next answer takes the lock, and what it held.
+        answered(&peer, Duration::ZERO).await;
+        advance(Duration::from_millis(10)).await;
+        answered(&peer, Duration::ZERO).await;
+        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        // Seven answers, less the one this test took out of the stripe.
+        assert_eq!(peer.view(Instant::now()).completed, 6);
     }
 }

@@ -1,17 +1,19 @@
 //! What every call to a peer writes, striped per core ([`crate::stripe`]): the count of
-//! calls in flight, and the answers of a healthy peer, batched before they reach the
-//! window under the peer's lock.
+//! calls in flight, and the answers of a healthy peer that cores contend for, batched
+//! before they reach the window under the peer's lock.
 //!
-//! A stripe's batch is handed to the window when it is full, when a millisecond has
-//! passed since the stripe's last hand-over, or whenever anything takes the peer's lock
-//! (a miss, a probe, a rotation, a snapshot), which first takes every stripe's batch. A
-//! peer answering less than once a millisecond per core thus records each answer at once,
-//! as it always did; a hot one takes its lock once per [`BATCH`] answers per core instead
-//! of once per answer (recording a batch under one lock is also cheaper than its answers
-//! one by one), and nothing that judges the peer (a miss, silence) reads it before its
-//! answers are in. A stripe allocates its batch the first time it holds an answer.
+//! An answer goes straight to the window while the peer's lock is free. A core that finds
+//! it taken holds its answers in its stripe for the next [`CONTENDED_NANOS`]; a stripe's
+//! batch is handed over when it is full, when a millisecond has passed since the stripe's
+//! last hand-over, with the core's next answer once it no longer holds, or whenever
+//! anything takes the peer's lock (a miss, a probe, a rotation, a snapshot), which first
+//! takes every stripe's batch. A peer called from one core at a time, or a quiet one, thus
+//! records each answer at once, as it always did; a hot one takes its lock once per
+//! [`BATCH`] answers per core instead of once per answer, and nothing that judges the peer
+//! (a miss, silence) reads it before its answers are in. A stripe allocates its batch the
+//! first time it holds an answer.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -24,6 +26,9 @@ pub(super) const BATCH: usize = 64;
 /// How long a stripe holds answers at most while calls go on: the first answer after this
 /// long hands the batch over.
 const HOLD_NANOS: u64 = 1_000_000;
+
+/// How long a core that found the peer's lock taken holds its answers.
+pub(super) const CONTENDED_NANOS: u64 = 10_000_000;
 
 /// The bit of a stripe's in-flight word that says the table has let the peer go (see
 /// [`Stripes::retire`]); the other bits count calls in flight.
@@ -40,9 +45,13 @@ const NO_CLASS: u64 = 0xff;
 pub(super) struct Stripes(Striped<Stripe>);
 
 /// One core's share of a peer.
-struct Stripe {
+pub(super) struct Stripe {
     /// Calls in flight counted here, and the [`RETIRED`] bit.
     in_flight: AtomicUsize,
+    /// Until when this core holds its answers (nanoseconds since the epoch).
+    contended_until: AtomicU64,
+    /// Whether `held` has answers.
+    holding: AtomicBool,
     held: Mutex<Held>,
 }
 
@@ -106,10 +115,12 @@ impl Batch {
 
 impl Stripes {
     pub(super) fn new() -> Self {
-        Stripes(Striped::new(|| Stripe {
-            in_flight: AtomicUsize::new(0),
-            held: Mutex::new(Held::default()),
-        }))
+        Stripes(Striped::new(Stripe::new))
+    }
+
+    /// This thread's stripe.
+    pub(super) fn mine(&self) -> &Stripe {
+        self.0.mine().1
     }
 
     /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
@@ -199,8 +210,10 @@ impl Stripes {
         };
         let full = batch.push(answer, now);
         if full || due {
+            stripe.holding.store(false, Relaxed);
             held.take(now)
         } else {
+            stripe.holding.store(true, Relaxed);
             None
         }
     }
@@ -212,9 +225,41 @@ impl Stripes {
 }
 
 impl Stripe {
+    fn new() -> Stripe {
+        Stripe {
+            in_flight: AtomicUsize::new(0),
+            contended_until: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+        }
+    }
+
+    /// Whether this core holds its answers at `now`: it found the peer's lock taken
+    /// lately.
+    pub(super) fn holds(&self, now: u64) -> bool {
+        now < self.contended_until.load(Relaxed)
+    }
+
+    /// This core found the peer's lock taken at `now`: it holds its answers for a while.
+    pub(super) fn contended(&self, now: u64) {
+        let until = now.saturating_add(CONTENDED_NANOS);
+        self.contended_until.store(until, Relaxed);
+    }
+
+    /// Takes the answers this core still holds, if any (one that no longer holds hands
+    /// them over with its next answer).
+    pub(super) fn take_held(&self, now: u64) -> Option<Batch> {
+        if self.holding.load(Relaxed) {
+            self.take(now)
+        } else {
+            None
+        }
+    }
+
     /// Takes the stripe's held answers, if any.
     fn take(&self, now: u64) -> Option<Batch> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.holding.store(false, Relaxed);
         let any = held.batch.as_ref().is_some_and(|b| b.len > 0);
         if any {
             held.take(now)
@@ -266,10 +311,7 @@ mod tests {
 
     #[test]
     fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
-        let stripes = Stripes(Striped::with_stripes(4, || Stripe {
-            in_flight: AtomicUsize::new(0),
-            held: Mutex::new(Held::default()),
-        }));
+        let stripes = Stripes(Striped::with_stripes(4, Stripe::new));
         let mine = stripes.enter().expect("admitted");
         assert_eq!(stripes.in_flight(), 1);
         assert!(!stripes.retire(), "a call is in flight");
