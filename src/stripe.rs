@@ -85,6 +85,7 @@ impl<T> Striped<T> {
     }
 
     /// How many stripes there are.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.stripes.len()
     }

@@ -42,7 +42,11 @@ const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
 const NO_CLASS: u64 = 0xff;
 
 /// A peer's stripes.
-pub(super) struct Stripes(Striped<Stripe>);
+pub(super) struct Stripes {
+    stripes: Striped<Stripe>,
+    /// Set once every stripe is marked retired: what [`Stripes::is_retired`] reads.
+    retired: AtomicBool,
+}
 
 /// One core's share of a peer.
 pub(super) struct Stripe {
@@ -115,18 +119,21 @@ impl Batch {
 
 impl Stripes {
     pub(super) fn new() -> Self {
-        Stripes(Striped::new(Stripe::new))
+        Stripes {
+            stripes: Striped::new(Stripe::new),
+            retired: AtomicBool::new(false),
+        }
     }
 
     /// This thread's stripe.
     pub(super) fn mine(&self) -> &Stripe {
-        self.0.mine().1
+        self.stripes.mine().1
     }
 
     /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
     /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
     pub(super) fn enter(&self) -> Option<usize> {
-        let (i, stripe) = self.0.mine();
+        let (i, stripe) = self.stripes.mine();
         if stripe.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
             stripe.in_flight.fetch_sub(1, Relaxed);
             return None;
@@ -136,12 +143,12 @@ impl Stripes {
 
     /// A call counted on `stripe` is no longer in flight.
     pub(super) fn leave(&self, stripe: usize) {
-        self.0.get(stripe).in_flight.fetch_sub(1, Relaxed);
+        self.stripes.get(stripe).in_flight.fetch_sub(1, Relaxed);
     }
 
     /// Calls in flight now (a sum over the stripes).
     pub(super) fn in_flight(&self) -> usize {
-        self.0
+        self.stripes
             .iter()
             .map(|s| s.in_flight.load(Relaxed) & !RETIRED)
             .sum()
@@ -152,26 +159,25 @@ impl Stripes {
     /// busy undoes the stripes already marked; a call refused in between looks the peer up
     /// again and finds it.
     pub(super) fn retire(&self) -> bool {
-        for (n, stripe) in self.0.iter().enumerate() {
+        for (n, stripe) in self.stripes.iter().enumerate() {
             if stripe
                 .in_flight
                 .compare_exchange(0, RETIRED, Relaxed, Relaxed)
                 .is_err()
             {
-                for undo in self.0.iter().take(n) {
+                for undo in self.stripes.iter().take(n) {
                     undo.in_flight.fetch_and(!RETIRED, Relaxed);
                 }
                 return false;
             }
         }
+        self.retired.store(true, Relaxed);
         true
     }
 
-    /// Whether the peer was retired: its last stripe is marked (a retirement marks the
-    /// stripes in order, and one that fails never marks the last).
+    /// Whether the peer was retired.
     pub(super) fn is_retired(&self) -> bool {
-        let last = self.0.get(self.0.len() - 1);
-        last.in_flight.load(Relaxed) & RETIRED != 0
+        self.retired.load(Relaxed)
     }
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
@@ -186,7 +192,7 @@ impl Stripes {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
         let answer = nanos | class << LATENCY_BITS;
-        let (_, stripe) = self.0.mine();
+        let (_, stripe) = self.stripes.mine();
         let mut held = match stripe.held.try_lock() {
             Ok(held) => held,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -220,7 +226,9 @@ impl Stripes {
 
     /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
     pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
-        self.0.iter().filter_map(move |stripe| stripe.take(now))
+        self.stripes
+            .iter()
+            .filter_map(move |stripe| stripe.take(now))
     }
 }
 
@@ -311,7 +319,10 @@ mod tests {
 
     #[test]
     fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
-        let stripes = Stripes(Striped::with_stripes(4, Stripe::new));
+        let stripes = Stripes {
+            stripes: Striped::with_stripes(4, Stripe::new),
+            retired: AtomicBool::new(false),
+        };
         let mine = stripes.enter().expect("admitted");
         assert_eq!(stripes.in_flight(), 1);
         assert!(!stripes.retire(), "a call is in flight");
