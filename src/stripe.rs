@@ -101,7 +101,7 @@ mod tests {
         let (mine, _) = striped.mine();
         assert_eq!(striped.mine().0, mine, "a thread keeps its stripe");
         let others: Vec<usize> = (0..4)
-            .map(|_| std::thread::spawn(move || thread_index()).join().unwrap())
+            .map(|_| std::thread::spawn(thread_index).join().unwrap())
             .collect();
         assert!(others.windows(2).all(|w| w[1] > w[0]), "{others:?}");
         assert_eq!(striped.iter().count(), 4);

@@ -276,7 +276,15 @@ mod tests {
     use crate::classify::Outcome;
     use crate::peer::health::PeerState;
     use crate::peer::table::tests::table;
+    use crate::peer::table::PeerTable;
     use crate::peer::{Peer, PeerRef};
+
+    /// A table and its peer 1, as a call holds it.
+    fn one_peer() -> (PeerTable<u32>, PeerRef) {
+        let t = table(4);
+        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        (t, peer)
+    }
 
     /// Admits a call to `peer` now and answers it after `took`.
     async fn answered(peer: &PeerRef, took: Duration) {
@@ -291,8 +299,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_held_in_a_stripe_is_seen_before_a_miss_is_judged() {
-        let t = table(4);
-        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        let (_table, peer) = one_peer();
         // As if another core had held the peer's lock: this one holds its answers. Its
         // first goes to the window at once; the next, within the millisecond, is held.
         peer.stripes.mine().contended(peer.nanos(Instant::now()));
@@ -315,8 +322,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_answer_of_a_contended_burst_reaches_the_window_and_calls_leave_the_count() {
-        let t = table(4);
-        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        let (_table, peer) = one_peer();
         peer.stripes.mine().contended(peer.nanos(Instant::now()));
         for _ in 0..1_004 {
             answered(&peer, Duration::ZERO).await;
@@ -328,8 +334,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_uncontended_answer_goes_to_the_window_at_once() {
-        let t = table(4);
-        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        let (_table, peer) = one_peer();
         for _ in 0..3 {
             answered(&peer, Duration::ZERO).await;
         }

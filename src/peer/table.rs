@@ -87,12 +87,15 @@ pub(crate) struct LastPeer<K> {
     calls: u32,
 }
 
+/// A peer in the rotation, with its key.
+type Lined<K> = (Arc<K>, Arc<Peer>);
+
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
     peers: DashMap<Arc<K>, Arc<Peer>, foldhash::fast::RandomState>,
     /// Every tracked peer once, in the order evictions look at them (taken only to insert,
     /// evict or sweep a peer). A peer let go may linger until it comes up or a sweep.
-    rotation: Mutex<VecDeque<(Arc<K>, Arc<Peer>)>>,
+    rotation: Mutex<VecDeque<Lined<K>>>,
     len: AtomicUsize,
     max_peers: usize,
     idle_ttl: Duration,
