@@ -38,8 +38,8 @@ pub(crate) fn move_thread() {
     THREAD.with(|t| t.set(NEXT_THREAD.fetch_add(1, Relaxed)));
 }
 
-/// This thread's index (not reduced to a stripe).
-fn thread_index() -> usize {
+/// This thread's index, which [`Striped`] reduces to its stripe.
+pub(crate) fn current() -> usize {
     THREAD.with(|t| {
         let mut i = t.get();
         if i == usize::MAX {
@@ -70,7 +70,7 @@ impl<T> Striped<T> {
 
     /// The stripe this thread writes, and its index.
     pub(crate) fn mine(&self) -> (usize, &T) {
-        let i = thread_index() & (self.stripes.len() - 1);
+        let i = current() & (self.stripes.len() - 1);
         (i, &self.stripes[i])
     }
 
@@ -101,7 +101,7 @@ mod tests {
         let (mine, _) = striped.mine();
         assert_eq!(striped.mine().0, mine, "a thread keeps its stripe");
         let others: Vec<usize> = (0..4)
-            .map(|_| std::thread::spawn(thread_index).join().unwrap())
+            .map(|_| std::thread::spawn(current).join().unwrap())
             .collect();
         assert!(others.windows(2).all(|w| w[1] > w[0]), "{others:?}");
         assert_eq!(striped.iter().count(), 4);

@@ -281,7 +281,7 @@ impl Peer {
     pub(crate) fn admit(
         peer: &PeerRef,
         now: Instant,
-        generation: u64,
+        generation: u32,
         hints: LatencyHints<'_>,
     ) -> Result<(InFlight, Ticket), NotAdmitted> {
         let stripe = peer.stripes.enter().ok_or(NotAdmitted::Retired)?;
@@ -309,7 +309,7 @@ impl Peer {
                 }
                 Verdict::FailFast => {
                     // Never in flight: uncounted, and not an abandoned call.
-                    (held.ended, held.stripe) = (true, in_flight::UNCOUNTED);
+                    (held.ended, held.counted) = (true, false);
                     peer.stripes.leave(stripe);
                     peer.counters.fail_fast.fetch_add(1, Relaxed);
                     peer.metrics.rejected();
