@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyResponse, Outcome};
 use crate::error::{BoxError, Interrupted, Reason};
-use crate::interrupt::{Fired, Origin, Waiting};
+use crate::interrupt::{Fired, Origin};
 use crate::peer::{CallPeer, InFlight, Ticket};
 use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
@@ -47,8 +47,6 @@ pub(crate) struct Call {
     start: Instant,
     ticket: Ticket,
     token: Option<Interrupt>,
-    /// The call's registration with its peer's interrupts, made when it first waits.
-    waiting: Option<Waiting>,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
     span: tracing::Span,
 }
@@ -71,7 +69,6 @@ impl Call {
             start,
             ticket,
             token,
-            waiting: None,
             span,
         }
     }
@@ -101,14 +98,13 @@ impl Call {
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
     /// calls update the waker). The registration ends with the call.
     pub(crate) fn wait_for_peer(&mut self, waker: &Waker) {
-        let interrupts = self.held.peer().interrupts();
-        interrupts.wait(&mut self.waiting, waker);
+        self.held.wait(waker);
     }
 
     /// Whether the call is registered with its peer's interrupts.
     #[cfg(test)]
     pub(crate) fn is_waiting(&self) -> bool {
-        self.waiting.is_some()
+        self.held.is_waiting()
     }
 
     /// A registration woken when the call's token fires, if it has a token.
@@ -208,12 +204,6 @@ impl Call {
             Location::caller(),
         );
         fire_token(self.token.as_ref(), err)
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        self.held.peer().interrupts().leave(&mut self.waiting);
     }
 }
 

@@ -4,12 +4,13 @@
 //! wait, striped per core ([`crate::stripe`]). A call notes the generation when it starts;
 //! firing records why, bumps the generation and wakes every waiting call, which sees the
 //! generation moved and ends with the recorded reason. A waiting call registers once, in
-//! its own core's stripe (an uncontended lock and a slot), and leaves when it ends. This
+//! the stripe of the core that admitted it (an uncontended lock and a slot), and leaves
+//! when it ends. This
 //! module knows nothing of peers: the peer fires it when it turns silent, and
 //! [`InterruptHandle`](crate::InterruptHandle) fires it by hand.
 
 use std::panic::Location;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
@@ -40,30 +41,28 @@ pub(crate) enum Origin {
 
 /// The fan-out point of one peer (or of all untracked calls).
 pub(crate) struct Interrupts {
-    generation: AtomicU64,
+    /// Fires so far, wrapping: a call would miss a fire only if exactly 2^32 more came
+    /// while it was in flight.
+    generation: AtomicU32,
     /// The wakers of the calls waiting, per stripe.
     waiting: Striped<Mutex<Slab<Waker>>>,
     last: Mutex<Option<Fired>>,
 }
 
-/// A call's place among the waiters of its [`Interrupts`]: its stripe and its slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Waiting {
-    stripe: usize,
-    slot: usize,
-}
+/// The waiter slot of a call that has not registered.
+pub(crate) const NOT_WAITING: u32 = u32::MAX;
 
 impl Interrupts {
     pub(crate) fn new() -> Self {
         Interrupts {
-            generation: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             waiting: Striped::new(|| Mutex::new(Slab::new())),
             last: Mutex::new(None),
         }
     }
 
     /// The current generation; a call notes it when it starts.
-    pub(crate) fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u32 {
         self.generation.load(SeqCst)
     }
 
@@ -82,42 +81,44 @@ impl Interrupts {
         }
     }
 
-    /// Registers `waker` to be woken by the next [`fire`](Self::fire), or updates the
-    /// registration `at` holds. Register, then check [`fired_since`](Self::fired_since):
-    /// no interrupt can fall between the two. The registration stays until
-    /// [`leave`](Self::leave).
-    pub(crate) fn wait(&self, at: &mut Option<Waiting>, waker: &Waker) {
-        match *at {
-            Some(Waiting { stripe, slot }) => {
-                let mut waiting = lock(self.waiting.get(stripe));
-                if let Some(old) = waiting.get_mut(slot) {
-                    if !old.will_wake(waker) {
-                        old.clone_from(waker);
-                    }
+    /// Registers `waker` to be woken by the next [`fire`](Self::fire) in `stripe`, or
+    /// updates the registration `slot` holds ([`NOT_WAITING`]: none yet). Register, then
+    /// check [`fired_since`](Self::fired_since): no interrupt can fall between the two.
+    /// The registration stays until [`leave`](Self::leave).
+    pub(crate) fn wait(&self, stripe: u32, slot: &mut u32, waker: &Waker) {
+        let mut waiting = lock(self.waiting.get(stripe as usize));
+        if *slot != NOT_WAITING {
+            if let Some(old) = waiting.get_mut(*slot as usize) {
+                if !old.will_wake(waker) {
+                    old.clone_from(waker);
                 }
             }
-            None => {
-                let (stripe, waiting) = self.waiting.mine();
-                let slot = lock(waiting).insert(waker.clone());
-                *at = Some(Waiting { stripe, slot });
-            }
+            return;
+        }
+        let entry = waiting.vacant_entry();
+        // More waiters than `u32` counts cannot be: each is a call's future in memory.
+        if let Ok(key) = u32::try_from(entry.key()) {
+            entry.insert(waker.clone());
+            *slot = key;
         }
     }
 
-    /// Ends the registration `at` holds, if any.
-    pub(crate) fn leave(&self, at: &mut Option<Waiting>) {
-        if let Some(Waiting { stripe, slot }) = at.take() {
-            let mut waiting = lock(self.waiting.get(stripe));
-            waiting.try_remove(slot);
-            if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
-                // A burst of waiters is over: give its memory back.
-                *waiting = Slab::new();
-            }
+    /// Ends the registration `slot` holds in `stripe`, if any.
+    pub(crate) fn leave(&self, stripe: u32, slot: &mut u32) {
+        if *slot == NOT_WAITING {
+            return;
+        }
+        let mut waiting = lock(self.waiting.get(stripe as usize));
+        waiting.try_remove(*slot as usize);
+        *slot = NOT_WAITING;
+        if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
+            // A burst of waiters is over: give its memory back.
+            *waiting = Slab::new();
         }
     }
 
     /// The interrupt fired since `generation`, if any.
-    pub(crate) fn fired_since(&self, generation: u64) -> Option<Fired> {
+    pub(crate) fn fired_since(&self, generation: u32) -> Option<Fired> {
         if self.generation() == generation {
             return None;
         }

@@ -32,8 +32,14 @@ thread_local! {
     static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-/// This thread's index (not reduced to a stripe).
-fn thread_index() -> usize {
+/// Moves this thread to the next free index: called by a thread that found its stripe
+/// busy (another thread shares it), so two threads that collide part.
+pub(crate) fn move_thread() {
+    THREAD.with(|t| t.set(NEXT_THREAD.fetch_add(1, Relaxed)));
+}
+
+/// This thread's index, which [`Striped`] reduces to its stripe.
+pub(crate) fn current() -> usize {
     THREAD.with(|t| {
         let mut i = t.get();
         if i == usize::MAX {
@@ -55,21 +61,22 @@ impl<T> Striped<T> {
         Self::with_stripes(*STRIPES, make)
     }
 
-    /// `n` stripes (at least one).
+    /// `n` stripes, rounded up to a power of two.
     pub(crate) fn with_stripes(n: usize, mut make: impl FnMut() -> T) -> Self {
-        let stripes = (0..n.max(1)).map(|_| CachePadded::new(make())).collect();
+        let n = n.max(1).next_power_of_two();
+        let stripes = (0..n).map(|_| CachePadded::new(make())).collect();
         Striped { stripes }
     }
 
     /// The stripe this thread writes, and its index.
     pub(crate) fn mine(&self) -> (usize, &T) {
-        let i = thread_index() % self.stripes.len();
+        let i = current() & (self.stripes.len() - 1);
         (i, &self.stripes[i])
     }
 
     /// The stripe at `i` (as [`mine`](Self::mine) gave it).
     pub(crate) fn get(&self, i: usize) -> &T {
-        &self.stripes[i % self.stripes.len()]
+        &self.stripes[i & (self.stripes.len() - 1)]
     }
 
     /// Every stripe.
@@ -78,6 +85,7 @@ impl<T> Striped<T> {
     }
 
     /// How many stripes there are.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.stripes.len()
     }
@@ -93,7 +101,7 @@ mod tests {
         let (mine, _) = striped.mine();
         assert_eq!(striped.mine().0, mine, "a thread keeps its stripe");
         let others: Vec<usize> = (0..4)
-            .map(|_| std::thread::spawn(move || thread_index()).join().unwrap())
+            .map(|_| std::thread::spawn(current).join().unwrap())
             .collect();
         assert!(others.windows(2).all(|w| w[1] > w[0]), "{others:?}");
         assert_eq!(striped.iter().count(), 4);

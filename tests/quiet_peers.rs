@@ -139,9 +139,10 @@ async fn a_slow_answer_among_few_keeps_the_estimate_high() {
         svc.clone().oneshot(("a", Some(ms(delay)))).await.unwrap();
     }
     // Ten answers, one of them 20x the others: the tail is heavy, so is the estimate,
-    // which may rise past the cold start to twice the formula on the slowest answer.
+    // which rises past the cold start, and past twice the formula on the slowest answer
+    // (1.61s): the tail those answers show extrapolates p99.9 to 2.1s (x 2 + 5ms).
     let d = deadline(&handle, "a");
-    assert!(d >= ms(805) && d <= ms(1610), "{d:?}");
+    assert!(d > ms(1610) && d < ms(4300), "{d:?}");
 }
 
 #[tokio::test(start_paused = true)]

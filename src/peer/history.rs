@@ -28,6 +28,9 @@ pub(crate) struct Recent {
     next: usize,
     cap: usize,
     epoch: Instant,
+    /// The last instant an answer was kept at, and its second: answers handed over
+    /// together share it, and reckon it once.
+    last: (Instant, u32),
     /// Where the answers in reach are copied to be read (sorted, selected) in place.
     scratch: Vec<u32>,
 }
@@ -40,6 +43,7 @@ impl Recent {
             next: 0,
             cap: capacity(policy),
             epoch,
+            last: (epoch, 0),
             scratch: Vec::new(),
         }
     }
@@ -51,7 +55,10 @@ impl Recent {
             self.slots.reserve_exact(self.cap);
             self.scratch.reserve_exact(self.cap);
         }
-        let slot = (u32::try_from(units).unwrap_or(u32::MAX), self.second(now));
+        if self.last.0 != now {
+            self.last = (now, self.second(now));
+        }
+        let slot = (u32::try_from(units).unwrap_or(u32::MAX), self.last.1);
         if self.slots.len() < self.cap {
             self.slots.push(slot);
         } else {

@@ -3,12 +3,13 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::task::Waker;
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use super::{CallPeer, Peer};
-use crate::interrupt::{Fired, Interrupts};
+use crate::interrupt::{Fired, Interrupts, NOT_WAITING};
 
 /// Why a peer did not admit a call.
 pub(crate) enum NotAdmitted {
@@ -58,12 +59,18 @@ impl Deref for PeerRef {
 /// An admitted call's place among its peer's calls in flight, held from the moment the
 /// peer counted it (on the stripe it names). The call's outcome is recorded through
 /// [`InFlight::end`]; dropped without one (its caller went away, or a panic came between
-/// admission and the call's future) the call ends as abandoned. Either way the count and
-/// a probe slot come back when the hold is dropped.
+/// admission and the call's future) the call ends as abandoned. Either way the count, a
+/// probe slot and the call's interrupt registration come back when the hold is dropped.
 pub(crate) struct InFlight {
     peer: CallPeer,
-    /// The stripe the call is counted on (`None`: not counted).
-    pub(super) stripe: Option<usize>,
+    /// The call's stripe: where it is counted in flight (if `counted`), and where it
+    /// waits for its peer's interrupts.
+    stripe: u32,
+    /// Its registration in that stripe of its peer's interrupts, made when it first waits
+    /// ([`NOT_WAITING`]: none).
+    slot: u32,
+    /// Whether the call is counted in its peer's in-flight count.
+    pub(super) counted: bool,
     pub(super) probe: bool,
     pub(super) ended: bool,
 }
@@ -73,7 +80,10 @@ impl InFlight {
     pub(super) fn tracked(peer: PeerRef, stripe: usize) -> Self {
         InFlight {
             peer: CallPeer::Tracked(peer),
-            stripe: Some(stripe),
+            // Stripes number at most `MAX_STRIPES`.
+            stripe: stripe as u32,
+            slot: NOT_WAITING,
+            counted: true,
             probe: false,
             ended: false,
         }
@@ -83,7 +93,9 @@ impl InFlight {
     pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
         InFlight {
             peer: CallPeer::Untracked(interrupts),
-            stripe: None,
+            stripe: crate::stripe::current() as u32,
+            slot: NOT_WAITING,
+            counted: false,
             probe: false,
             ended: false,
         }
@@ -92,6 +104,20 @@ impl InFlight {
     /// Whom the call is for.
     pub(crate) fn peer(&self) -> &CallPeer {
         &self.peer
+    }
+
+    /// Registers `waker` to be woken by the next fire into the call's peer (once; later
+    /// calls update the waker). The registration ends with the hold.
+    pub(crate) fn wait(&mut self, waker: &Waker) {
+        self.peer
+            .interrupts()
+            .wait(self.stripe, &mut self.slot, waker);
+    }
+
+    /// Whether the call is registered with its peer's interrupts.
+    #[cfg(test)]
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.slot != NOT_WAITING
     }
 
     /// The call's probe was answered (its head came): a later abandon (its body dropped)
@@ -114,12 +140,13 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.peer.interrupts().leave(self.stripe, &mut self.slot);
         if let CallPeer::Tracked(p) = &self.peer {
             if !self.ended {
                 p.on_abandon(Instant::now(), self.probe, None);
             }
-            if let Some(stripe) = self.stripe {
-                p.leave(stripe);
+            if self.counted {
+                p.leave(self.stripe as usize);
             }
         }
     }

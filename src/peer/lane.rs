@@ -77,13 +77,14 @@ impl Lane {
             ),
             Reading::Estimate {
                 value,
+                plain,
                 slowest,
                 samples,
                 history,
             } => {
                 let shown = Duration::try_from_secs_f64(value.min(policy.max.as_secs_f64()));
                 (
-                    policy.estimated_deadline(value, slowest),
+                    policy.estimated_deadline(value, plain, slowest),
                     DeadlineSource::Estimate,
                     (samples, shown.unwrap_or(policy.max), history),
                 )

@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -212,7 +212,7 @@ impl Peer {
             })),
         };
         peer.publish(&mut peer.lock(), now);
-        peer.last_used.store(peer.nanos(now), Relaxed);
+        peer.touch(peer.nanos(now));
         peer
     }
 
@@ -281,12 +281,15 @@ impl Peer {
     pub(crate) fn admit(
         peer: &PeerRef,
         now: Instant,
-        generation: u64,
+        generation: u32,
         hints: LatencyHints<'_>,
     ) -> Result<(InFlight, Ticket), NotAdmitted> {
         let stripe = peer.stripes.enter().ok_or(NotAdmitted::Retired)?;
         let mut held = InFlight::tracked(peer.clone(), stripe);
-        if peer.published.rotation_due(peer.nanos(now)) {
+        let now_ns = peer.nanos(now);
+        // Any call to the peer is use.
+        peer.touch(now_ns);
+        if peer.published.rotation_due(now_ns) {
             let mut locked = peer.lock();
             locked.lane.window.advance(now);
             peer.publish(&mut locked, now);
@@ -306,7 +309,7 @@ impl Peer {
                 }
                 Verdict::FailFast => {
                     // Never in flight: uncounted, and not an abandoned call.
-                    (held.ended, held.stripe) = (true, None);
+                    (held.ended, held.counted) = (true, false);
                     peer.stripes.leave(stripe);
                     peer.counters.fail_fast.fetch_add(1, Relaxed);
                     peer.metrics.rejected();
@@ -323,6 +326,7 @@ impl Peer {
             generation,
             probe,
             class,
+            started: now_ns,
         };
         Ok((held, ticket.floored(hints.floor, peer.published.max())))
     }
@@ -454,16 +458,16 @@ impl Peer {
         self.published.set_rotate_at(self.nanos(next));
     }
 
-    /// Notes a call to the peer at `now` (admitted or refused: either is use) for idle
-    /// eviction, writing only when a millisecond has passed.
-    pub(crate) fn touch(&self, now: Instant) {
-        let now = self.nanos(now);
+    /// Notes a call to the peer at `now` (nanoseconds since the epoch; admitted or refused:
+    /// either is use) for idle eviction, writing only when a millisecond has passed.
+    pub(crate) fn touch(&self, now: u64) {
         if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
             self.last_used.store(now, Relaxed);
         }
     }
 
-    fn nanos(&self, t: Instant) -> u64 {
+    /// `t` in nanoseconds since the peer's epoch.
+    pub(crate) fn nanos(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -476,6 +480,15 @@ impl Peer {
             self.hand_over(&mut locked, &batch);
         }
         locked
+    }
+
+    /// The peer's lock if it is free, the stripes' answers left where they are.
+    fn try_lock(&self) -> Option<MutexGuard<'_, Locked>> {
+        match self.locked.try_lock() {
+            Ok(locked) => Some(locked),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The peer's lock, the stripes' answers left where they are.

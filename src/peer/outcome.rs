@@ -47,14 +47,28 @@ impl Peer {
         outcome: Outcome,
     ) {
         let (probe, class) = (ticket.probe, ticket.class);
-        let latency = now.saturating_duration_since(started);
         if outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+            let now_ns = self.nanos(now);
+            let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started));
             self.metrics.answered(latency);
-            if let Some(batch) = self.stripes.hold(latency, class, self.nanos(now)) {
+            let stripe = self.stripes.mine();
+            if !stripe.holds(now_ns) {
+                if let Some(mut locked) = self.try_lock() {
+                    if let Some(batch) = stripe.take_held(now_ns) {
+                        self.hand_over(&mut locked, &batch);
+                    }
+                    let sample = Some((latency, class));
+                    return self.answered(&mut locked, now, 1, sample.into_iter());
+                }
+                // Another core is recording: hold this core's answers for a while.
+                stripe.contended(now_ns);
+            }
+            if let Some(batch) = self.stripes.hold(latency, class, now_ns) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
         }
+        let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
             self.metrics.failed();
@@ -74,39 +88,43 @@ impl Peer {
             locked.pending.clear();
             self.publish(&mut locked, now);
         }
-        let sample = (outcome == Outcome::Sample).then_some(latency);
-        self.answered(&mut locked, now, sample, class);
+        let sample = (outcome == Outcome::Sample).then_some((latency, class));
+        self.answered(&mut locked, now, 1, sample.into_iter());
     }
 
-    /// Records the answers `batch` held.
+    /// Records the answers `batch` held, as of its latest.
     pub(super) fn hand_over(&self, locked: &mut MutexGuard<'_, Locked>, batch: &Batch) {
-        let at = self.instant(batch.latest);
-        for (latency, class) in batch.answers() {
-            self.answered(locked, at, Some(latency), class);
-        }
+        let answers = batch.answers();
+        self.answered(
+            locked,
+            self.instant(batch.latest),
+            answers.len() as u64,
+            answers,
+        );
     }
 
-    /// The peer answered at `now` (with a latency `sample`, of `class`): a heartbeat; the
-    /// misses held back are committed, and the sample recorded.
+    /// The peer gave `answers` answers, the last at `now`, with these latency samples
+    /// (and their classes): a heartbeat; the misses held back are committed, and the
+    /// samples recorded.
     fn answered(
         &self,
         locked: &mut MutexGuard<'_, Locked>,
         now: Instant,
-        sample: Option<Duration>,
-        class: Option<ClassIx>,
+        answers: u64,
+        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) {
-        locked.completed += 1;
+        locked.completed += answers;
         locked.consecutive_failures = 0;
-        let held = std::mem::take(&mut locked.pending);
-        for &(class, censored) in &held {
-            self.record(locked, now, censored, class);
-            // Like the tail's, these say the deadline may be behind: recompute at once.
-            self.publish_class(locked, now, class);
-        }
-        if !held.is_empty() {
+        if !locked.pending.is_empty() {
+            let held = std::mem::take(&mut locked.pending);
+            for &(class, censored) in &held {
+                self.record(locked, now, censored, class);
+                // Like the tail's, these say the deadline may be behind: recompute at once.
+                self.publish_class(locked, now, class);
+            }
             self.publish(locked, now);
         }
-        if let Some(latency) = sample {
+        for (latency, class) in samples {
             self.record(locked, now, latency, class);
         }
         let transition = locked.health.on_response(now);
@@ -245,5 +263,94 @@ impl Peer {
         if self.record_lanes(locked, now, latency, class) {
             self.publish(locked, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{advance, Instant};
+
+    use crate::class::LatencyHints;
+    use crate::classify::Outcome;
+    use crate::peer::health::PeerState;
+    use crate::peer::table::tests::table;
+    use crate::peer::table::PeerTable;
+    use crate::peer::{Peer, PeerRef};
+
+    /// A table and its peer 1, as a call holds it.
+    fn one_peer() -> (PeerTable<u32>, PeerRef) {
+        let t = table(4);
+        let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+        (t, peer)
+    }
+
+    /// Admits a call to `peer` now and answers it after `took`.
+    async fn answered(peer: &PeerRef, took: Duration) {
+        let start = Instant::now();
+        let (mut held, ticket) = Peer::admit(peer, start, 0, LatencyHints::new())
+            .ok()
+            .unwrap();
+        advance(took).await;
+        held.end();
+        peer.on_outcome(Instant::now(), start, &ticket, Outcome::Sample);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_held_in_a_stripe_is_seen_before_a_miss_is_judged() {
+        let (_table, peer) = one_peer();
+        // As if another core had held the peer's lock: this one holds its answers. Its
+        // first goes to the window at once; the next, within the millisecond, is held.
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
+        answered(&peer, Duration::from_micros(10)).await;
+        let start = Instant::now();
+        let (mut waiting, ticket) = Peer::admit(&peer, start, 0, LatencyHints::new())
+            .ok()
+            .unwrap();
+        answered(&peer, Duration::from_micros(100)).await;
+        // The waiting call runs out: the peer answered since it started (the held answer),
+        // so it is slowness, not a miss.
+        advance(ticket.deadline).await;
+        waiting.end();
+        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket);
+        assert!(silenced.is_none());
+        assert_eq!(peer.state(), PeerState::Healthy);
+        let view = peer.view(Instant::now());
+        assert_eq!((view.completed, view.deadline_exceeded), (2, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_answer_of_a_contended_burst_reaches_the_window_and_calls_leave_the_count() {
+        let (_table, peer) = one_peer();
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
+        for _ in 0..1_004 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        assert_eq!(peer.in_flight(), 0);
+        let view = peer.view(Instant::now());
+        assert_eq!((view.completed, view.samples), (1_004, 1_004));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_uncontended_answer_goes_to_the_window_at_once() {
+        let (_table, peer) = one_peer();
+        for _ in 0..3 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        peer.stripes.mine().contended(peer.nanos(Instant::now()));
+        answered(&peer, Duration::ZERO).await;
+        answered(&peer, Duration::ZERO).await;
+        assert!(peer.stripes.mine().holds(peer.nanos(Instant::now())));
+        let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
+        assert_eq!(held, 1, "the first answer of a holding stripe goes at once");
+        // Once the core no longer holds, its next answer takes the lock, and what it held.
+        answered(&peer, Duration::ZERO).await;
+        advance(Duration::from_millis(10)).await;
+        answered(&peer, Duration::ZERO).await;
+        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        // Seven answers, less the one this test took out of the stripe.
+        assert_eq!(peer.view(Instant::now()).completed, 6);
     }
 }

@@ -1,28 +1,34 @@
 //! What every call to a peer writes, striped per core ([`crate::stripe`]): the count of
-//! calls in flight, and the answers of a healthy peer, batched before they reach the
-//! window under the peer's lock.
+//! calls in flight, and the answers of a healthy peer that cores contend for, batched
+//! before they reach the window under the peer's lock.
 //!
-//! A stripe's batch is handed to the window when it is full, when a millisecond has
-//! passed since the stripe's last hand-over, or whenever anything takes the peer's lock
-//! (a miss, a probe, a rotation, a snapshot), which first takes every stripe's batch. A
-//! peer answering less than once a millisecond per core thus records each answer at once,
-//! as it always did; a hot one takes its lock once per [`BATCH`] answers per core instead
-//! of once per answer, and nothing that judges the peer (a miss, silence) reads it before
-//! its answers are in.
+//! An answer goes straight to the window while the peer's lock is free. A core that finds
+//! it taken holds its answers in its stripe for the next [`CONTENDED_NANOS`]; a stripe's
+//! batch is handed over when it is full, when a millisecond has passed since the stripe's
+//! last hand-over, with the core's next answer once it no longer holds, or whenever
+//! anything takes the peer's lock (a miss, a probe, a rotation, a snapshot), which first
+//! takes every stripe's batch. A peer called from one core at a time, or a quiet one, thus
+//! records each answer at once, as it always did; a hot one takes its lock once per
+//! [`BATCH`] answers per core instead of once per answer, and nothing that judges the peer
+//! (a miss, silence) reads it before its answers are in. A stripe allocates its batch the
+//! first time it holds an answer.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use super::classes::ClassIx;
 use crate::stripe::Striped;
 
 /// Answers a stripe holds before it hands them over.
-pub(super) const BATCH: usize = 8;
+pub(super) const BATCH: usize = 64;
 
 /// How long a stripe holds answers at most while calls go on: the first answer after this
 /// long hands the batch over.
 const HOLD_NANOS: u64 = 1_000_000;
+
+/// How long a core that found the peer's lock taken holds its answers.
+pub(super) const CONTENDED_NANOS: u64 = 10_000_000;
 
 /// The bit of a stripe's in-flight word that says the table has let the peer go (see
 /// [`Stripes::retire`]); the other bits count calls in flight.
@@ -36,29 +42,48 @@ const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
 const NO_CLASS: u64 = 0xff;
 
 /// A peer's stripes.
-pub(super) struct Stripes(Striped<Stripe>);
-
-/// One core's share of a peer.
-struct Stripe {
-    /// Calls in flight counted here, and the [`RETIRED`] bit.
-    in_flight: AtomicUsize,
-    batch: Mutex<Batch>,
+pub(super) struct Stripes {
+    stripes: Striped<Stripe>,
+    /// Set once every stripe is marked retired: what [`Stripes::is_retired`] reads.
+    retired: AtomicBool,
 }
 
-/// Answers not yet in the window.
+/// One core's share of a peer.
+pub(super) struct Stripe {
+    /// Calls in flight counted here, and the [`RETIRED`] bit.
+    in_flight: AtomicUsize,
+    /// Until when this core holds its answers (nanoseconds since the epoch).
+    contended_until: AtomicU64,
+    /// Whether `held` has answers.
+    holding: AtomicBool,
+    held: Mutex<Held>,
+}
+
+/// A stripe's answers not yet in the window.
 #[derive(Default)]
+struct Held {
+    /// Allocated when the stripe first holds an answer (a stripe whose answers all go at
+    /// once never does), and kept.
+    batch: Option<Box<Batch>>,
+    /// When the stripe last handed answers over (`None`: never, and its first answer goes
+    /// at once).
+    handed_at: Option<u64>,
+}
+
+/// Answers handed over together.
+#[derive(Clone)]
 pub(super) struct Batch {
     len: usize,
     answers: [u64; BATCH],
     /// The latest answer's time, in nanoseconds since the peer's epoch.
     pub(super) latest: u64,
-    /// When the batch was last handed over (`None`: never, and its first answer goes at once).
-    handed_at: Option<u64>,
 }
 
 impl Batch {
     /// The answers held: latency, and class.
-    pub(super) fn answers(&self) -> impl Iterator<Item = (Duration, Option<ClassIx>)> + '_ {
+    pub(super) fn answers(
+        &self,
+    ) -> impl ExactSizeIterator<Item = (Duration, Option<ClassIx>)> + '_ {
         self.answers[..self.len].iter().map(|&word| {
             let class = ClassIx::try_from(word >> LATENCY_BITS)
                 .ok()
@@ -67,24 +92,48 @@ impl Batch {
         })
     }
 
-    /// Whether it holds nothing.
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
+    /// No answers.
+    fn empty() -> Batch {
+        Batch {
+            len: 0,
+            answers: [0; BATCH],
+            latest: 0,
+        }
+    }
+
+    /// A batch of one answer, at `now`.
+    fn one(answer: u64, now: u64) -> Batch {
+        let mut batch = Batch::empty();
+        batch.push(answer, now);
+        batch
+    }
+
+    /// Adds an answer at `now`; returns whether the batch is full.
+    fn push(&mut self, answer: u64, now: u64) -> bool {
+        self.answers[self.len] = answer;
+        self.len += 1;
+        self.latest = self.latest.max(now);
+        self.len == BATCH
     }
 }
 
 impl Stripes {
     pub(super) fn new() -> Self {
-        Stripes(Striped::new(|| Stripe {
-            in_flight: AtomicUsize::new(0),
-            batch: Mutex::new(Batch::default()),
-        }))
+        Stripes {
+            stripes: Striped::new(Stripe::new),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// This thread's stripe.
+    pub(super) fn mine(&self) -> &Stripe {
+        self.stripes.mine().1
     }
 
     /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
     /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
     pub(super) fn enter(&self) -> Option<usize> {
-        let (i, stripe) = self.0.mine();
+        let (i, stripe) = self.stripes.mine();
         if stripe.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {
             stripe.in_flight.fetch_sub(1, Relaxed);
             return None;
@@ -94,12 +143,12 @@ impl Stripes {
 
     /// A call counted on `stripe` is no longer in flight.
     pub(super) fn leave(&self, stripe: usize) {
-        self.0.get(stripe).in_flight.fetch_sub(1, Relaxed);
+        self.stripes.get(stripe).in_flight.fetch_sub(1, Relaxed);
     }
 
     /// Calls in flight now (a sum over the stripes).
     pub(super) fn in_flight(&self) -> usize {
-        self.0
+        self.stripes
             .iter()
             .map(|s| s.in_flight.load(Relaxed) & !RETIRED)
             .sum()
@@ -110,26 +159,25 @@ impl Stripes {
     /// busy undoes the stripes already marked; a call refused in between looks the peer up
     /// again and finds it.
     pub(super) fn retire(&self) -> bool {
-        for (n, stripe) in self.0.iter().enumerate() {
+        for (n, stripe) in self.stripes.iter().enumerate() {
             if stripe
                 .in_flight
                 .compare_exchange(0, RETIRED, Relaxed, Relaxed)
                 .is_err()
             {
-                for undo in self.0.iter().take(n) {
+                for undo in self.stripes.iter().take(n) {
                     undo.in_flight.fetch_and(!RETIRED, Relaxed);
                 }
                 return false;
             }
         }
+        self.retired.store(true, Relaxed);
         true
     }
 
-    /// Whether the peer was retired: its last stripe is marked (a retirement marks the
-    /// stripes in order, and one that fails never marks the last).
+    /// Whether the peer was retired.
     pub(super) fn is_retired(&self) -> bool {
-        let last = self.0.get(self.0.len() - 1);
-        last.in_flight.load(Relaxed) & RETIRED != 0
+        self.retired.load(Relaxed)
     }
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
@@ -143,33 +191,101 @@ impl Stripes {
     ) -> Option<Batch> {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
-        let (_, stripe) = self.0.mine();
-        let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
-        let len = batch.len;
-        batch.answers[len] = nanos | class << LATENCY_BITS;
-        batch.len += 1;
-        batch.latest = batch.latest.max(now);
-        let held_since = batch.handed_at.map(|at| now.saturating_sub(at));
-        if batch.len < BATCH && held_since.is_some_and(|held| held < HOLD_NANOS) {
-            return None;
+        let answer = nanos | class << LATENCY_BITS;
+        let (_, stripe) = self.stripes.mine();
+        let mut held = match stripe.held.try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Another thread writes this stripe: move to another for the next call.
+                crate::stripe::move_thread();
+                stripe.held.lock().unwrap_or_else(PoisonError::into_inner)
+            }
+        };
+        let due = held
+            .handed_at
+            .is_none_or(|at| now.saturating_sub(at) >= HOLD_NANOS);
+        let batch = match &mut held.batch {
+            Some(batch) => batch,
+            // Nothing held, and time to hand over: this answer goes alone, unheld.
+            None if due => {
+                held.handed_at = Some(now);
+                return Some(Batch::one(answer, now));
+            }
+            None => held.batch.insert(Box::new(Batch::empty())),
+        };
+        let full = batch.push(answer, now);
+        if full || due {
+            stripe.holding.store(false, Relaxed);
+            held.take(now)
+        } else {
+            stripe.holding.store(true, Relaxed);
+            None
         }
-        Some(take(&mut batch, now))
     }
 
-    /// Takes every stripe's batch (as of `now`), for whoever holds the peer's lock.
+    /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
     pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
-        self.0.iter().filter_map(move |stripe| {
-            let mut batch = stripe.batch.lock().unwrap_or_else(PoisonError::into_inner);
-            (!batch.is_empty()).then(|| take(&mut batch, now))
-        })
+        self.stripes
+            .iter()
+            .filter_map(move |stripe| stripe.take(now))
     }
 }
 
-/// Takes `batch`'s answers, leaving it empty and handed over at `now`.
-fn take(batch: &mut Batch, now: u64) -> Batch {
-    let taken = std::mem::take(batch);
-    batch.handed_at = Some(now);
-    taken
+impl Stripe {
+    fn new() -> Stripe {
+        Stripe {
+            in_flight: AtomicUsize::new(0),
+            contended_until: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+        }
+    }
+
+    /// Whether this core holds its answers at `now`: it found the peer's lock taken
+    /// lately.
+    pub(super) fn holds(&self, now: u64) -> bool {
+        now < self.contended_until.load(Relaxed)
+    }
+
+    /// This core found the peer's lock taken at `now`: it holds its answers for a while.
+    pub(super) fn contended(&self, now: u64) {
+        let until = now.saturating_add(CONTENDED_NANOS);
+        self.contended_until.store(until, Relaxed);
+    }
+
+    /// Takes the answers this core still holds, if any (one that no longer holds hands
+    /// them over with its next answer).
+    pub(super) fn take_held(&self, now: u64) -> Option<Batch> {
+        if self.holding.load(Relaxed) {
+            self.take(now)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the stripe's held answers, if any.
+    fn take(&self, now: u64) -> Option<Batch> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.holding.store(false, Relaxed);
+        let any = held.batch.as_ref().is_some_and(|b| b.len > 0);
+        if any {
+            held.take(now)
+        } else {
+            None
+        }
+    }
+}
+
+impl Held {
+    /// The answers held, handed over at `now`; the batch stays, empty.
+    fn take(&mut self, now: u64) -> Option<Batch> {
+        self.handed_at = Some(now);
+        let batch = self.batch.as_mut()?;
+        let taken = (**batch).clone();
+        (batch.len, batch.latest) = (0, 0);
+        Some(taken)
+    }
 }
 
 #[cfg(test)]
@@ -203,10 +319,10 @@ mod tests {
 
     #[test]
     fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
-        let stripes = Stripes(Striped::with_stripes(4, || Stripe {
-            in_flight: AtomicUsize::new(0),
-            batch: Mutex::new(Batch::default()),
-        }));
+        let stripes = Stripes {
+            stripes: Striped::with_stripes(4, Stripe::new),
+            retired: AtomicBool::new(false),
+        };
         let mine = stripes.enter().expect("admitted");
         assert_eq!(stripes.in_flight(), 1);
         assert!(!stripes.retire(), "a call is in flight");

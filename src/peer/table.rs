@@ -87,12 +87,15 @@ pub(crate) struct LastPeer<K> {
     calls: u32,
 }
 
+/// A peer in the rotation, with its key.
+type Lined<K> = (Arc<K>, Arc<Peer>);
+
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
     peers: DashMap<Arc<K>, Arc<Peer>, foldhash::fast::RandomState>,
     /// Every tracked peer once, in the order evictions look at them (taken only to insert,
     /// evict or sweep a peer). A peer let go may linger until it comes up or a sweep.
-    rotation: Mutex<VecDeque<(Arc<K>, Arc<Peer>)>>,
+    rotation: Mutex<VecDeque<Lined<K>>>,
     len: AtomicUsize,
     max_peers: usize,
     idle_ttl: Duration,
@@ -253,11 +256,12 @@ impl<K: PeerKey> PeerTable<K> {
         hints: LatencyHints<'_>,
         here: &'static Location<'static>,
     ) -> Option<Admission> {
-        // Any call to the peer is use, also one refused.
-        peer.touch(now);
         let generation = peer.interrupts().generation();
         let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
         if let Some(fired) = self.refusal(caller_deadline, here) {
+            // Any call to the peer is use, also one refused (an admitted one is noted as
+            // it is admitted).
+            peer.touch(peer.nanos(now));
             return refused(fired);
         }
         match Peer::admit(peer, now, generation, hints) {
@@ -477,11 +481,11 @@ fn nanos(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A table of `max` peers keyed by `u32`, under the default policy.
-    pub(super) fn table(max: usize) -> PeerTable<u32> {
+    pub(crate) fn table(max: usize) -> PeerTable<u32> {
         let policies = Policies {
             default: Arc::new(TimeoutPolicy::default()),
             overrides: HashMap::new(),

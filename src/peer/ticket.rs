@@ -11,22 +11,25 @@ pub(crate) struct Ticket {
     pub(crate) deadline: Duration,
     pub(crate) source: DeadlineSource,
     /// The interrupt generation when the call started.
-    pub(crate) generation: u64,
+    pub(crate) generation: u32,
     /// Whether the call is the probe of a silent peer.
     pub(crate) probe: bool,
     /// The call's latency class, if it has one of the peer's.
     pub(crate) class: Option<ClassIx>,
+    /// When the call started, in nanoseconds since its peer's epoch (0 if untracked).
+    pub(crate) started: u64,
 }
 
 impl Ticket {
     /// The ticket of a call whose peer is not tracked.
-    pub(crate) fn untracked(deadline: Duration, generation: u64) -> Ticket {
+    pub(crate) fn untracked(deadline: Duration, generation: u32) -> Ticket {
         Ticket {
             deadline,
             source: DeadlineSource::Untracked,
             generation,
             probe: false,
             class: None,
+            started: 0,
         }
     }
 

@@ -52,6 +52,9 @@ pub(crate) enum Reading {
     Estimate {
         /// The estimate, in seconds (possibly infinite: no bound yet).
         value: f64,
+        /// What the answers alone say of the quantile, in seconds, without the allowance
+        /// for their count (zero: too few to say).
+        plain: f64,
         /// The slowest answer in reach.
         slowest: Duration,
         /// Answers it was estimated from.
@@ -191,7 +194,8 @@ impl Window {
         let slowest = from_units(live.iter().copied().max().map_or(0, u64::from));
         match estimate::upper_quantile(live, policy.quantile) {
             Some(units) => Reading::Estimate {
-                value: units * UNIT_NANOS as f64 / 1e9,
+                value: units.upper * UNIT_NANOS as f64 / 1e9,
+                plain: units.plain * UNIT_NANOS as f64 / 1e9,
                 slowest,
                 samples,
                 history,

@@ -19,9 +19,9 @@ pub enum DeadlineSource {
     /// Fewer than two answers to learn from: the policy's `cold_start`.
     ColdStart,
     /// From two answers to `min_samples`: an upper estimate of the quantile (the larger
-    /// of a log-normal prediction bound and a Pareto tail extrapolation, never below the
-    /// slowest answer) × factor + margin, at most `cold_start` unless the answers show a
-    /// slower peer; within `[min, max]`.
+    /// of a log-normal and a Pareto-tail prediction bound, never below the slowest answer)
+    /// × factor + margin, at most `cold_start` unless the answers show a slower peer (by
+    /// their slowest, or by the quantile their tail extrapolates to); within `[min, max]`.
     Estimate,
     /// `quantile × factor + margin`, within `[min, max]`.
     Quantile,

@@ -12,6 +12,8 @@ use std::time::Duration;
 use crate::units::to_units;
 
 mod explain;
+#[cfg(feature = "serde")]
+mod map_only;
 
 pub use self::explain::{DeadlineExplanation, DeadlineSource};
 pub(crate) use self::explain::{Explained, Learned};
@@ -79,7 +81,8 @@ pub struct TimeoutPolicy {
     /// Longest deadline, at most 24h. Default `30s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max: Duration,
-    /// Deadline used while the window holds fewer than `min_samples`. Default `1s`.
+    /// Deadline used before a peer's second answer, and the ceiling of its estimate until
+    /// `min_samples` unless its answers show a slower peer. Default `1s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
@@ -409,18 +412,22 @@ impl TimeoutPolicy {
         }
     }
 
-    /// The deadline from an upper estimate of the quantile (`estimate`, in seconds, from
-    /// fewer than `min_samples` answers, the slowest `slowest`): `estimate × factor +
-    /// margin`, but never above `cold_start` unless the answers show a peer slower than
-    /// it, and then at most twice the quantile formula on the slowest answer; within
-    /// `[min, max]`.
-    pub(crate) fn estimated_deadline(&self, estimate: f64, slowest: Duration) -> Duration {
+    /// The deadline from an upper estimate of the quantile (seconds, from fewer than
+    /// `min_samples` answers): `estimate × factor + margin` within `[min, max]`, held to
+    /// `cold_start` (the bound is wide for want of answers) unless the answers show a slower
+    /// peer: twice the formula on `slowest`, or the formula on `plain`, the quantile as their
+    /// tail extrapolates it.
+    pub(crate) fn estimated_deadline(
+        &self,
+        estimate: f64,
+        plain: f64,
+        slowest: Duration,
+    ) -> Duration {
         let secs = |d: Duration| d.as_secs_f64();
-        let learned = estimate.mul_add(self.factor, secs(self.margin));
-        let ceiling =
-            secs(self.cold_start).max(2.0 * secs(slowest).mul_add(self.factor, secs(self.margin)));
-        let raw = learned.min(ceiling).clamp(secs(self.min), secs(self.max));
-        Duration::try_from_secs_f64(raw).unwrap_or(self.max)
+        let formula = |q: f64| q.mul_add(self.factor, secs(self.margin));
+        let shown = (2.0 * formula(secs(slowest))).max(formula(plain));
+        let raw = formula(estimate).min(secs(self.cold_start).max(shown));
+        Duration::try_from_secs_f64(raw.clamp(secs(self.min), secs(self.max))).unwrap_or(self.max)
     }
 
     /// Whether two policies shape the latency window the same way (so it can be kept).
@@ -431,47 +438,6 @@ impl TimeoutPolicy {
             && self.significant_figures == other.significant_figures
             && self.min == other.min
             && self.max == other.max
-    }
-}
-
-/// `Serialize` and `Deserialize` for [`TimeoutPolicy`] through the derived (`remote`)
-/// functions; a policy deserializes from a map only. A struct's derived `Deserialize` also
-/// accepts a sequence, by position, so `[0.5, 3.0]` would set `quantile` and `factor`.
-#[cfg(feature = "serde")]
-mod map_only {
-    use std::fmt;
-
-    use serde::de::{value::MapAccessDeserializer, MapAccess, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::TimeoutPolicy;
-
-    impl Serialize for TimeoutPolicy {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            TimeoutPolicy::serialize(self, serializer)
-        }
-    }
-
-    impl<'de> Deserialize<'de> for TimeoutPolicy {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            deserializer.deserialize_map(PolicyMap)
-        }
-    }
-
-    /// Accepts a map and hands it to the derived deserializer; anything else is refused
-    /// with serde's "invalid type: ..., expected a map of timeout policy fields".
-    struct PolicyMap;
-
-    impl<'de> Visitor<'de> for PolicyMap {
-        type Value = TimeoutPolicy;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map of timeout policy fields")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TimeoutPolicy, A::Error> {
-            TimeoutPolicy::deserialize(MapAccessDeserializer::new(map))
-        }
     }
 }
 

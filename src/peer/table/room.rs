@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{nanos, PeerTable};
+use super::{nanos, Lined, PeerTable};
 use crate::peer::key::PeerKey;
 use crate::peer::Peer;
 
@@ -87,9 +87,9 @@ impl<K: PeerKey> PeerTable<K> {
 
     /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
     /// rotation. The others go to the back of the line; peers already let go are dropped.
-    fn idlest_in_rotation(&self, now: Instant) -> Option<(Arc<K>, Arc<Peer>)> {
+    fn idlest_in_rotation(&self, now: Instant) -> Option<Lined<K>> {
         let mut rotation = self.rotation();
-        let mut idlest: Option<(Arc<K>, Arc<Peer>)> = None;
+        let mut idlest: Option<(Duration, Lined<K>)> = None;
         for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {
             let Some(entry) = rotation.pop_front() else {
                 break;
@@ -97,18 +97,19 @@ impl<K: PeerKey> PeerTable<K> {
             if entry.1.is_retired() {
                 continue;
             }
-            let idler = entry.1.in_flight() == 0
-                && idlest
-                    .as_ref()
-                    .is_none_or(|(_, p)| entry.1.idle_for(now) > p.idle_for(now));
+            // Idler first: the in-flight count (a read of every stripe) only for a peer
+            // that would be the idlest.
+            let idle = entry.1.idle_for(now);
+            let idler =
+                idlest.as_ref().is_none_or(|(most, _)| idle > *most) && entry.1.in_flight() == 0;
             let back = if idler {
-                idlest.replace(entry)
+                idlest.replace((idle, entry)).map(|(_, e)| e)
             } else {
                 Some(entry)
             };
             rotation.extend(back);
         }
-        idlest
+        idlest.map(|(_, entry)| entry)
     }
 
     /// Puts a peer just inserted at the back of the rotation.
@@ -116,7 +117,7 @@ impl<K: PeerKey> PeerTable<K> {
         self.rotation().push_back((key, peer));
     }
 
-    fn rotation(&self) -> MutexGuard<'_, VecDeque<(Arc<K>, Arc<Peer>)>> {
+    fn rotation(&self) -> MutexGuard<'_, VecDeque<Lined<K>>> {
         self.rotation.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
