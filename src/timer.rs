@@ -18,11 +18,11 @@
 //! the queue's own, so when tokio fires it, the calls due are marked expired and woken right
 //! there, inside tokio's timer processing, as their own `Sleep`s would have been: no task
 //! hop, and `tokio::time::advance` wakes them before it returns. That waker never polls the
-//! timer (tokio also calls it while shutting down, when polling panics); re-arming falls
-//! to a call of the queue: one registering earlier than the armed instant re-arms at once,
-//! and after a fire the earliest call left is woken to re-arm in its next poll (or, if it
-//! ends instead, passes that on to the next earliest). No task runs per queue, so nothing is
-//! left behind in a runtime.
+//! timer (tokio also calls it while shutting down, when polling panics): a call registering
+//! earlier than the armed instant re-arms at once, and after a fire that leaves calls in
+//! the queue, a task spawned on the queue's runtime re-arms it and ends. Re-arming never
+//! waits on a call's owner to poll it, so a call whose future is held without being polled
+//! cannot keep the others past their deadlines; and no task outlives its fire.
 //!
 //! The queue is shared (`Arc`), so a call that migrates to another worker, or is dropped on
 //! another thread, still reaches its entry. Deadlines are tokio `Instant`s read against the
@@ -133,16 +133,13 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let (slot, rearm) = {
+        let slot = {
             let mut state = self.queue.lock();
             let slot = state.slots.try_remove(self.key);
             state.pop_stale();
-            (slot, state.rearmer())
+            slot
         };
         drop(slot); // Its waker, outside the lock.
-        if let Some(next) = rearm {
-            next.wake();
-        }
     }
 }
 
@@ -195,7 +192,7 @@ fn thread_queue(handle: &Handle) -> Option<Arc<Queue>> {
             let mut queue = queue.borrow_mut();
             match &*queue {
                 Some(q) if q.runtime == id => q.clone(),
-                _ => queue.insert(Queue::new(id)).clone(),
+                _ => queue.insert(Queue::new(handle)).clone(),
             }
         })
         .ok()
@@ -211,6 +208,8 @@ pub(crate) struct Queue {
     fire: Waker,
     /// The runtime whose clock and timers the queue uses.
     runtime: Id,
+    /// Its handle, to re-arm the timer from a task after a fire.
+    handle: Handle,
 }
 
 /// What the lock guards.
@@ -240,9 +239,9 @@ struct Due {
 }
 
 impl Queue {
-    /// A queue for runtime `id`, the current one. Its timer is made here: a runtime without
-    /// timers panics in the call's poll, as a call's own `Sleep` would.
-    fn new(id: Id) -> Arc<Queue> {
+    /// A queue for `handle`'s runtime, the current one. Its timer is made here: a runtime
+    /// without timers panics in the call's poll, as a call's own `Sleep` would.
+    fn new(handle: &Handle) -> Arc<Queue> {
         let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
         Arc::new_cyclic(|queue| Queue {
             state: Mutex::new(State {
@@ -253,7 +252,8 @@ impl Queue {
             }),
             timer: Mutex::new(timer),
             fire: Waker::from(Arc::new(Fire(queue.clone()))),
-            runtime: id,
+            runtime: handle.id(),
+            handle: handle.clone(),
         })
     }
 
@@ -326,7 +326,8 @@ impl Queue {
     }
 }
 
-/// The timer's waker: expires the calls due, then wakes the earliest call left to re-arm.
+/// The timer's waker: expires the calls due, then has a task re-arm the timer if calls are
+/// left.
 struct Fire(Weak<Queue>);
 
 impl Wake for Fire {
@@ -339,13 +340,16 @@ impl Wake for Fire {
             return;
         };
         queue.expire(Instant::now());
-        let rearm = {
+        let left = {
             let mut state = queue.lock();
             state.armed = None;
-            state.rearmer()
+            state.pop_stale();
+            !state.heap.is_empty()
         };
-        if let Some(next) = rearm {
-            next.wake();
+        if left {
+            // A runtime shutting down drops the task unrun; its calls are dropped too.
+            let handle = queue.handle.clone();
+            drop(handle.spawn(async move { queue.arm() }));
         }
     }
 }
@@ -378,17 +382,6 @@ impl State {
         let slot = self.slots.get_mut(key)?;
         slot.expired = true;
         Some(slot.waker.take())
-    }
-
-    /// The waker of the call that is to re-arm the timer: the earliest, while the timer is
-    /// not armed.
-    fn rearmer(&mut self) -> Option<Waker> {
-        if self.armed.is_some() {
-            return None;
-        }
-        self.pop_stale();
-        let Reverse(due) = self.heap.peek()?;
-        self.slots.get(due.key)?.waker.clone()
     }
 
     /// Drops every stale item.

@@ -142,3 +142,26 @@ fn runtimes_used_in_turn_each_serve_their_own_calls() {
         assert_eq!(one.metrics().num_alive_tasks(), 0);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_held_unpolled_keeps_no_other_call_past_its_deadline() {
+    let ms = Duration::from_millis;
+    let start = Instant::now();
+    let first = tokio::spawn(wait(start + ms(5)));
+    tokio::task::yield_now().await;
+    // Registered by a poll, then held and never polled again (its waker does nothing):
+    // after the first deadline fires, it is the earliest left in the queue.
+    let mut held = Deadline::Unarmed;
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(held.poll_at(start + ms(10), &mut cx).is_pending());
+    let last = start + ms(20);
+    let ended = tokio::time::timeout(ms(1_000), wait(last)).await;
+    assert_on_time(
+        start,
+        last,
+        ended.expect("the last call ended by its deadline"),
+    );
+    assert_on_time(start, start + ms(5), first.await.expect("call"));
+    drop(held);
+    assert_eq!(live(), 0);
+}
