@@ -499,4 +499,22 @@ pub(crate) mod tests {
             1,
         )
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_leases_the_peer_it_keeps_calling_and_drops_the_lease_when_it_moves_on() {
+        let t = table(4);
+        let now = Instant::now();
+        let mut last = None;
+        for call in 0..=LEASE_AFTER {
+            let peer = t.cached_peer(1, now, &mut last).unwrap();
+            assert!(!peer.is_leased(), "call {call}");
+        }
+        assert!(t.cached_peer(1, now, &mut last).unwrap().is_leased());
+        // A clone of the service shares the lease; another peer starts over.
+        let mut clone = last.clone();
+        assert!(t.cached_peer(1, now, &mut clone).unwrap().is_leased());
+        assert!(!t.cached_peer(2, now, &mut last).unwrap().is_leased());
+        let lease_gone = last.as_ref().is_some_and(|l| l.key == 2);
+        assert!(lease_gone, "the cache moved to peer 2");
+    }
 }
