@@ -7,9 +7,8 @@
 //! error.
 
 use std::panic::Location;
-use std::time::Duration;
-
 use std::task::Waker;
+use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;

@@ -63,7 +63,7 @@ impl Peer {
                 // Another core is recording: hold this core's answers for a while.
                 stripe.contended(now_ns);
             }
-            if let Some(batch) = self.stripes.hold(latency, class, now_ns) {
+            if let Some(batch) = stripe.hold(latency, class, now_ns) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;

@@ -180,8 +180,26 @@ impl Stripes {
         self.retired.load(Relaxed)
     }
 
+    /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
+    pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
+        self.stripes
+            .iter()
+            .filter_map(move |stripe| stripe.take(now))
+    }
+}
+
+impl Stripe {
+    fn new() -> Stripe {
+        Stripe {
+            in_flight: AtomicUsize::new(0),
+            contended_until: AtomicU64::new(0),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+        }
+    }
+
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
-    /// epoch) in this thread's stripe. Returns the batch to hand over (this answer in it)
+    /// epoch) in this stripe (this thread's). Returns the batch to hand over (this answer in it)
     /// if it is full or has been held long enough, else `None`: the answer waits.
     pub(super) fn hold(
         &self,
@@ -192,14 +210,13 @@ impl Stripes {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
         let answer = nanos | class << LATENCY_BITS;
-        let (_, stripe) = self.stripes.mine();
-        let mut held = match stripe.held.try_lock() {
+        let mut held = match self.held.try_lock() {
             Ok(held) => held,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 // Another thread writes this stripe: move to another for the next call.
                 crate::stripe::move_thread();
-                stripe.held.lock().unwrap_or_else(PoisonError::into_inner)
+                self.held.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
         let due = held
@@ -216,29 +233,11 @@ impl Stripes {
         };
         let full = batch.push(answer, now);
         if full || due {
-            stripe.holding.store(false, Relaxed);
+            self.holding.store(false, Relaxed);
             held.take(now)
         } else {
-            stripe.holding.store(true, Relaxed);
+            self.holding.store(true, Relaxed);
             None
-        }
-    }
-
-    /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
-    pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
-        self.stripes
-            .iter()
-            .filter_map(move |stripe| stripe.take(now))
-    }
-}
-
-impl Stripe {
-    fn new() -> Stripe {
-        Stripe {
-            in_flight: AtomicUsize::new(0),
-            contended_until: AtomicU64::new(0),
-            holding: AtomicBool::new(false),
-            held: Mutex::new(Held::default()),
         }
     }
 
@@ -296,18 +295,28 @@ mod tests {
     fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
         let stripes = Stripes::new();
         let ms = HOLD_NANOS;
-        let first = stripes.hold(Duration::from_millis(3), Some(2), 10 * ms);
+        let first = stripes
+            .mine()
+            .hold(Duration::from_millis(3), Some(2), 10 * ms);
         let answers: Vec<_> = first.expect("handed over").answers().collect();
         assert_eq!(answers, [(Duration::from_millis(3), Some(2))]);
         for i in 1..BATCH as u64 {
             let t = 10 * ms + i;
-            assert!(stripes.hold(Duration::from_nanos(i), None, t).is_none());
+            assert!(stripes
+                .mine()
+                .hold(Duration::from_nanos(i), None, t)
+                .is_none());
         }
-        let full = stripes.hold(Duration::from_secs(1), None, 10 * ms + 100);
+        let full = stripes
+            .mine()
+            .hold(Duration::from_secs(1), None, 10 * ms + 100);
         let full = full.expect("a full batch is handed over");
         assert_eq!(full.answers().count(), BATCH);
         assert_eq!(full.latest, 10 * ms + 100);
-        assert!(stripes.hold(Duration::ZERO, None, 10 * ms + 200).is_none());
+        assert!(stripes
+            .mine()
+            .hold(Duration::ZERO, None, 10 * ms + 200)
+            .is_none());
         let held: Vec<_> = stripes.take_all(11 * ms).collect();
         assert_eq!(held.len(), 1);
         assert_eq!(
