@@ -131,26 +131,42 @@ impl Peer {
         }
     }
 
-    /// Records `latency` into the peer's history and its class's, republishing what is
-    /// due.
+    /// Records `samples` (latencies, and their calls' classes), answered by `now`, into
+    /// the peer's history and their classes', republishing the classes' deadlines that are
+    /// due. Returns whether the peer's own is due.
     pub(super) fn record_lanes(
         &self,
         locked: &mut Locked,
         now: Instant,
-        latency: Duration,
-        class: Option<ClassIx>,
+        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) -> bool {
-        let own_due = locked.lane.record(now, latency, &locked.policy);
-        let policy = &locked.policy;
-        let class_due = class
-            .and_then(|i| locked.classes.get_mut(usize::from(i)))
-            .is_some_and(|c| {
-                // The first sample makes the class's deadline its own at once.
-                let first = !std::mem::replace(&mut c.sampled, true);
-                c.lane.record(now, latency, policy) || first
-            });
-        if class_due {
-            self.publish_class(locked, now, class);
+        // Which classes are due: a bit per slot (at most `ClassIx::MAX` slots).
+        let mut due = [0u64; 4];
+        let Locked {
+            lane,
+            classes,
+            policy,
+            ..
+        } = locked;
+        let own_due = lane.record(
+            now,
+            samples.map(|(latency, class)| {
+                let i = class.map_or(usize::MAX, usize::from);
+                if let Some(c) = classes.get_mut(i) {
+                    // The first sample makes the class's deadline its own at once.
+                    let first = !std::mem::replace(&mut c.sampled, true);
+                    if c.lane.record(now, std::iter::once(latency), policy) || first {
+                        due[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                latency
+            }),
+            policy,
+        );
+        for (word, bits) in due.into_iter().enumerate() {
+            for bit in (0..64).filter(|b| bits & 1 << b != 0) {
+                self.publish_class(locked, now, ClassIx::try_from(word * 64 + bit).ok());
+            }
         }
         own_due
     }

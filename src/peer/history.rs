@@ -28,9 +28,9 @@ pub(crate) struct Recent {
     next: usize,
     cap: usize,
     epoch: Instant,
-    /// The last instant an answer was kept at, and its second: answers handed over
-    /// together share it, and reckon it once.
-    last: (Instant, u32),
+    /// The second the last answer was kept in, as the instants it spans and its number:
+    /// answers within it reckon no second of their own.
+    last: (Instant, Instant, u32),
     /// Where the answers in reach are copied to be read (sorted, selected) in place.
     scratch: Vec<u32>,
 }
@@ -43,7 +43,7 @@ impl Recent {
             next: 0,
             cap: capacity(policy),
             epoch,
-            last: (epoch, 0),
+            last: (epoch, epoch, 0),
             scratch: Vec::new(),
         }
     }
@@ -55,16 +55,22 @@ impl Recent {
             self.slots.reserve_exact(self.cap);
             self.scratch.reserve_exact(self.cap);
         }
-        if self.last.0 != now {
-            self.last = (now, self.second(now));
+        let (from, until, _) = self.last;
+        if now < from || now >= until {
+            let second = self.second(now);
+            let from = self.epoch + Duration::from_secs(u64::from(second));
+            self.last = (from, from + Duration::from_secs(1), second);
         }
-        let slot = (u32::try_from(units).unwrap_or(u32::MAX), self.last.1);
+        let slot = (u32::try_from(units).unwrap_or(u32::MAX), self.last.2);
         if self.slots.len() < self.cap {
             self.slots.push(slot);
         } else {
             self.slots[self.next] = slot;
         }
-        self.next = (self.next + 1) % self.cap;
+        self.next += 1;
+        if self.next >= self.cap {
+            self.next = 0;
+        }
     }
 
     /// Whether the ring is full of answers from the last `span`: a peer busy enough for

@@ -43,18 +43,20 @@ impl Lane {
         }
     }
 
-    /// Records `latency`, answered at `now`. Returns whether the deadline is due to be
+    /// Records `latencies`, answered by `now`. Returns whether the deadline is due to be
     /// recomputed: the window rotated, the deadline is still learning, or
     /// `recompute_every` answers came since it was.
     pub(crate) fn record(
         &mut self,
         now: Instant,
-        latency: Duration,
+        latencies: impl Iterator<Item = Duration>,
         policy: &TimeoutPolicy,
     ) -> bool {
         let rotated = self.window.advance(now);
-        self.window.record(latency, now);
-        self.since_recompute += 1;
+        for latency in latencies {
+            self.window.record(latency, now);
+            self.since_recompute += 1;
+        }
         rotated
             || self.learned.0 < policy.min_samples
             || self.since_recompute >= policy.recompute_every

@@ -449,6 +449,8 @@ impl Peer {
             .lane
             .recompute(now, &locked.policy, locked.overridden);
         self.published.set_deadline(deadline, source);
+        let batch = stripes::BATCH as u64;
+        (self.published).set_batched(source.is_learned() && locked.policy.recompute_every >= batch);
         self.published
             .set_bounds(locked.policy.max, locked.policy.cold_start);
         locked.health.note_deadline(deadline);

@@ -52,7 +52,11 @@ impl Peer {
             let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started));
             self.metrics.answered(latency);
             let stripe = self.stripes.mine();
-            if !stripe.holds(now_ns) {
+            // A deadline learned from `min_samples` answers and recomputed only every
+            // `recompute_every` (at least a batch) moves on no single answer: its answers
+            // can wait in the stripe. One still learning goes at once if it can.
+            let waits = ticket.source.is_learned() && self.published.batched();
+            if !waits && !stripe.holds(now_ns) {
                 if let Some(mut locked) = self.try_lock() {
                     if let Some(batch) = stripe.take_held(now_ns) {
                         self.hand_over(&mut locked, &batch);
@@ -118,15 +122,13 @@ impl Peer {
         if !locked.pending.is_empty() {
             let held = std::mem::take(&mut locked.pending);
             for &(class, censored) in &held {
-                self.record(locked, now, censored, class);
+                self.record(locked, now, std::iter::once((censored, class)));
                 // Like the tail's, these say the deadline may be behind: recompute at once.
                 self.publish_class(locked, now, class);
             }
             self.publish(locked, now);
         }
-        for (latency, class) in samples {
-            self.record(locked, now, latency, class);
-        }
+        self.record(locked, now, samples);
         let transition = locked.health.on_response(now);
         self.transition(transition);
     }
@@ -185,7 +187,7 @@ impl Peer {
                     locked.pending.push((class, deadline));
                 }
             } else {
-                self.record(&mut locked, now, deadline, class);
+                self.record(&mut locked, now, std::iter::once((deadline, class)));
                 self.publish(&mut locked, now);
                 self.publish_class(&mut locked, now, class);
             }
@@ -252,15 +254,15 @@ impl Peer {
         }
     }
 
-    /// Records one latency (of a call of `class`) and republishes the deadlines when due.
+    /// Records `samples` (latencies, and their calls' classes) answered by `now`, and
+    /// republishes the deadlines when due.
     fn record(
         &self,
         locked: &mut MutexGuard<'_, Locked>,
         now: Instant,
-        latency: Duration,
-        class: Option<ClassIx>,
+        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) {
-        if self.record_lanes(locked, now, latency, class) {
+        if self.record_lanes(locked, now, samples) {
             self.publish(locked, now);
         }
     }
@@ -268,6 +270,7 @@ impl Peer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use tokio::time::{advance, Instant};
@@ -278,6 +281,7 @@ mod tests {
     use crate::peer::table::tests::table;
     use crate::peer::table::PeerTable;
     use crate::peer::{Peer, PeerRef};
+    use crate::policy::TimeoutPolicy;
 
     /// A table and its peer 1, as a call holds it.
     fn one_peer() -> (PeerTable<u32>, PeerRef) {
@@ -330,6 +334,28 @@ mod tests {
         assert_eq!(peer.in_flight(), 0);
         let view = peer.view(Instant::now());
         assert_eq!((view.completed, view.samples), (1_004, 1_004));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_learned_peer_holds_a_burst_unless_each_answer_moves_its_deadline() {
+        let (_table, peer) = one_peer();
+        for _ in 0..100 {
+            answered(&peer, Duration::from_millis(1)).await;
+        }
+        assert!(peer.deadline().1.is_learned(), "{:?}", peer.deadline());
+        for _ in 0..10 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
+        assert_eq!(held, 9, "the burst's first answer goes at once, the rest wait");
+        // Recomputed on every answer, the deadline may move with each: none waits.
+        let policy = TimeoutPolicy::default().recompute_every(1);
+        peer.set_policy(Arc::new(policy), false, Instant::now());
+        for _ in 0..10 {
+            answered(&peer, Duration::ZERO).await;
+        }
+        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        assert_eq!(peer.view(Instant::now()).completed, 111);
     }
 
     #[tokio::test(start_paused = true)]

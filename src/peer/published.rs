@@ -1,9 +1,9 @@
-//! What every call to a peer reads, in three atomics: the deadline word (the deadline and
-//! why it has that value, packed into one `u64`), the health state, and when the latency
-//! window next rotates. Written only under the peer's lock, read without it: a call to a
+//! What every call to a peer reads: the deadline word (the deadline and why it has that
+//! value, packed into one `u64`), the health state, when the latency window next rotates,
+//! the policy's bounds, and whether answers may wait in their stripes. Written only under the peer's lock, read without it: a call to a
 //! healthy peer never takes a lock.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::health::PeerState;
@@ -26,6 +26,8 @@ pub(super) struct Published {
     max: AtomicU64,
     /// The policy's `cold_start`, in nanoseconds: what a latency class starts with.
     cold_start: AtomicU64,
+    /// Whether answers may wait in their stripes (see [`Published::set_batched`]).
+    batched: AtomicBool,
 }
 
 impl Published {
@@ -37,7 +39,20 @@ impl Published {
             rotate_at: AtomicU64::new(0),
             max: AtomicU64::new(0),
             cold_start: AtomicU64::new(0),
+            batched: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a busy core's answers may wait in its stripe.
+    pub(super) fn batched(&self) -> bool {
+        self.batched.load(Relaxed)
+    }
+
+    /// Says whether a busy core's answers may wait in its stripe: only while the deadline
+    /// would not move before a batch is handed over (it is learned, and recomputed only
+    /// every `recompute_every` answers, at least a batch).
+    pub(super) fn set_batched(&self, batched: bool) {
+        self.batched.store(batched, Relaxed);
     }
 
     /// The policy's `cold_start`.

@@ -2,16 +2,18 @@
 //! calls in flight, and the answers of a healthy peer that cores contend for, batched
 //! before they reach the window under the peer's lock.
 //!
-//! An answer goes straight to the window while the peer's lock is free. A core that finds
-//! it taken holds its answers in its stripe for the next [`CONTENDED_NANOS`]; a stripe's
-//! batch is handed over when it is full, when a millisecond has passed since the stripe's
-//! last hand-over, with the core's next answer once it no longer holds, or whenever
-//! anything takes the peer's lock (a miss, a probe, a rotation, a snapshot), which first
-//! takes every stripe's batch. A peer called from one core at a time, or a quiet one, thus
-//! records each answer at once, as it always did; a hot one takes its lock once per
-//! [`BATCH`] answers per core instead of once per answer, and nothing that judges the peer
-//! (a miss, silence) reads it before its answers are in. A stripe allocates its batch the
-//! first time it holds an answer.
+//! An answer goes straight to the window while the peer's lock is free, unless the peer's
+//! deadline is learned and recomputed only every `recompute_every` answers (at least a
+//! [`BATCH`]): no single answer moves it then, and the answer may wait in its core's
+//! stripe. A core that finds the lock taken holds its answers too, for the next
+//! [`CONTENDED_NANOS`]. A stripe's batch is handed over when it is full, when a millisecond
+//! has passed since the stripe's last hand-over, with the core's next answer once it no
+//! longer holds, or whenever anything takes the peer's lock (a miss, a probe, a rotation, a
+//! snapshot), which first takes every stripe's batch. A peer still learning, or answering
+//! a core less often than once a millisecond, thus records each answer at once; a busy one
+//! takes its lock once per [`BATCH`] answers per core instead of once per answer, and
+//! nothing that judges the peer (a miss, silence) reads it before its answers are in. A
+//! stripe allocates its batch the first time it holds an answer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};

@@ -55,6 +55,15 @@ impl DeadlineSource {
         DeadlineSource::Untracked,
     ];
 
+    /// Whether the deadline was read from a history of at least `min_samples` answers (the
+    /// quantile, clamped or not), rather than a default or an estimate from fewer.
+    pub(crate) fn is_learned(self) -> bool {
+        matches!(
+            self,
+            DeadlineSource::Quantile | DeadlineSource::ClampedMin | DeadlineSource::ClampedMax
+        )
+    }
+
     /// A short, stable name, for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
