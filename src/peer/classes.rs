@@ -163,8 +163,10 @@ impl Peer {
             }),
             policy,
         );
-        for (word, bits) in due.into_iter().enumerate() {
-            for bit in (0..64).filter(|b| bits & 1 << b != 0) {
+        for (word, mut bits) in due.into_iter().enumerate() {
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
                 self.publish_class(locked, now, ClassIx::try_from(word * 64 + bit).ok());
             }
         }
