@@ -347,7 +347,10 @@ mod tests {
             answered(&peer, Duration::ZERO).await;
         }
         let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
-        assert_eq!(held, 9, "the burst's first answer goes at once, the rest wait");
+        assert_eq!(
+            held, 9,
+            "the burst's first answer goes at once, the rest wait"
+        );
         // Recomputed on every answer, the deadline may move with each: none waits.
         let policy = TimeoutPolicy::default().recompute_every(1);
         peer.set_policy(Arc::new(policy), false, Instant::now());
