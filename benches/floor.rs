@@ -9,6 +9,11 @@
 //!   Their difference is tower's per-call overhead.
 //! * `clock_read`: `tokio::time::Instant::now()` inside the runtime. A call reads the clock
 //!   at its start and at its end.
+//! * `bare_timer_armed`: `bare` on a runtime where another task holds a `Sleep` due in an
+//!   hour: what an armed timer costs the driver's park per call (any deadline that is armed
+//!   while the inner future pends pays it, `tower::timeout`'s included).
+//! * `runtime_check`: `Handle::try_current()` and its id: how a call finds which runtime's
+//!   deadline queue to join.
 //!
 //! Group `pieces` (pure CPU, interleaved so load from other processes falls on all alike):
 //! * `empty`: the timing loop alone, the share of loop in every figure of this group.
@@ -26,13 +31,17 @@
 //!   stale items popped off the top (lazy removal). 64 calls stay live so the heap has
 //!   depth; deadlines grow with arrival and calls end in arrival order.
 //! * `mutex_uncontended`: a `std::sync::Mutex<u64>` locked, incremented, unlocked.
-//! * `arc_clone_drop`: an `Arc<u64>` cloned and dropped.
+//! * `arc_clone_drop`: an `Arc<u64>` cloned and dropped (a call's reference to its peer).
+//! * `waker_clone_drop`: a waker cloned and dropped (the one its deadline keeps).
 //!
 //! Every case is timed as ns per operation with `iter_custom` over batches, by the same
 //! loop. Ends with a table: each piece's median, tower's overhead (`tower_timeout - bare`)
 //! and the floor of a tracked call's own work (2 x `clock_read` + `hdr_record_x2` +
 //! `ring_push` + `in_flight_count` + `waker_slab` + `deadline_heap` + `mutex_uncontended`),
-//! with its ratio to tower's overhead.
+//! with its ratio to tower's overhead; then the floor of a call that waits: that, plus what
+//! such a call also cannot avoid (`arc_clone_drop`, `waker_clone_drop`, `runtime_check`,
+//! and the armed timer, `bare_timer_armed - bare`), which `tower::timeout`'s figure
+//! contains for its own `Sleep` too.
 
 pub mod common;
 
@@ -77,10 +86,14 @@ const FLOOR: [(&str, f64); 7] = [
 ];
 
 /// Pieces shown but not in the floor.
-const EXTRA: [&str; 3] = [
-    "pieces/empty",
-    "pieces/hdr_record_x1",
+const EXTRA: [&str; 2] = ["pieces/empty", "pieces/hdr_record_x1"];
+
+/// What a call that waits adds to [`FLOOR`], each once (and the armed timer, measured as
+/// `bare_timer_armed - bare`).
+const WAITING: [&str; 3] = [
     "pieces/arc_clone_drop",
+    "pieces/waker_clone_drop",
+    "runtime/runtime_check",
 ];
 
 /// Runs `op` for `0..iters`; returns the time it took. Every case goes through this loop.
@@ -174,6 +187,20 @@ fn runtime(c: &mut Criterion) {
         "tower_timeout",
         with_tower_timeout(pending_once_inner()),
     );
+    let armed = current_thread();
+    armed.spawn(async { tokio::time::sleep(Duration::from_secs(3_600)).await });
+    let mut svc = pending_once_inner();
+    group.bench("bare_timer_armed", move |iters| {
+        armed.block_on(drive(&mut svc, &[0], iters))
+    });
+    let rt = current_thread();
+    group.bench("runtime_check", move |iters| {
+        rt.block_on(async {
+            timed(iters, |_| {
+                black_box(tokio::runtime::Handle::try_current().map(|h| h.id()).ok());
+            })
+        })
+    });
     let rt = current_thread();
     group.bench("clock_read", move |iters| {
         rt.block_on(async {
@@ -257,6 +284,11 @@ fn pieces(c: &mut Criterion) {
     group.bench("arc_clone_drop", move |iters| {
         timed(iters, |_| drop(black_box(Arc::clone(&arc))))
     });
+
+    let waker = Waker::from(Arc::new(CountedWaker));
+    group.bench("waker_clone_drop", move |iters| {
+        timed(iters, |_| drop(black_box(black_box(&waker).clone())))
+    });
     group.finish();
 }
 
@@ -274,6 +306,18 @@ fn print_floor() {
     for (key, times) in FLOOR {
         println!("{key:<32} {times:>6} {:>10}", show(median(key)));
     }
+    for key in WAITING {
+        println!("{key:<32} {:>6} {:>10}", "waits", show(median(key)));
+    }
+    let armed = median("runtime/bare_timer_armed")
+        .zip(median("runtime/bare"))
+        .map(|(a, b)| a - b);
+    println!(
+        "{:<32} {:>6} {:>10}",
+        "armed timer (armed - bare)",
+        "waits",
+        show(armed)
+    );
     for key in EXTRA {
         println!("{key:<32} {:>6} {:>10}", "-", show(median(key)));
     }
@@ -303,14 +347,19 @@ fn print_floor() {
         format!("floor less the timing loop ({loops} x empty)"),
         show(net)
     );
-    let ratio = floor
-        .zip(tower)
-        .filter(|(_, t)| *t > 0.0)
-        .map(|(f, t)| f / t);
+    let ratio = |f: Option<f64>| {
+        f.zip(tower)
+            .filter(|(_, t)| *t > 0.0)
+            .map_or("n/a".to_owned(), |(f, t)| format!("{:.2}", f / t))
+    };
+    println!("{:<39} {:>10}", "floor / tower overhead", ratio(floor));
+    let waiting: Option<f64> = WAITING.iter().map(|key| median(key)).sum();
+    let waiting = floor.zip(waiting).zip(armed).map(|((f, w), a)| f + w + a);
+    println!("{:<39} {:>10}", "floor of a call that waits", show(waiting));
     println!(
         "{:<39} {:>10}",
-        "floor / tower overhead",
-        ratio.map_or("n/a".to_owned(), |r| format!("{r:.2}"))
+        "floor of a call that waits / tower",
+        ratio(waiting)
     );
 }
 
