@@ -298,28 +298,27 @@ criterion_group!(benches, runtime, pieces);
 /// against it.
 fn print_floor() {
     let show = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.1}"));
+    let piece = |key: &str, times: &str, m: Option<f64>| {
+        println!("{key:<32} {times:>6} {:>10}", show(m));
+    };
+    let total = |label: &str, value: String| println!("{label:<39} {value:>10}");
     println!("\n== floor: median ns per operation (interleaved) ==");
     if test_mode() {
         println!("(test mode: one operation per case, figures are not meaningful)");
     }
     println!("{:<32} {:>6} {:>10}", "piece", "times", "ns");
     for (key, times) in FLOOR {
-        println!("{key:<32} {times:>6} {:>10}", show(median(key)));
+        piece(key, &times.to_string(), median(key));
     }
     for key in WAITING {
-        println!("{key:<32} {:>6} {:>10}", "waits", show(median(key)));
+        piece(key, "waits", median(key));
     }
     let armed = median("runtime/bare_timer_armed")
         .zip(median("runtime/bare"))
         .map(|(a, b)| a - b);
-    println!(
-        "{:<32} {:>6} {:>10}",
-        "armed timer (armed - bare)",
-        "waits",
-        show(armed)
-    );
+    piece("armed timer (armed - bare)", "waits", armed);
     for key in EXTRA {
-        println!("{key:<32} {:>6} {:>10}", "-", show(median(key)));
+        piece(key, "-", median(key));
     }
     let floor: Option<f64> = FLOOR
         .iter()
@@ -328,39 +327,26 @@ fn print_floor() {
     let tower = median("runtime/tower_timeout")
         .zip(median("runtime/bare"))
         .map(|(t, b)| t - b);
-    println!(
-        "{:<39} {:>10}",
-        "tower::timeout overhead (tower - bare)",
-        show(tower)
-    );
-    println!(
-        "{:<39} {:>10}",
-        "floor of a tracked call's own work",
-        show(floor)
-    );
+    total("tower::timeout overhead (tower - bare)", show(tower));
+    total("floor of a tracked call's own work", show(floor));
     let loops: f64 = FLOOR.iter().map(|(_, times)| times).sum();
     let net = floor
         .zip(median("pieces/empty"))
         .map(|(f, e)| f - loops * e);
-    println!(
-        "{:<39} {:>10}",
-        format!("floor less the timing loop ({loops} x empty)"),
-        show(net)
+    total(
+        &format!("floor less the timing loop ({loops} x empty)"),
+        show(net),
     );
     let ratio = |f: Option<f64>| {
         f.zip(tower)
             .filter(|(_, t)| *t > 0.0)
             .map_or("n/a".to_owned(), |(f, t)| format!("{:.2}", f / t))
     };
-    println!("{:<39} {:>10}", "floor / tower overhead", ratio(floor));
+    total("floor / tower overhead", ratio(floor));
     let waiting: Option<f64> = WAITING.iter().map(|key| median(key)).sum();
     let waiting = floor.zip(waiting).zip(armed).map(|((f, w), a)| f + w + a);
-    println!("{:<39} {:>10}", "floor of a call that waits", show(waiting));
-    println!(
-        "{:<39} {:>10}",
-        "floor of a call that waits / tower",
-        ratio(waiting)
-    );
+    total("floor of a call that waits", show(waiting));
+    total("floor of a call that waits / tower", ratio(waiting));
 }
 
 fn main() {
