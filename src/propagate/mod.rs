@@ -59,7 +59,8 @@ impl Propagation {
     pub fn grpc() -> Self {
         Propagation {
             grpc_timeout: true,
-            ..Propagation::default()
+            #[cfg(feature = "http")]
+            millis_header: None,
         }
     }
 
