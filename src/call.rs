@@ -15,9 +15,9 @@ use tokio::time::Instant;
 
 use crate::classify::{ClassifyResponse, Outcome};
 use crate::error::{BoxError, Interrupted, Reason};
+use crate::explain::DeadlineExplanation;
 use crate::interrupt::{Fired, Origin};
 use crate::peer::{CallPeer, InFlight, Ticket};
-use crate::policy::DeadlineExplanation;
 use crate::token::Interrupt;
 
 #[cfg(feature = "http")]

@@ -31,7 +31,7 @@ use std::borrow::Cow;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use crate::policy::DeadlineExplanation;
+use crate::explain::DeadlineExplanation;
 
 /// A request's latency class: put it in an `http::Request`'s extensions for a known-slow
 /// (or known-fast) operation. It takes the place of the class the path would give.

@@ -11,10 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Reason;
+use crate::explain::DeadlineSource;
 use crate::interrupt::Fired;
 use crate::peer::key::PeerKey;
 use crate::peer::table::PeerTable;
-use crate::policy::{DeadlineSource, PolicyError, TimeoutPolicy};
+use crate::policy::{PolicyError, TimeoutPolicy};
 use crate::snapshot::PeerSnapshot;
 
 /// For each handle: a constructor on a table, `Clone` (another handle on the same table)

@@ -73,6 +73,7 @@ pub mod class;
 pub mod classify;
 mod error;
 pub mod events;
+mod explain;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod export;
@@ -82,6 +83,7 @@ mod future;
 mod handle;
 mod idle;
 mod interrupt;
+mod label;
 mod layer;
 mod peer;
 mod policy;
@@ -106,20 +108,22 @@ pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline}
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
+pub use explain::{DeadlineExplanation, DeadlineSource};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};
+pub use label::MAX_LABEL_BYTES;
 pub use layer::{
     AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_CLASSES, DEFAULT_MAX_PEERS,
     MAX_CLASSES,
 };
 pub use peer::health::PeerState;
-pub use peer::key::{ByPeer, Classed, HasPeer, KeyFn, PeerKey, MAX_LABEL_BYTES};
+pub use peer::key::{ByPeer, Classed, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
-    DeadlineExplanation, DeadlineSource, PolicyError, TimeoutPolicy, MAX_DEADLINE,
-    MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
+    PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW,
+    MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;

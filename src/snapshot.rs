@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::class::ClassSnapshot;
+use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::peer::health::PeerState;
 use crate::peer::Peer;
-use crate::policy::{DeadlineExplanation, DeadlineSource};
 
 /// A point-in-time reading of one peer.
 #[derive(Clone, Debug, PartialEq)]

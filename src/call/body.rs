@@ -10,10 +10,10 @@ use tokio::time::Instant;
 use super::{fire_token, Call};
 use crate::classify::Outcome;
 use crate::error::{Interrupted, Reason};
+use crate::explain::DeadlineSource;
 use crate::idle::{IdleRule, IdleSource};
 use crate::interrupt::{Fired, Origin};
 use crate::peer::CallPeer;
-use crate::policy::DeadlineSource;
 
 impl Call {
     /// The head arrived: recorded as `outcome`, but the call stays in flight. A probe is

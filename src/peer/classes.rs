@@ -18,7 +18,7 @@ use super::lane::Lane;
 use super::published::{pack, unpack};
 use super::{Locked, Peer, Ticket};
 use crate::class::{ClassOf, ClassSnapshot};
-use crate::policy::{DeadlineExplanation, DeadlineSource};
+use crate::explain::{DeadlineExplanation, DeadlineSource};
 
 /// A class's place among its peer's slots.
 pub(crate) type ClassIx = u8;

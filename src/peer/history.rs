@@ -6,19 +6,13 @@
 //! its last `min_samples` answers for up to `max_history`, so ten calls a minute reach the
 //! quantile after ten minutes instead of never. It costs 12 bytes per kept answer (the
 //! latency, its second, and a scratch copy to sort), allocated at the first answer: 1,200
-//! bytes at the default `min_samples`, at most [`MAX_RECENT`] x 12 = 12,288 bytes.
+//! bytes at the default `min_samples`, at most [`MAX_RECENT`](crate::policy::MAX_RECENT) x 12 = 12,288 bytes.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::policy::TimeoutPolicy;
-
-/// Most answers a history keeps, whatever `min_samples` is.
-pub(crate) const MAX_RECENT: usize = 1024;
-
-/// Heap bytes per kept answer: latency and second, plus their scratch copy.
-pub(crate) const BYTES_PER_ANSWER: usize = 3 * std::mem::size_of::<u32>();
 
 /// A ring of the last answers.
 pub(crate) struct Recent {
@@ -41,7 +35,7 @@ impl Recent {
         Recent {
             slots: Vec::new(),
             next: 0,
-            cap: capacity(policy),
+            cap: policy.history_capacity(),
             epoch,
             last: (epoch, epoch, 0),
             scratch: Vec::new(),
@@ -127,16 +121,10 @@ impl Recent {
     }
 }
 
-/// How many answers a history under `policy` keeps.
-pub(crate) fn capacity(policy: &TimeoutPolicy) -> usize {
-    usize::try_from(policy.min_samples)
-        .unwrap_or(MAX_RECENT)
-        .clamp(1, MAX_RECENT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{BYTES_PER_ANSWER, MAX_RECENT};
 
     #[test]
     fn keeps_the_last_answers_within_reach() {
@@ -163,7 +151,7 @@ mod tests {
     #[test]
     fn capacity_follows_min_samples_within_bounds() {
         assert_eq!(TimeoutPolicy::default().history_bytes(), 1_200);
-        let cap = |n| capacity(&TimeoutPolicy::default().min_samples(n));
+        let cap = |n| TimeoutPolicy::default().min_samples(n).history_capacity();
         assert_eq!(cap(100), 100);
         assert_eq!(cap(1), 1);
         assert_eq!(cap(u64::MAX), MAX_RECENT);

@@ -4,9 +4,8 @@
 //! `Fn(&Req) -> K` is one; [`ByPeer`] uses the request's own [`HasPeer`] impl, which
 //! `http::Request` has (keyed by scheme and authority, falling back to the `Host` header).
 
-use std::fmt::{self, Debug, Write};
+use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::class::{ClassOf, LatencyHints};
@@ -18,18 +17,9 @@ use crate::token::Interrupt;
 /// The table keeps a clone of a new peer's key for as long as it tracks the peer, so a key
 /// should own what it holds: one that shares a request's buffers keeps them alive.
 /// [`HttpPeer`] keys are copied out of their request's URI when their peer is first tracked.
-/// A peer is named by its key's `Debug` form, bounded (see [`MAX_LABEL_BYTES`]).
+/// A peer is named by its key's `Debug` form, bounded (see [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES)).
 pub trait PeerKey: Hash + Eq + Clone + Debug + Send + Sync + 'static {}
 impl<K: Hash + Eq + Clone + Debug + Send + Sync + 'static> PeerKey for K {}
-
-/// Longest peer label, in bytes: the name errors, snapshots, traces and metric labels give
-/// a peer. It is its key's `Debug` form (without the quotes of a string key), with control
-/// and bidirectional-override characters escaped, cut on a character boundary with `…`
-/// when longer. A peer's label is made once and shared by all of them.
-pub const MAX_LABEL_BYTES: usize = 256;
-
-/// Marks a label cut short.
-const CUT: char = '…';
 
 /// The key the table keeps for a new peer: a clone, except that an [`HttpPeer`] is copied
 /// out of the request's URI buffer (and loses any userinfo), so a tracked peer does not
@@ -43,75 +33,6 @@ pub(crate) fn detached<K: PeerKey>(key: &K) -> K {
         *peer = peer.detached();
     }
     kept
-}
-
-/// A peer's label (see [`MAX_LABEL_BYTES`]). Formatting stops once the bound is reached,
-/// so a huge key costs no more than a short one.
-pub(crate) fn label<K: Debug + ?Sized>(key: &K) -> Arc<str> {
-    // Room for a string key's quotes, stripped below.
-    let room = MAX_LABEL_BYTES + 2;
-    let mut out = Bounded {
-        // An escaped character is at most 10 bytes: written before it is taken back.
-        text: String::with_capacity(room + 10),
-        room,
-        full: false,
-    };
-    // An error here is `out` being full, or a `Debug` that failed: keep what was written.
-    let _ = write!(out, "{key:?}");
-    let Bounded { mut text, full, .. } = out;
-    if text.starts_with('"') {
-        if !full && text.len() >= 2 && text.ends_with('"') {
-            text.pop();
-        }
-        text.remove(0);
-    }
-    if full || text.len() > MAX_LABEL_BYTES {
-        let mut end = MAX_LABEL_BYTES - CUT.len_utf8();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push(CUT);
-    }
-    text.into()
-}
-
-/// A `fmt::Write` that escapes control and invisible formatting characters and refuses
-/// more than `room` bytes.
-struct Bounded {
-    text: String,
-    room: usize,
-    full: bool,
-}
-
-impl Write for Bounded {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            let at = self.text.len();
-            if c.is_control() {
-                write!(self.text, "{}", c.escape_debug())?;
-            } else if is_invisible_format(c) {
-                write!(self.text, "{}", c.escape_unicode())?;
-            } else {
-                self.text.push(c);
-            }
-            if self.text.len() > self.room {
-                self.text.truncate(at);
-                self.full = true;
-                return Err(fmt::Error);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Characters that change how a line reads without showing: zero-width characters, the
-/// line and paragraph separators, bidirectional overrides and isolates, the byte-order mark.
-fn is_invisible_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
-    )
 }
 
 /// Maps a request to the key of the peer it goes to.
@@ -549,42 +470,5 @@ mod http_peer {
                 .unwrap();
             assert!(bad.peer().is_none());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn string_keys_are_labelled_without_quotes() {
-        assert_eq!(&*label(&String::from("10.0.0.7:9000")), "10.0.0.7:9000");
-        assert_eq!(&*label(&7u32), "7");
-        assert_eq!(&*label(&""), "");
-        assert_eq!(&*label(&"\""), "\\\"");
-    }
-
-    #[test]
-    fn long_labels_are_cut_to_the_bound_with_a_marker() {
-        for len in [MAX_LABEL_BYTES - 1, MAX_LABEL_BYTES] {
-            assert_eq!(label(&"x".repeat(len)).len(), len, "fits whole");
-        }
-        for len in [MAX_LABEL_BYTES + 1, MAX_LABEL_BYTES + 2, 100_000] {
-            let cut = label(&"x".repeat(len));
-            assert_eq!(cut.len(), MAX_LABEL_BYTES, "{len}");
-            assert!(cut.ends_with(CUT) && !cut.starts_with('"'), "{cut}");
-        }
-    }
-
-    #[test]
-    fn a_failing_debug_keeps_what_it_wrote() {
-        struct Fails;
-        impl Debug for Fails {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("half")?;
-                Err(fmt::Error)
-            }
-        }
-        assert_eq!(&*label(&Fails), "half");
     }
 }

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::explained::Explained;
 use super::window::{Reading, Window};
-use crate::policy::{DeadlineSource, Explained, Learned, TimeoutPolicy};
+use crate::explain::{DeadlineSource, Learned};
+use crate::policy::TimeoutPolicy;
 
 /// A latency history and what was last learned from it.
 pub(crate) struct Lane {

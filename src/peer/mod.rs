@@ -22,12 +22,14 @@ use crate::class::LatencyHints;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
 use crate::events::PeerWatch;
+use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
-use crate::policy::{DeadlineExplanation, DeadlineSource, TimeoutPolicy};
+use crate::policy::TimeoutPolicy;
 
 mod classes;
 mod estimate;
+mod explained;
 #[cfg(feature = "http")]
 mod gaps;
 pub(crate) mod health;

@@ -15,8 +15,8 @@ use super::stripes::Batch;
 use super::{Locked, Peer, Ticket, PENDING_MISSES};
 use crate::classify::Outcome;
 use crate::error::Reason;
+use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::interrupt::{Fired, Origin};
-use crate::policy::{DeadlineExplanation, DeadlineSource};
 
 impl Peer {
     /// The call of `ticket` that started at `started` ended with `outcome` at `now`:

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use super::health::{Health, PeerState, ProbeEnd, Transition, Verdict, LONG_PROBE_PATIENCE};
 use super::window::Window;
-use crate::policy::{DeadlineSource, TimeoutPolicy};
+use crate::explain::DeadlineSource;
+use crate::policy::TimeoutPolicy;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::health::PeerState;
-use crate::policy::DeadlineSource;
+use crate::explain::DeadlineSource;
 
 /// Bits of the packed deadline word that hold nanoseconds (the rest hold the source).
 const NANOS_BITS: u32 = 60;

@@ -25,15 +25,17 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::key::{detached, label, PeerKey};
+use super::key::{detached, PeerKey};
 use super::{CallPeer, InFlight, NotAdmitted, Peer, PeerRef, Ticket};
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
 use crate::events::Events;
+use crate::explain::DeadlineSource;
 use crate::export::{self, Labels, PeerMetrics};
 use crate::interrupt::{Fired, Interrupts};
-use crate::policy::{DeadlineSource, TimeoutPolicy};
+use crate::label::label;
+use crate::policy::TimeoutPolicy;
 use crate::propagate::Propagation;
 
 mod ejection;

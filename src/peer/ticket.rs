@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::classes::ClassIx;
-use crate::policy::DeadlineSource;
+use crate::explain::DeadlineSource;
 
 /// What an admitted call starts with.
 #[derive(Clone, Copy, Debug)]

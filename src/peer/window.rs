@@ -327,10 +327,7 @@ mod tests {
             w.record(ms(5), t0);
         }
         // Fewer than `min_samples` in the window: only the answers are kept.
-        assert_eq!(
-            w.heap_bytes(),
-            100 * super::super::history::BYTES_PER_ANSWER
-        );
+        assert_eq!(w.heap_bytes(), 100 * crate::policy::BYTES_PER_ANSWER);
         w.record(ms(5), t0);
         let two = w.heap_bytes() - 1_200;
         assert!(
@@ -434,5 +431,36 @@ mod tests {
         };
         assert!(value < ms(6), "{value:?}");
         assert_eq!(history, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_window_written_everywhere_holds_max_window_bytes() {
+        let ms = Duration::from_millis;
+        let policies = [
+            TimeoutPolicy::default(),
+            TimeoutPolicy::default().significant_figures(3),
+            TimeoutPolicy::default()
+                .significant_figures(1)
+                .sub_windows(1),
+            TimeoutPolicy::default()
+                .min(Duration::from_micros(1))
+                .max(crate::MAX_DEADLINE)
+                .cold_start(ms(5)),
+        ];
+        assert_eq!(policies[0].histogram_bytes(), 46_592);
+        assert_eq!(policies[0].max_window_bytes(), 46_592 + 1_200);
+        for policy in policies {
+            let t0 = Instant::now();
+            let mut w = Window::new(&policy, t0);
+            // A busy peer: `min_samples` answers in every sub-window.
+            for i in 0..policy.sub_windows {
+                let at = t0 + policy.sub_window() * i;
+                w.advance(at);
+                for _ in 0..policy.min_samples {
+                    w.record(ms(5), at);
+                }
+            }
+            assert_eq!(w.heap_bytes(), policy.max_window_bytes(), "{policy:?}");
+        }
     }
 }

@@ -9,14 +9,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::explain::{DeadlineExplanation, DeadlineSource, Learned};
 use crate::units::to_units;
 
-mod explain;
 #[cfg(feature = "serde")]
 mod map_only;
-
-pub use self::explain::{DeadlineExplanation, DeadlineSource};
-pub(crate) use self::explain::{Explained, Learned};
 
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -37,6 +34,12 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 pub const MAX_WINDOW_BYTES: usize = 1 << 20;
 /// Largest `long_probe_spacing` a policy accepts.
 pub const MAX_LONG_PROBE_SPACING: u32 = 100;
+
+/// Most answers a latency history keeps, whatever `min_samples` is.
+pub(crate) const MAX_RECENT: usize = 1024;
+
+/// Heap bytes per answer a history keeps: latency and second, plus their scratch copy.
+pub(crate) const BYTES_PER_ANSWER: usize = 3 * std::mem::size_of::<u32>();
 
 /// How each peer's deadline is derived from its latency history.
 ///
@@ -347,7 +350,7 @@ impl TimeoutPolicy {
     /// classes') keeps under this policy, whatever `max_history` is: 12 bytes per answer,
     /// `min(min_samples, 1024)` answers; 1,200 bytes at the default policy, at most 12,288.
     pub fn history_bytes(&self) -> usize {
-        crate::peer::history::capacity(self) * crate::peer::history::BYTES_PER_ANSWER
+        self.history_capacity() * BYTES_PER_ANSWER
     }
 
     /// The most heap bytes one latency history (a peer's, or one of its latency classes')
@@ -430,9 +433,40 @@ impl TimeoutPolicy {
         Duration::try_from_secs_f64(raw.clamp(secs(self.min), secs(self.max))).unwrap_or(self.max)
     }
 
+    /// How many answers a history under this policy keeps: `min_samples`, within
+    /// `[1, MAX_RECENT]`.
+    pub(crate) fn history_capacity(&self) -> usize {
+        usize::try_from(self.min_samples)
+            .unwrap_or(MAX_RECENT)
+            .clamp(1, MAX_RECENT)
+    }
+
+    /// Explains a deadline from `source` under this policy, with what the history said.
+    pub(crate) fn explain(
+        &self,
+        source: DeadlineSource,
+        (samples, quantile_value, history): Learned,
+        per_peer_policy: bool,
+    ) -> DeadlineExplanation {
+        DeadlineExplanation {
+            source,
+            quantile: self.quantile,
+            quantile_value,
+            factor: self.factor,
+            margin: self.margin,
+            min: self.min,
+            max: self.max,
+            samples,
+            history,
+            min_samples: self.min_samples,
+            per_peer_policy,
+            class: None,
+        }
+    }
+
     /// Whether two policies shape the latency window the same way (so it can be kept).
     pub(crate) fn same_window(&self, other: &TimeoutPolicy) -> bool {
-        crate::peer::history::capacity(self) == crate::peer::history::capacity(other)
+        self.history_capacity() == other.history_capacity()
             && self.window == other.window
             && self.sub_windows == other.sub_windows
             && self.significant_figures == other.significant_figures
@@ -481,7 +515,7 @@ impl PolicyError {
 
     /// The same error, saying which peer's policy it was found in (by its bounded label).
     pub(crate) fn for_peer(mut self, peer: &dyn fmt::Debug) -> Self {
-        let peer = crate::peer::key::label(peer);
+        let peer = crate::label::label(peer);
         self.problem = format!("{} (in the policy for peer {peer})", self.problem);
         self
     }
@@ -502,10 +536,8 @@ impl std::error::Error for PolicyError {}
 #[cfg(test)]
 mod tests {
     use hdrhistogram::Histogram;
-    use tokio::time::Instant;
 
     use super::*;
-    use crate::peer::window::Window;
 
     #[test]
     fn histogram_counts_follow_hdrhistogram() {
@@ -524,37 +556,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn a_window_written_everywhere_holds_max_window_bytes() {
-        let ms = Duration::from_millis;
-        let policies = [
-            TimeoutPolicy::default(),
-            TimeoutPolicy::default().significant_figures(3),
-            TimeoutPolicy::default()
-                .significant_figures(1)
-                .sub_windows(1),
-            TimeoutPolicy::default()
-                .min(Duration::from_micros(1))
-                .max(MAX_DEADLINE)
-                .cold_start(ms(5)),
-        ];
-        assert_eq!(policies[0].histogram_bytes(), 46_592);
-        assert_eq!(policies[0].max_window_bytes(), 46_592 + 1_200);
-        for policy in policies {
-            let t0 = Instant::now();
-            let mut w = Window::new(&policy, t0);
-            // A busy peer: `min_samples` answers in every sub-window.
-            for i in 0..policy.sub_windows {
-                let at = t0 + policy.sub_window() * i;
-                w.advance(at);
-                for _ in 0..policy.min_samples {
-                    w.record(ms(5), at);
-                }
-            }
-            assert_eq!(w.heap_bytes(), policy.max_window_bytes(), "{policy:?}");
         }
     }
 
