@@ -1,0 +1,165 @@
+//! Which peer a request goes to, and how a peer is named: userinfo is no part of an HTTP
+//! peer (one peer, and no password in errors, snapshots or traces), and a peer's label is
+//! bounded and escaped whatever its key's `Debug` writes.
+
+use crate::support;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::fmt;
+
+use http::Request;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutLayer, HasPeer, HttpPeer, TimeoutPolicy, MAX_LABEL_BYTES,
+};
+
+use support::ms;
+use support::requests::{fast_or_hang, get, interrupted};
+use support::trace::capture;
+
+#[tokio::test(start_paused = true)]
+async fn userinfo_is_no_part_of_an_http_peer_and_never_shown() {
+    let (out, _guard) = capture();
+
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(TimeoutPolicy::default().cold_start(ms(50)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(fast_or_hang());
+
+    let secret = "http://admin:hunter2@db:5432/fast";
+    svc.clone().oneshot(get(secret)).await.unwrap();
+    svc.clone()
+        .oneshot(get("http://db:5432/fast"))
+        .await
+        .unwrap();
+    let err = interrupted(
+        svc.clone()
+            .oneshot(get("http://root:s3cret@db:5432/"))
+            .await,
+    );
+    let host_header = Request::get("/fast")
+        .header("host", "admin:hunter2@db:5432")
+        .body(())
+        .unwrap();
+    svc.clone().oneshot(host_header).await.unwrap();
+
+    let shown = [
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{:?}", handle.snapshot()),
+        out.text(),
+    ];
+    for text in &shown {
+        for secret in ["hunter2", "s3cret", "admin", "root"] {
+            assert!(!text.contains(secret), "{secret} shown in: {text}");
+        }
+    }
+    // The three URIs are one peer; the Host header names another (no scheme).
+    let peers: Vec<_> = handle.snapshot().into_iter().map(|s| s.peer).collect();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().any(|p| &**p == "http://db:5432"), "{peers:?}");
+    assert!(peers.iter().any(|p| &**p == "db:5432"), "{peers:?}");
+    assert_eq!(err.peer(), "http://db:5432");
+    assert_eq!(
+        handle
+            .peer(&"http://db:5432".parse().unwrap())
+            .unwrap()
+            .completed,
+        2
+    );
+}
+
+#[test]
+fn http_peers_compare_hash_and_print_without_userinfo() {
+    let with: HttpPeer = "http://admin:hunter2@db:5432".parse().unwrap();
+    let without: HttpPeer = "http://db:5432".parse().unwrap();
+    let from_request = get("http://u:p@DB:5432/x?y").peer().unwrap();
+    assert_eq!(with, without);
+    assert_eq!(from_request, without, "hosts compare without case");
+    let set: HashSet<_> = [with.clone(), without.clone(), from_request].into();
+    assert_eq!(set.len(), 1);
+    for shown in [
+        with.to_string(),
+        format!("{with:?}"),
+        with.authority().to_owned(),
+    ] {
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("admin"),
+            "{shown}"
+        );
+    }
+    assert_eq!(with.authority(), "db:5432");
+    assert_ne!(with, "https://db:5432".parse::<HttpPeer>().unwrap());
+    assert_ne!(with, "http://db:5433".parse::<HttpPeer>().unwrap());
+}
+
+/// A key whose `Debug` writes whatever it holds, raw.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Raw(String);
+
+impl fmt::Debug for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The label the layer gives a peer keyed by `key`, as its snapshot and its errors show it.
+async fn label_of<K>(key: K) -> (String, String)
+where
+    K: tower_adaptive_timeout::PeerKey,
+{
+    let k = key.clone();
+    let layer = AdaptiveTimeoutLayer::builder(move |_: &()| k.clone())
+        .policy(TimeoutPolicy::default().cold_start(ms(10)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: ()| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(())
+    }));
+    let err = svc.oneshot(()).await.unwrap_err();
+    let err = err
+        .downcast_ref::<tower_adaptive_timeout::Interrupted>()
+        .unwrap();
+    let snap = handle.peer(&key).unwrap();
+    assert!(
+        std::ptr::eq(snap.peer.as_ptr(), err.peer().as_ptr()),
+        "one label, shared"
+    );
+    (snap.peer.to_string(), err.to_string())
+}
+
+#[tokio::test(start_paused = true)]
+async fn labels_are_bounded_escaped_and_cut_on_a_char_boundary() {
+    // 64 KiB of control bytes: its Debug form alone is 384 KiB.
+    let (label, err) = label_of("\u{1}".repeat(64 << 10)).await;
+    assert!(label.len() <= MAX_LABEL_BYTES, "{} bytes", label.len());
+    assert!(label.ends_with('…'), "{label}");
+    assert!(label.starts_with("\\u{1}\\u{1}"), "{label}");
+    assert!(err.len() < 2 * MAX_LABEL_BYTES + 200, "{err}");
+
+    // A Debug that writes raw control characters and right-to-left overrides: escaped.
+    let (label, _) = label_of(Raw("db\n7\u{1b}[31m\u{202e}x\u{2028}".into())).await;
+    assert_eq!(label, "db\\n7\\u{1b}[31m\\u{202e}x\\u{2028}");
+
+    // Multi-byte characters are never split.
+    let (label, _) = label_of(Raw("é".repeat(1000))).await;
+    assert!(label.len() <= MAX_LABEL_BYTES);
+    assert!(
+        label.trim_end_matches('…').chars().all(|c| c == 'é'),
+        "{label}"
+    );
+
+    // A label that fits is kept whole; a string key loses its quotes only.
+    let fits = "a".repeat(MAX_LABEL_BYTES);
+    assert_eq!(label_of(fits.clone()).await.0, fits);
+    assert_eq!(
+        label_of(String::from("10.0.0.7:9000")).await.0,
+        "10.0.0.7:9000"
+    );
+    assert_eq!(label_of(7u32).await.0, "7");
+}
