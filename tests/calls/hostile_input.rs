@@ -107,12 +107,10 @@ impl Service<Req> for Sim {
 type Svc = AdaptiveTimeout<Sim, u64, fn(&Req) -> u64>;
 
 fn stack(builder_policy: TimeoutPolicy, max_peers: usize) -> (Svc, AdaptiveTimeoutHandle<u64>) {
-    let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.key) as fn(&Req) -> u64)
+    let builder = AdaptiveTimeoutLayer::builder((|r: &Req| r.key) as fn(&Req) -> u64)
         .policy(builder_policy)
-        .max_peers(max_peers)
-        .build()
-        .expect("valid policy");
-    (layer.layer(Sim), layer.handle())
+        .max_peers(max_peers);
+    support::stack(builder, Sim)
 }
 
 #[tokio::test(start_paused = true)]

@@ -15,8 +15,9 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, Chain, Interrupt, Interrupted, Reason, TimeoutPolicy,
 };
 
+use support::interrupted;
 use support::ms;
-use support::requests::{get, interrupted, PeerKeyOf};
+use support::requests::{get, PeerKeyOf};
 
 /// Where the chain reports how many steps it finished and how it was stopped.
 type Report = Arc<std::sync::Mutex<Option<oneshot::Sender<(u32, Interrupted)>>>>;

@@ -14,8 +14,9 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, HasPeer, HttpPeer, TimeoutPolicy, MAX_LABEL_BYTES,
 };
 
+use support::interrupted;
 use support::ms;
-use support::requests::{fast_or_hang, get, interrupted};
+use support::requests::{fast_or_hang, get};
 use support::trace::capture;
 
 #[tokio::test(start_paused = true)]

@@ -18,8 +18,9 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, Deadline, DeadlineSource, Interrupted, Propagation, Reason, TimeoutPolicy,
 };
 
+use support::interrupted;
 use support::ms;
-use support::requests::{get, interrupted, PeerKeyOf};
+use support::requests::{get, PeerKeyOf};
 
 /// An inner service that answers after 1s with the budget headers it received.
 fn header_echo(

@@ -61,9 +61,7 @@ fn stack(
     impl Service<Call, Response = Duration, Error = BoxError, Future: Send> + Clone + Send + 'static,
     AdaptiveTimeoutHandle<&'static str>,
 ) {
-    let layer = b.build().expect("valid policy");
-    let handle = layer.handle();
-    (layer.layer(service_fn(answer)), handle)
+    support::stack(b, service_fn(answer))
 }
 
 /// A policy that recomputes on every sample, so the published deadline is always current.

@@ -14,12 +14,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopback::{EchoServer, LineClient, LineRequest};
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, DeadlineSource, Interrupted, PeerSnapshot, TimeoutPolicy,
 };
 
-use support::line::{by_addr, Svc};
+use support::line::{by_addr, LineSvc as Svc};
 
 /// A call to the server at `addr` that it answers `OK` after `delay_ms`.
 fn ok(addr: SocketAddr, delay_ms: u64) -> LineRequest {
@@ -37,9 +37,7 @@ fn policy() -> TimeoutPolicy {
 }
 
 fn stack() -> (Svc, AdaptiveTimeoutHandle<SocketAddr>) {
-    let layer = by_addr().policy(policy()).build().expect("valid policy");
-    let handle = layer.handle();
-    (layer.layer(LineClient::new()), handle)
+    support::stack(by_addr().policy(policy()), LineClient::new())
 }
 
 /// Outcome counts of a run of calls.

@@ -35,13 +35,10 @@ fn stack(
     impl Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone,
     AdaptiveTimeoutHandle<HttpPeer>,
 ) {
-    let layer = AdaptiveTimeoutLayer::http()
+    let builder = AdaptiveTimeoutLayer::http()
         .policy(policy)
-        .max_classes(max_classes)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    (layer.layer(service_fn(host)), handle)
+        .max_classes(max_classes);
+    support::stack(builder, service_fn(host))
 }
 
 fn get(path: &str) -> Request<()> {

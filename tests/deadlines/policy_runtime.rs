@@ -39,13 +39,11 @@ fn stack(
     impl Service<Call, Response = (), Error = BoxError> + Clone,
     AdaptiveTimeoutHandle<&'static str>,
 ) {
-    let layer = b.build().unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(service_fn(|c: Call| async move {
+    let inner = service_fn(|c: Call| async move {
         tokio::time::sleep(c.delay).await;
         Ok::<_, BoxError>(())
-    }));
-    (svc, handle)
+    });
+    support::stack(b, inner)
 }
 
 /// One call to `peer`, answered after `delay`.

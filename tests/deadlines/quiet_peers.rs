@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower::{service_fn, BoxError, Service, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Reason, TimeoutPolicy,
 };
@@ -26,19 +26,17 @@ fn stack(
     impl Service<Call, Response = (), Error = BoxError> + Clone,
     AdaptiveTimeoutHandle<&'static str>,
 ) {
-    let layer = AdaptiveTimeoutLayer::builder(|c: &Call| c.0)
-        .policy(policy)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(service_fn(|(_, delay): Call| async move {
+    let inner = service_fn(|(_, delay): Call| async move {
         match delay {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
         Ok::<_, BoxError>(())
-    }));
-    (svc, handle)
+    });
+    support::stack(
+        AdaptiveTimeoutLayer::builder(|c: &Call| c.0).policy(policy),
+        inner,
+    )
 }
 
 /// Whether `a` is within 1% (or 1ms, the timer's resolution) of `b`.
@@ -158,7 +156,7 @@ async fn a_quiet_peer_that_goes_silent_is_cut_at_what_it_learned() {
     for _ in 0..2 {
         let started = Instant::now();
         let r = svc.clone().oneshot(("quiet", None)).await;
-        let reason = interrupted(&r).reason();
+        let reason = interrupted(&r).reason().clone();
         assert!(
             matches!(
                 reason,

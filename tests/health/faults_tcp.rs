@@ -25,7 +25,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutHandle, DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy,
 };
 
-use support::line::{by_addr, Svc};
+use support::line::{by_addr, LineSvc as Svc};
 use support::{interrupted, ms};
 
 /// Slack on top of any real-time bound.

@@ -10,7 +10,7 @@ use tower_adaptive_timeout::{AdaptiveTimeout, AdaptiveTimeoutLayer, Builder};
 pub type ByAddr = fn(&LineRequest) -> SocketAddr;
 
 /// The layer over a line client.
-pub type Svc = AdaptiveTimeout<LineClient, SocketAddr, ByAddr>;
+pub type LineSvc = AdaptiveTimeout<LineClient, SocketAddr, ByAddr>;
 
 /// A layer builder keyed by [`LineRequest::addr`].
 pub fn by_addr() -> Builder<SocketAddr, ByAddr> {

@@ -13,6 +13,7 @@ pub mod peers;
 pub mod requests;
 pub mod trace;
 
+use std::borrow::Borrow;
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::time::Duration;
@@ -20,7 +21,8 @@ use std::time::Duration;
 pub use loopback::Rng;
 use tower::{service_fn, BoxError, Layer, Service};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy,
+    AdaptiveTimeout, AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Builder, Interrupted, PeerKey,
+    TimeoutPolicy,
 };
 
 /// `n` milliseconds.
@@ -37,6 +39,16 @@ pub fn lean() -> TimeoutPolicy {
         .significant_figures(1)
 }
 
+/// `builder`'s layer over `inner`, with the layer's handle; panics on an invalid policy.
+pub fn stack<K: PeerKey, F: Clone, C: Clone, S>(
+    builder: Builder<K, F, C>,
+    inner: S,
+) -> (AdaptiveTimeout<S, K, F, C>, AdaptiveTimeoutHandle<K>) {
+    let layer = builder.build().expect("valid policy");
+    let handle = layer.handle();
+    (layer.layer(inner), handle)
+}
+
 /// A layer keyed by `u64`, under [`lean`] with room for `max_peers`, over a service that
 /// answers each key with itself at once: what floods of keys go through.
 pub fn echo_keys(
@@ -45,21 +57,23 @@ pub fn echo_keys(
     impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + 'static,
     AdaptiveTimeoutHandle<u64>,
 ) {
-    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
+    let builder = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
         .policy(lean())
-        .max_peers(max_peers)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(service_fn(|k: u64| async move { Ok::<_, Infallible>(k) }));
-    (svc, handle)
+        .max_peers(max_peers);
+    stack(
+        builder,
+        service_fn(|k: u64| async move { Ok::<_, Infallible>(k) }),
+    )
 }
 
-/// The [`Interrupted`] a call ended with; panics if it ended otherwise.
-pub fn interrupted<T: Debug>(r: &Result<T, BoxError>) -> &Interrupted {
+/// The [`Interrupted`] a call ended with (given its result or a reference to it); panics if
+/// it ended otherwise.
+pub fn interrupted<T: Debug>(r: impl Borrow<Result<T, BoxError>>) -> Interrupted {
     let err = r
+        .borrow()
         .as_ref()
         .expect_err("the call should have been interrupted");
     err.downcast_ref::<Interrupted>()
         .unwrap_or_else(|| panic!("not an Interrupted: {err}"))
+        .clone()
 }

@@ -87,7 +87,7 @@ impl Peers {
 }
 
 /// The layer over the simulated peers.
-pub type Svc = AdaptiveTimeout<
+pub type SimSvc = AdaptiveTimeout<
     // An inner error type without a trait object keeps spawned calls `Send`-provable.
     BoxCloneSyncService<Req, P, Infallible>,
     P,
@@ -100,7 +100,7 @@ pub type Ended = (Result<P, BoxError>, Instant);
 /// The layer over the simulated peers, with its handles.
 pub struct Rig {
     /// The layer over the peers.
-    pub svc: Svc,
+    pub svc: SimSvc,
     /// The layer's handle.
     pub handle: AdaptiveTimeoutHandle<P>,
     /// The layer's interrupt handle.

@@ -3,20 +3,12 @@
 use std::convert::Infallible;
 
 use http::{Request, Response};
-use tower::{service_fn, BoxError, Service};
-use tower_adaptive_timeout::{HasPeer, HttpPeer, Interrupted};
+use tower::{service_fn, Service};
+use tower_adaptive_timeout::{HasPeer, HttpPeer};
 
 /// A `GET` of `uri` without a body.
 pub fn get(uri: &str) -> Request<()> {
     Request::get(uri).body(()).unwrap()
-}
-
-/// The [`Interrupted`] a call ended with; panics if it ended otherwise.
-pub fn interrupted(r: Result<Response<()>, BoxError>) -> Interrupted {
-    let err = r.expect_err("the call should have been interrupted");
-    err.downcast_ref::<Interrupted>()
-        .expect("an Interrupted")
-        .clone()
 }
 
 /// The peer key of an http request, as the layer computes it.
