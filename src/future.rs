@@ -6,6 +6,7 @@
 //! queue, [`crate::timer`]) and the interrupt registration are made only if the inner
 //! future is not ready at its first poll: calls answered at once pay for neither.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -17,6 +18,7 @@ use crate::call::{Call, Ended};
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
 use crate::interrupt::{Fired, Origin};
+use crate::invariant::broken;
 use crate::timer::Deadline;
 
 /// The error of a future polled again after it finished.
@@ -127,6 +129,18 @@ impl<F, M> ResponseFuture<F, M> {
 /// How a call's race ended: its guard and what ended it, or the error of a refused call.
 pub(crate) type Over<T> = Result<(Call, Ended<T>), BoxError>;
 
+impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("ResponseFuture");
+        match &self.state {
+            State::Rejected { error } => out.field("rejected", error),
+            State::Running { race, .. } => out.field("inner", &race.inner),
+            State::Done => out.field("done", &true),
+        };
+        out.field("finish", &self.finish).finish()
+    }
+}
+
 impl<F, M, T, E> ResponseFuture<F, M>
 where
     F: Future<Output = Result<T, E>>,
@@ -157,10 +171,10 @@ where
         Poll::Ready((
             match state.project_replace(State::Done) {
                 StateReplace::Running { call, .. } => Ok((call, ended)),
-                // Not reached: the state was `Running` just above.
-                StateReplace::Rejected { .. } | StateReplace::Done => {
-                    Err(POLLED_AFTER_COMPLETION.into())
-                }
+                StateReplace::Rejected { .. } | StateReplace::Done => broken(
+                    "a call's state was `Running` just above",
+                    Err(POLLED_AFTER_COMPLETION.into()),
+                ),
             },
             this.finish,
         ))

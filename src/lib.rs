@@ -62,6 +62,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
 mod balance;
@@ -83,6 +84,7 @@ mod future;
 mod handle;
 mod idle;
 mod interrupt;
+mod invariant;
 mod label;
 mod layer;
 mod peer;

@@ -45,6 +45,8 @@ use slab::Slab;
 use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
+use crate::invariant::broken;
+
 #[cfg(test)]
 mod tests;
 
@@ -112,7 +114,7 @@ impl Entry {
         let rearm = {
             let mut state = self.queue.lock();
             let Some(slot) = state.slots.get_mut(self.key) else {
-                return true; // Not reached: the slot is the entry's until it drops.
+                return broken("a deadline entry's slot is its own until it drops", true);
             };
             if slot.expired {
                 return true;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::support::interrupted;
 use tokio::sync::oneshot;
 use tokio_test::task::{self, Spawn};
 use tokio_test::{assert_pending, assert_ready};
@@ -18,7 +19,7 @@ use tower::util::ServiceFn;
 use tower::{Layer, Service};
 use tower_adaptive_timeout::{
     AdaptiveTimeout, AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, BoxError, Deadline,
-    InterruptHandle, Interrupted, Reason, ResponseFuture, TimeoutPolicy,
+    InterruptHandle, Reason, ResponseFuture, TimeoutPolicy,
 };
 
 const PEER: &str = "db-7";
@@ -29,7 +30,6 @@ struct Req {
     answer: oneshot::Receiver<()>,
 }
 
-type Answer = Result<(), BoxError>;
 type Inner = ServiceFn<fn(Req) -> oneshot::Receiver<()>>;
 type Svc = AdaptiveTimeout<Inner, &'static str, fn(&Req) -> &'static str>;
 /// A started call, and the sender of its answer.
@@ -85,13 +85,6 @@ fn counts(rig: &Rig) -> [u64; 4] {
         s.manual_interrupts,
         in_flight,
     ]
-}
-
-fn interrupted(result: Answer) -> Interrupted {
-    let err = result.expect_err("the call was cut short");
-    err.downcast::<Interrupted>()
-        .map(|e| *e)
-        .unwrap_or_else(|e| panic!("not an Interrupted: {e}"))
 }
 
 /// What cuts a pending call short.
@@ -218,4 +211,17 @@ fn a_refused_call_needs_no_timer_and_never_reaches_the_inner_service() {
     assert_eq!(reached.load(Relaxed), 0);
     let peer = &handle.snapshot()[0];
     assert_eq!((peer.in_flight, peer.completed), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_future_shows_what_it_waits_on() {
+    let mut rig = rig();
+    let (tx, answer) = oneshot::channel::<()>();
+    let shown = format!("{:?}", rig.svc.call(Req { answer }));
+    assert!(
+        shown.starts_with("ResponseFuture { inner: Receiver"),
+        "{shown}"
+    );
+    assert!(shown.contains("finish: Head"), "{shown}");
+    drop(tx);
 }
