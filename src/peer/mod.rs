@@ -168,19 +168,39 @@ impl CallPeer {
     }
 }
 
+/// What a new peer is made with: its name and metrics, its policy, the table's settings.
+pub(crate) struct PeerSettings {
+    /// Its name in errors, snapshots, traces and metric labels.
+    pub(crate) label: Arc<str>,
+    /// Its series of the `metrics` feature.
+    pub(crate) metrics: PeerMetrics,
+    /// The policy it starts under.
+    pub(crate) policy: Arc<TimeoutPolicy>,
+    /// Whether that policy is a per-peer override.
+    pub(crate) overridden: bool,
+    /// The table's epoch, which its nanosecond clock counts from.
+    pub(crate) epoch: Instant,
+    /// Seeds its probe jitter.
+    pub(crate) jitter_seed: u64,
+    /// Reads its calls' errors.
+    pub(crate) classifier: Classifier,
+    /// Most latency classes it keeps histories for.
+    pub(crate) max_classes: usize,
+}
+
 impl Peer {
-    /// A peer first seen at `now`, under `policy` (and whether that is a per-peer
-    /// override), its probe jitter seeded by `jitter_seed`; its errors read by
-    /// `classifier`, and at most `max_classes` latency classes of its own.
-    pub(crate) fn new(
-        label: Arc<str>,
-        metrics: PeerMetrics,
-        (policy, overridden): (Arc<TimeoutPolicy>, bool),
-        epoch: Instant,
-        now: Instant,
-        jitter_seed: u64,
-        (classifier, max_classes): (Classifier, usize),
-    ) -> Peer {
+    /// A peer first seen at `now`, made with `settings`.
+    pub(crate) fn new(settings: PeerSettings, now: Instant) -> Peer {
+        let PeerSettings {
+            label,
+            metrics,
+            policy,
+            overridden,
+            epoch,
+            jitter_seed,
+            classifier,
+            max_classes,
+        } = settings;
         let lane = Lane::new(&policy, now);
         let peer = Peer {
             metrics,

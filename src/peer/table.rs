@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::{detached, PeerKey};
-use super::{CallPeer, InFlight, NotAdmitted, Peer, PeerRef, Ticket};
+use super::{CallPeer, InFlight, NotAdmitted, Peer, PeerRef, PeerSettings, Ticket};
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
@@ -436,12 +436,19 @@ impl<K: PeerKey> PeerTable<K> {
         let mut inserted = false;
         let stored = Arc::new(detached(key));
         let entry = self.peers.entry(stored.clone()).or_insert_with(|| {
-            let seed = self.jitter.hash_one(key);
             let label = label(key);
-            let metrics = PeerMetrics::new(&label, &self.labels);
-            let policy = policies.for_key(key);
-            let reading = (self.classifier.clone(), self.max_classes);
-            let peer = Peer::new(label, metrics, policy, self.epoch, now, seed, reading);
+            let (policy, overridden) = policies.for_key(key);
+            let settings = PeerSettings {
+                metrics: PeerMetrics::new(&label, &self.labels),
+                label,
+                policy,
+                overridden,
+                epoch: self.epoch,
+                jitter_seed: self.jitter.hash_one(key),
+                classifier: self.classifier.clone(),
+                max_classes: self.max_classes,
+            };
+            let peer = Peer::new(settings, now);
             peer.watch().report_to(self.events.report(stored));
             inserted = true;
             Arc::new(peer)
