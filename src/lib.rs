@@ -1,41 +1,28 @@
-//! Per-peer adaptive deadlines for tower services.
+//! Per-peer adaptive deadlines for tower services, with silent-peer detection and typed
+//! interrupts.
 //!
-//! A call to a peer that has silently gone away (unplugged, partitioned, hung: no FIN, no
-//! RST) stalls until a fixed timeout or TCP gives up, often for minutes, and holds up every
-//! call chain waiting on it. A fixed timeout is either too short (spurious failures in the
-//! slow tail) or too long (the stall). This layer gives each call a deadline derived from
-//! its own peer's recent latency:
+//! Each call gets a deadline learned from its own peer's recent latency. A peer that stops
+//! answering is noticed: every call in flight to it ends at once, and new calls fail fast
+//! while one probe at a time checks whether it is back. Every call the layer cuts short
+//! ends with an [`Interrupted`] that says why.
 //!
-//! ```text
-//! request -> peer key -> peer (table) -> deadline (one atomic read) -> ResponseFuture
-//!         -> response | Interrupted -> latency window -> deadline recomputed off the hot path
-//! ```
+//! The main types:
 //!
-//! * [`KeyFn`] maps a request to its peer (any `Fn(&Req) -> K`; `http::Request` is keyed by
-//!   scheme, host and port).
-//! * Each peer has a time-decaying latency histogram (a ring of hdrhistogram sub-windows).
-//!   What an outcome teaches it is [`classify`]'s call: a response is a sample, an error
-//!   the peer sent (or a 5xx, with [`classify::HttpStatus`]) an answer only, a transport
-//!   failure neither.
-//! * [`TimeoutPolicy`] turns it into a deadline: `clamp(quantile × factor + margin, min,
-//!   max)`, with a cold-start deadline until enough samples exist. It is recomputed when the
-//!   window rotates or every `recompute_every` samples, never per call.
-//! * A call that runs out its deadline ends with [`Interrupted`], which says why, for which
-//!   peer, after how long, and why the deadline had its value. Its latency is recorded as a
-//!   censored sample, so the deadline rises while a peer slows.
-//! * A per-peer state machine ([`PeerState`]) notices a peer that stopped answering: calls
-//!   that ran out their deadline with no answer from it since they started. Once it is
-//!   silent, every call in flight to it ends at once with [`Reason::PeerSilent`], and new
-//!   calls fail fast while one probe at a time checks whether it is back.
-//! * [`InterruptHandle`] fires interrupts by hand; each [`Interrupted`] names who fired it
-//!   and where it was recognized. An [`Interrupt`] token travels in `http::Request`
-//!   extensions so work deeper in the chain stops at its next [`checkpoint`](Interrupt::checkpoint)
-//!   with the same reason ([`Chain`], [`interruptible`]).
-//! * The caller's deadline ([`Deadline`]) can shorten a call's deadline; with
-//!   [`Propagation`] it is read from and the call's deadline written to `grpc-timeout` or a
-//!   milliseconds header ([`propagate`]).
-//! * [`AdaptiveTimeoutHandle`] reads per-peer [`PeerSnapshot`]s and changes policies at
-//!   runtime.
+//! * [`AdaptiveTimeoutLayer`] and its [`Builder`]: the layer, which keys each request to
+//!   its peer with a [`KeyFn`] (or the request's [`HasPeer`]) and follows a
+//!   [`TimeoutPolicy`], checked at `build()`.
+//! * [`Interrupted`], [`Reason`] and [`DeadlineExplanation`]: why a call was cut short.
+//! * [`Deadline`] and [`Propagation`]: the caller's deadline, read from the request and
+//!   passed on to the callee ([`propagate`]).
+//! * [`Interrupt`] and [`Chain`]: cooperative interrupt tokens; [`InterruptHandle`]:
+//!   interrupts by hand.
+//! * [`AdaptiveTimeoutHandle`]: [`PeerSnapshot`]s (each peer's [`PeerState`] among them),
+//!   policies changed at runtime, [`HealthEvent`]s.
+//! * [`classify`]: what an outcome teaches a peer; [`class`]: latency classes and floors.
+//! * `BodyTimeoutLayer` (feature `http`): response bodies watched to their end;
+//!   [`Endpoint`]: the layer per endpoint, under a balancer.
+//!
+//! The repository's README.md is the guide; its ARCHITECTURE.md maps the source.
 //!
 //! # Quick start
 //!
