@@ -40,7 +40,7 @@ type Svc = AdaptiveTimeout<Client, HttpPeer, ByPeer>;
 /// The client under a layer built with `propagation`, and the layer's handle. One latency
 /// history per server (no classes): `/hang` would otherwise be a route of its own, which
 /// starts at the cold start, and these tests cut it at the server's learned deadline
-/// (`tests/latency_classes.rs` covers classes).
+/// (`tests/deadlines/latency_classes.rs` covers classes).
 fn client_with(propagation: Propagation, tokens: bool) -> (Svc, AdaptiveTimeoutHandle<HttpPeer>) {
     let layer = AdaptiveTimeoutLayer::http()
         .max_classes(0)

@@ -1,7 +1,7 @@
 //! Hostile input: floods of distinct peer keys, absurd policy values, and inner services
 //! that panic.
 //!
-//! * (The million-key flood and its memory bound live in `tests/stress_flood.rs`, alone in
+//! * (The million-key flood and its memory bound live in `tests/stress/flood.rs`, alone in
 //!   their process.) Calls that find the table full of busy peers go untracked and get the
 //!   default policy's cold-start deadline.
 //! * Every duration field at `u64::MAX` seconds, NaN and infinite floats, zeroes: `build()`,
