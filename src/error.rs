@@ -25,6 +25,18 @@ use crate::site::Site;
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Most errors a walk down a `source()` chain looks at, the first one included.
+pub(crate) const MAX_SOURCE_DEPTH: usize = 64;
+
+/// `err` and the errors of its `source()` chain, at most [`MAX_SOURCE_DEPTH`] of them: a
+/// chain that leads back into itself, or runs deeper, ends the walk there. Every walk of a
+/// source chain in the crate goes through here.
+pub(crate) fn sources<'a>(
+    err: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source()).take(MAX_SOURCE_DEPTH)
+}
+
 /// Why a call was interrupted.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -215,14 +227,10 @@ impl Interrupted {
         matches!(self.reason, Reason::Manual(_) | Reason::Shutdown)
     }
 
-    /// Finds an `Interrupted` in `err` or anywhere in its `source()` chain.
-    pub fn find<'a>(mut err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {
-        loop {
-            if let Some(found) = err.downcast_ref::<Interrupted>() {
-                return Some(found);
-            }
-            err = err.source()?;
-        }
+    /// Finds an `Interrupted` in `err` or in its `source()` chain, looking at most 64
+    /// errors deep (a chain that loops back into itself ends there, found or not).
+    pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {
+        sources(err).find_map(|e| e.downcast_ref::<Interrupted>())
     }
 }
 
