@@ -34,6 +34,10 @@ pub(crate) enum Ended<T> {
     Answered(T),
     /// The deadline passed first.
     Expired,
+    /// The inner future failed at the deadline the layer propagated (to the precision it
+    /// is written with): the inner stack enforcing it. The deadline won the race, but an
+    /// answer came, so it is no miss.
+    Enforced,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
     Interrupted(Fired, Origin),
 }
@@ -46,6 +50,8 @@ pub(crate) struct Call {
     start: Instant,
     ticket: Ticket,
     token: Option<Interrupt>,
+    /// Whether the layer wrote the call's deadline into its request for the callee.
+    propagated: bool,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
     span: tracing::Span,
 }
@@ -68,8 +74,15 @@ impl Call {
             start,
             ticket,
             token,
+            propagated: false,
             span,
         }
+    }
+
+    /// The layer wrote the call's deadline into its request: an inner error at that
+    /// deadline may be the inner stack enforcing it.
+    pub(crate) fn set_propagated(&mut self) {
+        self.propagated = true;
     }
 
     /// Whom the call is for.
@@ -87,11 +100,16 @@ impl Call {
         self.start + self.ticket.deadline
     }
 
-    /// Whether the call's deadline has passed, to the precision it is propagated with (read
-    /// only on the error path): an inner error this close to the deadline is the inner
-    /// stack enforcing it.
-    pub(crate) fn past_deadline(&self) -> bool {
-        Instant::now() + PROPAGATED_PRECISION >= self.deadline_at()
+    /// Whether the layer propagated the call's deadline and it has passed, to the precision
+    /// it is propagated with (read only on the error path): an inner error this close to
+    /// a deadline the callee was told is most likely the inner stack enforcing it. Without
+    /// propagation an inner error is the inner service's own, whenever it comes.
+    pub(crate) fn past_propagated_deadline(&self) -> bool {
+        self.propagated
+            && self
+                .deadline_at()
+                .checked_duration_since(Instant::now())
+                .is_none_or(|left| left <= PROPAGATED_PRECISION)
     }
 
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
@@ -142,6 +160,7 @@ impl Call {
                 result
             }
             Ended::Expired => Err(self.expired().into()),
+            Ended::Enforced => Err(self.ran_out(true).into()),
             Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
@@ -156,13 +175,20 @@ impl Call {
     /// The deadline passed first. The miss that declares the peer silent ends with the
     /// silence as its reason; any other with the deadline and why it had its value.
     #[track_caller]
-    fn expired(mut self) -> Interrupted {
+    fn expired(self) -> Interrupted {
+        self.ran_out(false)
+    }
+
+    /// The deadline ended the call, `answered` or not (see [`Ended::Enforced`]): only a
+    /// call with no answer can be a miss.
+    #[track_caller]
+    fn ran_out(mut self, answered: bool) -> Interrupted {
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match self.held.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket),
+            Some(p) => p.on_deadline(now, self.start, &self.ticket, answered),
             None => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);
