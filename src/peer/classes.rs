@@ -10,10 +10,12 @@
 //! calls beyond the bound are given.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::key::label;
 use super::lane::Lane;
 use super::published::{pack, unpack};
 use super::{Locked, Peer, Ticket};
@@ -40,7 +42,7 @@ struct Slot {
 
 /// One class's history, behind the peer's lock.
 pub(crate) struct ClassLane {
-    label: Box<str>,
+    label: Arc<str>,
     pub(super) lane: Lane,
     /// Whether the class has had a sample (its deadline is its own).
     sampled: bool,
@@ -100,7 +102,7 @@ impl Peer {
         };
         let lane = Lane::new(&locked.policy, now);
         locked.classes.push(ClassLane {
-            label: class.label(),
+            label: label(&class.name()),
             lane,
             sampled: false,
         });
