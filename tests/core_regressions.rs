@@ -1,0 +1,188 @@
+//! Regressions of the call path's edges, through the public API: inner errors near the
+//! deadline, error chains that loop, class labels from hostile paths, slow peers past 32
+//! bits of microseconds, calls refused after shutdown in the per-peer counters, and a call
+//! moved off a runtime that was dropped.
+
+pub mod support;
+
+use std::error::Error;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutLayer, Interrupted, PeerState, Propagation, Reason, TimeoutPolicy,
+    MAX_LABEL_BYTES,
+};
+
+use support::ms;
+
+/// An error whose `source()` is itself: a chain that never ends. It counts how often its
+/// source is asked for, and panics past a bound, so a walk that does not stop fails
+/// instead of spinning forever.
+#[derive(Debug, Default)]
+struct Looping {
+    asked: AtomicUsize,
+}
+
+/// More `source()` calls than any bounded walk makes.
+const RUNAWAY: usize = 100_000;
+
+impl fmt::Display for Looping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an application error")
+    }
+}
+
+impl Error for Looping {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        let asked = self.asked.fetch_add(1, Ordering::Relaxed);
+        assert!(asked < RUNAWAY, "the source chain was walked {asked} times");
+        Some(self)
+    }
+}
+
+/// The default error classifier walks an inner error's chain: a looping one ends, and the
+/// error passes through as an answer.
+#[tokio::test(start_paused = true)]
+async fn a_looping_error_chain_ends_the_default_classifier() {
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: u64| async {
+        Err::<(), BoxError>(Box::new(Looping::default()))
+    }));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(err.to_string(), "an application error", "passed through");
+    let snapshot = &handle.snapshot()[0];
+    assert_eq!(snapshot.completed, 1, "an answer, not a failure");
+}
+
+/// `Interrupted::find` (and `status::grpc_error`, which uses it) end on a looping chain.
+#[test]
+fn a_looping_error_chain_ends_find() {
+    let looping = Looping::default();
+    assert!(Interrupted::find(&looping).is_none());
+    let asked = looping.asked.load(Ordering::Relaxed);
+    assert!(asked < 100, "find asked for {asked} sources");
+    #[cfg(feature = "tonic")]
+    {
+        let err = tower_adaptive_timeout::status::grpc_error(Box::new(Looping::default()));
+        assert!(
+            err.downcast_ref::<Looping>().is_some(),
+            "returned untouched"
+        );
+    }
+}
+
+/// A `u64`-keyed layer (default policy: 1s cold start) over a service that fails each
+/// call 999.5ms after it starts, half a millisecond before its deadline.
+#[tokio::test(start_paused = true)]
+async fn an_inner_error_just_before_the_deadline_is_the_inner_error_and_no_miss() {
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: u64| async {
+        tokio::time::sleep(Duration::from_micros(999_500)).await;
+        Err::<(), BoxError>("the inner service's own error".into())
+    }));
+    let (a, b) = tokio::join!(svc.clone().oneshot(7), svc.clone().oneshot(7));
+    for r in [a, b] {
+        let err = r.unwrap_err();
+        assert!(err.downcast_ref::<Interrupted>().is_none(), "{err}");
+        assert_eq!(err.to_string(), "the inner service's own error");
+    }
+    let snapshot = &handle.snapshot()[0];
+    assert_eq!(
+        snapshot.state,
+        PeerState::Healthy,
+        "both calls were answered"
+    );
+    assert_eq!((snapshot.completed, snapshot.deadline_exceeded), (2, 0));
+}
+
+/// With `grpc-timeout` propagated, an inner error within the millisecond the header rounds
+/// off is the deadline, enforced below: the caller sees the deadline, and the peer, which
+/// answered, is not declared silent.
+#[tokio::test(start_paused = true)]
+async fn an_error_at_a_propagated_deadline_is_the_deadline_but_no_miss() {
+    let layer = AdaptiveTimeoutLayer::http()
+        .propagation(Propagation::grpc())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|req: Request<()>| async move {
+        assert_eq!(req.headers()["grpc-timeout"], "1000m");
+        tokio::time::sleep(Duration::from_micros(999_500)).await;
+        Err::<Response<()>, BoxError>("deadline exceeded below".into())
+    }));
+    let call = || svc.clone().oneshot(support::requests::get("http://a:1/m"));
+    let (a, b) = tokio::join!(call(), call());
+    for r in [a, b] {
+        let err = support::requests::interrupted(r);
+        assert!(
+            matches!(err.reason(), Reason::DeadlineExceeded { .. }),
+            "{err}"
+        );
+    }
+    let snapshot = &handle.snapshot()[0];
+    assert_eq!(snapshot.state, PeerState::Healthy, "answers are not misses");
+    assert_eq!(snapshot.deadline_exceeded, 2);
+}
+
+/// A 60 kB path with a newline and a right-to-left override: its class label (snapshot,
+/// error message) is bounded and escaped like a peer's.
+#[tokio::test(start_paused = true)]
+async fn a_hostile_path_gives_a_bounded_escaped_class_label() {
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        tokio::time::sleep(ms(10)).await;
+        Ok::<_, BoxError>(Response::new(()))
+    }));
+    let path = format!("/a%0A\u{202e}b\n/{}", "x".repeat(60_000));
+    let mut req = Request::get("http://a:1/").body(()).unwrap();
+    *req.uri_mut() = format!("http://a:1{}", path.replace('\n', "%0A"))
+        .parse()
+        .unwrap();
+    // The URI refuses a raw newline: a named class carries one instead.
+    let named = format!("report\n\u{202e}{}", "y".repeat(60_000));
+    let mut by_name = Request::get("http://a:1/r").body(()).unwrap();
+    by_name
+        .extensions_mut()
+        .insert(tower_adaptive_timeout::LatencyClass::new(named));
+    svc.clone().oneshot(req).await.unwrap();
+    svc.clone().oneshot(by_name).await.unwrap();
+    let classes = &handle.snapshot()[0].classes;
+    assert_eq!(classes.len(), 2);
+    for c in classes {
+        assert!(c.class.len() <= MAX_LABEL_BYTES, "{} bytes", c.class.len());
+        assert!(c.class.ends_with('…'), "cut: {}", &c.class[..40]);
+        assert!(!c.class.contains(['\n', '\u{202e}']), "escaped");
+    }
+    assert!(classes[1].class.starts_with("report\\n\\u{202e}yyy"));
+    // A call of a new class runs out the class's cold start: its error names the class.
+    let mut hang = Request::get("http://a:1/r").body(()).unwrap();
+    let named = format!("slow\n\u{202e}{}", "z".repeat(60_000));
+    hang.extensions_mut()
+        .insert(tower_adaptive_timeout::LatencyClass::new(named));
+    let stuck = AdaptiveTimeoutLayer::http()
+        .build()
+        .unwrap()
+        .layer(service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<()>, BoxError>>()
+        }));
+    let err = support::requests::interrupted(stuck.oneshot(hang).await);
+    let message = err.to_string();
+    assert!(
+        message.contains(", class slow\\n\\u{202e}zzz"),
+        "{message:.200}"
+    );
+    assert!(
+        message.len() < 2 * MAX_LABEL_BYTES + 200,
+        "{} bytes",
+        message.len()
+    );
+    assert!(!message.contains(['\n', '\u{202e}']), "{message:.80}");
+}
