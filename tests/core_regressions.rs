@@ -186,3 +186,52 @@ async fn a_hostile_path_gives_a_bounded_escaped_class_label() {
     );
     assert!(!message.contains(['\n', '\u{202e}']), "{message:.80}");
 }
+
+/// A call started (and waiting) on one runtime, which is then dropped, and polled to its
+/// end on another: it ends at its deadline, not never.
+#[test]
+fn a_call_moved_off_a_dropped_runtime_ends_at_its_deadline() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k).build().unwrap();
+    let svc = layer.layer(service_fn(|_: u64| {
+        std::future::pending::<Result<(), BoxError>>()
+    }));
+    let first = paused();
+    let mut call = first.block_on(async {
+        let mut call = Box::pin(svc.oneshot(1));
+        let polled = futures_poll_once(call.as_mut()).await;
+        assert!(polled.is_pending(), "waiting on its deadline");
+        call
+    });
+    drop(first);
+    let second = paused();
+    let ended = second.block_on(async {
+        let started = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(60), &mut call).await;
+        (ended, started.elapsed())
+    });
+    let (ended, waited) = ended;
+    let r = ended.expect("the call ended before the minute was up");
+    let err = support::interrupted(&r);
+    assert!(
+        matches!(err.reason(), Reason::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    assert!(
+        waited <= Duration::from_secs(1),
+        "ended by its 1s deadline: {waited:?}"
+    );
+}
+
+/// Polls `fut` once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(
+    mut fut: F,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
+}
