@@ -235,3 +235,67 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(
 ) -> std::task::Poll<F::Output> {
     std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
 }
+
+/// Per peer, the counters add up to the calls made, also across `shutdown()`: the calls it
+/// refuses after are counted (snapshot and metrics).
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn calls_refused_after_shutdown_are_counted_per_peer() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tower::Service;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let scrape = recorder.handle();
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k % 10)
+        .build()
+        .unwrap();
+    let (handle, interrupts) = (layer.handle(), layer.interrupt_handle());
+    // Key 1 answers at once; key 11 (the same peer) never.
+    let svc = layer.layer(service_fn(|k: u64| async move {
+        if k > 10 {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, BoxError>(k)
+    }));
+    let call = |k: u64| {
+        let mut svc = svc.clone();
+        metrics::with_local_recorder(&recorder, move || svc.call(k))
+    };
+    call(1).await.unwrap();
+    let held = tokio::spawn(call(11));
+    tokio::task::yield_now().await;
+    interrupts.shutdown();
+    let ended = held.await.unwrap();
+    assert_eq!(support::interrupted(&ended).reason(), &Reason::Shutdown);
+    for k in [1, 11, 21] {
+        let refused = call(k).await;
+        assert!(!support::interrupted(&refused).was_sent());
+    }
+    let made = 5;
+
+    let p = &handle.snapshot()[0];
+    assert_eq!((p.completed, p.manual_interrupts, p.refused), (1, 1, 3));
+    let counted = p.completed
+        + p.deadline_exceeded
+        + p.failures
+        + p.silent_interrupts
+        + p.manual_interrupts
+        + p.fail_fast
+        + p.refused
+        + p.in_flight as u64;
+    assert_eq!(counted, made);
+
+    let page = scrape.render();
+    let value = |series: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in {page}"))
+            .parse()
+            .unwrap()
+    };
+    let calls = value("adaptive_timeout_calls_total{peer=\"1\"}");
+    let fail_fast = value("adaptive_timeout_fail_fast_total{peer=\"1\"}");
+    let refused = value("adaptive_timeout_refused_total{peer=\"1\"}");
+    assert_eq!((calls, fail_fast, refused), (2, 0, 3));
+    assert_eq!(calls + fail_fast + refused, made);
+}
