@@ -22,7 +22,7 @@
 //!   the longer of `cold_start` and the peer's deadline (a class of its own may be slower
 //!   than the peer's usual calls, never assumed faster), then its estimate, then its
 //!   quantile.
-//! * **Memory.** A class holds its last `min_samples` answers (1,200 bytes at the default
+//! * **Memory.** A class holds its last `min_samples` answers (2,000 bytes at the default
 //!   policy) and, once it is busy, a window like a peer's (46,592 bytes at most): a peer
 //!   holds at most `1 + max_classes` of them, each within its policy's
 //!   [`max_window_bytes`](crate::TimeoutPolicy::max_window_bytes).
