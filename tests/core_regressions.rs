@@ -299,3 +299,65 @@ async fn calls_refused_after_shutdown_are_counted_per_peer() {
     assert_eq!((calls, fail_fast, refused), (2, 0, 3));
     assert_eq!(calls + fail_fast + refused, made);
 }
+
+/// A peer that answers in two hours, under a policy whose `max` (24h) allows for it: its
+/// answers are kept as they are (not cut at 71.6 minutes, 2^32 microseconds), and the
+/// deadline learned from them lets the next such call through.
+#[tokio::test(start_paused = true)]
+async fn a_peer_answering_in_two_hours_learns_a_deadline_above_two_hours() {
+    let two_hours = Duration::from_secs(2 * 3600);
+    let policy = TimeoutPolicy::default()
+        .max(Duration::from_secs(24 * 3600))
+        .cold_start(Duration::from_secs(3 * 3600));
+    let layer = AdaptiveTimeoutLayer::builder(|k: &u64| *k)
+        .policy(policy)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(move |k: u64| async move {
+        tokio::time::sleep(two_hours).await;
+        Ok::<_, BoxError>(k)
+    }));
+    let calls = (0..4).map(|_| svc.clone().oneshot(1));
+    for r in futures_join_all(calls).await {
+        r.unwrap();
+    }
+    let p = &handle.snapshot()[0];
+    assert_eq!(p.max, two_hours, "kept as answered");
+    assert!(
+        p.deadline > two_hours,
+        "{:?} ({})",
+        p.deadline,
+        p.explanation
+    );
+    svc.clone().oneshot(1).await.unwrap();
+}
+
+/// Awaits every future of `futures`, all at once.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for slot in pending.iter_mut() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        out.push(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out
+}
