@@ -8,7 +8,6 @@ pub mod support;
 use std::error::Error;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -203,12 +202,10 @@ fn a_call_moved_off_a_dropped_runtime_ends_at_its_deadline() {
         std::future::pending::<Result<(), BoxError>>()
     }));
     let first = paused();
-    let mut call = first.block_on(async {
-        let mut call = Box::pin(svc.oneshot(1));
-        let polled = futures_poll_once(call.as_mut()).await;
-        assert!(polled.is_pending(), "waiting on its deadline");
-        call
-    });
+    // Made (on its first poll) and left waiting on the first runtime.
+    let mut call = Box::pin(svc.oneshot(1));
+    let polled = first.block_on(futures_poll_once(call.as_mut()));
+    assert!(polled.is_pending(), "waiting on its deadline");
     drop(first);
     let second = paused();
     let ended = second.block_on(async {
