@@ -32,12 +32,9 @@ const PROPAGATED_PRECISION: Duration = Duration::from_millis(1);
 pub(crate) enum Ended<T> {
     /// The inner future finished first (with the inner service's answer or error).
     Answered(T),
-    /// The deadline passed first.
+    /// The deadline passed first (or the inner stack enforced the deadline the layer
+    /// propagated to it, see [`Call::past_propagated_deadline`]).
     Expired,
-    /// The inner future failed at the deadline the layer propagated (to the precision it
-    /// is written with): the inner stack enforcing it. The deadline won the race, but an
-    /// answer came, so it is no miss.
-    Enforced,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
     Interrupted(Fired, Origin),
 }
@@ -160,7 +157,6 @@ impl Call {
                 result
             }
             Ended::Expired => Err(self.expired().into()),
-            Ended::Enforced => Err(self.ran_out(true).into()),
             Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
@@ -175,20 +171,13 @@ impl Call {
     /// The deadline passed first. The miss that declares the peer silent ends with the
     /// silence as its reason; any other with the deadline and why it had its value.
     #[track_caller]
-    fn expired(self) -> Interrupted {
-        self.ran_out(false)
-    }
-
-    /// The deadline ended the call, `answered` or not (see [`Ended::Enforced`]): only a
-    /// call with no answer can be a miss.
-    #[track_caller]
-    fn ran_out(mut self, answered: bool) -> Interrupted {
+    fn expired(mut self) -> Interrupted {
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match self.held.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket, answered),
+            Some(p) => p.on_deadline(now, self.start, &self.ticket),
             None => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);

@@ -193,7 +193,7 @@ where
             if result.is_err() && call.past_propagated_deadline() {
                 // An error at the deadline this layer propagated is most likely the inner
                 // stack enforcing it: the deadline won the race.
-                return Poll::Ready(Ended::Enforced);
+                return Poll::Ready(Ended::Expired);
             }
             return Poll::Ready(Ended::Answered(result));
         }

@@ -136,16 +136,12 @@ impl Peer {
     /// A call of `ticket` that started at `started` ran out its deadline. Records a
     /// censored sample at the deadline, counts a miss, and may declare the peer silent,
     /// interrupting every other call in flight. Returns why the deadline had its value,
-    /// and the silence interrupt if this miss declared it. A call `answered` at its
-    /// deadline (an inner error there: the deadline the layer propagated, enforced by the
-    /// inner stack) is no miss: its censored sample is recorded, and a probe ends as if
-    /// its caller had cut it.
+    /// and the silence interrupt if this miss declared it.
     pub(crate) fn on_deadline(
         &self,
         now: Instant,
         started: Instant,
         ticket: &Ticket,
-        answered: bool,
     ) -> (DeadlineExplanation, Option<Fired>) {
         let Ticket {
             deadline,
@@ -161,7 +157,7 @@ impl Peer {
         // sample moves them.
         let explanation = self.explain(&locked, started, ticket);
         let policy = locked.policy.clone();
-        let miss = !answered && locked.health.is_miss(started);
+        let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
             // The caller's own, shorter, deadline says nothing about the peer's latency. A
             // probe cut by it frees the probe slot. Any other call is a miss if the peer
@@ -195,17 +191,6 @@ impl Peer {
                 self.publish(&mut locked, now);
                 self.publish_class(&mut locked, now, class);
             }
-        }
-        if answered {
-            let transition = probe
-                .then(|| {
-                    locked
-                        .health
-                        .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-                })
-                .flatten();
-            self.transition(transition);
-            return (explanation, None);
         }
         (explanation, self.miss(locked, now, started, probe))
     }
@@ -332,7 +317,7 @@ mod tests {
         // so it is slowness, not a miss.
         advance(ticket.deadline).await;
         waiting.end();
-        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket, false);
+        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket);
         assert!(silenced.is_none());
         assert_eq!(peer.state(), PeerState::Healthy);
         let view = peer.view(Instant::now());
