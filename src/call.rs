@@ -32,7 +32,8 @@ const PROPAGATED_PRECISION: Duration = Duration::from_millis(1);
 pub(crate) enum Ended<T> {
     /// The inner future finished first (with the inner service's answer or error).
     Answered(T),
-    /// The deadline passed first.
+    /// The deadline passed first (or the inner stack enforced the deadline the layer
+    /// propagated to it, see [`Call::past_propagated_deadline`]).
     Expired,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
     Interrupted(Fired, Origin),
@@ -46,6 +47,8 @@ pub(crate) struct Call {
     start: Instant,
     ticket: Ticket,
     token: Option<Interrupt>,
+    /// Whether the layer wrote the call's deadline into its request for the callee.
+    propagated: bool,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
     span: tracing::Span,
 }
@@ -68,8 +71,15 @@ impl Call {
             start,
             ticket,
             token,
+            propagated: false,
             span,
         }
+    }
+
+    /// The layer wrote the call's deadline into its request: an inner error at that
+    /// deadline may be the inner stack enforcing it.
+    pub(crate) fn set_propagated(&mut self) {
+        self.propagated = true;
     }
 
     /// Whom the call is for.
@@ -87,11 +97,16 @@ impl Call {
         self.start + self.ticket.deadline
     }
 
-    /// Whether the call's deadline has passed, to the precision it is propagated with (read
-    /// only on the error path): an inner error this close to the deadline is the inner
-    /// stack enforcing it.
-    pub(crate) fn past_deadline(&self) -> bool {
-        Instant::now() + PROPAGATED_PRECISION >= self.deadline_at()
+    /// Whether the layer propagated the call's deadline and it has passed, to the precision
+    /// it is propagated with (read only on the error path): an inner error this close to
+    /// a deadline the callee was told is most likely the inner stack enforcing it. Without
+    /// propagation an inner error is the inner service's own, whenever it comes.
+    pub(crate) fn past_propagated_deadline(&self) -> bool {
+        self.propagated
+            && self
+                .deadline_at()
+                .checked_duration_since(Instant::now())
+                .is_none_or(|left| left <= PROPAGATED_PRECISION)
     }
 
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later

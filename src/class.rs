@@ -12,6 +12,9 @@
 //!   A gRPC call's path is its method (`/pkg.Service/Method`). Other requests: a closure
 //!   ([`Builder::latency_class`](crate::Builder::latency_class)) or
 //!   [`HasPeer::latency_hints`](crate::HasPeer::latency_hints).
+//! * **Its name.** A class is named in snapshots, explanations and errors as a peer is:
+//!   its name (or path template) with control and invisible formatting characters escaped,
+//!   cut with `…` at [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES).
 //! * **How many.** At most [`Builder::max_classes`](crate::Builder::max_classes) per peer
 //!   (8 by default), the first ones seen, for the peer's life in the table; calls of further
 //!   classes share the peer's own history (which every call feeds).
@@ -19,7 +22,7 @@
 //!   the longer of `cold_start` and the peer's deadline (a class of its own may be slower
 //!   than the peer's usual calls, never assumed faster), then its estimate, then its
 //!   quantile.
-//! * **Memory.** A class holds its last `min_samples` answers (1,200 bytes at the default
+//! * **Memory.** A class holds its last `min_samples` answers (2,000 bytes at the default
 //!   policy) and, once it is busy, a window like a peer's (46,592 bytes at most): a peer
 //!   holds at most `1 + max_classes` of them, each within its policy's
 //!   [`max_window_bytes`](crate::TimeoutPolicy::max_window_bytes).
@@ -28,6 +31,7 @@
 //!   it ([`DeadlineSource::Floor`](crate::DeadlineSource::Floor)).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
@@ -129,7 +133,8 @@ pub(crate) fn http_hints<B>(req: &http::Request<B>) -> LatencyHints<'_> {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ClassSnapshot {
-    /// The class: its name, or its path template.
+    /// The class: its name, or its path template, bounded and escaped as a peer's name
+    /// is (see [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES)).
     pub class: String,
     /// Samples the quantiles below are read from.
     pub samples: u64,
@@ -151,7 +156,7 @@ pub struct ClassSnapshot {
 /// The placeholder a variable path segment becomes.
 const PLACEHOLDER: &str = ":id";
 
-impl ClassOf<'_> {
+impl<'a> ClassOf<'a> {
     /// A nonzero id for the class: equal for requests of one class (one template). Costs
     /// a walk over the path, no allocation.
     pub(crate) fn id(&self) -> u64 {
@@ -172,22 +177,35 @@ impl ClassOf<'_> {
         h.finish() | 1
     }
 
-    /// The class's name in snapshots and explanations: the name, or the path template.
-    pub(crate) fn label(&self) -> Box<str> {
-        match self {
-            ClassOf::Named(name) => (*name).into(),
-            ClassOf::Path(path) => {
-                let mut label = String::with_capacity(path.len());
-                for segment in segments(path) {
-                    label.push('/');
-                    label.push_str(segment);
-                }
-                if label.is_empty() {
-                    label.push('/');
-                }
-                label.into()
-            }
+    /// The class's name, for its label: the name as a string key's, or the path
+    /// template. Its label (in snapshots, explanations and errors) follows a peer's rules:
+    /// control and invisible formatting characters escaped, cut with `…` at
+    /// [`MAX_LABEL_BYTES`](crate::MAX_LABEL_BYTES), formatting stopped at the bound so a
+    /// huge path costs no more than a short one.
+    pub(crate) fn name(self) -> ClassName<'a> {
+        ClassName(self)
+    }
+}
+
+/// A class's name: its `Debug` form is what the class is called (see [`ClassOf::name`]).
+pub(crate) struct ClassName<'a>(ClassOf<'a>);
+
+impl fmt::Debug for ClassName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = match self.0 {
+            ClassOf::Named(name) => return fmt::Debug::fmt(name, f),
+            ClassOf::Path(path) => path,
+        };
+        let mut empty = true;
+        for segment in segments(path) {
+            f.write_str("/")?;
+            f.write_str(segment)?;
+            empty = false;
         }
+        if empty {
+            f.write_str("/")?;
+        }
+        Ok(())
     }
 }
 
@@ -221,7 +239,7 @@ mod tests {
 
     #[test]
     fn ids_numbers_uuids_and_hex_share_a_template() {
-        let label = |p| ClassOf::Path(p).label().to_string();
+        let label = |p| format!("{:?}", ClassOf::Path(p).name());
         assert_eq!(label("/users/42/orders"), "/users/:id/orders");
         assert_eq!(
             label("/v1/objects/3f2b8c1e-9a7d-4e21-b0c3-5d6e7f8a9b0c"),
@@ -251,7 +269,10 @@ mod tests {
     #[test]
     fn any_path_is_labelled_without_panicking() {
         for p in ["//", "/\u{1F980}/1", "/a//b", "no-slash", "/%2F/0x1"] {
-            assert!(ClassOf::Path(p).label().starts_with('/'), "{p}");
+            assert!(
+                format!("{:?}", ClassOf::Path(p).name()).starts_with('/'),
+                "{p}"
+            );
             assert_ne!(ClassOf::Path(p).id(), 0);
         }
     }

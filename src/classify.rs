@@ -127,20 +127,20 @@ const TRANSPORT_MESSAGES: [&str; 7] = [
 ];
 
 /// The default classification of an inner error: [`Outcome::Failure`] for a transport
-/// error anywhere in its `source()` chain, else [`Outcome::AnswerOnly`].
+/// error in its `source()` chain (looked at down to 64 errors deep, so a chain that loops
+/// back into itself ends), else [`Outcome::AnswerOnly`].
 pub fn default_classifier(err: &(dyn Error + 'static)) -> Outcome {
-    let mut next = Some(err);
-    while let Some(e) = next {
+    let transport = |e: &(dyn Error + 'static)| {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if TRANSPORT_KINDS.contains(&io.kind()) {
-                return Outcome::Failure;
+                return true;
             }
         }
         let message = e.to_string().to_ascii_lowercase();
-        if TRANSPORT_MESSAGES.iter().any(|m| message.contains(m)) {
-            return Outcome::Failure;
-        }
-        next = e.source();
+        TRANSPORT_MESSAGES.iter().any(|m| message.contains(m))
+    };
+    if crate::error::sources(err).any(transport) {
+        return Outcome::Failure;
     }
     Outcome::AnswerOnly
 }

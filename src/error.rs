@@ -3,7 +3,7 @@
 //! An [`Interrupted`] says why the call was stopped ([`Reason`]), which peer it was for, how
 //! long it had run, who fired the interrupt and where the chain recognized it. The layer's
 //! error type is `BoxError`; find it with `err.downcast_ref::<Interrupted>()`, or with
-//! [`Interrupted::find`] anywhere in a source chain.
+//! [`Interrupted::find`] in a source chain (down to 64 errors deep).
 //!
 //! Whether a call may be tried again: [`Interrupted::was_sent`] is false for a call refused
 //! before it reached the inner service (any request may be retried), and the predicates
@@ -24,6 +24,18 @@ use crate::site::Site;
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Most errors a walk down a `source()` chain looks at, the first one included.
+pub(crate) const MAX_SOURCE_DEPTH: usize = 64;
+
+/// `err` and the errors of its `source()` chain, at most [`MAX_SOURCE_DEPTH`] of them: a
+/// chain that leads back into itself, or runs deeper, ends the walk there. Every walk of a
+/// source chain in the crate goes through here.
+pub(crate) fn sources<'a>(
+    err: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source()).take(MAX_SOURCE_DEPTH)
+}
 
 /// Why a call was interrupted.
 #[derive(Clone, Debug, PartialEq)]
@@ -215,14 +227,10 @@ impl Interrupted {
         matches!(self.reason, Reason::Manual(_) | Reason::Shutdown)
     }
 
-    /// Finds an `Interrupted` in `err` or anywhere in its `source()` chain.
-    pub fn find<'a>(mut err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {
-        loop {
-            if let Some(found) = err.downcast_ref::<Interrupted>() {
-                return Some(found);
-            }
-            err = err.source()?;
-        }
+    /// Finds an `Interrupted` in `err` or in its `source()` chain, looking at most 64
+    /// errors deep (a chain that loops back into itself ends there, found or not).
+    pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {
+        sources(err).find_map(|e| e.downcast_ref::<Interrupted>())
     }
 }
 
@@ -410,5 +418,38 @@ mod tests {
         assert_eq!(Interrupted::find(&*boxed).unwrap().peer(), "p");
         let other: Box<dyn Error + Send + Sync> = "plain".into();
         assert!(Interrupted::find(&*other).is_none());
+    }
+
+    #[test]
+    fn find_looks_down_to_max_source_depth() {
+        /// Links down to an end whose source is an `Interrupted`.
+        #[derive(Debug)]
+        enum Chain {
+            Link(Box<Chain>),
+            End(Interrupted),
+        }
+        impl fmt::Display for Chain {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("link")
+            }
+        }
+        impl Error for Chain {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                match self {
+                    Chain::Link(next) => Some(&**next),
+                    Chain::End(interrupted) => Some(interrupted),
+                }
+            }
+        }
+        let here = Location::caller();
+        let chain = |depth| {
+            let end = Interrupted::new(Reason::Shutdown, &"p".into(), Duration::ZERO, here, here);
+            (0..depth).fold(Chain::End(end), |c, _| Chain::Link(Box::new(c)))
+        };
+        assert_eq!(MAX_SOURCE_DEPTH, 64, "the figure the docs give");
+        // `n` links, the end, then the `Interrupted`: the `n + 2`-th error of the chain.
+        assert!(Interrupted::find(&chain(MAX_SOURCE_DEPTH - 2)).is_some());
+        assert!(Interrupted::find(&chain(MAX_SOURCE_DEPTH - 1)).is_none());
+        assert_eq!(sources(&chain(1_000)).count(), MAX_SOURCE_DEPTH);
     }
 }

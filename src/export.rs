@@ -10,12 +10,13 @@
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
-//! | `adaptive_timeout_calls_total` | counter | `peer` | calls admitted to the peer (fail-fast rejections are not calls) |
+//! | `adaptive_timeout_calls_total` | counter | `peer` | calls admitted to the peer (refusals are not admitted calls) |
 //! | `adaptive_timeout_responses_total` | counter | `peer` | calls the peer answered (a success, or an error or a status it sent) |
 //! | `adaptive_timeout_failures_total` | counter | `peer` | calls that failed to reach the peer ([`Outcome::Failure`]: connection refused or reset, DNS, TLS) |
 //! | `adaptive_timeout_timeouts_total` | counter | `peer` | calls that ran out their deadline |
 //! | `adaptive_timeout_interrupts_total` | counter | `peer`, `reason` | calls in flight ended by an interrupt; `reason` is [`Reason::as_str`]: `peer_silent`, `manual`, `shutdown` (others appear once they happen) |
 //! | `adaptive_timeout_fail_fast_total` | counter | `peer` | calls refused at once because the peer was silent |
+//! | `adaptive_timeout_refused_total` | counter | `peer` | calls refused before the inner service for another reason: after `shutdown()`, or with the caller's deadline spent or its token fired |
 //! | `adaptive_timeout_transitions_total` | counter | `peer`, `to` | health state changes, by the state entered ([`PeerState::as_str`]) |
 //! | `adaptive_timeout_deadline_seconds` | gauge | `peer` | the deadline new calls get, updated each time it is recomputed (none for `_other`, below) |
 //! | `adaptive_timeout_in_flight` | gauge | `peer` | calls in flight |
@@ -28,7 +29,8 @@
 //! [`Outcome::Failure`]: crate::Outcome::Failure
 //!
 //! Each counter counts from when the peer was first tracked, like the counters of
-//! [`PeerSnapshot`](crate::PeerSnapshot). A call ends in exactly one of responses,
+//! [`PeerSnapshot`](crate::PeerSnapshot). Every call to a tracked peer is in exactly one
+//! of `calls`, `fail_fast` and `refused`. An admitted call ends in exactly one of responses,
 //! failures, timeouts or interrupts, or is dropped by its caller, which none of them
 //! counts. A timeout that declares the peer silent is a timeout; the other calls it ends
 //! are `peer_silent` interrupts.
@@ -55,10 +57,10 @@
 //!
 //! # Cardinality
 //!
-//! A peer with series of its own has 16 from the start: 5 plain counters, 3 interrupt
+//! A peer with series of its own has 17 from the start: 6 plain counters, 3 interrupt
 //! reasons, 4 transition states, 3 gauges and the histogram. An interrupt reason that
 //! reaches a call only through its token adds one when it first happens, up to one per
-//! [`Reason`] (5 today), so at most 18.
+//! [`Reason`] (5 today), so at most 19.
 //!
 //! The `metrics` facade cannot remove a series, so what bounds them is the set of `peer`
 //! labels: a layer gives series of their own to at most `max_peers` distinct peers over its
@@ -66,11 +68,11 @@
 //! peer first tracked once that bound is reached reports under `peer="_other"`, whose
 //! counters, `in_flight` and latency are summed over all such peers, and which has no
 //! deadline or state gauge (one value cannot stand for many peers). However many distinct
-//! keys a layer sees, it creates at most `18 × (max_peers + 1) + 1` series, the 1 being
+//! keys a layer sees, it creates at most `19 × (max_peers + 1) + 1` series, the 1 being
 //! `adaptive_timeout_untracked_calls_total` (calls the layer could not key or track:
 //! no peer named, or the table full; without a peer label). With the Prometheus exporter's default summary, that is at most
-//! `26 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give about
-//! 2,400.
+//! `27 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give about
+//! 2,500.
 //! Snapshots ([`handle.snapshot()`](crate::AdaptiveTimeoutHandle::snapshot)) name every
 //! tracked peer, including those under `_other`.
 //!
@@ -129,6 +131,8 @@ mod off {
         pub(crate) fn admitted(&self) {}
 
         pub(crate) fn rejected(&self) {}
+
+        pub(crate) fn refused(&self) {}
 
         pub(crate) fn ended(&self) {}
 

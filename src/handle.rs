@@ -175,7 +175,10 @@ impl<K: PeerKey> InterruptHandle<K> {
 
     /// Ends every call in flight with [`Reason::Shutdown`], and refuses every call after it
     /// the same way, at once, without reaching the inner service: a layer shut down stays
-    /// shut down (every service and handle made from it).
+    /// shut down (every service and handle made from it). A tracked peer counts the calls
+    /// it ended in [`PeerSnapshot::manual_interrupts`](crate::PeerSnapshot) and those it
+    /// refused after in [`PeerSnapshot::refused`](crate::PeerSnapshot) (with the `metrics`
+    /// feature, `interrupts_total{reason="shutdown"}` and `refused_total`).
     #[track_caller]
     pub fn shutdown(&self) {
         let fired = Fired {

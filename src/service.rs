@@ -104,10 +104,11 @@ where
             Admission::Admitted(held, ticket) => {
                 // The guard first: a panic from here on (writing the deadline, in the inner
                 // service's `call`) ends the call as abandoned.
-                let call = Call::new(held, start, ticket, token);
+                let mut call = Call::new(held, start, ticket, token);
                 if propagation.is_on() {
                     self.key_fn
                         .write_deadline(&mut req, ticket.deadline, propagation);
+                    call.set_propagated();
                 }
                 ResponseFuture::running(self.inner.call(req), call, head)
             }

@@ -53,12 +53,19 @@ pub struct PeerSnapshot {
     pub consecutive_failures: u64,
     /// Calls in flight ended because the peer went silent, ever.
     pub silent_interrupts: u64,
-    /// Calls ended from outside the layer, ever: by hand (through the
+    /// Calls in flight ended from outside the layer, ever: by hand (through the
     /// [`InterruptHandle`](crate::InterruptHandle) or the caller's token, whatever reason
-    /// that carries) or by shutdown.
+    /// that carries) or by shutdown. Calls refused after shutdown are in `refused`.
     pub manual_interrupts: u64,
     /// Calls refused at once because the peer was silent, ever.
     pub fail_fast: u64,
+    /// Calls refused before they reached the inner service for any other reason, ever:
+    /// after [`shutdown`](crate::InterruptHandle::shutdown), or because the caller's
+    /// deadline was already spent or its token had fired. Every call made to the peer is
+    /// counted once: in flight, or in `completed`, `deadline_exceeded`, `failures`,
+    /// `silent_interrupts`, `manual_interrupts`, `fail_fast` or here (a call its caller
+    /// drops is in none of them).
+    pub refused: u64,
     /// How long since the peer last answered anything (failures are not answers).
     pub last_response_age: Duration,
     /// When a silent peer's next probe may go, from now (zero if due or not silent).
@@ -102,6 +109,7 @@ impl PeerSnapshot {
             silent_interrupts: peer.counters.silent_interrupts.load(Relaxed),
             manual_interrupts: peer.counters.manual_interrupts.load(Relaxed),
             fail_fast: peer.counters.fail_fast.load(Relaxed),
+            refused: peer.counters.refused.load(Relaxed),
             last_response_age: now.saturating_duration_since(view.last_response),
             next_probe_in: match view.state {
                 PeerState::Silent => view.next_probe_at.saturating_duration_since(now),

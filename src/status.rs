@@ -55,7 +55,7 @@ impl From<Interrupted> for tonic::Status {
 }
 
 /// For `map_err` over the layer under a tonic client: an error with an [`Interrupted`] in
-/// its source chain becomes the `tonic::Status` for it (which tonic hands the caller as
+/// its source chain (see [`Interrupted::find`]) becomes the `tonic::Status` for it (which tonic hands the caller as
 /// it is); any other error is returned untouched.
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
@@ -78,7 +78,7 @@ pub fn http_status(interrupted: &Interrupted) -> http::StatusCode {
 }
 
 /// For a proxy, after tower-http's `Timeout::with_status_code`: an error with an
-/// [`Interrupted`] in its source chain becomes a response with [`http_status`] and an
+/// [`Interrupted`] in its source chain (see [`Interrupted::find`]) becomes a response with [`http_status`] and an
 /// empty body; any other error is returned untouched. Use it with
 /// `ServiceBuilder::map_result(|r| r.or_else(status::http_response))`.
 #[cfg(feature = "http")]

@@ -30,9 +30,12 @@
 //! auto-advance, `tokio::time::advance`) keeps working. A thread's queue belongs to one
 //! runtime (by [`Id`]): a thread that enters another runtime (or a new one, after its
 //! previous runtime was dropped) gets a new queue at its next registration, and the old
-//! one goes away with its last call. With no runtime on the thread, a call falls back to a
-//! `Sleep` of its own. Response bodies keep a `Sleep` of their own too: they re-arm it per
-//! frame.
+//! one goes away with its last call. A runtime that is dropped fires its timers and drops
+//! the re-arming task unrun: that marks its queues orphaned and wakes their calls, so a
+//! call moved to another runtime (polled there) joins that runtime's queue for the same
+//! deadline instead of waiting on a timer that will never fire. With no runtime on the
+//! thread, a call falls back to a `Sleep` of its own. Response bodies keep a `Sleep` of
+//! their own too: they re-arm it per frame.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -87,8 +90,16 @@ impl Deadline {
                     polled
                 }
             },
-            Deadline::Queued(entry) if entry.expired(cx.waker()) => Poll::Ready(()),
-            Deadline::Queued(_) => Poll::Pending,
+            Deadline::Queued(entry) => match entry.poll(cx.waker()) {
+                Waiting::Expired => Poll::Ready(()),
+                Waiting::Pending => Poll::Pending,
+                Waiting::Orphaned => {
+                    // Its queue's runtime is gone: join the queue of the runtime polling
+                    // the call now (or take a timer of its own), for the same instant.
+                    *self = Deadline::Unarmed;
+                    self.poll_at(at, cx)
+                }
+            },
             Deadline::Own(sleep) => sleep.as_mut().poll(cx),
         }
     }
@@ -107,17 +118,33 @@ pub(crate) struct Entry {
     key: usize,
 }
 
+/// Where a queued deadline stands.
+enum Waiting {
+    /// It has passed (as the queue's timer saw it).
+    Expired,
+    /// It has not; the task is woken when it does.
+    Pending,
+    /// Its queue's runtime is gone: no timer of the queue will fire again.
+    Orphaned,
+}
+
 impl Entry {
     /// Whether the deadline has passed (as the queue's timer saw it); if not, `waker` is the
     /// one woken when it does. Re-arms the timer if it is not armed.
-    fn expired(&self, waker: &Waker) -> bool {
+    fn poll(&self, waker: &Waker) -> Waiting {
         let rearm = {
             let mut state = self.queue.lock();
+            if state.orphaned {
+                return Waiting::Orphaned;
+            }
             let Some(slot) = state.slots.get_mut(self.key) else {
-                return broken("a deadline entry's slot is its own until it drops", true);
+                return broken(
+                    "a deadline entry's slot is its own until it drops",
+                    Waiting::Expired,
+                );
             };
             if slot.expired {
-                return true;
+                return Waiting::Expired;
             }
             match &mut slot.waker {
                 Some(w) if w.will_wake(waker) => {}
@@ -129,7 +156,7 @@ impl Entry {
         if rearm && Handle::try_current().is_ok_and(|h| h.id() == self.queue.runtime) {
             self.queue.arm();
         }
-        false
+        Waiting::Pending
     }
 }
 
@@ -222,6 +249,9 @@ struct State {
     next_generation: u64,
     /// The instant the timer is armed for; `None` once it fired (or before it was armed).
     armed: Option<Instant>,
+    /// Set when the runtime dropped the task that was to re-arm the timer unrun: the
+    /// runtime is gone, and its calls must wait elsewhere.
+    orphaned: bool,
 }
 
 /// A call in the queue.
@@ -251,6 +281,7 @@ impl Queue {
                 heap: BinaryHeap::new(),
                 next_generation: 0,
                 armed: None,
+                orphaned: false,
             }),
             timer: Mutex::new(timer),
             fire: Waker::from(Arc::new(Fire(queue.clone()))),
@@ -349,10 +380,36 @@ impl Wake for Fire {
             !state.heap.is_empty()
         };
         if left {
-            // A runtime shutting down drops the task unrun; its calls are dropped too.
+            // A runtime shutting down (which fires every timer) drops the task unrun: the
+            // calls still in the queue are told, so that one moved to another runtime
+            // waits there instead of forever.
             let handle = queue.handle.clone();
-            drop(handle.spawn(async move { queue.arm() }));
+            let mut rearm = Rearm(Some(queue));
+            drop(handle.spawn(async move {
+                if let Some(queue) = rearm.0.take() {
+                    queue.arm();
+                }
+            }));
         }
+    }
+}
+
+/// The queue a re-arming task is to arm: dropped unrun (its runtime is gone), it marks the
+/// queue orphaned and wakes every call in it.
+struct Rearm(Option<Arc<Queue>>);
+
+impl Drop for Rearm {
+    fn drop(&mut self) {
+        let Some(queue) = self.0.take() else {
+            return;
+        };
+        let wakers: Vec<Waker> = {
+            let mut state = queue.lock();
+            state.orphaned = true;
+            let slots = state.slots.iter_mut();
+            slots.filter_map(|(_, slot)| slot.waker.take()).collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 

@@ -19,6 +19,7 @@ const FAILURES: &str = "adaptive_timeout_failures_total";
 const TIMEOUTS: &str = "adaptive_timeout_timeouts_total";
 const INTERRUPTS: &str = "adaptive_timeout_interrupts_total";
 const FAIL_FAST: &str = "adaptive_timeout_fail_fast_total";
+const REFUSED: &str = "adaptive_timeout_refused_total";
 const TRANSITIONS: &str = "adaptive_timeout_transitions_total";
 const DEADLINE: &str = "adaptive_timeout_deadline_seconds";
 const IN_FLIGHT: &str = "adaptive_timeout_in_flight";
@@ -47,6 +48,10 @@ pub fn describe_metrics() {
     describe_counter!(
         FAIL_FAST,
         "Calls refused at once because the peer was silent."
+    );
+    describe_counter!(
+        REFUSED,
+        "Calls refused before the inner service: shutdown, or the caller's budget spent."
     );
     describe_counter!(TRANSITIONS, "Health state changes, by the state entered.");
     describe_gauge!(
@@ -110,6 +115,7 @@ pub(crate) struct PeerMetrics {
     failures: Counter,
     timeouts: Counter,
     fail_fast: Counter,
+    refused: Counter,
     /// By [`REASONS`].
     interrupts: [Counter; REASONS.len()],
     /// By [`PeerState::ALL`].
@@ -146,6 +152,7 @@ impl PeerMetrics {
             failures: counter!(FAILURES, "peer" => p()),
             timeouts: counter!(TIMEOUTS, "peer" => p()),
             fail_fast: counter!(FAIL_FAST, "peer" => p()),
+            refused: counter!(REFUSED, "peer" => p()),
             interrupts: REASONS.map(|r| counter!(INTERRUPTS, "peer" => p(), "reason" => r)),
             transitions: PeerState::ALL
                 .map(|s| counter!(TRANSITIONS, "peer" => p(), "to" => s.as_str())),
@@ -163,9 +170,15 @@ impl PeerMetrics {
         self.in_flight.increment(1.0);
     }
 
-    /// A call was refused at once.
+    /// A call was refused at once because the peer was silent.
     pub(crate) fn rejected(&self) {
         self.fail_fast.increment(1);
+    }
+
+    /// A call was refused before the inner service for another reason (shutdown, the
+    /// caller's budget spent).
+    pub(crate) fn refused(&self) {
+        self.refused.increment(1);
     }
 
     /// An admitted call ended, however.

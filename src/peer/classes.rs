@@ -10,6 +10,7 @@
 //! calls beyond the bound are given.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,6 +20,7 @@ use super::published::{pack, unpack};
 use super::{Locked, Peer, Ticket};
 use crate::class::{ClassOf, ClassSnapshot};
 use crate::explain::{DeadlineExplanation, DeadlineSource};
+use crate::label::label;
 
 /// A class's place among its peer's slots.
 pub(crate) type ClassIx = u8;
@@ -40,7 +42,7 @@ struct Slot {
 
 /// One class's history, behind the peer's lock.
 pub(crate) struct ClassLane {
-    label: Box<str>,
+    label: Arc<str>,
     pub(super) lane: Lane,
     /// Whether the class has had a sample (its deadline is its own).
     sampled: bool,
@@ -100,7 +102,7 @@ impl Peer {
         };
         let lane = Lane::new(&locked.policy, now);
         locked.classes.push(ClassLane {
-            label: class.label(),
+            label: label(&class.name()),
             lane,
             sampled: false,
         });

@@ -52,19 +52,19 @@ pub(crate) struct Estimate {
 /// An upper estimate of the `q` quantile of the distribution `samples` (at least two,
 /// in any unit, reordered in place) were drawn from; `None` for fewer than two. A `q`
 /// below the median is estimated as the median.
-pub(crate) fn upper_quantile(samples: &mut [u32], q: f64) -> Option<Estimate> {
+pub(crate) fn upper_quantile(samples: &mut [u64], q: f64) -> Option<Estimate> {
     let n = samples.len();
     if n < 2 {
         return None;
     }
     let q = q.clamp(0.5, MAX_Q);
-    let logs = samples.iter().map(|&v| f64::from(v.max(1)).ln());
+    let logs = samples.iter().map(|&v| (v.max(1) as f64).ln());
     let mean = logs.clone().sum::<f64>() / n as f64;
     let var = logs.map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let spread = var.sqrt().max(MIN_LOG_SPREAD);
     let nf = n as f64;
     let lognormal = (mean + t_quantile(q, nf - 1.0) * spread * (1.0 + 1.0 / nf).sqrt()).exp();
-    let slowest = f64::from(samples.iter().copied().max().unwrap_or(0));
+    let slowest = samples.iter().copied().max().unwrap_or(0) as f64;
     let (bound, plain) = pareto_tail(samples, q);
     let upper = lognormal.max(bound).max(slowest);
     Some(Estimate {
@@ -76,14 +76,14 @@ pub(crate) fn upper_quantile(samples: &mut [u32], q: f64) -> Option<Estimate> {
 /// The Pareto prediction bound on the `q` quantile from the largest half of `samples` (at
 /// least two) over the `k`-th largest, and Weissman's plug-in estimate (zero with fewer
 /// than [`MIN_TAIL_ANSWERS`] above it).
-fn pareto_tail(samples: &mut [u32], q: f64) -> (f64, f64) {
+fn pareto_tail(samples: &mut [u64], q: f64) -> (f64, f64) {
     let n = samples.len();
     let k = (n / 2).max(2);
     samples.sort_unstable_by(|a, b| b.cmp(a));
-    let pivot = f64::from(samples[k - 1].max(1));
+    let pivot = samples[k - 1].max(1) as f64;
     let excess: f64 = samples[..k - 1]
         .iter()
-        .map(|&v| (f64::from(v.max(1)) / pivot).ln())
+        .map(|&v| (v.max(1) as f64 / pivot).ln())
         .sum();
     let m = (k - 1) as f64;
     // The next answer passes the pivot with chance k / n; the quantile's share of those.
@@ -262,8 +262,8 @@ mod tests {
         };
         let (mut bound, mut plain, histories) = (0.0, 0.0, 4_000);
         for _ in 0..histories {
-            let mut s: Vec<u32> = (0..10)
-                .map(|_| (10_000.0 * uniform().powf(-1.0 / 1.5)).min(4e9) as u32)
+            let mut s: Vec<u64> = (0..10)
+                .map(|_| (10_000.0 * uniform().powf(-1.0 / 1.5)).min(4e9) as u64)
                 .collect();
             let e = upper_quantile(&mut s, 0.999).unwrap();
             let past = |q: f64| (10_000.0 / (2.0 * q + 5_000.0)).min(1.0).powf(1.5);
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn any_input_gives_a_positive_estimate() {
-        for samples in [vec![0, 0], vec![u32::MAX, 0], vec![1, u32::MAX, 7]] {
+        for samples in [vec![0, 0], vec![u64::MAX, 0], vec![1, u64::MAX, 7]] {
             for q in [0.01, 0.5, 0.999, 1.0] {
                 let e = upper_quantile(&mut samples.clone(), q).unwrap();
                 // Possibly infinite, never NaN.

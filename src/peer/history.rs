@@ -4,21 +4,48 @@
 //!
 //! A busy peer's window fills within `window` and this ring goes unread. A quiet one keeps
 //! its last `min_samples` answers for up to `max_history`, so ten calls a minute reach the
-//! quantile after ten minutes instead of never. It costs 12 bytes per kept answer (the
-//! latency, its second, and a scratch copy to sort), allocated at the first answer: 1,200
-//! bytes at the default `min_samples`, at most [`MAX_RECENT`](crate::policy::MAX_RECENT) x 12 = 12,288 bytes.
+//! quantile after ten minutes instead of never. It costs 20 bytes per kept answer (the
+//! latency in 64 bits, so any `max` a policy allows fits; its second; and a scratch copy of
+//! the latency to sort), allocated at the first answer: 2,000 bytes at the default
+//! `min_samples`, at most [`MAX_RECENT`](crate::policy::MAX_RECENT) x 20 = 20,480 bytes.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::policy::TimeoutPolicy;
+use crate::policy::{TimeoutPolicy, BYTES_PER_ANSWER};
+
+// The policy states a history's memory: it must count what a kept answer takes.
+const _: () = assert!(std::mem::size_of::<Kept>() + std::mem::size_of::<u64>() == BYTES_PER_ANSWER);
+
+/// One kept answer: its latency in the window's units, in two 32-bit halves (so that a
+/// slot takes 12 bytes, not the 16 a `u64` field would align it to), and the second it
+/// came in, counted from the history's epoch.
+#[derive(Clone, Copy)]
+struct Kept {
+    low: u32,
+    high: u32,
+    second: u32,
+}
+
+impl Kept {
+    fn new(units: u64, second: u32) -> Kept {
+        Kept {
+            low: units as u32,
+            high: (units >> 32) as u32,
+            second,
+        }
+    }
+
+    fn units(self) -> u64 {
+        u64::from(self.high) << 32 | u64::from(self.low)
+    }
+}
 
 /// A ring of the last answers.
 pub(crate) struct Recent {
-    /// (latency in the window's units, saturated; seconds since `epoch`), oldest at `next`
-    /// once full.
-    slots: Vec<(u32, u32)>,
+    /// The answers, oldest at `next` once full.
+    slots: Vec<Kept>,
     next: usize,
     cap: usize,
     epoch: Instant,
@@ -26,7 +53,7 @@ pub(crate) struct Recent {
     /// answers within it reckon no second of their own.
     last: (Instant, Instant, u32),
     /// Where the answers in reach are copied to be read (sorted, selected) in place.
-    scratch: Vec<u32>,
+    scratch: Vec<u64>,
 }
 
 impl Recent {
@@ -55,7 +82,7 @@ impl Recent {
             let from = self.epoch + Duration::from_secs(u64::from(second));
             self.last = (from, from + Duration::from_secs(1), second);
         }
-        let slot = (u32::try_from(units).unwrap_or(u32::MAX), self.last.2);
+        let slot = Kept::new(units, self.last.2);
         if self.slots.len() < self.cap {
             self.slots.push(slot);
         } else {
@@ -71,18 +98,18 @@ impl Recent {
     /// the time window's histograms.
     pub(crate) fn full_within(&self, span: Duration, now: Instant) -> bool {
         self.slots.len() == self.cap
-            && self.age(self.slots[self.next].1, now) <= span.as_secs().saturating_add(1)
+            && self.age(self.slots[self.next].second, now) <= span.as_secs().saturating_add(1)
     }
 
     /// The answers from the last `reach` (a scratch copy, free to reorder) and how far
     /// back the oldest of them goes.
-    pub(crate) fn within(&mut self, reach: Duration, now: Instant) -> (&mut [u32], Duration) {
+    pub(crate) fn within(&mut self, reach: Duration, now: Instant) -> (&mut [u64], Duration) {
         self.scratch.clear();
         let mut oldest = 0;
-        for &(units, second) in &self.slots {
-            let age = self.age(second, now);
+        for &kept in &self.slots {
+            let age = self.age(kept.second, now);
             if age <= reach.as_secs() {
-                self.scratch.push(units);
+                self.scratch.push(kept.units());
                 oldest = oldest.max(age);
             }
         }
@@ -96,18 +123,18 @@ impl Recent {
 
     /// The `i`-th answer kept (in no particular order), in the window's units.
     pub(crate) fn get(&self, i: usize) -> u64 {
-        u64::from(self.slots[i].0)
+        self.slots[i].units()
     }
 
     /// The slowest answer kept, in the window's units.
     pub(crate) fn slowest(&self) -> u64 {
-        self.slots.iter().map(|s| u64::from(s.0)).max().unwrap_or(0)
+        self.slots.iter().map(|s| s.units()).max().unwrap_or(0)
     }
 
     /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<(u32, u32)>()
-            + self.scratch.capacity() * std::mem::size_of::<u32>()
+        self.slots.capacity() * std::mem::size_of::<Kept>()
+            + self.scratch.capacity() * std::mem::size_of::<u64>()
     }
 
     fn second(&self, now: Instant) -> u32 {
@@ -124,7 +151,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{BYTES_PER_ANSWER, MAX_RECENT};
+    use crate::policy::MAX_RECENT;
 
     #[test]
     fn keeps_the_last_answers_within_reach() {
@@ -149,8 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn latencies_past_32_bits_are_kept_as_they_are() {
+        let t0 = Instant::now();
+        let mut r = Recent::new(&TimeoutPolicy::default(), t0);
+        let day = 86_400_000_000; // 24 h in microseconds, past `u32::MAX`.
+        r.push(day, t0);
+        r.push(u64::MAX, t0);
+        assert_eq!((r.get(0), r.slowest()), (day, u64::MAX));
+        let (live, _) = r.within(Duration::from_secs(1), t0);
+        assert_eq!(live, [day, u64::MAX]);
+    }
+
+    #[test]
     fn capacity_follows_min_samples_within_bounds() {
-        assert_eq!(TimeoutPolicy::default().history_bytes(), 1_200);
+        assert_eq!(TimeoutPolicy::default().history_bytes(), 2_000);
         let cap = |n| TimeoutPolicy::default().min_samples(n).history_capacity();
         assert_eq!(cap(100), 100);
         assert_eq!(cap(1), 1);

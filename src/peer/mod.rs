@@ -95,6 +95,9 @@ pub(crate) struct Counters {
     pub(crate) manual_interrupts: AtomicU64,
     /// Calls refused at once because the peer was silent.
     pub(crate) fail_fast: AtomicU64,
+    /// Calls refused before the inner service for any other reason: the layer was shut
+    /// down, or the caller's deadline was spent or its token had fired.
+    pub(crate) refused: AtomicU64,
 }
 
 /// The part of a peer behind its lock: what a completion, a rotation or a policy change
@@ -351,6 +354,13 @@ impl Peer {
             started: now_ns,
         };
         Ok((held, ticket.floored(hints.floor, peer.published.max())))
+    }
+
+    /// Counts a call to the peer refused before it reached the inner service, the peer's
+    /// silence aside (see [`Counters::refused`]).
+    pub(crate) fn refused(&self) {
+        self.counters.refused.fetch_add(1, Relaxed);
+        self.metrics.refused();
     }
 
     /// Lets the peer go if it has no call in flight: from then on every admission is

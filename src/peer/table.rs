@@ -262,8 +262,9 @@ impl<K: PeerKey> PeerTable<K> {
         let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
         if let Some(fired) = self.refusal(caller_deadline, here) {
             // Any call to the peer is use, also one refused (an admitted one is noted as
-            // it is admitted).
+            // it is admitted); and it is counted, so the peer's counts add up to its calls.
             peer.touch(peer.nanos(now));
+            peer.refused();
             return refused(fired);
         }
         match Peer::admit(peer, now, generation, hints) {

@@ -27,7 +27,7 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 /// Most heap bytes one latency history (histograms and last answers) may hold: a policy
 /// whose [`max_window_bytes`](TimeoutPolicy::max_window_bytes) is larger is refused.
 ///
-/// 1 MiB is 22 times the default policy's 47,792 bytes: room for 3 significant figures at
+/// 1 MiB is 21 times the default policy's 48,592 bytes: room for 3 significant figures at
 /// the default shape (286,720 bytes) or 64 sub-windows at 2 (432,640), while the largest
 /// shape the other limits allow (7.45 MB: 64 sub-windows of 3 significant figures from 1us
 /// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
@@ -39,8 +39,9 @@ pub const MAX_LONG_PROBE_SPACING: u32 = 100;
 /// Most answers a latency history keeps, whatever `min_samples` is.
 pub(crate) const MAX_RECENT: usize = 1024;
 
-/// Heap bytes per answer a history keeps: latency and second, plus their scratch copy.
-pub(crate) const BYTES_PER_ANSWER: usize = 3 * std::mem::size_of::<u32>();
+/// Heap bytes per answer a history keeps: its latency in 64 bits and its second (12 bytes,
+/// packed), plus a scratch copy of the latency to sort (8).
+pub(crate) const BYTES_PER_ANSWER: usize = 20;
 
 /// How each peer's deadline is derived from its latency history.
 ///
@@ -99,8 +100,8 @@ pub struct TimeoutPolicy {
     /// How far back a quiet peer's history reaches: while its window holds fewer than
     /// `min_samples`, its deadline is learned from its last `min_samples` answers of up to
     /// this long ago (`window`, if that is longer). At most 7 days. Default `15min`: ten
-    /// calls a minute reach the quantile after ten minutes. It costs 12 bytes per answer
-    /// kept (at most `min(min_samples, 1024)`, so 1,200 bytes at the default), whatever
+    /// calls a minute reach the quantile after ten minutes. It costs 20 bytes per answer
+    /// kept (at most `min(min_samples, 1024)`, so 2,000 bytes at the default), whatever
     /// its length; a busy peer still forgets after `window`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub max_history: Duration,
@@ -217,8 +218,9 @@ setters! {
 
 impl TimeoutPolicy {
     /// Heap bytes of the last answers one history (a peer's, or one of its latency
-    /// classes') keeps under this policy, whatever `max_history` is: 12 bytes per answer,
-    /// `min(min_samples, 1024)` answers; 1,200 bytes at the default policy, at most 12,288.
+    /// classes') keeps under this policy, whatever `max_history` is: 20 bytes per answer
+    /// (its latency in 64 bits, so any `max` up to [`MAX_DEADLINE`] is kept as it is),
+    /// `min(min_samples, 1024)` answers; 2,000 bytes at the default policy, at most 20,480.
     pub fn history_bytes(&self) -> usize {
         self.history_capacity() * BYTES_PER_ANSWER
     }
@@ -232,7 +234,7 @@ impl TimeoutPolicy {
     /// policy above [`MAX_WINDOW_BYTES`]; a peer holds at most `1 + max_classes` histories
     /// (see [`Builder::max_classes`](crate::Builder::max_classes)).
     /// [`PeerSnapshot::window_bytes`](crate::PeerSnapshot) is what a peer holds now.
-    /// 47,792 bytes for the default policy.
+    /// 48,592 bytes for the default policy.
     pub fn max_window_bytes(&self) -> usize {
         self.histogram_bytes().saturating_add(self.history_bytes())
     }

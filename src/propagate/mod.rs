@@ -41,7 +41,11 @@ pub(crate) use self::http::{read, write};
 ///
 /// Off by default. With it on, the deadline a request's headers carry shortens the call's
 /// deadline, and the deadline the call gets is written back (overwriting the header) for
-/// the callee.
+/// the callee. A header holds whole milliseconds (or coarser), so the stack below may
+/// enforce the deadline up to a millisecond early (a client's own timer on
+/// `grpc-timeout`, say): an inner error that close to the deadline is taken for it, and
+/// the call ends as a run-out deadline (`DeadlineExceeded`). Without propagation every
+/// inner error is passed on as it is, and is an answer.
 #[derive(Clone, Debug, Default)]
 pub struct Propagation {
     grpc_timeout: bool,

@@ -196,8 +196,8 @@ async fn with_grpc_propagation_a_hung_rpc_is_cut_at_the_same_deadline() {
 }
 
 /// When the `Channel`'s own timer on the propagated `grpc-timeout` wins, the layer takes
-/// tonic's `TimeoutExpired` for an answer: it records a sample of about the deadline and
-/// counts no miss, so the peer is not suspected and the caller finds no `Interrupted`.
+/// tonic's `TimeoutExpired` (within the millisecond the header rounds off) for the
+/// deadline itself: the caller finds the `Interrupted`, and the hung peer gets its miss.
 #[tokio::test]
 async fn with_grpc_propagation_a_hung_rpc_counts_as_a_miss() {
     let (server, mut client, handle) = setup(Propagation::grpc()).await;

@@ -13,6 +13,7 @@ mod interrupt_tokens;
 mod peer_keys;
 mod propagate_budgets;
 mod propagate_codecs;
+mod reliability;
 mod retry_budgets;
 mod status_codes;
 mod table_admission;

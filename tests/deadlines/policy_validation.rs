@@ -307,9 +307,9 @@ fn a_policy_whose_histograms_could_outgrow_the_per_peer_ceiling_is_refused() {
         ],
     );
     let text = largest.validate().unwrap_err().to_string();
-    // The ceiling counts each history's last answers too (1,200 bytes at min_samples 100).
-    assert!(text.contains("and 1200 bytes of last answers"), "{text}");
-    assert!(text.contains("7455920 bytes per history"), "{text}");
+    // The ceiling counts each history's last answers too (2,000 bytes at min_samples 100).
+    assert!(text.contains("and 2000 bytes of last answers"), "{text}");
+    assert!(text.contains("7456720 bytes per history"), "{text}");
     assert_eq!(
         largest.max_window_bytes(),
         7_454_720 + largest.history_bytes()

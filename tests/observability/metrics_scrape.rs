@@ -349,9 +349,9 @@ fn twenty_thousand_keys_through_a_hundred_peers_keep_the_series_bounded() {
     // The first MAX_PEERS peers keep their own series; the others share `_other`.
     assert_eq!(peers.len(), MAX_PEERS + 1);
     assert!(peers.contains("_other") && peers.contains("0") && peers.contains("99"));
-    // Each label: 5 counters, 5 interrupt reasons, 4 transitions, 3 gauges and the
+    // Each label: 6 counters, 5 interrupt reasons, 4 transitions, 3 gauges and the
     // latency summary (7 quantiles, sum, count); plus the untracked counter.
-    assert!(lines <= (MAX_PEERS + 1) * 26 + 1, "{lines} series");
+    assert!(lines <= (MAX_PEERS + 1) * 27 + 1, "{lines} series");
     let other = [("peer", "_other")];
     let calls = m.value("adaptive_timeout_calls_total", &other);
     assert_eq!(calls, (KEYS - MAX_PEERS as u64) as f64);
