@@ -33,7 +33,7 @@
 //!   with the same reason ([`Chain`], [`interruptible`]).
 //! * The caller's deadline ([`Deadline`]) can shorten a call's deadline; with
 //!   [`Propagation`] it is read from and the call's deadline written to `grpc-timeout` or a
-//!   milliseconds header ([`propagate`]).
+//!   milliseconds header ([`propagate`]); with watched bodies, the whole call's deadline.
 //! * [`AdaptiveTimeoutHandle`] reads per-peer [`PeerSnapshot`]s and changes policies at
 //!   runtime.
 //!

@@ -26,13 +26,13 @@ use tower_service::Service;
 use crate::call::Ended;
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::future::{Head, ResponseFuture};
+use crate::future::ResponseFuture;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::idle::IdleRule;
 use crate::layer::AdaptiveTimeoutLayer;
-use crate::peer::key::PeerKey;
+use crate::peer::key::{KeyFn, PeerKey};
 use crate::propagate::Deadline;
-use crate::service::AdaptiveTimeout;
+use crate::service::{AdaptiveTimeout, Propagated};
 
 mod timeout_body;
 
@@ -186,17 +186,12 @@ impl<S, K, F, C> BodyTimeout<S, K, F, C> {
 
 impl<S, K, F, C, ReqBody, B> Service<http::Request<ReqBody>> for BodyTimeout<S, K, F, C>
 where
-    AdaptiveTimeout<S, K, F, C>: Service<
-        http::Request<ReqBody>,
-        Response = http::Response<B>,
-        Error = BoxError,
-        Future = ResponseFuture<S::Future, Head<C>>,
-    >,
-    S: Service<http::Request<ReqBody>>,
-    S::Future: Future<Output = Result<http::Response<B>, S::Error>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Error: Into<BoxError>,
+    K: PeerKey,
+    F: KeyFn<http::Request<ReqBody>, Key = K>,
     B: http_body::Body,
-    C: ClassifyResponse<http::Response<B>>,
+    C: ClassifyResponse<http::Response<B>> + Clone,
 {
     type Response = http::Response<TimeoutBody<B>>;
     type Error = BoxError;
@@ -221,7 +216,9 @@ where
             None => None,
         };
         let body = BodySettings { idle, total };
-        self.inner.call(req).map_finish(|head| WithBody {
+        let propagated = Propagated::Whole { total };
+        let call = self.inner.call_propagating(req, propagated);
+        call.map_finish(|head| WithBody {
             body,
             classify: head.into_classifier(),
         })

@@ -41,7 +41,10 @@ pub(crate) use self::http::{read, write};
 ///
 /// Off by default. With it on, the deadline a request's headers carry shortens the call's
 /// deadline, and the deadline the call gets is written back (overwriting the header) for
-/// the callee.
+/// the callee. Under `with_bodies()` (feature `http`), where the call goes on in its body
+/// and a callee (a gRPC server) applies the deadline to the whole call, what is written is
+/// a deadline for the whole call: the caller's, shortened by the body's `BodyDeadline`;
+/// nothing if neither is set.
 #[derive(Clone, Debug, Default)]
 pub struct Propagation {
     grpc_timeout: bool,

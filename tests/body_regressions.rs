@@ -1,0 +1,297 @@
+//! Watched response bodies at their edges, on tokio's paused clock: a caller's own body
+//! deadlines say nothing against a healthy peer, "no limit" is no limit, what is
+//! propagated under `with_bodies()` is a deadline for the whole call, a body the layer
+//! ended stays ended, a policy change reaches the idle deadline, and every call counts
+//! exactly one outcome.
+#![cfg(feature = "http")]
+
+pub mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use tokio::time::{Instant, Sleep};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, BodyDeadline, BodyIdle, Deadline, HttpPeer,
+    IdleRule, InterruptHandle, Interrupted, PeerState, Propagation, Reason, TimeoutBody,
+    TimeoutPolicy,
+};
+
+use support::ms;
+
+const URI: &str = "http://stream.test/";
+
+/// What the test peer does with a request: its head after `head`, then one frame after
+/// each of `gaps`, then its end (or nothing more, with `stall`). With `grpc_server`, it
+/// ends the stream with an error once the `grpc-timeout` it was sent passes, as a gRPC
+/// server applies it to the whole call.
+#[derive(Clone, Default)]
+struct Script {
+    head: Duration,
+    gaps: Vec<Duration>,
+    stall: bool,
+    grpc_server: bool,
+}
+
+impl Script {
+    fn new(head: Duration, gaps: Vec<Duration>) -> Self {
+        Script {
+            head,
+            gaps,
+            ..Script::default()
+        }
+    }
+
+    fn stalled(mut self) -> Self {
+        self.stall = true;
+        self
+    }
+}
+
+/// The test peer's response body, as its [`Script`] says.
+struct Scripted {
+    gaps: std::vec::IntoIter<Duration>,
+    /// When the next frame is sent, once it is set.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+    stall: bool,
+    /// When the server gives up on the call, from the `grpc-timeout` it was sent.
+    server_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Body for Scripted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(deadline) = this.server_deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err("the server's deadline passed".into())));
+            }
+        }
+        if !this.armed {
+            let Some(gap) = this.gaps.next() else {
+                return if this.stall {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
+                };
+            };
+            this.timer.as_mut().reset(Instant::now() + gap);
+            this.armed = true;
+        }
+        std::task::ready!(this.timer.as_mut().poll(cx));
+        this.armed = false;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+    }
+}
+
+type Req = http::Request<Script>;
+type Res = http::Response<TimeoutBody<Scripted>>;
+
+/// The peer: answers each request as its script says; the headers it was sent go to
+/// `seen`.
+fn peer(
+    seen: tokio::sync::mpsc::UnboundedSender<http::HeaderMap>,
+) -> impl Service<Req, Response = http::Response<Scripted>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    service_fn(move |req: Req| {
+        let seen = seen.clone();
+        async move {
+            let (parts, script) = req.into_parts();
+            let server_deadline = match parts.headers.get("grpc-timeout") {
+                Some(v) if script.grpc_server => {
+                    let budget =
+                        tower_adaptive_timeout::propagate::parse_grpc_timeout(v.as_bytes())
+                            .expect("a valid grpc-timeout");
+                    Some(Box::pin(tokio::time::sleep(budget)))
+                }
+                _ => None,
+            };
+            let _ = seen.send(parts.headers);
+            tokio::time::sleep(script.head).await;
+            Ok(http::Response::new(Scripted {
+                gaps: script.gaps.into_iter(),
+                timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                armed: false,
+                stall: script.stall,
+                server_deadline,
+            }))
+        }
+    })
+}
+
+/// A layer watching bodies over the test peer, and what the peer was sent.
+struct Rig<S> {
+    svc: S,
+    handle: AdaptiveTimeoutHandle<HttpPeer>,
+    interrupts: InterruptHandle<HttpPeer>,
+    seen: tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>,
+}
+
+fn rig_with(
+    policy: TimeoutPolicy,
+    propagation: Propagation,
+) -> Rig<impl Service<Req, Response = Res, Error = BoxError, Future: Send> + Clone + Send + 'static>
+{
+    let layer = AdaptiveTimeoutLayer::http()
+        .policy(policy)
+        .propagation(propagation)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let interrupts = layer.interrupt_handle();
+    let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let svc = layer
+        .with_bodies()
+        .idle_rule(IdleRule::Learned)
+        .layer(peer(tx));
+    Rig {
+        svc,
+        handle,
+        interrupts,
+        seen,
+    }
+}
+
+fn rig(
+) -> Rig<impl Service<Req, Response = Res, Error = BoxError, Future: Send> + Clone + Send + 'static>
+{
+    rig_with(TimeoutPolicy::default(), Propagation::none())
+}
+
+fn request(script: Script) -> Req {
+    http::Request::get(URI).body(script).unwrap()
+}
+
+fn with<T: Clone + Send + Sync + 'static>(mut req: Req, ext: T) -> Req {
+    req.extensions_mut().insert(ext);
+    req
+}
+
+impl<S: Service<Req, Response = Res, Error = BoxError> + Clone> Rig<S> {
+    fn call(&self, req: Req) -> tower::util::Oneshot<S, Req> {
+        self.svc.clone().oneshot(req)
+    }
+
+    /// Calls and reads the whole body: how many frames came, and the body's error.
+    async fn read(&self, req: Req) -> (usize, Option<BoxError>) {
+        read_body(self.call(req)).await
+    }
+
+    fn snapshot(&self) -> tower_adaptive_timeout::PeerSnapshot {
+        self.handle.snapshot().pop().expect("one peer")
+    }
+}
+
+fn reason(err: &BoxError) -> &Reason {
+    Interrupted::find(&**err)
+        .unwrap_or_else(|| panic!("not an Interrupted: {err}"))
+        .reason()
+}
+
+/// Reads a called response's whole body: how many frames came, and the body's error.
+async fn read_body(call: impl Future<Output = Result<Res, BoxError>>) -> (usize, Option<BoxError>) {
+    let mut body = Box::pin(call.await.expect("the head").into_body());
+    let mut frames = 0;
+    loop {
+        match body.frame().await {
+            Some(Ok(_)) => frames += 1,
+            Some(Err(err)) => return (frames, Some(err)),
+            None => return (frames, None),
+        }
+    }
+}
+
+/// A server stream of 20 messages, one every 100 ms, from a server that ends the call
+/// when the `grpc-timeout` it was sent passes.
+fn grpc_stream() -> Req {
+    let mut script = Script::new(ms(5), vec![ms(100); 20]);
+    script.grpc_server = true;
+    request(script)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_under_propagation_is_not_cut_by_the_heads_deadline() {
+    let mut rig = rig_with(TimeoutPolicy::default(), Propagation::grpc());
+    // A new method of a peer: the head's deadline is the 1 s cold start; the stream runs
+    // 2 s, which the layer itself lets run.
+    let (frames, err) = rig.read(grpc_stream()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(frames, 20);
+    let sent = rig.seen.recv().await.unwrap();
+    assert_eq!(
+        sent.get("grpc-timeout"),
+        None,
+        "no deadline for the whole call"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_whole_calls_deadline_is_what_is_propagated_under_bodies() {
+    let millis = http::HeaderName::from_static("x-timeout-ms");
+    let mut rig = rig_with(
+        TimeoutPolicy::default(),
+        Propagation::grpc().millis_header(millis.clone()),
+    );
+    let mut sent = async |req: Req| {
+        let (frames, err) = rig.read(req).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(frames, 20);
+        let headers = rig.seen.recv().await.unwrap();
+        let value = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        (value("grpc-timeout"), value(millis.as_str()))
+    };
+    let both = |v: &str, m: &str| (Some(v.to_owned()), Some(m.to_owned()));
+    // The body's total.
+    let total = with(grpc_stream(), BodyDeadline::Within(ms(5_000)));
+    assert_eq!(sent(total).await, both("5000m", "5000"));
+    // The caller's deadline, over the whole call (3 s, of which the head takes 5 ms).
+    let caller = with(grpc_stream(), Deadline::within(ms(3_000)));
+    assert_eq!(
+        sent(with(caller, BodyDeadline::Caller)).await,
+        both("3000m", "3000")
+    );
+    // The caller's deadline, even when it bounds the layer's watch of the head alone: a
+    // gRPC deadline is the whole call's.
+    let caller = with(grpc_stream(), Deadline::within(ms(4_000)));
+    assert_eq!(sent(caller).await, both("4000m", "4000"));
+    // A deadline the request's headers carried in, shortened by a shorter total.
+    let mut upstream = with(grpc_stream(), BodyDeadline::Within(ms(2_500)));
+    let header = http::HeaderValue::from_static("3S");
+    upstream.headers_mut().insert("grpc-timeout", header);
+    assert_eq!(sent(upstream).await, both("2500m", "2500"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_is_no_limit_for_a_head_and_its_deadline_is_propagated_without_bodies() {
+    let layer = AdaptiveTimeoutLayer::http()
+        .propagation(Propagation::grpc())
+        .build()
+        .unwrap();
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let svc = layer.layer(peer(tx));
+    let far = Deadline::at(Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600));
+    for deadline in [Deadline::Within(Duration::MAX), far] {
+        let req = with(request(Script::new(ms(20), vec![])), deadline);
+        let response = svc.clone().oneshot(req).await;
+        assert!(response.is_ok(), "{:?}", response.err());
+        // Without bodies the call ends at its head: the head's deadline (the 1 s cold
+        // start, shorter than the caller's) is what the callee is told.
+        let sent = seen.recv().await.unwrap();
+        assert_eq!(sent["grpc-timeout"], "1000m");
+    }
+}
