@@ -141,7 +141,7 @@ impl Call {
                 self.answered(outcome);
                 result
             }
-            Ended::Expired => Err(self.expired().into()),
+            Ended::Expired => Err(self.expired(None).into()),
             Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
@@ -153,16 +153,18 @@ impl Call {
         }
     }
 
-    /// The deadline passed first. The miss that declares the peer silent ends with the
-    /// silence as its reason; any other with the deadline and why it had its value.
+    /// The deadline passed first (for a call whose head was answered, its body's total
+    /// deadline, its last frame at `body_since`). The miss that declares the peer silent
+    /// ends with the silence as its reason; any other with the deadline and why it had
+    /// its value.
     #[track_caller]
-    fn expired(mut self) -> Interrupted {
+    fn expired(mut self, body_since: Option<Instant>) -> Interrupted {
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match self.held.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket),
+            Some(p) => p.on_deadline(now, self.start, &self.ticket, body_since),
             None => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);

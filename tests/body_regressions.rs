@@ -203,6 +203,78 @@ fn reason(err: &BoxError) -> &Reason {
         .reason()
 }
 
+/// Two calls whose own body deadline (`ask`) runs out before their first frame (20 ms
+/// after the head), beside a healthy call whose head comes after 50 ms: the healthy call
+/// is answered and the peer stays healthy.
+async fn a_callers_body_deadline_leaves_the_peer_healthy(ask: impl Fn(Req) -> Req) {
+    let rig = rig();
+    let healthy = tokio::spawn({
+        let svc = rig.svc.clone();
+        svc.oneshot(request(Script::new(ms(50), vec![])))
+    });
+    let mut cut = Vec::new();
+    for _ in 0..2 {
+        let req = ask(request(Script::new(Duration::ZERO, vec![ms(20)])));
+        cut.push(tokio::spawn(read_body(rig.call(req))));
+    }
+    for reader in cut {
+        let (frames, err) = reader.await.unwrap();
+        let err = err.expect("cut by the caller's own deadline");
+        assert_eq!(frames, 0);
+        assert!(
+            matches!(
+                reason(&err),
+                Reason::BodyIdle { .. } | Reason::DeadlineExceeded { .. }
+            ),
+            "{err}"
+        );
+    }
+    let answered = healthy.await.unwrap();
+    assert!(answered.is_ok(), "{:?}", answered.err());
+    let peer = rig.snapshot();
+    assert_eq!(peer.state, PeerState::Healthy);
+    assert_eq!(peer.silent_interrupts, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_short_idle_deadline_is_not_a_miss() {
+    a_callers_body_deadline_leaves_the_peer_healthy(|r| with(r, BodyIdle::After(ms(1)))).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_short_total_deadline_is_not_a_miss() {
+    let total = |r| with(r, BodyDeadline::Within(ms(15)));
+    a_callers_body_deadline_leaves_the_peer_healthy(total).await;
+    let caller = |r| with(with(r, BodyDeadline::Caller), Deadline::within(ms(15)));
+    a_callers_body_deadline_leaves_the_peer_healthy(caller).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_idle_deadline_as_long_as_the_peers_own_still_counts() {
+    // The peer's own idle deadline is its 1 s cold start: a caller that waits 2 s for a
+    // frame that never comes has seen the peer go silent.
+    let rig = rig();
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let req = with(
+            request(Script::new(Duration::ZERO, vec![]).stalled()),
+            BodyIdle::After(ms(2_000)),
+        );
+        readers.push(tokio::spawn(read_body(rig.call(req))));
+    }
+    for reader in readers {
+        let err = reader.await.unwrap().1.expect("cut");
+        assert!(
+            matches!(
+                reason(&err),
+                Reason::BodyIdle { .. } | Reason::PeerSilent { .. }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(rig.snapshot().state, PeerState::Silent);
+}
+
 /// Reads a called response's whole body: how many frames came, and the body's error.
 async fn read_body(call: impl Future<Output = Result<Res, BoxError>>) -> (usize, Option<BoxError>) {
     let mut body = Box::pin(call.await.expect("the head").into_body());
@@ -214,6 +286,50 @@ async fn read_body(call: impl Future<Output = Result<Res, BoxError>>) -> (usize,
             None => return (frames, None),
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duration_max_is_no_limit_for_a_body() {
+    let rig = rig_with(TimeoutPolicy::default(), Propagation::grpc());
+    let never = [
+        |r| with(r, BodyIdle::After(Duration::MAX)),
+        |r| with(r, BodyDeadline::Within(Duration::MAX)),
+        |r| {
+            with(
+                with(r, BodyDeadline::Caller),
+                Deadline::Within(Duration::MAX),
+            )
+        },
+        |r| with(r, Deadline::Within(Duration::MAX)),
+    ];
+    for ask in never {
+        // Frames 500 ms apart (inside the 1 s cold start): nothing cuts them.
+        let req = ask(request(Script::new(ms(20), vec![ms(500); 4])));
+        assert_eq!(rig.read(req).await.0, 4);
+    }
+    // A huge total leaves the layer's own idle deadline in force.
+    let stalled = with(
+        request(Script::new(ms(20), vec![ms(500)]).stalled()),
+        BodyDeadline::Within(Duration::MAX),
+    );
+    let (frames, err) = rig.read(stalled).await;
+    assert_eq!(frames, 1);
+    let err = err.expect("cut by the idle deadline");
+    assert!(matches!(reason(&err), Reason::BodyIdle { .. }), "{err}");
+    // The caller's "never" for the idle deadline, over a stalled body: never cut.
+    let req = with(
+        request(Script::new(ms(20), vec![]).stalled()),
+        BodyIdle::After(Duration::MAX),
+    );
+    let mut body = Box::pin(rig.call(req).await.unwrap().into_body());
+    let waited = tokio::time::timeout(ms(3_600_000), body.frame()).await;
+    assert!(waited.is_err(), "still waiting after an hour");
+    assert!(body.is_watched());
+    // A point in time ten years ahead, for the head and the body.
+    let far = Deadline::at(Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600));
+    let req = with(request(Script::new(ms(20), vec![ms(5)])), far);
+    let req = with(req, BodyDeadline::Caller);
+    assert_eq!(rig.read(req).await.0, 1);
 }
 
 /// A server stream of 20 messages, one every 100 ms, from a server that ends the call
@@ -274,6 +390,128 @@ async fn the_whole_calls_deadline_is_what_is_propagated_under_bodies() {
     let header = http::HeaderValue::from_static("3S");
     upstream.headers_mut().insert("grpc-timeout", header);
     assert_eq!(sent(upstream).await, both("2500m", "2500"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_the_layer_ended_stays_ended() {
+    let rig = rig();
+    // Cut at 100 ms by its idle deadline; its inner body would send a frame at 2 s.
+    let cut_by = [
+        |r| with(r, BodyIdle::After(ms(100))),
+        |r| with(r, BodyDeadline::Within(ms(100))),
+    ];
+    for ask in cut_by {
+        let req = ask(request(Script::new(Duration::ZERO, vec![ms(2_000)])));
+        let mut body = Box::pin(rig.call(req).await.unwrap().into_body());
+        let err = body.frame().await.expect("an end").expect_err("cut");
+        assert!(Interrupted::find(&*err).is_some(), "{err}");
+        assert!(body.is_end_stream(), "ended");
+        let started = Instant::now();
+        assert!(
+            body.frame().await.is_none(),
+            "nothing after the layer's end"
+        );
+        assert!(body.frame().await.is_none(), "nothing, again");
+        assert_eq!(started.elapsed(), Duration::ZERO, "at once");
+    }
+    // And one ended by an interrupt.
+    let req = request(Script::new(Duration::ZERO, vec![ms(2_000)]));
+    let mut body = Box::pin(rig.call(req).await.unwrap().into_body());
+    let handle = rig.interrupts.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(ms(10)).await;
+        handle.interrupt_all("maintenance");
+    });
+    let err = body.frame().await.expect("an end").expect_err("cut");
+    assert!(matches!(reason(&err), Reason::Manual(_)), "{err}");
+    assert!(body.frame().await.is_none());
+    assert!(body.is_end_stream());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_change_reaches_the_learned_idle_deadline() {
+    let rig = rig();
+    // The peer is tracked under the default policy (cold start 1 s).
+    assert_eq!(rig.read(request(Script::new(ms(5), vec![]))).await.0, 0);
+    let tight = TimeoutPolicy::default().max(ms(200)).cold_start(ms(200));
+    rig.handle.set_default_policy(tight).unwrap();
+    let stalled = request(Script::new(Duration::ZERO, vec![]).stalled());
+    let started = Instant::now();
+    let (_, err) = rig.read(stalled).await;
+    let err = err.expect("cut");
+    assert!(matches!(reason(&err), Reason::BodyIdle { .. }), "{err}");
+    assert_eq!(
+        started.elapsed(),
+        ms(200),
+        "the new cold start, not the old 1 s"
+    );
+
+    // Once gaps are learned (here 500 ms apart), a lower max still bounds them.
+    let rig = self::rig();
+    for _ in 0..2 {
+        let req = request(Script::new(Duration::ZERO, vec![ms(500); 20]));
+        assert_eq!(rig.read(req).await.0, 20);
+    }
+    rig.handle
+        .set_default_policy(TimeoutPolicy::default().max(ms(300)).cold_start(ms(300)))
+        .unwrap();
+    let stalled = request(Script::new(Duration::ZERO, vec![]).stalled());
+    let started = Instant::now();
+    let (_, err) = rig.read(stalled).await;
+    let Reason::BodyIdle { idle, .. } = reason(err.as_ref().expect("cut")) else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*idle, ms(300));
+    assert_eq!(started.elapsed(), ms(300));
+}
+
+/// The peer's outcome counts: completed, deadline_exceeded, failures, silent and manual
+/// interrupts; and calls in flight.
+fn outcomes(p: &tower_adaptive_timeout::PeerSnapshot) -> ([u64; 5], usize) {
+    let counts = [
+        p.completed,
+        p.deadline_exceeded,
+        p.failures,
+        p.silent_interrupts,
+        p.manual_interrupts,
+    ];
+    (counts, p.in_flight)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_with_a_body_counts_exactly_one_outcome() {
+    let rig = rig();
+    // Ended at its last frame: one answer.
+    let (frames, _) = rig.read(request(Script::new(ms(5), vec![ms(5)]))).await;
+    assert_eq!(frames, 1);
+    assert_eq!(outcomes(&rig.snapshot()), ([1, 0, 0, 0, 0], 0));
+    // In flight in its body: nothing counted yet.
+    let stalled = || request(Script::new(ms(5), vec![]).stalled());
+    let mut open = Box::pin(rig.call(stalled()).await.unwrap().into_body());
+    assert_eq!(outcomes(&rig.snapshot()), ([1, 0, 0, 0, 0], 1));
+    // Cut by its idle deadline: a timeout, not also an answer.
+    let err = open.frame().await.unwrap().expect_err("cut");
+    assert!(matches!(reason(&err), Reason::BodyIdle { .. }), "{err}");
+    assert_eq!(outcomes(&rig.snapshot()), ([1, 1, 0, 0, 0], 0));
+    // Cut by an interrupt: an interrupt, not also an answer.
+    let mut open = Box::pin(rig.call(stalled()).await.unwrap().into_body());
+    rig.interrupts.interrupt_all("maintenance");
+    let err = open.frame().await.unwrap().expect_err("cut");
+    assert!(matches!(reason(&err), Reason::Manual(_)), "{err}");
+    assert_eq!(outcomes(&rig.snapshot()), ([1, 1, 0, 0, 1], 0));
+    // Cut by its total deadline: a timeout.
+    let req = with(stalled(), BodyDeadline::Within(ms(50)));
+    let (_, err) = rig.read(req).await;
+    let err = err.expect("cut");
+    assert!(
+        matches!(reason(&err), Reason::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    assert_eq!(outcomes(&rig.snapshot()), ([1, 2, 0, 0, 1], 0));
+    // Dropped by its reader after the head: the head was its answer.
+    let open = rig.call(stalled()).await.unwrap().into_body();
+    drop(open);
+    assert_eq!(outcomes(&rig.snapshot()), ([2, 2, 0, 0, 1], 0));
 }
 
 #[tokio::test(start_paused = true)]
