@@ -533,3 +533,56 @@ async fn duration_max_is_no_limit_for_a_head_and_its_deadline_is_propagated_with
         assert_eq!(sent["grpc-timeout"], "1000m");
     }
 }
+
+/// The value of the series `name{peer="http://stream.test",...}` on a Prometheus page
+/// (its other labels, if any, as `extra`).
+#[cfg(feature = "metrics")]
+fn series(page: &str, name: &str, extra: &str) -> f64 {
+    let head = format!("{name}{{peer=\"http://stream.test\"{extra}}} ");
+    let line = page.lines().find(|l| l.starts_with(&head));
+    let value = line.unwrap_or_else(|| panic!("no {head} in\n{page}"));
+    value[head.len()..].parse().unwrap()
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn a_call_with_a_body_is_one_outcome_in_the_metrics() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let rig = rig();
+            let stalled = || request(Script::new(ms(5), vec![]).stalled());
+            // Answered at its last frame; cut by its idle deadline; interrupted; dropped
+            // after its head.
+            assert_eq!(
+                rig.read(request(Script::new(ms(5), vec![ms(5)]))).await.0,
+                1
+            );
+            assert!(rig.read(stalled()).await.1.is_some());
+            let mut open = Box::pin(rig.call(stalled()).await.unwrap().into_body());
+            rig.interrupts.interrupt_all("maintenance");
+            assert!(open.frame().await.unwrap().is_err());
+            drop(rig.call(stalled()).await.unwrap());
+        })
+    });
+    let page = prometheus.render();
+    let value = |name| series(&page, name, "");
+    assert_eq!(value("adaptive_timeout_calls_total"), 4.0);
+    assert_eq!(value("adaptive_timeout_responses_total"), 2.0);
+    assert_eq!(value("adaptive_timeout_timeouts_total"), 1.0);
+    let manual = series(
+        &page,
+        "adaptive_timeout_interrupts_total",
+        ",reason=\"manual\"",
+    );
+    assert_eq!(manual, 1.0);
+    assert_eq!(value("adaptive_timeout_latency_seconds_count"), 2.0);
+    assert_eq!(value("adaptive_timeout_in_flight"), 0.0);
+}
