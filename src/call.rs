@@ -1,7 +1,8 @@
 //! The in-flight call guard: one admitted call's bookkeeping, from its ticket to its
 //! outcome. It records the outcome exactly once: the outcome methods consume it, and a
-//! guard dropped without one (its caller went away) records the call as abandoned, through
-//! the peer's [`InFlight`] hold it carries from admission on.
+//! guard dropped without one (its caller went away) records the call as abandoned (or, once
+//! its head was answered and its body ended or was dropped, as answered), through the
+//! peer's [`InFlight`] hold it carries from admission on.
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.

@@ -1,6 +1,7 @@
 //! The call guard's side of a response body: a call whose head arrived stays in flight in
-//! its body, and ends there exactly once (its last frame, an error, an interrupt, its idle
-//! or total deadline) or is abandoned when the body is dropped.
+//! its body, and ends there exactly once, counted as one outcome: answered (its last frame,
+//! the inner body's error, or the body dropped), interrupted, or expired (its idle or total
+//! deadline).
 
 use std::panic::Location;
 use std::time::Duration;
