@@ -24,13 +24,15 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
 pin_project! {
     /// A response body watched to its end, from [`BodyTimeout`](crate::BodyTimeout).
     ///
-    /// Frames, trailers and size hints pass through untouched. The body ends with
+    /// Frames, trailers and size hints pass through untouched until the layer ends the
+    /// body (then it is at its end, size zero). The body ends with
     /// [`Interrupted`](crate::Interrupted) (as a body error) when an interrupt reaches its
     /// call, when no frame comes for its idle deadline ([`Reason::BodyIdle`](crate::Reason),
     /// a miss for its peer unless its caller asked for less than the peer's own), or when
-    /// its total deadline ([`BodyDeadline`](crate::BodyDeadline)) passes. The inner body is polled first: a frame that is ready wins. A body the
-    /// layer ended stays ended: later polls give `None`, without reaching the inner body.
-    /// Dropping the body after its head ends the call as answered (its head was).
+    /// its total deadline ([`BodyDeadline`](crate::BodyDeadline)) passes. The inner body is
+    /// polled first: a frame that is ready wins. A body the layer ended stays ended: later
+    /// polls give `None`, without reaching the inner body. Dropping the body after its
+    /// head ends the call as answered (its head was).
     pub struct TimeoutBody<B> {
         #[pin]
         inner: B,
