@@ -545,33 +545,24 @@ fn series(page: &str, name: &str, extra: &str) -> f64 {
 }
 
 #[cfg(feature = "metrics")]
-#[test]
-fn a_call_with_a_body_is_one_outcome_in_the_metrics() {
-    use metrics_exporter_prometheus::PrometheusBuilder;
-    let recorder = PrometheusBuilder::new().build_recorder();
+#[tokio::test(start_paused = true)]
+async fn a_call_with_a_body_is_one_outcome_in_the_metrics() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        rt.block_on(async {
-            let rig = rig();
-            let stalled = || request(Script::new(ms(5), vec![]).stalled());
-            // Answered at its last frame; cut by its idle deadline; interrupted; dropped
-            // after its head.
-            assert_eq!(
-                rig.read(request(Script::new(ms(5), vec![ms(5)]))).await.0,
-                1
-            );
-            assert!(rig.read(stalled()).await.1.is_some());
-            let mut open = Box::pin(rig.call(stalled()).await.unwrap().into_body());
-            rig.interrupts.interrupt_all("maintenance");
-            assert!(open.frame().await.unwrap().is_err());
-            drop(rig.call(stalled()).await.unwrap());
-        })
-    });
+    // This thread's recorder: the test's runtime runs every call on it.
+    let local = metrics::set_default_local_recorder(&recorder);
+    let rig = rig();
+    let stalled = || request(Script::new(ms(5), vec![]).stalled());
+    // Answered at its last frame; cut by its idle deadline; interrupted; dropped after
+    // its head.
+    let whole = request(Script::new(ms(5), vec![ms(5)]));
+    assert_eq!(rig.read(whole).await.0, 1);
+    assert!(rig.read(stalled()).await.1.is_some());
+    let mut open = Box::pin(rig.call(stalled()).await.unwrap().into_body());
+    rig.interrupts.interrupt_all("maintenance");
+    assert!(open.frame().await.unwrap().is_err());
+    drop(rig.call(stalled()).await.unwrap());
+    drop(local);
     let page = prometheus.render();
     let value = |name| series(&page, name, "");
     assert_eq!(value("adaptive_timeout_calls_total"), 4.0);
