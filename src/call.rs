@@ -1,7 +1,8 @@
 //! The in-flight call guard: one admitted call's bookkeeping, from its ticket to its
 //! outcome. It records the outcome exactly once: the outcome methods consume it, and a
-//! guard dropped without one (its caller went away) records the call as abandoned, through
-//! the peer's [`InFlight`] hold it carries from admission on.
+//! guard dropped without one (its caller went away) records the call as abandoned (or, once
+//! its head was answered and its body ended or was dropped, as answered), through the
+//! peer's [`InFlight`] hold it carries from admission on.
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.
@@ -156,7 +157,7 @@ impl Call {
                 self.answered(outcome);
                 result
             }
-            Ended::Expired => Err(self.expired().into()),
+            Ended::Expired => Err(self.expired(None).into()),
             Ended::Interrupted(fired, origin) => Err(self.interrupted(fired, origin).into()),
         }
     }
@@ -168,16 +169,18 @@ impl Call {
         }
     }
 
-    /// The deadline passed first. The miss that declares the peer silent ends with the
-    /// silence as its reason; any other with the deadline and why it had its value.
+    /// The deadline passed first (for a call whose head was answered, its body's total
+    /// deadline, its last frame at `body_since`). The miss that declares the peer silent
+    /// ends with the silence as its reason; any other with the deadline and why it had
+    /// its value.
     #[track_caller]
-    fn expired(mut self) -> Interrupted {
+    fn expired(mut self, body_since: Option<Instant>) -> Interrupted {
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
         } = self.ticket;
         let (explanation, silenced) = match self.held.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket),
+            Some(p) => p.on_deadline(now, self.start, &self.ticket, body_since),
             None => (DeadlineExplanation::untracked(), None),
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);

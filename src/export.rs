@@ -33,7 +33,10 @@
 //! of `calls`, `fail_fast` and `refused`. An admitted call ends in exactly one of responses,
 //! failures, timeouts or interrupts, or is dropped by its caller, which none of them
 //! counts. A timeout that declares the peer silent is a timeout; the other calls it ends
-//! are `peer_silent` interrupts.
+//! are `peer_silent` interrupts. A call whose response body is watched (`with_bodies()`)
+//! is counted when its body ends: a response (its head's latency in the histogram) at
+//! its last frame, the inner body's error or a drop after the head; a timeout or an
+//! interrupt if the layer cut it.
 //!
 //! A peer whose process is down refuses every connection: its calls fail at once and are
 //! neither answers nor misses, so its state stays what it was (it is let back in at its

@@ -75,7 +75,40 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.call_propagating(req, Propagated::Head)
+    }
+}
+
+/// What a call tells its callee, with [`Propagation`](crate::Propagation) on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Propagated {
+    /// The call's own deadline: the call ends at its head.
+    Head,
+    /// A deadline for the whole exchange, head and body, as a callee (a gRPC server)
+    /// applies it: the caller's (its `Deadline`, its deadline headers), shortened by the
+    /// body's `total`; nothing if neither is set. Never the head's adaptive deadline, which
+    /// would end the body the layer itself lets run.
+    #[cfg(feature = "http")]
+    Whole {
+        /// The body's total deadline, from the call's start.
+        total: Option<Duration>,
+    },
+}
+
+impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
+    /// [`Service::call`], telling the callee the deadline `propagated` says.
+    pub(crate) fn call_propagating<Req>(
+        &mut self,
+        mut req: Req,
+        propagated: Propagated,
+    ) -> ResponseFuture<S::Future, Head<C>>
+    where
+        S: Service<Req>,
+        K: PeerKey,
+        F: KeyFn<Req, Key = K>,
+        C: Clone,
+    {
         let start = Instant::now();
         let token = if self.table.interrupt_tokens() {
             self.key_fn.interrupt_token(&mut req)
@@ -105,10 +138,20 @@ where
                 // The guard first: a panic from here on (writing the deadline, in the inner
                 // service's `call`) ends the call as abandoned.
                 let mut call = Call::new(held, start, ticket, token);
-                if propagation.is_on() {
-                    self.key_fn
-                        .write_deadline(&mut req, ticket.deadline, propagation);
-                    call.set_propagated();
+                let told = match propagated {
+                    Propagated::Head => Some(ticket.deadline),
+                    #[cfg(feature = "http")]
+                    Propagated::Whole { total } => {
+                        [caller_deadline, total].into_iter().flatten().min()
+                    }
+                };
+                if let Some(deadline) = told.filter(|_| propagation.is_on()) {
+                    self.key_fn.write_deadline(&mut req, deadline, propagation);
+                    // The allowance for a deadline enforced up to a millisecond early below
+                    // applies to the call's own deadline only.
+                    if deadline == ticket.deadline {
+                        call.set_propagated();
+                    }
                 }
                 ResponseFuture::running(self.inner.call(req), call, head)
             }

@@ -41,9 +41,12 @@ pub struct PeerSnapshot {
     pub explanation: DeadlineExplanation,
     /// Calls in flight.
     pub in_flight: usize,
-    /// Calls answered by the peer (successfully or with an error), ever.
+    /// Calls answered by the peer (successfully or with an error), ever. A call with a
+    /// watched body counts here when its body ends (or is dropped), unless the layer cut
+    /// it: each call counts in one of these counters at most.
     pub completed: u64,
-    /// Calls that ran out their deadline, ever.
+    /// Calls that ran out their deadline, ever: a head's, or a watched body's idle or
+    /// total deadline.
     pub deadline_exceeded: u64,
     /// Calls whose inner service failed to reach the peer (a transport
     /// [`Outcome::Failure`](crate::Outcome::Failure)), ever. Failures are neither latency

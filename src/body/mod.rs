@@ -6,8 +6,9 @@
 //! handles and policies) wraps each response body in a [`TimeoutBody`] that carries the
 //! call on: the call stays in flight until its body ends or is dropped, an interrupt into
 //! its peer (silence, [`InterruptHandle`](crate::InterruptHandle), shutdown) or its token
-//! ends the body at once, an idle deadline between frames ends a stalled body as a miss,
-//! and frames are heartbeats for the silence detector.
+//! ends the body at once, an idle deadline between frames ends a stalled body as a miss
+//! (a caller's own, shorter than the peer's, is no miss), and frames are heartbeats for
+//! the silence detector.
 //!
 //! It is a second layer type rather than a setting so that users who do not wrap bodies
 //! keep [`AdaptiveTimeout`]'s types and pay nothing: the wrapping service is
@@ -26,13 +27,13 @@ use tower_service::Service;
 use crate::call::Ended;
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::future::{Head, ResponseFuture};
+use crate::future::ResponseFuture;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::idle::IdleRule;
 use crate::layer::AdaptiveTimeoutLayer;
-use crate::peer::key::PeerKey;
+use crate::peer::key::{KeyFn, PeerKey};
 use crate::propagate::Deadline;
-use crate::service::AdaptiveTimeout;
+use crate::service::{AdaptiveTimeout, Propagated};
 
 mod timeout_body;
 
@@ -40,9 +41,14 @@ pub use self::timeout_body::TimeoutBody;
 
 /// A request's own idle deadline for its response body, in place of the layer's
 /// [`IdleRule`]. Put it in the request's extensions.
+///
+/// It ends the body as asked, but counts against the peer (a miss for the silence
+/// detector) only when it is at least the idle deadline the peer's own rule
+/// ([`IdleRule::Learned`]) gives: a caller that asks for less says nothing about the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyIdle {
-    /// At most this long between frames.
+    /// At most this long between frames (too long for the clock, e.g. `Duration::MAX`:
+    /// no idle deadline).
     After(Duration),
     /// No idle deadline for this body.
     Off,
@@ -51,9 +57,15 @@ pub enum BodyIdle {
 /// A request's total deadline for the whole exchange, head and body, counted from the
 /// call's start. Put it in the request's extensions. Without it a body has no total
 /// deadline: only its idle deadline and interrupts end it.
+///
+/// It is the caller's deadline: a body it ends is a miss for its peer only if the body
+/// waited since its last frame at least the peer's own idle deadline. With
+/// [`Propagation`](crate::Propagation) on, it is what the callee is told (shortened by
+/// the caller's deadline, if that is shorter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyDeadline {
-    /// The exchange must be over within this long.
+    /// The exchange must be over within this long (too long for the clock, e.g.
+    /// `Duration::MAX`: no total deadline).
     Within(Duration),
     /// The request's [`Deadline`] extension covers the whole exchange, not only the head
     /// (no total deadline if the request has none).
@@ -186,17 +198,12 @@ impl<S, K, F, C> BodyTimeout<S, K, F, C> {
 
 impl<S, K, F, C, ReqBody, B> Service<http::Request<ReqBody>> for BodyTimeout<S, K, F, C>
 where
-    AdaptiveTimeout<S, K, F, C>: Service<
-        http::Request<ReqBody>,
-        Response = http::Response<B>,
-        Error = BoxError,
-        Future = ResponseFuture<S::Future, Head<C>>,
-    >,
-    S: Service<http::Request<ReqBody>>,
-    S::Future: Future<Output = Result<http::Response<B>, S::Error>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Error: Into<BoxError>,
+    K: PeerKey,
+    F: KeyFn<http::Request<ReqBody>, Key = K>,
     B: http_body::Body,
-    C: ClassifyResponse<http::Response<B>>,
+    C: ClassifyResponse<http::Response<B>> + Clone,
 {
     type Response = http::Response<TimeoutBody<B>>;
     type Error = BoxError;
@@ -221,7 +228,9 @@ where
             None => None,
         };
         let body = BodySettings { idle, total };
-        self.inner.call(req).map_finish(|head| WithBody {
+        let propagated = Propagated::Whole { total };
+        let call = self.inner.call_propagating(req, propagated);
+        call.map_finish(|head| WithBody {
             body,
             classify: head.into_classifier(),
         })

@@ -24,12 +24,15 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
 pin_project! {
     /// A response body watched to its end, from [`BodyTimeout`](crate::BodyTimeout).
     ///
-    /// Frames, trailers and size hints pass through untouched. The body ends with
+    /// Frames, trailers and size hints pass through untouched until the layer ends the
+    /// body (then it is at its end, size zero). The body ends with
     /// [`Interrupted`](crate::Interrupted) (as a body error) when an interrupt reaches its
     /// call, when no frame comes for its idle deadline ([`Reason::BodyIdle`](crate::Reason),
-    /// a miss for its peer), or when its total deadline ([`BodyDeadline`](crate::BodyDeadline))
-    /// passes. The inner body is polled first: a frame that is ready wins. Dropping the
-    /// body ends the call with nothing recorded.
+    /// a miss for its peer unless its caller asked for less than the peer's own), or when
+    /// its total deadline ([`BodyDeadline`](crate::BodyDeadline)) passes. The inner body is
+    /// polled first: a frame that is ready wins. A body the layer ended stays ended: later
+    /// polls give `None`, without reaching the inner body. Dropping the body after its
+    /// head ends the call as answered (its head was).
     pub struct TimeoutBody<B> {
         #[pin]
         inner: B,
@@ -38,6 +41,8 @@ pin_project! {
         #[pin]
         token_wake: Option<OwnedNotified>,
         watch: Option<Watch>,
+        // Whether the layer ended the body (an interrupt, a deadline).
+        cut: bool,
     }
 }
 
@@ -89,11 +94,20 @@ impl Watch {
         self.refresh_idle();
     }
 
+    /// When the body's idle deadline passes, if it has one: a deadline too far off for
+    /// the clock to hold is none.
+    fn idle_due(&self) -> Option<Instant> {
+        self.idle.and_then(|(d, _)| self.last_frame.checked_add(d))
+    }
+
+    /// When the body's total deadline passes, if it has one (as for the idle deadline).
+    fn total_due(&self) -> Option<Instant> {
+        self.total.and_then(|d| self.call.started().checked_add(d))
+    }
+
     /// When the body's next deadline passes, if it has one.
     fn due(&self) -> Option<Instant> {
-        let idle = self.idle.map(|(d, _)| self.last_frame + d);
-        let total = self.total.map(|d| self.call.started() + d);
-        match (idle, total) {
+        match (self.idle_due(), self.total_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -108,11 +122,11 @@ impl<B> TimeoutBody<B> {
         B: Body,
     {
         let now = Instant::now();
-        call.head(now, outcome);
         let watch = if inner.is_end_stream() {
-            call.body_end();
+            call.answered_whole(outcome);
             None
         } else {
+            call.head(now, outcome);
             Some(Watch::new(call, with, now))
         };
         TimeoutBody {
@@ -120,6 +134,7 @@ impl<B> TimeoutBody<B> {
             timer: None,
             token_wake: None,
             watch,
+            cut: false,
         }
     }
 
@@ -130,6 +145,7 @@ impl<B> TimeoutBody<B> {
             timer: None,
             token_wake: None,
             watch: None,
+            cut: false,
         }
     }
 
@@ -158,7 +174,11 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let Some(w) = this.watch.as_mut() else {
-            // Over, or never watched: the inner body as it is.
+            if *this.cut {
+                return Poll::Ready(None);
+            }
+            // Over at the inner body's end or error, or never watched: the inner body as
+            // it is.
             return this.inner.poll_frame(cx).map_err(Into::into);
         };
         match this.inner.as_mut().poll_frame(cx) {
@@ -177,6 +197,7 @@ where
             Poll::Pending => {}
         }
         if let Some(fired) = interrupt_fired(&mut w.call, this.token_wake, cx) {
+            *this.cut = true;
             let call = take(this.watch);
             return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).into())));
         }
@@ -195,19 +216,25 @@ where
         let Some(w) = this.watch.take() else {
             return Poll::Ready(None);
         };
-        let total_passed = w.total.filter(|t| Instant::now() >= w.call.started() + *t);
+        *this.cut = true;
+        let total_passed = w.total_due().is_some_and(|at| Instant::now() >= at);
         let err = match (total_passed, w.idle) {
-            (None, Some((idle, source))) => w.call.body_idle(idle, source, w.last_frame),
-            (total, _) => w.call.body_expired(total.or(w.total).unwrap_or_default()),
+            (false, Some((idle, source))) => w.call.body_idle(idle, source, w.last_frame),
+            _ => w
+                .call
+                .body_expired(w.total.unwrap_or_default(), w.last_frame),
         };
         Poll::Ready(Some(Err(err.into())))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.cut {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

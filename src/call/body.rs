@@ -1,6 +1,7 @@
 //! The call guard's side of a response body: a call whose head arrived stays in flight in
-//! its body, and ends there exactly once (its last frame, an error, an interrupt, its idle
-//! or total deadline) or is abandoned when the body is dropped.
+//! its body, and ends there exactly once, counted as one outcome: answered (its last frame,
+//! the inner body's error, or the body dropped), interrupted, or expired (its idle or total
+//! deadline).
 
 use std::panic::Location;
 use std::time::Duration;
@@ -16,14 +17,20 @@ use crate::interrupt::{Fired, Origin};
 use crate::peer::CallPeer;
 
 impl Call {
-    /// The head arrived: recorded as `outcome`, but the call stays in flight. A probe is
-    /// over once its head is answered.
+    /// The head arrived: recorded as `outcome`, but the call stays in flight, and is
+    /// counted when it ends. A probe is over once its head is answered.
     pub(crate) fn head(&mut self, now: Instant, outcome: Outcome) {
         if let CallPeer::Tracked(p) = self.peer() {
             p.on_head(now, self.start, &self.ticket, outcome);
         }
         self.ticket.probe = false;
-        self.held.probe_answered();
+        let latency = now.saturating_duration_since(self.start);
+        self.held.head_answered(outcome, latency);
+    }
+
+    /// The head arrived with its body already at its end: the call ends there, answered.
+    pub(crate) fn answered_whole(self, outcome: Outcome) {
+        self.answered(outcome);
     }
 
     /// When the call started.
@@ -48,9 +55,10 @@ impl Call {
     }
 
     /// The body ended: its last frame, or the inner body's own error.
-    pub(crate) fn body_end(mut self) {
-        // Nothing more to record: the call leaves its peer's count as its hold is dropped.
-        self.held.end();
+    pub(crate) fn body_end(self) {
+        // The hold, dropped, counts the call as answered (its head was) and takes it out
+        // of its peer's count.
+        drop(self);
     }
 
     /// An interrupt reached the body.
@@ -60,8 +68,9 @@ impl Call {
         self.interrupted(fired, origin)
     }
 
-    /// The body sent nothing since `since` for its `idle` deadline: a miss. The miss that
-    /// declares the peer silent ends with the silence as its reason.
+    /// The body sent nothing since `since` for its `idle` deadline: a miss, unless its
+    /// caller set a deadline shorter than the peer's own. The miss that declares the peer
+    /// silent ends with the silence as its reason.
     #[track_caller]
     pub(crate) fn body_idle(
         mut self,
@@ -72,7 +81,7 @@ impl Call {
         let _entered = self.span.clone().entered();
         let now = Instant::now();
         let silenced = match self.held.end() {
-            Some(p) => p.on_body_idle(now, since),
+            Some(p) => p.on_body_idle(now, since, source == IdleSource::Request),
             None => None,
         };
         let (peer, elapsed) = (self.peer().label(), now - self.start);
@@ -86,12 +95,13 @@ impl Call {
     }
 
     /// The exchange ran out the `total` deadline its caller gave it, counted from the
-    /// call's start: the caller's deadline, which says nothing about the peer.
+    /// call's start, its last frame at `since`: the caller's deadline, a miss only if the
+    /// body waited since that frame at least the peer's own idle deadline.
     #[track_caller]
-    pub(crate) fn body_expired(mut self, total: Duration) -> Interrupted {
+    pub(crate) fn body_expired(mut self, total: Duration, since: Instant) -> Interrupted {
         let _entered = self.span.clone().entered();
         self.ticket.deadline = total;
         self.ticket.source = DeadlineSource::Caller;
-        self.expired()
+        self.expired(Some(since))
     }
 }

@@ -89,22 +89,44 @@ impl Gaps {
         let rotated = gaps.window.advance(now);
         gaps.window.record(gap, now);
         gaps.since_recompute += 1;
-        let samples = gaps.window.samples();
-        let warm = samples >= gaps.policy.min_samples.min(GAP_WARMUP);
-        if !warm {
+        let due =
+            rotated || gaps.since_recompute >= RECOMPUTE_EVERY || self.gap.load(Relaxed) == COLD;
+        self.publish(gaps, due);
+    }
+
+    /// Publishes what the gaps call for: the cold start while too few were seen, else
+    /// (when `due`) `quantile × factor + margin` of the gaps within `[min, max]`.
+    fn publish(&self, gaps: &mut GapWindow, due: bool) {
+        let p = &gaps.policy;
+        if gaps.window.samples() < p.min_samples.min(GAP_WARMUP) {
             self.gap.store(COLD, Relaxed);
-            self.idle.store(nanos(gaps.policy.cold_start), Relaxed);
-        } else if rotated
-            || gaps.since_recompute >= RECOMPUTE_EVERY
-            || self.gap.load(Relaxed) == COLD
-        {
-            let q = gaps.window.quantile(gaps.policy.quantile);
-            let p = &gaps.policy;
-            let idle = (q.mul_f64(p.factor) + p.margin).clamp(p.min, p.max);
+            self.idle.store(nanos(p.cold_start), Relaxed);
+        } else if due {
+            let q = gaps.window.quantile(p.quantile);
+            // The policy's own formula: a huge `factor` saturates at `max`.
+            let (idle, _) = p.deadline(p.min_samples, q);
             self.gap.store(nanos(q), Relaxed);
             self.idle.store(nanos(idle), Relaxed);
             gaps.since_recompute = 0;
         }
+    }
+
+    /// Puts `policy` in force: the window is kept if its shape is the same, and what the
+    /// gaps call for is published again under the new policy.
+    fn refresh(&self, policy: impl FnOnce() -> Arc<TimeoutPolicy>, now: Instant) {
+        let mut locked = self.lock();
+        // Read under the gaps' lock (the order `record` takes them in): of two changes
+        // racing, the later policy is the one left in force.
+        let policy = policy();
+        let Some(gaps) = locked.as_mut() else {
+            self.idle.store(nanos(policy.cold_start), Relaxed);
+            return;
+        };
+        if !gap_shape(&gaps.policy).same_window(&gap_shape(&policy)) {
+            gaps.window = Window::new(&gap_shape(&policy), now);
+        }
+        gaps.policy = policy;
+        self.publish(gaps, true);
     }
 
     /// Heap bytes of the gap window's histograms.
@@ -162,14 +184,40 @@ impl Peer {
         }
     }
 
+    /// The idle deadline the peer's own rule ([`IdleRule::Learned`]) gives a body now:
+    /// what a caller's own body deadline is weighed against.
+    pub(super) fn own_idle(&self) -> Duration {
+        self.idle_deadline(IdleRule::Learned)
+            .map_or(Duration::MAX, |(idle, _)| idle)
+    }
+
     /// A body sent nothing since `since` for its idle deadline: a miss like a call's
-    /// deadline, which may declare the peer silent. Returns the silence interrupt if this
-    /// miss declared it.
-    pub(crate) fn on_body_idle(&self, now: Instant, since: Instant) -> Option<Fired> {
+    /// deadline, which may declare the peer silent. A deadline its caller set (`by_caller`)
+    /// is weighed as a head's is: a miss only if it is at least the peer's own. Returns
+    /// the silence interrupt if this miss declared it.
+    pub(crate) fn on_body_idle(
+        &self,
+        now: Instant,
+        since: Instant,
+        by_caller: bool,
+    ) -> Option<Fired> {
         self.metrics.timed_out();
+        let allowed = by_caller.then(|| self.own_idle());
         let mut locked = self.lock();
         locked.deadline_exceeded += 1;
-        self.miss(locked, now, since, false)
+        match allowed {
+            Some(allowed) => {
+                let waited = now.saturating_duration_since(since);
+                self.caller_ran_out(&mut locked, now, since, false, waited, allowed)
+            }
+            None => self.miss(locked, now, since, false),
+        }
+    }
+
+    /// Puts the peer's policy now in force on its gaps: the idle deadline they call for
+    /// (or the cold start) is recomputed within the new `[min, max]`.
+    pub(super) fn refresh_gaps(&self, now: Instant) {
+        self.gaps.refresh(|| self.lock().policy.clone(), now);
     }
 }
 
@@ -192,6 +240,49 @@ mod tests {
         }
         let bytes = gaps.heap_bytes();
         assert!(bytes > 0 && bytes <= GAP_WINDOW_BYTES_MAX, "{bytes} bytes");
+    }
+
+    /// Gaps under `policy`, warmed up with `GAP_WARMUP` gaps of `gap`.
+    fn warm(policy: &Arc<TimeoutPolicy>, gap: Duration) -> Gaps {
+        let gaps = Gaps::new(policy.cold_start);
+        for _ in 0..GAP_WARMUP {
+            gaps.record(|| policy.clone(), Instant::now(), gap);
+        }
+        gaps
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_factor_saturates_the_idle_deadline_at_max() {
+        let policy = Arc::new(TimeoutPolicy::default().factor(1e300));
+        policy.validate().expect("a valid policy");
+        let gaps = warm(&policy, Duration::from_millis(200));
+        assert_eq!(gaps.learned().0, policy.max);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_policy_bounds_the_idle_deadline_at_once() {
+        let policy = Arc::new(TimeoutPolicy::default());
+        let gaps = Gaps::new(policy.cold_start);
+        let tight = || {
+            let p = TimeoutPolicy::default().max(Duration::from_millis(300));
+            Arc::new(p.cold_start(Duration::from_millis(300)))
+        };
+        // Cold: the new cold start.
+        gaps.refresh(tight, Instant::now());
+        assert_eq!(
+            gaps.learned(),
+            (Duration::from_millis(300), IdleSource::ColdStart)
+        );
+        // Warm under the default policy (gaps of 500 ms call for more than 300 ms), then
+        // the tight one: its max.
+        let gaps = warm(&policy, Duration::from_millis(500));
+        assert!(
+            gaps.learned().0 > Duration::from_millis(900),
+            "{:?}",
+            gaps.learned()
+        );
+        gaps.refresh(tight, Instant::now());
+        assert_eq!(gaps.learned().0, Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]

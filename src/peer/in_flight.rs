@@ -4,11 +4,15 @@
 use std::ops::Deref;
 use std::sync::Arc;
 use std::task::Waker;
+#[cfg(feature = "http")]
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use super::{CallPeer, Peer};
+#[cfg(feature = "http")]
+use crate::classify::Outcome;
 use crate::interrupt::{Fired, Interrupts, NOT_WAITING};
 
 /// Why a peer did not admit a call.
@@ -59,8 +63,10 @@ impl Deref for PeerRef {
 /// An admitted call's place among its peer's calls in flight, held from the moment the
 /// peer counted it (on the stripe it names). The call's outcome is recorded through
 /// [`InFlight::end`]; dropped without one (its caller went away, or a panic came between
-/// admission and the call's future) the call ends as abandoned. Either way the count, a
-/// probe slot and the call's interrupt registration come back when the hold is dropped.
+/// admission and the call's future) the call ends as abandoned, unless its head was
+/// answered: then its body ended (or was dropped) and it is counted as answered. Either
+/// way the count, a probe slot and the call's interrupt registration come back when the
+/// hold is dropped.
 pub(crate) struct InFlight {
     peer: CallPeer,
     /// The call's stripe: where it is counted in flight (if `counted`), and where it
@@ -73,6 +79,9 @@ pub(crate) struct InFlight {
     pub(super) counted: bool,
     pub(super) probe: bool,
     pub(super) ended: bool,
+    /// How its head was answered, and after how long, once it was.
+    #[cfg(feature = "http")]
+    head: Option<(Outcome, Duration)>,
 }
 
 impl InFlight {
@@ -86,6 +95,8 @@ impl InFlight {
             counted: true,
             probe: false,
             ended: false,
+            #[cfg(feature = "http")]
+            head: None,
         }
     }
 
@@ -98,6 +109,8 @@ impl InFlight {
             counted: false,
             probe: false,
             ended: false,
+            #[cfg(feature = "http")]
+            head: None,
         }
     }
 
@@ -120,11 +133,21 @@ impl InFlight {
         self.slot != NOT_WAITING
     }
 
-    /// The call's probe was answered (its head came): a later abandon (its body dropped)
-    /// is no abandoned probe.
+    /// The call's head was answered with `outcome` after `latency`: its body's end or
+    /// drop counts the call as answered, and is no abandoned probe.
     #[cfg(feature = "http")]
-    pub(crate) fn probe_answered(&mut self) {
+    pub(crate) fn head_answered(&mut self, outcome: Outcome, latency: Duration) {
         self.probe = false;
+        self.head = Some((outcome, latency));
+    }
+
+    /// Counts the call as answered if its head was; otherwise it was abandoned.
+    fn abandoned(&self, p: &Peer) {
+        #[cfg(feature = "http")]
+        if let Some((outcome, latency)) = self.head {
+            return p.on_body_answered(outcome, latency);
+        }
+        p.on_abandon(Instant::now(), self.probe, None);
     }
 
     /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
@@ -143,7 +166,7 @@ impl Drop for InFlight {
         self.peer.interrupts().leave(self.stripe, &mut self.slot);
         if let CallPeer::Tracked(p) = &self.peer {
             if !self.ended {
-                p.on_abandon(Instant::now(), self.probe, None);
+                self.abandoned(p);
             }
             if self.counted {
                 p.leave(self.stripe as usize);

@@ -412,7 +412,8 @@ impl Peer {
         }
     }
 
-    /// Puts a new policy in force; the window is kept when its shape did not change.
+    /// Puts a new policy in force; the window is kept when its shape did not change. The
+    /// bodies' idle deadline follows it too.
     pub(crate) fn set_policy(&self, policy: Arc<TimeoutPolicy>, overridden: bool, now: Instant) {
         let mut locked = self.lock();
         let reset = !locked.policy.same_window(&policy);
@@ -425,6 +426,10 @@ impl Peer {
         self.transition(transition);
         self.reshape_classes(&mut locked, now, reset);
         self.publish(&mut locked, now);
+        // The gaps take their lock before the peer's: this one is let go first.
+        drop(locked);
+        #[cfg(feature = "http")]
+        self.refresh_gaps(now);
     }
 
     /// Whether the table has let the peer go.

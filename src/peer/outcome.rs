@@ -20,8 +20,8 @@ use crate::interrupt::{Fired, Origin};
 
 impl Peer {
     /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
-    /// recorded as [`on_head`](Self::on_head) does (the call leaves the in-flight count
-    /// when its hold is dropped).
+    /// recorded as [`on_head`](Self::on_head) does, and counted (the call leaves the
+    /// in-flight count when its hold is dropped).
     pub(crate) fn on_outcome(
         &self,
         now: Instant,
@@ -29,16 +29,14 @@ impl Peer {
         ticket: &Ticket,
         outcome: Outcome,
     ) {
-        self.on_head(now, started, ticket, outcome);
+        self.record_answer(now, started, ticket, outcome, true);
     }
 
-    /// Records `outcome` of a call that started at `started`; the call stays in flight
-    /// (its body is still to come) until its hold is dropped. An answer is a heartbeat
-    /// (and commits the misses held back); a [`Outcome::Sample`] also records its latency.
-    /// A healthy peer's samples are held in the caller's stripe and handed over in batches
-    /// ([`stripes`](super::stripes)). A probe answered slower than the learned deadline
-    /// re-seeds the window: the peer came back slower, and its old history would cut every
-    /// call. A failure records nothing but its count; a failed probe frees the probe slot.
+    /// Records the head of a call that started at `started`, answered with `outcome`; the
+    /// call stays in flight (its body is still to come) until its hold is dropped, and is
+    /// counted once it ends: as answered ([`on_body_answered`](Self::on_body_answered))
+    /// unless its body is cut (a timeout, an interrupt), so each call counts one outcome.
+    #[cfg(feature = "http")]
     pub(crate) fn on_head(
         &self,
         now: Instant,
@@ -46,8 +44,41 @@ impl Peer {
         ticket: &Ticket,
         outcome: Outcome,
     ) {
+        self.record_answer(now, started, ticket, outcome, false);
+    }
+
+    /// A call whose head was answered with `outcome` after `latency` ended as answered
+    /// (its body ended, failed, or was dropped by its reader): counted now.
+    #[cfg(feature = "http")]
+    pub(crate) fn on_body_answered(&self, outcome: Outcome, latency: Duration) {
+        let mut locked = self.lock();
+        if outcome == Outcome::Failure {
+            self.metrics.failed();
+            locked.failures += 1;
+        } else {
+            self.metrics.answered(latency);
+            locked.completed += 1;
+        }
+    }
+
+    /// Records `outcome` of a call that started at `started`, counted in the outcome
+    /// counters if `count` (a head whose body is still to come is counted at its end). An
+    /// answer is a heartbeat (and commits the misses held back); a [`Outcome::Sample`]
+    /// also records its latency. A healthy peer's counted samples are held in the
+    /// caller's stripe and handed over in batches ([`stripes`](super::stripes)). A probe
+    /// answered slower than the learned deadline re-seeds the window: the peer came back
+    /// slower, and its old history would cut every call. A failure records nothing but
+    /// its count; a failed probe frees the probe slot.
+    fn record_answer(
+        &self,
+        now: Instant,
+        started: Instant,
+        ticket: &Ticket,
+        outcome: Outcome,
+        count: bool,
+    ) {
         let (probe, class) = (ticket.probe, ticket.class);
-        if outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+        if count && outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
             let now_ns = self.nanos(now);
             let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started));
             self.metrics.answered(latency);
@@ -75,8 +106,10 @@ impl Peer {
         let latency = now.saturating_duration_since(started);
         let mut locked = self.lock();
         if outcome == Outcome::Failure {
-            self.metrics.failed();
-            locked.failures += 1;
+            if count {
+                self.metrics.failed();
+                locked.failures += 1;
+            }
             locked.consecutive_failures += 1;
             if probe {
                 let policy = locked.policy.clone();
@@ -85,7 +118,9 @@ impl Peer {
             }
             return;
         }
-        self.metrics.answered(latency);
+        if count {
+            self.metrics.answered(latency);
+        }
         let learned = locked.lane.source != DeadlineSource::ColdStart;
         if probe && learned && latency > self.deadline().0 {
             locked.lane = Lane::new(&locked.policy, now);
@@ -93,7 +128,7 @@ impl Peer {
             self.publish(&mut locked, now);
         }
         let sample = (outcome == Outcome::Sample).then_some((latency, class));
-        self.answered(&mut locked, now, 1, sample.into_iter());
+        self.answered(&mut locked, now, u64::from(count), sample.into_iter());
     }
 
     /// Records the answers `batch` held, as of its latest.
@@ -136,12 +171,14 @@ impl Peer {
     /// A call of `ticket` that started at `started` ran out its deadline. Records a
     /// censored sample at the deadline, counts a miss, and may declare the peer silent,
     /// interrupting every other call in flight. Returns why the deadline had its value,
-    /// and the silence interrupt if this miss declared it.
+    /// and the silence interrupt if this miss declared it. `body_since` is set for a call
+    /// whose head was answered: its body's total deadline ran out, its last frame then.
     pub(crate) fn on_deadline(
         &self,
         now: Instant,
         started: Instant,
         ticket: &Ticket,
+        body_since: Option<Instant>,
     ) -> (DeadlineExplanation, Option<Fired>) {
         let Ticket {
             deadline,
@@ -159,20 +196,18 @@ impl Peer {
         let policy = locked.policy.clone();
         let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
-            // The caller's own, shorter, deadline says nothing about the peer's latency. A
-            // probe cut by it frees the probe slot. Any other call is a miss if the peer
-            // said nothing since it started and the caller waited at least as long as the
-            // peer's answers normally take.
-            let transition = if probe {
-                locked
-                    .health
-                    .on_probe_end(now, ProbeEnd::CallerCut, &policy)
-            } else if miss && deadline >= self.lane_of(&locked, class).normal_latency(&policy) {
-                locked.health.on_deadline(now, started, false, &policy)
-            } else {
-                None
+            // A head waited its deadline since the call started, and the peer's answers
+            // normally take their normal latency; a body waited since its last frame, and
+            // the peer's own rule allows its learned idle deadline.
+            let (since, waited, allowed) = match body_since {
+                #[cfg(feature = "http")]
+                Some(since) => (since, now.saturating_duration_since(since), self.own_idle()),
+                _ => {
+                    let normal = self.lane_of(&locked, class).normal_latency(&policy);
+                    (started, deadline, normal)
+                }
             };
-            let silenced = self.on_transition(&mut locked, now, transition);
+            let silenced = self.caller_ran_out(&mut locked, now, since, probe, waited, allowed);
             return (explanation, silenced);
         }
         if !probe && source != DeadlineSource::SilentPeer {
@@ -193,6 +228,34 @@ impl Peer {
             }
         }
         (explanation, self.miss(locked, now, started, probe))
+    }
+
+    /// A wait its caller set ran out at `now`, `waited` after `since` (the call's start,
+    /// or its body's last frame), where the peer's own rule allows `allowed`. The caller's
+    /// own, shorter, wait says nothing about the peer. A probe cut by it frees the probe
+    /// slot. Any other wait is a miss if the peer said nothing since `since` and the
+    /// caller waited at least what the peer's own rule allows. Returns the silence
+    /// interrupt if this miss declared it.
+    pub(super) fn caller_ran_out(
+        &self,
+        locked: &mut MutexGuard<'_, Locked>,
+        now: Instant,
+        since: Instant,
+        probe: bool,
+        waited: Duration,
+        allowed: Duration,
+    ) -> Option<Fired> {
+        let policy = locked.policy.clone();
+        let transition = if probe {
+            locked
+                .health
+                .on_probe_end(now, ProbeEnd::CallerCut, &policy)
+        } else if locked.health.is_miss(since) && waited >= allowed {
+            locked.health.on_deadline(now, since, false, &policy)
+        } else {
+            None
+        };
+        self.on_transition(locked, now, transition)
     }
 
     /// Counts a miss (a wait that started at `started` ran out with no answer). Returns the silence interrupt if this miss declared the peer silent, after
@@ -317,7 +380,7 @@ mod tests {
         // so it is slowness, not a miss.
         advance(ticket.deadline).await;
         waiting.end();
-        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket);
+        let (_, silenced) = peer.on_deadline(Instant::now(), start, &ticket, None);
         assert!(silenced.is_none());
         assert_eq!(peer.state(), PeerState::Healthy);
         let view = peer.view(Instant::now());

@@ -41,11 +41,15 @@ pub(crate) use self::http::{read, write};
 ///
 /// Off by default. With it on, the deadline a request's headers carry shortens the call's
 /// deadline, and the deadline the call gets is written back (overwriting the header) for
-/// the callee. A header holds whole milliseconds (or coarser), so the stack below may
-/// enforce the deadline up to a millisecond early (a client's own timer on
-/// `grpc-timeout`, say): an inner error that close to the deadline is taken for it, and
-/// the call ends as a run-out deadline (`DeadlineExceeded`). Without propagation every
-/// inner error is passed on as it is, and is an answer.
+/// the callee. Under `with_bodies()` (feature `http`), where the call goes on in its body
+/// and a callee (a gRPC server) applies the deadline to the whole call, what is written is
+/// a deadline for the whole call: the caller's, shortened by the body's `BodyDeadline`;
+/// nothing if neither is set. An inner error within a millisecond
+/// of a propagated call deadline (a header holds whole milliseconds, so the stack below
+/// may enforce it up to a millisecond early: a client's own timer on `grpc-timeout`, say)
+/// is taken for that deadline, and the call ends as a run-out deadline
+/// (`DeadlineExceeded`). Without propagation every inner error is passed on as it is, and
+/// is an answer.
 #[derive(Clone, Debug, Default)]
 pub struct Propagation {
     grpc_timeout: bool,

@@ -9,5 +9,6 @@ mod e2e_hyper;
 mod e2e_tonic;
 mod idle;
 mod polls;
+mod reliability;
 mod tcp;
 mod tonic;

@@ -2,12 +2,12 @@
 //!
 //! Covers: `interrupt_peer`, `interrupt_all`, `shutdown` and the call's token each wake a
 //! body pending on a frame that never comes, which ends at its next poll with the reason and
-//! the line that fired it, no time having passed; a body dropped mid-stream records nothing
-//! (its peer's snapshot is unchanged but for `in_flight`) and frees its inner body; a body
-//! that ends (at its last frame, or with trailers and then its end) ends its call exactly
-//! once. Each check reads the peer's snapshot: one outcome per call, nothing left in
-//! flight. A call whose head was answered has recorded it (one sample, one `completed`);
-//! its body's end adds its own outcome, if any.
+//! the line that fired it, no time having passed; a body dropped mid-stream counts its call
+//! as answered (its peer's snapshot is unchanged but for `in_flight` and `completed`) and
+//! frees its inner body; a body that ends (at its last frame, or with trailers and then its
+//! end) ends its call exactly once. Each check reads the peer's snapshot: one outcome per
+//! call, nothing left in flight. A call whose head was answered has recorded its sample;
+//! its outcome is counted when its body ends: `completed`, or what cut it.
 #![cfg(feature = "http")]
 
 use crate::support;
@@ -85,18 +85,19 @@ struct Counts {
     in_flight: usize,
 }
 
-/// A call whose head was answered, in flight in its body.
+/// A call whose head was answered, in flight in its body: not counted yet.
 const OPEN: Counts = Counts {
     samples: 1,
-    completed: 1,
+    completed: 0,
     deadline_exceeded: 0,
     silent_interrupts: 0,
     manual_interrupts: 0,
     in_flight: 1,
 };
 
-/// [`OPEN`], its body over with nothing more recorded.
+/// [`OPEN`], its body over: counted as answered.
 const ENDED: Counts = Counts {
+    completed: 1,
     in_flight: 0,
     ..OPEN
 };
@@ -183,7 +184,8 @@ async fn ends_at_once(reason: Reason, fire: impl FnOnce(&Rig, &Interrupt) -> u32
     assert!(!watched(&mut body));
     let one = Counts {
         manual_interrupts: 1,
-        ..ENDED
+        in_flight: 0,
+        ..OPEN
     };
     assert_eq!(rig.counts(), one);
     drop(body);
@@ -234,7 +236,7 @@ async fn the_calls_token_ends_its_open_body_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_dropped_mid_stream_records_nothing() {
+async fn a_body_dropped_mid_stream_counts_its_answer() {
     let rig = rig();
     let (tx, inner) = feed();
     let mut body = rig.open(inner, &Interrupt::new()).await;
@@ -249,10 +251,11 @@ async fn a_body_dropped_mid_stream_records_nothing() {
     assert!(tx.is_closed(), "the inner body went with it");
     let mut expected = before.clone();
     expected.in_flight = 0;
+    expected.completed = 1;
     assert_eq!(
         rig.snapshot(),
         expected,
-        "nothing recorded but the end of its flight"
+        "nothing recorded but the end of its flight, answered"
     );
     // Nothing of the body outlives it: no idle deadline passes later as a miss.
     tokio::time::advance(ms(5_000)).await;
