@@ -1,4 +1,4 @@
-//! Integration tests: what the layer reports: the `metrics` facade and tracing events.
+//! Integration tests: what the layer reports: the `metrics` facade.
 //!
 //! One test binary per area, so the suite links the crate a few times, not once per file.
 
@@ -7,4 +7,3 @@ pub mod support;
 
 mod metrics_labels;
 mod metrics_scrape;
-mod tracing_events;

@@ -1,7 +1,7 @@
 //! What a `tracing` subscriber writes, captured for assertions.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::subscriber::DefaultGuard;
 
@@ -27,9 +27,20 @@ impl Captured {
     }
 }
 
+/// Held while a test captures: one capture at a time per test binary.
+static CAPTURING: Mutex<()> = Mutex::new(());
+
+/// A capture in progress: the subscriber stays this thread's default until it is dropped.
+pub struct Capture {
+    _default: DefaultGuard,
+    _alone: MutexGuard<'static, ()>,
+}
+
 /// Captures every event and span, down to trace level, on this thread until the guard is
-/// dropped.
-pub fn capture() -> (Captured, DefaultGuard) {
+/// dropped. `tracing` caches per callsite whether anyone listens, across threads, so a
+/// test that captures runs in a binary of its own (`tests/tracing/`), one capture at a time.
+pub fn capture() -> (Captured, Capture) {
+    let alone = CAPTURING.lock().unwrap_or_else(PoisonError::into_inner);
     let out = Captured::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -37,5 +48,9 @@ pub fn capture() -> (Captured, DefaultGuard) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    (out, tracing::subscriber::set_default(subscriber))
+    let capture = Capture {
+        _default: tracing::subscriber::set_default(subscriber),
+        _alone: alone,
+    };
+    (out, capture)
 }
