@@ -2,7 +2,7 @@
 //! outcome. It records the outcome exactly once: the outcome methods consume it, and a
 //! guard dropped without one (its caller went away) records the call as abandoned (or, once
 //! its head was answered and its body ended or was dropped, as answered), through the
-//! peer's [`InFlight`] hold it carries from admission on.
+//! peer's [`InFlight`] hold it carries from admission on (ARCHITECTURE.md, invariant 4).
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.

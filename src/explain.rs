@@ -1,6 +1,7 @@
 //! Why a deadline has its value: the rule that produced it ([`DeadlineSource`]) and the
 //! numbers that went into it ([`DeadlineExplanation`]). Errors, snapshots and the peer state
-//! all read it; it reads nothing of the crate's.
+//! all read it; it reads nothing of the crate's, so it sits below them all
+//! (ARCHITECTURE.md, invariant 7: no import cycle).
 
 use std::fmt;
 use std::time::Duration;

@@ -230,7 +230,8 @@ where
 /// waker. The token notifies with `notify_waiters`, which stores no permit, so its
 /// registration is ready only if a fire came after it was made; a pass that finds it ready
 /// clears it, and the next pass registers again and its check finds that fire, since fires
-/// are never undone: the loop settles by its second pass.
+/// are never undone: the loop settles by its second pass. (ARCHITECTURE.md, invariant 3:
+/// register before checking.)
 pub(crate) fn watch(
     call: &mut Call,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,

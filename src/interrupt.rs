@@ -66,7 +66,9 @@ impl Interrupts {
         self.generation.load(SeqCst)
     }
 
-    /// Ends every call that started before now with `fired`.
+    /// Ends every call that started before now with `fired`: the reason and the generation
+    /// are published before any call is woken, so a call that registered before it checked
+    /// misses no fire (ARCHITECTURE.md, invariant 3).
     pub(crate) fn fire(&self, fired: Fired) {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(fired);
         // Bump before waking: a call that registers after its stripe was woken sees the

@@ -421,7 +421,9 @@ impl State {
             .is_some_and(|s| s.generation == due.generation)
     }
 
-    /// Pops stale items off the top, so the top is a live deadline.
+    /// Pops stale items off the top, so the top is a live deadline (ARCHITECTURE.md,
+    /// invariant 2): the timer is armed for the top, and a re-arm is due only while the
+    /// heap holds a call.
     fn pop_stale(&mut self) {
         while let Some(Reverse(due)) = self.heap.peek() {
             if Self::is_live(&self.slots, due) {

@@ -161,6 +161,8 @@ impl InFlight {
     }
 }
 
+/// Every call's outcome is recorded exactly once (ARCHITECTURE.md, invariant 4): an
+/// `InFlight` dropped without one records an abandon, and gives the count back.
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.peer.interrupts().leave(self.stripe, &mut self.slot);

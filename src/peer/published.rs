@@ -1,7 +1,8 @@
 //! What every call to a peer reads: the deadline word (the deadline and why it has that
 //! value, packed into one `u64`), the health state, when the latency window next rotates,
 //! the policy's bounds, and whether answers may wait in their stripes. Written only under
-//! the peer's lock, read without it: a call to a healthy peer never takes a lock.
+//! the peer's lock, read without it: a call to a healthy peer never takes a lock
+//! (ARCHITECTURE.md, invariant 5).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;

@@ -134,6 +134,8 @@ impl Stripes {
 
     /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
     /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
+    /// Counted before checked, on the word that holds the retired bit: a call is counted in
+    /// flight before its peer can be retired (ARCHITECTURE.md, invariant 1).
     pub(super) fn enter(&self) -> Option<usize> {
         let (i, stripe) = self.stripes.mine();
         if stripe.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {

@@ -258,6 +258,8 @@ impl<K: PeerKey> PeerTable<K> {
         hints: LatencyHints<'_>,
         here: &'static Location<'static>,
     ) -> Option<Admission> {
+        // Invariant 10: the generation is read before the shutdown flag, so a call admitted
+        // during a shutdown is either refused or reached by its fire.
         let generation = peer.interrupts().generation();
         let refused = |fired| Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
         if let Some(fired) = self.refusal(caller_deadline, here) {
@@ -478,7 +480,8 @@ impl<K: PeerKey> PeerTable<K> {
     }
 }
 
-/// `ticket`, its deadline shortened to the caller's where that is shorter.
+/// `ticket`, its deadline shortened to the caller's where that is shorter: a caller can
+/// only shorten its deadline (ARCHITECTURE.md, invariant 6).
 fn capped(mut ticket: Ticket, caller_deadline: Option<Duration>) -> Ticket {
     if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
         (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);

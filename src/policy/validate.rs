@@ -13,7 +13,8 @@ fn fail(field: &'static str, problem: String) -> Result<(), PolicyError> {
 }
 
 impl TimeoutPolicy {
-    /// Checks every field; the first bad one is named in the error.
+    /// Checks every field; the first bad one is named in the error. Every policy in force
+    /// passed it, which the histogram bounds rely on (ARCHITECTURE.md, invariant 8).
     pub fn validate(&self) -> Result<(), PolicyError> {
         self.check_formula()?;
         self.check_bounds()?;

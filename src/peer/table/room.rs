@@ -75,6 +75,7 @@ impl<K: PeerKey> PeerTable<K> {
             self.busy_until.store(until, Relaxed);
             return false;
         };
+        // Invariant 1: only a peer that `retire` accepted, with no call in flight, goes.
         let retired = |_: &Arc<K>, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
         if self.peers.remove_if(&key, retired).is_some() {
             self.len.fetch_sub(1, Relaxed);
