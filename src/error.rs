@@ -18,8 +18,8 @@ use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::body::idle::IdleSource;
 use crate::explain::{DeadlineExplanation, DeadlineSource};
-use crate::idle::IdleSource;
 use crate::site::Site;
 
 /// The error type of the layer's service: the inner service's error, or [`Interrupted`].

@@ -53,8 +53,6 @@
 #![forbid(unsafe_code)]
 
 mod balance;
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 mod body;
 mod call;
 pub mod class;
@@ -69,7 +67,6 @@ pub mod export;
 mod export;
 mod future;
 mod handle;
-mod idle;
 mod interrupt;
 mod invariant;
 mod label;
@@ -91,6 +88,7 @@ mod units;
 #[cfg(feature = "balance")]
 pub use balance::EndpointLoad;
 pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
+pub use body::idle::{IdleRule, IdleSource, GAP_WARMUP};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
 pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline};
@@ -100,7 +98,6 @@ pub use events::HealthEvent;
 pub use explain::{DeadlineExplanation, DeadlineSource};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
-pub use idle::{IdleRule, IdleSource, GAP_WARMUP};
 pub use label::MAX_LABEL_BYTES;
 pub use layer::{
     AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_CLASSES, DEFAULT_MAX_PEERS,

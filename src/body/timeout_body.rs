@@ -10,15 +10,28 @@ use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::{BodySettings, Idle};
+use super::idle::{IdleRule, IdleSource};
 use crate::call::Call;
 use crate::classify::Outcome;
 use crate::error::BoxError;
 use crate::future::watch as interrupt_fired;
-use crate::idle::IdleSource;
 
 /// Frames closer together than this report one heartbeat to the silence detector: a fast
 /// stream does not take its peer's lock per frame (deadlines are at least a millisecond).
+/// One call's body settings, from its request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BodySettings {
+    pub(super) idle: Idle,
+    pub(super) total: Option<Duration>,
+}
+
+/// Where a body's idle deadline comes from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Idle {
+    Rule(IdleRule),
+    Fixed(Duration),
+}
+
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
 
 pin_project! {

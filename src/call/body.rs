@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{fire_token, Call};
+use crate::body::idle::{IdleRule, IdleSource};
 use crate::classify::Outcome;
 use crate::error::{Interrupted, Reason};
 use crate::explain::DeadlineSource;
-use crate::idle::{IdleRule, IdleSource};
 use crate::interrupt::{Fired, Origin};
 use crate::peer::CallPeer;
 

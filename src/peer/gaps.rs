@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::window::Window;
 use super::Peer;
-use crate::idle::{IdleRule, IdleSource, GAP_WARMUP};
+use crate::body::idle::{IdleRule, IdleSource, GAP_WARMUP};
 use crate::interrupt::Fired;
 use crate::policy::TimeoutPolicy;
 
