@@ -48,7 +48,10 @@ pub enum Reason {
         /// Why the deadline had that value.
         explanation: Box<DeadlineExplanation>,
     },
-    /// The peer stopped answering: every call in flight to it is ended at once.
+    /// The peer stopped answering: every call in flight to it is ended at once. The call
+    /// whose own run-out deadline declared the silence ends with this reason too (so a retry
+    /// policy sees the peer is gone; `outstanding` counts the others), and is counted as a
+    /// timeout (`PeerSnapshot::deadline_exceeded`), the others as silent interrupts.
     PeerSilent {
         /// How long ago the peer last answered anything.
         since: Duration,

@@ -46,7 +46,8 @@ pub struct PeerSnapshot {
     /// it: each call counts in one of these counters at most.
     pub completed: u64,
     /// Calls that ran out their deadline, ever: a head's, or a watched body's idle or
-    /// total deadline.
+    /// total deadline. The call whose run-out deadline declared the peer silent counts
+    /// here, though it ends with [`Reason::PeerSilent`](crate::Reason::PeerSilent).
     pub deadline_exceeded: u64,
     /// Calls whose inner service failed to reach the peer (a transport
     /// [`Outcome::Failure`](crate::Outcome::Failure)), ever. Failures are neither latency
@@ -54,7 +55,8 @@ pub struct PeerSnapshot {
     pub failures: u64,
     /// Failures since the peer last answered: alert on a peer whose every call fails.
     pub consecutive_failures: u64,
-    /// Calls in flight ended because the peer went silent, ever.
+    /// Calls in flight ended because the peer went silent, ever (not the one whose own
+    /// deadline declared it: that one is in `deadline_exceeded`).
     pub silent_interrupts: u64,
     /// Calls in flight ended from outside the layer, ever: by hand (through the
     /// [`InterruptHandle`](crate::InterruptHandle) or the caller's token, whatever reason
