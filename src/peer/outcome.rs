@@ -178,11 +178,13 @@ impl Peer {
         if !probe && source != DeadlineSource::SilentPeer {
             // A censored sample: the peer's latency was at least the deadline. (A probe or
             // a cut deadline of a peer known to be silent says nothing about its latency.)
-            // The tail (the peer answered since) is recorded at once, and the deadline
-            // recomputed, since it may be behind. A miss waits for the peer's next answer:
-            // if silence is declared first, it was not slowness. (With detection off
-            // nothing tells the two apart: it is recorded at once.)
-            if miss && policy.silent_after_misses > 0 {
+            // It waits for the peer's next answer, then is recorded and the deadline
+            // recomputed at once, since it may be behind: if silence is declared first, it
+            // was not slowness. That holds for the tail too (the peer answered since the
+            // call started): the last calls sent before a partition run out while the
+            // answers sent before it still arrive. (With detection off nothing tells the
+            // two apart: it is recorded at once.)
+            if policy.silent_after_misses > 0 {
                 if locked.pending.len() < PENDING_MISSES {
                     locked.pending.push((class, deadline));
                 }

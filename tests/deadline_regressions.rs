@@ -1,0 +1,79 @@
+//! Deadlines that stay true: a silence leaves no mark on a peer's deadline, however often it
+//! comes back; a busy peer is not cut below what `cold_start` allows on a few dozen answers;
+//! probes of a peer silent for less than a minute wait no longer than `cold_start`.
+
+pub mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower_adaptive_timeout::{DeadlineSource, PeerState, TimeoutPolicy};
+
+use support::ms;
+use support::peers::{rig, Rig, P};
+
+/// Callers that call `P::A` in a loop (answers in 8-16 ms, 10 ms between calls) until
+/// `stop`.
+fn callers(rig: &Rig, n: u64, stop: &Arc<AtomicBool>, set: &mut JoinSet<()>) {
+    for caller in 0..n {
+        let svc = rig.svc.clone();
+        let stop = stop.clone();
+        set.spawn(async move {
+            let mut i = caller;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let delay = ms(8 + (i >> 33) % 9);
+                let req = support::peers::Req { peer: P::A, delay };
+                let _ = tower::ServiceExt::oneshot(svc.clone(), req).await;
+                tokio::time::sleep(ms(10)).await;
+            }
+        });
+    }
+}
+
+/// How long after `since` the peer was declared silent (polled every millisecond).
+async fn declared(rig: &Rig, since: Instant) -> Duration {
+    while rig.state(P::A) == PeerState::Healthy || rig.state(P::A) == PeerState::Suspect {
+        tokio::time::sleep(ms(1)).await;
+    }
+    Instant::now() - since
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_partitions_with_calls_that_never_end_leave_the_deadline_as_it_was() {
+    let rig = rig(TimeoutPolicy::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    callers(&rig, 8, &stop, &mut set);
+    tokio::time::sleep(ms(20_000)).await;
+    let deadline = || rig.handle.deadline(&P::A).expect("tracked");
+    let before = deadline();
+    assert_eq!(before.1, DeadlineSource::Quantile, "{before:?}");
+    let (mut after, mut to_declare) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        rig.peers.silence(P::A, true);
+        let start = Instant::now();
+        to_declare.push(declared(&rig, start).await);
+        tokio::time::sleep_until(start + ms(5_000)).await;
+        rig.peers.silence(P::A, false);
+        tokio::time::sleep(ms(5_000)).await;
+        assert_eq!(rig.state(P::A), PeerState::Healthy);
+        after.push(deadline().0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Calls stuck in the last partition are cut by the peer's deadline or its silence.
+    set.join_all().await;
+    for d in &after {
+        let drift = d.abs_diff(before.0).as_secs_f64() / before.0.as_secs_f64();
+        assert!(drift <= 0.10, "deadline {before:?}, after each heal {after:?}");
+    }
+    // Declared silent within two of the old deadlines each time (the second miss's call
+    // may start up to a deadline after the first's).
+    assert!(
+        to_declare.iter().all(|t| *t <= before.0 * 2),
+        "time to declare silence grew: {to_declare:?}, deadline {before:?}"
+    );
+}
