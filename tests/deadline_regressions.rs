@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower_adaptive_timeout::{DeadlineSource, PeerState, TimeoutPolicy};
+use tower_adaptive_timeout::{DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy};
 
 use support::ms;
 use support::peers::{rig, Rig, P};
@@ -68,7 +68,10 @@ async fn repeated_partitions_with_calls_that_never_end_leave_the_deadline_as_it_
     set.join_all().await;
     for d in &after {
         let drift = d.abs_diff(before.0).as_secs_f64() / before.0.as_secs_f64();
-        assert!(drift <= 0.10, "deadline {before:?}, after each heal {after:?}");
+        assert!(
+            drift <= 0.10,
+            "deadline {before:?}, after each heal {after:?}"
+        );
     }
     // Declared silent within two of the old deadlines each time (the second miss's call
     // may start up to a deadline after the first's).
@@ -76,4 +79,74 @@ async fn repeated_partitions_with_calls_that_never_end_leave_the_deadline_as_it_
         to_declare.iter().all(|t| *t <= before.0 * 2),
         "time to declare silence grew: {to_declare:?}, deadline {before:?}"
     );
+}
+
+/// Why the deadline of a call cut at its deadline had its value (`SilentPeer` for a call
+/// ended by its peer's silence).
+fn source(e: &Interrupted) -> DeadlineSource {
+    match e.reason() {
+        Reason::DeadlineExceeded { explanation, .. } => explanation.source,
+        _ => DeadlineSource::SilentPeer,
+    }
+}
+
+/// Starts `n` callers of `P::B` at once, each calling back to back for `span`: answers in
+/// 10-13 ms, but one call in 50 waits a 200 ms retransmission. Returns the calls made and
+/// the sources of the deadlines of the calls cut.
+async fn lossy_callers(rig: &Rig, n: u64, span: Duration) -> (usize, Vec<DeadlineSource>) {
+    let end = Instant::now() + span;
+    let mut set = JoinSet::new();
+    for caller in 0..n {
+        let svc = rig.svc.clone();
+        set.spawn(async move {
+            let (mut made, mut cut) = (0, Vec::new());
+            let mut i = caller.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            while Instant::now() < end {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let mut delay = ms(10 + (i >> 33) % 4);
+                if (i >> 40) % 50 == 0 {
+                    delay += ms(200);
+                }
+                let req = support::peers::Req { peer: P::B, delay };
+                made += 1;
+                let answered = tower::ServiceExt::oneshot(svc.clone(), req).await;
+                if answered.is_err() {
+                    cut.push(source(support::interrupted(&answered)));
+                }
+            }
+            (made, cut)
+        });
+    }
+    let ended = set.join_all().await.into_iter();
+    ended.fold((0, Vec::new()), |(m, mut c), (made, cut)| {
+        c.extend(cut);
+        (m + made, c)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_peer_on_a_lossy_link_is_not_cut_by_an_estimate_from_its_first_answers() {
+    let rig = rig(TimeoutPolicy::default());
+    // 24 callers from the first call: a few dozen answers show no 2% mode, and the peer
+    // will have `min_samples` real ones within a fraction of a second.
+    let (made, cut) = lossy_callers(&rig, 24, ms(3_000)).await;
+    assert!(made > 3_000, "{made} calls");
+    let estimated = cut
+        .iter()
+        .filter(|s| **s == DeadlineSource::Estimate)
+        .count();
+    assert_eq!(estimated, 0, "{cut:?} of {made} healthy calls cut");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_min_samples_at_the_quantiles_count_a_busy_lossy_peer_has_no_call_cut() {
+    // 1,000 answers hold a p99.9: the first 100 of a busy peer are its fastest.
+    let rig = rig(TimeoutPolicy::default().min_samples(1_000));
+    let (made, cut) = lossy_callers(&rig, 24, ms(3_000)).await;
+    assert!(made > 3_000, "{made} calls");
+    assert!(cut.is_empty(), "{cut:?} of {made} healthy calls cut");
+    // Once the window holds 1,000 it learns the quantile, retransmissions included.
+    let (deadline, source) = rig.handle.deadline(&P::B).expect("tracked");
+    assert_eq!(source, DeadlineSource::Quantile);
+    assert!(deadline > ms(420) && deadline < ms(1_000), "{deadline:?}");
 }
