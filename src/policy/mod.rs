@@ -127,9 +127,10 @@ pub struct TimeoutPolicy {
     pub probe_backoff_max: Duration,
     /// Probes of a silent peer alternate a short deadline (the one from before the
     /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
-    /// that comes back slower is not locked out; past 8 times the first long deadline, only
-    /// up to a 120th of the silence so far, so callers of a quiet peer, whose every call may
-    /// be a long probe, are not held for `max`). After a long probe of deadline `L` ran
+    /// that comes back slower is not locked out; but past the first long deadline only up
+    /// to a 100th of the silence so far, so no call to a peer silent for less than 100 s
+    /// waits longer than `cold_start` and a probe longer than that wastes under 1% of the
+    /// silence). After a long probe of deadline `L` ran
     /// out, only short ones go for `long_probe_spacing × L`. In `1..=100`; default `8`:
     /// long probes hold the probe slot at most a ninth of the time.
     pub long_probe_spacing: u32,
