@@ -1,9 +1,11 @@
 //! Deadlines that stay true: a silence leaves no mark on a peer's deadline, however often it
-//! comes back; a busy peer is not cut below what `cold_start` allows on a few dozen answers;
-//! probes of a peer silent for less than a minute wait no longer than `cold_start`.
+//! comes back; a busy peer is not cut below `cold_start` on a few dozen answers, on tokio's
+//! paused clock and over real loopback sockets through a proxy that delays one reply in 50
+//! by a retransmission timeout.
 
 pub mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower_adaptive_timeout::{DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy};
 
+use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
+use tower::{Layer, ServiceExt};
+
+use support::line::by_addr;
 use support::ms;
 use support::peers::{rig, Rig, P};
 
@@ -149,4 +155,68 @@ async fn with_min_samples_at_the_quantiles_count_a_busy_lossy_peer_has_no_call_c
     let (deadline, source) = rig.handle.deadline(&P::B).expect("tracked");
     assert_eq!(source, DeadlineSource::Quantile);
     assert!(deadline > ms(420) && deadline < ms(1_000), "{deadline:?}");
+}
+
+/// 24 callers from the first call, back to back for `span` (real time), over loopback TCP
+/// through a proxy that holds one reply in 50 for 200 ms (a retransmission), the layer under
+/// `policy`. Returns the calls made, the sources of the deadlines of the calls cut, and
+/// the peer's deadline at the end.
+async fn lossy_sockets(
+    policy: TimeoutPolicy,
+    span: Duration,
+) -> (usize, Vec<DeadlineSource>, (Duration, DeadlineSource)) {
+    let server = EchoServer::start().await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    proxy.set(Fault::Retransmit {
+        one_in: 50,
+        rto: ms(200),
+    });
+    let layer = by_addr().policy(policy).build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(LineClient::new());
+    let addr: SocketAddr = proxy.addr();
+    let end = Instant::now() + span;
+    let mut set = JoinSet::new();
+    for _ in 0..24 {
+        let svc = svc.clone();
+        set.spawn(async move {
+            let (mut made, mut cut) = (0, Vec::new());
+            while Instant::now() < end {
+                made += 1;
+                let answered = svc.clone().oneshot(LineRequest::new(addr, 1, "x")).await;
+                if answered.is_err() {
+                    cut.push(source(support::interrupted(&answered)));
+                }
+            }
+            (made, cut)
+        });
+    }
+    let ended = set.join_all().await.into_iter();
+    let (made, cut) = ended.fold((0, Vec::new()), |(m, mut c), (made, cut)| {
+        c.extend(cut);
+        (m + made, c)
+    });
+    (made, cut, handle.deadline(&addr).expect("tracked"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sockets_a_busy_peer_with_a_retransmission_tail_is_not_cut_by_an_estimate() {
+    let (made, cut, _) = lossy_sockets(TimeoutPolicy::default(), ms(2_000)).await;
+    assert!(made > 500, "{made} calls");
+    let estimated = cut
+        .iter()
+        .filter(|s| **s == DeadlineSource::Estimate)
+        .count();
+    assert_eq!(estimated, 0, "{cut:?} of {made} healthy calls cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_sockets_with_min_samples_1000_no_healthy_call_is_cut() {
+    let policy = TimeoutPolicy::default().min_samples(1_000);
+    // Long enough for the window to hold 1,000 answers and learn from them.
+    let (made, cut, (deadline, source)) = lossy_sockets(policy, ms(6_000)).await;
+    assert!(cut.is_empty(), "{cut:?} of {made} healthy calls cut");
+    assert_eq!(source, DeadlineSource::Quantile, "{made} calls");
+    // The retransmissions are in the quantile: 200 ms x 2 + 5 ms at least.
+    assert!(deadline >= ms(405), "{deadline:?}");
 }
