@@ -27,6 +27,10 @@ use crate::policy::TimeoutPolicy;
 /// 1 s after 100 s of silence, a 10 s probe after 17 minutes, `max` = 30 s after 50): a
 /// probe longer than `cold_start` wastes under 1% of the silence it is sent in.
 pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
+/// What spaces long probes out (`long_probe_spacing` times it, after one ran out) doubles
+/// after each, up to this multiple of the first long probe's deadline: 64 s between long
+/// probes at the defaults, however short the probes themselves still are.
+const LONG_SPACING_GROWTH: u32 = 8;
 
 /// Where a peer is in the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,9 +122,11 @@ pub(crate) enum ProbeEnd {
 /// before it went silent: it readmits a peer that comes back as it was, without holding the
 /// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
-/// no peer answering within `max` is locked out. After a long probe `L` that ran out, only
-/// short ones go for `long_probe_spacing × L`, so a peer that comes back as fast as before
-/// is rarely kept waiting behind a long one.
+/// no peer answering within `max` is locked out. After the `k`-th long probe ran out, only
+/// short ones go for `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1`
+/// times (up to [`LONG_SPACING_GROWTH`] times it, even while the probes themselves are held
+/// shorter), so a peer that comes back as fast as before is rarely kept waiting behind a
+/// long one.
 ///
 /// A long probe makes its caller wait at most `max(base, silence / LONG_PROBE_PATIENCE)`,
 /// `base` being its first deadline (`cold_start` for a peer that answered faster): no call
@@ -207,8 +213,13 @@ impl Health {
             PeerState::Silent if now >= self.next_probe_at => {
                 self.probe_long = now >= self.next_long_at;
                 let deadline = if self.probe_long {
-                    self.long_deadline = self.long_deadline.min(self.long_cap(now));
-                    self.long_deadline
+                    // The doubling goes on (it spaces long probes out) while the probe's own
+                    // deadline waits for the silence to be long enough.
+                    let silence = now.saturating_duration_since(self.silent_since);
+                    let spaced =
+                        (self.long_base * LONG_SPACING_GROWTH).max(silence / LONG_PROBE_PATIENCE);
+                    self.long_deadline = self.long_deadline.min(spaced);
+                    self.long_deadline.min(self.long_cap(now))
                 } else {
                     self.answering_deadline
                 };

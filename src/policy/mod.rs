@@ -130,9 +130,10 @@ pub struct TimeoutPolicy {
     /// that comes back slower is not locked out; but past the first long deadline only up
     /// to a 100th of the silence so far, so no call to a peer silent for less than 100 s
     /// waits longer than `cold_start` and a probe longer than that wastes under 1% of the
-    /// silence). After a long probe of deadline `L` ran
-    /// out, only short ones go for `long_probe_spacing × L`. In `1..=100`; default `8`:
-    /// long probes hold the probe slot at most a ninth of the time.
+    /// silence). After the `k`-th long probe ran out, only short ones go for
+    /// `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1` times (at most
+    /// 8 times it). In `1..=100`; default `8`: long probes hold the probe slot at most a
+    /// ninth of the time.
     pub long_probe_spacing: u32,
 }
 
