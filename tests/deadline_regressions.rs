@@ -220,3 +220,85 @@ async fn over_sockets_with_min_samples_1000_no_healthy_call_is_cut() {
     // The retransmissions are in the quantile: 200 ms x 2 + 5 ms at least.
     assert!(deadline >= ms(405), "{deadline:?}");
 }
+
+/// A peer behind a link that can be cut: a call sent while it is cut waits (in a buffer)
+/// until the link heals, then is answered after its delay, as TCP delivers it.
+#[derive(Clone)]
+struct Buffered {
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl tower::Service<Duration> for Buffered {
+    type Response = ();
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, delay: Duration) -> Self::Future {
+        let mut cut = self.cut.subscribe();
+        Box::pin(async move {
+            let _ = cut.wait_for(|cut| !*cut).await;
+            tokio::time::sleep(delay).await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_answered_as_a_partition_heals_leaves_the_deadline_as_it_was() {
+    let link = Buffered {
+        cut: tokio::sync::watch::channel(false).0,
+    };
+    let layer = tower_adaptive_timeout::AdaptiveTimeoutLayer::builder(
+        (|_: &Duration| 1u8) as fn(&Duration) -> u8,
+    )
+    .jitter_seed(7)
+    .build()
+    .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(link.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    for caller in 0..8u64 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        set.spawn(async move {
+            let mut i = caller;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let _ = svc.clone().oneshot(ms(8 + (i >> 33) % 9)).await;
+                tokio::time::sleep(ms(10)).await;
+            }
+        });
+    }
+    tokio::time::sleep(ms(20_000)).await;
+    let before = handle.deadline(&1).expect("tracked");
+    assert_eq!(before.1, DeadlineSource::Quantile, "{before:?}");
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        link.cut.send_replace(true);
+        // The first probe of a silence is a long one (cold start): heal while it waits, and
+        // it is answered as the link heals, 8-16 ms after, some 400 ms after it started.
+        tokio::time::sleep(ms(500)).await;
+        assert_eq!(handle.peer(&1).unwrap().state, PeerState::Probing);
+        link.cut.send_replace(false);
+        tokio::time::sleep(ms(1_000)).await;
+        assert_eq!(handle.peer(&1).unwrap().state, PeerState::Healthy);
+        let now = handle.deadline(&1).expect("tracked").0;
+        after.push(now);
+        let drift = now.abs_diff(before.0).as_secs_f64() / before.0.as_secs_f64();
+        assert!(
+            drift <= 0.10,
+            "deadline {before:?}, a second after each heal {after:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    set.join_all().await;
+}

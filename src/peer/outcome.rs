@@ -37,8 +37,8 @@ impl Peer {
     /// (and commits the misses held back); a [`Outcome::Sample`] also records its latency.
     /// A healthy peer's samples are held in the caller's stripe and handed over in batches
     /// ([`stripes`](super::stripes)). A probe answered slower than the learned deadline
-    /// re-seeds the window: the peer came back slower, and its old history would cut every
-    /// call. A failure records nothing but its count; a failed probe frees the probe slot.
+    /// re-seeds the window, without its own latency: the peer came back slower (and its old
+    /// history would cut every call), or the probe waited out a partition. A failure records nothing but its count; a failed probe frees the probe slot.
     pub(crate) fn on_head(
         &self,
         now: Instant,
@@ -87,12 +87,16 @@ impl Peer {
         }
         self.metrics.answered(latency);
         let learned = locked.lane.source != DeadlineSource::ColdStart;
-        if probe && learned && latency > self.deadline().0 {
+        let reseed = probe && learned && latency > self.deadline().0;
+        if reseed {
             locked.lane = Lane::new(&locked.policy, now);
             locked.pending.clear();
             self.publish(&mut locked, now);
         }
-        let sample = (outcome == Outcome::Sample).then_some((latency, class));
+        // Such a probe's own latency is not the peer's: it may have waited out the rest of
+        // a partition in a buffer (the peer answered as it came back), so the history starts
+        // again from the answers that follow.
+        let sample = (outcome == Outcome::Sample && !reseed).then_some((latency, class));
         self.answered(&mut locked, now, 1, sample.into_iter());
     }
 
