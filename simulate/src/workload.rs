@@ -218,15 +218,21 @@ pub fn workloads() -> Vec<Workload> {
         }),
         ..peer("one-host", LN_FAST)
     }];
-    let lossy = |loss: f64, names: [&'static str; 3]| -> Vec<PeerSpec> {
+    let lossy = |name, about, loss: f64, names: [&'static str; 3]| {
         let shapes = [LN_FAST, LN_SILENT, PARETO_MILD];
-        (names.into_iter().zip(shapes))
+        let peers = (names.into_iter().zip(shapes))
             .map(|(name, tail)| PeerSpec {
                 loss: Some(loss),
                 eager: true,
                 ..peer(name, tail)
             })
-            .collect()
+            .collect();
+        Workload {
+            name,
+            about,
+            peers,
+            length: 1,
+        }
     };
     let busy_start = [healthy.clone(), vec![peer("ln-silent-shape", LN_SILENT)]]
         .concat()
@@ -285,20 +291,20 @@ pub fn workloads() -> Vec<Workload> {
             peers: mixed,
             length: 3,
         },
-        Workload {
-            name: "lossy-2%",
-            about: "a lossy link: 2% of calls wait a 200 ms retransmission, 0.04% two \
-                    (600 ms); callers start together",
-            peers: lossy(0.02, ["ln-fast 2%", "20ms 2%", "pareto-mild 2%"]),
-            length: 1,
-        },
-        Workload {
-            name: "lossy-5%",
-            about: "a lossy link: 5% of calls wait a 200 ms retransmission, 0.25% two \
-                    (600 ms); callers start together",
-            peers: lossy(0.05, ["ln-fast 5%", "20ms 5%", "pareto-mild 5%"]),
-            length: 1,
-        },
+        lossy(
+            "lossy-2%",
+            "a lossy link: 2% of calls wait a 200 ms retransmission, 0.04% two (600 ms); \
+             callers start together",
+            0.02,
+            ["ln-fast 2%", "20ms 2%", "pareto-mild 2%"],
+        ),
+        lossy(
+            "lossy-5%",
+            "a lossy link: 5% of calls wait a 200 ms retransmission, 0.25% two (600 ms); \
+             callers start together",
+            0.05,
+            ["ln-fast 5%", "20ms 5%", "pareto-mild 5%"],
+        ),
         Workload {
             name: "busy-start",
             about: "every healthy shape busy from its first call: all callers start together",
