@@ -87,7 +87,10 @@ pub struct TimeoutPolicy {
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
     /// sample stands in for a high quantile and underestimates a heavy tail. From the second
-    /// sample to this many the deadline is an upper estimate of the quantile instead.
+    /// sample to this many the deadline is an upper estimate of the quantile instead; a
+    /// busy peer (one whose pace puts this many in its window) keeps `cold_start` until
+    /// then unless its answers show a slower peer. `1000` makes a busy peer wait for the
+    /// answers that hold a p99.9 (EVALUATION.md measures the trade).
     pub min_samples: u64,
     /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
