@@ -1,6 +1,7 @@
 //! A loopback TCP proxy with faults switchable at runtime, to put a misbehaving network
 //! between a real client and a real server: latency, a silent peer (no FIN, no RST), resets,
-//! half-open connections, trickling bytes and replies cut off mid-way.
+//! half-open connections, trickling bytes, replies cut off mid-way, and a retransmission
+//! tail (one reply in so many held a retransmission timeout).
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -54,6 +55,16 @@ pub enum Fault {
         /// Reply bytes forwarded per connection before the silence.
         after: usize,
     },
+    /// Forward both directions, but hold every `one_in`-th reply chunk through the proxy
+    /// (at least 1: every one) `rto` longer: a lossy link, where a lost segment waits a
+    /// TCP retransmission timeout (200 ms at least on Linux). The same chunks in every
+    /// run, so a test sees the same tail.
+    Retransmit {
+        /// One reply chunk in this many waits.
+        one_in: u32,
+        /// How long it waits.
+        rto: Duration,
+    },
 }
 
 /// A loopback proxy to one upstream address, with a [`Fault`] mode switchable from the test.
@@ -67,6 +78,9 @@ pub struct FaultProxy {
     active: Arc<AtomicUsize>,
 }
 
+/// Counts the reply chunks of a proxy, to pick those [`Fault::Retransmit`] holds.
+type Chunks = Arc<AtomicUsize>;
+
 impl FaultProxy {
     /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream` in [`Fault::Pass`] mode.
     /// Panics if the listener cannot be bound.
@@ -74,8 +88,10 @@ impl FaultProxy {
         let (mode, rx) = watch::channel(Fault::Pass);
         let active = Arc::new(AtomicUsize::new(0));
         let open = Arc::clone(&active);
+        let chunks = Chunks::default();
         let server = Loopback::start(move |client| {
-            relay(client, upstream, rx.clone(), Open::new(Arc::clone(&open)))
+            let open = Open::new(Arc::clone(&open));
+            relay(client, upstream, rx.clone(), open, Arc::clone(&chunks))
         })
         .await;
         Self {
@@ -166,7 +182,7 @@ impl Step {
             Fault::Reset => Step::Reset,
             Fault::HalfOpen if direction == Direction::ToUpstream => pass,
             Fault::HalfOpen => Step::Hold,
-            Fault::Truncate { .. } => pass,
+            Fault::Truncate { .. } | Fault::Retransmit { .. } => pass,
             Fault::SlowDrip {
                 bytes_per_tick,
                 tick,
@@ -202,6 +218,7 @@ async fn relay(
     upstream: SocketAddr,
     mode: watch::Receiver<Fault>,
     _open: Open,
+    chunks: Chunks,
 ) {
     if *mode.borrow() == Fault::Reset {
         return abort(client);
@@ -216,10 +233,11 @@ async fn relay(
         let mut up = pin!(pump(
             client_read,
             server_write,
-            Direction::ToUpstream,
+            (Direction::ToUpstream, None),
             mode.clone()
         ));
-        let mut down = pin!(pump(server_read, client_write, Direction::ToClient, mode));
+        let down = (Direction::ToClient, Some(chunks));
+        let mut down = pin!(pump(server_read, client_write, down, mode));
         // A clean close of one direction leaves the other running; anything else ends both.
         tokio::select! {
             end = &mut up => if end == End::Closed { down.await } else { end },
@@ -233,17 +251,20 @@ async fn relay(
 }
 
 /// Moves bytes from `src` to `dst` as the fault mode dictates, re-reading the mode whenever
-/// it changes, until the source closes, an error occurs or a reset is ordered.
+/// it changes, until the source closes, an error occurs or a reset is ordered. `chunks`
+/// counts the proxy's reply chunks, for [`Fault::Retransmit`].
 async fn pump(
     mut src: ReadHalf<'_>,
     mut dst: WriteHalf<'_>,
-    direction: Direction,
+    (direction, chunks): (Direction, Option<Chunks>),
     mut mode: watch::Receiver<Fault>,
 ) -> End {
     let mut buf = vec![0; CHUNK];
     // Bytes read but not yet written: `buf[start..end]`, read at `read_at`.
     let (mut start, mut end) = (0, 0);
     let mut read_at = Instant::now();
+    // How much longer the chunk read waits: a retransmission's timeout, or nothing.
+    let mut lost = Duration::ZERO;
     // Bytes written so far, for `Fault::Truncate`.
     let mut sent = 0;
     loop {
@@ -278,13 +299,16 @@ async fn pump(
                         let _ = dst.shutdown().await;
                         return End::Closed;
                     }
-                    Ok(n) => (start, end, read_at) = (0, n, Instant::now()),
+                    Ok(n) => {
+                        (start, end, read_at) = (0, n, Instant::now());
+                        lost = retransmission(fault, chunks.as_deref());
+                    }
                     Err(_) => return End::Failed,
                 },
             }
             continue;
         }
-        let due = read_at + delay;
+        let due = read_at + delay + lost;
         if Instant::now() < due {
             tokio::select! {
                 changed = mode.changed() => if changed.is_err() { return End::Failed },
@@ -312,5 +336,22 @@ async fn pump(
                 () = tokio::time::sleep(tick) => {}
             }
         }
+    }
+}
+
+/// How much longer a reply chunk read under `fault` waits, counted by `chunks` (`None`: a
+/// request chunk, never held).
+fn retransmission(fault: Fault, chunks: Option<&AtomicUsize>) -> Duration {
+    match (fault, chunks) {
+        (Fault::Retransmit { one_in, rto }, Some(chunks)) => {
+            let n = chunks.fetch_add(1, Ordering::Relaxed) + 1;
+            let one_in = usize::try_from(one_in.max(1)).unwrap_or(usize::MAX);
+            if n % one_in == 0 {
+                rto
+            } else {
+                Duration::ZERO
+            }
+        }
+        _ => Duration::ZERO,
     }
 }

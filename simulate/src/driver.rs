@@ -42,8 +42,8 @@ pub struct CallRecord {
 pub struct Run {
     /// Every call, sorted by peer, start and end.
     pub calls: Vec<CallRecord>,
-    /// For each peer that goes silent, the deadline a new call got when it went silent.
-    pub deadline_at_silence: Vec<Option<Duration>>,
+    /// For each peer, the deadline a new call got when each of its silences began.
+    pub deadline_at_silence: Vec<Vec<Duration>>,
 }
 
 /// Runs `strategy` over the peers in `plans`; `workload` separates the random streams of
@@ -70,16 +70,14 @@ pub async fn run(plans: &[PeerPlan], strategy: &Strategy, cfg: &SimConfig, workl
             ));
         }
     }
-    let mut silences: Vec<(Duration, usize)> = plans
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.silence.map(|(from, _)| (from, i)))
+    let mut silences: Vec<(Duration, usize)> = (plans.iter().enumerate())
+        .flat_map(|(i, p)| p.silences.iter().map(move |&(from, _)| (from, i)))
         .collect();
     silences.sort();
-    let mut deadline_at_silence = vec![None; plans.len()];
+    let mut deadline_at_silence = vec![Vec::new(); plans.len()];
     for (from, peer) in silences {
         tokio::time::sleep_until(t0 + from).await;
-        deadline_at_silence[peer] = Some((strategy.deadline)(peer as PeerId));
+        deadline_at_silence[peer].push((strategy.deadline)(peer as PeerId));
     }
     let mut calls: Vec<CallRecord> = set.join_all().await.into_iter().flatten().collect();
     calls.sort_by_key(|c| (c.peer, c.start, c.end));
@@ -105,7 +103,9 @@ async fn call_loop(
         .map_or(cfg.think.as_secs_f64(), |per_minute| 60.0 / per_minute);
     let think = |rng: &mut Rng| Duration::from_secs_f64(rng.exponential(think_mean));
     let mut calls = Vec::new();
-    tokio::time::sleep(think(&mut rng)).await;
+    if !plan.spec.eager {
+        tokio::time::sleep(think(&mut rng)).await;
+    }
     for _ in 0..MAX_CALLS_PER_CALLER {
         let start = Instant::now() - t0;
         if start >= cfg.duration {

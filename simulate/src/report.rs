@@ -106,7 +106,7 @@ impl Row {
                 .iter()
                 .filter(|c| usize::from(c.peer) == i)
                 .collect();
-            let (from, until) = plan.silence.unwrap_or((Duration::MAX, Duration::MAX));
+            let from = plan.silences.first().map_or(Duration::MAX, |s| s.0);
             let healthy: Vec<_> = calls
                 .iter()
                 .filter(|c| c.start < from && c.answer_in.is_some())
@@ -123,29 +123,33 @@ impl Row {
                     None => row.per_peer.push((name, n, falses)),
                 }
             }
-            if plan.silence.is_none() {
-                continue;
+            for (k, &(from, until)) in plan.silences.iter().enumerate() {
+                // This silence's calls: from the end of the one before to the next one.
+                let next = plan.silences.get(k + 1).map_or(Duration::MAX, |s| s.0);
+                let prev = k
+                    .checked_sub(1)
+                    .map_or(Duration::ZERO, |p| plan.silences[p].1);
+                let lost: Vec<_> = (calls.iter())
+                    .filter(|c| c.answer_in.is_none() && c.start >= prev && c.start < until)
+                    .collect();
+                let waited = |c: &&&CallRecord| c.end - c.start.max(from);
+                row.wasted += lost.iter().map(waited).sum::<Duration>();
+                let in_flight: Vec<_> = lost.iter().filter(|c| c.start < from).collect();
+                let after: Vec<_> = (calls.iter())
+                    .filter(|c| c.start >= until && c.start < next)
+                    .collect();
+                row.lost_after_return += after.iter().filter(|c| unanswered(c)).count();
+                row.episodes.push(Episode {
+                    peer: plan.spec.name,
+                    in_flight: in_flight.len(),
+                    cut: in_flight.iter().map(|c| c.end - from).max(),
+                    deadline: run.deadline_at_silence[i].get(k).copied(),
+                    longest_wait: lost.iter().map(waited).max(),
+                    return_lag: (after.iter())
+                        .find(|c| c.ending == Ending::Answered)
+                        .map(|c| c.start - until),
+                });
             }
-            let lost: Vec<_> = calls.iter().filter(|c| c.answer_in.is_none()).collect();
-            row.wasted += lost
-                .iter()
-                .map(|c| c.end - c.start.max(from))
-                .sum::<Duration>();
-            let longest_wait = lost.iter().map(|c| c.end - c.start.max(from)).max();
-            let in_flight: Vec<_> = lost.iter().filter(|c| c.start < from).collect();
-            let after: Vec<_> = calls.iter().filter(|c| c.start >= until).collect();
-            row.lost_after_return += after.iter().filter(|c| unanswered(c)).count();
-            row.episodes.push(Episode {
-                peer: plan.spec.name,
-                in_flight: in_flight.len(),
-                cut: in_flight.iter().map(|c| c.end - from).max(),
-                deadline: run.deadline_at_silence[i],
-                longest_wait,
-                return_lag: after
-                    .iter()
-                    .find(|c| c.ending == Ending::Answered)
-                    .map(|c| c.start - until),
-            });
         }
         for (name, n, falses) in &row.per_peer {
             let rate = pct(*falses, *n);
@@ -283,9 +287,9 @@ impl Table {
     /// or of several routes, where the worst one hides the rest.
     fn per_peer(&self) -> bool {
         let peers = &self.workload.peers;
-        peers
-            .iter()
-            .any(|p| p.pace.is_some() || p.slow_route.is_some())
+        peers.iter().any(|p| {
+            p.pace.is_some() || p.slow_route.is_some() || p.loss.is_some() || p.eager || p.stalls
+        })
     }
 
     /// One row per peer (or route), one column per strategy: its false-interrupt rate.
@@ -330,6 +334,18 @@ impl Table {
                     a * 100.0,
                     b * 100.0
                 );
+            }
+            if let Some((times, every)) = p.repeat {
+                let _ = write!(line, ", {times} times, {:.0}% apart", every * 100.0);
+            }
+            if let Some(loss) = p.loss {
+                let _ = write!(line, ", {:.0}% of calls lose a packet", loss * 100.0);
+            }
+            if p.stalls {
+                let _ = write!(line, ", CPU stalls 100-300ms every 30s");
+            }
+            if p.eager {
+                let _ = write!(line, ", callers start together");
             }
             if let Some(pace) = p.pace {
                 let _ = write!(line, ", one caller, {pace} calls a minute");

@@ -68,6 +68,19 @@ pub struct PeerSpec {
     pub shift: Option<(f64, f64)>,
     /// Silent over this span (fractions of the run).
     pub silence: Option<(f64, f64)>,
+    /// The silence comes back: this many silences in all, each this fraction of the run
+    /// after the one before (repeated partitions).
+    pub repeat: Option<(u16, f64)>,
+    /// A lossy link: this share of calls loses a packet and waits one retransmission
+    /// timeout ([`RTO`]); the same share of those loses the retransmission too and waits
+    /// three ([`RTO`] and its doubling).
+    pub loss: Option<f64>,
+    /// The host's CPU stalls every [`STALL_EVERY`] for 100-300 ms: work in progress waits
+    /// out the part of the stall it overlaps.
+    pub stalls: bool,
+    /// Callers start at once, all together (a peer busy from its first call), instead of
+    /// after a think time.
+    pub eager: bool,
     /// A quiet peer: one caller making this many calls a minute (exponential gaps), in
     /// place of the run's closed-loop callers.
     pub pace: Option<f64>,
@@ -87,6 +100,12 @@ pub struct SlowRoute {
     /// One call in this many takes it.
     pub one_in: u64,
 }
+
+/// A TCP retransmission timeout: Linux's `tcp_rto_min`, the least a lost packet costs.
+pub const RTO: Duration = Duration::from_millis(200);
+
+/// How often a stalling host's CPU stalls.
+pub const STALL_EVERY: Duration = Duration::from_secs(30);
 
 /// The name of a peer's usual route, when it has a slow one (and its latency class).
 pub const MAIN_ROUTE: &str = "/items/:id";
@@ -110,6 +129,10 @@ const fn peer(name: &'static str, tail: Tail) -> PeerSpec {
         tail,
         shift: None,
         silence: None,
+        repeat: None,
+        loss: None,
+        stalls: false,
+        eager: false,
         pace: None,
         replicas: 1,
         slow_route: None,
@@ -195,6 +218,46 @@ pub fn workloads() -> Vec<Workload> {
         }),
         ..peer("one-host", LN_FAST)
     }];
+    let lossy = |name, about, loss: f64, names: [&'static str; 3]| {
+        let shapes = [LN_FAST, LN_SILENT, PARETO_MILD];
+        let peers = (names.into_iter().zip(shapes))
+            .map(|(name, tail)| PeerSpec {
+                loss: Some(loss),
+                eager: true,
+                ..peer(name, tail)
+            })
+            .collect();
+        Workload {
+            name,
+            about,
+            peers,
+            length: 1,
+        }
+    };
+    let busy_start = [healthy.clone(), vec![peer("ln-silent-shape", LN_SILENT)]]
+        .concat()
+        .into_iter()
+        .map(|p| PeerSpec { eager: true, ..p })
+        .collect();
+    let stalling = vec![
+        PeerSpec {
+            stalls: true,
+            ..peer("stall-fast", LN_FAST)
+        },
+        PeerSpec {
+            stalls: true,
+            ..peer("stall-20ms", LN_SILENT)
+        },
+        peer("ln-fast", LN_FAST),
+    ];
+    let partitions = vec![
+        PeerSpec {
+            silence: Some((0.10, 0.10 + 5.0 / 120.0)),
+            repeat: Some((4, 10.0 / 120.0)),
+            ..peer("partitioned", lognormal(12.0, 0.2))
+        },
+        peer("ln-fast", LN_FAST),
+    ];
     vec![
         Workload {
             name: "heavy-tail",
@@ -228,6 +291,40 @@ pub fn workloads() -> Vec<Workload> {
             peers: mixed,
             length: 3,
         },
+        lossy(
+            "lossy-2%",
+            "a lossy link: 2% of calls wait a 200 ms retransmission, 0.04% two (600 ms); \
+             callers start together",
+            0.02,
+            ["ln-fast 2%", "20ms 2%", "pareto-mild 2%"],
+        ),
+        lossy(
+            "lossy-5%",
+            "a lossy link: 5% of calls wait a 200 ms retransmission, 0.25% two (600 ms); \
+             callers start together",
+            0.05,
+            ["ln-fast 5%", "20ms 5%", "pareto-mild 5%"],
+        ),
+        Workload {
+            name: "busy-start",
+            about: "every healthy shape busy from its first call: all callers start together",
+            peers: busy_start,
+            length: 1,
+        },
+        Workload {
+            name: "cpu-stall",
+            about: "two peers on a host whose CPU stalls for 100-300 ms every 30 s, one \
+                    neighbour on another",
+            peers: stalling,
+            length: 1,
+        },
+        Workload {
+            name: "partitions",
+            about: "one peer partitioned four times for 5 s, 10 s apart: calls in flight \
+                    never end",
+            peers: partitions,
+            length: 1,
+        },
     ]
 }
 
@@ -238,8 +335,33 @@ pub struct PeerPlan {
     pub spec: PeerSpec,
     /// When latency shifts, and by how much.
     pub shift: Option<(Duration, f64)>,
-    /// When the peer is silent.
-    pub silence: Option<(Duration, Duration)>,
+    /// When the peer is silent, in order.
+    pub silences: Vec<(Duration, Duration)>,
+}
+
+/// The `k`-th stall of a stalling host (from `k` = 1): when it starts and how long it lasts
+/// (100-300 ms, the same in every run).
+pub fn stall(k: u64) -> (Duration, Duration) {
+    let length = 100.0 + 200.0 * Rng::new(k, 0x57a1).open_unit();
+    (
+        STALL_EVERY * k as u32,
+        Duration::from_secs_f64(length / 1e3),
+    )
+}
+
+/// How much longer a call that starts at `start` and needs `work` takes on a stalling host:
+/// the part of a stall that falls within its life.
+fn stalled(start: Duration, work: Duration) -> Duration {
+    let k = (start.as_nanos() / STALL_EVERY.as_nanos()) as u64;
+    let mut extra = Duration::ZERO;
+    for k in [k, k + 1].into_iter().filter(|k| *k > 0) {
+        let (from, length) = stall(k);
+        let until = from + length;
+        if start < until && start + work + extra > from {
+            extra += until - start.max(from);
+        }
+    }
+    extra
 }
 
 impl PeerPlan {
@@ -248,9 +370,15 @@ impl PeerPlan {
         PeerPlan {
             spec: spec.clone(),
             shift: spec.shift.map(|(at, f)| (duration.mul_f64(at), f)),
-            silence: spec
-                .silence
-                .map(|(a, b)| (duration.mul_f64(a), duration.mul_f64(b))),
+            silences: spec.silence.map_or(Vec::new(), |(a, b)| {
+                let (times, every) = spec.repeat.unwrap_or((1, 0.0));
+                (0..times)
+                    .map(|i| {
+                        let shift = every * f64::from(i);
+                        (duration.mul_f64(a + shift), duration.mul_f64(b + shift))
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -279,9 +407,19 @@ impl PeerPlan {
                 latency = latency.mul_f64(factor);
             }
         }
-        let lost = self
-            .silence
-            .is_some_and(|(from, until)| start < until && start + latency >= from);
+        if let Some(p) = self.spec.loss {
+            let u = rng.open_unit();
+            if u < p * p {
+                latency += RTO * 3;
+            } else if u < p {
+                latency += RTO;
+            }
+        }
+        if self.spec.stalls {
+            latency += stalled(start, latency);
+        }
+        let lost =
+            (self.silences.iter()).any(|&(from, until)| start < until && start + latency >= from);
         (route, latency, (!lost).then_some(latency))
     }
 

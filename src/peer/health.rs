@@ -22,12 +22,15 @@ use tokio::time::Instant;
 
 use crate::policy::TimeoutPolicy;
 
-/// Long probes double up to this multiple of the first one's deadline (8 s at the
-/// defaults: under the 10 s a caller counts as stalled) ...
-const LONG_PROBE_CAP: u32 = 8;
-/// ... and past it only up to this share of the silence so far (`1/120`: a 10 s probe after
-/// 20 minutes of silence, `max` = 30 s after an hour).
-pub(crate) const LONG_PROBE_PATIENCE: u32 = 120;
+/// Long probes double no further than their first deadline (`max(cold_start, the deadline
+/// from before the silence)`) until this share of the silence so far is longer (`1/100`:
+/// 1 s after 100 s of silence, a 10 s probe after 17 minutes, `max` = 30 s after 50): a
+/// probe longer than `cold_start` wastes under 1% of the silence it is sent in.
+pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
+/// What spaces long probes out (`long_probe_spacing` times it, after one ran out) doubles
+/// after each, up to this multiple of the first long probe's deadline: 64 s between long
+/// probes at the defaults, however short the probes themselves still are.
+const LONG_SPACING_GROWTH: u32 = 8;
 
 /// Where a peer is in the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -119,15 +122,18 @@ pub(crate) enum ProbeEnd {
 /// before it went silent: it readmits a peer that comes back as it was, without holding the
 /// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
-/// no peer answering within `max` is locked out. After a long probe `L` that ran out, only
-/// short ones go for `long_probe_spacing × L`, so a peer that comes back as fast as before
-/// is rarely kept waiting behind a long one.
+/// no peer answering within `max` is locked out. After the `k`-th long probe ran out, only
+/// short ones go for `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1`
+/// times (up to [`LONG_SPACING_GROWTH`] times it, even while the probes themselves are held
+/// shorter), so a peer that comes back as fast as before is rarely kept waiting behind a
+/// long one.
 ///
-/// A long probe makes its caller wait at most `max(LONG_PROBE_CAP × base, silence /
-/// LONG_PROBE_PATIENCE)`, `base` being its first deadline: a quiet peer, whose every call
-/// may be a long probe, does not stall callers for `max` over a silence of minutes, while a
-/// peer that comes back slower than the cap is still readmitted once the silence is long
-/// enough for a probe at its latency (a 30 s probe after an hour of silence).
+/// A long probe makes its caller wait at most `max(base, silence / LONG_PROBE_PATIENCE)`,
+/// `base` being its first deadline (`cold_start` for a peer that answered faster): no call
+/// to a peer silent for less than 100 s waits longer than `base`, a quiet peer, whose every
+/// call may be a long probe, does not stall callers for `max` over a silence of minutes, and
+/// a peer that comes back slower than `base` is still readmitted once the silence is long
+/// enough for a probe at its latency (a 30 s probe after 50 minutes of silence).
 #[derive(Clone, Debug)]
 pub(crate) struct Health {
     state: PeerState,
@@ -207,8 +213,13 @@ impl Health {
             PeerState::Silent if now >= self.next_probe_at => {
                 self.probe_long = now >= self.next_long_at;
                 let deadline = if self.probe_long {
-                    self.long_deadline = self.long_deadline.min(self.long_cap(now));
-                    self.long_deadline
+                    // The doubling goes on (it spaces long probes out) while the probe's own
+                    // deadline waits for the silence to be long enough.
+                    let silence = now.saturating_duration_since(self.silent_since);
+                    let spaced =
+                        (self.long_base * LONG_SPACING_GROWTH).max(silence / LONG_PROBE_PATIENCE);
+                    self.long_deadline = self.long_deadline.min(spaced);
+                    self.long_deadline.min(self.long_cap(now))
                 } else {
                     self.answering_deadline
                 };
@@ -327,11 +338,11 @@ impl Health {
         None
     }
 
-    /// The longest deadline a long probe may have at `now`: a multiple of the first one,
-    /// or a share of the silence so far, whichever is longer.
+    /// The longest deadline a long probe may have at `now`: the first one, or a share of
+    /// the silence so far, whichever is longer.
     fn long_cap(&self, now: Instant) -> Duration {
         let silence = now.saturating_duration_since(self.silent_since);
-        (self.long_base * LONG_PROBE_CAP).max(silence / LONG_PROBE_PATIENCE)
+        self.long_base.max(silence / LONG_PROBE_PATIENCE)
     }
 
     /// Lets the peer's calls through again (a policy without silence detection).
@@ -480,17 +491,37 @@ mod tests {
         }
         // The first is long (cold start), then short ones at the deadline from before the
         // silence, until long_probe_spacing times the long one has passed; the next long
-        // one doubles.
+        // one would double, but stays at cold start while the silence is under 100 s.
         assert_eq!(deadlines[0], 1000);
         assert_eq!(deadlines[1], 25);
         let second_long = deadlines.iter().skip(1).position(|d| *d > 25).unwrap() + 1;
-        assert_eq!(deadlines[second_long], 2000);
+        assert_eq!(deadlines[second_long], 1000);
         assert!(deadlines[1..second_long].iter().all(|d| *d == 25));
         assert!(now >= t0, "{now:?}");
     }
 
     #[test]
-    fn long_probes_stay_within_eight_times_the_first_until_the_silence_is_long() {
+    fn no_probe_waits_longer_than_cold_start_in_the_first_minute_of_a_silence() {
+        let policy = TimeoutPolicy::default();
+        let t0 = Instant::now();
+        let mut h = silent(&policy, t0);
+        // Busy callers: a probe as soon as one is due, every one running out.
+        let mut now = t0;
+        let mut longest = Duration::ZERO;
+        while now < t0 + Duration::from_secs(60) {
+            now = h.next_probe_at();
+            let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+                panic!("no probe at {:?}", now - t0)
+            };
+            longest = longest.max(d);
+            now += d;
+            h.on_deadline(now, now - d, true, &policy);
+        }
+        assert_eq!(longest, policy.cold_start);
+    }
+
+    #[test]
+    fn long_probes_stay_at_the_first_until_the_silence_is_a_hundred_times_longer() {
         let policy = TimeoutPolicy::default();
         let t0 = Instant::now();
         let mut h = silent(&policy, t0);
@@ -511,14 +542,14 @@ mod tests {
             }
             longest.push(top);
         }
-        // 8 s at most for 16 minutes, then a 120th of the silence: `max` after an hour.
-        assert!(longest[..16].iter().all(|d| *d <= ms(8_000)), "{longest:?}");
-        assert_eq!(longest[15], ms(8_000));
-        assert!(
-            longest[..30].iter().all(|d| *d <= ms(15_000)),
-            "{longest:?}"
-        );
-        assert_eq!(longest[60..].iter().max(), Some(&policy.max));
+        // Cold start (1 s) for the first 100 s, then at most a 100th of the silence:
+        // `max` after 50 minutes.
+        assert_eq!(longest[0], ms(1_000));
+        for (minute, d) in (1..).zip(&longest) {
+            let cap = Duration::from_secs(60 * minute) / LONG_PROBE_PATIENCE;
+            assert!(*d <= cap.max(ms(1_000)), "minute {minute}: {longest:?}");
+        }
+        assert_eq!(longest[55..].iter().max(), Some(&policy.max));
     }
 
     #[test]
@@ -532,8 +563,9 @@ mod tests {
         let at = h.next_probe_at();
         assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(25)));
         h.on_probe_end(at + ms(1), ProbeEnd::Failed, &policy);
+        // Long at once, at cold start while the silence is under 100 s.
         let at = h.next_probe_at();
-        assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(2000)));
+        assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(1000)));
     }
 
     #[test]

@@ -101,6 +101,16 @@ impl Recent {
             && self.age(self.slots[self.next].second, now) <= span.as_secs().saturating_add(1)
     }
 
+    /// How many whole seconds ago the oldest answer kept came (`None`: none kept).
+    pub(crate) fn oldest_age(&self, now: Instant) -> Option<u64> {
+        let oldest = if self.slots.len() == self.cap {
+            self.slots.get(self.next)
+        } else {
+            self.slots.first()
+        };
+        oldest.map(|kept| self.age(kept.second, now))
+    }
+
     /// The answers from the last `reach` (a scratch copy, free to reorder) and how far
     /// back the oldest of them goes.
     pub(crate) fn within(&mut self, reach: Duration, now: Instant) -> (&mut [u64], Duration) {
@@ -114,6 +124,11 @@ impl Recent {
             }
         }
         (&mut self.scratch, Duration::from_secs(oldest))
+    }
+
+    /// How many answers the ring holds when full.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
     }
 
     /// How many answers are kept.

@@ -4,10 +4,13 @@
 //! The deadline goes through three regimes as answers come: `cold_start` before the second,
 //! an upper estimate of the quantile until `min_samples` ([`DeadlineSource::Estimate`]),
 //! then the quantile of the window (or, for a quiet peer, of its last `min_samples` answers
-//! of up to `max_history` ago). It is recomputed here, under the peer's lock, never per
-//! call: on every answer while it is still learning (fewer than `min_samples`: at most
-//! `min_samples` answers are sorted), else on a rotation or every `recompute_every`
-//! answers.
+//! of up to `max_history` ago). A busy peer, whose pace fills its window with
+//! `min_samples` answers, keeps `cold_start` until then unless its answers show a slower
+//! peer: the estimate serves quiet peers.
+//!
+//! It is recomputed here, under the peer's lock, never per call: on every answer while it
+//! is still learning (fewer than `min_samples`: at most `min_samples` answers are sorted),
+//! else on a rotation or every `recompute_every` answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,13 +88,17 @@ impl Lane {
                 slowest,
                 samples,
                 history,
+                busy,
             } => {
                 let shown = Duration::try_from_secs_f64(value.min(policy.max.as_secs_f64()));
-                (
-                    policy.estimated_deadline(value, plain, slowest),
-                    DeadlineSource::Estimate,
-                    (samples, shown.unwrap_or(policy.max), history),
-                )
+                let learned = (samples, shown.unwrap_or(policy.max), history);
+                let deadline = policy.estimated_deadline(value, plain, slowest);
+                if busy && deadline <= policy.cold_start {
+                    // A busy peer waits for `min_samples` real answers.
+                    (policy.cold_start, DeadlineSource::ColdStart, learned)
+                } else {
+                    (deadline, DeadlineSource::Estimate, learned)
+                }
             }
             Reading::Quantile {
                 value,

@@ -53,7 +53,7 @@ pub(crate) use self::ticket::Ticket;
 /// How an untracked call's peer is named in errors.
 static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
 
-/// Most misses whose censored samples wait for the peer's next answer.
+/// Most deadlines run out whose censored samples wait for the peer's next answer.
 const PENDING_MISSES: usize = 32;
 
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
@@ -114,9 +114,9 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
-    /// Censored samples of misses (and their calls' classes), held until the peer
-    /// answers again (it was slow) or is declared silent (it was gone, which says nothing
-    /// about its latency).
+    /// Censored samples of deadlines run out (and their calls' classes), held until the
+    /// peer answers again (it was slow) or is declared silent (it was gone, which says
+    /// nothing about its latency).
     pending: Vec<(Option<ClassIx>, Duration)>,
     policy: Arc<TimeoutPolicy>,
     overridden: bool,

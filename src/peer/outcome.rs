@@ -66,9 +66,10 @@ impl Peer {
     /// answer is a heartbeat (and commits the misses held back); a [`Outcome::Sample`]
     /// also records its latency. A healthy peer's counted samples are held in the
     /// caller's stripe and handed over in batches ([`stripes`](super::stripes)). A probe
-    /// answered slower than the learned deadline re-seeds the window: the peer came back
-    /// slower, and its old history would cut every call. A failure records nothing but
-    /// its count; a failed probe frees the probe slot.
+    /// answered slower than the learned deadline re-seeds the window, without its own
+    /// latency: the peer came back slower (and its old history would cut every call), or the
+    /// probe waited out a partition. A failure records nothing but its count; a failed probe
+    /// frees the probe slot.
     fn record_answer(
         &self,
         now: Instant,
@@ -122,12 +123,16 @@ impl Peer {
             self.metrics.answered(latency);
         }
         let learned = locked.lane.source != DeadlineSource::ColdStart;
-        if probe && learned && latency > self.deadline().0 {
+        let reseed = probe && learned && latency > self.deadline().0;
+        if reseed {
             locked.lane = Lane::new(&locked.policy, now);
             locked.pending.clear();
             self.publish(&mut locked, now);
         }
-        let sample = (outcome == Outcome::Sample).then_some((latency, class));
+        // Such a probe's own latency is not the peer's: it may have waited out the rest of
+        // a partition in a buffer (the peer answered as it came back), so the history starts
+        // again from the answers that follow.
+        let sample = (outcome == Outcome::Sample && !reseed).then_some((latency, class));
         self.answered(&mut locked, now, u64::from(count), sample.into_iter());
     }
 
@@ -194,7 +199,6 @@ impl Peer {
         // sample moves them.
         let explanation = self.explain(&locked, started, ticket);
         let policy = locked.policy.clone();
-        let miss = locked.health.is_miss(started);
         if source == DeadlineSource::Caller {
             // A head waited its deadline since the call started, and the peer's answers
             // normally take their normal latency; a body waited since its last frame, and
@@ -213,11 +217,13 @@ impl Peer {
         if !probe && source != DeadlineSource::SilentPeer {
             // A censored sample: the peer's latency was at least the deadline. (A probe or
             // a cut deadline of a peer known to be silent says nothing about its latency.)
-            // The tail (the peer answered since) is recorded at once, and the deadline
-            // recomputed, since it may be behind. A miss waits for the peer's next answer:
-            // if silence is declared first, it was not slowness. (With detection off
-            // nothing tells the two apart: it is recorded at once.)
-            if miss && policy.silent_after_misses > 0 {
+            // It waits for the peer's next answer, then is recorded and the deadline
+            // recomputed at once, since it may be behind: if silence is declared first, it
+            // was not slowness. That holds for the tail too (the peer answered since the
+            // call started): the last calls sent before a partition run out while the
+            // answers sent before it still arrive. (With detection off nothing tells the
+            // two apart: it is recorded at once.)
+            if policy.silent_after_misses > 0 {
                 if locked.pending.len() < PENDING_MISSES {
                     locked.pending.push((class, deadline));
                 }

@@ -350,8 +350,8 @@ proptest! {
                     prop_assert_eq!(h.state(), PeerState::Healthy);
                     // Long probes of 0.1 s doubling to 4 s, each followed by `spacing` times
                     // its deadline of short ones: under 6.4 s x (spacing + 1), once the
-                    // silence is long enough for a probe at the peer's latency (past eight
-                    // times the first long probe, `LONG_PROBE_PATIENCE` times that latency).
+                    // silence is long enough for a probe at the peer's latency (past the
+                    // first long probe, `LONG_PROBE_PATIENCE` times that latency).
                     let bound = ms(8_000) * (spacing + 1) + latency * LONG_PROBE_PATIENCE;
                     prop_assert!(now - t0 < bound, "{:?}", now - t0);
                     return Ok(());

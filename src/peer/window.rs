@@ -29,6 +29,8 @@ pub(crate) struct Window {
     /// Lowest discernible value, highest trackable value, significant figures.
     bounds: (u64, u64, u8),
     recent: Recent,
+    /// When the history began.
+    born: Instant,
 }
 
 /// What a history says about the quantile a deadline follows.
@@ -61,6 +63,10 @@ pub(crate) enum Reading {
         samples: u64,
         /// How far back they reach (zero: within the window).
         history: Duration,
+        /// The peer is busy: at its pace its window will hold `min_samples` answers within
+        /// `window`, so the estimate must not take its deadline below `cold_start`
+        /// meanwhile.
+        busy: bool,
     },
 }
 
@@ -75,6 +81,7 @@ impl Window {
             sub_len: policy.sub_window(),
             bounds: policy.histogram_bounds(),
             recent: Recent::new(policy, now),
+            born: now,
         }
     }
 
@@ -163,6 +170,11 @@ impl Window {
     /// (the quantile itself if they hold it, else its upper estimate).
     /// Sorts at most `min_samples` answers: called when the deadline is recomputed, never
     /// per call.
+    ///
+    /// A busy peer (one whose pace will bring the window `min_samples` answers within
+    /// `window`) has its estimate flagged: it can afford to wait for real answers at
+    /// `cold_start`, since a few dozen cannot show a mode of a few percent (a TCP
+    /// retransmission, a CPU stall).
     pub(crate) fn read(&mut self, now: Instant, policy: &TimeoutPolicy) -> Reading {
         let in_window = self.samples();
         if in_window >= policy.min_samples {
@@ -199,9 +211,25 @@ impl Window {
                 slowest,
                 samples,
                 history,
+                busy: self.busy(policy.min_samples, now),
             },
             None => Reading::Few { samples },
         }
+    }
+
+    /// Whether the answers kept come fast enough to put `needed` in the window: the gaps
+    /// between them over the time they took (since the history began until the ring is
+    /// full, then since its oldest answer, in whole seconds plus one) projected over
+    /// `window`.
+    fn busy(&self, needed: u64, now: Instant) -> bool {
+        let kept = self.recent.len();
+        let took = match self.recent.oldest_age(now) {
+            None => return false,
+            Some(age) if kept >= self.recent.capacity() => Duration::from_secs(age + 1),
+            Some(_) => now.saturating_duration_since(self.born),
+        };
+        let took = took.max(Duration::from_millis(1)).as_micros();
+        (kept as u128 - 1) * self.span().as_micros() >= u128::from(needed) * took
     }
 
     /// The latency at quantile `q` of the window (zero when empty).

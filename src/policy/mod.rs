@@ -92,7 +92,10 @@ pub struct TimeoutPolicy {
     pub cold_start: Duration,
     /// Samples needed before the quantile is trusted. Default `100`: with fewer, the top
     /// sample stands in for a high quantile and underestimates a heavy tail. From the second
-    /// sample to this many the deadline is an upper estimate of the quantile instead.
+    /// sample to this many the deadline is an upper estimate of the quantile instead; a
+    /// busy peer (one whose pace puts this many in its window) keeps `cold_start` until
+    /// then unless its answers show a slower peer. `1000` makes a busy peer wait for the
+    /// answers that hold a p99.9 (EVALUATION.md measures the trade).
     pub min_samples: u64,
     /// How far back latency history reaches, at most 7 days. Default `60s`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
@@ -132,11 +135,13 @@ pub struct TimeoutPolicy {
     pub probe_backoff_max: Duration,
     /// Probes of a silent peer alternate a short deadline (the one from before the
     /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
-    /// that comes back slower is not locked out; past 8 times the first long deadline, only
-    /// up to a 120th of the silence so far, so callers of a quiet peer, whose every call may
-    /// be a long probe, are not held for `max`). After a long probe of deadline `L` ran
-    /// out, only short ones go for `long_probe_spacing × L`. In `1..=100`; default `8`:
-    /// long probes hold the probe slot at most a ninth of the time.
+    /// that comes back slower is not locked out; but past the first long deadline only up
+    /// to a 100th of the silence so far, so no call to a peer silent for less than 100 s
+    /// waits longer than `cold_start` and a probe longer than that wastes under 1% of the
+    /// silence). After the `k`-th long probe ran out, only short ones go for
+    /// `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1` times (at most
+    /// 8 times it). In `1..=100`; default `8`: long probes hold the probe slot at most a
+    /// ninth of the time.
     pub long_probe_spacing: u32,
 }
 

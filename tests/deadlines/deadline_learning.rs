@@ -165,8 +165,9 @@ async fn deadline_follows_the_distribution_after_min_samples() {
     let policy = eager().factor(2.0).margin(ms(5)).min_samples(20);
     let (svc, handle) = stack(builder(policy));
     calls(&svc, "a", ms(10), 19).await;
+    // Answers back to back: a peer this busy waits for `min_samples` of them.
     let (estimate, source) = handle.deadline(&"a").unwrap();
-    assert_eq!(source, DeadlineSource::Estimate);
+    assert_eq!(source, DeadlineSource::ColdStart);
 
     calls(&svc, "a", ms(10), 1).await;
     let (deadline, source) = handle.deadline(&"a").unwrap();

@@ -12,3 +12,4 @@ mod policy_runtime;
 mod policy_serde;
 mod policy_validation;
 mod quiet_peers;
+mod real_networks;

@@ -109,9 +109,11 @@ async fn ten_calls_a_minute_learn_a_deadline_close_to_a_busy_peers() {
 async fn the_estimate_falls_from_cold_start_and_hands_over_to_the_quantile() {
     let (svc, handle) = stack(TimeoutPolicy::default().recompute_every(1));
     let mut deadlines = Vec::new();
+    // A call a second: too quiet to fill the window with `min_samples` answers.
     for _ in 0..99 {
         svc.clone().oneshot(("a", Some(ms(20)))).await.unwrap();
         deadlines.push(handle.deadline(&"a").unwrap());
+        tokio::time::sleep(ms(980)).await;
     }
     assert_eq!(deadlines[0], (ms(1000), DeadlineSource::ColdStart));
     assert!(deadlines[1..]
@@ -126,7 +128,10 @@ async fn the_estimate_falls_from_cold_start_and_hands_over_to_the_quantile() {
         why.starts_with("estimate from 99 of 100 samples: p99.9 <= "),
         "{why}"
     );
-    svc.clone().oneshot(("a", Some(ms(20)))).await.unwrap();
+    // Busy from now on: the window fills with `min_samples` and hands over to its quantile.
+    for _ in 0..100 {
+        svc.clone().oneshot(("a", Some(ms(20)))).await.unwrap();
+    }
     assert!(near(deadline(&handle, "a"), ms(45)));
 }
 

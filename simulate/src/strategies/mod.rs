@@ -3,7 +3,8 @@
 //! crate's formula ([`adaptive_timeout_crate`]), phi accrual ([`phi`]) and
 //! `tower-adaptive-timeout`'s layer ([`layer`]), at its defaults and with one setting
 //! changed (labelled as such): `fail_fast` off, so calls to a silent peer go out with the
-//! shortest deadline instead of being refused; `max_classes` 0, one history per peer. The per-peer rules (RTO, the
+//! shortest deadline instead of being refused; `max_classes` 0, one history per peer;
+//! `min_samples` 1000, a busy peer's quantile read from 1,000 answers. The per-peer rules (RTO, the
 //! crate's formula, phi) run on the shared [`skeleton`](crate::skeleton).
 
 pub mod adaptive_timeout_crate;
@@ -51,11 +52,14 @@ pub enum Kind {
     /// This crate's layer with latency classes off (`max_classes(0)`): one history per
     /// peer, as before classes existed.
     LayerNoClasses,
+    /// This crate's layer with `min_samples(1000)`: a busy peer keeps `cold_start` until
+    /// its window holds 1,000 answers, enough to observe a p99.9.
+    LayerMinSamples1000,
 }
 
 impl Kind {
     /// Every strategy, in report order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Fixed1s,
         Kind::Fixed30s,
         Kind::Rfc6298,
@@ -64,6 +68,7 @@ impl Kind {
         Kind::Layer,
         Kind::LayerNoFailFast,
         Kind::LayerNoClasses,
+        Kind::LayerMinSamples1000,
     ];
 
     /// Name in the report.
@@ -77,6 +82,7 @@ impl Kind {
             Kind::Layer => "this layer (defaults)",
             Kind::LayerNoFailFast => "this layer (TUNED: fail_fast off)",
             Kind::LayerNoClasses => "this layer (TUNED: max_classes 0)",
+            Kind::LayerMinSamples1000 => "this layer (TUNED: min_samples 1000)",
         }
     }
 }
@@ -105,6 +111,11 @@ pub fn build(kind: Kind, seed: u64) -> Strategy {
             DEFAULT_MAX_CLASSES,
         ),
         Kind::LayerNoClasses => layer::build(TimeoutPolicy::default(), seed, 0),
+        Kind::LayerMinSamples1000 => layer::build(
+            TimeoutPolicy::default().min_samples(1_000),
+            seed,
+            DEFAULT_MAX_CLASSES,
+        ),
     }
 }
 
