@@ -45,9 +45,10 @@ use tower_service::Service;
 
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
+use crate::events::PeerWatch;
 use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::table::PeerTable;
+use crate::peer::table::{EndpointSet, PeerTable};
 use crate::peer::Peer;
 use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
@@ -170,9 +171,9 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
             };
             let wake = self
                 .wake
-                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch().notified())));
+                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch(), &self.table.endpoints)));
             // Registered before the state is read: a change after the read wakes us.
-            wake.as_mut().project().notified.enable();
+            wake.as_mut().enable();
             let silent = !peer.state().is_open();
             let due = if silent { peer.probe_due_at() } else { None };
             let probe_due = due.is_some_and(|at| Instant::now() >= at);
@@ -187,11 +188,13 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
         }
     }
 
-    /// Counts the endpoint as held out, if its set's cap allows.
+    /// Counts the endpoint as held out, if its set's cap allows (still allows, when it
+    /// is held out already: endpoints may have left the set since).
     fn hold(&mut self) -> bool {
-        if !self.held {
-            self.held = self.table.endpoints.hold(&self.key);
-        }
+        self.held = match self.held {
+            true => self.table.endpoints.keep(&self.key),
+            false => self.table.endpoints.hold(&self.key),
+        };
         self.held
     }
 
@@ -287,27 +290,38 @@ impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K
 }
 
 pin_project! {
-    /// A held-out endpoint's wake-up: its peer's next change of state, or its probe time.
+    /// A held-out endpoint's wake-up: its peer's next change of state, endpoints leaving
+    /// its set (the cap shrinks), or its probe time.
     struct Wake {
         #[pin]
-        notified: OwnedNotified,
+        changed: OwnedNotified,
+        #[pin]
+        shrunk: OwnedNotified,
         #[pin]
         sleep: Option<Sleep>,
     }
 }
 
 impl Wake {
-    fn new(notified: OwnedNotified) -> Self {
+    fn new<K: PeerKey>(watch: &PeerWatch, set: &EndpointSet<K>) -> Self {
         Wake {
-            notified,
+            changed: watch.notified(),
+            shrunk: set.shrunk(),
             sleep: None,
         }
     }
 
-    /// Ready when the peer's state changed, or `due` (if any) has come.
+    /// Registers for the notifications, so that one sent from now on wakes the task.
+    fn enable(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.changed.enable();
+        this.shrunk.enable();
+    }
+
+    /// Ready when the peer's state changed, the set shrank, or `due` (if any) has come.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, due: Option<Instant>) -> Poll<()> {
         let mut this = self.project();
-        if this.notified.poll(cx).is_ready() {
+        if this.changed.poll(cx).is_ready() || this.shrunk.poll(cx).is_ready() {
             return Poll::Ready(());
         }
         let Some(due) = due else {

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 use crate::peer::key::PeerKey;
 
@@ -14,6 +17,8 @@ pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
 pub(crate) struct EndpointSet<K> {
     max_percent: AtomicU8,
     members: Mutex<HashMap<K, Member>>,
+    /// Wakes the held-out endpoints when the cap has shrunk below how many are held out.
+    shrunk: Arc<Notify>,
 }
 
 /// One endpoint of a set: its services (an endpoint and its clones) and how many of
@@ -29,6 +34,7 @@ impl<K> Default for EndpointSet<K> {
         EndpointSet {
             max_percent: AtomicU8::new(DEFAULT_MAX_EJECTION_PERCENT),
             members: Mutex::new(HashMap::new()),
+            shrunk: Arc::new(Notify::new()),
         }
     }
 }
@@ -37,6 +43,17 @@ impl<K> EndpointSet<K> {
     /// At most `percent` of the endpoints may be held out at once.
     pub(crate) fn set_max_percent(&self, percent: u8) {
         self.max_percent.store(percent.min(100), Relaxed);
+    }
+
+    /// A registration woken when endpoints left and the cap no longer covers every
+    /// endpoint held out: each held-out endpoint then asks [`EndpointSet::keep`].
+    pub(crate) fn shrunk(&self) -> OwnedNotified {
+        self.shrunk.clone().notified_owned()
+    }
+
+    /// How many of `members` may be held out at once.
+    fn cap(&self, members: &HashMap<K, Member>) -> usize {
+        members.len() * usize::from(self.max_percent.load(Relaxed)) / 100
     }
 
     fn members(&self) -> std::sync::MutexGuard<'_, HashMap<K, Member>> {
@@ -58,14 +75,16 @@ impl<K: PeerKey> EndpointSet<K> {
         member.holding = member.holding.saturating_sub(usize::from(holding));
         if member.services == 0 {
             members.remove(key);
+            if held(&members) > self.cap(&members) {
+                self.shrunk.notify_waiters();
+            }
         }
     }
 
     /// Counts `key` as held out, unless that would hold out more than the cap.
     pub(crate) fn hold(&self, key: &K) -> bool {
         let mut members = self.members();
-        let held = members.values().filter(|m| m.holding > 0).count();
-        let cap = members.len() * usize::from(self.max_percent.load(Relaxed)) / 100;
+        let (held, cap) = (held(&members), self.cap(&members));
         match members.get_mut(key) {
             Some(member) if member.holding > 0 || held < cap => {
                 member.holding += 1;
@@ -75,9 +94,27 @@ impl<K: PeerKey> EndpointSet<K> {
         }
     }
 
+    /// Whether `key`, held out, may stay so: if more endpoints are held out than the cap
+    /// allows now (some left the set), it is released and `false` returned.
+    pub(crate) fn keep(&self, key: &K) -> bool {
+        let mut members = self.members();
+        if held(&members) <= self.cap(&members) {
+            return true;
+        }
+        if let Some(member) = members.get_mut(key) {
+            member.holding = member.holding.saturating_sub(1);
+        }
+        false
+    }
+
     pub(crate) fn release(&self, key: &K) {
         if let Some(member) = self.members().get_mut(key) {
             member.holding = member.holding.saturating_sub(1);
         }
     }
+}
+
+/// How many of `members` are held out.
+fn held<K>(members: &HashMap<K, Member>) -> usize {
+    members.values().filter(|m| m.holding > 0).count()
 }
