@@ -344,6 +344,17 @@ impl Wake {
 #[derive(Clone, Debug)]
 pub(crate) struct Fixed<K, F>(K, F);
 
+impl<K, F> Fixed<K, F> {
+    pub(crate) fn new(key: K, key_fn: F) -> Self {
+        Fixed(key, key_fn)
+    }
+
+    /// The fixed peer.
+    pub(crate) fn key(&self) -> &K {
+        &self.0
+    }
+}
+
 impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for Fixed<K, F> {
     type Key = K;
 

@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 use crate::classify::{AllSamples, Classifier, Outcome};
+use crate::fixed::FixedPeerLayer;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::Classed;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
@@ -105,10 +106,27 @@ impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
         AdaptiveTimeoutHandle::new(self.table.clone())
     }
 
-    /// The layer for one balanced endpoint, whose calls all go to `peer`: its services
-    /// are not ready while `peer` is silent and no probe is due (see [`Endpoint`]).
-    /// Endpoints made from one layer share its peer table and its
-    /// [`max_ejection_percent`](Builder::max_ejection_percent).
+    /// The layer for a direct client of one peer (a tonic `Channel`, a pool to one host),
+    /// whose calls all go to `peer` whatever their requests name: a [`FixedPeer`], ready
+    /// when its inner service is, whose calls to a silent peer fail fast as through this
+    /// layer. Not for a balancer: use [`for_endpoint`](Self::for_endpoint) there.
+    ///
+    /// [`FixedPeer`]: crate::FixedPeer
+    pub fn for_peer(&self, peer: K) -> FixedPeerLayer<K, F, C>
+    where
+        F: Clone,
+        C: Clone,
+    {
+        let (key_fn, classify) = (self.key_fn.clone(), self.classify.clone());
+        FixedPeerLayer::new(self.table.clone(), key_fn, classify, peer)
+    }
+
+    /// The layer for one endpoint of a balancer (`tower::balance`), whose calls all go to
+    /// `peer`: its services are *not ready* while `peer` is silent or refuses calls, so
+    /// the balancer routes around it (see [`Endpoint`]). Endpoints made from one layer
+    /// share its peer table and its
+    /// [`max_ejection_percent`](Builder::max_ejection_percent). Not for a direct client,
+    /// whose calls would wait in `poll_ready`: use [`for_peer`](Self::for_peer) there.
     ///
     /// [`Endpoint`]: crate::Endpoint
     pub fn for_endpoint(&self, peer: K) -> EndpointLayer<K, F, C>

@@ -78,6 +78,7 @@ pub mod events;
 pub mod export;
 #[cfg(not(feature = "metrics"))]
 mod export;
+mod fixed;
 mod future;
 mod handle;
 mod idle;
@@ -106,6 +107,7 @@ pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline}
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
+pub use fixed::{FixedPeer, FixedPeerLayer};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_test::task;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PeerState, TimeoutPolicy};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, PeerState, TimeoutPolicy};
 
 use support::ms;
 
@@ -85,4 +85,31 @@ async fn the_last_endpoint_is_let_go_when_the_cap_shrinks() {
     assert!(ready.is_woken(), "woken when the cap shrank");
     assert!(ready.enter(|cx, _| held.poll_ready(cx)).is_ready());
     assert!(!held.is_held_out());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_peer_is_ready_and_fails_fast_while_its_peer_is_silent() {
+    let layer = layer();
+    let handle = layer.handle();
+    let server = Arc::new(Server::default());
+    let mut fixed = layer.for_peer(0).layer(server.client());
+    assert_eq!(*fixed.peer(), 0);
+    silence(&fixed, &server).await;
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Silent);
+
+    // Ready at once, though no probe is due: readiness is the inner service's.
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| fixed.poll_ready(cx)).is_ready());
+    let started = tokio::time::Instant::now();
+    let err = fixed.call(3).await.unwrap_err();
+    let err = Interrupted::find(&*err).expect("an Interrupted");
+    assert!(err.is_silence() && !err.was_sent(), "{err}");
+    assert_eq!(started.elapsed(), ms(0), "failed fast");
+
+    // When the probe is due, the next call goes, and its answer brings the peer back.
+    server.hung.store(false, SeqCst);
+    tokio::time::sleep(handle.peer(&0).unwrap().next_probe_in).await;
+    assert!(ready.enter(|cx, _| fixed.poll_ready(cx)).is_ready());
+    fixed.call(4).await.expect("the probe is answered");
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
 }
