@@ -101,6 +101,7 @@ mod units;
 #[cfg(feature = "balance")]
 pub use balance::EndpointLoad;
 pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
+pub use balance::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
 pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline};

@@ -260,6 +260,11 @@ impl Peer {
         &self.watch
     }
 
+    /// Calls that failed to reach the peer (refused, reset) since its last answer.
+    pub(crate) fn failing(&self) -> u32 {
+        self.published.failing()
+    }
+
     /// While the peer is silent with no probe in flight, when the next probe may go;
     /// `None` in any other state.
     pub(crate) fn probe_due_at(&self) -> Option<Instant> {

@@ -78,6 +78,7 @@ impl Peer {
             self.metrics.failed();
             locked.failures += 1;
             locked.consecutive_failures += 1;
+            self.published.set_failing(locked.consecutive_failures);
             if probe {
                 let policy = locked.policy.clone();
                 let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
@@ -119,6 +120,10 @@ impl Peer {
     ) {
         locked.completed += answers;
         locked.consecutive_failures = 0;
+        if self.published.set_failing(0) {
+            // A balanced endpoint held out for the failures waits for this.
+            self.watch.wake();
+        }
         if !locked.pending.is_empty() {
             let held = std::mem::take(&mut locked.pending);
             for &(class, censored) in &held {

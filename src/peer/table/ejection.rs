@@ -2,8 +2,9 @@
 //! empty a balancer (after Envoy's `max_ejection_percent`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
@@ -13,9 +14,25 @@ use crate::peer::key::PeerKey;
 /// The default share of a layer's endpoints that may be held out at once, in percent.
 pub const DEFAULT_MAX_EJECTION_PERCENT: u8 = 50;
 
+/// The default first ejection of a balanced endpoint.
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(1);
+
+/// The default longest ejection of a balanced endpoint.
+pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(4);
+
+/// How long a balanced endpoint's ejections last: the first, and the longest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EjectionTimes {
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+}
+
 /// The balanced endpoints made from one layer, and which of them are held out.
 pub(crate) struct EndpointSet<K> {
     max_percent: AtomicU8,
+    /// [`EjectionTimes`], in nanoseconds.
+    base_ns: AtomicU64,
+    max_ns: AtomicU64,
     members: Mutex<HashMap<K, Member>>,
     /// Wakes the held-out endpoints when the cap has shrunk below how many are held out.
     shrunk: Arc<Notify>,
@@ -33,6 +50,8 @@ impl<K> Default for EndpointSet<K> {
     fn default() -> Self {
         EndpointSet {
             max_percent: AtomicU8::new(DEFAULT_MAX_EJECTION_PERCENT),
+            base_ns: AtomicU64::new(nanos(DEFAULT_BASE_EJECTION_TIME)),
+            max_ns: AtomicU64::new(nanos(DEFAULT_MAX_EJECTION_TIME)),
             members: Mutex::new(HashMap::new()),
             shrunk: Arc::new(Notify::new()),
         }
@@ -43,6 +62,24 @@ impl<K> EndpointSet<K> {
     /// At most `percent` of the endpoints may be held out at once.
     pub(crate) fn set_max_percent(&self, percent: u8) {
         self.max_percent.store(percent.min(100), Relaxed);
+    }
+
+    /// Ejections last `times.base`, doubling per failed probe up to `times.max`.
+    pub(crate) fn set_times(&self, times: EjectionTimes) {
+        self.base_ns.store(nanos(times.base), Relaxed);
+        self.max_ns.store(nanos(times.max), Relaxed);
+    }
+
+    /// How long ejections last.
+    pub(crate) fn times(&self) -> EjectionTimes {
+        let duration = |ns: u64| match ns {
+            u64::MAX => Duration::MAX,
+            ns => Duration::from_nanos(ns),
+        };
+        EjectionTimes {
+            base: duration(self.base_ns.load(Relaxed)),
+            max: duration(self.max_ns.load(Relaxed)),
+        }
     }
 
     /// A registration woken when endpoints left and the cap no longer covers every
@@ -117,4 +154,9 @@ impl<K: PeerKey> EndpointSet<K> {
 /// How many of `members` are held out.
 fn held<K>(members: &HashMap<K, Member>) -> usize {
     members.values().filter(|m| m.holding > 0).count()
+}
+
+/// `d` in nanoseconds; `u64::MAX` for anything longer (`Duration::MAX`, no limit).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
