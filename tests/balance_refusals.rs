@@ -150,6 +150,9 @@ async fn a_refusing_endpoint_is_held_out_under_peak_ewma_with_background_probes(
         let failed = refused_then_back(balance, &servers, callers).await;
         // Only the calls that held it out (with 8 callers, those in flight then too): no
         // caller's call is a probe.
-        assert!(failed <= callers.max(2), "{callers} callers: {failed} of 600 failed");
+        assert!(
+            failed <= callers.max(2),
+            "{callers} callers: {failed} of 600 failed"
+        );
     }
 }
