@@ -291,6 +291,7 @@ fn main() {
         (Fault::Silent, false, true),
         (Fault::Refusing, false, false),
         (Fault::Silent, true, false),
+        (Fault::Silent, true, true),
         (Fault::Refusing, true, false),
     ] {
         let probes = if background { "bg" } else { "caller" };

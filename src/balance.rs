@@ -240,7 +240,11 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
                     ejection.update(now, times);
                     ejection
                 }
-                None => self.ejection.insert(Ejection::start(now, times)),
+                None => {
+                    let background = self.probe.is_some();
+                    self.ejection
+                        .insert(Ejection::start(now, times, background))
+                }
             };
             // A silent peer takes a probe only when its own backoff allows (`None`: one
             // is in flight).

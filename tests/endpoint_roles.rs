@@ -113,3 +113,95 @@ async fn a_fixed_peer_is_ready_and_fails_fast_while_its_peer_is_silent() {
     fixed.call(4).await.expect("the probe is answered");
     assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_balanced_endpoint_probes_in_the_background_and_rejoins_when_answered() {
+    let layer = AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
+        .policy(TimeoutPolicy::default().cold_start(ms(100)))
+        .ejection_time(ms(400), ms(4000))
+        .jitter_seed(7)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let servers: Vec<Arc<Server>> = (0..2).map(|_| Arc::default()).collect();
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (client, sent) = (servers[0].client(), probes.clone());
+    let mut endpoint = layer
+        .for_endpoint(0)
+        .probe_with(move || {
+            sent.fetch_add(1, SeqCst);
+            client.clone().oneshot(u64::MAX)
+        })
+        .layer(servers[0].client());
+    let _other = layer.for_endpoint(1).layer(servers[1].client());
+    silence(&endpoint, &servers[0]).await;
+
+    // Held out; from a quarter of the base (100ms) on, probes go in the background, one
+    // at a time, while the endpoint stays held out: no caller's call is a probe.
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(99)).await;
+    assert_eq!(probes.load(SeqCst), 0, "none before 100ms");
+    for _ in 0..20 {
+        tokio::time::sleep(ms(50)).await;
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    }
+    let sent = probes.load(SeqCst);
+    assert!(sent >= 2, "{sent} probes in a second");
+    // The peer comes back: a probe is answered within a probe's deadline and the spacing
+    // (at most 100ms + 800ms here), which wakes the endpoint, ready.
+    servers[0].hung.store(false, SeqCst);
+    let back = tokio::time::Instant::now();
+    let mut waiting = task::spawn(());
+    while waiting.enter(|cx, _| endpoint.poll_ready(cx)).is_pending() {
+        tokio::time::sleep(ms(10)).await;
+        assert!(back.elapsed() < ms(1000), "readmitted within a second");
+    }
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
+    assert_eq!(probes.load(SeqCst) - sent, 1, "one more probe, answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balanced_endpoint_is_held_out_after_two_refusals_in_a_row() {
+    let layer = layer();
+    let refusing = AtomicBool::new(true);
+    let refusing = Arc::new(refusing);
+    let flag = refusing.clone();
+    let client = service_fn(move |_: u64| {
+        let refused = flag.load(SeqCst);
+        async move {
+            match refused {
+                true => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                false => Ok(()),
+            }
+        }
+    });
+    let mut endpoint = layer.for_endpoint(0).layer(client);
+    let _other = layer
+        .for_endpoint(1)
+        .layer(Arc::new(Server::default()).client());
+    let mut ready = task::spawn(());
+    for _ in 0..2 {
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+        assert!(endpoint.call(1).await.is_err());
+    }
+    // Held out until its probe is due (the default base, 1s); then ready for one call.
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(999)).await;
+    assert!(!ready.is_woken());
+    tokio::time::sleep(ms(1)).await;
+    assert!(ready.is_woken());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    // The probe is refused too: held out twice as long.
+    assert!(endpoint.call(2).await.is_err());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(1999)).await;
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(1)).await;
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    // Answered: no longer held out, and no ejection left.
+    refusing.store(false, SeqCst);
+    endpoint.call(3).await.expect("answered");
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    assert!(!endpoint.is_held_out());
+}

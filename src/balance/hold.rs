@@ -25,11 +25,15 @@ pub(super) struct Ejection {
 }
 
 impl Ejection {
-    /// The first ejection, at `now`.
-    pub(super) fn start(now: Instant, times: EjectionTimes) -> Self {
+    /// The first ejection, at `now`; shorter if probes go in the `background`.
+    pub(super) fn start(now: Instant, times: EjectionTimes, background: bool) -> Self {
+        let first = match background {
+            true => between_background_probes(times),
+            false => times.base.min(times.max),
+        };
         Ejection {
             count: 1,
-            until: later(now, times.base.min(times.max)),
+            until: later(now, first),
             open: false,
             probed: false,
         }
@@ -50,11 +54,10 @@ impl Ejection {
         (self.open, self.probed) = (false, false);
     }
 
-    /// A probe was sent in the background at `now`: the next may go a quarter of `base`
-    /// later (no doubling: background probes cost the callers nothing, and a peer back
-    /// is readmitted promptly).
+    /// A probe was sent in the background at `now`: the next may go
+    /// [`between_background_probes`] later.
     pub(super) fn sent(&mut self, now: Instant, times: EjectionTimes) {
-        self.until = later(now, times.base.min(times.max) / 4);
+        self.until = later(now, between_background_probes(times));
         (self.open, self.probed) = (false, false);
     }
 
@@ -79,6 +82,12 @@ impl Ejection {
     }
 }
 
+/// The spacing of background probes: a quarter of `base`, with no doubling (they cost
+/// the callers nothing, and a peer back is readmitted promptly).
+fn between_background_probes(times: EjectionTimes) -> Duration {
+    times.base.min(times.max) / 4
+}
+
 /// `now + d`, or far in the future if that overflows (`Duration::MAX` is no limit).
 fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
@@ -100,7 +109,7 @@ mod tests {
     fn each_failed_probe_doubles_the_ejection_up_to_max() {
         let t0 = Instant::now();
         let times = times(500, 3000);
-        let mut e = Ejection::start(t0, times);
+        let mut e = Ejection::start(t0, times, false);
         assert_eq!(e.until() - t0, Duration::from_millis(500));
         let mut gaps = Vec::new();
         for _ in 0..5 {
@@ -119,7 +128,7 @@ mod tests {
     #[test]
     fn calls_before_the_probe_is_due_are_no_probe() {
         let t0 = Instant::now();
-        let mut e = Ejection::start(t0, times(500, 3000));
+        let mut e = Ejection::start(t0, times(500, 3000), false);
         e.called();
         e.update(t0, times(500, 3000));
         assert_eq!(e.until() - t0, Duration::from_millis(500));
@@ -132,7 +141,7 @@ mod tests {
             base: Duration::MAX,
             max: Duration::MAX,
         };
-        let mut e = Ejection::start(t0, times);
+        let mut e = Ejection::start(t0, times, false);
         for _ in 0..40 {
             e.open();
             e.called();
