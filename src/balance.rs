@@ -56,19 +56,18 @@ use tower_service::Service;
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
 use crate::events::PeerWatch;
+use crate::fixed::FixedKey;
+use crate::future::{Head, ResponseFuture};
+use crate::peer::key::{KeyFn, PeerKey};
+use crate::peer::table::{EndpointSet, PeerTable};
+use crate::peer::Peer;
+use crate::service::AdaptiveTimeout;
 
 mod hold;
 mod probe;
 
 use self::hold::{Ejection, FAILURES_TO_HOLD};
 use self::probe::Probe;
-use crate::future::{Head, ResponseFuture};
-use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::table::{EndpointSet, PeerTable};
-use crate::peer::Peer;
-use crate::propagate::Propagation;
-use crate::service::AdaptiveTimeout;
-use crate::token::Interrupt;
 
 pub use crate::peer::table::{
     DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
@@ -126,7 +125,7 @@ impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
     type Service = Endpoint<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let key_fn = Fixed(self.key.clone(), self.key_fn.clone());
+        let key_fn = FixedKey::new(self.key.clone(), self.key_fn.clone());
         let classify = self.classify.clone();
         Endpoint::new(
             AdaptiveTimeout::new(inner, self.table.clone(), key_fn, classify),
@@ -142,7 +141,7 @@ impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
 /// budget still are). Not ready while the peer is held out: silent with no probe due.
 /// Clones count as the same endpoint.
 pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
-    inner: AdaptiveTimeout<S, K, Fixed<K, F>, C>,
+    inner: AdaptiveTimeout<S, K, FixedKey<K, F>, C>,
     /// Makes its probes, if they go in the background.
     probe: Option<Probe>,
     table: Arc<PeerTable<K>>,
@@ -158,7 +157,7 @@ pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
 }
 
 /// The layer over an endpoint's client.
-type Inner<S, K, F, C> = AdaptiveTimeout<S, K, Fixed<K, F>, C>;
+type Inner<S, K, F, C> = AdaptiveTimeout<S, K, FixedKey<K, F>, C>;
 
 impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
     fn new(
@@ -431,54 +430,5 @@ impl Wake {
             Some(sleep) => sleep.poll(cx),
             None => Poll::Pending,
         }
-    }
-}
-
-/// The key function of an endpoint: the peer is fixed; the token, the caller's deadline
-/// and propagation are the layer's key function's.
-#[derive(Clone, Debug)]
-pub(crate) struct Fixed<K, F>(K, F);
-
-impl<K, F> Fixed<K, F> {
-    pub(crate) fn new(key: K, key_fn: F) -> Self {
-        Fixed(key, key_fn)
-    }
-
-    /// The fixed peer.
-    pub(crate) fn key(&self) -> &K {
-        &self.0
-    }
-}
-
-impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for Fixed<K, F> {
-    type Key = K;
-
-    fn peer_key(&self, _req: &Req) -> Option<K> {
-        Some(self.0.clone())
-    }
-
-    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
-        self.1.interrupt_token(req)
-    }
-
-    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<std::time::Duration> {
-        self.1.caller_deadline(req, propagation)
-    }
-
-    fn write_deadline(
-        &self,
-        req: &mut Req,
-        deadline: std::time::Duration,
-        propagation: &Propagation,
-    ) {
-        self.1.write_deadline(req, deadline, propagation);
-    }
-
-    fn propagates(&self) -> bool {
-        self.1.propagates()
-    }
-
-    fn latency_hints<'r>(&self, req: &'r Req) -> crate::class::LatencyHints<'r> {
-        self.1.latency_hints(req)
     }
 }

@@ -108,7 +108,7 @@ pub use class::{ClassOf, ClassSnapshot, LatencyClass, LatencyHints, MinDeadline}
 pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
-pub use fixed::{FixedPeer, FixedPeerLayer};
+pub use fixed::{FixedKey, FixedPeer, FixedPeerLayer};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use idle::{IdleRule, IdleSource, GAP_WARMUP};

@@ -14,7 +14,7 @@ use loopback::{bounded, call_shared, EchoServer, Fault, FaultProxy, LineClient, 
 use tokio::sync::Mutex;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
-use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
+use tower::load::{CompleteOnResponse, Load, PeakEwma, PendingRequests};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::AdaptiveTimeoutLayer;
 
@@ -53,7 +53,7 @@ fn client_of(
 }
 
 /// How the layer keys line requests (each endpoint's peer is fixed: not asked).
-fn layer() -> AdaptiveTimeoutLayer<SocketAddr, fn(&LineRequest) -> SocketAddr> {
+fn layer() -> Layer_ {
     let key: fn(&LineRequest) -> SocketAddr = |req| req.addr;
     AdaptiveTimeoutLayer::builder(key).build().unwrap()
 }
@@ -83,21 +83,32 @@ where
     failed
 }
 
-/// One endpoint of three refuses every call (its proxy resets each connection) while
-/// 600 calls go through p2c: at most the two failures that hold it out and a probe or
-/// two fail (not the half or more of before). Returns the balancer, to go on.
-async fn refused_then_back<S>(balance: S, servers: &Servers, callers: usize) -> usize
+/// The layer the tests make their endpoints from.
+type Layer_ = AdaptiveTimeoutLayer<SocketAddr, fn(&LineRequest) -> SocketAddr>;
+
+/// Three servers behind p2c, each endpoint made by `endpoint`; one of them refuses every
+/// call (its proxy resets each connection) while 600 calls go through: returns how many
+/// of them failed (before, the half or more). Then it is back: a probe is answered, and
+/// the endpoint takes calls again.
+async fn refused_then_back<E>(callers: usize, endpoint: impl Fn(&Layer_, SocketAddr) -> E) -> usize
 where
-    S: Service<LineRequest, Response = String, Error = BoxError> + Send + 'static,
-    S::Future: Send,
+    E: Service<LineRequest, Response = String, Error = BoxError> + Load + Send + 'static,
+    E::Future: Send,
+    E::Metric: std::fmt::Debug,
 {
-    let balance = Arc::new(Mutex::new(balance));
+    let servers = Servers::start().await;
+    let layer = layer();
+    let endpoints: Vec<_> = servers
+        .addrs()
+        .into_iter()
+        .map(|addr| endpoint(&layer, addr))
+        .collect();
+    let balance = Arc::new(Mutex::new(Balance::new(ServiceList::new(endpoints))));
     let to = servers.addrs()[0];
     assert_eq!(calls(&balance, to, callers, 60).await, 0, "all answer");
     servers.proxies[2].set(Fault::Reset);
     let failed = calls(&balance, to, callers, 600).await;
     servers.proxies[2].set(Fault::Pass);
-    // Back: a probe is answered, and the endpoint takes calls again.
     let before = servers.proxies[2].connections();
     bounded(async {
         while servers.proxies[2].connections() < before + 10 {
@@ -111,18 +122,12 @@ where
 #[tokio::test]
 async fn a_refusing_endpoint_is_held_out_under_pending_requests() {
     for callers in [1, 8] {
-        let servers = Servers::start().await;
-        let layer = layer();
-        let endpoints: Vec<_> = servers
-            .addrs()
-            .into_iter()
-            .map(|addr| {
-                let load = PendingRequests::new(client_of(addr), CompleteOnResponse::default());
-                layer.for_endpoint(addr).layer(load)
-            })
-            .collect();
-        let balance = Balance::new(ServiceList::new(endpoints));
-        let failed = refused_then_back(balance, &servers, callers).await;
+        let failed = refused_then_back(callers, |layer, addr| {
+            let load = PendingRequests::new(client_of(addr), CompleteOnResponse::default());
+            layer.for_endpoint(addr).layer(load)
+        })
+        .await;
+        // The two refusals that hold it out, and a probe or two.
         assert!(failed <= 6, "{callers} callers: {failed} of 600 failed");
     }
 }
@@ -130,29 +135,20 @@ async fn a_refusing_endpoint_is_held_out_under_pending_requests() {
 #[tokio::test]
 async fn a_refusing_endpoint_is_held_out_under_peak_ewma_with_background_probes() {
     for callers in [1, 8] {
-        let servers = Servers::start().await;
-        let layer = layer();
-        let endpoints: Vec<_> = servers
-            .addrs()
-            .into_iter()
-            .map(|addr| {
-                let decay = ms(10_000).as_nanos() as f64;
-                let complete = CompleteOnResponse::default();
-                let load = PeakEwma::new(client_of(addr), ms(50), decay, complete);
-                let probe = client_of(addr);
-                layer
-                    .for_endpoint(addr)
-                    .probe_with(move || probe.clone().oneshot(LineRequest::new(addr, 0, "probe")))
-                    .layer(load)
-            })
-            .collect();
-        let balance = Balance::new(ServiceList::new(endpoints));
-        let failed = refused_then_back(balance, &servers, callers).await;
+        let failed = refused_then_back(callers, |layer, addr| {
+            let decay = ms(10_000).as_nanos() as f64;
+            let complete = CompleteOnResponse::default();
+            let load = PeakEwma::new(client_of(addr), ms(50), decay, complete);
+            let probe = client_of(addr);
+            layer
+                .for_endpoint(addr)
+                .probe_with(move || probe.clone().oneshot(LineRequest::new(addr, 0, "probe")))
+                .layer(load)
+        })
+        .await;
         // Only the calls that held it out (with 8 callers, those in flight then too): no
         // caller's call is a probe.
-        assert!(
-            failed <= callers.max(2),
-            "{callers} callers: {failed} of 600 failed"
-        );
+        let most = callers.max(2);
+        assert!(failed <= most, "{callers} callers: {failed} of 600 failed");
     }
 }

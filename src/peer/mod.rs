@@ -109,6 +109,9 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
+    /// When the last call failed to reach the peer: answers held in a stripe from before
+    /// it do not end the failures in a row.
+    failed_at: Option<Instant>,
     /// Censored samples of misses (and their calls' classes), held until the peer
     /// answers again (it was slow) or is declared silent (it was gone, which says nothing
     /// about its latency).
@@ -204,6 +207,7 @@ impl Peer {
                 deadline_exceeded: 0,
                 failures: 0,
                 consecutive_failures: 0,
+                failed_at: None,
                 pending: Vec::new(),
                 policy,
                 overridden,

@@ -78,6 +78,7 @@ impl Peer {
             self.metrics.failed();
             locked.failures += 1;
             locked.consecutive_failures += 1;
+            locked.failed_at = Some(now);
             self.published.set_failing(locked.consecutive_failures);
             if probe {
                 let policy = locked.policy.clone();
@@ -119,10 +120,12 @@ impl Peer {
         samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) {
         locked.completed += answers;
-        locked.consecutive_failures = 0;
-        if self.published.set_failing(0) {
-            // A balanced endpoint held out for the failures waits for this.
-            self.watch.wake();
+        if locked.failed_at.is_none_or(|failed| now >= failed) {
+            locked.consecutive_failures = 0;
+            if self.published.set_failing(0) {
+                // A balanced endpoint held out for the failures waits for this.
+                self.watch.wake();
+            }
         }
         if !locked.pending.is_empty() {
             let held = std::mem::take(&mut locked.pending);
