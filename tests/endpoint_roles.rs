@@ -1,7 +1,8 @@
 //! The two roles of a layer placed per peer: a fixed peer (`for_peer`), whose readiness is
 //! its inner service's and whose calls to a silent peer fail fast, and a balanced endpoint
-//! (`for_endpoint`), held out while its peer is silent, within the layer's ejection cap,
-//! which is re-applied when endpoints leave.
+//! (`for_endpoint`), held out while its peer is silent or refuses calls, within the
+//! layer's ejection cap (re-applied when endpoints leave), probed by a caller's call after
+//! ejections that double, or in the background (`probe_with`).
 
 pub mod support;
 
@@ -204,4 +205,31 @@ async fn a_balanced_endpoint_is_held_out_after_two_refusals_in_a_row() {
     endpoint.call(3).await.expect("answered");
     assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
     assert!(!endpoint.is_held_out());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_re_added_for_a_silent_peer_is_held_out_and_rejoins() {
+    let layer = layer();
+    let handle = layer.handle();
+    let servers: Vec<Arc<Server>> = (0..2).map(|_| Arc::default()).collect();
+    let removed = layer.for_endpoint(0).layer(servers[0].client());
+    let _other = layer.for_endpoint(1).layer(servers[1].client());
+    silence(&removed, &servers[0]).await;
+    drop(removed);
+
+    // Discovery adds it again while its peer is still silent: held out at its first poll.
+    let mut again = layer.for_endpoint(0).layer(servers[0].client());
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_pending());
+    assert!(again.is_held_out());
+
+    // Its peer is back; the probe, due after the first ejection (1s), is answered.
+    servers[0].hung.store(false, SeqCst);
+    tokio::time::sleep(ms(1000)).await;
+    assert!(ready.is_woken());
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_ready());
+    again.call(7).await.expect("the probe is answered");
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_ready());
+    assert!(!again.is_held_out());
 }
