@@ -9,17 +9,17 @@
 //! [`for_endpoint`](crate::AdaptiveTimeoutLayer::for_endpoint) instead.
 //!
 //! ```
+//! use std::net::SocketAddr;
 //! use tower::{service_fn, BoxError, Layer};
-//! use tower_adaptive_timeout::{AdaptiveTimeoutLayer, HttpPeer};
+//! use tower_adaptive_timeout::AdaptiveTimeoutLayer;
 //!
 //! # fn main() -> Result<(), BoxError> {
-//! let layer = AdaptiveTimeoutLayer::http().build()?;
-//! // Path-only requests (as a tonic client sends them) still count for this peer.
-//! let peer = "http://10.0.0.7:50051".parse::<HttpPeer>()?;
-//! let client = service_fn(|_: http::Request<String>| async {
-//!     Ok::<_, BoxError>(http::Response::new(String::new()))
-//! });
-//! let _svc = layer.for_peer(peer).layer(client);
+//! let layer = AdaptiveTimeoutLayer::builder(|addr: &SocketAddr| *addr).build()?;
+//! let peer: SocketAddr = "10.0.0.7:50051".parse()?;
+//! // Whatever address a request names, its call counts for `peer`.
+//! let client = service_fn(|a: SocketAddr| async move { Ok::<_, BoxError>(a) });
+//! let svc = layer.for_peer(peer).layer(client);
+//! assert_eq!(*svc.peer(), peer);
 //! # Ok(()) }
 //! ```
 

@@ -71,7 +71,9 @@ impl Ejection {
         self.open = true;
     }
 
-    /// Whether the endpoint is let in for its probe, which has not gone yet.
+    /// Whether the endpoint is let in for its probe, which has not gone yet (for its
+    /// load).
+    #[cfg(any(feature = "balance", test))]
     pub(super) fn probe_due(&self) -> bool {
         self.open && !self.probed
     }
