@@ -138,8 +138,9 @@ impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
 
 /// The layer over one balanced endpoint: every call goes to its peer, fixed when it was
 /// made (the request's own key is not asked for; its token, `Deadline` and propagated
-/// budget still are). Not ready while the peer is held out: silent with no probe due.
-/// Clones count as the same endpoint.
+/// budget still are). Not ready while it is held out: its peer silent, or its calls
+/// refused twice in a row, and no probe due. For a balancer only: a direct client wants
+/// [`FixedPeer`](crate::FixedPeer). Clones count as the same endpoint.
 pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
     inner: AdaptiveTimeout<S, K, FixedKey<K, F>, C>,
     /// Makes its probes, if they go in the background.
