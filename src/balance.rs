@@ -99,7 +99,7 @@ impl<K, F, C> EndpointLayer<K, F, C> {
     /// one (a health check, a cheap idempotent request through a clone of the client,
     /// below any load measurement), run in the background on the tokio runtime every
     /// quarter of [`ejection_time`](crate::Builder::ejection_time)'s `base` (250ms by
-    /// default), one at a time, with no doubling: they cost the callers nothing. No caller's call is then a probe, and the endpoint stays
+    /// default, at least 10ms), with no doubling: they cost the callers nothing. No caller's call is then a probe, and the endpoint stays
     /// held out until a probe is answered. Without a tokio runtime at hand the next
     /// caller's call is the probe, as without `probe_with`.
     pub fn probe_with<G, Fut, T, E>(mut self, probe: G) -> Self

@@ -85,10 +85,14 @@ impl Ejection {
 }
 
 /// The spacing of background probes: a quarter of `base`, with no doubling (they cost
-/// the callers nothing, and a peer back is readmitted promptly).
+/// the callers nothing, and a peer back is readmitted promptly), and never under 10ms, so
+/// a `base` of zero cannot send them in a loop.
 fn between_background_probes(times: EjectionTimes) -> Duration {
-    times.base.min(times.max) / 4
+    (times.base.min(times.max) / 4).max(MIN_BACKGROUND_SPACING)
 }
+
+/// The shortest spacing of background probes.
+const MIN_BACKGROUND_SPACING: Duration = Duration::from_millis(10);
 
 /// `now + d`, or far in the future if that overflows (`Duration::MAX` is no limit).
 fn later(now: Instant, d: Duration) -> Instant {
@@ -134,6 +138,17 @@ mod tests {
         e.called();
         e.update(t0, times(500, 3000));
         assert_eq!(e.until() - t0, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn background_probes_are_spaced_even_with_no_ejection_time() {
+        let t0 = Instant::now();
+        let mut e = Ejection::start(t0, times(0, 0), true);
+        assert_eq!(e.until() - t0, Duration::from_millis(10));
+        e.sent(t0, times(0, 0));
+        assert_eq!(e.until() - t0, Duration::from_millis(10));
+        e.sent(t0, times(1000, 4000));
+        assert_eq!(e.until() - t0, Duration::from_millis(250));
     }
 
     #[test]
