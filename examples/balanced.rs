@@ -3,12 +3,15 @@
 //! Three loopback line servers, each behind a fault proxy, answer after 2-7 ms. Eight
 //! callers share one p2c balancer over the three endpoints, each made with
 //! `layer.for_endpoint(addr)` over a load-measured client. At 2s the third proxy turns into
-//! a blackhole (connections accepted, nothing forwarded, no FIN, no RST); at 5s it forwards
-//! again. The run is done twice, with `PeakEwma` and with `PendingRequests` as the load.
+//! a blackhole (connections accepted, nothing forwarded, no FIN, no RST), or resets every
+//! connection (a killed server: each call fails at once); at 5s it forwards again. Each
+//! fault is run with `PeakEwma` and with `PendingRequests` as the load, probed by the
+//! callers' calls, and once more with probes of the endpoints' own in the background
+//! (`probe_with`).
 //!
-//! Printed per run: the calls started from one deadline after the blackhole until it
-//! lifted, how many of them failed (the failed probes: one call at a time, spaced by the
-//! probe backoff), and the returned server's share of the calls in the last second, 3s
+//! Printed per run: the calls started from the fault on until it lifted, how many of them
+//! failed (the calls in flight when it began, those that held the endpoint out, and the
+//! failed probes), and the returned server's share of the calls in the last second, 3s
 //! after it came back. `PeakEwma` remembers the calls the layer cut (the first probe after
 //! a silence is a long one, `cold_start`) as round trips that long, fading over its decay
 //! (1s here), so it takes a few seconds to give the returned server its share again;
@@ -18,7 +21,7 @@
 //! cargo run --example balanced --features balance
 //! ```
 //!
-//! It runs in real time, about 18 seconds.
+//! It runs in real time, about 45 seconds.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -47,8 +50,14 @@ fn client_of(
     LineClient::new().map_request(move |req: LineRequest| LineRequest { addr, ..req })
 }
 
-/// One run through p2c with `load` around each endpoint's client.
-async fn run<L>(name: &str, load: impl Fn(SocketAddr) -> L) -> Result<(), BoxError>
+/// One run through p2c with `load` around each endpoint's client, `fault` on the third
+/// server's proxy, and the endpoints probed in the background if `background`.
+async fn run<L>(
+    name: &str,
+    fault: Fault,
+    background: bool,
+    load: impl Fn(SocketAddr) -> L,
+) -> Result<(), BoxError>
 where
     L: Service<LineRequest, Response = String, Error = std::io::Error> + Load + Send + 'static,
     L::Future: Send,
@@ -68,7 +77,17 @@ where
     let handle = layer.handle();
     let endpoints: Vec<_> = addrs
         .iter()
-        .map(|&addr| layer.for_endpoint(addr).layer(load(addr)))
+        .map(|&addr| {
+            let endpoint = layer.for_endpoint(addr);
+            let endpoint = match background {
+                // A probe straight to the server, below the load measurement.
+                true => endpoint.probe_with(move || {
+                    client_of(addr).oneshot(LineRequest::new(addr, 0, "probe"))
+                }),
+                false => endpoint,
+            };
+            endpoint.layer(load(addr))
+        })
         .collect();
     let balance = Arc::new(Mutex::new(Balance::new(ServiceList::new(endpoints))));
 
@@ -96,10 +115,10 @@ where
     }
     tokio::time::sleep_until(start + SILENT_AT).await;
     let deadline = handle.deadline(&addrs[2]).map_or(Duration::ZERO, |d| d.0);
-    proxies[2].set(Fault::Blackhole);
-    *counted.lock().unwrap() = Some(Instant::now() + deadline);
+    proxies[2].set(fault);
+    *counted.lock().unwrap() = Some(Instant::now());
     tokio::time::sleep_until(start + BACK_AT).await;
-    let state = handle.peer(&addrs[2]).map(|p| p.state);
+
     proxies[2].set(Fault::Pass);
     tokio::time::sleep_until(start + RUN - Duration::from_secs(1)).await;
     let before: Vec<_> = servers.iter().map(EchoServer::connections).collect();
@@ -111,9 +130,8 @@ where
         .collect();
     let (calls, failed) = (calls.load(Relaxed), failed.load(Relaxed));
     println!(
-        "{name:<16} deadline {deadline:.1?}, silent peer {}: {failed} of {calls} calls failed \
+        "{name:<31} deadline {deadline:>6.1?}: {failed:>3} of {calls:>5} calls failed \
          ({:.2}%); back, it took {:.0}% of the calls in the last second",
-        state.map_or("untracked", |s| s.as_str()),
         failed as f64 * 100.0 / calls.max(1) as f64,
         last[2] as f64 * 100.0 / last.iter().sum::<usize>().max(1) as f64,
     );
@@ -122,8 +140,8 @@ where
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    println!("p2c over 3 loopback servers, {CALLERS} callers; the third blackholed {SILENT_AT:?}-{BACK_AT:?}:");
-    run("PeakEwma", |addr| {
+    println!("p2c over 3 loopback servers, {CALLERS} callers; the third faulty {SILENT_AT:?}-{BACK_AT:?}:");
+    let ewma = |addr| {
         let decay = Duration::from_secs(1).as_nanos() as f64;
         PeakEwma::new(
             client_of(addr),
@@ -131,10 +149,18 @@ async fn main() -> Result<(), BoxError> {
             decay,
             CompleteOnResponse::default(),
         )
-    })
-    .await?;
-    run("PendingRequests", |addr| {
-        PendingRequests::new(client_of(addr), CompleteOnResponse::default())
-    })
-    .await
+    };
+    let pending = |addr| PendingRequests::new(client_of(addr), CompleteOnResponse::default());
+    for (fault, what) in [(Fault::Blackhole, "blackhole"), (Fault::Reset, "reset")] {
+        run(&format!("{what}, PeakEwma"), fault, false, ewma).await?;
+        run(&format!("{what}, PendingRequests"), fault, false, pending).await?;
+        run(
+            &format!("{what}, PendingRequests, bg"),
+            fault,
+            true,
+            pending,
+        )
+        .await?;
+    }
+    Ok(())
 }

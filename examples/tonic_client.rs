@@ -15,8 +15,9 @@
 //! the `Channel` adds its endpoint's authority below the layer, so
 //! `AdaptiveTimeoutLayer::http()` sees no peer and the calls go untracked (the default
 //! policy's cold-start deadline, no history; counted in `untracked_calls`). Key the layer
-//! by the channel's endpoint instead: `layer.for_endpoint(peer).layer(channel)`, as here,
-//! or build the client with `with_origin(svc, endpoint_uri)`.
+//! by the channel's endpoint instead: `layer.for_peer(peer).layer(channel)`, as here (a
+//! `FixedPeer`: ready when the channel is, fail fast while the peer is silent), or build
+//! the client with `with_origin(svc, endpoint_uri)`.
 //!
 //! ```text
 //! cargo run --example tonic_client --features tonic
@@ -75,7 +76,7 @@ async fn main() -> Result<(), BoxError> {
     let peer: HttpPeer = origin.to_string().parse()?;
     let svc = ServiceBuilder::new()
         .map_err(status::grpc_error)
-        .layer(layer.for_endpoint(peer))
+        .layer(layer.for_peer(peer))
         .service(channel);
     let mut client = PingerClient::new(svc);
     for i in 0..CALLS {

@@ -1,18 +1,28 @@
 //! Balancer mode: the layer placed per endpoint, under a balancer that routes by readiness.
+//! (For a direct client of one peer, see [`FixedPeer`](crate::FixedPeer).)
 //!
-//! A call to a silent peer fails fast in no time, so behind a load balancer a silent
-//! endpoint looks like the fastest, least loaded one and attracts the traffic. An
-//! [`Endpoint`] is instead *not ready* while its peer is silent and no probe is due: its
-//! `poll_ready` is `Pending`, and it wakes when the probe comes due (or the peer's state
-//! changes), so `tower::balance::p2c` routes around it and gives it the probe when it is
-//! time. Under the `balance` feature its [`Load`](tower::load::Load) is the inner
-//! service's, and the worst there is while it is held out ([`EndpointLoad::Silent`]).
+//! A call to a silent peer fails fast in no time, and a call to a killed server is refused
+//! at once, so behind a load balancer such an endpoint looks like the fastest, least
+//! loaded one and attracts the traffic. An [`Endpoint`] is instead *held out*, not ready,
+//! while its peer is silent or its calls failed to reach it twice in a row (refused,
+//! reset), until its probe is due: its `poll_ready` is `Pending`, and it wakes when the
+//! probe comes due, the peer answers or changes state, so `tower::balance::p2c` routes
+//! around it. Under the `balance` feature its [`Load`](tower::load::Load) is the inner
+//! service's, the worst there is while it is held out ([`EndpointLoad::Silent`]).
+//!
+//! Probes are spaced as Envoy ejects: [`ejection_time`](crate::Builder::ejection_time)'s
+//! `base` (1s) after it is held out, twice as long after each failed probe, at most its
+//! `max` (4s). By default the probe is the next caller's call (the endpoint is ready for
+//! it, with the best load), which fails if the peer is still away; with
+//! [`EndpointLayer::probe_with`] the endpoint sends probes of its own in the background,
+//! every quarter of `base`, and no caller's call is a probe.
 //!
 //! At most `max_ejection_percent` (default 50%, like Envoy's outlier detection) of the
 //! endpoints made from one layer are held out at once, rounded down: a cause all of them
 //! share (the caller's own network) cannot empty the balancer. An endpoint over the cap
 //! stays ready, and its calls fail fast (refusals, [`was_sent`](crate::Interrupted::was_sent)
-//! false) until a probe gets through.
+//! false) until a probe gets through. When endpoints leave, the cap is recomputed and a
+//! held-out endpoint over it is let go.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -45,15 +55,23 @@ use tower_service::Service;
 
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
+use crate::events::PeerWatch;
+use crate::fixed::FixedKey;
 use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::table::PeerTable;
+use crate::peer::table::{EndpointSet, PeerTable};
 use crate::peer::Peer;
-use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
-use crate::token::Interrupt;
 
-pub use crate::peer::table::DEFAULT_MAX_EJECTION_PERCENT;
+mod hold;
+mod probe;
+
+use self::hold::{Ejection, FAILURES_TO_HOLD};
+use self::probe::Probe;
+
+pub use crate::peer::table::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
+};
 
 /// Makes [`Endpoint`]s for one peer; from
 /// [`AdaptiveTimeoutLayer::for_endpoint`](crate::AdaptiveTimeoutLayer::for_endpoint).
@@ -63,6 +81,7 @@ pub struct EndpointLayer<K, F, C = AllSamples> {
     key_fn: F,
     classify: C,
     key: K,
+    probe: Option<Probe>,
 }
 
 impl<K, F, C> EndpointLayer<K, F, C> {
@@ -72,7 +91,25 @@ impl<K, F, C> EndpointLayer<K, F, C> {
             key_fn,
             classify,
             key,
+            probe: None,
         }
+    }
+
+    /// Probes the endpoint, while it is held out, with calls of its own: `probe` makes
+    /// one (a health check, a cheap idempotent request through a clone of the client,
+    /// below any load measurement), run in the background on the tokio runtime every
+    /// quarter of [`ejection_time`](crate::Builder::ejection_time)'s `base` (250ms by
+    /// default, at least 10ms), with no doubling: they cost the callers nothing. No caller's call is then a probe, and the endpoint stays
+    /// held out until a probe is answered. Without a tokio runtime at hand the next
+    /// caller's call is the probe, as without `probe_with`.
+    pub fn probe_with<G, Fut, T, E>(mut self, probe: G) -> Self
+    where
+        G: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.probe = Some(probe::boxed(probe));
+        self
     }
 }
 
@@ -88,22 +125,26 @@ impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
     type Service = Endpoint<S, K, F, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let key_fn = Fixed(self.key.clone(), self.key_fn.clone());
+        let key_fn = FixedKey::new(self.key.clone(), self.key_fn.clone());
         let classify = self.classify.clone();
         Endpoint::new(
             AdaptiveTimeout::new(inner, self.table.clone(), key_fn, classify),
             self.table.clone(),
             self.key.clone(),
+            self.probe.clone(),
         )
     }
 }
 
 /// The layer over one balanced endpoint: every call goes to its peer, fixed when it was
 /// made (the request's own key is not asked for; its token, `Deadline` and propagated
-/// budget still are). Not ready while the peer is held out: silent with no probe due.
-/// Clones count as the same endpoint.
+/// budget still are). Not ready while it is held out: its peer silent, or its calls
+/// refused twice in a row, and no probe due. For a balancer only: a direct client wants
+/// [`FixedPeer`](crate::FixedPeer). Clones count as the same endpoint.
 pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
-    inner: AdaptiveTimeout<S, K, Fixed<K, F>, C>,
+    inner: AdaptiveTimeout<S, K, FixedKey<K, F>, C>,
+    /// Makes its probes, if they go in the background.
+    probe: Option<Probe>,
     table: Arc<PeerTable<K>>,
     key: K,
     /// The peer, as last looked up.
@@ -112,18 +153,30 @@ pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
     held: bool,
     /// What wakes a held-out endpoint: the peer's next change of state, its probe time.
     wake: Option<Pin<Box<Wake>>>,
+    /// The ejections in a row while the peer is silent or refusing.
+    ejection: Option<Ejection>,
 }
 
+/// The layer over an endpoint's client.
+type Inner<S, K, F, C> = AdaptiveTimeout<S, K, FixedKey<K, F>, C>;
+
 impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
-    fn new(inner: AdaptiveTimeout<S, K, Fixed<K, F>, C>, table: Arc<PeerTable<K>>, key: K) -> Self {
+    fn new(
+        inner: Inner<S, K, F, C>,
+        table: Arc<PeerTable<K>>,
+        key: K,
+        probe: Option<Probe>,
+    ) -> Self {
         table.endpoints.join(&key);
         Endpoint {
             inner,
+            probe,
             table,
             key,
             peer: None,
             held: false,
             wake: None,
+            ejection: None,
         }
     }
 
@@ -142,8 +195,9 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
         self.inner.get_mut()
     }
 
-    /// Whether the endpoint is held out now: its peer is silent (or probing) with no probe
-    /// due. An endpoint over its set's cap is not held out, silent or not.
+    /// Whether the endpoint is held out now: its peer is silent (or probing), or its calls
+    /// failed to reach it in a row, and its probe is not due. An endpoint over its set's
+    /// cap is not held out.
     pub fn is_held_out(&self) -> bool {
         self.held
     }
@@ -162,23 +216,56 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
     }
 
     /// Whether to hold the endpoint out now; if so, the task is registered to be woken
-    /// when the peer's state changes or its probe comes due.
+    /// when the peer's state changes, the set shrinks, or the probe comes due.
     fn held_out(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             let Some(peer) = self.tracked() else {
+                self.ejection = None;
                 return self.release();
             };
             let wake = self
                 .wake
-                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch().notified())));
+                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch(), &self.table.endpoints)));
             // Registered before the state is read: a change after the read wakes us.
-            wake.as_mut().project().notified.enable();
+            wake.as_mut().enable();
             let silent = !peer.state().is_open();
-            let due = if silent { peer.probe_due_at() } else { None };
-            let probe_due = due.is_some_and(|at| Instant::now() >= at);
-            if !silent || probe_due || !self.hold() {
+            if !silent && peer.failing() < FAILURES_TO_HOLD {
+                (self.ejection, self.wake) = (None, None);
+                return self.release();
+            }
+            let now = Instant::now();
+            let times = self.table.endpoints.times();
+            let ejection = match &mut self.ejection {
+                Some(ejection) => {
+                    ejection.update(now, times);
+                    ejection
+                }
+                None => {
+                    let background = self.probe.is_some();
+                    self.ejection
+                        .insert(Ejection::start(now, times, background))
+                }
+            };
+            // A silent peer takes a probe only when its own backoff allows (`None`: one
+            // is in flight).
+            let peer_due = if silent {
+                peer.probe_due_at()
+            } else {
+                Some(now)
+            };
+            let due = peer_due.map(|at| at.max(ejection.until()));
+            if due.is_some_and(|at| now >= at) {
+                let table = &self.table;
+                if probe::send(self.probe.as_ref(), table, &self.key) {
+                    ejection.sent(now, times);
+                    continue;
+                }
+                ejection.open();
                 self.wake = None;
                 return self.release();
+            }
+            if !self.hold() {
+                return false;
             }
             match self.wake.as_mut().map(|w| w.as_mut().poll(cx, due)) {
                 Some(Poll::Pending) => return true,
@@ -187,11 +274,13 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
         }
     }
 
-    /// Counts the endpoint as held out, if its set's cap allows.
+    /// Counts the endpoint as held out, if its set's cap allows (still allows, when it
+    /// is held out already: endpoints may have left the set since).
     fn hold(&mut self) -> bool {
-        if !self.held {
-            self.held = self.table.endpoints.hold(&self.key);
-        }
+        self.held = match self.held {
+            true => self.table.endpoints.keep(&self.key),
+            false => self.table.endpoints.hold(&self.key),
+        };
         self.held
     }
 
@@ -224,13 +313,17 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        if let Some(ejection) = &mut self.ejection {
+            ejection.called();
+        }
         self.inner.call(req)
     }
 }
 
 impl<S: Clone, K: PeerKey, F: Clone, C: Clone> Clone for Endpoint<S, K, F, C> {
     fn clone(&self) -> Self {
-        Endpoint::new(self.inner.clone(), self.table.clone(), self.key.clone())
+        let (table, key) = (self.table.clone(), self.key.clone());
+        Endpoint::new(self.inner.clone(), table, key, self.probe.clone())
     }
 }
 
@@ -251,22 +344,25 @@ impl<S: std::fmt::Debug, K: PeerKey, F, C> std::fmt::Debug for Endpoint<S, K, F,
 }
 
 /// An endpoint's load: the inner service's while its peer answers, worse than any while
-/// it is silent, and better than any when its probe is due.
+/// it is held out, and better than any when its probe is due.
 ///
-/// A probe is due only now and then, and one call goes: it must win over the inner load,
-/// which, from the calls cut while the peer was silent, may be high for a long time (a
-/// peak-EWMA estimate decays over seconds) and would otherwise keep the peer from ever
-/// being probed, and so from rejoining.
+/// A probe is due only now and then (see
+/// [`Builder::ejection_time`](crate::Builder::ejection_time)), and one call goes: it must
+/// win over the inner load, which, from the calls cut while the peer was silent, may be
+/// high for a long time (a peak-EWMA estimate decays over seconds) and would otherwise
+/// keep the peer from ever being probed, and so from rejoining.
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub enum EndpointLoad<M> {
-    /// The peer is silent and its probe is due: lower than any load, so the probe goes.
+    /// The endpoint's probe is due: lower than any load, so the probe goes. Also an
+    /// endpoint whose peer went out since the balancer last polled it: picked, it is
+    /// polled, and held out.
     ProbeDue,
     /// The inner service's load.
     Load(M),
-    /// The peer is silent (or its probe is in flight) and no probe is due: the worst load
-    /// there is.
+    /// The peer is silent or refusing calls (or its probe is in flight) and no probe is
+    /// due: the worst load there is.
     Silent,
 }
 
@@ -276,38 +372,51 @@ impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K
     type Metric = EndpointLoad<S::Metric>;
 
     fn load(&self) -> Self::Metric {
-        match &self.peer {
-            Some(peer) if !peer.state().is_open() => match peer.probe_due_at() {
-                Some(at) if Instant::now() >= at => EndpointLoad::ProbeDue,
-                _ => EndpointLoad::Silent,
-            },
-            _ => EndpointLoad::Load(self.inner.get_ref().load()),
+        let out = |p: &Arc<Peer>| !p.state().is_open() || p.failing() >= FAILURES_TO_HOLD;
+        match &self.ejection {
+            Some(ejection) if ejection.probe_due() && !self.held => EndpointLoad::ProbeDue,
+            Some(_) => EndpointLoad::Silent,
+            // Out since the balancer last polled it (it waits in the balancer's ready set,
+            // not polled again until picked): picked, its poll holds it out.
+            None if self.peer.as_ref().is_some_and(out) => EndpointLoad::ProbeDue,
+            None => EndpointLoad::Load(self.inner.get_ref().load()),
         }
     }
 }
 
 pin_project! {
-    /// A held-out endpoint's wake-up: its peer's next change of state, or its probe time.
+    /// A held-out endpoint's wake-up: its peer's next change of state, endpoints leaving
+    /// its set (the cap shrinks), or its probe time.
     struct Wake {
         #[pin]
-        notified: OwnedNotified,
+        changed: OwnedNotified,
+        #[pin]
+        shrunk: OwnedNotified,
         #[pin]
         sleep: Option<Sleep>,
     }
 }
 
 impl Wake {
-    fn new(notified: OwnedNotified) -> Self {
+    fn new<K: PeerKey>(watch: &PeerWatch, set: &EndpointSet<K>) -> Self {
         Wake {
-            notified,
+            changed: watch.notified(),
+            shrunk: set.shrunk(),
             sleep: None,
         }
     }
 
-    /// Ready when the peer's state changed, or `due` (if any) has come.
+    /// Registers for the notifications, so that one sent from now on wakes the task.
+    fn enable(self: Pin<&mut Self>) {
+        let this = self.project();
+        this.changed.enable();
+        this.shrunk.enable();
+    }
+
+    /// Ready when the peer's state changed, the set shrank, or `due` (if any) has come.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, due: Option<Instant>) -> Poll<()> {
         let mut this = self.project();
-        if this.notified.poll(cx).is_ready() {
+        if this.changed.poll(cx).is_ready() || this.shrunk.poll(cx).is_ready() {
             return Poll::Ready(());
         }
         let Some(due) = due else {
@@ -322,43 +431,5 @@ impl Wake {
             Some(sleep) => sleep.poll(cx),
             None => Poll::Pending,
         }
-    }
-}
-
-/// The key function of an endpoint: the peer is fixed; the token, the caller's deadline
-/// and propagation are the layer's key function's.
-#[derive(Clone, Debug)]
-pub(crate) struct Fixed<K, F>(K, F);
-
-impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for Fixed<K, F> {
-    type Key = K;
-
-    fn peer_key(&self, _req: &Req) -> Option<K> {
-        Some(self.0.clone())
-    }
-
-    fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
-        self.1.interrupt_token(req)
-    }
-
-    fn caller_deadline(&self, req: &Req, propagation: &Propagation) -> Option<std::time::Duration> {
-        self.1.caller_deadline(req, propagation)
-    }
-
-    fn write_deadline(
-        &self,
-        req: &mut Req,
-        deadline: std::time::Duration,
-        propagation: &Propagation,
-    ) {
-        self.1.write_deadline(req, deadline, propagation);
-    }
-
-    fn propagates(&self) -> bool {
-        self.1.propagates()
-    }
-
-    fn latency_hints<'r>(&self, req: &'r Req) -> crate::class::LatencyHints<'r> {
-        self.1.latency_hints(req)
     }
 }

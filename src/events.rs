@@ -61,6 +61,11 @@ impl PeerWatch {
         self.changed.clone().notified_owned()
     }
 
+    /// Something its waiters may wait on changed, though not the state: wake them.
+    pub(crate) fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+
     /// The peer changed state: wake its waiters and report it.
     pub(crate) fn changed(&self, transition: &Transition) {
         self.changed.notify_waiters();

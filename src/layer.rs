@@ -9,9 +9,11 @@ use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 use crate::classify::{AllSamples, Classifier, Outcome};
+use crate::fixed::FixedPeerLayer;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::Classed;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
+use crate::peer::table::{EjectionTimes, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME};
 use crate::peer::table::{PeerTable, Policies};
 use crate::policy::{PolicyError, TimeoutPolicy};
 use crate::propagate::Propagation;
@@ -105,10 +107,27 @@ impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
         AdaptiveTimeoutHandle::new(self.table.clone())
     }
 
-    /// The layer for one balanced endpoint, whose calls all go to `peer`: its services
-    /// are not ready while `peer` is silent and no probe is due (see [`Endpoint`]).
-    /// Endpoints made from one layer share its peer table and its
-    /// [`max_ejection_percent`](Builder::max_ejection_percent).
+    /// The layer for a direct client of one peer (a tonic `Channel`, a pool to one host),
+    /// whose calls all go to `peer` whatever their requests name: a [`FixedPeer`], ready
+    /// when its inner service is, whose calls to a silent peer fail fast as through this
+    /// layer. Not for a balancer: use [`for_endpoint`](Self::for_endpoint) there.
+    ///
+    /// [`FixedPeer`]: crate::FixedPeer
+    pub fn for_peer(&self, peer: K) -> FixedPeerLayer<K, F, C>
+    where
+        F: Clone,
+        C: Clone,
+    {
+        let (key_fn, classify) = (self.key_fn.clone(), self.classify.clone());
+        FixedPeerLayer::new(self.table.clone(), key_fn, classify, peer)
+    }
+
+    /// The layer for one endpoint of a balancer (`tower::balance`), whose calls all go to
+    /// `peer`: its services are *not ready* while `peer` is silent or refuses calls, so
+    /// the balancer routes around it (see [`Endpoint`]). Endpoints made from one layer
+    /// share its peer table and its
+    /// [`max_ejection_percent`](Builder::max_ejection_percent). Not for a direct client,
+    /// whose calls would wait in `poll_ready`: use [`for_peer`](Self::for_peer) there.
     ///
     /// [`Endpoint`]: crate::Endpoint
     pub fn for_endpoint(&self, peer: K) -> EndpointLayer<K, F, C>
@@ -163,6 +182,7 @@ pub struct Builder<K, F, C = AllSamples> {
     jitter_seed: Option<u64>,
     classifier: Classifier,
     max_ejection_percent: u8,
+    ejection_times: EjectionTimes,
     /// Whether the key function honours a `Propagation`.
     propagates: bool,
     max_classes: usize,
@@ -182,6 +202,10 @@ impl<K: PeerKey, F> Builder<K, F> {
             jitter_seed: None,
             classifier: Classifier::default(),
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            ejection_times: EjectionTimes {
+                base: DEFAULT_BASE_EJECTION_TIME,
+                max: DEFAULT_MAX_EJECTION_TIME,
+            },
             propagates: true,
             max_classes: DEFAULT_MAX_CLASSES,
         }
@@ -251,6 +275,18 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
         E: Fn(&(dyn std::error::Error + 'static)) -> Outcome + Send + Sync + 'static,
     {
         self.classifier = Classifier::new(classify);
+        self
+    }
+
+    /// How long a balanced endpoint ([`AdaptiveTimeoutLayer::for_endpoint`]) held out
+    /// waits before its next probe: `base` (default 1s) the first time, twice as long
+    /// after each failed probe, at most `max` (default 4s). Longer ejections cost the
+    /// callers fewer probes of a peer that stays away (each waits out its deadline, or
+    /// fails at once), and readmit one that came back later. `Duration::ZERO` probes as
+    /// often as the peer's own probe backoff allows (as a direct client does); a `base`
+    /// longer than `max` is refused at [`build`](Self::build).
+    pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
+        self.ejection_times = EjectionTimes { base, max };
         self
     }
 
@@ -324,6 +360,7 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
             jitter_seed: self.jitter_seed,
             classifier: self.classifier,
             max_ejection_percent: self.max_ejection_percent,
+            ejection_times: self.ejection_times,
             propagates: self.propagates,
             max_classes: self.max_classes,
         }
@@ -352,6 +389,10 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
             let why = "must be a percentage, at most 100";
             return Err(PolicyError::new("max_ejection_percent", why));
         }
+        if self.ejection_times.base > self.ejection_times.max {
+            let why = "the first ejection (base) must not be longer than the longest (max)";
+            return Err(PolicyError::new("ejection_time", why));
+        }
         if self.max_classes > MAX_CLASSES {
             return Err(PolicyError::new(
                 "max_classes",
@@ -373,6 +414,7 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
         .with_classifier(self.classifier)
         .with_max_classes(self.max_classes);
         table.endpoints.set_max_percent(self.max_ejection_percent);
+        table.endpoints.set_times(self.ejection_times);
         Ok(AdaptiveTimeoutLayer {
             table: Arc::new(table),
             key_fn: self.key_fn,

@@ -65,6 +65,7 @@ mod explain;
 pub mod export;
 #[cfg(not(feature = "metrics"))]
 mod export;
+mod fixed;
 mod future;
 mod handle;
 mod interrupt;
@@ -88,6 +89,7 @@ mod units;
 #[cfg(feature = "balance")]
 pub use balance::EndpointLoad;
 pub use balance::{Endpoint, EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
+pub use balance::{DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME};
 pub use body::idle::{IdleRule, IdleSource, GAP_WARMUP};
 #[cfg(feature = "http")]
 pub use body::{BodyDeadline, BodyIdle, BodyTimeout, BodyTimeoutLayer, TimeoutBody, WithBody};
@@ -96,6 +98,7 @@ pub use classify::Outcome;
 pub use error::{BoxError, Interrupted, Reason};
 pub use events::HealthEvent;
 pub use explain::{DeadlineExplanation, DeadlineSource};
+pub use fixed::{FixedKey, FixedPeer, FixedPeerLayer};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
 pub use label::MAX_LABEL_BYTES;

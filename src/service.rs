@@ -43,6 +43,11 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
         }
     }
 
+    /// How the service keys its calls.
+    pub(crate) fn key_fn(&self) -> &F {
+        &self.key_fn
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner

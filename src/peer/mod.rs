@@ -114,6 +114,9 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
+    /// When the last call failed to reach the peer: answers held in a stripe from before
+    /// it do not end the failures in a row.
+    failed_at: Option<Instant>,
     /// Censored samples of deadlines run out (and their calls' classes), held until the
     /// peer answers again (it was slow) or is declared silent (it was gone, which says
     /// nothing about its latency).
@@ -229,6 +232,7 @@ impl Peer {
                 deadline_exceeded: 0,
                 failures: 0,
                 consecutive_failures: 0,
+                failed_at: None,
                 pending: Vec::new(),
                 policy,
                 overridden,
@@ -283,6 +287,11 @@ impl Peer {
     /// What wakes the peer's waiters and reports its transitions.
     pub(crate) fn watch(&self) -> &PeerWatch {
         &self.watch
+    }
+
+    /// Calls that failed to reach the peer (refused, reset) since its last answer.
+    pub(crate) fn failing(&self) -> u32 {
+        self.published.failing()
     }
 
     /// While the peer is silent with no probe in flight, when the next probe may go;

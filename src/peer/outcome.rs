@@ -112,6 +112,8 @@ impl Peer {
                 locked.failures += 1;
             }
             locked.consecutive_failures += 1;
+            locked.failed_at = Some(now);
+            self.published.set_failing(locked.consecutive_failures);
             if probe {
                 let policy = locked.policy.clone();
                 let transition = locked.health.on_probe_end(now, ProbeEnd::Failed, &policy);
@@ -158,7 +160,13 @@ impl Peer {
         samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
     ) {
         locked.completed += answers;
-        locked.consecutive_failures = 0;
+        if locked.failed_at.is_none_or(|failed| now >= failed) {
+            locked.consecutive_failures = 0;
+            if self.published.set_failing(0) {
+                // A balanced endpoint held out for the failures waits for this.
+                self.watch.wake();
+            }
+        }
         if !locked.pending.is_empty() {
             let held = std::mem::take(&mut locked.pending);
             for &(class, censored) in &held {

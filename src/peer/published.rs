@@ -4,7 +4,7 @@
 //! the peer's lock, read without it: a call to a healthy peer never takes a lock
 //! (ARCHITECTURE.md, invariant 5).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::health::PeerState;
@@ -29,6 +29,9 @@ pub(super) struct Published {
     cold_start: AtomicU64,
     /// Whether answers may wait in their stripes (see [`Published::set_batched`]).
     batched: AtomicBool,
+    /// Calls that failed to reach the peer since its last answer (saturating): what a
+    /// balanced endpoint holds a refusing peer out by.
+    failing: AtomicU32,
 }
 
 impl Published {
@@ -41,6 +44,7 @@ impl Published {
             max: AtomicU64::new(0),
             cold_start: AtomicU64::new(0),
             batched: AtomicBool::new(false),
+            failing: AtomicU32::new(0),
         }
     }
 
@@ -80,6 +84,21 @@ impl Published {
 
     pub(super) fn set_deadline(&self, deadline: Duration, source: DeadlineSource) {
         self.deadline.store(pack(deadline, source), Relaxed);
+    }
+
+    /// Calls that failed to reach the peer since its last answer.
+    pub(super) fn failing(&self) -> u32 {
+        self.failing.load(Relaxed)
+    }
+
+    /// Publishes the failures in a row; returns whether there were any before.
+    pub(super) fn set_failing(&self, failures: u64) -> bool {
+        let failures = u32::try_from(failures).unwrap_or(u32::MAX);
+        // An answer to a peer that was not failing writes nothing: no shared line dirtied.
+        if failures == 0 && self.failing.load(Relaxed) == 0 {
+            return false;
+        }
+        self.failing.swap(failures, Relaxed) != 0
     }
 
     /// The health state.

@@ -41,8 +41,10 @@ use crate::propagate::Propagation;
 mod ejection;
 mod room;
 
-pub(crate) use self::ejection::EndpointSet;
-pub use self::ejection::DEFAULT_MAX_EJECTION_PERCENT;
+pub(crate) use self::ejection::{EjectionTimes, EndpointSet};
+pub use self::ejection::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
+};
 
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).

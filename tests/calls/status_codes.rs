@@ -134,7 +134,7 @@ async fn tonic_clients_keyed_by_their_channel_endpoint_and_untracked_calls_count
     assert_eq!((handle.peer_count(), handle.untracked_calls()), (0, 2));
 
     // The layer for the channel's endpoint: every call is that peer's, whatever its URI.
-    let mut keyed = PingerClient::new(layer.for_endpoint(server.peer()).layer(channel));
+    let mut keyed = PingerClient::new(layer.for_peer(server.peer()).layer(channel));
     for _ in 0..3 {
         bounded(keyed.ping_after(ms(1))).await.unwrap();
     }

@@ -58,10 +58,12 @@ type Client = BoxCloneSyncService<u64, (), Infallible>;
 /// How the layer keys calls (every endpoint has its peer fixed, so it is never asked).
 type Key = fn(&u64) -> usize;
 
-/// A layer keyed by server index: deadlines learn from 50 samples.
+/// A layer keyed by server index: deadlines learn from 50 samples; a held-out endpoint
+/// is probed after 250ms, then at most every second.
 fn layer() -> AdaptiveTimeoutLayer<usize, Key> {
     AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
         .policy(TimeoutPolicy::default().min_samples(50).recompute_every(50))
+        .ejection_time(ms(250), ms(1000))
         .jitter_seed(7)
         .build()
         .unwrap()
@@ -231,8 +233,9 @@ async fn a_silent_endpoint_is_not_ready_until_its_probe_is_due() {
     assert!(all[0].is_held_out());
     assert!(ready.enter(|cx, _| all[1].poll_ready(cx)).is_ready());
 
-    // Woken when the probe is due, and ready for it.
-    let due = handle.peer(&0).unwrap().next_probe_in;
+    // Woken when the probe is due (the peer's own backoff, and the endpoint's first
+    // ejection, 250ms), and ready for it.
+    let due = handle.peer(&0).unwrap().next_probe_in.max(ms(250));
     tokio::time::sleep(due).await;
     assert!(ready.is_woken(), "woken for the probe");
     assert!(ready.enter(|cx, _| all[0].poll_ready(cx)).is_ready());
@@ -299,6 +302,11 @@ async fn a_silent_endpoint_reports_the_worst_load() {
     assert!(matches!(endpoint.load(), EndpointLoad::Load(_)));
     let mut other = layer.for_endpoint(0).layer(server.client(0));
     silence(&mut other, &server).await;
+    // Not polled since its peer went silent (a balancer keeps it among the ready ones):
+    // picked first, so that it is polled; polled, the worst (the set's only peer is over
+    // the cap: ready, but with no probe due).
+    assert_eq!(endpoint.load(), EndpointLoad::ProbeDue);
+    let _ = task::spawn(()).enter(|cx, _| endpoint.poll_ready(cx));
     assert_eq!(endpoint.load(), EndpointLoad::Silent);
     assert!(EndpointLoad::Load(u32::MAX) < EndpointLoad::Silent);
 }

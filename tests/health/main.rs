@@ -6,6 +6,8 @@
 pub mod support;
 
 mod balance_endpoints;
+mod balance_refusals;
+mod endpoint_roles;
 mod faults_tcp;
 mod health_events;
 mod recovery;

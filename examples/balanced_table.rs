@@ -1,0 +1,352 @@
+//! The balancer table, on tokio's paused clock: p2c over 2 or 3 simulated endpoints that
+//! answer in 45-55 ms, one of which goes silent (never answers) or refuses every call (a
+//! killed server: an error at once) for 30 s, then comes back. Each endpoint is stacked
+//! as README shows: `layer.for_endpoint(i).layer(load)` with `PeakEwma` (tower's
+//! 50 ms / 10 s decay, and README's 30 ms / 1 s) or `PendingRequests`, then
+//! `Balance::new(ServiceList::new(..))`; the policy learns from 20 samples. One caller
+//! (20 ms between calls) or 8 callers (5 ms) share the balancer.
+//!
+//! Printed per run, counting every call started from the fault on until it ended (none
+//! left out): the share that failed, the share sent to the faulty endpoint, the p99 of
+//! all calls' latency (beside the same run with no fault), and the faulty endpoint's
+//! share of the calls in the 5 s after it came back (3 endpoints: a fair share is 33%).
+//! With `retry` the README's `tower::retry` recipe is on top: a call refused before it
+//! was sent, or cut by its peer's silence, is tried again (twice at most).
+//!
+//! ```text
+//! cargo run --release --example balanced_table --features balance
+//! ```
+
+use std::future::{ready, Ready};
+use std::io;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loopback::{call_shared, Rng};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tower::balance::p2c::Balance;
+use tower::discover::ServiceList;
+use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
+use tower::retry::Policy;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
+
+/// When the fault starts and ends, and when the run ends.
+const FAULT_AT: Duration = Duration::from_secs(5);
+const BACK_AT: Duration = Duration::from_secs(35);
+const END: Duration = Duration::from_secs(50);
+
+/// The request of a background probe.
+const PROBE: u64 = u64::MAX;
+
+/// What the faulty endpoint does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    Silent,
+    Refusing,
+}
+
+/// One simulated server.
+#[derive(Default)]
+struct Server {
+    /// 0: answers, 1: silent, 2: refusing.
+    mode: AtomicU8,
+    /// Calls that reached it, by second of the run.
+    arrivals: std::sync::Mutex<Vec<usize>>,
+}
+
+type Client = BoxCloneSyncService<u64, (), io::Error>;
+
+impl Server {
+    fn client(self: &Arc<Self>, start: Instant) -> Client {
+        let server = self.clone();
+        Client::new(service_fn(move |n: u64| {
+            let second = start.elapsed().as_secs() as usize;
+            let mut arrivals = server.arrivals.lock().unwrap();
+            if arrivals.len() <= second {
+                arrivals.resize(second + 1, 0);
+            }
+            // Background probes are no caller's calls.
+            arrivals[second] += usize::from(n != PROBE);
+            drop(arrivals);
+            let latency = Duration::from_millis(45 + Rng::new(n, 3).below(11));
+            let server = server.clone();
+            async move {
+                if server.mode.load(Relaxed) == 2 {
+                    return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+                }
+                while server.mode.load(Relaxed) == 1 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::time::sleep(latency).await;
+                Ok(())
+            }
+        }))
+    }
+
+    /// Calls that reached it in `[from, to)` seconds.
+    fn arrived(&self, from: u64, to: u64) -> usize {
+        let arrivals = self.arrivals.lock().unwrap();
+        let (from, to) = (from as usize, (to as usize).min(arrivals.len()));
+        arrivals.get(from..to).map_or(0, |s| s.iter().sum())
+    }
+}
+
+/// README's retry recipe, for a balancer: a call refused before it was sent or cut by
+/// its peer's silence is tried again, at most `left` more times.
+#[derive(Clone)]
+struct Again {
+    left: usize,
+}
+
+impl<T> Policy<u64, T, BoxError> for Again {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<T, BoxError>) -> Option<Ready<()>> {
+        let err = Interrupted::find(&**result.as_ref().err()?)?;
+        if !(err.is_refusal() || err.is_silence()) || self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(ready(()))
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// Which load each endpoint measures.
+#[derive(Clone, Copy, Debug)]
+enum Metric {
+    /// tower's `PeakEwma` at its usual 50 ms default and 10 s decay.
+    EwmaTower,
+    /// README's: 30 ms, 1 s decay.
+    EwmaReadme,
+    Pending,
+}
+
+impl Metric {
+    fn decay(self) -> Duration {
+        match self {
+            Metric::EwmaTower => Duration::from_secs(10),
+            _ => Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the callers saw of one run.
+#[derive(Default)]
+struct Seen {
+    calls: usize,
+    failed: usize,
+    latencies: Vec<Duration>,
+}
+
+struct Case {
+    endpoints: usize,
+    callers: u64,
+    metric: Metric,
+    fault: Fault,
+    retry: bool,
+    /// Probes sent by the endpoints in the background (`probe_with`), not callers' calls.
+    background: bool,
+}
+
+async fn run(case: &Case) -> (Seen, Vec<Arc<Server>>) {
+    let start = Instant::now();
+    let layer = AdaptiveTimeoutLayer::builder((|_: &u64| 0) as fn(&u64) -> usize)
+        .policy(TimeoutPolicy::default().min_samples(20))
+        .jitter_seed(3)
+        .build()
+        .unwrap();
+    let servers: Vec<Arc<Server>> = (0..case.endpoints).map(|_| Arc::default()).collect();
+    macro_rules! balance {
+        ($load:expr) => {{
+            if case.background {
+                let endpoints: Vec<_> = (0..case.endpoints)
+                    .map(|i| {
+                        // A probe straight to the server, below the load measurement.
+                        let client = servers[i].client(start);
+                        let endpoint = layer
+                            .for_endpoint(i)
+                            .probe_with(move || client.clone().oneshot(PROBE));
+                        endpoint.layer($load(servers[i].client(start)))
+                    })
+                    .collect();
+                let balance = Balance::new(ServiceList::new(endpoints));
+                drive(case, start, &servers, balance).await
+            } else {
+                let endpoints: Vec<_> = (0..case.endpoints)
+                    .map(|i| layer.for_endpoint(i).layer($load(servers[i].client(start))))
+                    .collect();
+                let balance = Balance::new(ServiceList::new(endpoints));
+                drive(case, start, &servers, balance).await
+            }
+        }};
+    }
+    let seen = match case.metric {
+        Metric::EwmaTower | Metric::EwmaReadme => {
+            let rtt = match case.metric {
+                Metric::EwmaTower => Duration::from_millis(50),
+                _ => Duration::from_millis(30),
+            };
+            let decay = case.metric.decay().as_nanos() as f64;
+            balance!(|c| PeakEwma::new(c, rtt, decay, CompleteOnResponse::default()))
+        }
+        Metric::Pending => balance!(|c| PendingRequests::new(c, CompleteOnResponse::default())),
+    };
+    (seen, servers)
+}
+
+/// Runs the callers through `svc` and the fault on the last server.
+async fn drive<S>(case: &Case, start: Instant, servers: &[Arc<Server>], svc: S) -> Seen
+where
+    S: Service<u64, Response = (), Error = BoxError> + Send + 'static,
+    S::Future: Send,
+{
+    let svc = Arc::new(Mutex::new(svc));
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let gap = Duration::from_millis(if case.callers == 1 { 20 } else { 5 });
+    let mut callers = tokio::task::JoinSet::new();
+    let retry = case.retry;
+    for c in 0..case.callers {
+        let (svc, seen) = (svc.clone(), seen.clone());
+        callers.spawn(async move {
+            let mut n = c << 32;
+            while start.elapsed() < END {
+                n += 1;
+                let began = Instant::now();
+                // The retry recipe's policy (`tower::retry` needs a `Buffer` to clone
+                // the balancer; the policy is the same).
+                let mut policy = Again {
+                    left: if retry { 2 } else { 0 },
+                };
+                let mut result = call_shared(&svc, n).await;
+                while policy.retry(&mut n.clone(), &mut result).is_some() {
+                    result = call_shared(&svc, n).await;
+                }
+                let at = began - start;
+                if at >= FAULT_AT && at < BACK_AT {
+                    let mut seen = seen.lock().unwrap();
+                    seen.calls += 1;
+                    seen.failed += usize::from(result.is_err());
+                    seen.latencies.push(began.elapsed());
+                }
+                tokio::time::sleep(gap).await;
+            }
+        });
+    }
+    let faulty = &servers[servers.len() - 1];
+    tokio::time::sleep_until(start + FAULT_AT).await;
+    let mode = match case.fault {
+        Fault::None => 0,
+        Fault::Silent => 1,
+        Fault::Refusing => 2,
+    };
+    faulty.mode.store(mode, Relaxed);
+    tokio::time::sleep_until(start + BACK_AT).await;
+    faulty.mode.store(0, Relaxed);
+    while callers.join_next().await.is_some() {}
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    seen
+}
+
+fn p99(latencies: &mut [Duration]) -> Duration {
+    latencies.sort();
+    latencies
+        .get(latencies.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    println!(
+        "{:<8} {:<6} {:>3} {:>7} {:<11} {:<5} {:>7} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "fault",
+        "probes",
+        "eps",
+        "callers",
+        "load",
+        "retry",
+        "calls",
+        "failed",
+        "to it",
+        "p99",
+        "p99 none",
+        "back 5s"
+    );
+    let only = std::env::args().nth(1).unwrap_or_default();
+    for (fault, background, retry) in [
+        (Fault::Silent, false, false),
+        (Fault::Silent, false, true),
+        (Fault::Refusing, false, false),
+        (Fault::Silent, true, false),
+        (Fault::Silent, true, true),
+        (Fault::Refusing, true, false),
+    ] {
+        let probes = if background { "bg" } else { "caller" };
+        if !only.is_empty() && only != probes {
+            continue;
+        }
+        {
+            for endpoints in [2, 3] {
+                for callers in [1, 8] {
+                    for metric in [Metric::EwmaTower, Metric::EwmaReadme, Metric::Pending] {
+                        let case = Case {
+                            endpoints,
+                            callers,
+                            metric,
+                            fault,
+                            retry,
+                            background,
+                        };
+                        rt.block_on(row(case));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn row(case: Case) {
+    let (mut seen, servers) = run(&case).await;
+    let baseline = Case {
+        fault: Fault::None,
+        ..case
+    };
+    let (mut quiet, _) = run(&baseline).await;
+    let faulty = &servers[servers.len() - 1];
+    let fault_s = (FAULT_AT.as_secs(), BACK_AT.as_secs());
+    let to_it = faulty.arrived(fault_s.0, fault_s.1);
+    let back = BACK_AT.as_secs();
+    let share = |to: u64| {
+        let all: usize = servers.iter().map(|s| s.arrived(back, to)).sum();
+        faulty.arrived(back, to) as f64 * 100.0 / all.max(1) as f64
+    };
+    let pct = |n: usize| n as f64 * 100.0 / seen.calls.max(1) as f64;
+    println!(
+        "{:<8} {:<6} {:>3} {:>7} {:<11} {:<5} {:>7} {:>8.2}% {:>6.2}% {:>9.1?} {:>9.1?} {:>8.0}%",
+        format!("{:?}", case.fault),
+        if case.background { "bg" } else { "caller" },
+        case.endpoints,
+        case.callers,
+        format!("{:?}", case.metric),
+        case.retry,
+        seen.calls,
+        pct(seen.failed),
+        pct(to_it),
+        p99(&mut seen.latencies),
+        p99(&mut quiet.latencies),
+        share(back + 5),
+    );
+}

@@ -1,0 +1,235 @@
+//! The two roles of a layer placed per peer: a fixed peer (`for_peer`), whose readiness is
+//! its inner service's and whose calls to a silent peer fail fast, and a balanced endpoint
+//! (`for_endpoint`), held out while its peer is silent or refuses calls, within the
+//! layer's ejection cap (re-applied when endpoints leave), probed by a caller's call after
+//! ejections that double, or in the background (`probe_with`).
+
+use crate::support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+
+use tokio_test::task;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, PeerState, TimeoutPolicy};
+
+use support::ms;
+
+/// A simulated server that answers in 5 ms, or never while `hung`.
+#[derive(Default)]
+struct Server {
+    hung: AtomicBool,
+}
+
+/// A client of one simulated server.
+type Client = BoxCloneSyncService<u64, (), Infallible>;
+
+impl Server {
+    fn client(self: &Arc<Self>) -> Client {
+        let server = self.clone();
+        Client::new(service_fn(move |_: u64| {
+            let server = server.clone();
+            async move {
+                while server.hung.load(SeqCst) {
+                    tokio::time::sleep(ms(1)).await;
+                }
+                tokio::time::sleep(ms(5)).await;
+                Ok(())
+            }
+        }))
+    }
+}
+
+/// How the layer keys calls (the peer of every service here is fixed, so it is not asked).
+type Key = fn(&u64) -> usize;
+
+fn layer() -> AdaptiveTimeoutLayer<usize, Key> {
+    AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
+        .policy(TimeoutPolicy::default().cold_start(ms(100)))
+        .jitter_seed(7)
+        .build()
+        .unwrap()
+}
+
+/// Hangs `server` and runs two calls through `svc` out of their deadlines at once: two
+/// misses, so the peer is silent.
+async fn silence<S>(svc: &S, server: &Server)
+where
+    S: Service<u64, Error = BoxError> + Clone,
+{
+    server.hung.store(true, SeqCst);
+    let (a, b) = tokio::join!(svc.clone().oneshot(1), svc.clone().oneshot(2));
+    assert!(a.is_err() && b.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_endpoint_is_let_go_when_the_cap_shrinks() {
+    let layer = layer();
+    let handle = layer.handle();
+    let servers: Vec<Arc<Server>> = (0..2).map(|_| Arc::default()).collect();
+    let mut held = layer.for_endpoint(0).layer(servers[0].client());
+    let other = layer.for_endpoint(1).layer(servers[1].client());
+    silence(&held, &servers[0]).await;
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Silent);
+
+    // 50% of 2 endpoints: the silent one is held out.
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| held.poll_ready(cx)).is_pending());
+    assert!(held.is_held_out());
+
+    // The other leaves: 50% of 1 is 0, so the last endpoint is let go at once, before its
+    // probe is due, and its waiting task is woken for it.
+    drop(other);
+    tokio::task::yield_now().await;
+    assert!(ready.is_woken(), "woken when the cap shrank");
+    assert!(ready.enter(|cx, _| held.poll_ready(cx)).is_ready());
+    assert!(!held.is_held_out());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_peer_is_ready_and_fails_fast_while_its_peer_is_silent() {
+    let layer = layer();
+    let handle = layer.handle();
+    let server = Arc::new(Server::default());
+    let mut fixed = layer.for_peer(0).layer(server.client());
+    assert_eq!(*fixed.peer(), 0);
+    silence(&fixed, &server).await;
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Silent);
+
+    // Ready at once, though no probe is due: readiness is the inner service's.
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| fixed.poll_ready(cx)).is_ready());
+    let started = tokio::time::Instant::now();
+    let err = fixed.call(3).await.unwrap_err();
+    let err = Interrupted::find(&*err).expect("an Interrupted");
+    assert!(err.is_silence() && !err.was_sent(), "{err}");
+    assert_eq!(started.elapsed(), ms(0), "failed fast");
+
+    // When the probe is due, the next call goes, and its answer brings the peer back.
+    server.hung.store(false, SeqCst);
+    tokio::time::sleep(handle.peer(&0).unwrap().next_probe_in).await;
+    assert!(ready.enter(|cx, _| fixed.poll_ready(cx)).is_ready());
+    fixed.call(4).await.expect("the probe is answered");
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balanced_endpoint_probes_in_the_background_and_rejoins_when_answered() {
+    let layer = AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
+        .policy(TimeoutPolicy::default().cold_start(ms(100)))
+        .ejection_time(ms(400), ms(4000))
+        .jitter_seed(7)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let servers: Vec<Arc<Server>> = (0..2).map(|_| Arc::default()).collect();
+    let probes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (client, sent) = (servers[0].client(), probes.clone());
+    let mut endpoint = layer
+        .for_endpoint(0)
+        .probe_with(move || {
+            sent.fetch_add(1, SeqCst);
+            client.clone().oneshot(u64::MAX)
+        })
+        .layer(servers[0].client());
+    let _other = layer.for_endpoint(1).layer(servers[1].client());
+    silence(&endpoint, &servers[0]).await;
+
+    // Held out; from a quarter of the base (100ms) on, probes go in the background, one
+    // at a time, while the endpoint stays held out: no caller's call is a probe.
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(99)).await;
+    assert_eq!(probes.load(SeqCst), 0, "none before 100ms");
+    for _ in 0..20 {
+        tokio::time::sleep(ms(50)).await;
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    }
+    let sent = probes.load(SeqCst);
+    assert!(sent >= 2, "{sent} probes in a second");
+    // The peer comes back: a probe is answered within a probe's deadline and the spacing
+    // (at most 100ms + 800ms here), which wakes the endpoint, ready.
+    servers[0].hung.store(false, SeqCst);
+    let back = tokio::time::Instant::now();
+    let mut waiting = task::spawn(());
+    while waiting.enter(|cx, _| endpoint.poll_ready(cx)).is_pending() {
+        tokio::time::sleep(ms(10)).await;
+        assert!(back.elapsed() < ms(1000), "readmitted within a second");
+    }
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
+    assert_eq!(probes.load(SeqCst) - sent, 1, "one more probe, answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balanced_endpoint_is_held_out_after_two_refusals_in_a_row() {
+    let layer = layer();
+    let refusing = AtomicBool::new(true);
+    let refusing = Arc::new(refusing);
+    let flag = refusing.clone();
+    let client = service_fn(move |_: u64| {
+        let refused = flag.load(SeqCst);
+        async move {
+            match refused {
+                true => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                false => Ok(()),
+            }
+        }
+    });
+    let mut endpoint = layer.for_endpoint(0).layer(client);
+    let _other = layer
+        .for_endpoint(1)
+        .layer(Arc::new(Server::default()).client());
+    let mut ready = task::spawn(());
+    for _ in 0..2 {
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+        assert!(endpoint.call(1).await.is_err());
+    }
+    // Held out until its probe is due (the default base, 1s); then ready for one call.
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(999)).await;
+    assert!(!ready.is_woken());
+    tokio::time::sleep(ms(1)).await;
+    assert!(ready.is_woken());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    // The probe is refused too: held out twice as long.
+    assert!(endpoint.call(2).await.is_err());
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(1999)).await;
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+    tokio::time::sleep(ms(1)).await;
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    // Answered: no longer held out, and no ejection left.
+    refusing.store(false, SeqCst);
+    endpoint.call(3).await.expect("answered");
+    assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+    assert!(!endpoint.is_held_out());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_re_added_for_a_silent_peer_is_held_out_and_rejoins() {
+    let layer = layer();
+    let handle = layer.handle();
+    let servers: Vec<Arc<Server>> = (0..2).map(|_| Arc::default()).collect();
+    let removed = layer.for_endpoint(0).layer(servers[0].client());
+    let _other = layer.for_endpoint(1).layer(servers[1].client());
+    silence(&removed, &servers[0]).await;
+    drop(removed);
+
+    // Discovery adds it again while its peer is still silent: held out at its first poll.
+    let mut again = layer.for_endpoint(0).layer(servers[0].client());
+    let mut ready = task::spawn(());
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_pending());
+    assert!(again.is_held_out());
+
+    // Its peer is back; the probe, due after the first ejection (1s), is answered.
+    servers[0].hung.store(false, SeqCst);
+    tokio::time::sleep(ms(1000)).await;
+    assert!(ready.is_woken());
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_ready());
+    again.call(7).await.expect("the probe is answered");
+    assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
+    assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_ready());
+    assert!(!again.is_held_out());
+}
