@@ -13,8 +13,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutLayer, Interrupted, PeerState, Propagation, Reason, TimeoutPolicy,
-    MAX_LABEL_BYTES,
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, ByPeer, HttpPeer, Interrupted, PeerState,
+    Propagation, Reason, TimeoutPolicy, MAX_LABEL_BYTES,
 };
 
 use support::ms;
@@ -101,16 +101,25 @@ async fn an_inner_error_just_before_the_deadline_is_the_inner_error_and_no_miss(
     assert_eq!((snapshot.completed, snapshot.deadline_exceeded), (2, 0));
 }
 
-/// With `grpc-timeout` propagated, the stack's own timeout (tonic's message) within the
-/// millisecond the header rounds off is still taken for the deadline, enforced below (a
-/// client's own timer on it): the allowance kept where it belongs.
-#[tokio::test(start_paused = true)]
-async fn an_error_at_a_propagated_deadline_is_that_deadline() {
+/// An http layer propagating `grpc-timeout`, and its handle.
+fn grpc_layer() -> (
+    AdaptiveTimeoutLayer<HttpPeer, ByPeer>,
+    AdaptiveTimeoutHandle<HttpPeer>,
+) {
     let layer = AdaptiveTimeoutLayer::http()
         .propagation(Propagation::grpc())
         .build()
         .unwrap();
     let handle = layer.handle();
+    (layer, handle)
+}
+
+/// With `grpc-timeout` propagated, the stack's own timeout (tonic's message) within the
+/// millisecond the header rounds off is still taken for the deadline, enforced below (a
+/// client's own timer on it): the allowance kept where it belongs.
+#[tokio::test(start_paused = true)]
+async fn an_error_at_a_propagated_deadline_is_that_deadline() {
+    let (layer, handle) = grpc_layer();
     let svc = layer.layer(service_fn(|req: Request<()>| async move {
         assert_eq!(req.headers()["grpc-timeout"], "1000m");
         tokio::time::sleep(Duration::from_micros(999_500)).await;
@@ -359,11 +368,7 @@ async fn futures_join_all<F: std::future::Future>(
 /// answer, not the deadline, and the peer stays healthy and admitted.
 #[tokio::test(start_paused = true)]
 async fn an_inner_error_just_before_a_propagated_deadline_is_the_peers_answer() {
-    let layer = AdaptiveTimeoutLayer::http()
-        .propagation(Propagation::grpc())
-        .build()
-        .unwrap();
-    let handle = layer.handle();
+    let (layer, handle) = grpc_layer();
     let svc = layer.layer(service_fn(|req: Request<()>| async move {
         if req.uri().path() != "/fail" {
             tokio::time::sleep(ms(5)).await;
