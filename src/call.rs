@@ -15,7 +15,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::Instant;
 
 use crate::classify::{ClassifyResponse, Outcome};
-use crate::error::{BoxError, Interrupted, Reason};
+use crate::error::{is_stack_timeout, BoxError, Interrupted, Reason};
 use crate::explain::DeadlineExplanation;
 use crate::interrupt::{Fired, Origin};
 use crate::peer::{CallPeer, InFlight, Ticket};
@@ -33,8 +33,7 @@ const PROPAGATED_PRECISION: Duration = Duration::from_millis(1);
 pub(crate) enum Ended<T> {
     /// The inner future finished first (with the inner service's answer or error).
     Answered(T),
-    /// The deadline passed first (or the inner stack enforced the deadline the layer
-    /// propagated to it, see [`Call::past_propagated_deadline`]).
+    /// The deadline passed first.
     Expired,
     /// An interrupt (the peer's broadcast, or the call's token) came first.
     Interrupted(Fired, Origin),
@@ -99,10 +98,11 @@ impl Call {
     }
 
     /// Whether the layer propagated the call's deadline and it has passed, to the precision
-    /// it is propagated with (read only on the error path): an inner error this close to
-    /// a deadline the callee was told is most likely the inner stack enforcing it. Without
-    /// propagation an inner error is the inner service's own, whenever it comes.
-    pub(crate) fn past_propagated_deadline(&self) -> bool {
+    /// it is propagated with (read only on the error path): a timeout of the inner stack
+    /// ([`is_stack_timeout`]) this close to a deadline the callee was told is the inner
+    /// stack enforcing it. Any other inner error, and any without propagation, is the inner
+    /// service's own, whenever it comes.
+    fn past_propagated_deadline(&self) -> bool {
         self.propagated
             && self
                 .deadline_at()
@@ -137,7 +137,9 @@ impl Call {
     }
 
     /// Records how the call ended and gives its result: a response as `classify` says, an
-    /// inner error as the peer's error classifier says. The error of an interrupted or
+    /// inner error as the peer's error classifier says, except a timeout of the stack below
+    /// at the deadline the layer propagated ([`Call::past_propagated_deadline`]), which is
+    /// that deadline passing. The error of an interrupted or
     /// expired call says it was recognized where this is called.
     #[track_caller]
     pub(crate) fn end<T, E: Into<BoxError>>(
@@ -149,6 +151,13 @@ impl Call {
         match ended {
             Ended::Answered(result) => {
                 let result = result.map_err(Into::into);
+                if let Err(err) = &result {
+                    if self.past_propagated_deadline() && is_stack_timeout(&**err) {
+                        // The stack below enforcing the deadline this layer propagated to
+                        // it: the deadline won the race.
+                        return Err(self.expired(None).into());
+                    }
+                }
                 let outcome = match (&result, self.peer()) {
                     (Ok(response), _) => classify.classify(response),
                     (Err(err), CallPeer::Tracked(p)) => p.classify(err),

@@ -37,6 +37,52 @@ pub(crate) fn sources<'a>(
     std::iter::successors(Some(err), |&e| e.source()).take(MAX_SOURCE_DEPTH)
 }
 
+/// What the timeouts of the stacks a call runs through say, in their `Display`: tonic's
+/// `TimeoutExpired` (a `Channel`'s timer on `grpc-timeout`), tower's `Elapsed`, tokio's
+/// `Elapsed`. Compared whole, ignoring ASCII case.
+const TIMEOUT_MESSAGES: [&str; 3] = [
+    "timeout expired",
+    "request timed out",
+    "deadline has elapsed",
+];
+
+/// Whether `err` is a timeout of the stack below the layer (it, or an error of its bounded
+/// source chain): an `io::Error` of kind `TimedOut`, tokio's `Elapsed`, tonic's
+/// `TimeoutExpired` (by type with the `tonic` feature), or an error whose message is one of
+/// [`TIMEOUT_MESSAGES`] (tower's `Elapsed`, tonic's). Any other error is the inner
+/// service's own answer.
+pub(crate) fn is_stack_timeout(err: &(dyn Error + 'static)) -> bool {
+    sources(err).any(|e| {
+        let typed = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.is::<tokio::time::error::Elapsed>();
+        #[cfg(feature = "tonic")]
+        let typed = typed || e.is::<tonic::TimeoutExpired>();
+        typed || TIMEOUT_MESSAGES.iter().any(|m| says(e, m))
+    })
+}
+
+/// Whether `err`'s message is `message` (ASCII, any case). Formatting stops at the first
+/// byte that differs: a long message costs no more than `message`.
+fn says(err: &dyn Error, message: &str) -> bool {
+    /// What is left of the expected message; a write that does not match it fails.
+    struct Rest<'a>(&'a [u8]);
+    impl fmt::Write for Rest<'_> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            match self.0.split_at_checked(s.len()) {
+                Some((head, rest)) if head.eq_ignore_ascii_case(s.as_bytes()) => {
+                    self.0 = rest;
+                    Ok(())
+                }
+                _ => Err(fmt::Error),
+            }
+        }
+    }
+    let mut rest = Rest(message.as_bytes());
+    fmt::write(&mut rest, format_args!("{err}")).is_ok() && rest.0.is_empty()
+}
+
 /// Why a call was interrupted.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -454,5 +500,46 @@ mod tests {
         assert!(Interrupted::find(&chain(MAX_SOURCE_DEPTH - 2)).is_some());
         assert!(Interrupted::find(&chain(MAX_SOURCE_DEPTH - 1)).is_none());
         assert_eq!(sources(&chain(1_000)).count(), MAX_SOURCE_DEPTH);
+    }
+
+    /// An error that wraps another, saying `what`.
+    #[derive(Debug)]
+    struct Wrap(&'static str, BoxError);
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stacks_own_timeouts_are_told_from_other_errors() {
+        let of = |e: BoxError| is_stack_timeout(&*Box::new(Wrap("transport error", e)));
+        let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>());
+        assert!(of(Box::new(elapsed.await.unwrap_err())));
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "connection lost");
+        assert!(of(Box::new(io)));
+        for message in [
+            "Timeout expired",
+            "request timed out",
+            "DEADLINE HAS ELAPSED",
+        ] {
+            assert!(of(message.into()), "{message}");
+        }
+        #[cfg(feature = "tonic")]
+        assert!(of(Box::new(tonic::TimeoutExpired(()))));
+        let io = std::io::Error::other("request timed out, said the peer");
+        for other in [
+            "the peer's own error reply".into(),
+            "timeout expired below".into(),
+            "timeout".into(),
+            BoxError::from(io),
+        ] {
+            assert!(!of(other));
+        }
     }
 }

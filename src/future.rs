@@ -204,11 +204,6 @@ where
     fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            if result.is_err() && call.past_propagated_deadline() {
-                // An error at the deadline this layer propagated is most likely the inner
-                // stack enforcing it: the deadline won the race.
-                return Poll::Ready(Ended::Expired);
-            }
             return Poll::Ready(Ended::Answered(result));
         }
         if let Some((fired, origin)) = watch(call, this.token_wake, cx) {

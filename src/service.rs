@@ -93,7 +93,8 @@ pub(crate) enum Propagated {
     /// A deadline for the whole exchange, head and body, as a callee (a gRPC server)
     /// applies it: the caller's (its `Deadline`, its deadline headers), shortened by the
     /// body's `total`; nothing if neither is set. Never the head's adaptive deadline, which
-    /// would end the body the layer itself lets run.
+    /// would end the body the layer itself lets run. The same deadline caps the head's, as
+    /// a caller's deadline does (refused at once when it is spent).
     #[cfg(feature = "http")]
     Whole {
         /// The body's total deadline, from the call's start.
@@ -128,6 +129,12 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
             Some(_) => Some(Duration::ZERO),
             None => self.key_fn.caller_deadline(&req, propagation),
         };
+        // A body's total deadline bounds its head too: it is the caller's deadline.
+        let caller_deadline = match propagated {
+            Propagated::Head => caller_deadline,
+            #[cfg(feature = "http")]
+            Propagated::Whole { total } => [caller_deadline, total].into_iter().flatten().min(),
+        };
         let key = self.key_fn.peer_key(&req);
         let hints = self.key_fn.latency_hints(&req);
         let head = Head::new(self.classify.clone());
@@ -146,9 +153,7 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
                 let told = match propagated {
                     Propagated::Head => Some(ticket.deadline),
                     #[cfg(feature = "http")]
-                    Propagated::Whole { total } => {
-                        [caller_deadline, total].into_iter().flatten().min()
-                    }
+                    Propagated::Whole { .. } => caller_deadline,
                 };
                 if let Some(deadline) = told.filter(|_| propagation.is_on()) {
                     self.key_fn.write_deadline(&mut req, deadline, propagation);

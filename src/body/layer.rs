@@ -41,8 +41,11 @@ pub enum BodyIdle {
 /// call's start. Put it in the request's extensions. Without it a body has no total
 /// deadline: only its idle deadline and interrupts end it.
 ///
-/// It is the caller's deadline: a body it ends is a miss for its peer only if the body
-/// waited since its last frame at least the peer's own idle deadline. With
+/// It is the caller's deadline: it caps the head's deadline as a [`Deadline`] does (a head
+/// it ends is no miss, [`DeadlineSource::Caller`](crate::DeadlineSource::Caller); one
+/// already spent is refused with [`Reason::BudgetSpent`](crate::Reason::BudgetSpent)
+/// before it reaches the inner service), and a body it ends is a miss for its peer only if
+/// the body waited since its last frame at least the peer's own idle deadline. With
 /// [`Propagation`](crate::Propagation) on, it is what the callee is told (shortened by
 /// the caller's deadline, if that is shorter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use hyper::body::{Body, Frame};
 use tokio::time::{Instant, Sleep};
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, BodyDeadline, BodyIdle, Deadline, HttpPeer,
-    IdleRule, InterruptHandle, Interrupted, PeerState, Propagation, Reason, TimeoutBody,
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, BodyDeadline, BodyIdle, Deadline, DeadlineSource,
+    HttpPeer, IdleRule, InterruptHandle, Interrupted, PeerState, Propagation, Reason, TimeoutBody,
     TimeoutPolicy,
 };
 
@@ -576,4 +576,39 @@ async fn a_call_with_a_body_is_one_outcome_in_the_metrics() {
     assert_eq!(manual, 1.0);
     assert_eq!(value("adaptive_timeout_latency_seconds_count"), 2.0);
     assert_eq!(value("adaptive_timeout_in_flight"), 0.0);
+}
+
+/// A body's total deadline bounds its head as a caller's deadline does (the peer's head
+/// takes 500 ms): spent, the call is refused before it reaches the peer; shorter than the
+/// head, it ends the call at its time as the caller's deadline, no miss for the peer.
+#[tokio::test(start_paused = true)]
+async fn a_bodys_total_deadline_bounds_its_head() {
+    let mut rig = rig_with(TimeoutPolicy::default(), Propagation::grpc());
+    let slow = || request(Script::new(ms(500), vec![]));
+    let start = Instant::now();
+    let spent = with(slow(), BodyDeadline::Within(Duration::ZERO));
+    let err = rig.call(spent).await.err().expect("refused");
+    assert_eq!(reason(&err), &Reason::BudgetSpent, "{err}");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(rig.seen.try_recv().is_err(), "the peer was reached");
+    for _ in 0..2 {
+        let start = Instant::now();
+        let short = with(slow(), BodyDeadline::Within(ms(2)));
+        let err = rig.call(short).await.err().expect("ended at its deadline");
+        assert_eq!(start.elapsed(), ms(2), "{err}");
+        let Reason::DeadlineExceeded {
+            deadline,
+            explanation,
+        } = reason(&err)
+        else {
+            panic!("not the deadline: {err}");
+        };
+        assert_eq!(*deadline, ms(2));
+        assert_eq!(explanation.source, DeadlineSource::Caller);
+        let sent = rig.seen.recv().await.unwrap();
+        assert_eq!(sent["grpc-timeout"], "2m");
+    }
+    let peer = rig.snapshot();
+    assert_eq!(peer.state, PeerState::Healthy, "{peer:#?}");
+    assert_eq!(peer.refused, 1, "{peer:#?}");
 }

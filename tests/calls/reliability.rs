@@ -13,8 +13,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutLayer, Interrupted, PeerState, Propagation, Reason, TimeoutPolicy,
-    MAX_LABEL_BYTES,
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, ByPeer, HttpPeer, Interrupted, PeerState,
+    Propagation, Reason, TimeoutPolicy, MAX_LABEL_BYTES,
 };
 
 use support::ms;
@@ -101,20 +101,29 @@ async fn an_inner_error_just_before_the_deadline_is_the_inner_error_and_no_miss(
     assert_eq!((snapshot.completed, snapshot.deadline_exceeded), (2, 0));
 }
 
-/// With `grpc-timeout` propagated, an inner error within the millisecond the header rounds
-/// off is still taken for the deadline, enforced below (a client's own timer on it): the
-/// allowance kept where it belongs.
-#[tokio::test(start_paused = true)]
-async fn an_error_at_a_propagated_deadline_is_that_deadline() {
+/// An http layer propagating `grpc-timeout`, and its handle.
+fn grpc_layer() -> (
+    AdaptiveTimeoutLayer<HttpPeer, ByPeer>,
+    AdaptiveTimeoutHandle<HttpPeer>,
+) {
     let layer = AdaptiveTimeoutLayer::http()
         .propagation(Propagation::grpc())
         .build()
         .unwrap();
     let handle = layer.handle();
+    (layer, handle)
+}
+
+/// With `grpc-timeout` propagated, the stack's own timeout (tonic's message) within the
+/// millisecond the header rounds off is still taken for the deadline, enforced below (a
+/// client's own timer on it): the allowance kept where it belongs.
+#[tokio::test(start_paused = true)]
+async fn an_error_at_a_propagated_deadline_is_that_deadline() {
+    let (layer, handle) = grpc_layer();
     let svc = layer.layer(service_fn(|req: Request<()>| async move {
         assert_eq!(req.headers()["grpc-timeout"], "1000m");
         tokio::time::sleep(Duration::from_micros(999_500)).await;
-        Err::<Response<()>, BoxError>("timeout expired below".into())
+        Err::<Response<()>, BoxError>("Timeout expired".into())
     }));
     let r = svc.oneshot(support::requests::get("http://a:1/m")).await;
     let err = support::interrupted(r);
@@ -352,4 +361,46 @@ async fn futures_join_all<F: std::future::Future>(
     })
     .await;
     out
+}
+
+/// With `grpc-timeout` propagated, a peer that learned 5 ms answers, then fails two calls
+/// with its own error 300 us before the deadline it was told: that error is the peer's
+/// answer, not the deadline, and the peer stays healthy and admitted.
+#[tokio::test(start_paused = true)]
+async fn an_inner_error_just_before_a_propagated_deadline_is_the_peers_answer() {
+    let (layer, handle) = grpc_layer();
+    let svc = layer.layer(service_fn(|req: Request<()>| async move {
+        if req.uri().path() != "/fail" {
+            tokio::time::sleep(ms(5)).await;
+            return Ok(Response::new(()));
+        }
+        let told = req.headers()["grpc-timeout"].as_bytes();
+        let told = tower_adaptive_timeout::propagate::parse_grpc_timeout(told).unwrap();
+        tokio::time::sleep(told - Duration::from_micros(300)).await;
+        Err::<Response<()>, BoxError>("the peer's own error reply".into())
+    }));
+    for _ in 0..30 {
+        let r = svc
+            .clone()
+            .oneshot(support::requests::get("http://a:1/ok"))
+            .await;
+        r.unwrap();
+    }
+    for _ in 0..2 {
+        let r = svc
+            .clone()
+            .oneshot(support::requests::get("http://a:1/fail"))
+            .await;
+        let err = r.unwrap_err();
+        assert!(err.downcast_ref::<Interrupted>().is_none(), "{err}");
+        assert_eq!(err.to_string(), "the peer's own error reply");
+    }
+    let r = svc
+        .clone()
+        .oneshot(support::requests::get("http://a:1/ok"))
+        .await;
+    assert!(r.is_ok(), "{:?}", r.err());
+    let snapshot = &handle.snapshot()[0];
+    assert_eq!(snapshot.state, PeerState::Healthy, "{snapshot:#?}");
+    assert_eq!(snapshot.deadline_exceeded, 0, "{snapshot:#?}");
 }
