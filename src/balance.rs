@@ -55,7 +55,7 @@ use tower_service::Service;
 
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
-use crate::events::PeerWatch;
+use crate::events::StateChanges;
 use crate::fixed::FixedKey;
 use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
@@ -223,9 +223,9 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
                 self.ejection = None;
                 return self.release();
             };
-            let wake = self
-                .wake
-                .get_or_insert_with(|| Box::pin(Wake::new(peer.watch(), &self.table.endpoints)));
+            let wake = self.wake.get_or_insert_with(|| {
+                Box::pin(Wake::new(peer.state_changes(), &self.table.endpoints))
+            });
             // Registered before the state is read: a change after the read wakes us.
             wake.as_mut().enable();
             let silent = !peer.state().is_open();
@@ -398,7 +398,7 @@ pin_project! {
 }
 
 impl Wake {
-    fn new<K: PeerKey>(watch: &PeerWatch, set: &EndpointSet<K>) -> Self {
+    fn new<K: PeerKey>(watch: &StateChanges, set: &EndpointSet<K>) -> Self {
         Wake {
             changed: watch.notified(),
             shrunk: set.shrunk(),

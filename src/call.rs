@@ -2,7 +2,7 @@
 //! outcome. It records the outcome exactly once: the outcome methods consume it, and a
 //! guard dropped without one (its caller went away) records the call as abandoned (or, once
 //! its head was answered and its body ended or was dropped, as answered), through the
-//! peer's [`InFlight`] hold it carries from admission on (ARCHITECTURE.md, invariant 4).
+//! peer's [`InFlight`] place it carries from admission on (ARCHITECTURE.md, invariant 4).
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.
@@ -43,7 +43,7 @@ pub(crate) enum Ended<T> {
 pub(crate) struct Call {
     /// The call's place among its peer's calls in flight: the outcome methods end it;
     /// dropped with the guard, it records the call as abandoned.
-    held: InFlight,
+    in_flight: InFlight,
     start: Instant,
     ticket: Ticket,
     token: Option<Interrupt>,
@@ -55,19 +55,19 @@ pub(crate) struct Call {
 
 impl Call {
     pub(crate) fn new(
-        held: InFlight,
+        in_flight: InFlight,
         start: Instant,
         ticket: Ticket,
         token: Option<Interrupt>,
     ) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
-            peer = &**held.peer().label(),
+            peer = &**in_flight.peer().label(),
             deadline = ?ticket.deadline,
             source = ticket.source.as_str(),
         );
         Call {
-            held,
+            in_flight,
             start,
             ticket,
             token,
@@ -84,7 +84,7 @@ impl Call {
 
     /// Whom the call is for.
     fn peer(&self) -> &CallPeer {
-        self.held.peer()
+        self.in_flight.peer()
     }
 
     /// The call's span, entered while its future is polled.
@@ -113,13 +113,13 @@ impl Call {
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
     /// calls update the waker). The registration ends with the call.
     pub(crate) fn wait_for_peer(&mut self, waker: &Waker) {
-        self.held.wait(waker);
+        self.in_flight.wait(waker);
     }
 
     /// Whether the call is registered with its peer's interrupts.
     #[cfg(test)]
     pub(crate) fn is_waiting(&self) -> bool {
-        self.held.is_waiting()
+        self.in_flight.is_waiting()
     }
 
     /// A registration woken when the call's token fires, if it has a token.
@@ -173,7 +173,7 @@ impl Call {
 
     /// The inner service answered, as `outcome` says.
     fn answered(mut self, outcome: Outcome) {
-        if let Some(p) = self.held.end() {
+        if let Some(p) = self.in_flight.end() {
             p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
         }
     }
@@ -188,7 +188,7 @@ impl Call {
         let Ticket {
             deadline, source, ..
         } = self.ticket;
-        let (explanation, silenced) = match self.held.end() {
+        let (explanation, silenced) = match self.in_flight.end() {
             Some(p) => p.on_deadline(now, self.start, &self.ticket, body_since),
             None => (DeadlineExplanation::untracked(), None),
         };
@@ -212,7 +212,7 @@ impl Call {
     #[track_caller]
     fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
         let now = Instant::now();
-        if let Some(p) = self.held.end() {
+        if let Some(p) = self.in_flight.end() {
             p.on_abandon(now, self.ticket.probe, Some((&fired.reason, origin)));
         }
         let (peer, elapsed) = (self.peer().label(), now - self.start);

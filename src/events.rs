@@ -42,7 +42,7 @@ pub struct HealthEvent<K> {
 /// What reports one peer's state changes: it wakes the peer's waiters, and sends a
 /// [`HealthEvent`] once anyone subscribed.
 #[derive(Default)]
-pub(crate) struct PeerWatch {
+pub(crate) struct StateChanges {
     changed: Arc<Notify>,
     report: OnceLock<Report>,
 }
@@ -50,7 +50,7 @@ pub(crate) struct PeerWatch {
 /// Sends one peer's transitions as typed events.
 type Report = Box<dyn Fn(&Transition) + Send + Sync>;
 
-impl PeerWatch {
+impl StateChanges {
     /// Sends this peer's transitions through `report` from now on.
     pub(crate) fn report_to(&self, report: Report) {
         let _ = self.report.set(report);

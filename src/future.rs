@@ -19,7 +19,7 @@ use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
 use crate::interrupt::{Fired, Origin};
 use crate::invariant::broken;
-use crate::timer::Deadline;
+use crate::timer::CallTimer;
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";
@@ -83,7 +83,7 @@ pin_project! {
     struct Race<F> {
         #[pin]
         inner: F,
-        deadline: Deadline,
+        deadline: CallTimer,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -95,7 +95,7 @@ impl<F, M> ResponseFuture<F, M> {
     pub(crate) fn running(inner: F, call: Call, finish: M) -> Self {
         let race = Race {
             inner,
-            deadline: Deadline::Unarmed,
+            deadline: CallTimer::Unarmed,
             token_wake: None,
         };
         ResponseFuture {
@@ -127,7 +127,7 @@ impl<F, M> ResponseFuture<F, M> {
 }
 
 /// How a call's race ended: its guard and what ended it, or the error of a refused call.
-pub(crate) type Over<T> = Result<(Call, Ended<T>), BoxError>;
+pub(crate) type RaceEnd<T> = Result<(Call, Ended<T>), BoxError>;
 
 impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -151,7 +151,7 @@ where
     pub(crate) fn poll_ended(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<(Over<F::Output>, &mut M)> {
+    ) -> Poll<(RaceEnd<F::Output>, &mut M)> {
         let this = self.project();
         let mut state = this.state;
         let (race, call) = match state.as_mut().project() {
@@ -206,7 +206,7 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(Ended::Answered(result));
         }
-        if let Some((fired, origin)) = watch(call, this.token_wake, cx) {
+        if let Some((fired, origin)) = poll_interrupts(call, this.token_wake, cx) {
             return Poll::Ready(Ended::Interrupted(fired, origin));
         }
         ready!(this.deadline.poll_at(call.deadline_at(), cx));
@@ -227,7 +227,7 @@ where
 /// clears it, and the next pass registers again and its check finds that fire, since fires
 /// are never undone: the loop settles by its second pass. (ARCHITECTURE.md, invariant 3:
 /// register before checking.)
-pub(crate) fn watch(
+pub(crate) fn poll_interrupts(
     call: &mut Call,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,
     cx: &mut Context<'_>,
@@ -268,8 +268,8 @@ mod tests {
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
         let ticket = Ticket::untracked(Duration::from_millis(100), 0);
-        let held = InFlight::untracked(Arc::new(Interrupts::new()));
-        Call::new(held, Instant::now(), ticket, Some(Interrupt::new()))
+        let in_flight = InFlight::untracked(Arc::new(Interrupts::new()));
+        Call::new(in_flight, Instant::now(), ticket, Some(Interrupt::new()))
     }
 
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its
@@ -278,7 +278,7 @@ mod tests {
         let mut call = call();
         let mut race = std::pin::pin!(Race {
             inner,
-            deadline: Deadline::Unarmed,
+            deadline: CallTimer::Unarmed,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));

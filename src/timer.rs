@@ -62,7 +62,7 @@ const WAKE_BATCH: usize = 32;
 /// A call's deadline: unarmed until the call first waits, then an entry in its thread's
 /// queue (or, with no runtime on the thread, a `Sleep` of its own, boxed: it is rare, and a
 /// small future is cheaper to move).
-pub(crate) enum Deadline {
+pub(crate) enum CallTimer {
     /// Not armed yet: the call has not waited.
     Unarmed,
     /// In a thread's deadline queue.
@@ -71,43 +71,43 @@ pub(crate) enum Deadline {
     Own(Pin<Box<Sleep>>),
 }
 
-impl Deadline {
+impl CallTimer {
     /// Ready once `at` has passed; arms at the first call, keeps the task's waker current
     /// at later ones.
     pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         match self {
-            Deadline::Unarmed => match register(at, cx.waker()) {
+            CallTimer::Unarmed => match register(at, cx.waker()) {
                 // Not due before the timer fires (a deadline already past fires it as the
                 // registration arms it, and the call is woken).
                 Some(entry) => {
-                    *self = Deadline::Queued(entry);
+                    *self = CallTimer::Queued(entry);
                     Poll::Pending
                 }
                 None => {
                     let mut sleep = Box::pin(tokio::time::sleep_until(at));
                     let polled = sleep.as_mut().poll(cx);
-                    *self = Deadline::Own(sleep);
+                    *self = CallTimer::Own(sleep);
                     polled
                 }
             },
-            Deadline::Queued(entry) => match entry.poll(cx.waker()) {
+            CallTimer::Queued(entry) => match entry.poll(cx.waker()) {
                 Waiting::Expired => Poll::Ready(()),
                 Waiting::Pending => Poll::Pending,
                 Waiting::Orphaned => {
                     // Its queue's runtime is gone: join the queue of the runtime polling
                     // the call now (or take a timer of its own), for the same instant.
-                    *self = Deadline::Unarmed;
+                    *self = CallTimer::Unarmed;
                     self.poll_at(at, cx)
                 }
             },
-            Deadline::Own(sleep) => sleep.as_mut().poll(cx),
+            CallTimer::Own(sleep) => sleep.as_mut().poll(cx),
         }
     }
 
     /// Whether the deadline is armed.
     #[cfg(test)]
     pub(crate) fn is_armed(&self) -> bool {
-        !matches!(self, Deadline::Unarmed)
+        !matches!(self, CallTimer::Unarmed)
     }
 }
 

@@ -188,7 +188,7 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let ext = req.extensions();
         let idle = match ext.get::<BodyIdle>() {
-            Some(BodyIdle::After(d)) => Idle::Fixed(*d),
+            Some(BodyIdle::After(d)) => Idle::Requested(*d),
             Some(BodyIdle::Off) => Idle::Rule(IdleRule::Off),
             None => Idle::Rule(self.idle),
         };

@@ -14,7 +14,7 @@ use super::idle::{IdleRule, IdleSource};
 use crate::call::Call;
 use crate::classify::Outcome;
 use crate::error::BoxError;
-use crate::future::watch as interrupt_fired;
+use crate::future::poll_interrupts as interrupt_fired;
 
 /// Frames closer together than this report one heartbeat to the silence detector: a fast
 /// stream does not take its peer's lock per frame (deadlines are at least a millisecond).
@@ -29,7 +29,7 @@ pub(super) struct BodySettings {
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Idle {
     Rule(IdleRule),
-    Fixed(Duration),
+    Requested(Duration),
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(1);
@@ -53,14 +53,14 @@ pin_project! {
         timer: Option<Sleep>,
         #[pin]
         token_wake: Option<OwnedNotified>,
-        watch: Option<Watch>,
+        open: Option<OpenCall>,
         // Whether the layer ended the body (an interrupt, a deadline).
         cut: bool,
     }
 }
 
 /// A body's call while it is in flight.
-struct Watch {
+struct OpenCall {
     call: Call,
     idle_from: Idle,
     /// The idle deadline now in force and why; `None` when off.
@@ -73,9 +73,9 @@ struct Watch {
     heartbeat_at: Instant,
 }
 
-impl Watch {
+impl OpenCall {
     fn new(call: Call, with: BodySettings, now: Instant) -> Self {
-        let mut watch = Watch {
+        let mut open = OpenCall {
             call,
             idle_from: with.idle,
             idle: None,
@@ -83,14 +83,14 @@ impl Watch {
             last_frame: now,
             heartbeat_at: now,
         };
-        watch.refresh_idle();
-        watch
+        open.refresh_idle();
+        open
     }
 
     /// Reads the idle deadline again: a learned one follows the peer as it learns.
     fn refresh_idle(&mut self) {
         self.idle = match self.idle_from {
-            Idle::Fixed(d) => Some((d, IdleSource::Request)),
+            Idle::Requested(d) => Some((d, IdleSource::Request)),
             Idle::Rule(rule) => self.call.idle_deadline(rule),
         };
     }
@@ -135,18 +135,18 @@ impl<B> TimeoutBody<B> {
         B: Body,
     {
         let now = Instant::now();
-        let watch = if inner.is_end_stream() {
+        let open = if inner.is_end_stream() {
             call.answered_whole(outcome);
             None
         } else {
             call.head(now, outcome);
-            Some(Watch::new(call, with, now))
+            Some(OpenCall::new(call, with, now))
         };
         TimeoutBody {
             inner,
             timer: None,
             token_wake: None,
-            watch,
+            open,
             cut: false,
         }
     }
@@ -157,7 +157,7 @@ impl<B> TimeoutBody<B> {
             inner,
             timer: None,
             token_wake: None,
-            watch: None,
+            open: None,
             cut: false,
         }
     }
@@ -169,7 +169,7 @@ impl<B> TimeoutBody<B> {
 
     /// Whether the body's call is still in flight (its end not yet seen).
     pub fn is_watched(&self) -> bool {
-        self.watch.is_some()
+        self.open.is_some()
     }
 }
 
@@ -186,7 +186,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let Some(w) = this.watch.as_mut() else {
+        let Some(w) = this.open.as_mut() else {
             if *this.cut {
                 return Poll::Ready(None);
             }
@@ -198,20 +198,20 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 w.frame(Instant::now());
                 if this.inner.is_end_stream() {
-                    end(this.watch);
+                    end(this.open);
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(other) => {
                 // The end of the body, or the inner body's own error: over either way.
-                end(this.watch);
+                end(this.open);
                 return Poll::Ready(other.map(|r| r.map_err(Into::into)));
             }
             Poll::Pending => {}
         }
         if let Some(fired) = interrupt_fired(&mut w.call, this.token_wake, cx) {
             *this.cut = true;
-            let call = take(this.watch);
+            let call = take(this.open);
             return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).into())));
         }
         let Some(due) = w.due() else {
@@ -226,7 +226,7 @@ where
             ready!(timer.poll(cx));
         }
         // A deadline passed: the total one if its time has come, else the idle one.
-        let Some(w) = this.watch.take() else {
+        let Some(w) = this.open.take() else {
             return Poll::Ready(None);
         };
         *this.cut = true;
@@ -253,22 +253,22 @@ where
 }
 
 /// Ends the body's call, if it is still in flight.
-fn end(watch: &mut Option<Watch>) {
-    if let Some(w) = watch.take() {
+fn end(open: &mut Option<OpenCall>) {
+    if let Some(w) = open.take() {
         w.call.body_end();
     }
 }
 
-/// Takes the body's call out, ending the watch.
-fn take(watch: &mut Option<Watch>) -> Option<Call> {
-    watch.take().map(|w| w.call)
+/// Takes the body's call out, ending the open.
+fn take(open: &mut Option<OpenCall>) -> Option<Call> {
+    open.take().map(|w| w.call)
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for TimeoutBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimeoutBody")
             .field("inner", &self.inner)
-            .field("watched", &self.watch.is_some())
+            .field("open", &self.open.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -25,7 +25,7 @@ impl Call {
         }
         self.ticket.probe = false;
         let latency = now.saturating_duration_since(self.start);
-        self.held.head_answered(outcome, latency);
+        self.in_flight.head_answered(outcome, latency);
     }
 
     /// The head arrived with its body already at its end: the call ends there, answered.
@@ -80,7 +80,7 @@ impl Call {
     ) -> Interrupted {
         let _entered = self.span.clone().entered();
         let now = Instant::now();
-        let silenced = match self.held.end() {
+        let silenced = match self.in_flight.end() {
             Some(p) => p.on_body_idle(now, since, source == IdleSource::Request),
             None => None,
         };

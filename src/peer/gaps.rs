@@ -6,7 +6,7 @@
 //! responses are never wrapped pays nothing but [`Gaps`] itself (about 100 bytes). Its
 //! histograms have one significant figure (10% resolution: the idle deadline is a
 //! generous bound, not a latency estimate) and a lowest discernible gap of 1 ms, so at the
-//! default policy they hold at most [`GAP_WINDOW_BYTES_MAX`] bytes.
+//! default policy they hold at most `GAP_WINDOW_BYTES_MAX` bytes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -1,4 +1,4 @@
-//! An admitted call's hold on its peer's in-flight count, the reference to its peer it
+//! An admitted call's place in its peer's in-flight count, the reference to its peer it
 //! holds, and why a peer did not admit a call.
 
 use std::ops::Deref;
@@ -120,7 +120,7 @@ impl InFlight {
     }
 
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
-    /// calls update the waker). The registration ends with the hold.
+    /// calls update the waker). The registration ends with it.
     pub(crate) fn wait(&mut self, waker: &Waker) {
         self.peer
             .interrupts()
@@ -151,7 +151,7 @@ impl InFlight {
     }
 
     /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
-    /// recorded nowhere). Dropping the hold records nothing after this.
+    /// recorded nowhere). Dropping it records nothing after this.
     pub(crate) fn end(&mut self) -> Option<&Peer> {
         self.ended = true;
         match &self.peer {

@@ -1,7 +1,7 @@
 //! Everything the layer knows per peer.
 //!
 //! A call goes through [`key`] (which peer), [`table`] (the bounded table admits it and
-//! hands out its [`InFlight`] hold and its [`Ticket`]), and ends in one of [`Peer`]'s
+//! hands out its [`InFlight`] and its [`Ticket`]), and ends in one of [`Peer`]'s
 //! outcome methods ([`outcome`]), which feed the latency [`window`] and the [`health`]
 //! state machine and republish what the next call reads ([`published`]).
 
@@ -13,21 +13,21 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::classes::{ClassIx, ClassLane, ClassSlots};
+use self::class_lanes::{ClassIx, ClassLane, ClassSlots};
 use self::health::{Health, PeerState, Transition, Verdict};
 use self::lane::Lane;
+use self::per_core::Stripes;
 use self::published::Published;
-use self::stripes::Stripes;
 use crate::class::LatencyHints;
 use crate::classify::{Classifier, Outcome};
 use crate::error::{BoxError, Reason};
-use crate::events::PeerWatch;
+use crate::events::StateChanges;
 use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts};
 use crate::policy::TimeoutPolicy;
 
-mod classes;
+mod class_lanes;
 mod estimate;
 mod explained;
 #[cfg(feature = "http")]
@@ -38,8 +38,8 @@ mod in_flight;
 pub(crate) mod key;
 mod lane;
 mod outcome;
+mod per_core;
 mod published;
-mod stripes;
 pub(crate) mod table;
 mod ticket;
 pub(crate) mod window;
@@ -58,7 +58,7 @@ const PENDING_MISSES: usize = 32;
 
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads;
-/// what every call writes is striped per core ([`stripes`]).
+/// what every call writes is striped per core ([`per_core`]).
 pub(crate) struct Peer {
     /// The peer's name, made once and shared by its errors, snapshots and metrics.
     label: Arc<str>,
@@ -73,7 +73,7 @@ pub(crate) struct Peer {
     last_used: AtomicU64,
     interrupts: Interrupts,
     /// Wakes what waits on the peer's state, and reports its transitions.
-    watch: PeerWatch,
+    changes: StateChanges,
     /// The gaps between response body frames, for the bodies' idle deadline.
     #[cfg(feature = "http")]
     gaps: gaps::Gaps,
@@ -114,7 +114,7 @@ struct Locked {
     /// Calls whose inner service failed to reach the peer, ever and in a row.
     failures: u64,
     consecutive_failures: u64,
-    /// When the last call failed to reach the peer: answers held in a stripe from before
+    /// When the last call failed to reach the peer: answers deferred in a stripe from before
     /// it do not end the failures in a row.
     failed_at: Option<Instant>,
     /// Censored samples of deadlines run out (and their calls' classes), held until the
@@ -220,7 +220,7 @@ impl Peer {
             last_used: AtomicU64::new(0),
             stripes: Stripes::new(),
             interrupts: Interrupts::new(),
-            watch: PeerWatch::default(),
+            changes: StateChanges::default(),
             #[cfg(feature = "http")]
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
@@ -285,8 +285,8 @@ impl Peer {
     }
 
     /// What wakes the peer's waiters and reports its transitions.
-    pub(crate) fn watch(&self) -> &PeerWatch {
-        &self.watch
+    pub(crate) fn state_changes(&self) -> &StateChanges {
+        &self.changes
     }
 
     /// Calls that failed to reach the peer (refused, reset) since its last answer.
@@ -319,7 +319,7 @@ impl Peer {
         hints: LatencyHints<'_>,
     ) -> Result<(InFlight, Ticket), NotAdmitted> {
         let stripe = peer.stripes.enter().ok_or(NotAdmitted::Retired)?;
-        let mut held = InFlight::tracked(peer.clone(), stripe);
+        let mut in_flight = InFlight::tracked(peer.clone(), stripe);
         let now_ns = peer.nanos(now);
         // Any call to the peer is use.
         peer.touch(now_ns);
@@ -337,13 +337,13 @@ impl Peer {
             peer.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe(d) => (held.probe, deadline) = (true, d),
+                Verdict::Probe(d) => (in_flight.probe, deadline) = (true, d),
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
                 Verdict::FailFast => {
                     // Never in flight: uncounted, and not an abandoned call.
-                    (held.ended, held.counted) = (true, false);
+                    (in_flight.ended, in_flight.counted) = (true, false);
                     peer.stripes.leave(stripe);
                     peer.counters.fail_fast.fetch_add(1, Relaxed);
                     peer.metrics.rejected();
@@ -353,7 +353,7 @@ impl Peer {
             }
         }
         peer.metrics.admitted();
-        let probe = held.probe;
+        let probe = in_flight.probe;
         let ticket = Ticket {
             deadline,
             source,
@@ -362,7 +362,7 @@ impl Peer {
             class,
             started: now_ns,
         };
-        Ok((held, ticket.floored(hints.floor, peer.published.max())))
+        Ok((in_flight, ticket.floored(hints.floor, peer.published.max())))
     }
 
     /// Counts a call to the peer refused before it reached the inner service, the peer's
@@ -407,7 +407,7 @@ impl Peer {
         let Some(t) = transition else { return };
         self.published.set_state(t.to);
         self.metrics.transitioned(t.to);
-        self.watch.changed(&t);
+        self.changes.changed(&t);
         let (peer, from, to, why) = (&**self.label(), t.from.as_str(), t.to.as_str(), t.why);
         let in_flight = self.in_flight();
         match t.to {
@@ -495,7 +495,7 @@ impl Peer {
             .lane
             .recompute(now, &locked.policy, locked.overridden);
         self.published.set_deadline(deadline, source);
-        let batch = stripes::BATCH as u64;
+        let batch = per_core::BATCH as u64;
         (self.published).set_batched(source.is_learned() && locked.policy.recompute_every >= batch);
         self.published
             .set_bounds(locked.policy.max, locked.policy.cold_start);
@@ -519,7 +519,7 @@ impl Peer {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The peer's lock, with every answer the stripes held handed over: whatever reads or
+    /// The peer's lock, with every answer the stripes deferred handed over: whatever reads or
     /// judges the peer under it sees them.
     fn lock(&self) -> MutexGuard<'_, Locked> {
         let mut locked = self.lock_alone();

@@ -1,5 +1,5 @@
 //! How a call's outcome is recorded on its peer: an answer (a sample, a heartbeat, the
-//! misses held back committed), a deadline run out (a censored sample, a miss, perhaps
+//! pending misses committed), a deadline run out (a censored sample, a miss, perhaps
 //! silence declared), a failure, or an abandon; and the call leaves the in-flight count.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::classes::ClassIx;
+use super::class_lanes::ClassIx;
 use super::health::{PeerState, ProbeEnd, Transition};
 use super::lane::Lane;
-use super::stripes::Batch;
+use super::per_core::Batch;
 use super::{Locked, Peer, Ticket, PENDING_MISSES};
 use crate::classify::Outcome;
 use crate::error::Reason;
@@ -21,7 +21,7 @@ use crate::interrupt::{Fired, Origin};
 impl Peer {
     /// The call of `ticket` that started at `started` ended with `outcome` at `now`:
     /// recorded as [`on_head`](Self::on_head) does, and counted (the call leaves the
-    /// in-flight count when its hold is dropped).
+    /// in-flight count when its `InFlight` is dropped).
     pub(crate) fn on_outcome(
         &self,
         now: Instant,
@@ -33,7 +33,7 @@ impl Peer {
     }
 
     /// Records the head of a call that started at `started`, answered with `outcome`; the
-    /// call stays in flight (its body is still to come) until its hold is dropped, and is
+    /// call stays in flight (its body is still to come) until its `InFlight` is dropped, and is
     /// counted once it ends: as answered ([`on_body_answered`](Self::on_body_answered))
     /// unless its body is cut (a timeout, an interrupt), so each call counts one outcome.
     #[cfg(feature = "http")]
@@ -63,9 +63,9 @@ impl Peer {
 
     /// Records `outcome` of a call that started at `started`, counted in the outcome
     /// counters if `count` (a head whose body is still to come is counted at its end). An
-    /// answer is a heartbeat (and commits the misses held back); a [`Outcome::Sample`]
+    /// answer is a heartbeat (and commits the pending misses); a [`Outcome::Sample`]
     /// also records its latency. A healthy peer's counted samples are held in the
-    /// caller's stripe and handed over in batches ([`stripes`](super::stripes)). A probe
+    /// caller's stripe and handed over in batches ([`per_core`](super::per_core)). A probe
     /// answered slower than the learned deadline re-seeds the window, without its own
     /// latency: the peer came back slower (and its old history would cut every call), or the
     /// probe waited out a partition. A failure records nothing but its count; a failed probe
@@ -88,18 +88,18 @@ impl Peer {
             // `recompute_every` (at least a batch) moves on no single answer: its answers
             // can wait in the stripe. One still learning goes at once if it can.
             let waits = ticket.source.is_learned() && self.published.batched();
-            if !waits && !stripe.holds(now_ns) {
+            if !waits && !stripe.defers(now_ns) {
                 if let Some(mut locked) = self.try_lock() {
-                    if let Some(batch) = stripe.take_held(now_ns) {
+                    if let Some(batch) = stripe.take_deferred(now_ns) {
                         self.hand_over(&mut locked, &batch);
                     }
                     let sample = Some((latency, class));
                     return self.answered(&mut locked, now, 1, sample.into_iter());
                 }
-                // Another core is recording: hold this core's answers for a while.
+                // Another core is recording: defer this core's answers for a while.
                 stripe.contended(now_ns);
             }
-            if let Some(batch) = stripe.hold(latency, class, now_ns) {
+            if let Some(batch) = stripe.defer(latency, class, now_ns) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
@@ -138,7 +138,7 @@ impl Peer {
         self.answered(&mut locked, now, u64::from(count), sample.into_iter());
     }
 
-    /// Records the answers `batch` held, as of its latest.
+    /// Records the answers `batch` deferred, as of its latest.
     pub(super) fn hand_over(&self, locked: &mut MutexGuard<'_, Locked>, batch: &Batch) {
         let answers = batch.answers();
         self.answered(
@@ -150,7 +150,7 @@ impl Peer {
     }
 
     /// The peer gave `answers` answers, the last at `now`, with these latency samples
-    /// (and their classes): a heartbeat; the misses held back are committed, and the
+    /// (and their classes): a heartbeat; the pending misses are committed, and the
     /// samples recorded.
     fn answered(
         &self,
@@ -164,12 +164,12 @@ impl Peer {
             locked.consecutive_failures = 0;
             if self.published.set_failing(0) {
                 // A balanced endpoint held out for the failures waits for this.
-                self.watch.wake();
+                self.changes.wake();
             }
         }
         if !locked.pending.is_empty() {
-            let held = std::mem::take(&mut locked.pending);
-            for &(class, censored) in &held {
+            let pending = std::mem::take(&mut locked.pending);
+            for &(class, censored) in &pending {
                 self.record(locked, now, std::iter::once((censored, class)));
                 // Like the tail's, these say the deadline may be behind: recompute at once.
                 self.publish_class(locked, now, class);
@@ -286,7 +286,7 @@ impl Peer {
         self.on_transition(&mut locked, now, transition)
     }
 
-    /// Publishes a transition; one that declares the peer silent drops the misses held
+    /// Publishes a transition; one that declares the peer silent drops the pending misses
     /// back and interrupts every call in flight, and the interrupt is returned.
     fn on_transition(
         &self,
@@ -370,19 +370,19 @@ mod tests {
     /// Admits a call to `peer` now and answers it after `took`.
     async fn answered(peer: &PeerRef, took: Duration) {
         let start = Instant::now();
-        let (mut held, ticket) = Peer::admit(peer, start, 0, LatencyHints::new())
+        let (mut in_flight, ticket) = Peer::admit(peer, start, 0, LatencyHints::new())
             .ok()
             .unwrap();
         advance(took).await;
-        held.end();
+        in_flight.end();
         peer.on_outcome(Instant::now(), start, &ticket, Outcome::Sample);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_answer_held_in_a_stripe_is_seen_before_a_miss_is_judged() {
+    async fn an_answer_deferred_in_a_stripe_is_seen_before_a_miss_is_judged() {
         let (_table, peer) = one_peer();
-        // As if another core had held the peer's lock: this one holds its answers. Its
-        // first goes to the window at once; the next, within the millisecond, is held.
+        // As if another core had held the peer's lock: this one defers its answers. Its
+        // first goes to the window at once; the next, within the millisecond, is deferred.
         peer.stripes.mine().contended(peer.nanos(Instant::now()));
         answered(&peer, Duration::from_micros(10)).await;
         let start = Instant::now();
@@ -390,7 +390,7 @@ mod tests {
             .ok()
             .unwrap();
         answered(&peer, Duration::from_micros(100)).await;
-        // The waiting call runs out: the peer answered since it started (the held answer),
+        // The waiting call runs out: the peer answered since it started (the deferred answer),
         // so it is slowness, not a miss.
         advance(ticket.deadline).await;
         waiting.end();
@@ -414,7 +414,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_learned_peer_holds_a_burst_unless_each_answer_moves_its_deadline() {
+    async fn a_learned_peer_defers_a_burst_unless_each_answer_moves_its_deadline() {
         let (_table, peer) = one_peer();
         for _ in 0..100 {
             answered(&peer, Duration::from_millis(1)).await;
@@ -423,9 +423,9 @@ mod tests {
         for _ in 0..10 {
             answered(&peer, Duration::ZERO).await;
         }
-        let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
+        let deferred: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
         assert_eq!(
-            held, 9,
+            deferred, 9,
             "the burst's first answer goes at once, the rest wait"
         );
         // Recomputed on every answer, the deadline may move with each: none waits.
@@ -434,7 +434,10 @@ mod tests {
         for _ in 0..10 {
             answered(&peer, Duration::ZERO).await;
         }
-        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        assert!(
+            peer.stripes.take_all(0).next().is_none(),
+            "nothing deferred"
+        );
         assert_eq!(peer.view(Instant::now()).completed, 111);
     }
 
@@ -444,18 +447,27 @@ mod tests {
         for _ in 0..3 {
             answered(&peer, Duration::ZERO).await;
         }
-        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        assert!(
+            peer.stripes.take_all(0).next().is_none(),
+            "nothing deferred"
+        );
         peer.stripes.mine().contended(peer.nanos(Instant::now()));
         answered(&peer, Duration::ZERO).await;
         answered(&peer, Duration::ZERO).await;
-        assert!(peer.stripes.mine().holds(peer.nanos(Instant::now())));
-        let held: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
-        assert_eq!(held, 1, "the first answer of a holding stripe goes at once");
-        // Once the core no longer holds, its next answer takes the lock, and what it held.
+        assert!(peer.stripes.mine().defers(peer.nanos(Instant::now())));
+        let deferred: usize = peer.stripes.take_all(0).map(|b| b.answers().len()).sum();
+        assert_eq!(
+            deferred, 1,
+            "the first answer of a deferring stripe goes at once"
+        );
+        // Once the core no longer defers, its next answer takes the lock, and what it deferred.
         answered(&peer, Duration::ZERO).await;
         advance(Duration::from_millis(10)).await;
         answered(&peer, Duration::ZERO).await;
-        assert!(peer.stripes.take_all(0).next().is_none(), "nothing held");
+        assert!(
+            peer.stripes.take_all(0).next().is_none(),
+            "nothing deferred"
+        );
         // Seven answers, less the one this test took out of the stripe.
         assert_eq!(peer.view(Instant::now()).completed, 6);
     }

@@ -73,7 +73,7 @@ impl<K: PeerKey> Policies<K> {
 
 /// What the table decided for a new call: whom it is for, and whether it goes ahead.
 pub(crate) enum Admission {
-    /// The call goes ahead with its ticket, counted in flight by its hold.
+    /// The call goes ahead with its ticket, counted in flight by its `InFlight`.
     Admitted(InFlight, Ticket),
     /// The call ends at once: its peer is silent, the caller's deadline is spent, or the
     /// layer was shut down.
@@ -92,14 +92,14 @@ pub(crate) struct LastPeer<K> {
 }
 
 /// A peer in the rotation, with its key.
-type Lined<K> = (Arc<K>, Arc<Peer>);
+type RotationEntry<K> = (Arc<K>, Arc<Peer>);
 
 /// All tracked peers, bounded.
 pub(crate) struct PeerTable<K> {
     peers: DashMap<Arc<K>, Arc<Peer>, foldhash::fast::RandomState>,
     /// Every tracked peer once, in the order evictions look at them (taken only to insert,
     /// evict or sweep a peer). A peer let go may linger until it comes up or a sweep.
-    rotation: Mutex<VecDeque<Lined<K>>>,
+    rotation: Mutex<VecDeque<RotationEntry<K>>>,
     len: AtomicUsize,
     max_peers: usize,
     idle_ttl: Duration,
@@ -272,7 +272,10 @@ impl<K: PeerKey> PeerTable<K> {
             return refused(fired);
         }
         match Peer::admit(peer, now, generation, hints) {
-            Ok((held, ticket)) => Some(Admission::Admitted(held, capped(ticket, caller_deadline))),
+            Ok((in_flight, ticket)) => Some(Admission::Admitted(
+                in_flight,
+                capped(ticket, caller_deadline),
+            )),
             Err(NotAdmitted::FailFast(fired)) => refused(fired),
             Err(NotAdmitted::Retired) => None,
         }
@@ -293,8 +296,8 @@ impl<K: PeerKey> PeerTable<K> {
         let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
         let ticket =
             Ticket::untracked(self.untracked_deadline(), generation).floored(hints.floor, max);
-        let held = InFlight::untracked(self.untracked.clone());
-        Admission::Admitted(held, capped(ticket, caller_deadline))
+        let in_flight = InFlight::untracked(self.untracked.clone());
+        Admission::Admitted(in_flight, capped(ticket, caller_deadline))
     }
 
     /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
@@ -454,7 +457,7 @@ impl<K: PeerKey> PeerTable<K> {
                 max_classes: self.max_classes,
             };
             let peer = Peer::new(settings, now);
-            peer.watch().report_to(self.events.report(stored));
+            peer.state_changes().report_to(self.events.report(stored));
             inserted = true;
             Arc::new(peer)
         });

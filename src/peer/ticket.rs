@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::classes::ClassIx;
+use super::class_lanes::ClassIx;
 use crate::explain::DeadlineSource;
 
 /// What an admitted call starts with.

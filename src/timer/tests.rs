@@ -11,10 +11,10 @@ use super::*;
 
 /// Waits on a queued deadline at `at`; returns when it ended.
 async fn wait(at: Instant) -> Instant {
-    let mut deadline = Deadline::Unarmed;
+    let mut deadline = CallTimer::Unarmed;
     poll_fn(|cx| {
         let polled = deadline.poll_at(at, cx);
-        assert!(matches!(deadline, Deadline::Queued(_)), "not in a queue");
+        assert!(matches!(deadline, CallTimer::Queued(_)), "not in a queue");
         polled
     })
     .await;
@@ -151,7 +151,7 @@ async fn a_call_held_unpolled_keeps_no_other_call_past_its_deadline() {
     tokio::task::yield_now().await;
     // Registered by a poll, then held and never polled again (its waker does nothing):
     // after the first deadline fires, it is the earliest left in the queue.
-    let mut held = Deadline::Unarmed;
+    let mut held = CallTimer::Unarmed;
     let mut cx = Context::from_waker(Waker::noop());
     assert!(held.poll_at(start + ms(10), &mut cx).is_pending());
     let last = start + ms(20);

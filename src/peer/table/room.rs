@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{nanos, Lined, PeerTable};
+use super::{nanos, PeerTable, RotationEntry};
 use crate::peer::key::PeerKey;
 use crate::peer::Peer;
 
@@ -88,9 +88,9 @@ impl<K: PeerKey> PeerTable<K> {
 
     /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
     /// rotation. The others go to the back of the line; peers already let go are dropped.
-    fn idlest_in_rotation(&self, now: Instant) -> Option<Lined<K>> {
+    fn idlest_in_rotation(&self, now: Instant) -> Option<RotationEntry<K>> {
         let mut rotation = self.rotation();
-        let mut idlest: Option<(Duration, Lined<K>)> = None;
+        let mut idlest: Option<(Duration, RotationEntry<K>)> = None;
         for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {
             let Some(entry) = rotation.pop_front() else {
                 break;
@@ -118,7 +118,7 @@ impl<K: PeerKey> PeerTable<K> {
         self.rotation().push_back((key, peer));
     }
 
-    fn rotation(&self) -> MutexGuard<'_, VecDeque<Lined<K>>> {
+    fn rotation(&self) -> MutexGuard<'_, VecDeque<RotationEntry<K>>> {
         self.rotation.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

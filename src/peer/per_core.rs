@@ -5,38 +5,38 @@
 //! An answer goes straight to the window while the peer's lock is free, unless the peer's
 //! deadline is learned and recomputed only every `recompute_every` answers (at least a
 //! [`BATCH`]): no single answer moves it then, and the answer may wait in its core's
-//! stripe. A core that finds the lock taken holds its answers too, for the next
+//! stripe. A core that finds the lock taken defers its answers too, for the next
 //! [`CONTENDED_NANOS`]. A stripe's batch is handed over when it is full, when a millisecond
 //! has passed since the stripe's last hand-over, with the core's next answer once it no
-//! longer holds, or whenever anything takes the peer's lock (a miss, a probe, a rotation, a
+//! longer defers, or whenever anything takes the peer's lock (a miss, a probe, a rotation, a
 //! snapshot), which first takes every stripe's batch. A peer still learning, or answering
 //! a core less often than once a millisecond, thus records each answer at once; a busy one
 //! takes its lock once per [`BATCH`] answers per core instead of once per answer, and
 //! nothing that judges the peer (a miss, silence) reads it before its answers are in. A
-//! stripe allocates its batch the first time it holds an answer.
+//! stripe allocates its batch the first time it defers an answer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
-use super::classes::ClassIx;
+use super::class_lanes::ClassIx;
 use crate::stripe::Striped;
 
-/// Answers a stripe holds before it hands them over.
+/// Answers a stripe defers before it hands them over.
 pub(super) const BATCH: usize = 64;
 
-/// How long a stripe holds answers at most while calls go on: the first answer after this
+/// How long a stripe defers answers at most while calls go on: the first answer after this
 /// long hands the batch over.
-const HOLD_NANOS: u64 = 1_000_000;
+const DEFER_NANOS: u64 = 1_000_000;
 
-/// How long a core that found the peer's lock taken holds its answers.
+/// How long a core that found the peer's lock taken defers its answers.
 pub(super) const CONTENDED_NANOS: u64 = 10_000_000;
 
 /// The bit of a stripe's in-flight word that says the table has let the peer go (see
 /// [`Stripes::retire`]); the other bits count calls in flight.
 const RETIRED: usize = 1 << (usize::BITS - 1);
 
-/// Bits of a batched answer that hold its latency in nanoseconds (the rest hold its
+/// Bits of a batched answer that defer its latency in nanoseconds (the rest defer its
 /// class): 2^56 ns is over two years, past any `max`.
 const LATENCY_BITS: u32 = 56;
 const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
@@ -54,17 +54,17 @@ pub(super) struct Stripes {
 pub(super) struct Stripe {
     /// Calls in flight counted here, and the [`RETIRED`] bit.
     in_flight: AtomicUsize,
-    /// Until when this core holds its answers (nanoseconds since the epoch).
+    /// Until when this core defers its answers (nanoseconds since the epoch).
     contended_until: AtomicU64,
-    /// Whether `held` has answers.
-    holding: AtomicBool,
-    held: Mutex<Held>,
+    /// Whether `deferred` has answers.
+    deferring: AtomicBool,
+    deferred: Mutex<Deferred>,
 }
 
 /// A stripe's answers not yet in the window.
 #[derive(Default)]
-struct Held {
-    /// Allocated when the stripe first holds an answer (a stripe whose answers all go at
+struct Deferred {
+    /// Allocated when the stripe first defers an answer (a stripe whose answers all go at
     /// once never does), and kept.
     batch: Option<Box<Batch>>,
     /// When the stripe last handed answers over (`None`: never, and its first answer goes
@@ -82,7 +82,7 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// The answers held: latency, and class.
+    /// The answers deferred: latency, and class.
     pub(super) fn answers(
         &self,
     ) -> impl ExactSizeIterator<Item = (Duration, Option<ClassIx>)> + '_ {
@@ -134,7 +134,7 @@ impl Stripes {
 
     /// Counts a call in flight on this thread's stripe; `None` if the peer was retired
     /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
-    /// Counted before checked, on the word that holds the retired bit: a call is counted in
+    /// Counted before checked, on the word that defers the retired bit: a call is counted in
     /// flight before its peer can be retired (ARCHITECTURE.md, invariant 1).
     pub(super) fn enter(&self) -> Option<usize> {
         let (i, stripe) = self.stripes.mine();
@@ -184,7 +184,7 @@ impl Stripes {
         self.retired.load(Relaxed)
     }
 
-    /// Takes every stripe's answers (as of `now`), for whoever holds the peer's lock.
+    /// Takes every stripe's answers (as of `now`), for whoever defers the peer's lock.
     pub(super) fn take_all(&self, now: u64) -> impl Iterator<Item = Batch> + '_ {
         self.stripes
             .iter()
@@ -197,15 +197,15 @@ impl Stripe {
         Stripe {
             in_flight: AtomicUsize::new(0),
             contended_until: AtomicU64::new(0),
-            holding: AtomicBool::new(false),
-            held: Mutex::new(Held::default()),
+            deferring: AtomicBool::new(false),
+            deferred: Mutex::new(Deferred::default()),
         }
     }
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
     /// epoch) in this stripe (this thread's). Returns the batch to hand over (this answer in it)
-    /// if it is full or has been held long enough, else `None`: the answer waits.
-    pub(super) fn hold(
+    /// if it is full or has been deferred long enough, else `None`: the answer waits.
+    pub(super) fn defer(
         &self,
         latency: Duration,
         class: Option<ClassIx>,
@@ -214,74 +214,74 @@ impl Stripe {
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
         let answer = nanos | class << LATENCY_BITS;
-        let mut held = match self.held.try_lock() {
-            Ok(held) => held,
+        let mut deferred = match self.deferred.try_lock() {
+            Ok(deferred) => deferred,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 // Another thread writes this stripe: move to another for the next call.
                 crate::stripe::move_thread();
-                self.held.lock().unwrap_or_else(PoisonError::into_inner)
+                self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
-        let due = held
+        let due = deferred
             .handed_at
-            .is_none_or(|at| now.saturating_sub(at) >= HOLD_NANOS);
-        let batch = match &mut held.batch {
+            .is_none_or(|at| now.saturating_sub(at) >= DEFER_NANOS);
+        let batch = match &mut deferred.batch {
             Some(batch) => batch,
-            // Nothing held, and time to hand over: this answer goes alone, unheld.
+            // Nothing deferred, and time to hand over: this answer goes alone, unheld.
             None if due => {
-                held.handed_at = Some(now);
+                deferred.handed_at = Some(now);
                 return Some(Batch::one(answer, now));
             }
-            None => held.batch.insert(Box::new(Batch::empty())),
+            None => deferred.batch.insert(Box::new(Batch::empty())),
         };
         let full = batch.push(answer, now);
         if full || due {
-            self.holding.store(false, Relaxed);
-            held.take(now)
+            self.deferring.store(false, Relaxed);
+            deferred.take(now)
         } else {
-            self.holding.store(true, Relaxed);
+            self.deferring.store(true, Relaxed);
             None
         }
     }
 
-    /// Whether this core holds its answers at `now`: it found the peer's lock taken
+    /// Whether this core defers its answers at `now`: it found the peer's lock taken
     /// lately.
-    pub(super) fn holds(&self, now: u64) -> bool {
+    pub(super) fn defers(&self, now: u64) -> bool {
         now < self.contended_until.load(Relaxed)
     }
 
-    /// This core found the peer's lock taken at `now`: it holds its answers for a while.
+    /// This core found the peer's lock taken at `now`: it defers its answers for a while.
     pub(super) fn contended(&self, now: u64) {
         let until = now.saturating_add(CONTENDED_NANOS);
         self.contended_until.store(until, Relaxed);
     }
 
-    /// Takes the answers this core still holds, if any (one that no longer holds hands
+    /// Takes the answers this core still defers, if any (one that no longer defers hands
     /// them over with its next answer).
-    pub(super) fn take_held(&self, now: u64) -> Option<Batch> {
-        if self.holding.load(Relaxed) {
+    pub(super) fn take_deferred(&self, now: u64) -> Option<Batch> {
+        if self.deferring.load(Relaxed) {
             self.take(now)
         } else {
             None
         }
     }
 
-    /// Takes the stripe's held answers, if any.
+    /// Takes the stripe's deferred answers, if any.
     fn take(&self, now: u64) -> Option<Batch> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        self.holding.store(false, Relaxed);
-        let any = held.batch.as_ref().is_some_and(|b| b.len > 0);
+        let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
+        self.deferring.store(false, Relaxed);
+        let any = deferred.batch.as_ref().is_some_and(|b| b.len > 0);
         if any {
-            held.take(now)
+            deferred.take(now)
         } else {
             None
         }
     }
 }
 
-impl Held {
-    /// The answers held, handed over at `now`; the batch stays, empty.
+impl Deferred {
+    /// The answers deferred, handed over at `now`; the batch stays, empty.
     fn take(&mut self, now: u64) -> Option<Batch> {
         self.handed_at = Some(now);
         let batch = self.batch.as_mut()?;
@@ -298,33 +298,33 @@ mod tests {
     #[test]
     fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
         let stripes = Stripes::new();
-        let ms = HOLD_NANOS;
+        let ms = DEFER_NANOS;
         let first = stripes
             .mine()
-            .hold(Duration::from_millis(3), Some(2), 10 * ms);
+            .defer(Duration::from_millis(3), Some(2), 10 * ms);
         let answers: Vec<_> = first.expect("handed over").answers().collect();
         assert_eq!(answers, [(Duration::from_millis(3), Some(2))]);
         for i in 1..BATCH as u64 {
             let t = 10 * ms + i;
             assert!(stripes
                 .mine()
-                .hold(Duration::from_nanos(i), None, t)
+                .defer(Duration::from_nanos(i), None, t)
                 .is_none());
         }
         let full = stripes
             .mine()
-            .hold(Duration::from_secs(1), None, 10 * ms + 100);
+            .defer(Duration::from_secs(1), None, 10 * ms + 100);
         let full = full.expect("a full batch is handed over");
         assert_eq!(full.answers().count(), BATCH);
         assert_eq!(full.latest, 10 * ms + 100);
         assert!(stripes
             .mine()
-            .hold(Duration::ZERO, None, 10 * ms + 200)
+            .defer(Duration::ZERO, None, 10 * ms + 200)
             .is_none());
-        let held: Vec<_> = stripes.take_all(11 * ms).collect();
-        assert_eq!(held.len(), 1);
+        let deferred: Vec<_> = stripes.take_all(11 * ms).collect();
+        assert_eq!(deferred.len(), 1);
         assert_eq!(
-            held[0].answers().collect::<Vec<_>>(),
+            deferred[0].answers().collect::<Vec<_>>(),
             [(Duration::ZERO, None)]
         );
         assert_eq!(stripes.take_all(11 * ms).count(), 0);
