@@ -47,7 +47,8 @@ pub enum BodyIdle {
 /// before it reaches the inner service), and a body it ends is a miss for its peer only if
 /// the body waited since its last frame at least the peer's own idle deadline. With
 /// [`Propagation`](crate::Propagation) on, it is what the callee is told (shortened by
-/// the caller's deadline, if that is shorter).
+/// the caller's deadline, if that is shorter); a deadline too long for a header, such as
+/// `Duration::MAX`, is no limit and is not written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyDeadline {
     /// The exchange must be over within this long (too long for the clock, e.g.

@@ -227,9 +227,17 @@ mod http_peer {
 
     /// The peer of an HTTP request: scheme, host and port (`https://api.example.com:443`).
     ///
-    /// Userinfo (`user:password@`) is no part of a peer: `http://admin:pw@db:5432/` and
-    /// `http://db:5432/` are one peer, and a peer is never shown with its userinfo. Hosts
-    /// compare without regard to ASCII case.
+    /// A peer always has its port: a URI without one has its scheme's default (80 for
+    /// `http` and `ws`, 443 for `https` and `wss`), so `https://api.test/v1`,
+    /// `https://api.test:443/v1` and `"https://api.test:443".parse::<HttpPeer>()` are one
+    /// peer, shown as `https://api.test:443`. Hosts compare without regard to ASCII case,
+    /// and one trailing dot (`api.test.`) is the same host. Userinfo (`user:password@`) is
+    /// no part of a peer: `http://admin:pw@db:5432/` and `http://db:5432/` are one peer,
+    /// and a peer is never shown with its userinfo.
+    ///
+    /// A request without a scheme (origin-form, keyed by its `Host` header) has no default
+    /// port: it is a peer of its own, `api.test` or `api.test:443` as the header says,
+    /// never the same as `https://api.test:443`.
     ///
     /// Keying a request shares its URI's buffers (nothing is copied); the key a tracked peer
     /// keeps is copied out of them, so the peer does not keep the request's URI alive.
@@ -240,14 +248,64 @@ mod http_peer {
         /// The URI's authority, perhaps with userinfo, which comparisons, hashes and
         /// printing skip.
         authority: Authority,
+        /// Where the host is in `authority`, without its trailing dot.
+        host_start: u32,
+        host_end: u32,
+        /// The written port, else the scheme's default; `None` with neither.
+        port: Option<u16>,
+    }
+
+    /// The port a URI with `scheme` and no port of its own goes to.
+    fn default_port(scheme: &Scheme) -> Option<u16> {
+        let name = scheme.as_str();
+        if name.eq_ignore_ascii_case("http") || name.eq_ignore_ascii_case("ws") {
+            Some(80)
+        } else if name.eq_ignore_ascii_case("https") || name.eq_ignore_ascii_case("wss") {
+            Some(443)
+        } else {
+            None
+        }
     }
 
     impl HttpPeer {
-        /// The peer a request to `uri` goes to; `None` if the URI names no host.
+        /// The peer a request to `uri` goes to; `None` if the URI names no host, or a port
+        /// that is no number from 0 to 65535.
         pub fn from_uri(uri: &Uri) -> Option<HttpPeer> {
+            HttpPeer::new(uri.scheme().cloned(), uri.authority()?.clone())
+        }
+
+        /// Finds the host and the port in `authority` (a scan of its bytes, no copy).
+        fn new(scheme: Option<Scheme>, authority: Authority) -> Option<HttpPeer> {
+            let all = authority.as_str();
+            // Userinfo ends at the authority's last `@`, as `Authority::host` reads it.
+            let start = all.rfind('@').map_or(0, |at| at + 1);
+            let host_port = &all[start..];
+            let host_len = if host_port.starts_with('[') {
+                host_port.find(']').map_or(host_port.len(), |end| end + 1)
+            } else {
+                host_port.find(':').unwrap_or(host_port.len())
+            };
+            let (host, rest) = host_port.split_at(host_len);
+            let port = match rest.strip_prefix(':') {
+                None if rest.is_empty() => None,
+                None => return None,
+                Some("") => None,
+                Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(digits.parse::<u16>().ok()?)
+                }
+                Some(_) => return None,
+            };
+            let host = host.strip_suffix('.').unwrap_or(host);
+            if host.is_empty() {
+                return None;
+            }
+            let port = port.or_else(|| scheme.as_ref().and_then(default_port));
             Some(HttpPeer {
-                scheme: uri.scheme().cloned(),
-                authority: uri.authority()?.clone(),
+                host_start: u32::try_from(start).ok()?,
+                host_end: u32::try_from(start + host.len()).ok()?,
+                scheme,
+                authority,
+                port,
             })
         }
 
@@ -256,30 +314,46 @@ mod http_peer {
             self.scheme.as_ref()
         }
 
-        /// The host and port (`api.example.com:443`), never the userinfo.
+        /// The host and port as the URI wrote them (`api.example.com:443`, or
+        /// `api.example.com` without a port), never the userinfo. Peers that are one may
+        /// write it differently: [`host`](Self::host) and [`port`](Self::port) are what
+        /// they share.
         pub fn authority(&self) -> &str {
             let all = self.authority.as_str();
-            // Userinfo ends at the authority's last `@`, as `Authority::host` reads it.
-            all.rsplit_once('@').map_or(all, |(_, host_port)| host_port)
+            &all[self.host_start as usize..]
+        }
+
+        /// The host, without a trailing dot (`api.example.com`; `[::1]` for an IPv6
+        /// address).
+        pub fn host(&self) -> &str {
+            &self.authority.as_str()[self.host_start as usize..self.host_end as usize]
+        }
+
+        /// The port: the URI's own, else its scheme's default (80 for `http` and `ws`,
+        /// 443 for `https` and `wss`); `None` without either (a `Host` header without a
+        /// port, an unknown scheme).
+        pub fn port(&self) -> Option<u16> {
+            self.port
         }
 
         /// The same peer in buffers of its own, without userinfo.
         pub(crate) fn detached(&self) -> HttpPeer {
-            let own = |s: &str| Authority::try_from(s).ok();
             let scheme = self.scheme.as_ref().map(|s| {
                 // `http` and `https` are stored inline; others share the URI's buffer.
                 Scheme::try_from(s.as_str()).unwrap_or_else(|_| s.clone())
             });
-            HttpPeer {
-                scheme,
-                authority: own(self.authority()).unwrap_or_else(|| self.authority.clone()),
-            }
+            Authority::try_from(self.authority())
+                .ok()
+                .and_then(|own| HttpPeer::new(scheme, own))
+                .unwrap_or_else(|| self.clone())
         }
     }
 
     impl PartialEq for HttpPeer {
         fn eq(&self, other: &HttpPeer) -> bool {
-            self.scheme == other.scheme && self.authority().eq_ignore_ascii_case(other.authority())
+            self.port == other.port
+                && self.scheme == other.scheme
+                && self.host().eq_ignore_ascii_case(other.host())
         }
     }
 
@@ -288,15 +362,17 @@ mod http_peer {
     impl Hash for HttpPeer {
         fn hash<H: Hasher>(&self, state: &mut H) {
             self.scheme.hash(state);
-            let host_port = self.authority();
-            state.write_usize(host_port.len());
-            for b in host_port.bytes() {
+            let host = self.host();
+            state.write_usize(host.len());
+            for b in host.bytes() {
                 state.write_u8(b.to_ascii_lowercase());
             }
+            self.port.hash(state);
         }
     }
 
-    /// Parses `http://host:port` (any URI with an authority) or `host:port`.
+    /// Parses `http://host:port` (any URI with an authority; without a port, the scheme's
+    /// default) or `host:port` (as a `Host` header names a peer).
     impl FromStr for HttpPeer {
         type Err = InvalidPeer;
 
@@ -319,11 +395,17 @@ mod http_peer {
 
     impl std::error::Error for InvalidPeer {}
 
+    /// `scheme://host:port`, the port the default one if the URI had none; `host:port`
+    /// without a scheme (`host` without a port either).
     impl fmt::Display for HttpPeer {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match &self.scheme {
-                Some(s) => write!(f, "{s}://{}", self.authority()),
-                None => f.write_str(self.authority()),
+            if let Some(scheme) = &self.scheme {
+                write!(f, "{scheme}://")?;
+            }
+            f.write_str(self.host())?;
+            match self.port {
+                Some(port) => write!(f, ":{port}"),
+                None => Ok(()),
             }
         }
     }
@@ -338,18 +420,17 @@ mod http_peer {
     impl<B> HasPeer for Request<B> {
         type Key = HttpPeer;
 
-        /// Scheme, host and port of the URI; for an origin-form URI (`/path`), the `Host`
-        /// header. `None` when neither names a host. Userinfo in either is no part of it.
+        /// Scheme, host and port of the URI (the scheme's default port if it has none);
+        /// for a URI without an authority (`/path`), the `Host` header, a peer of its own
+        /// with no default port. `None` when neither names a host. Userinfo in either is no
+        /// part of it.
         fn peer(&self) -> Option<HttpPeer> {
-            if let Some(peer) = HttpPeer::from_uri(self.uri()) {
-                return Some(peer);
+            if let Some(authority) = self.uri().authority() {
+                return HttpPeer::new(self.uri().scheme().cloned(), authority.clone());
             }
             let host = self.headers().get(HOST)?;
             let authority = Authority::try_from(host.as_bytes()).ok()?;
-            Some(HttpPeer {
-                scheme: None,
-                authority,
-            })
+            HttpPeer::new(None, authority)
         }
 
         /// The call's own token, in the request's extensions for work deeper in the chain:

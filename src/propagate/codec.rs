@@ -14,6 +14,22 @@ const GRPC_MAX_DIGITS: usize = 8;
 const GRPC_MAX_VALUE: u64 = 99_999_999;
 /// Most digits [`parse_millis`] accepts: 19 nines still fit in a `u64`.
 const MILLIS_MAX_DIGITS: usize = 19;
+/// Largest value [`parse_millis`] accepts: 19 nines.
+const MILLIS_MAX_VALUE: u64 = 9_999_999_999_999_999_999;
+
+/// Whether a `grpc-timeout` value can hold `d` (rounded down, as
+/// [`format_grpc_timeout`] does): at most 99,999,999 whole hours. A longer deadline is
+/// no limit for the header, which is then not written.
+pub(crate) fn grpc_timeout_holds(d: Duration) -> bool {
+    d.as_secs() / 3600 <= GRPC_MAX_VALUE
+}
+
+/// Whether a milliseconds value can hold `d` (rounded down, as [`format_millis`] does):
+/// at most 19 nines of whole milliseconds. A longer deadline is no limit for the header,
+/// which is then not written.
+pub(crate) fn millis_hold(d: Duration) -> bool {
+    d.as_millis() <= u128::from(MILLIS_MAX_VALUE)
+}
 
 /// Why a budget header value was refused.
 ///
@@ -139,7 +155,8 @@ pub fn parse_millis(value: &[u8]) -> Result<Duration, BadBudget> {
 /// millisecond (under a second, a minute or an hour when the milliseconds, seconds or minutes
 /// would need more than 8 digits: past 27.7 hours, 3.2 years and 190 years); below it the
 /// value is exact, so a live budget never reads as zero. Deadlines beyond 99,999,999 hours
-/// saturate to `99999999H`.
+/// saturate to `99999999H`; the layer writes no `grpc-timeout` for them, since they mean no
+/// limit (as `Duration::MAX` does).
 ///
 /// ```
 /// use std::time::Duration;
@@ -171,7 +188,10 @@ pub fn format_grpc_timeout(d: Duration) -> GrpcTimeout {
 
 /// Formats the caller's deadline as a plain milliseconds value: whole milliseconds rounded
 /// down, so the callee never believes it has more time than the caller; but a live budget
-/// under a millisecond is `1`, since `0` reads as spent. Saturates at `u64::MAX`.
+/// under a millisecond is `1`, since `0` reads as spent. Saturates at
+/// `9999999999999999999` (19 nines), the largest value [`parse_millis`] reads, so every
+/// value formatted parses back; the layer writes no milliseconds header for a deadline
+/// past it, since that means no limit (as `Duration::MAX` does).
 ///
 /// ```
 /// use std::time::Duration;
@@ -180,9 +200,10 @@ pub fn format_grpc_timeout(d: Duration) -> GrpcTimeout {
 /// assert_eq!(format_millis(Duration::from_micros(250_700)), 250);
 /// assert_eq!(format_millis(Duration::from_micros(400)), 1);
 /// assert_eq!(format_millis(Duration::ZERO), 0);
+/// assert_eq!(format_millis(Duration::MAX), 9_999_999_999_999_999_999);
 /// ```
 pub fn format_millis(d: Duration) -> u64 {
-    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let millis = u64::try_from(d.as_millis()).map_or(MILLIS_MAX_VALUE, |m| m.min(MILLIS_MAX_VALUE));
     if millis == 0 && !d.is_zero() {
         1
     } else {
@@ -395,7 +416,7 @@ mod tests {
         assert_eq!(format_millis(Duration::from_nanos(1)), 1);
         assert_eq!(format_millis(Duration::from_micros(1_999)), 1);
         assert_eq!(format_millis(Duration::from_millis(250)), 250);
-        assert_eq!(format_millis(Duration::MAX), u64::MAX);
+        assert_eq!(format_millis(Duration::MAX), MILLIS_MAX_VALUE);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 use super::codec::{
-    format_grpc_timeout, format_millis, parse_grpc_timeout, parse_millis, BadBudget,
+    format_grpc_timeout, format_millis, grpc_timeout_holds, millis_hold, parse_grpc_timeout,
+    parse_millis, BadBudget,
 };
 use super::{Deadline, Propagation, GRPC_TIMEOUT};
 
@@ -27,14 +28,19 @@ pub(crate) fn read<B>(req: &Request<B>, propagation: &Propagation) -> Option<Dur
     deadline
 }
 
-/// Writes `deadline` into the headers propagation names.
+/// Writes `deadline` into the headers propagation names, but not into one that cannot hold
+/// it: a deadline that long (`Duration::MAX`) is no limit, and its header is left out.
 pub(crate) fn write<B>(req: &mut Request<B>, deadline: Duration, propagation: &Propagation) {
     let headers = req.headers_mut();
-    if propagation.grpc_timeout {
+    if propagation.grpc_timeout && grpc_timeout_holds(deadline) {
         let value = HeaderValue::from(format_grpc_timeout(deadline));
         put(headers, HeaderName::from_static(GRPC_TIMEOUT), value);
     }
-    if let Some(name) = &propagation.millis_header {
+    if let Some(name) = propagation
+        .millis_header
+        .as_ref()
+        .filter(|_| millis_hold(deadline))
+    {
         put(
             headers,
             name.clone(),

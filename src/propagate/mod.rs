@@ -44,7 +44,9 @@ pub(crate) use self::http::{read, write};
 /// the callee. Under `with_bodies()` (feature `http`), where the call goes on in its body
 /// and a callee (a gRPC server) applies the deadline to the whole call, what is written is
 /// a deadline for the whole call: the caller's, shortened by the body's `BodyDeadline`;
-/// nothing if neither is set. An inner error within a millisecond
+/// nothing if neither is set. A deadline a header cannot hold (`Duration::MAX`; past
+/// 99,999,999 hours for `grpc-timeout`, past 19 digits of milliseconds for the other) is
+/// no limit, and that header is not written. An inner error within a millisecond
 /// of a propagated call deadline (a header holds whole milliseconds, so the stack below
 /// may enforce it up to a millisecond early: a client's own timer on `grpc-timeout`, say)
 /// is taken for that deadline, and the call ends as a run-out deadline

@@ -534,11 +534,11 @@ async fn duration_max_is_no_limit_for_a_head_and_its_deadline_is_propagated_with
     }
 }
 
-/// The value of the series `name{peer="http://stream.test",...}` on a Prometheus page
+/// The value of the series `name{peer="http://stream.test:80",...}` on a Prometheus page
 /// (its other labels, if any, as `extra`).
 #[cfg(feature = "metrics")]
 fn series(page: &str, name: &str, extra: &str) -> f64 {
-    let head = format!("{name}{{peer=\"http://stream.test\"{extra}}} ");
+    let head = format!("{name}{{peer=\"http://stream.test:80\"{extra}}} ");
     let line = page.lines().find(|l| l.starts_with(&head));
     let value = line.unwrap_or_else(|| panic!("no {head} in\n{page}"));
     value[head.len()..].parse().unwrap()

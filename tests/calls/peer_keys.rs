@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
 
-use tower::{service_fn, Layer, ServiceExt};
+use tokio::time::Instant;
+use tower::{service_fn, BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, HasPeer, HttpPeer, TimeoutPolicy, MAX_LABEL_BYTES,
 };
@@ -37,6 +38,86 @@ fn http_peers_compare_hash_and_print_without_userinfo() {
     assert_eq!(with.authority(), "db:5432");
     assert_ne!(with, "https://db:5432".parse::<HttpPeer>().unwrap());
     assert_ne!(with, "http://db:5433".parse::<HttpPeer>().unwrap());
+}
+
+#[test]
+fn a_missing_port_is_the_schemes_default_and_a_trailing_dot_is_the_same_host() {
+    let peer = |s: &str| s.parse::<HttpPeer>().unwrap();
+    let spellings = [
+        "https://api.test",
+        "https://api.test:443",
+        "https://api.test.:443",
+        "https://API.test.",
+        "https://api.test:",
+    ];
+    let mut keys: Vec<HttpPeer> = spellings.iter().map(|s| peer(s)).collect();
+    keys.push(get("https://api.test/v1").peer().unwrap());
+    keys.push(get("https://api.test:443/v1").peer().unwrap());
+    keys.push(get("https://u:p@api.test./v1").peer().unwrap());
+    let set: HashSet<_> = keys.iter().cloned().collect();
+    assert_eq!(set.len(), 1, "{keys:?}");
+    for key in &keys {
+        assert!(
+            key.to_string().eq_ignore_ascii_case("https://api.test:443"),
+            "{key}"
+        );
+        assert_eq!(key.port(), Some(443));
+        assert!(key.host().eq_ignore_ascii_case("api.test"), "{key:?}");
+    }
+    assert_eq!(peer("http://m.test."), peer("http://m.test:80"));
+    assert_eq!(peer("http://m.test").to_string(), "http://m.test:80");
+    assert_eq!(peer("ws://m.test"), peer("ws://m.test:80"));
+    assert_eq!(peer("wss://m.test"), peer("wss://m.test:443"));
+    // Another port, another scheme, another host: another peer.
+    assert_ne!(peer("https://api.test"), peer("https://api.test:8443"));
+    assert_ne!(peer("https://api.test"), peer("http://api.test"));
+    assert_ne!(peer("http://api.test"), peer("https://api.test:80"));
+    assert_ne!(peer("https://api.test"), peer("https://api.test.."));
+    // No scheme (a `Host` header), no default: the port is only the one written.
+    let mut host = get("/x");
+    host.headers_mut()
+        .insert("host", "api.test".parse().unwrap());
+    let by_host = host.peer().unwrap();
+    assert_eq!(by_host.port(), None);
+    assert_eq!(by_host.to_string(), "api.test");
+    assert_ne!(by_host, peer("https://api.test"));
+    assert_eq!(peer("svc.local:8080").port(), Some(8080));
+    // A port that is no port names no peer.
+    assert!("http://api.test:99999".parse::<HttpPeer>().is_err());
+    assert!("http://api.test:8o".parse::<HttpPeer>().is_err());
+    assert!("http://[::1]".parse::<HttpPeer>().unwrap().to_string() == "http://[::1]:80");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_named_with_its_default_port_is_the_peer_of_requests_without_one() {
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|_: http::Request<()>| {
+        std::future::pending::<Result<http::Response<()>, BoxError>>()
+    }));
+    let key: HttpPeer = "https://api.test:443".parse().unwrap();
+    let fifty = TimeoutPolicy::default()
+        .min(ms(50))
+        .cold_start(ms(50))
+        .max(ms(50))
+        .silent_after_misses(10);
+    handle.set_peer_policy(key.clone(), fifty).unwrap();
+    for uri in [
+        "https://api.test/v1",
+        "https://api.test:443/v1",
+        "https://api.test./v1",
+    ] {
+        let start = Instant::now();
+        let err = support::interrupted(svc.clone().oneshot(get(uri)).await);
+        assert!(err.is_timeout(), "{uri}: {err}");
+        assert_eq!(err.peer(), "https://api.test:443", "{uri}: {err}");
+        assert_eq!(start.elapsed(), ms(50), "{uri}: the override applies");
+    }
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.len(), 1, "one peer: {snapshot:?}");
+    assert_eq!(&*snapshot[0].peer, "https://api.test:443");
+    let peer = handle.peer(&key).unwrap();
+    assert_eq!(peer.deadline_exceeded, 3, "{peer:?}");
 }
 
 /// A key whose `Debug` writes whatever it holds, raw.

@@ -13,9 +13,10 @@ use std::time::Duration;
 use http::{HeaderName, Request, Response};
 use tokio::time::Instant;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::propagate::parse_grpc_timeout;
+use tower_adaptive_timeout::propagate::{parse_grpc_timeout, parse_millis};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutLayer, Deadline, DeadlineSource, Interrupted, Propagation, Reason, TimeoutPolicy,
+    AdaptiveTimeoutLayer, BodyDeadline, ByPeer, Deadline, DeadlineSource, HttpPeer, Interrupted,
+    Propagation, Reason, TimeoutPolicy,
 };
 
 use support::interrupted;
@@ -139,23 +140,40 @@ async fn an_inner_error_at_the_propagated_deadline_counts_as_a_miss() {
 /// The budget headers a call to a layer with grpc and millis propagation hands its callee,
 /// for a request built by `req`.
 async fn propagated(req: Request<()>) -> (String, String) {
-    let name = HeaderName::from_static("x-request-timeout-ms");
-    let layer = AdaptiveTimeoutLayer::http()
-        .propagation(Propagation::grpc().millis_header(name.clone()))
+    let resp = budget_layer().layer(service_fn(echo::<()>)).oneshot(req);
+    let (grpc, millis) = written(resp.await.unwrap().headers());
+    (
+        grpc.expect("grpc-timeout written"),
+        millis.expect("millis written"),
+    )
+}
+
+/// The name of the milliseconds header these tests propagate.
+const MILLIS: &str = "x-request-timeout-ms";
+
+/// A layer propagating `grpc-timeout` and the milliseconds header.
+fn budget_layer() -> AdaptiveTimeoutLayer<HttpPeer, ByPeer> {
+    AdaptiveTimeoutLayer::http()
+        .propagation(Propagation::grpc().millis_header(HeaderName::from_static(MILLIS)))
         .build()
-        .unwrap();
-    let echo = service_fn(|req: Request<()>| async move {
-        let mut resp = Response::new(());
-        *resp.headers_mut() = req.headers().clone();
-        Ok::<_, Infallible>(resp)
-    });
-    let resp = layer.layer(echo).oneshot(req).await.unwrap();
+        .unwrap()
+}
+
+/// An inner service that answers at once with the headers it received.
+async fn echo<B: Default>(req: Request<()>) -> Result<Response<B>, Infallible> {
+    let mut resp = Response::new(B::default());
+    *resp.headers_mut() = req.headers().clone();
+    Ok(resp)
+}
+
+/// The `grpc-timeout` and milliseconds values in `headers`, each written at most once.
+fn written(headers: &http::HeaderMap) -> (Option<String>, Option<String>) {
     let text = |n: &str| {
-        let all: Vec<_> = resp.headers().get_all(n).iter().collect();
-        assert_eq!(all.len(), 1, "{n} written once: {all:?}");
-        all[0].to_str().unwrap().to_owned()
+        let all: Vec<_> = headers.get_all(n).iter().collect();
+        assert!(all.len() <= 1, "{n} written at most once: {all:?}");
+        all.first().map(|v| v.to_str().unwrap().to_owned())
     };
-    (text("grpc-timeout"), text(name.as_str()))
+    (text("grpc-timeout"), text(MILLIS))
 }
 
 fn with_deadline(d: Duration) -> Request<()> {
@@ -196,4 +214,70 @@ async fn duplicate_budget_headers_give_the_smallest_valid_budget() {
         .body(())
         .unwrap();
     assert_eq!(propagated(req).await, ("7m".into(), "7".into()));
+}
+
+/// The budget headers the callee saw for `req`, through a layer watching bodies: `None`
+/// for a header not written.
+async fn propagated_whole(req: Request<()>) -> (Option<String>, Option<String>) {
+    let svc = budget_layer()
+        .with_bodies()
+        .layer(service_fn(echo::<String>));
+    written(svc.oneshot(req).await.unwrap().headers())
+}
+
+#[tokio::test(start_paused = true)]
+async fn whole_call_deadlines_past_a_header_are_not_written_and_the_rest_parse_back() {
+    let whole = |ext: BodyDeadline, caller: Option<Duration>| {
+        let mut req = get("http://e:1/");
+        req.extensions_mut().insert(ext);
+        if let Some(d) = caller {
+            req.extensions_mut().insert(Deadline::Within(d));
+        }
+        req
+    };
+    // `Duration::MAX` is no limit: nothing is written, as a body or a caller's deadline.
+    let none = (None, None);
+    let req = whole(BodyDeadline::Within(Duration::MAX), None);
+    assert_eq!(propagated_whole(req).await, none);
+    let req = whole(BodyDeadline::Caller, Some(Duration::MAX));
+    assert_eq!(propagated_whole(req).await, none);
+    let mut req = get("http://e:1/");
+    req.extensions_mut().insert(Deadline::Within(Duration::MAX));
+    assert_eq!(propagated_whole(req).await, none);
+
+    // Every value written parses back with the crate's own parsers, no larger than the
+    // deadline; a header that cannot hold a deadline is not written.
+    let grpc_max = Duration::from_secs(99_999_999 * 3600);
+    let millis_max = Duration::from_millis(9_999_999_999_999_999_999);
+    let boundaries = [
+        grpc_max,
+        grpc_max + Duration::from_nanos(3_599_999_999_999),
+        grpc_max + Duration::from_secs(3600),
+        millis_max,
+        millis_max + Duration::from_nanos(999_999),
+        millis_max + Duration::from_millis(1),
+        Duration::from_millis(u64::MAX),
+        Duration::MAX - Duration::from_nanos(1),
+    ];
+    for d in boundaries {
+        let (grpc, millis) = propagated_whole(whole(BodyDeadline::Within(d), None)).await;
+        assert_eq!(
+            grpc.is_some(),
+            d < grpc_max + Duration::from_secs(3600),
+            "{d:?}"
+        );
+        assert_eq!(
+            millis.is_some(),
+            d < millis_max + Duration::from_millis(1),
+            "{d:?}"
+        );
+        if let Some(grpc) = grpc {
+            let back = parse_grpc_timeout(grpc.as_bytes()).expect("grpc-timeout parses back");
+            assert!(back <= d, "{grpc} for {d:?}");
+        }
+        if let Some(millis) = millis {
+            let back = parse_millis(millis.as_bytes()).expect("the millis header parses back");
+            assert!(back <= d, "{millis} for {d:?}");
+        }
+    }
 }

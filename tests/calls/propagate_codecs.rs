@@ -17,6 +17,8 @@ const UNITS: [(u8, Duration); 6] = [
 ];
 
 const SATURATED: Duration = Duration::from_secs(99_999_999 * 3600);
+/// The largest milliseconds value `parse_millis` reads: 19 nines.
+const MILLIS_MAX: u64 = 9_999_999_999_999_999_999;
 
 fn unit_of(byte: u8) -> Duration {
     UNITS
@@ -84,13 +86,18 @@ proptest! {
     fn millis_round_down_and_never_reach_zero_while_live(d in any_duration()) {
         let millis = format_millis(d);
         prop_assert_eq!(millis == 0, d.is_zero());
-        if d >= Duration::from_millis(1) && d.as_millis() <= u128::from(u64::MAX) {
+        if d >= Duration::from_millis(1) && d.as_millis() <= u128::from(MILLIS_MAX) {
             prop_assert!(u128::from(millis) == d.as_millis());
         }
+    }
+
+    #[test]
+    fn every_formatted_millis_value_parses_back(d in any_duration()) {
+        let millis = format_millis(d);
+        prop_assert!(millis <= MILLIS_MAX, "{} for {:?}", millis, d);
         let back = parse_millis(millis.to_string().as_bytes());
-        if let Ok(back) = back {
-            prop_assert!(back <= d.max(Duration::from_millis(1)));
-        }
+        prop_assert!(back.is_ok(), "{} for {:?}: {:?}", millis, d, back);
+        prop_assert!(back.unwrap() <= d.max(Duration::from_millis(1)));
     }
 
     #[test]
