@@ -76,9 +76,11 @@ pub(crate) struct InFlight {
     /// ([`NOT_WAITING`]: none).
     slot: u32,
     /// Whether the call is counted in its peer's in-flight count.
-    pub(super) counted: bool,
-    pub(super) probe: bool,
-    pub(super) ended: bool,
+    counted: bool,
+    /// Whether the call is its peer's probe: abandoned, it frees the probe slot.
+    probe: bool,
+    /// Whether its outcome was recorded (or it never was in flight).
+    ended: bool,
     /// How its head was answered, and after how long, once it was.
     #[cfg(feature = "http")]
     head: Option<(Outcome, Duration)>,
@@ -112,6 +114,25 @@ impl InFlight {
             #[cfg(feature = "http")]
             head: None,
         }
+    }
+
+    /// Makes the call its peer's probe.
+    pub(super) fn make_probe(&mut self) {
+        self.probe = true;
+    }
+
+    /// Whether the call is its peer's probe.
+    pub(super) fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The peer refused the call at admission: it never was in flight, so it leaves its
+    /// stripe uncounted and is no abandoned call.
+    pub(super) fn refuse(mut self) {
+        if let CallPeer::Tracked(p) = &self.peer {
+            p.stripes.leave(self.stripe as usize);
+        }
+        (self.ended, self.counted) = (true, false);
     }
 
     /// Whom the call is for.

@@ -337,14 +337,15 @@ impl Peer {
             peer.transition(transition);
             match verdict {
                 Verdict::Go => {}
-                Verdict::Probe(d) => (in_flight.probe, deadline) = (true, d),
+                Verdict::Probe(d) => {
+                    in_flight.make_probe();
+                    deadline = d;
+                }
                 Verdict::Shortened => {
                     (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
                 }
                 Verdict::FailFast => {
-                    // Never in flight: uncounted, and not an abandoned call.
-                    (in_flight.ended, in_flight.counted) = (true, false);
-                    peer.stripes.leave(stripe);
+                    in_flight.refuse();
                     peer.counters.fail_fast.fetch_add(1, Relaxed);
                     peer.metrics.rejected();
                     let fired = peer.silent_reason(locked, now, locked.silenced.as_ref());
@@ -353,7 +354,7 @@ impl Peer {
             }
         }
         peer.metrics.admitted();
-        let probe = in_flight.probe;
+        let probe = in_flight.is_probe();
         let ticket = Ticket {
             deadline,
             source,
