@@ -15,7 +15,7 @@ use crate::peer::key::Classed;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{EjectionTimes, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME};
 use crate::peer::table::{PeerTable, Policies};
-use crate::policy::{PolicyError, TimeoutPolicy};
+use crate::policy::{PolicyError, TimeoutPolicy, MAX_DEADLINE};
 use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
 
@@ -284,7 +284,8 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
     /// callers fewer probes of a peer that stays away (each waits out its deadline, or
     /// fails at once), and readmit one that came back later. `Duration::ZERO` probes as
     /// often as the peer's own probe backoff allows (as a direct client does); a `base`
-    /// longer than `max` is refused at [`build`](Self::build).
+    /// longer than `max`, or a `max` over [`MAX_DEADLINE`] (24h; `Duration::MAX` would
+    /// hold an endpoint out for good), is refused at [`build`](Self::build).
     pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
         self.ejection_times = EjectionTimes { base, max };
         self
@@ -391,6 +392,14 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
         }
         if self.ejection_times.base > self.ejection_times.max {
             let why = "the first ejection (base) must not be longer than the longest (max)";
+            return Err(PolicyError::new("ejection_time", why));
+        }
+        if self.ejection_times.max > MAX_DEADLINE {
+            // Longer is "held out for good": a balancer whose endpoints all are would hang.
+            let why = format!(
+                "the longest ejection (max) must be at most {MAX_DEADLINE:?}, got {:?}",
+                self.ejection_times.max
+            );
             return Err(PolicyError::new("ejection_time", why));
         }
         if self.max_classes > MAX_CLASSES {

@@ -9,6 +9,7 @@ use crate::support;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_test::task;
 use tower::util::BoxCloneSyncService;
@@ -232,4 +233,18 @@ async fn an_endpoint_re_added_for_a_silent_peer_is_held_out_and_rejoins() {
     assert_eq!(handle.peer(&0).unwrap().state, PeerState::Healthy);
     assert!(ready.enter(|cx, _| again.poll_ready(cx)).is_ready());
     assert!(!again.is_held_out());
+}
+
+#[test]
+fn an_ejection_time_over_a_day_is_refused() {
+    let build = |base, max| {
+        AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
+            .ejection_time(base, max)
+            .build()
+    };
+    let day = tower_adaptive_timeout::MAX_DEADLINE;
+    let err = build(Duration::MAX, Duration::MAX).unwrap_err();
+    assert_eq!(err.field(), "ejection_time", "{err}");
+    assert!(build(day, day + ms(1)).is_err());
+    assert!(build(day, day).is_ok());
 }
