@@ -22,7 +22,9 @@
 //! share (the caller's own network) cannot empty the balancer. An endpoint over the cap
 //! stays ready, and its calls fail fast (refusals, [`was_sent`](crate::Interrupted::was_sent)
 //! false) until a probe gets through. When endpoints leave, the cap is recomputed and a
-//! held-out endpoint over it is let go.
+//! held-out endpoint over it is let go. After [`shutdown`](crate::InterruptHandle::shutdown)
+//! no endpoint is held out: each is ready (woken if it waited), and its calls are refused
+//! at once.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -229,7 +231,8 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
             // Registered before the state is read: a change after the read wakes us.
             wake.as_mut().enable();
             let silent = !peer.state().is_open();
-            if !silent && peer.failing() < FAILURES_TO_HOLD {
+            // After shutdown every call is refused at once: nothing to hold out for.
+            if (!silent && peer.failing() < FAILURES_TO_HOLD) || self.table.is_shut_down() {
                 (self.ejection, self.wake) = (None, None);
                 return self.release();
             }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_test::task;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, PeerState, TimeoutPolicy};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, PeerState, Reason, TimeoutPolicy};
 
 use support::ms;
 
@@ -247,4 +247,47 @@ fn an_ejection_time_over_a_day_is_refused() {
     assert_eq!(err.field(), "ejection_time", "{err}");
     assert!(build(day, day + ms(1)).is_err());
     assert!(build(day, day).is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_wakes_held_out_endpoints_and_refuses_their_calls() {
+    for background in [false, true] {
+        let layer = AdaptiveTimeoutLayer::builder((|_: &u64| 0) as Key)
+            .policy(TimeoutPolicy::default().cold_start(ms(100)))
+            .max_ejection_percent(100)
+            .build()
+            .unwrap();
+        let server = Arc::new(Server::default());
+        let probe = server.client();
+        let endpoint = layer.for_endpoint(0);
+        let endpoint = match background {
+            true => endpoint.probe_with(move || probe.clone().oneshot(u64::MAX)),
+            false => endpoint,
+        };
+        let mut endpoint = endpoint.layer(server.client());
+        silence(&endpoint, &server).await;
+        let mut ready = task::spawn(());
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+        // Half the first ejection: background probes went (and failed), none is due yet.
+        tokio::time::sleep(ms(500)).await;
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_pending());
+
+        // Shut down: woken at once, ready, and its call refused at once.
+        layer.interrupt_handle().shutdown();
+        tokio::task::yield_now().await;
+        assert!(
+            ready.is_woken(),
+            "probe_with {background}: woken by shutdown"
+        );
+        assert!(ready.enter(|cx, _| endpoint.poll_ready(cx)).is_ready());
+        assert!(!endpoint.is_held_out());
+        let started = tokio::time::Instant::now();
+        let err = endpoint.call(3).await.unwrap_err();
+        let err = Interrupted::find(&*err).expect("an Interrupted");
+        assert!(
+            matches!(err.reason(), Reason::Shutdown) && !err.was_sent(),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), ms(0), "refused at once");
+    }
 }
