@@ -409,3 +409,23 @@ async fn an_endpoint_over_the_cap_is_ready_and_its_load_brings_its_probe() {
     assert!(ready.enter(|cx, _| over.poll_ready(cx)).is_ready());
     assert!(matches!(over.load(), EndpointLoad::Load(_)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_peer_with_bodies_keys_path_only_requests_to_its_peer() {
+    use tower_adaptive_timeout::HttpPeer;
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let handle = layer.handle();
+    let peer: HttpPeer = "http://10.0.0.7:50051".parse().unwrap();
+    let client = service_fn(|_: http::Request<String>| async {
+        Ok::<_, BoxError>(http::Response::new(String::from("answer")))
+    });
+    let svc = layer.with_bodies().for_peer(peer.clone()).layer(client);
+    // A path-only request, as a tonic client sends to its channel: the peer's call.
+    let req = http::Request::builder()
+        .uri("/pkg.Svc/Method")
+        .body(String::new());
+    let answer = svc.oneshot(req.unwrap()).await.expect("answered");
+    drop(answer);
+    assert_eq!(handle.untracked_calls(), 0);
+    assert_eq!(handle.peer(&peer).expect("tracked").completed, 1);
+}
