@@ -21,8 +21,11 @@
 //! endpoints made from one layer are held out at once, rounded down: a cause all of them
 //! share (the caller's own network) cannot empty the balancer. An endpoint over the cap
 //! stays ready, and its calls fail fast (refusals, [`was_sent`](crate::Interrupted::was_sent)
-//! false) until a probe gets through. When endpoints leave, the cap is recomputed and a
-//! held-out endpoint over it is let go.
+//! false) until a probe gets through; its load is the worst between its probes, and the
+//! best when its probe is due or its peer is back, so a balancer still sends it its probes
+//! and takes it back. When endpoints leave, the cap is recomputed and a held-out endpoint
+//! over it is let go. After [`shutdown`](crate::InterruptHandle::shutdown) no endpoint is
+//! held out: each is ready (woken if it waited), and its calls are refused at once.
 //!
 //! ```
 //! use std::net::SocketAddr;
@@ -157,6 +160,22 @@ pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
     ejection: Option<Ejection>,
 }
 
+/// When `peer`'s endpoint, ejected, may take its next probe: when its `ejection` ends,
+/// and for a silent peer no sooner than the peer's own backoff allows (`None`: a probe of
+/// the peer is in flight).
+fn probe_at(peer: &Peer, ejection: &Ejection, now: Instant) -> Option<Instant> {
+    let peer_due = match peer.state().is_open() {
+        true => Some(now),
+        false => peer.probe_due_at(),
+    };
+    peer_due.map(|at| at.max(ejection.until()))
+}
+
+/// Whether `peer` is out: silent, or its calls failed to reach it in a row.
+fn is_out(peer: &Peer) -> bool {
+    !peer.state().is_open() || peer.failing() >= FAILURES_TO_HOLD
+}
+
 /// The layer over an endpoint's client.
 type Inner<S, K, F, C> = AdaptiveTimeout<S, K, FixedKey<K, F>, C>;
 
@@ -228,8 +247,8 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
             });
             // Registered before the state is read: a change after the read wakes us.
             wake.as_mut().enable();
-            let silent = !peer.state().is_open();
-            if !silent && peer.failing() < FAILURES_TO_HOLD {
+            // After shutdown every call is refused at once: nothing to hold out for.
+            if !is_out(&peer) || self.table.is_shut_down() {
                 (self.ejection, self.wake) = (None, None);
                 return self.release();
             }
@@ -246,14 +265,7 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
                         .insert(Ejection::start(now, times, background))
                 }
             };
-            // A silent peer takes a probe only when its own backoff allows (`None`: one
-            // is in flight).
-            let peer_due = if silent {
-                peer.probe_due_at()
-            } else {
-                Some(now)
-            };
-            let due = peer_due.map(|at| at.max(ejection.until()));
+            let due = probe_at(&peer, ejection, now);
             if due.is_some_and(|at| now >= at) {
                 let table = &self.table;
                 if probe::send(self.probe.as_ref(), table, &self.key) {
@@ -265,6 +277,8 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
                 return self.release();
             }
             if !self.hold() {
+                // Over the cap: ready, its ejection kept to space its probes; its load
+                // brings the balancer back to it when its probe is due or its peer is back.
                 return false;
             }
             match self.wake.as_mut().map(|w| w.as_mut().poll(cx, due)) {
@@ -356,13 +370,14 @@ impl<S: std::fmt::Debug, K: PeerKey, F, C> std::fmt::Debug for Endpoint<S, K, F,
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub enum EndpointLoad<M> {
     /// The endpoint's probe is due: lower than any load, so the probe goes. Also an
-    /// endpoint whose peer went out since the balancer last polled it: picked, it is
-    /// polled, and held out.
+    /// endpoint whose peer went out since the balancer last polled it (picked, it is
+    /// polled, and held out), and one over the ejection cap whose peer came back since
+    /// (picked, it is polled, and its ejection ends).
     ProbeDue,
     /// The inner service's load.
     Load(M),
     /// The peer is silent or refusing calls (or its probe is in flight) and no probe is
-    /// due: the worst load there is.
+    /// due: the worst load there is, held out or over the ejection cap.
     Silent,
 }
 
@@ -372,14 +387,26 @@ impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K
     type Metric = EndpointLoad<S::Metric>;
 
     fn load(&self) -> Self::Metric {
-        let out = |p: &Arc<Peer>| !p.state().is_open() || p.failing() >= FAILURES_TO_HOLD;
-        match &self.ejection {
-            Some(ejection) if ejection.probe_due() && !self.held => EndpointLoad::ProbeDue,
-            Some(_) => EndpointLoad::Silent,
-            // Out since the balancer last polled it (it waits in the balancer's ready set,
-            // not polled again until picked): picked, its poll holds it out.
-            None if self.peer.as_ref().is_some_and(out) => EndpointLoad::ProbeDue,
-            None => EndpointLoad::Load(self.inner.get_ref().load()),
+        use EndpointLoad::{Load, ProbeDue, Silent};
+        let load = || Load(self.inner.get_ref().load());
+        // A ready endpoint waits in the balancer's ready set, not polled again until it is
+        // picked: whatever its peer did since its last poll, its load gets it picked when
+        // that poll has something to do.
+        let Some(peer) = &self.peer else {
+            return load();
+        };
+        let out = is_out(peer);
+        let Some(ejection) = &self.ejection else {
+            // Out since the last poll: picked, its poll holds it out.
+            return if out { ProbeDue } else { load() };
+        };
+        let now = Instant::now();
+        // Not held out (over the cap) and back since the last poll, or let in for its
+        // probe, or its probe due: picked, its poll clears its ejection or lets the probe go.
+        let due = || probe_at(peer, ejection, now).is_some_and(|at| at <= now);
+        match self.held {
+            false if !out || ejection.probe_due() || due() => ProbeDue,
+            _ => Silent,
         }
     }
 }

@@ -60,8 +60,7 @@ pub struct FixedPeerLayer<K, F, C = AllSamples> {
 }
 
 impl<K, F, C> FixedPeerLayer<K, F, C> {
-    pub(crate) fn new(table: Arc<PeerTable<K>>, key_fn: F, classify: C, key: K) -> Self {
-        let key_fn = FixedKey::new(key, key_fn);
+    pub(crate) fn new(table: Arc<PeerTable<K>>, key_fn: FixedKey<K, F>, classify: C) -> Self {
         FixedPeerLayer {
             table,
             key_fn,

@@ -178,7 +178,8 @@ impl<K: PeerKey> InterruptHandle<K> {
     /// shut down (every service and handle made from it). A tracked peer counts the calls
     /// it ended in [`PeerSnapshot::manual_interrupts`](crate::PeerSnapshot) and those it
     /// refused after in [`PeerSnapshot::refused`](crate::PeerSnapshot) (with the `metrics`
-    /// feature, `interrupts_total{reason="shutdown"}` and `refused_total`).
+    /// feature, `interrupts_total{reason="shutdown"}` and `refused_total`). Balanced
+    /// endpoints held out are woken, ready for their refusals.
     #[track_caller]
     pub fn shutdown(&self) {
         let fired = Fired {

@@ -9,13 +9,13 @@ use tower_layer::Layer;
 
 use crate::balance::{EndpointLayer, DEFAULT_MAX_EJECTION_PERCENT};
 use crate::classify::{AllSamples, Classifier, Outcome};
-use crate::fixed::FixedPeerLayer;
+use crate::fixed::{FixedKey, FixedPeerLayer};
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::peer::key::Classed;
 use crate::peer::key::{ByPeer, KeyFn, PeerKey};
 use crate::peer::table::{EjectionTimes, DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_TIME};
 use crate::peer::table::{PeerTable, Policies};
-use crate::policy::{PolicyError, TimeoutPolicy};
+use crate::policy::{PolicyError, TimeoutPolicy, MAX_DEADLINE};
 use crate::propagate::Propagation;
 use crate::service::AdaptiveTimeout;
 
@@ -110,7 +110,8 @@ impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
     /// The layer for a direct client of one peer (a tonic `Channel`, a pool to one host),
     /// whose calls all go to `peer` whatever their requests name: a [`FixedPeer`], ready
     /// when its inner service is, whose calls to a silent peer fail fast as through this
-    /// layer. Not for a balancer: use [`for_endpoint`](Self::for_endpoint) there.
+    /// layer. Not for a balancer: use [`for_endpoint`](Self::for_endpoint) there. With
+    /// response bodies watched (feature `http`), `with_bodies().for_peer(peer)`.
     ///
     /// [`FixedPeer`]: crate::FixedPeer
     pub fn for_peer(&self, peer: K) -> FixedPeerLayer<K, F, C>
@@ -118,8 +119,23 @@ impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
         F: Clone,
         C: Clone,
     {
-        let (key_fn, classify) = (self.key_fn.clone(), self.classify.clone());
-        FixedPeerLayer::new(self.table.clone(), key_fn, classify, peer)
+        let fixed = self.fixed(peer);
+        FixedPeerLayer::new(fixed.table, fixed.key_fn, fixed.classify)
+    }
+
+    /// This layer with every call's peer fixed to `peer` (the key function still gives
+    /// tokens, deadlines and classes): the layer under [`for_peer`](Self::for_peer) and
+    /// the body layer's own.
+    pub(crate) fn fixed(&self, peer: K) -> AdaptiveTimeoutLayer<K, FixedKey<K, F>, C>
+    where
+        F: Clone,
+        C: Clone,
+    {
+        AdaptiveTimeoutLayer {
+            table: self.table.clone(),
+            key_fn: FixedKey::new(peer, self.key_fn.clone()),
+            classify: self.classify.clone(),
+        }
     }
 
     /// The layer for one endpoint of a balancer (`tower::balance`), whose calls all go to
@@ -284,7 +300,8 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
     /// callers fewer probes of a peer that stays away (each waits out its deadline, or
     /// fails at once), and readmit one that came back later. `Duration::ZERO` probes as
     /// often as the peer's own probe backoff allows (as a direct client does); a `base`
-    /// longer than `max` is refused at [`build`](Self::build).
+    /// longer than `max`, or a `max` over [`MAX_DEADLINE`] (24h; `Duration::MAX` would
+    /// hold an endpoint out for good), is refused at [`build`](Self::build).
     pub fn ejection_time(mut self, base: Duration, max: Duration) -> Self {
         self.ejection_times = EjectionTimes { base, max };
         self
@@ -391,6 +408,14 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
         }
         if self.ejection_times.base > self.ejection_times.max {
             let why = "the first ejection (base) must not be longer than the longest (max)";
+            return Err(PolicyError::new("ejection_time", why));
+        }
+        if self.ejection_times.max > MAX_DEADLINE {
+            // Longer is "held out for good": a balancer whose endpoints all are would hang.
+            let why = format!(
+                "the longest ejection (max) must be at most {MAX_DEADLINE:?}, got {:?}",
+                self.ejection_times.max
+            );
             return Err(PolicyError::new("ejection_time", why));
         }
         if self.max_classes > MAX_CLASSES {

@@ -15,6 +15,7 @@ use super::timeout_body::{BodySettings, Idle, TimeoutBody};
 use crate::call::Ended;
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
+use crate::fixed::FixedKey;
 use crate::future::ResponseFuture;
 use crate::handle::{AdaptiveTimeoutHandle, InterruptHandle};
 use crate::layer::AdaptiveTimeoutLayer;
@@ -102,6 +103,37 @@ impl<K: PeerKey, F, C> BodyTimeoutLayer<K, F, C> {
     pub fn idle_rule(mut self, rule: IdleRule) -> Self {
         self.idle = rule;
         self
+    }
+
+    /// The body layer for a direct client of one peer (a tonic `Channel`), as
+    /// [`AdaptiveTimeoutLayer::for_peer`] is without bodies: every call goes to `peer`
+    /// whatever its request names, its services are ready when the client is, and calls
+    /// to a silent peer fail fast.
+    ///
+    /// ```
+    /// use tower::{service_fn, BoxError, Layer};
+    /// use tower_adaptive_timeout::{AdaptiveTimeoutLayer, HttpPeer};
+    ///
+    /// # fn main() -> Result<(), BoxError> {
+    /// let layer = AdaptiveTimeoutLayer::http().build()?;
+    /// let peer: HttpPeer = "http://10.0.0.7:50051".parse()?;
+    /// // A path-only request (as a tonic client sends to its channel) counts for `peer`.
+    /// let client = service_fn(|_: http::Request<String>| async {
+    ///     Ok::<_, BoxError>(http::Response::new(String::new()))
+    /// });
+    /// let svc = layer.with_bodies().for_peer(peer).layer(client);
+    /// # let _ = svc;
+    /// # Ok(()) }
+    /// ```
+    pub fn for_peer(&self, peer: K) -> BodyTimeoutLayer<K, FixedKey<K, F>, C>
+    where
+        F: Clone,
+        C: Clone,
+    {
+        BodyTimeoutLayer {
+            layer: self.layer.fixed(peer),
+            idle: self.idle,
+        }
     }
 
     /// A handle to fire interrupts into calls (and bodies) in flight.

@@ -157,6 +157,13 @@ impl<K> PeerTable<K> {
     /// the fire moves past (admission reads the generation first).
     pub(crate) fn shut_down(&self, fired: Fired) {
         let _ = self.shutdown.set(fired);
+        // Held-out endpoints wake to be ready for their refusals.
+        self.endpoints.wake_held_out();
+    }
+
+    /// Whether `shutdown` refuses every call from now on.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.get().is_some()
     }
 
     /// Tracked peers now.

@@ -34,7 +34,8 @@ pub(crate) struct EndpointSet<K> {
     base_ns: AtomicU64,
     max_ns: AtomicU64,
     members: Mutex<HashMap<K, Member>>,
-    /// Wakes the held-out endpoints when the cap has shrunk below how many are held out.
+    /// Wakes the held-out endpoints when the cap has shrunk below how many are held out,
+    /// or the layer was shut down.
     shrunk: Arc<Notify>,
 }
 
@@ -83,9 +84,15 @@ impl<K> EndpointSet<K> {
     }
 
     /// A registration woken when endpoints left and the cap no longer covers every
-    /// endpoint held out: each held-out endpoint then asks [`EndpointSet::keep`].
+    /// endpoint held out (each held-out endpoint then asks [`EndpointSet::keep`]), or by
+    /// [`EndpointSet::wake_held_out`].
     pub(crate) fn shrunk(&self) -> OwnedNotified {
         self.shrunk.clone().notified_owned()
+    }
+
+    /// Wakes every held-out endpoint, to look at its state again (the layer was shut down).
+    pub(crate) fn wake_held_out(&self) {
+        self.shrunk.notify_waiters();
     }
 
     /// How many of `members` may be held out at once.
