@@ -20,6 +20,7 @@ const MILLIS_MAX_VALUE: u64 = 9_999_999_999_999_999_999;
 /// Whether a `grpc-timeout` value can hold `d` (rounded down, as
 /// [`format_grpc_timeout`] does): at most 99,999,999 whole hours. A longer deadline is
 /// no limit for the header, which is then not written.
+#[cfg(feature = "http")]
 pub(crate) fn grpc_timeout_holds(d: Duration) -> bool {
     d.as_secs() / 3600 <= GRPC_MAX_VALUE
 }
@@ -27,6 +28,7 @@ pub(crate) fn grpc_timeout_holds(d: Duration) -> bool {
 /// Whether a milliseconds value can hold `d` (rounded down, as [`format_millis`] does):
 /// at most 19 nines of whole milliseconds. A longer deadline is no limit for the header,
 /// which is then not written.
+#[cfg(feature = "http")]
 pub(crate) fn millis_hold(d: Duration) -> bool {
     d.as_millis() <= u128::from(MILLIS_MAX_VALUE)
 }
