@@ -70,8 +70,8 @@ impl Deref for PeerRef {
 pub(crate) struct InFlight {
     peer: CallPeer,
     /// The call's stripe: where it is counted in flight (if `counted`), and where it
-    /// waits for its peer's interrupts.
-    stripe: u32,
+    /// waits for its peer's interrupts. Stripes number at most `MAX_STRIPES` (32).
+    stripe: u8,
     /// Its registration in that stripe of its peer's interrupts, made when it first waits
     /// ([`NOT_WAITING`]: none).
     slot: u32,
@@ -81,9 +81,16 @@ pub(crate) struct InFlight {
     probe: bool,
     /// Whether its outcome was recorded (or it never was in flight).
     ended: bool,
-    /// How its head was answered, and after how long, once it was.
+    /// Whether the layer wrote the call's deadline into its request for the callee. Kept
+    /// here, beside the other flags, so a call stays within 128 bytes and futures move it
+    /// without a `memcpy` call.
+    propagated: bool,
+    /// How its head was answered, once it was, and after how many seconds (an `f32`, for
+    /// the same reason: the latency histogram of the `metrics` feature takes seconds).
     #[cfg(feature = "http")]
-    head: Option<(Outcome, Duration)>,
+    head: Option<Outcome>,
+    #[cfg(feature = "http")]
+    head_secs: f32,
 }
 
 impl InFlight {
@@ -92,13 +99,16 @@ impl InFlight {
         InFlight {
             peer: CallPeer::Tracked(peer),
             // Stripes number at most `MAX_STRIPES`.
-            stripe: stripe as u32,
+            stripe: stripe as u8,
             slot: NOT_WAITING,
             counted: true,
             probe: false,
             ended: false,
+            propagated: false,
             #[cfg(feature = "http")]
             head: None,
+            #[cfg(feature = "http")]
+            head_secs: 0.0,
         }
     }
 
@@ -106,13 +116,16 @@ impl InFlight {
     pub(crate) fn untracked(interrupts: Arc<Interrupts>) -> Self {
         InFlight {
             peer: CallPeer::Untracked(interrupts),
-            stripe: crate::stripe::current() as u32,
+            stripe: crate::stripe::current() as u8,
             slot: NOT_WAITING,
             counted: false,
             probe: false,
             ended: false,
+            propagated: false,
             #[cfg(feature = "http")]
             head: None,
+            #[cfg(feature = "http")]
+            head_secs: 0.0,
         }
     }
 
@@ -135,6 +148,16 @@ impl InFlight {
         (self.ended, self.counted) = (true, false);
     }
 
+    /// Notes that the layer wrote the call's deadline into its request for the callee.
+    pub(crate) fn set_propagated(&mut self) {
+        self.propagated = true;
+    }
+
+    /// Whether the layer wrote the call's deadline into its request for the callee.
+    pub(crate) fn propagated(&self) -> bool {
+        self.propagated
+    }
+
     /// Whom the call is for.
     pub(crate) fn peer(&self) -> &CallPeer {
         &self.peer
@@ -145,7 +168,7 @@ impl InFlight {
     pub(crate) fn wait(&mut self, waker: &Waker) {
         self.peer
             .interrupts()
-            .wait(self.stripe, &mut self.slot, waker);
+            .wait(u32::from(self.stripe), &mut self.slot, waker);
     }
 
     /// Whether the call is registered with its peer's interrupts.
@@ -159,13 +182,15 @@ impl InFlight {
     #[cfg(feature = "http")]
     pub(crate) fn head_answered(&mut self, outcome: Outcome, latency: Duration) {
         self.probe = false;
-        self.head = Some((outcome, latency));
+        self.head = Some(outcome);
+        self.head_secs = latency.as_secs_f32();
     }
 
     /// Counts the call as answered if its head was; otherwise it was abandoned.
     fn abandoned(&self, p: &Peer) {
         #[cfg(feature = "http")]
-        if let Some((outcome, latency)) = self.head {
+        if let Some(outcome) = self.head {
+            let latency = Duration::try_from_secs_f32(self.head_secs).unwrap_or(Duration::MAX);
             return p.on_body_answered(outcome, latency);
         }
         p.on_abandon(Instant::now(), self.probe, None);
@@ -186,7 +211,9 @@ impl InFlight {
 /// `InFlight` dropped without one records an abandon, and gives the count back.
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.peer.interrupts().leave(self.stripe, &mut self.slot);
+        self.peer
+            .interrupts()
+            .leave(u32::from(self.stripe), &mut self.slot);
         if let CallPeer::Tracked(p) = &self.peer {
             if !self.ended {
                 self.abandoned(p);
