@@ -1,0 +1,232 @@
+//! The health state machine, driven by hand: events in, verdicts and transitions out.
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn two_independent_misses_make_a_peer_silent() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    let t = h
+        .on_deadline(t0 + ms(100), t0 + ms(1), false, &policy)
+        .unwrap();
+    assert_eq!((t.from, t.to), (PeerState::Healthy, PeerState::Suspect));
+    let t = h
+        .on_deadline(t0 + ms(110), t0 + ms(2), false, &policy)
+        .unwrap();
+    assert_eq!(t.to, PeerState::Silent);
+    let probe_at = h.next_probe_at();
+    assert!(probe_at >= t0 + ms(110) + policy.probe_backoff);
+    assert!(probe_at <= t0 + ms(110) + policy.probe_backoff * 5 / 4);
+}
+
+#[test]
+fn a_miss_overtaken_by_an_answer_is_the_tail() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    assert!(h.on_response(t0 + ms(50)).is_none());
+    // Started before the answer at 50ms: not independent.
+    assert!(h
+        .on_deadline(t0 + ms(100), t0 + ms(10), false, &policy)
+        .is_none());
+    assert_eq!(h.state(), PeerState::Healthy);
+}
+
+#[test]
+fn probes_go_one_at_a_time_and_back_off() {
+    let policy = TimeoutPolicy::default()
+        .probe_backoff(ms(100))
+        .probe_backoff_max(ms(300));
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    h.on_deadline(t0, t0, false, &policy);
+    h.on_deadline(t0, t0, false, &policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    assert_eq!(h.admit(t0 + ms(50), &policy).0, Verdict::FailFast);
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+    assert_eq!(h.admit(at, &policy).0, Verdict::FailFast);
+    h.on_deadline(at + ms(10), at, true, &policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    let wait = h.next_probe_at() - (at + ms(10));
+    assert!(wait >= ms(200) && wait <= ms(250), "{wait:?}");
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+    h.on_deadline(at, at, true, &policy);
+    let wait = h.next_probe_at() - at;
+    assert!(wait >= ms(300) && wait <= ms(375), "capped: {wait:?}");
+    let at = h.next_probe_at();
+    h.admit(at, &policy);
+    let t = h.on_response(at + ms(1)).unwrap();
+    assert_eq!((t.from, t.to), (PeerState::Probing, PeerState::Healthy));
+}
+
+#[test]
+fn an_abandoned_probe_frees_the_slot_but_keeps_the_backoff() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    h.on_deadline(t0, t0, false, &policy);
+    h.on_deadline(t0, t0, false, &policy);
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+    h.on_abandon(true, at + ms(1));
+    assert_eq!(h.state(), PeerState::Silent);
+    assert_eq!(h.admit(at + ms(2), &policy).0, Verdict::FailFast);
+    let next = h.next_probe_at();
+    assert!(next >= at + ms(1) + policy.probe_backoff, "{:?}", next - at);
+    assert!(matches!(h.admit(next, &policy).0, Verdict::Probe(_)));
+}
+
+/// Silent at `t0`, having answered with a 25ms deadline before.
+fn silent(policy: &TimeoutPolicy, t0: Instant) -> Health {
+    let mut h = Health::new(t0, 7);
+    h.note_deadline(ms(25));
+    h.on_deadline(t0, t0, false, policy);
+    h.on_deadline(t0, t0, false, policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    h
+}
+
+#[test]
+fn probes_alternate_a_long_deadline_that_doubles_with_short_ones() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    let mut deadlines = Vec::new();
+    let mut now = t0;
+    for _ in 0..400 {
+        now = h.next_probe_at();
+        let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+            panic!("no probe at {now:?}")
+        };
+        deadlines.push(d.as_millis());
+        now += d;
+        h.on_deadline(now, now - d, true, &policy);
+    }
+    // The first is long (cold start), then short ones at the deadline from before the
+    // silence, until long_probe_spacing times the long one has passed; the next long
+    // one would double, but stays at cold start while the silence is under 100 s.
+    assert_eq!(deadlines[0], 1000);
+    assert_eq!(deadlines[1], 25);
+    let second_long = deadlines.iter().skip(1).position(|d| *d > 25).unwrap() + 1;
+    assert_eq!(deadlines[second_long], 1000);
+    assert!(deadlines[1..second_long].iter().all(|d| *d == 25));
+    assert!(now >= t0, "{now:?}");
+}
+
+#[test]
+fn no_probe_waits_longer_than_cold_start_in_the_first_minute_of_a_silence() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    // Busy callers: a probe as soon as one is due, every one running out.
+    let mut now = t0;
+    let mut longest = Duration::ZERO;
+    while now < t0 + Duration::from_secs(60) {
+        now = h.next_probe_at();
+        let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+            panic!("no probe at {:?}", now - t0)
+        };
+        longest = longest.max(d);
+        now += d;
+        h.on_deadline(now, now - d, true, &policy);
+    }
+    assert_eq!(longest, policy.cold_start);
+}
+
+#[test]
+fn long_probes_stay_at_the_first_until_the_silence_is_a_hundred_times_longer() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    // A quiet peer: a call every 10 s, each one a probe.
+    let mut longest = Vec::new();
+    for minute in 1..=70u64 {
+        let mut now = t0 + Duration::from_secs(60 * (minute - 1));
+        let mut top = Duration::ZERO;
+        while now < t0 + Duration::from_secs(60 * minute) {
+            now = now.max(h.next_probe_at());
+            let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+                panic!("no probe at {:?}", now - t0)
+            };
+            top = top.max(d);
+            now += d;
+            h.on_deadline(now, now - d, true, &policy);
+            now += Duration::from_secs(10);
+        }
+        longest.push(top);
+    }
+    // Cold start (1 s) for the first 100 s, then at most a 100th of the silence:
+    // `max` after 50 minutes.
+    assert_eq!(longest[0], ms(1_000));
+    for (minute, d) in (1..).zip(&longest) {
+        let cap = Duration::from_secs(60 * minute) / LONG_PROBE_PATIENCE;
+        assert!(*d <= cap.max(ms(1_000)), "minute {minute}: {longest:?}");
+    }
+    assert_eq!(longest[55..].iter().max(), Some(&policy.max));
+}
+
+#[test]
+fn a_failed_probe_makes_the_next_one_long() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    let at = h.next_probe_at();
+    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(1000)));
+    h.on_deadline(at + ms(1000), at, true, &policy);
+    let at = h.next_probe_at();
+    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(25)));
+    h.on_probe_end(at + ms(1), ProbeEnd::Failed, &policy);
+    // Long at once, at cold start while the silence is under 100 s.
+    let at = h.next_probe_at();
+    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(1000)));
+}
+
+#[test]
+fn a_probe_cut_by_its_caller_frees_the_slot() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+    let t = h
+        .on_probe_end(at + ms(5), ProbeEnd::CallerCut, &policy)
+        .unwrap();
+    assert_eq!((t.from, t.to), (PeerState::Probing, PeerState::Silent));
+    assert!(matches!(
+        h.admit(h.next_probe_at(), &policy).0,
+        Verdict::Probe(_)
+    ));
+}
+
+#[test]
+fn fail_fast_off_probes_one_call_and_shortens_the_rest() {
+    let policy = TimeoutPolicy::default().fail_fast(false);
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    assert_eq!(h.admit(t0, &policy).0, Verdict::Shortened);
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+    assert_eq!(h.admit(at, &policy).0, Verdict::Shortened);
+    let t = h.on_response(at + ms(20)).unwrap();
+    assert_eq!(t.to, PeerState::Healthy);
+}
+
+#[test]
+fn turning_detection_off_releases_a_silent_peer() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = silent(&policy, t0);
+    let off = policy.clone().silent_after_misses(0);
+    let t = h.release_if_detection_off(&off).unwrap();
+    assert_eq!(t.to, PeerState::Healthy);
+    let mut h = silent(&policy, t0);
+    assert_eq!(h.admit(t0, &off).0, Verdict::Go);
+    assert_eq!(h.state(), PeerState::Healthy);
+}
