@@ -65,6 +65,7 @@ use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::{EndpointSet, PeerTable};
 use crate::peer::Peer;
 use crate::service::AdaptiveTimeout;
+use crate::PeerState;
 
 mod hold;
 mod probe;
@@ -171,9 +172,16 @@ fn probe_at(peer: &Peer, ejection: &Ejection, now: Instant) -> Option<Instant> {
     peer_due.map(|at| at.max(ejection.until()))
 }
 
-/// Whether `peer` is out: silent, or its calls failed to reach it in a row.
-fn is_out(peer: &Peer) -> bool {
-    !peer.state().is_open() || peer.failing() >= FAILURES_TO_HOLD
+/// Whether `peer` is out: silent, or its calls failed to reach it in a row. With probes
+/// in the `background` one miss (the peer suspect) or one failure is enough: a probe, not
+/// a caller's call, then confirms it or brings the endpoint back, so a lone caller loses
+/// one call to a dead endpoint instead of two.
+fn is_out(peer: &Peer, background: bool) -> bool {
+    let state = peer.state();
+    if background {
+        return state != PeerState::Healthy || peer.failing() >= 1;
+    }
+    !state.is_open() || peer.failing() >= FAILURES_TO_HOLD
 }
 
 /// The layer over an endpoint's client.
@@ -248,7 +256,7 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
             // Registered before the state is read: a change after the read wakes us.
             wake.as_mut().enable();
             // After shutdown every call is refused at once: nothing to hold out for.
-            if !is_out(&peer) || self.table.is_shut_down() {
+            if !is_out(&peer, self.probe.is_some()) || self.table.is_shut_down() {
                 (self.ejection, self.wake) = (None, None);
                 return self.release();
             }
@@ -395,7 +403,7 @@ impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K
         let Some(peer) = &self.peer else {
             return load();
         };
-        let out = is_out(peer);
+        let out = is_out(peer, self.probe.is_some());
         let Some(ejection) = &self.ejection else {
             // Out since the last poll: picked, its poll holds it out.
             return if out { ProbeDue } else { load() };
