@@ -38,9 +38,7 @@ use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use tower::retry::Policy;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{
-    AdaptiveTimeoutLayer, DeadlineSource, Interrupted, Reason, TimeoutPolicy,
-};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
 
 /// When the fault starts and ends, and when the run ends.
 const FAULT_AT: Duration = Duration::from_secs(5);
@@ -104,9 +102,8 @@ impl Server {
     }
 }
 
-/// README's retry recipe, for a balancer: a call that never got an answer (refused before
-/// it was sent, unless the caller's budget is spent; cut by its peer's silence or by the
-/// peer's own deadline, not the caller's) is tried again, at most `left` more times.
+/// README's retry recipe, for a balancer: a call that got no answer
+/// ([`Interrupted::is_unanswered`]) is tried again, at most `left` more times.
 #[derive(Clone)]
 struct Again {
     left: usize,
@@ -117,14 +114,7 @@ impl<T> Policy<u64, T, BoxError> for Again {
 
     fn retry(&mut self, _: &mut u64, result: &mut Result<T, BoxError>) -> Option<Ready<()>> {
         let err = Interrupted::find(&**result.as_ref().err()?)?;
-        let unanswered = match err.reason() {
-            Reason::BudgetSpent => false,
-            Reason::DeadlineExceeded { explanation, .. } => {
-                explanation.source != DeadlineSource::Caller
-            }
-            _ => err.is_refusal() || err.is_silence(),
-        };
-        if !unanswered || self.left == 0 {
+        if !err.is_unanswered() || self.left == 0 {
             return None;
         }
         self.left -= 1;

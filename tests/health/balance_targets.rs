@@ -25,9 +25,7 @@ use tower::load::{CompleteOnResponse, Load, PeakEwma, PendingRequests};
 use tower::retry::Policy;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_adaptive_timeout::{
-    AdaptiveTimeoutLayer, DeadlineSource, Interrupted, Reason, TimeoutPolicy,
-};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
 
 use support::ms;
 
@@ -54,9 +52,8 @@ fn layer() -> AdaptiveTimeoutLayer<u64, fn(&u64) -> u64> {
         .unwrap()
 }
 
-/// README's retry recipe's rule: what never got an answer (refused before it was sent
-/// unless the caller's budget is spent, cut by its peer's silence, or by the peer's own
-/// deadline rather than the caller's) is tried again, at most `left` more times.
+/// README's retry recipe's rule: what got no answer (`Interrupted::is_unanswered`) is
+/// tried again, at most `left` more times.
 #[derive(Clone)]
 struct Elsewhere {
     left: usize,
@@ -67,14 +64,7 @@ impl<T> Policy<u64, T, BoxError> for Elsewhere {
 
     fn retry(&mut self, _: &mut u64, result: &mut Result<T, BoxError>) -> Option<Ready<()>> {
         let err = Interrupted::find(&**result.as_ref().err()?)?;
-        let unanswered = match err.reason() {
-            Reason::BudgetSpent => false,
-            Reason::DeadlineExceeded { explanation, .. } => {
-                explanation.source != DeadlineSource::Caller
-            }
-            _ => err.is_refusal() || err.is_silence(),
-        };
-        if !unanswered || self.left == 0 {
+        if !err.is_unanswered() || self.left == 0 {
             return None;
         }
         self.left -= 1;
@@ -104,6 +94,7 @@ async fn with_background_probes_one_miss_holds_the_endpoint_out() {
     let missed = endpoint.ready().await.unwrap().call(30).await;
     let err = Interrupted::find(&*missed.unwrap_err()).cloned().unwrap();
     assert!(err.is_timeout(), "the call in flight ran out: {err}");
+    assert!(err.is_unanswered(), "worth trying elsewhere: {err}");
     // No second caller's call goes: the background probe confirms the silence.
     let ready = poll_fn(|cx| Poll::Ready(endpoint.poll_ready(cx).is_ready())).await;
     assert!(!ready, "held out after one miss");
@@ -114,6 +105,35 @@ async fn with_background_probes_one_miss_holds_the_endpoint_out() {
         .await
         .expect("a background probe brought it back")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_got_no_answer_is_worth_trying_elsewhere_and_a_cancel_is_not() {
+    let silent = Arc::new(AtomicBool::new(false));
+    let layer = layer();
+    let mut svc = layer.for_peer(0).layer(server(silent.clone()));
+    for n in 0..30 {
+        svc.ready().await.unwrap().call(n).await.unwrap();
+    }
+    silent.store(true, Relaxed);
+    let mut errors = Vec::new();
+    for n in 0..3 {
+        let err = svc.ready().await.unwrap().call(n).await.unwrap_err();
+        errors.push(Interrupted::find(&*err).cloned().unwrap());
+    }
+    let [missed, declared, refused] = &errors[..] else {
+        unreachable!()
+    };
+    assert!(missed.is_timeout() && missed.is_unanswered(), "{missed}");
+    assert!(
+        declared.is_silence() && declared.is_unanswered(),
+        "{declared}"
+    );
+    assert!(refused.is_refusal() && refused.is_unanswered(), "{refused}");
+    layer.interrupt_handle().shutdown();
+    let err = svc.ready().await.unwrap().call(3).await.unwrap_err();
+    let shut = Interrupted::find(&*err).unwrap();
+    assert!(shut.is_refusal() && !shut.is_unanswered(), "{shut}");
 }
 
 /// One caller (20 ms between calls) through p2c over two endpoints with background probes,
