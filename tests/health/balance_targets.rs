@@ -7,7 +7,7 @@
 
 use crate::support;
 
-use std::future::{poll_fn, ready, Ready};
+use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, Load, PeakEwma, PendingRequests};
-use tower::retry::Policy;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Interrupted, TimeoutPolicy};
@@ -52,28 +51,11 @@ fn layer() -> AdaptiveTimeoutLayer<u64, fn(&u64) -> u64> {
         .unwrap()
 }
 
-/// README's retry recipe's rule: what got no answer (`Interrupted::is_unanswered`) is
-/// tried again, at most `left` more times.
-#[derive(Clone)]
-struct Elsewhere {
-    left: usize,
-}
-
-impl<T> Policy<u64, T, BoxError> for Elsewhere {
-    type Future = Ready<()>;
-
-    fn retry(&mut self, _: &mut u64, result: &mut Result<T, BoxError>) -> Option<Ready<()>> {
-        let err = Interrupted::find(&**result.as_ref().err()?)?;
-        if !err.is_unanswered() || self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        Some(ready(()))
-    }
-
-    fn clone_request(&mut self, req: &u64) -> Option<u64> {
-        Some(*req)
-    }
+/// Whether README's retry recipe tries `result` again: it got no answer.
+fn again<T>(result: &Result<T, BoxError>) -> bool {
+    let err = result.as_ref().err();
+    err.and_then(|e| Interrupted::find(&**e))
+        .is_some_and(Interrupted::is_unanswered)
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,9 +142,11 @@ async fn lone_caller(retries: usize) -> (u64, usize) {
     while start.elapsed() < Duration::from_secs(15) {
         let at = start.elapsed();
         flags[1].store(at >= ms(2_000) && at < ms(12_000), Relaxed);
-        let mut policy = Elsewhere { left: retries };
         let mut result = balance.ready().await.unwrap().call(calls).await;
-        while policy.retry(&mut 0, &mut result).is_some() {
+        for _ in 0..retries {
+            if !again(&result) {
+                break;
+            }
             result = balance.ready().await.unwrap().call(calls).await;
         }
         (calls, failed) = (calls + 1, failed + usize::from(result.is_err()));
