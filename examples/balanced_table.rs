@@ -9,25 +9,31 @@
 //! Printed per run, counting every call started from the fault on until it ended (none
 //! left out): the share that failed, the share sent to the faulty endpoint, the p99 of
 //! all calls' latency (beside the same run with no fault), and the faulty endpoint's
-//! share of the calls in the 5 s after it came back (3 endpoints: a fair share is 33%).
-//! With `retry` the README's `tower::retry` recipe is on top: a call refused before it
-//! was sent, or cut by its peer's silence, is tried again (twice at most).
+//! share of the calls in the 5 s after it came back (3 endpoints: a fair share is 33%), and
+//! over one decay of `PeakEwma` (at least 5 s). With `retry` the README's `tower::retry`
+//! recipe is on top: a call that got no answer (refused before it was sent, cut by its
+//! peer's silence or by the peer's own deadline) is tried again (twice at most). The
+//! probes are the callers' calls (`caller`), or the endpoints' own in the background
+//! (`bg`, `probe_with`); with `+disc` discovery removes the faulty endpoint 1 s into the
+//! fault and inserts it again (a new endpoint for the same peer) 15 s into it.
 //!
 //! ```text
-//! cargo run --release --example balanced_table --features balance
+//! cargo run --release --example balanced_table --features balance [bg|caller|discovery]
 //! ```
 
+use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::poll_fn;
 use loopback::{call_shared, Rng};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tower::balance::p2c::Balance;
-use tower::discover::ServiceList;
+use tower::discover::{Change, ServiceList};
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use tower::retry::Policy;
 use tower::util::BoxCloneSyncService;
@@ -96,8 +102,8 @@ impl Server {
     }
 }
 
-/// README's retry recipe, for a balancer: a call refused before it was sent or cut by
-/// its peer's silence is tried again, at most `left` more times.
+/// README's retry recipe, for a balancer: a call that got no answer
+/// ([`Interrupted::is_unanswered`]) is tried again, at most `left` more times.
 #[derive(Clone)]
 struct Again {
     left: usize,
@@ -108,7 +114,7 @@ impl<T> Policy<u64, T, BoxError> for Again {
 
     fn retry(&mut self, _: &mut u64, result: &mut Result<T, BoxError>) -> Option<Ready<()>> {
         let err = Interrupted::find(&**result.as_ref().err()?)?;
-        if !(err.is_refusal() || err.is_silence()) || self.left == 0 {
+        if !err.is_unanswered() || self.left == 0 {
             return None;
         }
         self.left -= 1;
@@ -155,7 +161,14 @@ struct Case {
     retry: bool,
     /// Probes sent by the endpoints in the background (`probe_with`), not callers' calls.
     background: bool,
+    /// The faulty endpoint is removed by discovery 1 s into the fault and inserted again
+    /// (a new endpoint for the same peer) 15 s into it, while its peer is still away.
+    discovery: bool,
 }
+
+/// When discovery removes the faulty endpoint, and when it inserts it again.
+const REMOVED_AT: Duration = Duration::from_secs(6);
+const INSERTED_AT: Duration = Duration::from_secs(20);
 
 async fn run(case: &Case) -> (Seen, Vec<Arc<Server>>) {
     let start = Instant::now();
@@ -167,25 +180,42 @@ async fn run(case: &Case) -> (Seen, Vec<Arc<Server>>) {
     let servers: Vec<Arc<Server>> = (0..case.endpoints).map(|_| Arc::default()).collect();
     macro_rules! balance {
         ($load:expr) => {{
-            if case.background {
-                let endpoints: Vec<_> = (0..case.endpoints)
-                    .map(|i| {
-                        // A probe straight to the server, below the load measurement.
-                        let client = servers[i].client(start);
-                        let endpoint = layer
-                            .for_endpoint(i)
-                            .probe_with(move || client.clone().oneshot(PROBE));
-                        endpoint.layer($load(servers[i].client(start)))
-                    })
-                    .collect();
-                let balance = Balance::new(ServiceList::new(endpoints));
-                drive(case, start, &servers, balance).await
+            let (servers_, background) = (servers.clone(), case.background);
+            let make = move |i: usize| {
+                let mut endpoint = layer.for_endpoint(i);
+                if background {
+                    // A probe straight to the server, below the load measurement.
+                    let client = servers_[i].client(start);
+                    endpoint = endpoint.probe_with(move || client.clone().oneshot(PROBE));
+                }
+                endpoint.layer($load(servers_[i].client(start)))
+            };
+            if case.discovery {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                for i in 0..case.endpoints {
+                    tx.send(Change::Insert(i, make(i))).unwrap();
+                }
+                let last = case.endpoints - 1;
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(start + REMOVED_AT).await;
+                    tx.send(Change::Remove(last)).unwrap();
+                    tokio::time::sleep_until(start + INSERTED_AT).await;
+                    tx.send(Change::Insert(last, make(last))).unwrap();
+                    // Kept open: a closed discovery stream ends the balancer.
+                    tokio::time::sleep_until(start + END + Duration::from_secs(60)).await;
+                });
+                let changes =
+                    poll_fn(move |cx| rx.poll_recv(cx).map(|c| c.map(Ok::<_, Infallible>)));
+                drive(case, start, &servers, Balance::new(changes)).await
             } else {
-                let endpoints: Vec<_> = (0..case.endpoints)
-                    .map(|i| layer.for_endpoint(i).layer($load(servers[i].client(start))))
-                    .collect();
-                let balance = Balance::new(ServiceList::new(endpoints));
-                drive(case, start, &servers, balance).await
+                let endpoints: Vec<_> = (0..case.endpoints).map(make).collect();
+                drive(
+                    case,
+                    start,
+                    &servers,
+                    Balance::new(ServiceList::new(endpoints)),
+                )
+                .await
             }
         }};
     }
@@ -271,7 +301,7 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "{:<8} {:<6} {:>3} {:>7} {:<11} {:<5} {:>7} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "{:<8} {:<8} {:>3} {:>7} {:<11} {:<5} {:>7} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8}",
         "fault",
         "probes",
         "eps",
@@ -283,35 +313,43 @@ fn main() {
         "to it",
         "p99",
         "p99 none",
-        "back 5s"
+        "back 5s",
+        "decay"
     );
+    // `bg`, `caller`, `discovery`: only those rows.
     let only = std::env::args().nth(1).unwrap_or_default();
-    for (fault, background, retry) in [
-        (Fault::Silent, false, false),
-        (Fault::Silent, false, true),
-        (Fault::Refusing, false, false),
-        (Fault::Silent, true, false),
-        (Fault::Silent, true, true),
-        (Fault::Refusing, true, false),
+    for (fault, background, retry, discovery) in [
+        (Fault::Silent, false, false, false),
+        (Fault::Silent, false, true, false),
+        (Fault::Refusing, false, false, false),
+        (Fault::Silent, true, false, false),
+        (Fault::Silent, true, true, false),
+        (Fault::Refusing, true, false, false),
+        (Fault::Silent, true, false, true),
+        (Fault::Silent, false, false, true),
     ] {
         let probes = if background { "bg" } else { "caller" };
-        if !only.is_empty() && only != probes {
+        let shown = match only.as_str() {
+            "" => true,
+            "discovery" => discovery,
+            _ => only == probes && !discovery,
+        };
+        if !shown {
             continue;
         }
-        {
-            for endpoints in [2, 3] {
-                for callers in [1, 8] {
-                    for metric in [Metric::EwmaTower, Metric::EwmaReadme, Metric::Pending] {
-                        let case = Case {
-                            endpoints,
-                            callers,
-                            metric,
-                            fault,
-                            retry,
-                            background,
-                        };
-                        rt.block_on(row(case));
-                    }
+        for endpoints in [2, 3] {
+            for callers in [1, 8] {
+                for metric in [Metric::EwmaTower, Metric::EwmaReadme, Metric::Pending] {
+                    let case = Case {
+                        endpoints,
+                        callers,
+                        metric,
+                        fault,
+                        retry,
+                        background,
+                        discovery,
+                    };
+                    rt.block_on(row(case));
                 }
             }
         }
@@ -334,10 +372,21 @@ async fn row(case: Case) {
         faulty.arrived(back, to) as f64 * 100.0 / all.max(1) as f64
     };
     let pct = |n: usize| n as f64 * 100.0 / seen.calls.max(1) as f64;
+    let probes = match (case.background, case.discovery) {
+        (true, false) => "bg",
+        (false, false) => "caller",
+        (true, true) => "bg+disc",
+        (false, true) => "call+disc",
+    };
+    // Within one decay: over the decay of PeakEwma's estimate (at least 5 s).
+    let decay = match case.metric {
+        Metric::Pending => 5,
+        metric => metric.decay().as_secs().max(5),
+    };
     println!(
-        "{:<8} {:<6} {:>3} {:>7} {:<11} {:<5} {:>7} {:>8.2}% {:>6.2}% {:>9.1?} {:>9.1?} {:>8.0}%",
+        "{:<8} {:<8} {:>3} {:>7} {:<11} {:<5} {:>7} {:>8.2}% {:>6.2}% {:>9.1?} {:>9.1?} {:>7.0}% {:>7.0}%",
         format!("{:?}", case.fault),
-        if case.background { "bg" } else { "caller" },
+        probes,
         case.endpoints,
         case.callers,
         format!("{:?}", case.metric),
@@ -348,5 +397,6 @@ async fn row(case: Case) {
         p99(&mut seen.latencies),
         p99(&mut quiet.latencies),
         share(back + 5),
+        share(back + decay),
     );
 }

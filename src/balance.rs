@@ -10,12 +10,15 @@
 //! around it. Under the `balance` feature its [`Load`](tower::load::Load) is the inner
 //! service's, the worst there is while it is held out ([`EndpointLoad::Silent`]).
 //!
-//! Probes are spaced as Envoy ejects: [`ejection_time`](crate::Builder::ejection_time)'s
-//! `base` (1s) after it is held out, twice as long after each failed probe, at most its
-//! `max` (4s). By default the probe is the next caller's call (the endpoint is ready for
-//! it, with the best load), which fails if the peer is still away; with
-//! [`EndpointLayer::probe_with`] the endpoint sends probes of its own in the background,
-//! every quarter of `base`, and no caller's call is a probe.
+//! Give each endpoint a probe: with [`EndpointLayer::probe_with`] the endpoint sends probes
+//! of its own in the background, every quarter of
+//! [`ejection_time`](crate::Builder::ejection_time)'s `base`, no caller's call is a probe,
+//! and one miss or one refused call holds it out (the probe confirms the peer is gone or
+//! brings the endpoint back), so a lone caller loses only the call in flight. Without one
+//! the probe is the next caller's call (the endpoint is ready for it, with the best load),
+//! which fails if the peer is still away: the endpoint is held out after two misses (its
+//! peer silent) or two refusals, and its probes are spaced as Envoy ejects, `base` (1s)
+//! after it is held out, twice as long after each failed probe, at most `max` (4s).
 //!
 //! At most `max_ejection_percent` (default 50%, like Envoy's outlier detection) of the
 //! endpoints made from one layer are held out at once, rounded down: a cause all of them
@@ -65,6 +68,7 @@ use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::table::{EndpointSet, PeerTable};
 use crate::peer::Peer;
 use crate::service::AdaptiveTimeout;
+use crate::PeerState;
 
 mod hold;
 mod probe;
@@ -102,9 +106,13 @@ impl<K, F, C> EndpointLayer<K, F, C> {
     /// one (a health check, a cheap idempotent request through a clone of the client,
     /// below any load measurement), run in the background on the tokio runtime every
     /// quarter of [`ejection_time`](crate::Builder::ejection_time)'s `base` (250ms by
-    /// default, at least 10ms), with no doubling: they cost the callers nothing. No caller's call is then a probe, and the endpoint stays
-    /// held out until a probe is answered. Without a tokio runtime at hand the next
-    /// caller's call is the probe, as without `probe_with`.
+    /// default, at least 10ms), with no doubling: they cost the callers nothing. No
+    /// caller's call is then a probe, the endpoint stays held out until a probe is
+    /// answered, and one miss (a call that ran out its deadline with no answer from the
+    /// peer since it started) or one call that failed to reach the peer is enough to hold
+    /// it out: the probe, not a second caller's call, tells whether the peer is gone.
+    /// Without a tokio runtime at hand the next caller's call is the probe, as without
+    /// `probe_with`.
     pub fn probe_with<G, Fut, T, E>(mut self, probe: G) -> Self
     where
         G: Fn() -> Fut + Send + Sync + 'static,
@@ -142,7 +150,8 @@ impl<S, K: PeerKey, F: Clone, C: Clone> Layer<S> for EndpointLayer<K, F, C> {
 /// The layer over one balanced endpoint: every call goes to its peer, fixed when it was
 /// made (the request's own key is not asked for; its token, `Deadline` and propagated
 /// budget still are). Not ready while it is held out: its peer silent, or its calls
-/// refused twice in a row, and no probe due. For a balancer only: a direct client wants
+/// refused twice in a row (with background probes: one miss or one refusal), and no probe
+/// due. For a balancer only: a direct client wants
 /// [`FixedPeer`](crate::FixedPeer). Clones count as the same endpoint.
 pub struct Endpoint<S, K: PeerKey, F, C = AllSamples> {
     inner: AdaptiveTimeout<S, K, FixedKey<K, F>, C>,
@@ -171,9 +180,16 @@ fn probe_at(peer: &Peer, ejection: &Ejection, now: Instant) -> Option<Instant> {
     peer_due.map(|at| at.max(ejection.until()))
 }
 
-/// Whether `peer` is out: silent, or its calls failed to reach it in a row.
-fn is_out(peer: &Peer) -> bool {
-    !peer.state().is_open() || peer.failing() >= FAILURES_TO_HOLD
+/// Whether `peer` is out: silent, or its calls failed to reach it in a row. With probes
+/// in the `background` one miss (the peer suspect) or one failure is enough: a probe, not
+/// a caller's call, then confirms it or brings the endpoint back, so a lone caller loses
+/// one call to a dead endpoint instead of two.
+fn is_out(peer: &Peer, background: bool) -> bool {
+    let state = peer.state();
+    if background {
+        return state != PeerState::Healthy || peer.failing() >= 1;
+    }
+    !state.is_open() || peer.failing() >= FAILURES_TO_HOLD
 }
 
 /// The layer over an endpoint's client.
@@ -214,8 +230,9 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
         self.inner.get_mut()
     }
 
-    /// Whether the endpoint is held out now: its peer is silent (or probing), or its calls
-    /// failed to reach it in a row, and its probe is not due. An endpoint over its set's
+    /// Whether the endpoint is held out now: its peer is silent (or probing; with background
+    /// probes, suspect too), or its calls failed to reach it in a row, and its probe is not
+    /// due. An endpoint over its set's
     /// cap is not held out.
     pub fn is_held_out(&self) -> bool {
         self.held
@@ -248,7 +265,7 @@ impl<S, K: PeerKey, F, C> Endpoint<S, K, F, C> {
             // Registered before the state is read: a change after the read wakes us.
             wake.as_mut().enable();
             // After shutdown every call is refused at once: nothing to hold out for.
-            if !is_out(&peer) || self.table.is_shut_down() {
+            if !is_out(&peer, self.probe.is_some()) || self.table.is_shut_down() {
                 (self.ejection, self.wake) = (None, None);
                 return self.release();
             }
@@ -395,7 +412,7 @@ impl<S: tower::load::Load, K: PeerKey, F, C> tower::load::Load for Endpoint<S, K
         let Some(peer) = &self.peer else {
             return load();
         };
-        let out = is_out(peer);
+        let out = is_out(peer, self.probe.is_some());
         let Some(ejection) = &self.ejection else {
             // Out since the last poll: picked, its poll holds it out.
             return if out { ProbeDue } else { load() };

@@ -276,6 +276,35 @@ impl Interrupted {
         matches!(self.reason, Reason::Manual(_) | Reason::Shutdown)
     }
 
+    /// Whether the call got no answer and is worth trying at another peer: its peer is
+    /// silent (refused at once, or cut in flight), or the peer's own deadline ran out (not
+    /// the caller's, [`DeadlineSource::Caller`]). A call that was sent may have reached its
+    /// peer: retry those only if the request is idempotent. A spent budget is spent for the
+    /// next attempt too, a body that stopped mid-way ([`Reason::BodyIdle`]) had an answer,
+    /// and a cancel (by hand, a fired token, a shutdown) is final.
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::Interrupted;
+    ///
+    /// /// README's retry rule: try again elsewhere what got no answer.
+    /// fn again(err: &tower::BoxError) -> bool {
+    ///     Interrupted::find(&**err).is_some_and(Interrupted::is_unanswered)
+    /// }
+    /// # let _ = again;
+    /// ```
+    pub fn is_unanswered(&self) -> bool {
+        match &self.reason {
+            Reason::DeadlineExceeded { explanation, .. } => {
+                explanation.source != DeadlineSource::Caller
+            }
+            Reason::PeerSilent { .. } => true,
+            Reason::BudgetSpent
+            | Reason::BodyIdle { .. }
+            | Reason::Manual(_)
+            | Reason::Shutdown => false,
+        }
+    }
+
     /// Finds an `Interrupted` in `err` or in its `source()` chain, looking at most 64
     /// errors deep (a chain that loops back into itself ends there, found or not).
     pub fn find<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a Interrupted> {

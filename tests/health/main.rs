@@ -7,6 +7,7 @@ pub mod support;
 
 mod balance_endpoints;
 mod balance_refusals;
+mod balance_targets;
 mod endpoint_roles;
 mod faults_tcp;
 mod health_events;
