@@ -101,7 +101,9 @@ impl HedgeKind {
             HedgeKind::Layer { quantile } if quantile == DEFAULT_HEDGE_QUANTILE => {
                 format!("this layer, hedged at defaults (p{})", percent(quantile))
             }
-            HedgeKind::Layer { quantile } => format!("this layer, hedged at p{}", percent(quantile)),
+            HedgeKind::Layer { quantile } => {
+                format!("this layer, hedged at p{}", percent(quantile))
+            }
             HedgeKind::Tower { percentile } => {
                 format!("tower::hedge at p{}", percent(f64::from(percentile)))
             }
@@ -170,7 +172,11 @@ impl tower::hedge::Policy<HReq> for Always {
 }
 
 /// The stack of `kind` over fresh peers.
-fn stack(kind: HedgeKind, seed: u64, calls: Arc<Mutex<u64>>) -> BoxCloneSyncService<HReq, (), BoxError> {
+fn stack(
+    kind: HedgeKind,
+    seed: u64,
+    calls: Arc<Mutex<u64>>,
+) -> BoxCloneSyncService<HReq, (), BoxError> {
     let layer = AdaptiveTimeoutLayer::builder((|r: &HReq| r.peer) as fn(&HReq) -> u16)
         .policy(TimeoutPolicy::default())
         .jitter_seed(seed)

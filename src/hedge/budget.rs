@@ -48,9 +48,9 @@ impl Budget {
 
     /// Gives back a token taken for a copy that did not go out.
     pub(crate) fn refund(&self) {
-        let _ = self.balance.fetch_update(Relaxed, Relaxed, |b| {
-            Some((b + MICROS).min(self.cap))
-        });
+        let _ = self
+            .balance
+            .fetch_update(Relaxed, Relaxed, |b| Some((b + MICROS).min(self.cap)));
     }
 }
 

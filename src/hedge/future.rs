@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::{Count, Shared};
@@ -19,6 +19,7 @@ use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
 use crate::peer::{HedgeCount, Peer};
 use crate::service::AdaptiveTimeout;
+use crate::timer::CallTimer;
 use crate::token::Interrupt;
 
 /// One copy of the request in flight: the layer's own call future.
@@ -37,9 +38,6 @@ pin_project! {
         // Its copy, once sent; `None` before, and once it ended.
         #[pin]
         second: Option<Copy<S, C, Req>>,
-        // The hedge delay; `None` for a request not hedged.
-        #[pin]
-        delay: Option<Sleep>,
         race: Option<Box<Race<AdaptiveTimeout<S, K, F, C>, Req>>>,
     }
 }
@@ -48,6 +46,10 @@ pin_project! {
 pub(super) struct Race<Svc, Req> {
     /// A clone of the service, to send the copy through.
     svc: Svc,
+    /// When the copy is due (`None` once due), and its place in the thread's deadline
+    /// queue: no tokio timer per hedged request (`src/timer.rs`).
+    due: Option<Instant>,
+    timer: CallTimer,
     /// The copy, until it is sent or given up.
     copy: Option<Req>,
     /// Whether the copy passed the peer's state, its in-flight limit and the budget (a
@@ -66,7 +68,7 @@ pub(super) struct Race<Svc, Req> {
 impl<Svc, Req> Race<Svc, Req> {
     pub(super) fn new(
         svc: Svc,
-        copy: Req,
+        (copy, after): (Req, Duration),
         token: Option<Interrupt>,
         peer: Arc<Peer>,
         shared: Arc<Shared>,
@@ -74,6 +76,8 @@ impl<Svc, Req> Race<Svc, Req> {
         let now = Instant::now();
         Race {
             svc,
+            due: now.checked_add(after),
+            timer: CallTimer::Unarmed,
             copy: Some(copy),
             admitted: false,
             tokens: [token, None],
@@ -107,7 +111,10 @@ impl<Svc, Req> Race<Svc, Req> {
         if let (Some(token), Some(err)) = (&self.tokens[1], Interrupted::find(err)) {
             token.fire(err.clone());
         }
-        tracing::debug!(peer = &**self.peer.label(), "hedged call: ended with its first copy");
+        tracing::debug!(
+            peer = &**self.peer.label(),
+            "hedged call: ended with its first copy"
+        );
     }
 
     /// The copy answered first.
@@ -151,7 +158,11 @@ where
         self.peer.count_hedge(HedgeCount::Sent);
         self.shared.count(Count::Sent);
         let after = self.started[1].saturating_duration_since(self.started[0]);
-        tracing::debug!(peer = &**self.peer.label(), ?after, "hedged call: copy sent");
+        tracing::debug!(
+            peer = &**self.peer.label(),
+            ?after,
+            "hedged call: copy sent"
+        );
         Poll::Ready(Some(self.svc.call(copy)))
     }
 }
@@ -165,21 +176,18 @@ where
         HedgeFuture {
             first: Some(first),
             second: None,
-            delay: None,
             race: None,
         }
     }
 
-    /// A request whose copy goes `after` its start, unless it is answered first.
+    /// A request whose copy goes when `race` says, unless it is answered first.
     pub(super) fn hedged(
         first: Copy<S, C, Req>,
-        after: Duration,
         race: Race<AdaptiveTimeout<S, K, F, C>, Req>,
     ) -> Self {
         HedgeFuture {
             first: Some(first),
             second: None,
-            delay: Some(tokio::time::sleep(after)),
             race: Some(Box::new(race)),
         }
     }
@@ -235,8 +243,7 @@ where
                     }
                 }
             }
-            if let Some(Poll::Ready(result)) =
-                this.second.as_mut().as_pin_mut().map(|f| f.poll(cx))
+            if let Some(Poll::Ready(result)) = this.second.as_mut().as_pin_mut().map(|f| f.poll(cx))
             {
                 this.second.set(None);
                 match (result, race.first_err.take()) {
@@ -261,9 +268,9 @@ where
             if race.copy.is_none() {
                 return Poll::Pending;
             }
-            if let Some(delay) = this.delay.as_mut().as_pin_mut() {
-                ready!(delay.poll(cx));
-                this.delay.set(None);
+            if let Some(due) = race.due {
+                ready!(race.timer.poll_at(due, cx));
+                (race.due, race.timer) = (None, CallTimer::Unarmed);
             }
             match ready!(race.send(cx)) {
                 Some(second) => this.second.set(Some(second)),

@@ -303,7 +303,8 @@ where
         // was taken before, so it does not carry the first's token.
         let token = self.inner.key_fn().interrupt_token(&mut req);
         let first = self.inner.call(req);
-        let race = future::Race::new(self.inner.clone(), copy, token, peer, self.shared.clone());
-        HedgeFuture::hedged(first, after, race)
+        let shared = self.shared.clone();
+        let race = future::Race::new(self.inner.clone(), (copy, after), token, peer, shared);
+        HedgeFuture::hedged(first, race)
     }
 }

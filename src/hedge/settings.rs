@@ -145,14 +145,27 @@ mod tests {
         for q in [0.0, 1.0, -0.5, 2.0, f64::NAN, f64::INFINITY, f64::MAX] {
             assert_eq!(refused(h().quantile(q)), "hedging.quantile");
         }
-        for f in [0.0, 1.5, -0.01, f64::NAN, f64::INFINITY, f64::MAX, f64::MIN_POSITIVE * 0.0] {
+        for f in [
+            0.0,
+            1.5,
+            -0.01,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MAX,
+            f64::MIN_POSITIVE * 0.0,
+        ] {
             assert_eq!(refused(h().max_extra_load(f)), "hedging.max_extra_load");
         }
         for b in [0, u32::MAX, super::MAX_HEDGE_BURST + 1] {
             assert_eq!(refused(h().burst(b)), "hedging.burst");
         }
         assert_eq!(refused(h().max_in_flight(0)), "hedging.max_in_flight");
-        assert!(h().max_extra_load(1.0).burst(1).max_in_flight(usize::MAX).validate().is_ok());
+        assert!(h()
+            .max_extra_load(1.0)
+            .burst(1)
+            .max_in_flight(usize::MAX)
+            .validate()
+            .is_ok());
         assert!(h().max_extra_load(f64::MIN_POSITIVE).validate().is_ok());
     }
 }

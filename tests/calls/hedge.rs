@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, ByPeer, HasPeer, HedgeLayer, HedgeStats,
-    Hedging, Interrupt, PeerSnapshot, PeerState, Reason, TimeoutPolicy,
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, ByPeer, HasPeer, HedgeLayer, HedgeStats, Hedging,
+    Interrupt, PeerSnapshot, PeerState, Reason, TimeoutPolicy,
 };
 
 use support::{interrupted, ms};
@@ -34,7 +34,10 @@ impl HasPeer for Get {
         Some(self.peer)
     }
     fn interrupt_token(&mut self) -> Option<Interrupt> {
-        let token = self.token.as_ref().map_or_else(Interrupt::new, Interrupt::child);
+        let token = self
+            .token
+            .as_ref()
+            .map_or_else(Interrupt::new, Interrupt::child);
         self.token = Some(token.clone());
         Some(token)
     }
@@ -60,7 +63,8 @@ enum Step {
 #[derive(Clone, Default)]
 struct Peer {
     script: Arc<Mutex<VecDeque<Step>>>,
-    arrivals: Arc<Mutex<Vec<(Instant, Option<Interrupt>)>>>,
+    /// The token each arriving call carried.
+    arrivals: Arc<Mutex<Vec<Option<Interrupt>>>>,
     hang: Arc<Mutex<bool>>,
 }
 
@@ -72,7 +76,7 @@ impl Peer {
         self.arrivals.lock().unwrap().len()
     }
     fn token(&self, i: usize) -> Option<Interrupt> {
-        self.arrivals.lock().unwrap()[i].1.clone()
+        self.arrivals.lock().unwrap()[i].clone()
     }
     fn service(&self) -> impl Service<Get, Response = u32, Error = BoxError, Future: Send> + Clone {
         let peer = self.clone();
@@ -83,7 +87,7 @@ impl Peer {
             };
             let n = {
                 let mut arrivals = peer.arrivals.lock().unwrap();
-                arrivals.push((Instant::now(), req.token.clone()));
+                arrivals.push(req.token.clone());
                 arrivals.len() as u32
             };
             async move {
@@ -163,9 +167,13 @@ async fn a_slow_call_gets_a_copy_the_first_answer_wins_and_the_loser_is_interrup
     let rig = Rig::new(defaults().max_extra_load(1.0));
     rig.warm(40).await;
     let before = rig.snap();
-    rig.peer.then(&[Step::Answer(ms(1_000)), Step::Answer(ms(10))]);
+    rig.peer
+        .then(&[Step::Answer(ms(1_000)), Step::Answer(ms(10))]);
     let start = Instant::now();
-    let answer = rig.call(Get::default()).await.expect("answered by the copy");
+    let answer = rig
+        .call(Get::default())
+        .await
+        .expect("answered by the copy");
     let took = start.elapsed();
     assert_eq!(answer, 42, "the copy (the 42nd arrival) answered");
     // The copy went after the learned p95 (10 ms) and answered 10 ms later: well before
@@ -186,9 +194,15 @@ async fn a_slow_call_gets_a_copy_the_first_answer_wins_and_the_loser_is_interrup
     assert_eq!(after.manual_interrupts + after.silent_interrupts, 0);
     assert_eq!(after.in_flight, 0);
     assert_eq!(after.state, PeerState::Healthy);
-    assert_eq!((after.hedges_sent, after.hedges_won, after.hedge_interrupts), (1, 1, 1));
+    assert_eq!(
+        (after.hedges_sent, after.hedges_won, after.hedge_interrupts),
+        (1, 1, 1)
+    );
     let stats = rig.stats();
-    assert_eq!((stats.requests, stats.sent, stats.won, stats.interrupted), (41, 1, 1, 1));
+    assert_eq!(
+        (stats.requests, stats.sent, stats.won, stats.interrupted),
+        (41, 1, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,17 +210,28 @@ async fn the_loser_records_neither_a_sample_nor_a_miss() {
     let rig = Rig::new(defaults().max_extra_load(1.0));
     rig.warm(40).await;
     // The first answers at 15 ms, beating the copy sent at 10 ms that would take 500 ms.
-    rig.peer.then(&[Step::Answer(ms(15)), Step::Answer(ms(500))]);
+    rig.peer
+        .then(&[Step::Answer(ms(15)), Step::Answer(ms(500))]);
     let before = rig.snap();
     assert_eq!(rig.call(Get::default()).await.expect("answered"), 41);
     let after = rig.snap();
-    assert_eq!(after.completed, before.completed + 1, "one sample: the winner's");
+    assert_eq!(
+        after.completed,
+        before.completed + 1,
+        "one sample: the winner's"
+    );
     assert_eq!(after.samples, before.samples + 1);
     assert_eq!(after.deadline_exceeded, 0);
-    assert_eq!((after.hedges_sent, after.hedges_won, after.hedge_interrupts), (1, 0, 1));
+    assert_eq!(
+        (after.hedges_sent, after.hedges_won, after.hedge_interrupts),
+        (1, 0, 1)
+    );
     assert_eq!(after.in_flight, 0);
     let copy = rig.peer.token(41).expect("the copy carried a token");
-    assert_eq!(copy.checkpoint().expect_err("fired").reason(), &Reason::Hedged);
+    assert_eq!(
+        copy.checkpoint().expect_err("fired").reason(),
+        &Reason::Hedged
+    );
     // Much later, the loser's 500 ms would have passed: still nothing recorded.
     tokio::time::advance(ms(1_000)).await;
     assert_eq!(rig.snap().completed, after.completed);
@@ -319,7 +344,8 @@ async fn the_budget_holds() {
 async fn a_caller_that_drops_the_hedged_future_leaves_nothing_in_flight() {
     let rig = Rig::new(defaults().max_extra_load(1.0));
     rig.warm(40).await;
-    rig.peer.then(&[Step::Answer(ms(500)), Step::Answer(ms(500))]);
+    rig.peer
+        .then(&[Step::Answer(ms(500)), Step::Answer(ms(500))]);
     let call = tokio::spawn({
         let svc = rig.svc.clone();
         async move { svc.oneshot(Get::default()).await }
@@ -339,7 +365,8 @@ async fn both_copies_failing_give_the_first_error_and_an_early_failure_sends_no_
     let rig = Rig::new(defaults().max_extra_load(1.0));
     rig.warm(40).await;
     // The copy fails first; the first is awaited, and its error is the request's.
-    rig.peer.then(&[Step::Fail(ms(20), "first"), Step::Fail(ms(1), "copy")]);
+    rig.peer
+        .then(&[Step::Fail(ms(20), "first"), Step::Fail(ms(1), "copy")]);
     let err = rig.call(Get::default()).await.expect_err("both failed");
     assert_eq!(err.to_string(), "first");
     // The first fails before the hedge delay: its error at once, no copy.
@@ -349,7 +376,8 @@ async fn both_copies_failing_give_the_first_error_and_an_early_failure_sends_no_
     assert_eq!(err.to_string(), "early");
     assert_eq!(rig.stats().sent, sent);
     // The first fails while the copy runs: the copy's answer wins.
-    rig.peer.then(&[Step::Fail(ms(12), "first"), Step::Answer(ms(5))]);
+    rig.peer
+        .then(&[Step::Fail(ms(12), "first"), Step::Answer(ms(5))]);
     assert!(rig.call(Get::default()).await.is_ok());
     assert_eq!(rig.snap().in_flight, 0);
 }
@@ -386,7 +414,10 @@ fn absurd_settings_give_a_clear_error() {
         (defaults().quantile(f64::NAN), "hedging.quantile"),
         (defaults().quantile(1.0), "hedging.quantile"),
         (defaults().max_extra_load(0.0), "hedging.max_extra_load"),
-        (defaults().max_extra_load(f64::MAX), "hedging.max_extra_load"),
+        (
+            defaults().max_extra_load(f64::MAX),
+            "hedging.max_extra_load",
+        ),
         (defaults().burst(0), "hedging.burst"),
         (defaults().burst(u32::MAX), "hedging.burst"),
         (defaults().max_in_flight(0), "hedging.max_in_flight"),
@@ -417,7 +448,11 @@ async fn over_loopback_a_slow_answer_is_beaten_by_its_copy() {
             }
             let delay = if n % 10 == 9 { 200 } else { 2 };
             tokio::time::sleep(ms(delay)).await;
-            let payload = line.trim_end().split_once(' ').map_or("", |(_, p)| p).to_owned();
+            let payload = line
+                .trim_end()
+                .split_once(' ')
+                .map_or("", |(_, p)| p)
+                .to_owned();
             let _ = write.write_all(format!("{payload}\n").as_bytes()).await;
         }
     })
@@ -425,7 +460,11 @@ async fn over_loopback_a_slow_answer_is_beaten_by_its_copy() {
     .expect("bind");
     let addr = server.addr();
     let layer = AdaptiveTimeoutLayer::builder(|r: &LineRequest| r.addr)
-        .policy(TimeoutPolicy::default().min_samples(20).cold_start(ms(1_000)))
+        .policy(
+            TimeoutPolicy::default()
+                .min_samples(20)
+                .cold_start(ms(1_000)),
+        )
         .build()
         .expect("valid policy");
     let handle = layer.handle();
@@ -437,11 +476,22 @@ async fn over_loopback_a_slow_answer_is_beaten_by_its_copy() {
     // Learn: 40 answers (every tenth slow).
     for i in 0..40 {
         let req = LineRequest::new(addr, 0, format!("warm{i}"));
-        svc.ready().await.expect("ready").call(req).await.expect("answered");
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("answered");
     }
     for i in 0..40 {
         let req = LineRequest::new(addr, 0, format!("r{i}"));
-        let reply = svc.ready().await.expect("ready").call(req).await.expect("answered");
+        let reply = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("answered");
         assert_eq!(reply, format!("r{i}"));
     }
     let stats = hedged.stats();
