@@ -26,7 +26,10 @@ pub const MAX_HEDGE_BURST: u32 = 100_000;
 /// and only when its peer has learned a hedge delay. Any `Fn(&Req) -> Option<Req>` is one.
 ///
 /// Return a copy only for a request that is safe to send twice (idempotent, or
-/// deduplicated by the callee): both copies may reach the peer.
+/// deduplicated by the callee): both copies may reach the peer. It is asked inside the
+/// service's `call`, before the request is sent: a clone function that panics unwinds out
+/// of `call` with nothing in flight (the panic is not caught; the request is counted in
+/// [`HedgeStats::requests`](crate::HedgeStats::requests) and nowhere else).
 pub trait CloneRequest<Req> {
     /// A copy of `req` to send if the first is slow, or `None`.
     fn clone_request(&self, req: &Req) -> Option<Req>;
