@@ -118,6 +118,10 @@ pub enum Reason {
         /// Why the idle deadline had that value.
         source: IdleSource,
     },
+    /// The call was one of two copies of a hedged request ([`HedgeLayer`](crate::HedgeLayer))
+    /// and the other answered first. Fired into the losing copy's token, so work deeper in
+    /// its chain stops; the caller gets the winner's answer and never sees this.
+    Hedged,
 }
 
 impl Reason {
@@ -130,6 +134,7 @@ impl Reason {
             Reason::Shutdown => "shutdown",
             Reason::BudgetSpent => "budget_spent",
             Reason::BodyIdle { .. } => "body_idle",
+            Reason::Hedged => "hedged",
         }
     }
 }
@@ -153,6 +158,7 @@ impl fmt::Display for Reason {
             Reason::BodyIdle { idle, source } => {
                 write!(f, "no body frame for {} ({source})", Human(*idle))
             }
+            Reason::Hedged => f.write_str("another copy of the request answered first"),
         }
     }
 }
@@ -270,10 +276,14 @@ impl Interrupted {
         matches!(self.reason, Reason::PeerSilent { .. })
     }
 
-    /// Whether somebody stopped the call on purpose: by hand ([`Reason::Manual`]) or by
-    /// shutting the layer down ([`Reason::Shutdown`]).
+    /// Whether somebody stopped the call on purpose: by hand ([`Reason::Manual`]), by
+    /// shutting the layer down ([`Reason::Shutdown`]), or because its other copy answered
+    /// first ([`Reason::Hedged`]).
     pub fn is_cancel(&self) -> bool {
-        matches!(self.reason, Reason::Manual(_) | Reason::Shutdown)
+        matches!(
+            self.reason,
+            Reason::Manual(_) | Reason::Shutdown | Reason::Hedged
+        )
     }
 
     /// Whether the call got no answer and is worth trying at another peer: its peer is

@@ -22,6 +22,7 @@
 //! | `adaptive_timeout_in_flight` | gauge | `peer` | calls in flight |
 //! | `adaptive_timeout_state` | gauge | `peer` | the health state, as a number (below; none for `_other`) |
 //! | `adaptive_timeout_latency_seconds` | histogram | `peer` | latency of every answered call |
+//! | `adaptive_timeout_hedges_total` | counter | `peer`, `result` | hedged calls (`hedged()`): `sent`, a copy went to the peer; `won`, it answered first; `interrupted`, a call to the peer lost to its copy and was interrupted (registered when first counted) |
 //! | `adaptive_timeout_untracked_calls_total` | counter | none | calls that went untracked: their request named no peer, or the peer table was full |
 //!
 //! [`Reason::as_str`]: crate::Reason::as_str
@@ -63,7 +64,8 @@
 //! A peer with series of its own has 17 from the start: 6 plain counters, 3 interrupt
 //! reasons, 4 transition states, 3 gauges and the histogram. An interrupt reason that
 //! reaches a call only through its token adds one when it first happens, up to one per
-//! [`Reason`] (5 today), so at most 19.
+//! [`Reason`] (6 today), and hedged calls up to 3 `adaptive_timeout_hedges_total` series,
+//! so at most 23.
 //!
 //! The `metrics` facade cannot remove a series, so what bounds them is the set of `peer`
 //! labels: a layer gives series of their own to at most `max_peers` distinct peers over its
@@ -71,10 +73,10 @@
 //! peer first tracked once that bound is reached reports under `peer="_other"`, whose
 //! counters, `in_flight` and latency are summed over all such peers, and which has no
 //! deadline or state gauge (one value cannot stand for many peers). However many distinct
-//! keys a layer sees, it creates at most `19 × (max_peers + 1) + 1` series, the 1 being
+//! keys a layer sees, it creates at most `23 × (max_peers + 1) + 1` series, the 1 being
 //! `adaptive_timeout_untracked_calls_total` (calls the layer could not key or track:
 //! no peer named, or the table full; without a peer label). With the Prometheus exporter's default summary, that is at most
-//! `27 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give about
+//! `31 × (max_peers + 1) + 1` lines: 20,000 keys through a table of 100 peers give about
 //! 2,500.
 //! Snapshots ([`handle.snapshot()`](crate::AdaptiveTimeoutHandle::snapshot)) name every
 //! tracked peer, including those under `_other`.
@@ -148,6 +150,8 @@ mod off {
         pub(crate) fn interrupted(&self, _reason: &Reason) {}
 
         pub(crate) fn transitioned(&self, _state: PeerState) {}
+
+        pub(crate) fn hedged(&self, _what: usize) {}
 
         pub(crate) fn deadline(&self, _deadline: Duration) {}
     }

@@ -156,6 +156,13 @@ impl<K: PeerKey, F, C> AdaptiveTimeoutLayer<K, F, C> {
     }
 }
 
+impl<K, F, C> AdaptiveTimeoutLayer<K, F, C> {
+    /// The layer's peer table (for [`hedged`](Self::hedged)).
+    pub(crate) fn table(&self) -> &Arc<PeerTable<K>> {
+        &self.table
+    }
+}
+
 impl<S, K, F: Clone, C: Clone> Layer<S> for AdaptiveTimeoutLayer<K, F, C> {
     type Service = AdaptiveTimeout<S, K, F, C>;
 

@@ -16,6 +16,8 @@
 //!   passed on to the callee ([`propagate`]).
 //! * [`Interrupt`] and [`Chain`]: cooperative interrupt tokens; [`InterruptHandle`]:
 //!   interrupts by hand.
+//! * [`HedgeLayer`] ([`AdaptiveTimeoutLayer::hedged`]): a copy of a slow request after its
+//!   peer's learned quantile, the first answer wins, the loser interrupted.
 //! * [`AdaptiveTimeoutHandle`]: [`PeerSnapshot`]s (each peer's [`PeerState`] among them),
 //!   policies changed at runtime, [`HealthEvent`]s.
 //! * [`classify`]: what an outcome teaches a peer; [`class`]: latency classes and floors.
@@ -68,6 +70,7 @@ mod export;
 mod fixed;
 mod future;
 mod handle;
+mod hedge;
 mod interrupt;
 mod invariant;
 mod label;
@@ -101,6 +104,10 @@ pub use explain::{DeadlineExplanation, DeadlineSource};
 pub use fixed::{FixedKey, FixedPeer, FixedPeerLayer};
 pub use future::{Head, ResponseFuture};
 pub use handle::{AdaptiveTimeoutHandle, InterruptHandle};
+pub use hedge::{
+    CloneRequest, Hedge, HedgeFuture, HedgeLayer, HedgeStats, Hedging, DEFAULT_HEDGE_BURST,
+    DEFAULT_HEDGE_QUANTILE, DEFAULT_MAX_EXTRA_LOAD, MAX_HEDGE_BURST,
+};
 pub use label::MAX_LABEL_BYTES;
 pub use layer::{
     AdaptiveTimeoutLayer, Builder, DEFAULT_IDLE_TTL, DEFAULT_MAX_CLASSES, DEFAULT_MAX_PEERS,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::class::ClassSnapshot;
 use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::peer::health::PeerState;
-use crate::peer::Peer;
+use crate::peer::{HedgeCount, Peer};
 
 /// A point-in-time reading of one peer.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,6 +71,16 @@ pub struct PeerSnapshot {
     /// `silent_interrupts`, `manual_interrupts`, `fail_fast` or here (a call its caller
     /// drops is in none of them).
     pub refused: u64,
+    /// Copies of hedged calls ([`HedgeLayer`](crate::HedgeLayer)) sent to the peer, ever.
+    /// Each is a call to the peer too, counted like any other.
+    pub hedges_sent: u64,
+    /// Copies sent to the peer that answered before the call they copied, ever.
+    pub hedges_won: u64,
+    /// Calls to the peer ended because the other copy of their hedged request answered
+    /// first, ever: the loser is interrupted with [`Reason::Hedged`](crate::Reason::Hedged)
+    /// through its token and dropped, so it is neither a latency sample nor a miss, and,
+    /// like a call its caller drops, in none of the counters above.
+    pub hedge_interrupts: u64,
     /// How long since the peer last answered anything (failures are not answers).
     pub last_response_age: Duration,
     /// When a silent peer's next probe may go, from now (zero if due or not silent).
@@ -115,6 +125,9 @@ impl PeerSnapshot {
             manual_interrupts: peer.counters.manual_interrupts.load(Relaxed),
             fail_fast: peer.counters.fail_fast.load(Relaxed),
             refused: peer.counters.refused.load(Relaxed),
+            hedges_sent: peer.hedge_count(HedgeCount::Sent),
+            hedges_won: peer.hedge_count(HedgeCount::Won),
+            hedge_interrupts: peer.hedge_count(HedgeCount::Interrupted),
             last_response_age: now.saturating_duration_since(view.last_response),
             next_probe_in: match view.state {
                 PeerState::Silent => view.next_probe_at.saturating_duration_since(now),

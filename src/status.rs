@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | the call's deadline ran out, the caller's budget was spent, a body went idle ([`is_timeout`](Interrupted::is_timeout)) | `DEADLINE_EXCEEDED` | 504 Gateway Timeout |
 //! | the peer is silent, or any other refusal ([`is_silence`](Interrupted::is_silence), [`is_refusal`](Interrupted::is_refusal)) | `UNAVAILABLE` | 503 Service Unavailable |
-//! | interrupted by hand, the layer shutting down ([`is_cancel`](Interrupted::is_cancel)) | `CANCELLED` | 503 Service Unavailable |
+//! | interrupted by hand, the layer shutting down, a hedged copy that lost ([`is_cancel`](Interrupted::is_cancel)) | `CANCELLED` | 503 Service Unavailable |
 //!
 //! The message is the error's `Display`: what happened, with no source paths.
 //!

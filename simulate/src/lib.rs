@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod driver;
+pub mod hedging;
 pub mod report;
 pub mod skeleton;
 pub mod strategies;

@@ -7,6 +7,7 @@
 //! cargo run --release -p simulate -- --quick      # short run (or SIMULATE_QUICK=1)
 //! cargo run --release -p simulate -- --seed 7
 //! cargo run --release -p simulate -- --sweep-probes   # probe cadences, seeds 20240601 and 7
+//! cargo run --release -p simulate -- --hedging   # hedged calls on a heavy tail, vs tower::hedge
 //! ```
 //!
 //! The same seed gives the same tables, byte for byte.
@@ -21,7 +22,7 @@ const DEFAULT_SEED: u64 = 20_240_601;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: simulate [--quick] [--seed N] [--sweep-probes]   \
+        "usage: simulate [--quick] [--seed N] [--sweep-probes | --hedging]   \
          (SIMULATE_QUICK=1 also selects --quick)"
     );
     ExitCode::FAILURE
@@ -32,11 +33,13 @@ async fn main() -> ExitCode {
     let mut quick = std::env::var_os("SIMULATE_QUICK").is_some_and(|v| v != "0");
     let mut seed = None;
     let mut sweep_probes = false;
+    let mut hedging = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--sweep-probes" => sweep_probes = true,
+            "--hedging" => hedging = true,
             "--seed" => match args.next().and_then(|s| s.parse().ok()) {
                 Some(s) => seed = Some(s),
                 None => return usage(),
@@ -51,7 +54,14 @@ async fn main() -> ExitCode {
         SimConfig::full(first)
     };
     let wall = std::time::Instant::now();
-    if sweep_probes {
+    if hedging {
+        let cfg = match quick {
+            true => simulate::hedging::HedgeConfig::quick(first),
+            false => simulate::hedging::HedgeConfig::full(first),
+        };
+        let rows = simulate::hedging::compare(&cfg).await;
+        print!("{}", simulate::hedging::markdown(&cfg, &rows));
+    } else if sweep_probes {
         let seeds = seed.map_or(SEEDS.to_vec(), |s| vec![s]);
         print!("{}", sweep(&cfg, &seeds, &CADENCES).await.markdown());
     } else {

@@ -26,6 +26,10 @@ const IN_FLIGHT: &str = "adaptive_timeout_in_flight";
 const STATE: &str = "adaptive_timeout_state";
 const LATENCY: &str = "adaptive_timeout_latency_seconds";
 const UNTRACKED: &str = "adaptive_timeout_untracked_calls_total";
+const HEDGES: &str = "adaptive_timeout_hedges_total";
+
+/// The `result` label of [`HEDGES`], by `HedgeCount`'s number.
+const HEDGE_RESULTS: [&str; 3] = ["sent", "won", "interrupted"];
 
 /// The `peer` label shared by the peers tracked after the layer's bound on labels was
 /// reached.
@@ -54,6 +58,10 @@ pub fn describe_metrics() {
         "Calls refused before the inner service: shutdown, or the caller's budget spent."
     );
     describe_counter!(TRANSITIONS, "Health state changes, by the state entered.");
+    describe_counter!(
+        HEDGES,
+        "Hedged calls' copies sent to the peer, copies that won, calls interrupted as losers."
+    );
     describe_gauge!(
         DEADLINE,
         Unit::Seconds,
@@ -211,6 +219,14 @@ impl PeerMetrics {
             None => {
                 counter!(INTERRUPTS, "peer" => self.peer.clone(), "reason" => name).increment(1)
             }
+        }
+    }
+
+    /// A hedge event (`HedgeCount`'s number): registered when it first happens, as hedging
+    /// is opt-in and its events are a few percent of calls.
+    pub(crate) fn hedged(&self, what: usize) {
+        if let Some(result) = HEDGE_RESULTS.get(what) {
+            counter!(HEDGES, "peer" => self.peer.clone(), "result" => *result).increment(1);
         }
     }
 

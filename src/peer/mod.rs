@@ -33,6 +33,7 @@ mod explained;
 #[cfg(feature = "http")]
 mod gaps;
 pub(crate) mod health;
+mod hedging;
 pub(crate) mod history;
 mod in_flight;
 pub(crate) mod key;
@@ -47,6 +48,7 @@ pub(crate) mod window;
 #[cfg(test)]
 mod proptests;
 
+pub(crate) use self::hedging::{HedgeCount, HedgeQuantile};
 pub(crate) use self::in_flight::{InFlight, NotAdmitted, PeerRef};
 pub(crate) use self::ticket::Ticket;
 
@@ -83,6 +85,8 @@ pub(crate) struct Peer {
     locked: CachePadded<Mutex<Locked>>,
     metrics: PeerMetrics,
     classifier: Classifier,
+    /// The quantile hedged calls send their copy at, shared by the table's peers.
+    hedge_quantile: HedgeQuantile,
 }
 
 /// Per-peer counts of the rare outcomes (answers and timeouts are counted under the lock).
@@ -98,6 +102,9 @@ pub(crate) struct Counters {
     /// Calls refused before the inner service for any other reason: the layer was shut
     /// down, or the caller's deadline was spent or its token had fired.
     pub(crate) refused: AtomicU64,
+    /// Hedged calls' copies sent to the peer, copies that answered first, and calls to
+    /// the peer interrupted because the other copy answered first ([`HedgeCount`]).
+    pub(crate) hedges: [AtomicU64; 3],
 }
 
 /// The part of a peer behind its lock: what a completion, a rotation or a policy change
@@ -192,6 +199,8 @@ pub(crate) struct PeerSettings {
     pub(crate) classifier: Classifier,
     /// Most latency classes it keeps histories for.
     pub(crate) max_classes: usize,
+    /// The table's hedge quantile.
+    pub(crate) hedge_quantile: HedgeQuantile,
 }
 
 impl Peer {
@@ -206,11 +215,13 @@ impl Peer {
             jitter_seed,
             classifier,
             max_classes,
+            hedge_quantile,
         } = settings;
         let lane = Lane::new(&policy, now);
         let peer = Peer {
             metrics,
             classifier,
+            hedge_quantile,
             label,
             epoch,
             published: CachePadded::new(Published::new(
@@ -496,6 +507,7 @@ impl Peer {
             .lane
             .recompute(now, &locked.policy, locked.overridden);
         self.published.set_deadline(deadline, source);
+        self.publish_hedge_after(locked, source);
         let batch = per_core::BATCH as u64;
         (self.published).set_batched(source.is_learned() && locked.policy.recompute_every >= batch);
         self.published

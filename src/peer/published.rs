@@ -32,6 +32,9 @@ pub(super) struct Published {
     /// Calls that failed to reach the peer since its last answer (saturating): what a
     /// balanced endpoint holds a refusing peer out by.
     failing: AtomicU32,
+    /// When a hedged call sends its copy, in nanoseconds (0: no copy, the peer has not
+    /// learned); written with the deadline, only while a hedge quantile is set.
+    hedge_after: AtomicU64,
 }
 
 impl Published {
@@ -45,6 +48,7 @@ impl Published {
             cold_start: AtomicU64::new(0),
             batched: AtomicBool::new(false),
             failing: AtomicU32::new(0),
+            hedge_after: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +88,16 @@ impl Published {
 
     pub(super) fn set_deadline(&self, deadline: Duration, source: DeadlineSource) {
         self.deadline.store(pack(deadline, source), Relaxed);
+    }
+
+    /// When a hedged call to the peer sends its copy (`None`: not learned).
+    pub(super) fn hedge_after(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(self.hedge_after.load(Relaxed))).filter(|d| !d.is_zero())
+    }
+
+    pub(super) fn set_hedge_after(&self, after: Option<Duration>) {
+        let nanos = after.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.hedge_after.store(nanos, Relaxed);
     }
 
     /// Calls that failed to reach the peer since its last answer.

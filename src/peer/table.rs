@@ -134,6 +134,8 @@ pub(crate) struct PeerTable<K> {
     pub(crate) endpoints: EndpointSet<K>,
     /// Latency classes each peer may hold.
     max_classes: usize,
+    /// The quantile hedged calls to its peers send their copy at.
+    pub(crate) hedge_quantile: super::HedgeQuantile,
 }
 
 impl<K> PeerTable<K> {
@@ -207,6 +209,7 @@ impl<K: PeerKey> PeerTable<K> {
             events: Events::default(),
             endpoints: EndpointSet::default(),
             max_classes: 0,
+            hedge_quantile: super::HedgeQuantile::default(),
         }
     }
 
@@ -462,6 +465,7 @@ impl<K: PeerKey> PeerTable<K> {
                 jitter_seed: self.jitter.hash_one(key),
                 classifier: self.classifier.clone(),
                 max_classes: self.max_classes,
+                hedge_quantile: self.hedge_quantile.clone(),
             };
             let peer = Peer::new(settings, now);
             peer.state_changes().report_to(self.events.report(stored));

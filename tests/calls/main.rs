@@ -7,6 +7,7 @@ pub mod support;
 
 mod classify_responses;
 mod future_polls;
+mod hedge;
 mod hostile_input;
 mod interrupt_manual;
 mod interrupt_tokens;
