@@ -31,6 +31,11 @@ pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
 /// after each, up to this multiple of the first long probe's deadline: 64 s between long
 /// probes at the defaults, however short the probes themselves still are.
 const LONG_SPACING_GROWTH: u32 = 8;
+/// A straggler (a call past its deadline on a peer that still answers other calls) is held
+/// up to this multiple of its deadline, and at least `cold_start`: a lost packet's
+/// retransmission (200 ms and more on Linux) or a rare slow route fits in, a call of a
+/// busy peer whose answers stopped does not wait on it (silence cuts it at once).
+pub(crate) const STRAGGLER_FACTOR: u32 = 2;
 
 /// Where a peer is in the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -287,6 +292,36 @@ impl Health {
             }
             PeerState::Silent | PeerState::Probing => None,
         }
+    }
+
+    /// When a call that started at `started` with the peer's `deadline` is cut, once that
+    /// deadline ran out; `None` for at once. A call is cut when the peer has answered
+    /// nothing for `max(deadline, min_silence)` since the later of its start and the
+    /// peer's last answer (silence, with calls outstanding), or at the straggler cap,
+    /// `max(STRAGGLER_FACTOR × deadline, cold_start)` within `[that, max]`, whichever comes
+    /// first: a call overtaken by answers to later calls is a straggler on a live peer.
+    /// A peer that is not open is cut at once (its interrupt reached the rest).
+    pub(crate) fn cut_at(
+        &self,
+        started: Instant,
+        deadline: Duration,
+        policy: &TimeoutPolicy,
+    ) -> Option<Instant> {
+        if !self.state.is_open() {
+            return None;
+        }
+        let quiet = deadline.max(policy.min_silence);
+        let cap = deadline
+            .saturating_mul(STRAGGLER_FACTOR)
+            .max(policy.cold_start)
+            .min(policy.max)
+            .max(quiet);
+        let silent_at = self.last_response.max(started).checked_add(quiet);
+        // An instant past what the clock holds is no limit (`Duration::MAX`).
+        [silent_at, started.checked_add(cap)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether a call that started at `started` and got no answer is a miss: the peer has

@@ -230,3 +230,44 @@ fn turning_detection_off_releases_a_silent_peer() {
     assert_eq!(h.admit(t0, &off).0, Verdict::Go);
     assert_eq!(h.state(), PeerState::Healthy);
 }
+
+#[test]
+fn a_straggler_is_cut_after_a_deadline_without_answers_or_at_its_cap() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    let d = ms(40);
+    // No answer since the call started: cut at its deadline, as ever.
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(41)));
+    // The peer answered since: held a deadline past its last answer, each time it answers.
+    h.on_response(t0 + ms(30));
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(70)));
+    h.on_response(t0 + ms(900));
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(940)));
+    h.on_response(t0 + ms(980));
+    // Up to the cap: max(2 x 40 ms, cold_start) = 1 s after its start.
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(1_001)));
+    // A slow peer's cap is 2 deadlines, within `max`.
+    h.on_response(t0 + ms(3_500));
+    assert_eq!(h.cut_at(t0, ms(2_000), &policy), Some(t0 + ms(4_000)));
+    let short = policy.clone().max(ms(1_000));
+    assert_eq!(h.cut_at(t0, ms(700), &short), Some(t0 + ms(1_000)));
+    let longest = policy.clone().max(crate::MAX_DEADLINE);
+    let day = crate::MAX_DEADLINE;
+    assert_eq!(h.cut_at(t0, day, &longest), Some(t0 + day));
+}
+
+#[test]
+fn min_silence_holds_every_call_until_the_peer_said_nothing_that_long() {
+    let policy = TimeoutPolicy::default().min_silence(ms(350));
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(351)));
+    h.on_response(t0 + ms(100));
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(450)));
+    // A silent peer's calls are cut at once (its interrupt reached the others).
+    h.on_deadline(t0 + ms(500), t0 + ms(101), false, &policy);
+    h.on_deadline(t0 + ms(500), t0 + ms(102), false, &policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), None);
+}
