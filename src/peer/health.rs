@@ -123,9 +123,10 @@ pub(crate) enum ProbeEnd {
 
 /// The state machine of one peer.
 ///
-/// Probes alternate between two deadlines. A *short* probe gets the deadline the peer had
-/// before it went silent: it readmits a peer that comes back as it was, without holding the
-/// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
+/// Probes alternate between two deadlines. A *short* probe gets the quantile the peer's
+/// deadline from before the silence was made from (`(deadline - margin) / factor`): it
+/// readmits a peer that comes back as it was, without holding the probe slot long (a probe
+/// sent into a blackhole holds it, and so the peer's return, until it runs out). A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
 /// no peer answering within `max` is locked out. After the `k`-th long probe ran out, only
 /// short ones go for `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1`
@@ -146,7 +147,7 @@ pub(crate) struct Health {
     last_response: Instant,
     backoff: Duration,
     next_probe_at: Instant,
-    /// The peer's deadline while it was last answering (short probes get it).
+    /// The peer's deadline while it was last answering (short probes get its quantile).
     answering_deadline: Duration,
     /// The next long probe's deadline.
     long_deadline: Duration,
@@ -195,8 +196,8 @@ impl Health {
         self.next_probe_at
     }
 
-    /// Notes the deadline the peer has while it answers; short probes get it once it is
-    /// silent. Ignored while silent, so probes keep the deadline from before the silence.
+    /// Notes the deadline the peer has while it answers; short probes get its quantile once
+    /// it is silent. Ignored while silent, so probes keep the deadline from before the silence.
     pub(crate) fn note_deadline(&mut self, deadline: Duration) {
         if self.state.is_open() {
             self.answering_deadline = deadline;
@@ -226,7 +227,7 @@ impl Health {
                     self.long_deadline = self.long_deadline.min(spaced);
                     self.long_deadline.min(self.long_cap(now))
                 } else {
-                    self.answering_deadline
+                    self.short_probe(policy)
                 };
                 let t = self.go(PeerState::Probing, "probe due");
                 (Verdict::Probe(deadline.clamp(policy.min, policy.max)), t)
@@ -371,6 +372,14 @@ impl Health {
             return self.go(PeerState::Silent, "probe abandoned");
         }
         None
+    }
+
+    /// A short probe's deadline: the quantile the peer's deadline from before the silence
+    /// was made from (`(deadline - margin) / factor`): a peer back as it was answers within
+    /// it but once in `1 / (1 - quantile)`, and a probe lost in the silence holds the probe
+    /// slot, and so the peer's return, a `factor`-th as long.
+    fn short_probe(&self, policy: &TimeoutPolicy) -> Duration {
+        (self.answering_deadline.saturating_sub(policy.margin)).div_f64(policy.factor)
     }
 
     /// The longest deadline a long probe may have at `now`: the first one, or a share of

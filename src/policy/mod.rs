@@ -133,8 +133,8 @@ pub struct TimeoutPolicy {
     /// Longest wait between probes. Default `100ms`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff_max: Duration,
-    /// Probes of a silent peer alternate a short deadline (the one from before the
-    /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
+    /// Probes of a silent peer alternate a short deadline (the quantile the deadline from
+    /// before the silence was made from, `(deadline - margin) / factor`) with a long one (at least `cold_start`, doubling up to `max`, so a peer
     /// that comes back slower is not locked out; but past the first long deadline only up
     /// to a 100th of the silence so far, so no call to a peer silent for less than 100 s
     /// waits longer than `cold_start` and a probe longer than that wastes under 1% of the
