@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A *miss* is a call that ran out its deadline with no answer from the peer since it
-//! started: a slow call overtaken by other answers is the tail, not silence. Any answer
+//! started: a slow call overtaken by other answers is the tail, not silence, and is held
+//! past its deadline as a straggler ([`Health::cut_at`]) while the peer answers. Any answer
 //! from the peer is a heartbeat and makes it Healthy. A probe cut by its caller's deadline
 //! or failing at once is a failed probe; one dropped by its caller frees the probe slot
 //! but keeps the backoff. With `fail_fast` off the probe goes the same way and the other
