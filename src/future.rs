@@ -228,7 +228,9 @@ where
         loop {
             let at = this.held.unwrap_or_else(|| call.deadline_at());
             ready!(this.deadline.poll_at(at, cx));
-            let later = [call.cut_at(), *this.caller].into_iter().flatten().min();
+            // `None` from the peer is at once, whatever the caller allows.
+            let caller = *this.caller;
+            let later = call.cut_at().map(|at| caller.map_or(at, |c| at.min(c)));
             match later.filter(|&later| later > Instant::now()) {
                 // Armed again for a later instant: the next pass registers it (pending).
                 Some(later) => {

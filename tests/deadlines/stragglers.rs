@@ -202,3 +202,43 @@ fn min_silence_is_refused_above_max_and_a_clear_error_for_duration_max() {
     };
     assert!(e.to_string().contains("min_silence"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_straggler_is_not_held_past_its_callers_own_deadline() {
+    use tower_adaptive_timeout::Deadline;
+    // One peer: `x-delay` milliseconds, else 8-16 ms.
+    let peer = tower::service_fn(|req: http::Request<()>| async move {
+        let delay = req.headers().get("x-delay").and_then(|v| v.to_str().ok());
+        let delay = delay.and_then(|v| v.parse().ok()).unwrap_or(8);
+        tokio::time::sleep(ms(delay)).await;
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let svc = layer.layer(peer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    for caller in 0..8u64 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        set.spawn(async move {
+            let mut i = caller;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let delay = (8 + (i >> 33) % 9).to_string();
+                let req = http::Request::get("http://a:1/").header("x-delay", delay);
+                let _ = svc.clone().oneshot(req.body(()).unwrap()).await;
+                tokio::time::sleep(ms(10)).await;
+            }
+        });
+    }
+    tokio::time::sleep(ms(20_000)).await;
+    // The peer's deadline is tens of milliseconds; the caller allows 300 ms, the cap 1 s.
+    let req = http::Request::get("http://a:1/").header("x-delay", "5000");
+    let mut req = req.body(()).unwrap();
+    req.extensions_mut().insert(Deadline(ms(300)));
+    let start = Instant::now();
+    let cut = svc.clone().oneshot(req).await;
+    assert!(cut.is_err());
+    assert_eq!(Instant::now() - start, ms(300));
+    stop.store(true, Ordering::Relaxed);
+    set.join_all().await;
+}
