@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower_adaptive_timeout::{DeadlineSource, Interrupted, PeerState, Reason, TimeoutPolicy};
+use tower_adaptive_timeout::{
+    AdaptiveTimeout, AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, DeadlineSource, Interrupted,
+    PeerState, Reason, TimeoutPolicy,
+};
 
 use loopback::{EchoServer, Fault, FaultProxy, LineClient, LineRequest};
 use tower::{Layer, ServiceExt};
@@ -239,6 +242,37 @@ impl Buffered {
     }
 }
 
+/// The layer (under `policy`) over a [`Buffered`] link to one peer, and its handle.
+pub(crate) fn over_link(policy: TimeoutPolicy) -> (Buffered, AdaptiveTimeoutHandle<u8>, LinkSvc) {
+    let link = Buffered::new();
+    let layer = AdaptiveTimeoutLayer::builder((|_: &Duration| 1u8) as fn(&Duration) -> u8)
+        .policy(policy)
+        .jitter_seed(7)
+        .build()
+        .unwrap();
+    (link.clone(), layer.handle(), layer.layer(link))
+}
+
+/// The layer over a [`Buffered`] link.
+pub(crate) type LinkSvc = AdaptiveTimeout<Buffered, u8, fn(&Duration) -> u8>;
+
+/// 8 callers over `svc` (answers in 8-16 ms, 10 ms between calls) until `stop`; each
+/// returns how many of its calls were cut.
+pub(crate) fn link_callers(svc: &LinkSvc, stop: &Arc<AtomicBool>, set: &mut JoinSet<usize>) {
+    for caller in 0..8u64 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        set.spawn(async move {
+            let (mut i, mut cut) = (caller, 0);
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                cut += usize::from(svc.clone().oneshot(ms(8 + (i >> 33) % 9)).await.is_err());
+                tokio::time::sleep(ms(10)).await;
+            }
+            cut
+        });
+    }
+}
+
 impl tower::Service<Duration> for Buffered {
     type Response = ();
     type Error = std::convert::Infallible;
@@ -265,28 +299,10 @@ impl tower::Service<Duration> for Buffered {
 
 #[tokio::test(start_paused = true)]
 async fn a_probe_answered_as_a_partition_heals_leaves_the_deadline_as_it_was() {
-    let link = Buffered::new();
-    let layer = tower_adaptive_timeout::AdaptiveTimeoutLayer::builder(
-        (|_: &Duration| 1u8) as fn(&Duration) -> u8,
-    )
-    .jitter_seed(7)
-    .build()
-    .unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(link.clone());
+    let (link, handle, svc) = over_link(TimeoutPolicy::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut set = JoinSet::new();
-    for caller in 0..8u64 {
-        let (svc, stop) = (svc.clone(), stop.clone());
-        set.spawn(async move {
-            let mut i = caller;
-            while !stop.load(Ordering::Relaxed) {
-                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let _ = svc.clone().oneshot(ms(8 + (i >> 33) % 9)).await;
-                tokio::time::sleep(ms(10)).await;
-            }
-        });
-    }
+    link_callers(&svc, &stop, &mut set);
     tokio::time::sleep(ms(20_000)).await;
     let before = handle.deadline(&1).expect("tracked");
     assert_eq!(before.1, DeadlineSource::Quantile, "{before:?}");

@@ -17,7 +17,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, DeadlineSource, PeerState, Reason, TimeoutPolicy,
 };
 
-use crate::real_networks::{callers, Buffered};
+use crate::real_networks::{callers, link_callers, over_link};
 use support::ms;
 use support::peers::{rig, Rig, P};
 
@@ -117,28 +117,10 @@ async fn a_lone_straggler_is_cut_a_deadline_after_the_last_answer() {
 /// the calls cut, the deadline then, and how long a real silence then took to cut a call.
 async fn stalls(policy: TimeoutPolicy) -> (usize, Duration, Duration) {
     // A call sent while the host is stalled waits for the stall to end.
-    let host = Buffered::new();
-    let layer = AdaptiveTimeoutLayer::builder((|_: &Duration| 1u8) as fn(&Duration) -> u8)
-        .policy(policy)
-        .jitter_seed(7)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let svc = layer.layer(host.clone());
+    let (host, handle, svc) = over_link(policy);
     let stop = Arc::new(AtomicBool::new(false));
     let mut set = JoinSet::new();
-    for caller in 0..8u64 {
-        let (svc, stop) = (svc.clone(), stop.clone());
-        set.spawn(async move {
-            let (mut i, mut cut) = (caller, 0);
-            while !stop.load(Ordering::Relaxed) {
-                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                cut += usize::from(svc.clone().oneshot(ms(8 + (i >> 33) % 9)).await.is_err());
-                tokio::time::sleep(ms(10)).await;
-            }
-            cut
-        });
-    }
+    link_callers(&svc, &stop, &mut set);
     tokio::time::sleep(ms(20_000)).await;
     for _ in 0..4 {
         host.cut.send_replace(true);
