@@ -94,6 +94,20 @@ impl Call {
         self.start + self.ticket.deadline
     }
 
+    /// When the call, its deadline run out, is cut (`None`: now): later only for a
+    /// straggler on a peer that still answers ([`crate::peer::Peer::cut_at`]).
+    pub(crate) fn cut_at(&self) -> Option<Instant> {
+        match self.peer() {
+            CallPeer::Tracked(p) => p.cut_at(self.start, &self.ticket),
+            CallPeer::Untracked(_) => None,
+        }
+    }
+
+    /// When the call's caller stops waiting, `deadline` after the start (`None`: no limit).
+    pub(crate) fn caller_until(&self, deadline: Option<Duration>) -> Option<Instant> {
+        self.start.checked_add(deadline?)
+    }
+
     /// Whether the layer propagated the call's deadline and it has passed, to the precision
     /// it is propagated with (read only on the error path): a timeout of the inner stack
     /// ([`is_stack_timeout`]) this close to a deadline the callee was told is the inner

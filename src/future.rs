@@ -10,9 +10,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
+use tokio::time::Instant;
 
 use crate::call::{Call, Ended};
 use crate::classify::{AllSamples, ClassifyResponse};
@@ -84,6 +86,10 @@ pin_project! {
         #[pin]
         inner: F,
         deadline: CallTimer,
+        // Past its deadline, a straggler is held until this instant (`None`: its deadline).
+        held: Option<Instant>,
+        // When the caller stops waiting: a straggler is never held past it.
+        caller: Option<Instant>,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -91,11 +97,19 @@ pin_project! {
 
 impl<F, M> ResponseFuture<F, M> {
     /// An admitted call: `inner` races its deadline and interrupts, `call` records the end,
-    /// `finish` makes the answer what the caller gets.
-    pub(crate) fn running(inner: F, call: Call, finish: M) -> Self {
+    /// `finish` makes the answer what the caller gets; `caller_deadline` (from the call's
+    /// start) is the caller's own, past which a straggler is not held.
+    pub(crate) fn running(
+        inner: F,
+        call: Call,
+        finish: M,
+        caller_deadline: Option<Duration>,
+    ) -> Self {
         let race = Race {
             inner,
             deadline: CallTimer::Unarmed,
+            held: None,
+            caller: call.caller_until(caller_deadline),
             token_wake: None,
         };
         ResponseFuture {
@@ -200,7 +214,9 @@ where
     F: Future<Output = Result<T, E>>,
 {
     /// Polls the inner future, then the interrupts, then the deadline; the first that is
-    /// ready ends the call.
+    /// ready ends the call. A deadline that runs out while the peer still answers other
+    /// calls is armed again for when the call is cut ([`Call::cut_at`]), never past the
+    /// caller's own.
     fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
@@ -209,8 +225,21 @@ where
         if let Some((fired, origin)) = poll_interrupts(call, this.token_wake, cx) {
             return Poll::Ready(Ended::Interrupted(fired, origin));
         }
-        ready!(this.deadline.poll_at(call.deadline_at(), cx));
-        Poll::Ready(Ended::Expired)
+        loop {
+            let at = this.held.unwrap_or_else(|| call.deadline_at());
+            ready!(this.deadline.poll_at(at, cx));
+            // `None` from the peer is at once, whatever the caller allows.
+            let caller = *this.caller;
+            let later = call.cut_at().map(|at| caller.map_or(at, |c| at.min(c)));
+            match later.filter(|&later| later > Instant::now()) {
+                // Armed again for a later instant: the next pass registers it (pending).
+                Some(later) => {
+                    *this.held = Some(later);
+                    *this.deadline = CallTimer::Unarmed;
+                }
+                None => return Poll::Ready(Ended::Expired),
+            }
+        }
     }
 }
 
@@ -279,6 +308,8 @@ mod tests {
         let mut race = std::pin::pin!(Race {
             inner,
             deadline: CallTimer::Unarmed,
+            held: None,
+            caller: None,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));

@@ -163,7 +163,7 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
                         call.set_propagated();
                     }
                 }
-                ResponseFuture::running(self.inner.call(req), call, head)
+                ResponseFuture::running(self.inner.call(req), call, head, caller_deadline)
             }
         }
     }

@@ -98,10 +98,12 @@ async fn classes_keep_the_rare_slow_route_uncut() {
     let (calls, cut) = route(Kind::Layer);
     assert!(calls > 0, "the run has slow calls");
     assert_eq!(cut, 0, "classes: none of {calls} cut");
+    // One history: the slow route's calls run out the fast route's deadline, but the
+    // peer answers the others meanwhile, so they are stragglers, held up to `cold_start`.
     assert_eq!(
         route(Kind::LayerNoClasses),
-        (calls, calls),
-        "one history: all cut"
+        (calls, 0),
+        "one history: held as stragglers"
     );
 }
 

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A *miss* is a call that ran out its deadline with no answer from the peer since it
-//! started: a slow call overtaken by other answers is the tail, not silence. Any answer
+//! started: a slow call overtaken by other answers is the tail, not silence, and is held
+//! past its deadline as a straggler ([`Health::cut_at`]) while the peer answers. Any answer
 //! from the peer is a heartbeat and makes it Healthy. A probe cut by its caller's deadline
 //! or failing at once is a failed probe; one dropped by its caller frees the probe slot
 //! but keeps the backoff. With `fail_fast` off the probe goes the same way and the other
@@ -31,6 +32,11 @@ pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
 /// after each, up to this multiple of the first long probe's deadline: 64 s between long
 /// probes at the defaults, however short the probes themselves still are.
 const LONG_SPACING_GROWTH: u32 = 8;
+/// A straggler (a call past its deadline on a peer that still answers other calls) is held
+/// up to this multiple of its deadline, and at least `cold_start`: a lost packet's
+/// retransmission (200 ms and more on Linux) or a rare slow route fits in, a call of a
+/// busy peer whose answers stopped does not wait on it (silence cuts it at once).
+pub(crate) const STRAGGLER_FACTOR: u32 = 2;
 
 /// Where a peer is in the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,9 +124,10 @@ pub(crate) enum ProbeEnd {
 
 /// The state machine of one peer.
 ///
-/// Probes alternate between two deadlines. A *short* probe gets the deadline the peer had
-/// before it went silent: it readmits a peer that comes back as it was, without holding the
-/// probe slot long. A *long* probe gets at least `max(cold_start, that deadline)`, doubling
+/// Probes alternate between two deadlines. A *short* probe gets the quantile the peer's
+/// deadline from before the silence was made from (`(deadline - margin) / factor`): it
+/// readmits a peer that comes back as it was, without holding the probe slot long (a probe
+/// sent into a blackhole holds it, and so the peer's return, until it runs out). A *long* probe gets at least `max(cold_start, that deadline)`, doubling
 /// after each one that runs out, up to `max`: it readmits a peer that comes back slower, so
 /// no peer answering within `max` is locked out. After the `k`-th long probe ran out, only
 /// short ones go for `long_probe_spacing × L`, `L` the first long deadline doubled `k - 1`
@@ -141,7 +148,7 @@ pub(crate) struct Health {
     last_response: Instant,
     backoff: Duration,
     next_probe_at: Instant,
-    /// The peer's deadline while it was last answering (short probes get it).
+    /// The peer's deadline while it was last answering (short probes get its quantile).
     answering_deadline: Duration,
     /// The next long probe's deadline.
     long_deadline: Duration,
@@ -190,8 +197,8 @@ impl Health {
         self.next_probe_at
     }
 
-    /// Notes the deadline the peer has while it answers; short probes get it once it is
-    /// silent. Ignored while silent, so probes keep the deadline from before the silence.
+    /// Notes the deadline the peer has while it answers; short probes get its quantile once
+    /// it is silent. Ignored while silent, so probes keep the deadline from before the silence.
     pub(crate) fn note_deadline(&mut self, deadline: Duration) {
         if self.state.is_open() {
             self.answering_deadline = deadline;
@@ -221,7 +228,7 @@ impl Health {
                     self.long_deadline = self.long_deadline.min(spaced);
                     self.long_deadline.min(self.long_cap(now))
                 } else {
-                    self.answering_deadline
+                    self.short_probe(policy)
                 };
                 let t = self.go(PeerState::Probing, "probe due");
                 (Verdict::Probe(deadline.clamp(policy.min, policy.max)), t)
@@ -289,6 +296,36 @@ impl Health {
         }
     }
 
+    /// When a call that started at `started` with the peer's `deadline` is cut, once that
+    /// deadline ran out; `None` for at once. A call is cut when the peer has answered
+    /// nothing for `max(deadline, min_silence)` since the later of its start and the
+    /// peer's last answer (silence, with calls outstanding), or at the straggler cap,
+    /// `max(STRAGGLER_FACTOR × deadline, cold_start)` within `[that, max]`, whichever comes
+    /// first: a call overtaken by answers to later calls is a straggler on a live peer.
+    /// A peer that is not open is cut at once (its interrupt reached the rest).
+    pub(crate) fn cut_at(
+        &self,
+        started: Instant,
+        deadline: Duration,
+        policy: &TimeoutPolicy,
+    ) -> Option<Instant> {
+        if !self.state.is_open() {
+            return None;
+        }
+        let quiet = deadline.max(policy.min_silence);
+        let cap = deadline
+            .saturating_mul(STRAGGLER_FACTOR)
+            .max(policy.cold_start)
+            .min(policy.max)
+            .max(quiet);
+        let silent_at = self.last_response.max(started).checked_add(quiet);
+        // An instant past what the clock holds is no limit (`Duration::MAX`).
+        [silent_at, started.checked_add(cap)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     /// Whether a call that started at `started` and got no answer is a miss: the peer has
     /// not answered anything since it started.
     pub(crate) fn is_miss(&self, started: Instant) -> bool {
@@ -336,6 +373,14 @@ impl Health {
             return self.go(PeerState::Silent, "probe abandoned");
         }
         None
+    }
+
+    /// A short probe's deadline: the quantile the peer's deadline from before the silence
+    /// was made from (`(deadline - margin) / factor`): a peer back as it was answers within
+    /// it but once in `1 / (1 - quantile)`, and a probe lost in the silence holds the probe
+    /// slot, and so the peer's return, a `factor`-th as long.
+    fn short_probe(&self, policy: &TimeoutPolicy) -> Duration {
+        (self.answering_deadline.saturating_sub(policy.margin)).div_f64(policy.factor)
     }
 
     /// The longest deadline a long probe may have at `now`: the first one, or a share of

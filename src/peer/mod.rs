@@ -41,6 +41,7 @@ mod lane;
 mod outcome;
 mod per_core;
 mod published;
+mod straggler;
 pub(crate) mod table;
 mod ticket;
 pub(crate) mod window;

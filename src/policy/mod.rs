@@ -133,8 +133,8 @@ pub struct TimeoutPolicy {
     /// Longest wait between probes. Default `100ms`.
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub probe_backoff_max: Duration,
-    /// Probes of a silent peer alternate a short deadline (the one from before the
-    /// silence) with a long one (at least `cold_start`, doubling up to `max`, so a peer
+    /// Probes of a silent peer alternate a short deadline (the quantile the deadline from
+    /// before the silence was made from, `(deadline - margin) / factor`) with a long one (at least `cold_start`, doubling up to `max`, so a peer
     /// that comes back slower is not locked out; but past the first long deadline only up
     /// to a 100th of the silence so far, so no call to a peer silent for less than 100 s
     /// waits longer than `cold_start` and a probe longer than that wastes under 1% of the
@@ -143,6 +143,26 @@ pub struct TimeoutPolicy {
     /// 8 times it). In `1..=100`; default `8`: long probes hold the probe slot at most a
     /// ninth of the time.
     pub long_probe_spacing: u32,
+    /// Shortest time a peer must answer nothing, with calls to it outstanding, before
+    /// those calls are cut as a silence. A call past its deadline is cut once the peer has
+    /// answered nothing for `max(deadline, min_silence)` (since the call started, or since
+    /// the peer's last answer if that came later); while the peer keeps answering other
+    /// calls it is a straggler on a live peer (a lost packet, a slow route), held up to
+    /// `max(2 × deadline, cold_start)` (at most `max`, never past its caller's own
+    /// deadline). At most `max`; `0` turns the floor off. Default `0`: silence is cut
+    /// after one deadline; a floor longer than a host's CPU stalls keeps their calls,
+    /// detecting a silence that much later (EVALUATION.md measures the trade).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_adaptive_timeout::TimeoutPolicy;
+    ///
+    /// let policy = TimeoutPolicy::default().min_silence(Duration::from_millis(350));
+    /// assert!(policy.validate().is_ok());
+    /// assert!(TimeoutPolicy::default().min_silence(Duration::MAX).validate().is_err());
+    /// ```
+    #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
+    pub min_silence: Duration,
 }
 
 impl Default for TimeoutPolicy {
@@ -165,6 +185,7 @@ impl Default for TimeoutPolicy {
             probe_backoff: Duration::from_millis(10),
             probe_backoff_max: Duration::from_millis(100),
             long_probe_spacing: 8,
+            min_silence: Duration::ZERO,
         }
     }
 }
@@ -219,6 +240,8 @@ setters! {
     probe_backoff_max: Duration;
     /// Sets [`TimeoutPolicy::long_probe_spacing`].
     long_probe_spacing: u32;
+    /// Sets [`TimeoutPolicy::min_silence`].
+    min_silence: Duration;
 }
 
 impl TimeoutPolicy {

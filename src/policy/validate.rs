@@ -135,7 +135,8 @@ impl TimeoutPolicy {
         Ok(())
     }
 
-    /// Probing a silent peer: backoff, its ceiling, and the spacing of long probes.
+    /// Silence and probing: the silence floor, backoff, its ceiling, and the spacing of long
+    /// probes.
     fn check_probes(&self) -> Result<(), PolicyError> {
         if self.probe_backoff.is_zero() || self.probe_backoff > MAX_DEADLINE {
             return fail(
@@ -161,6 +162,15 @@ impl TimeoutPolicy {
                 format!(
                     "must be in 1..={MAX_LONG_PROBE_SPACING}, got {}",
                     self.long_probe_spacing
+                ),
+            );
+        }
+        if self.min_silence > self.max {
+            return fail(
+                "min_silence",
+                format!(
+                    "({:?}) must not exceed max ({:?})",
+                    self.min_silence, self.max
                 ),
             );
         }

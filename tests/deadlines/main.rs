@@ -13,3 +13,4 @@ mod policy_serde;
 mod policy_validation;
 mod quiet_peers;
 mod real_networks;
+mod stragglers;

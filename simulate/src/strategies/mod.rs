@@ -4,7 +4,8 @@
 //! `tower-adaptive-timeout`'s layer ([`layer`]), at its defaults and with one setting
 //! changed (labelled as such): `fail_fast` off, so calls to a silent peer go out with the
 //! shortest deadline instead of being refused; `max_classes` 0, one history per peer;
-//! `min_samples` 1000, a busy peer's quantile read from 1,000 answers. The per-peer rules (RTO, the
+//! `min_samples` 1000, a busy peer's quantile read from 1,000 answers; `min_silence` 350 ms,
+//! calls cut as a silence only after 350 ms without an answer. The per-peer rules (RTO, the
 //! crate's formula, phi) run on the shared [`skeleton`](crate::skeleton).
 
 pub mod adaptive_timeout_crate;
@@ -55,11 +56,14 @@ pub enum Kind {
     /// This crate's layer with `min_samples(1000)`: a busy peer keeps `cold_start` until
     /// its window holds 1,000 answers, enough to observe a p99.9.
     LayerMinSamples1000,
+    /// This crate's layer with `min_silence(350 ms)`: calls are cut as a silence only once
+    /// the peer has answered nothing for 350 ms, longer than a CPU stall.
+    LayerMinSilence350,
 }
 
 impl Kind {
     /// Every strategy, in report order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Fixed1s,
         Kind::Fixed30s,
         Kind::Rfc6298,
@@ -69,6 +73,7 @@ impl Kind {
         Kind::LayerNoFailFast,
         Kind::LayerNoClasses,
         Kind::LayerMinSamples1000,
+        Kind::LayerMinSilence350,
     ];
 
     /// Name in the report.
@@ -83,6 +88,7 @@ impl Kind {
             Kind::LayerNoFailFast => "this layer (TUNED: fail_fast off)",
             Kind::LayerNoClasses => "this layer (TUNED: max_classes 0)",
             Kind::LayerMinSamples1000 => "this layer (TUNED: min_samples 1000)",
+            Kind::LayerMinSilence350 => "this layer (TUNED: min_silence 350ms)",
         }
     }
 }
@@ -113,6 +119,11 @@ pub fn build(kind: Kind, seed: u64) -> Strategy {
         Kind::LayerNoClasses => layer::build(TimeoutPolicy::default(), seed, 0),
         Kind::LayerMinSamples1000 => layer::build(
             TimeoutPolicy::default().min_samples(1_000),
+            seed,
+            DEFAULT_MAX_CLASSES,
+        ),
+        Kind::LayerMinSilence350 => layer::build(
+            TimeoutPolicy::default().min_silence(Duration::from_millis(350)),
             seed,
             DEFAULT_MAX_CLASSES,
         ),

@@ -109,14 +109,15 @@ fn probes_alternate_a_long_deadline_that_doubles_with_short_ones() {
         now += d;
         h.on_deadline(now, now - d, true, &policy);
     }
-    // The first is long (cold start), then short ones at the deadline from before the
-    // silence, until long_probe_spacing times the long one has passed; the next long
-    // one would double, but stays at cold start while the silence is under 100 s.
+    // The first is long (cold start), then short ones at the quantile the deadline from
+    // before the silence came from ((25 - 5) / 2 ms), until long_probe_spacing times the
+    // long one has passed; the next long one would double, but stays at cold start while
+    // the silence is under 100 s.
     assert_eq!(deadlines[0], 1000);
-    assert_eq!(deadlines[1], 25);
-    let second_long = deadlines.iter().skip(1).position(|d| *d > 25).unwrap() + 1;
+    assert_eq!(deadlines[1], 10);
+    let second_long = deadlines.iter().skip(1).position(|d| *d > 10).unwrap() + 1;
     assert_eq!(deadlines[second_long], 1000);
-    assert!(deadlines[1..second_long].iter().all(|d| *d == 25));
+    assert!(deadlines[1..second_long].iter().all(|d| *d == 10));
     assert!(now >= t0, "{now:?}");
 }
 
@@ -181,7 +182,8 @@ fn a_failed_probe_makes_the_next_one_long() {
     assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(1000)));
     h.on_deadline(at + ms(1000), at, true, &policy);
     let at = h.next_probe_at();
-    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(25)));
+    // Short: the p99.9 the 25 ms deadline came from, (25 - 5) / 2.
+    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(10)));
     h.on_probe_end(at + ms(1), ProbeEnd::Failed, &policy);
     // Long at once, at cold start while the silence is under 100 s.
     let at = h.next_probe_at();
@@ -229,4 +231,65 @@ fn turning_detection_off_releases_a_silent_peer() {
     let mut h = silent(&policy, t0);
     assert_eq!(h.admit(t0, &off).0, Verdict::Go);
     assert_eq!(h.state(), PeerState::Healthy);
+}
+
+#[test]
+fn a_straggler_is_cut_after_a_deadline_without_answers_or_at_its_cap() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    let d = ms(40);
+    // No answer since the call started: cut at its deadline, as ever.
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(41)));
+    // The peer answered since: held a deadline past its last answer, each time it answers.
+    h.on_response(t0 + ms(30));
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(70)));
+    h.on_response(t0 + ms(900));
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(940)));
+    h.on_response(t0 + ms(980));
+    // Up to the cap: max(2 x 40 ms, cold_start) = 1 s after its start.
+    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(1_001)));
+    // A slow peer's cap is 2 deadlines, within `max`.
+    h.on_response(t0 + ms(3_500));
+    assert_eq!(h.cut_at(t0, ms(2_000), &policy), Some(t0 + ms(4_000)));
+    let short = policy.clone().max(ms(1_000));
+    assert_eq!(h.cut_at(t0, ms(700), &short), Some(t0 + ms(1_000)));
+    let longest = policy.clone().max(crate::MAX_DEADLINE);
+    let day = crate::MAX_DEADLINE;
+    assert_eq!(h.cut_at(t0, day, &longest), Some(t0 + day));
+}
+
+#[test]
+fn min_silence_holds_every_call_until_the_peer_said_nothing_that_long() {
+    let policy = TimeoutPolicy::default().min_silence(ms(350));
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(351)));
+    h.on_response(t0 + ms(100));
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(450)));
+    // A silent peer's calls are cut at once (its interrupt reached the others).
+    h.on_deadline(t0 + ms(500), t0 + ms(101), false, &policy);
+    h.on_deadline(t0 + ms(500), t0 + ms(102), false, &policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), None);
+}
+
+#[test]
+fn a_short_probe_waits_the_quantile_its_deadline_came_from() {
+    // 100 ms = p99.9 30 ms x 3 + 10 ms: a peer back as it was answers within 30 ms.
+    let policy = TimeoutPolicy::default().factor(3.0).margin(ms(10));
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    h.note_deadline(ms(100));
+    h.on_deadline(t0, t0, false, &policy);
+    h.on_deadline(t0, t0, false, &policy);
+    let at = h.next_probe_at();
+    assert_eq!(
+        h.admit(at, &policy).0,
+        Verdict::Probe(ms(1000)),
+        "long first"
+    );
+    h.on_deadline(at + ms(1000), at, true, &policy);
+    let at = h.next_probe_at();
+    assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(30)));
 }
