@@ -291,7 +291,8 @@ impl Interrupted {
     /// the caller's, [`DeadlineSource::Caller`]). A call that was sent may have reached its
     /// peer: retry those only if the request is idempotent. A spent budget is spent for the
     /// next attempt too, a body that stopped mid-way ([`Reason::BodyIdle`]) had an answer,
-    /// and a cancel (by hand, a fired token, a shutdown) is final.
+    /// a hedge's losing copy ([`Reason::Hedged`]) lost to an answer, and a cancel (by hand,
+    /// a fired token, a shutdown) is final.
     ///
     /// ```
     /// use tower_adaptive_timeout::Interrupted;
@@ -311,6 +312,7 @@ impl Interrupted {
             Reason::BudgetSpent
             | Reason::BodyIdle { .. }
             | Reason::Manual(_)
+            | Reason::Hedged
             | Reason::Shutdown => false,
         }
     }
@@ -484,6 +486,10 @@ mod tests {
         assert!(silent.is_silence() && silent.was_sent() && !silent.is_timeout());
         assert!(of(Reason::Shutdown).is_cancel());
         assert!(of(Reason::Manual("x".into())).is_cancel());
+        // A hedge's losing copy lost to an answer: a cancel, nothing to try again.
+        let loser = of(Reason::Hedged);
+        assert!(loser.is_cancel() && !loser.is_unanswered() && !loser.is_timeout());
+        assert!(silent.is_unanswered() && !spent.is_unanswered());
     }
 
     #[test]
