@@ -126,6 +126,11 @@ impl Recent {
         (&mut self.scratch, Duration::from_secs(oldest))
     }
 
+    /// Whether the ring has been allocated (at its first answer).
+    pub(crate) fn is_allocated(&self) -> bool {
+        self.slots.capacity() != 0
+    }
+
     /// How many answers the ring holds when full.
     pub(crate) fn capacity(&self) -> usize {
         self.cap

@@ -24,7 +24,10 @@ impl<K: PeerKey> PeerTable<K> {
         let mut removed = 0;
         self.peers.retain(|_, p| {
             let keep = p.idle_for(now) < self.idle_ttl || !p.retire();
-            removed += usize::from(!keep);
+            if !keep {
+                removed += 1;
+                p.forget(now);
+            }
             keep
         });
         self.len.fetch_sub(removed, Relaxed);
@@ -75,20 +78,27 @@ impl<K: PeerKey> PeerTable<K> {
             self.busy_until.store(until, Relaxed);
             return false;
         };
+        self.evict(key, peer, now);
+        self.len() < self.max_peers
+    }
+
+    /// Lets `peer` go if it still has no call in flight, giving its histories' memory back
+    /// at once; else puts it back in line.
+    pub(super) fn evict(&self, key: Arc<K>, peer: Arc<Peer>, now: Instant) {
         // Invariant 1: only a peer that `retire` accepted, with no call in flight, goes.
         let retired = |_: &Arc<K>, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
         if self.peers.remove_if(&key, retired).is_some() {
             self.len.fetch_sub(1, Relaxed);
+            peer.forget(now);
         } else if !peer.is_retired() {
             // A call came in since it was sampled: back in line.
             self.rotation().push_back((key, peer));
         }
-        self.len() < self.max_peers
     }
 
     /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
     /// rotation. The others go to the back of the line; peers already let go are dropped.
-    fn idlest_in_rotation(&self, now: Instant) -> Option<RotationEntry<K>> {
+    pub(super) fn idlest_in_rotation(&self, now: Instant) -> Option<RotationEntry<K>> {
         let mut rotation = self.rotation();
         let mut idlest: Option<(Duration, RotationEntry<K>)> = None;
         for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {
