@@ -45,9 +45,14 @@ const RATE_TARGET: f64 = 0.98;
 /// The layer's p99 over tower::timeout's must be at most this.
 const P99_TARGET: f64 = 1.02;
 
-/// What one case measured: calls/s per round, and every call's latency in nanoseconds.
+/// What one task's round saw: calls ended, calls failed, their latencies.
+type Ended = (u64, u64, Histogram<u64>);
+
+/// What one case measured: calls/s per round, calls that failed, and every call's latency
+/// in nanoseconds.
 struct Measured {
     rates: Vec<f64>,
+    failed: u64,
     latencies: Histogram<u64>,
 }
 
@@ -55,6 +60,7 @@ impl Measured {
     fn new() -> Measured {
         Measured {
             rates: Vec::new(),
+            failed: 0,
             latencies: Histogram::new(3).expect("3 significant figures"),
         }
     }
@@ -73,34 +79,40 @@ impl Measured {
 }
 
 /// Keeps `in_flight` calls to `uri` going through `svc` until `until`; returns how many
-/// ended and their latencies.
-async fn drive<S>(mut svc: S, uri: Uri, in_flight: usize, until: Instant) -> (u64, Histogram<u64>)
+/// ended, how many of them failed, and their latencies.
+async fn drive<S>(mut svc: S, uri: Uri, in_flight: usize, until: Instant) -> Ended
 where
     S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>>,
-    S::Error: std::fmt::Debug,
 {
     let mut latencies = Histogram::new(3).expect("3 significant figures");
     let mut calls = FuturesUnordered::new();
-    let mut ended = 0;
+    let (mut ended, mut failed) = (0, 0);
     loop {
         while calls.len() < in_flight && Instant::now() < until {
-            poll_fn(|cx| svc.poll_ready(cx)).await.expect("ready");
+            if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
+                panic!("service not ready");
+            }
             let start = Instant::now();
             let call = svc.call(get(uri.clone()));
             calls.push(async move {
-                let response = call.await.expect("an answer");
-                response.into_body().collect().await.expect("a body");
-                start.elapsed()
+                // A call that fails (the layer's deadline on a stalled machine) counts as
+                // an error, timed to its end like the others.
+                let ok = match call.await {
+                    Ok(response) => response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                (start.elapsed(), ok)
             });
         }
         match calls.next().await {
-            Some(took) => {
+            Some((took, ok)) => {
                 latencies
                     .record(took.as_nanos() as u64)
                     .expect("an auto-resizing histogram");
                 ended += 1;
+                failed += u64::from(!ok);
             }
-            None => return (ended, latencies),
+            None => return (ended, failed, latencies),
         }
     }
 }
@@ -116,25 +128,26 @@ fn round<S>(
     into: Option<&mut Measured>,
 ) where
     S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
     S::Future: Send,
+    S::Error: Send,
 {
-    let (ended, latencies) = rt.block_on(async {
+    let (ended, failed, latencies) = rt.block_on(async {
         let until = Instant::now() + length;
         let tasks: Vec<_> = (0..workers)
             .map(|_| tokio::spawn(drive(svc.clone(), uri.clone(), in_flight, until)))
             .collect();
         let mut all = Histogram::<u64>::new(3).expect("3 significant figures");
-        let mut ended = 0;
+        let (mut ended, mut failed) = (0, 0);
         for task in tasks {
-            let (n, h) = task.await.expect("task");
-            ended += n;
+            let (n, f, h) = task.await.expect("task");
+            (ended, failed) = (ended + n, failed + f);
             all.add(h).expect("same bounds");
         }
-        (ended, all)
+        (ended, failed, all)
     });
     if let Some(m) = into {
         m.rates.push(ended as f64 / length.as_secs_f64());
+        m.failed += failed;
         m.latencies.add(latencies).expect("same bounds");
     }
 }
@@ -198,17 +211,17 @@ fn main() {
     println!("\n== e2e: hyper client -> hyper server on loopback, HTTP/1.1 keep-alive ==");
     println!("({rounds} interleaved rounds of {length:?} per case; calls/s: median of the rounds; p99 of every call)\n");
     println!(
-        "| workers | in flight | calls/s: {} | {} | {} | layer / tower (>= {RATE_TARGET}) | p99 us: {} | {} | {} | layer / tower (<= {P99_TARGET}) |",
-        STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2]
+        "| workers | in flight | calls/s: {} | {} | {} | layer / tower (>= {RATE_TARGET}) | p99 us: {} | {} | {} | layer / tower (<= {P99_TARGET}) | failed: {} / {} / {} |",
+        STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2]
     );
-    println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
     for workers in WORKERS {
         let results = measure(workers, &uri, rounds, length);
         for (k, [b, t, l]) in IN_FLIGHT.iter().zip(&results) {
             let rate = l.rate() / t.rate();
             let p99 = l.p99_us() / t.p99_us();
             println!(
-                "| {workers} | {k} | {:.0} | {:.0} | {:.0} | {rate:.3} {} | {:.1} | {:.1} | {:.1} | {p99:.3} {} |",
+                "| {workers} | {k} | {:.0} | {:.0} | {:.0} | {rate:.3} {} | {:.1} | {:.1} | {:.1} | {p99:.3} {} | {} / {} / {} |",
                 b.rate(),
                 t.rate(),
                 l.rate(),
@@ -217,6 +230,9 @@ fn main() {
                 t.p99_us(),
                 l.p99_us(),
                 verdict(p99, P99_TARGET, true),
+                b.failed,
+                t.failed,
+                l.failed,
             );
         }
     }
