@@ -200,6 +200,15 @@ impl Window {
             .release(std::mem::take(&mut self.charged.histograms));
     }
 
+    /// Forgets every answer and histogram, giving their memory (and its charge) back: the
+    /// history of a peer the table let go, which no call records into again.
+    pub(crate) fn clear(&mut self) {
+        self.free_histograms();
+        self.recent.clear();
+        self.ledger
+            .release(std::mem::take(&mut self.charged.answers));
+    }
+
     /// How long the window covers.
     fn span(&self) -> Duration {
         self.sub_len * self.subs.len() as u32

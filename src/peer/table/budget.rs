@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use super::{PeerTable, Policies};
 use crate::peer::key::PeerKey;
-use crate::peer::lane::Lane;
 use crate::peer::Peer;
 use crate::policy::{Account, TimeoutPolicy};
 
@@ -63,18 +62,21 @@ impl<K: PeerKey> PeerTable<K> {
             let Some((key, peer)) = self.idlest_in_rotation(now) else {
                 return;
             };
-            self.evict(key, peer, now);
+            self.evict(key, peer);
         }
     }
 }
 
 impl Peer {
-    /// Gives back the memory of a peer the table let go: its histories are dropped at once,
-    /// whoever still holds the peer (a service's last peer, a snapshot under way). A
-    /// retired peer admits no call (invariant 1), so nothing records into it again.
-    pub(super) fn forget(&self, now: Instant) {
+    /// Gives back the memory of a peer the table let go: its histories forget their
+    /// answers and histograms at once, whoever still holds the peer (a service's last
+    /// peer, a snapshot under way). A retired peer admits no call (invariant 1), so nothing
+    /// records into it again.
+    pub(super) fn forget(&self) {
         let mut locked = self.lock_alone();
-        locked.classes.clear();
-        locked.lane = Lane::new(&locked.policy.clone(), now);
+        locked.lane.window.clear();
+        for class in &mut locked.classes {
+            class.lane.window.clear();
+        }
     }
 }

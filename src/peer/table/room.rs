@@ -21,15 +21,17 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 impl<K: PeerKey> PeerTable<K> {
     /// Removes peers idle for `idle_ttl` with no call in flight.
     pub(crate) fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
+        let mut gone = Vec::new();
         self.peers.retain(|_, p| {
             let keep = p.idle_for(now) < self.idle_ttl || !p.retire();
             if !keep {
-                removed += 1;
-                p.forget(now);
+                gone.push(p.clone());
             }
             keep
         });
+        let removed = gone.len();
+        // Outside the shard's lock: each takes its peer's.
+        gone.iter().for_each(|p| p.forget());
         self.len.fetch_sub(removed, Relaxed);
         self.last_sweep.store(self.nanos(now), Relaxed);
         if removed > 0 {
@@ -78,18 +80,18 @@ impl<K: PeerKey> PeerTable<K> {
             self.busy_until.store(until, Relaxed);
             return false;
         };
-        self.evict(key, peer, now);
+        self.evict(key, peer);
         self.len() < self.max_peers
     }
 
     /// Lets `peer` go if it still has no call in flight, giving its histories' memory back
     /// at once; else puts it back in line.
-    pub(super) fn evict(&self, key: Arc<K>, peer: Arc<Peer>, now: Instant) {
+    pub(super) fn evict(&self, key: Arc<K>, peer: Arc<Peer>) {
         // Invariant 1: only a peer that `retire` accepted, with no call in flight, goes.
         let retired = |_: &Arc<K>, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
         if self.peers.remove_if(&key, retired).is_some() {
             self.len.fetch_sub(1, Relaxed);
-            peer.forget(now);
+            peer.forget();
         } else if !peer.is_retired() {
             // A call came in since it was sampled: back in line.
             self.rotation().push_back((key, peer));
