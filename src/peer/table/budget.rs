@@ -80,3 +80,25 @@ impl Peer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::peer::table::tests::table;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_let_go_gives_its_memory_back_while_a_service_still_holds_it() {
+        let t = table(1);
+        let held = t.peer(&1, Instant::now()).unwrap();
+        (held.lock_alone().lane.window).record(Duration::from_millis(5), Instant::now());
+        assert_eq!(t.memory().0, TimeoutPolicy::default().history_bytes());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Peer 2 takes the only slot: idle peer 1 goes, though `held` keeps it alive.
+        assert!(t.peer(&2, Instant::now()).is_some());
+        assert!(t.get(&1).is_none());
+        assert_eq!(t.memory().0, 0);
+        drop(held);
+    }
+}
