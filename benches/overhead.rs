@@ -19,7 +19,7 @@
 //!   it latencies spread over 1 ms..1 s, since it reads a quantile on every call.
 //!
 //! Ends with a table of medians and the ratios the project targets:
-//! `(layer - bare) / (tower::timeout - bare)` <= 2.5 (ready) and <= 1.0 (pending once);
+//! `(layer - bare) / (tower::timeout - bare)` <= 3.5 (ready) and <= 1.5 (pending once);
 //! `layer_info / layer` <= 1.05.
 
 pub mod common;
@@ -171,10 +171,10 @@ fn main() {
     common::print_medians("overhead");
     let mut ratios = Vec::new();
     for (group, target) in [
-        ("ready", 2.5),
-        ("pending_once", 1.0),
-        ("ready_tracing", 2.5),
-        ("pending_once_tracing", 1.0),
+        ("ready", 3.5),
+        ("pending_once", 1.5),
+        ("ready_tracing", 3.5),
+        ("pending_once_tracing", 1.5),
     ] {
         ratios.push(Ratio::overhead(
             &format!("{group}: (layer - bare) / (tower_timeout - bare)"),

@@ -124,6 +124,25 @@ impl<K: PeerKey> AdaptiveTimeoutHandle<K> {
         self.table.len()
     }
 
+    /// Heap bytes the layer's latency histories hold now (counting each busy history's
+    /// histograms at their most), and the budget they are held within: the default
+    /// policy's [`memory_budget`](TimeoutPolicy::memory_budget).
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy, DEFAULT_MEMORY_BUDGET};
+    ///
+    /// let layer = AdaptiveTimeoutLayer::builder(|peer: &u32| *peer).build().unwrap();
+    /// let handle = layer.handle();
+    /// assert_eq!(handle.memory(), (0, DEFAULT_MEMORY_BUDGET));
+    /// // A new default policy brings its budget into force at once.
+    /// let smaller = TimeoutPolicy::default().memory_budget(64 << 20);
+    /// handle.set_default_policy(smaller).unwrap();
+    /// assert_eq!(handle.memory(), (0, 64 << 20));
+    /// ```
+    pub fn memory(&self) -> (usize, usize) {
+        self.table.memory()
+    }
+
     /// Calls that went untracked: their request named no peer (an `http::Request` with a
     /// path-only URI and no `Host`, as a tonic client built with `new(channel)` sends), or
     /// the table was full. They get the default policy's `cold_start` and teach nothing.

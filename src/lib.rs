@@ -118,8 +118,8 @@ pub use peer::key::{ByPeer, Classed, HasPeer, KeyFn, PeerKey};
 #[cfg(feature = "http")]
 pub use peer::key::{HttpKeyFn, HttpPeer, InvalidPeer};
 pub use policy::{
-    PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW,
-    MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
+    PolicyError, TimeoutPolicy, DEFAULT_MEMORY_BUDGET, MAX_DEADLINE, MAX_LONG_PROBE_SPACING,
+    MAX_MEMORY_BUDGET, MAX_SUB_WINDOWS, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
 };
 pub use propagate::{Deadline, Propagation};
 pub use service::AdaptiveTimeout;

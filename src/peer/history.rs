@@ -126,6 +126,16 @@ impl Recent {
         (&mut self.scratch, Duration::from_secs(oldest))
     }
 
+    /// Forgets every answer and gives the ring's memory back.
+    pub(crate) fn clear(&mut self) {
+        (self.slots, self.scratch, self.next) = (Vec::new(), Vec::new(), 0);
+    }
+
+    /// Whether the ring has been allocated (at its first answer).
+    pub(crate) fn is_allocated(&self) -> bool {
+        self.slots.capacity() != 0
+    }
+
     /// How many answers the ring holds when full.
     pub(crate) fn capacity(&self) -> usize {
         self.cap

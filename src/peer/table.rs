@@ -35,9 +35,10 @@ use crate::explain::DeadlineSource;
 use crate::export::{self, Labels, PeerMetrics};
 use crate::interrupt::{Fired, Interrupts};
 use crate::label::label;
-use crate::policy::TimeoutPolicy;
+use crate::policy::{Account, TimeoutPolicy};
 use crate::propagate::Propagation;
 
+mod budget;
 mod ejection;
 mod room;
 
@@ -136,6 +137,8 @@ pub(crate) struct PeerTable<K> {
     max_classes: usize,
     /// The quantile hedged calls to its peers send their copy at.
     pub(crate) hedge_quantile: super::HedgeQuantile,
+    /// What the histories of every peer hold, against the default policy's memory budget.
+    account: Arc<Account>,
 }
 
 impl<K> PeerTable<K> {
@@ -185,6 +188,8 @@ impl<K: PeerKey> PeerTable<K> {
     ) -> Self {
         let untracked = nanos(policies.default.cold_start);
         let untracked_max = nanos(policies.default.max);
+        let account = Account::new(policies.default.memory_budget);
+        let policies = policies.accounted(&account);
         PeerTable {
             peers: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             rotation: Mutex::new(VecDeque::new()),
@@ -210,6 +215,7 @@ impl<K: PeerKey> PeerTable<K> {
             endpoints: EndpointSet::default(),
             max_classes: 0,
             hedge_quantile: super::HedgeQuantile::default(),
+            account,
         }
     }
 
@@ -241,6 +247,8 @@ impl<K: PeerKey> PeerTable<K> {
         last: &mut Option<LastPeer<K>>,
     ) -> Admission {
         let here = Location::caller();
+        // A history refused memory: room is made here, outside every peer's lock.
+        self.reclaim(now);
         if key.is_none() {
             // The request names no peer: the call teaches nothing, but it is counted.
             self.count_untracked();
@@ -391,7 +399,8 @@ impl<K: PeerKey> PeerTable<K> {
     /// override: O(peers), done at once so that a call never pays for a policy change.
     pub(crate) fn set_default(&self, policy: TimeoutPolicy) {
         let _changing = self.changing();
-        let policy = Arc::new(policy);
+        let policy = self.accounted(&policy);
+        self.account.set_limit(policy.memory_budget);
         self.write_policies().default = policy.clone();
         self.untracked_deadline
             .store(nanos(policy.cold_start), Relaxed);
@@ -410,7 +419,7 @@ impl<K: PeerKey> PeerTable<K> {
     /// Gives `key` its own policy, in force at once if the peer is tracked: O(1).
     pub(crate) fn set_override(&self, key: K, policy: TimeoutPolicy) {
         let _changing = self.changing();
-        let policy = Arc::new(policy);
+        let policy = self.accounted(&policy);
         self.write_policies()
             .overrides
             .insert(key.clone(), policy.clone());

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::estimate;
 use super::history::Recent;
-use crate::policy::TimeoutPolicy;
+use crate::policy::{Ledger, TimeoutPolicy};
 use crate::units::{from_units, to_units, UNIT_NANOS};
 
 /// The latency history of one peer.
@@ -31,6 +31,21 @@ pub(crate) struct Window {
     recent: Recent,
     /// When the history began.
     born: Instant,
+    /// The layer's account this history charges, and what it holds charged: its last
+    /// answers' bytes, and its histograms' at their most while they are allocated.
+    ledger: Ledger,
+    charged: Charged,
+}
+
+/// Bytes a history holds charged to its layer's budget, and when a refused charge for its
+/// histograms may be tried again.
+struct Charged {
+    answers: usize,
+    histograms: usize,
+    /// Histograms refused room wait until this rotation to ask again.
+    retry_at: Instant,
+    /// The most its histograms and answers can take.
+    sizes: (usize, usize),
 }
 
 /// What a history says about the quantile a deadline follows.
@@ -82,6 +97,13 @@ impl Window {
             bounds: policy.histogram_bounds(),
             recent: Recent::new(policy, now),
             born: now,
+            ledger: policy.ledger.clone(),
+            charged: Charged {
+                answers: 0,
+                histograms: 0,
+                retry_at: now,
+                sizes: (policy.histogram_bytes(), policy.history_bytes()),
+            },
         }
     }
 
@@ -91,16 +113,42 @@ impl Window {
     /// The answer that makes the peer busy (its last `min_samples` all within the window)
     /// allocates the histograms and puts the answers kept so far into the current
     /// sub-window, so they count for up to a sub-window longer than they would have.
+    ///
+    /// Each step charges the layer's memory budget first: a history with no room for its
+    /// answers keeps none (it stays at `cold_start`), and one with no room for its
+    /// histograms reads its answers alone, asking again at its next rotation.
     pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
         let v = to_units(latency);
+        if !self.recent.is_allocated() {
+            let bytes = self.charged.sizes.1;
+            if !self.ledger.try_charge(bytes) {
+                return;
+            }
+            self.charged.answers = bytes;
+        }
         self.recent.push(v, now);
         if self.total.is_some() {
             self.record_units(v);
-        } else if self.recent.full_within(self.span(), now) {
+        } else if now >= self.charged.retry_at
+            && self.recent.full_within(self.span(), now)
+            && self.charge_histograms(now)
+        {
             for i in 0..self.recent.len() {
                 self.record_units(self.recent.get(i));
             }
         }
+    }
+
+    /// Charges the histograms at their most before the first is allocated; refused, the
+    /// history asks again when its current sub-window ends.
+    fn charge_histograms(&mut self, now: Instant) -> bool {
+        let bytes = self.charged.sizes.0;
+        if self.ledger.try_charge(bytes) {
+            self.charged.histograms = bytes;
+            return true;
+        }
+        self.charged.retry_at = self.current_ends.max(now + self.sub_len);
+        false
     }
 
     fn record_units(&mut self, v: u64) {
@@ -148,6 +196,17 @@ impl Window {
     fn free_histograms(&mut self) {
         self.subs.iter_mut().for_each(|h| *h = None);
         self.total = None;
+        self.ledger
+            .release(std::mem::take(&mut self.charged.histograms));
+    }
+
+    /// Forgets every answer and histogram, giving their memory (and its charge) back: the
+    /// history of a peer the table let go, which no call records into again.
+    pub(crate) fn clear(&mut self) {
+        self.free_histograms();
+        self.recent.clear();
+        self.ledger
+            .release(std::mem::take(&mut self.charged.answers));
     }
 
     /// How long the window covers.
@@ -272,6 +331,13 @@ impl Window {
             .map(|h| h.distinct_values() * std::mem::size_of::<u32>())
             .sum();
         histograms + self.recent.heap_bytes()
+    }
+}
+
+/// A history dropped (its peer let go, its shape changed) gives its bytes back.
+impl Drop for Window {
+    fn drop(&mut self) {
+        (self.ledger).release(self.charged.answers + self.charged.histograms);
     }
 }
 

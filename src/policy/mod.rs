@@ -7,14 +7,18 @@
 //! (see [`DeadlineSource::Estimate`]). Before that the peer gets `cold_start`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::explain::{DeadlineExplanation, DeadlineSource, Learned};
 use crate::units::to_units;
 
+mod budget;
 #[cfg(feature = "serde")]
 mod map_only;
 mod validate;
+
+pub(crate) use self::budget::{Account, Ledger};
 
 /// Longest `max` (and so longest deadline) a policy accepts.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -33,6 +37,12 @@ pub const MIN_SUB_WINDOW: Duration = Duration::from_millis(1);
 /// to 24h) would make 10,000 peers hold 71 GB. A layer holds at most `max_peers` times the
 /// largest `max_window_bytes` of its policies, times `1 + max_classes`.
 pub const MAX_WINDOW_BYTES: usize = 1 << 20;
+/// The default [`TimeoutPolicy::memory_budget`]: 480 MiB, room for the default 10,000 busy
+/// peers' own histories at the default policy (486 MB), leaving 32 MiB of 512 for the
+/// rest of what a layer holds.
+pub const DEFAULT_MEMORY_BUDGET: usize = 480 << 20;
+/// Largest [`TimeoutPolicy::memory_budget`] a policy accepts: 1 TiB.
+pub const MAX_MEMORY_BUDGET: usize = 1 << 40;
 /// Largest `long_probe_spacing` a policy accepts.
 pub const MAX_LONG_PROBE_SPACING: u32 = 100;
 
@@ -63,7 +73,7 @@ pub(crate) const BYTES_PER_ANSWER: usize = 20;
 ///
 /// With the `serde` feature a policy reads from a map of fields (missing fields take their
 /// defaults, unknown ones are refused), never from a list of values by position.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[cfg_attr(
     feature = "serde",
     derive(serde::Serialize, serde::Deserialize),
@@ -163,6 +173,19 @@ pub struct TimeoutPolicy {
     /// ```
     #[cfg_attr(feature = "serde", serde(with = "humantime_serde"))]
     pub min_silence: Duration,
+    /// Most heap bytes a whole layer's latency histories (every peer's own and its latency
+    /// classes', histograms and last answers) may hold together, whatever the number of
+    /// peers and classes. A history that would pass it keeps no histograms (or, with no
+    /// room for its answers, learns nothing and keeps its `cold_start`) while the table
+    /// makes room by letting its idlest peers go, at most 8 per call that finds the budget
+    /// short. A layer's budget is its default policy's (a per-peer override's is not
+    /// used); a new default puts a new budget in force at once. At least one history's
+    /// [`max_window_bytes`](Self::max_window_bytes), at most [`MAX_MEMORY_BUDGET`].
+    /// Default [`DEFAULT_MEMORY_BUDGET`] (480 MiB).
+    pub memory_budget: usize,
+    /// The account of the layer the policy is in force in (none outside a layer).
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) ledger: Ledger,
 }
 
 impl Default for TimeoutPolicy {
@@ -186,6 +209,8 @@ impl Default for TimeoutPolicy {
             probe_backoff_max: Duration::from_millis(100),
             long_probe_spacing: 8,
             min_silence: Duration::ZERO,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            ledger: Ledger::default(),
         }
     }
 }
@@ -242,9 +267,56 @@ setters! {
     long_probe_spacing: u32;
     /// Sets [`TimeoutPolicy::min_silence`].
     min_silence: Duration;
+    /// Sets [`TimeoutPolicy::memory_budget`].
+    ///
+    /// ```
+    /// use tower_adaptive_timeout::{TimeoutPolicy, MAX_MEMORY_BUDGET};
+    ///
+    /// // 64 MiB for every history of the layer: about 1,300 busy peers at the defaults.
+    /// let policy = TimeoutPolicy::default().memory_budget(64 << 20);
+    /// assert!(policy.validate().is_ok());
+    /// assert!(TimeoutPolicy::default().memory_budget(0).validate().is_err());
+    /// assert!(TimeoutPolicy::default().memory_budget(MAX_MEMORY_BUDGET + 1).validate().is_err());
+    /// ```
+    memory_budget: usize;
+}
+
+/// Every public field; the layer's account is no part of what a policy says.
+impl fmt::Debug for TimeoutPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutPolicy")
+            .field("quantile", &self.quantile)
+            .field("factor", &self.factor)
+            .field("margin", &self.margin)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("cold_start", &self.cold_start)
+            .field("min_samples", &self.min_samples)
+            .field("window", &self.window)
+            .field("max_history", &self.max_history)
+            .field("sub_windows", &self.sub_windows)
+            .field("significant_figures", &self.significant_figures)
+            .field("recompute_every", &self.recompute_every)
+            .field("silent_after_misses", &self.silent_after_misses)
+            .field("fail_fast", &self.fail_fast)
+            .field("probe_backoff", &self.probe_backoff)
+            .field("probe_backoff_max", &self.probe_backoff_max)
+            .field("long_probe_spacing", &self.long_probe_spacing)
+            .field("min_silence", &self.min_silence)
+            .field("memory_budget", &self.memory_budget)
+            .finish()
+    }
 }
 
 impl TimeoutPolicy {
+    /// This policy, its histories charged to `account` (the layer's).
+    pub(crate) fn accounted(&self, account: &Arc<Account>) -> TimeoutPolicy {
+        TimeoutPolicy {
+            ledger: Ledger::new(account.clone()),
+            ..self.clone()
+        }
+    }
+
     /// Heap bytes of the last answers one history (a peer's, or one of its latency
     /// classes') keeps under this policy, whatever `max_history` is: 20 bytes per answer
     /// (its latency in 64 bits, so any `max` up to [`MAX_DEADLINE`] is kept as it is),

@@ -3,8 +3,8 @@
 //! the one reported.
 
 use super::{
-    PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_LONG_PROBE_SPACING, MAX_SUB_WINDOWS, MAX_WINDOW,
-    MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
+    PolicyError, TimeoutPolicy, MAX_DEADLINE, MAX_LONG_PROBE_SPACING, MAX_MEMORY_BUDGET,
+    MAX_SUB_WINDOWS, MAX_WINDOW, MAX_WINDOW_BYTES, MIN_SUB_WINDOW,
 };
 
 /// A failed check: `field` and what is wrong with it.
@@ -131,6 +131,21 @@ impl TimeoutPolicy {
         }
         if self.recompute_every == 0 {
             return fail("recompute_every", "must be at least 1".into());
+        }
+        self.check_budget(window_bytes)
+    }
+
+    /// The layer's memory budget: room for one history (`window_bytes`), at most 1 TiB.
+    fn check_budget(&self, window_bytes: usize) -> Result<(), PolicyError> {
+        let budget = self.memory_budget;
+        if budget < window_bytes || budget > MAX_MEMORY_BUDGET {
+            return fail(
+                "memory_budget",
+                format!(
+                    "must be in [{window_bytes}, {MAX_MEMORY_BUDGET}] bytes (room for at least \
+                     one history under this policy, at most 1 TiB), got {budget}"
+                ),
+            );
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod support;
 mod deadline_learning;
 mod deadline_tcp;
 mod latency_classes;
+mod memory_budget;
 mod policy_runtime;
 mod policy_serde;
 mod policy_validation;

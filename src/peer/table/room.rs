@@ -21,12 +21,17 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(1);
 impl<K: PeerKey> PeerTable<K> {
     /// Removes peers idle for `idle_ttl` with no call in flight.
     pub(crate) fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
+        let mut gone = Vec::new();
         self.peers.retain(|_, p| {
             let keep = p.idle_for(now) < self.idle_ttl || !p.retire();
-            removed += usize::from(!keep);
+            if !keep {
+                gone.push(p.clone());
+            }
             keep
         });
+        let removed = gone.len();
+        // Outside the shard's lock: each takes its peer's.
+        gone.iter().for_each(|p| p.forget());
         self.len.fetch_sub(removed, Relaxed);
         self.last_sweep.store(self.nanos(now), Relaxed);
         if removed > 0 {
@@ -75,20 +80,27 @@ impl<K: PeerKey> PeerTable<K> {
             self.busy_until.store(until, Relaxed);
             return false;
         };
+        self.evict(key, peer);
+        self.len() < self.max_peers
+    }
+
+    /// Lets `peer` go if it still has no call in flight, giving its histories' memory back
+    /// at once; else puts it back in line.
+    pub(super) fn evict(&self, key: Arc<K>, peer: Arc<Peer>) {
         // Invariant 1: only a peer that `retire` accepted, with no call in flight, goes.
         let retired = |_: &Arc<K>, p: &Arc<Peer>| Arc::ptr_eq(p, &peer) && p.retire();
         if self.peers.remove_if(&key, retired).is_some() {
             self.len.fetch_sub(1, Relaxed);
+            peer.forget();
         } else if !peer.is_retired() {
             // A call came in since it was sampled: back in line.
             self.rotation().push_back((key, peer));
         }
-        self.len() < self.max_peers
     }
 
     /// Takes the idlest peer with no call in flight out of the next [`EVICTION_SAMPLE`] in
     /// rotation. The others go to the back of the line; peers already let go are dropped.
-    fn idlest_in_rotation(&self, now: Instant) -> Option<RotationEntry<K>> {
+    pub(super) fn idlest_in_rotation(&self, now: Instant) -> Option<RotationEntry<K>> {
         let mut rotation = self.rotation();
         let mut idlest: Option<(Duration, RotationEntry<K>)> = None;
         for _ in 0..EVICTION_SAMPLE.min(rotation.len()) {

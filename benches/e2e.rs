@@ -1,0 +1,240 @@
+//! End to end: hyper-util's pooled client calling a hyper server on loopback over HTTP/1.1
+//! keep-alive, bare, under `tower::timeout` (1 s) and under this layer (`http()`, default
+//! policy), with 1 and 2 client workers and 1 and 64 calls in flight per worker.
+//!
+//! The server runs on a runtime of its own (one worker) and answers `ok` at once. Each
+//! client worker runs one task with its own clone of the stack's client, keeping its calls
+//! in flight for a round; a call is timed from `call` to its body's last byte. The three
+//! stacks take turns round by round (interleaved, so load from elsewhere falls on all
+//! alike), each with its own connection pool. It prints, per case, the median calls/s over
+//! the rounds and the p99 latency of all of them, and the layer's ratios to
+//! `tower::timeout`'s against the targets: calls/s >= 0.98x, p99 <= 1.02x.
+//!
+//! `cargo bench --bench e2e` (about 40 s); as a test (`cargo test --benches`) each case
+//! runs one short round and the ratios mean nothing.
+
+pub mod common;
+
+use std::future::poll_fn;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use loopback::http_server::{self, get};
+use tower::timeout::Timeout;
+use tower::{Layer, Service};
+use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+
+use common::{multi_thread, test_mode, FIXED_TIMEOUT};
+
+/// Client worker counts measured.
+const WORKERS: [usize; 2] = [1, 2];
+/// Calls in flight per worker.
+const IN_FLIGHT: [usize; 2] = [1, 64];
+/// The stacks, in the order they take turns.
+const STACKS: [&str; 3] = ["bare", "tower::timeout", "layer"];
+/// Rounds per case, and how long each lasts.
+const ROUNDS: usize = 6;
+const ROUND: Duration = Duration::from_millis(500);
+/// The layer's calls/s over tower::timeout's must be at least this.
+const RATE_TARGET: f64 = 0.98;
+/// The layer's p99 over tower::timeout's must be at most this.
+const P99_TARGET: f64 = 1.02;
+
+/// What one task's round saw: calls ended, calls failed, their latencies.
+type Ended = (u64, u64, Histogram<u64>);
+
+/// What one case measured: calls/s per round, calls that failed, and every call's latency
+/// in nanoseconds.
+struct Measured {
+    rates: Vec<f64>,
+    failed: u64,
+    latencies: Histogram<u64>,
+}
+
+impl Measured {
+    fn new() -> Measured {
+        Measured {
+            rates: Vec::new(),
+            failed: 0,
+            latencies: Histogram::new(3).expect("3 significant figures"),
+        }
+    }
+
+    /// The median calls/s over the rounds.
+    fn rate(&self) -> f64 {
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// The p99 latency in microseconds.
+    fn p99_us(&self) -> f64 {
+        self.latencies.value_at_quantile(0.99) as f64 / 1e3
+    }
+}
+
+/// Keeps `in_flight` calls to `uri` going through `svc` until `until`; returns how many
+/// ended, how many of them failed, and their latencies.
+async fn drive<S>(mut svc: S, uri: Uri, in_flight: usize, until: Instant) -> Ended
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>>,
+{
+    let mut latencies = Histogram::new(3).expect("3 significant figures");
+    let mut calls = FuturesUnordered::new();
+    let (mut ended, mut failed) = (0, 0);
+    loop {
+        while calls.len() < in_flight && Instant::now() < until {
+            if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
+                panic!("service not ready");
+            }
+            let start = Instant::now();
+            let call = svc.call(get(uri.clone()));
+            calls.push(async move {
+                // A call that fails (the layer's deadline on a stalled machine) counts as
+                // an error, timed to its end like the others.
+                let ok = match call.await {
+                    Ok(response) => response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                (start.elapsed(), ok)
+            });
+        }
+        match calls.next().await {
+            Some((took, ok)) => {
+                latencies
+                    .record(took.as_nanos() as u64)
+                    .expect("an auto-resizing histogram");
+                ended += 1;
+                failed += u64::from(!ok);
+            }
+            None => return (ended, failed, latencies),
+        }
+    }
+}
+
+/// One round of `svc` on `rt`: one task per worker, each with its own clone.
+fn round<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &S,
+    workers: usize,
+    uri: &Uri,
+    in_flight: usize,
+    length: Duration,
+    into: Option<&mut Measured>,
+) where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
+    let (ended, failed, latencies) = rt.block_on(async {
+        let until = Instant::now() + length;
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| tokio::spawn(drive(svc.clone(), uri.clone(), in_flight, until)))
+            .collect();
+        let mut all = Histogram::<u64>::new(3).expect("3 significant figures");
+        let (mut ended, mut failed) = (0, 0);
+        for task in tasks {
+            let (n, f, h) = task.await.expect("task");
+            (ended, failed) = (ended + n, failed + f);
+            all.add(h).expect("same bounds");
+        }
+        (ended, failed, all)
+    });
+    if let Some(m) = into {
+        m.rates.push(ended as f64 / length.as_secs_f64());
+        m.failed += failed;
+        m.latencies.add(latencies).expect("same bounds");
+    }
+}
+
+/// Measures the three stacks with `workers` client workers against the server at `uri`.
+fn measure(workers: usize, uri: &Uri, rounds: usize, length: Duration) -> Vec<[Measured; 3]> {
+    let rt = multi_thread(workers);
+    let _in_runtime = rt.enter();
+    let bare = http_server::client();
+    let tower = Timeout::new(http_server::client(), FIXED_TIMEOUT);
+    let layer = AdaptiveTimeoutLayer::http()
+        .build()
+        .expect("the default policy is valid")
+        .layer(http_server::client());
+    let mut results: Vec<[Measured; 3]> = IN_FLIGHT
+        .iter()
+        .map(|_| [Measured::new(), Measured::new(), Measured::new()])
+        .collect();
+    // A warm-up round each: connections opened, the layer's deadline learned.
+    for &k in &IN_FLIGHT {
+        round(&rt, &bare, workers, uri, k, length, None);
+        round(&rt, &tower, workers, uri, k, length, None);
+        round(&rt, &layer, workers, uri, k, length, None);
+    }
+    for _ in 0..rounds {
+        for (i, &k) in IN_FLIGHT.iter().enumerate() {
+            let [b, t, l] = &mut results[i];
+            round(&rt, &bare, workers, uri, k, length, Some(b));
+            round(&rt, &tower, workers, uri, k, length, Some(t));
+            round(&rt, &layer, workers, uri, k, length, Some(l));
+        }
+    }
+    results
+}
+
+/// `value` against `target` (`at_most`: a cost), or nothing in test mode.
+fn verdict(value: f64, target: f64, at_most: bool) -> &'static str {
+    let met = if at_most {
+        value <= target
+    } else {
+        value >= target
+    };
+    match (test_mode(), met) {
+        (true, _) => "",
+        (false, true) => "met",
+        (false, false) => "MISSED",
+    }
+}
+
+fn main() {
+    let (rounds, length) = if test_mode() {
+        (1, Duration::from_millis(20))
+    } else {
+        (ROUNDS, ROUND)
+    };
+    let server_rt = multi_thread(1);
+    let server = server_rt
+        .block_on(http_server::start(Duration::ZERO))
+        .expect("a loopback server");
+    let uri = server.uri("/");
+    println!("\n== e2e: hyper client -> hyper server on loopback, HTTP/1.1 keep-alive ==");
+    println!("({rounds} interleaved rounds of {length:?} per case; calls/s: median of the rounds; p99 of every call)\n");
+    println!(
+        "| workers | in flight | calls/s: {} | {} | {} | layer / tower (>= {RATE_TARGET}) | p99 us: {} | {} | {} | layer / tower (<= {P99_TARGET}) | failed: {} / {} / {} |",
+        STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2]
+    );
+    println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
+    for workers in WORKERS {
+        let results = measure(workers, &uri, rounds, length);
+        for (k, [b, t, l]) in IN_FLIGHT.iter().zip(&results) {
+            let rate = l.rate() / t.rate();
+            let p99 = l.p99_us() / t.p99_us();
+            println!(
+                "| {workers} | {k} | {:.0} | {:.0} | {:.0} | {rate:.3} {} | {:.1} | {:.1} | {:.1} | {p99:.3} {} | {} / {} / {} |",
+                b.rate(),
+                t.rate(),
+                l.rate(),
+                verdict(rate, RATE_TARGET, false),
+                b.p99_us(),
+                t.p99_us(),
+                l.p99_us(),
+                verdict(p99, P99_TARGET, true),
+                b.failed,
+                t.failed,
+                l.failed,
+            );
+        }
+    }
+    drop(server);
+}
