@@ -44,7 +44,7 @@ pub(crate) struct Call {
     /// The call's place among its peer's calls in flight: the outcome methods end it;
     /// dropped with the guard, it records the call as abandoned.
     in_flight: InFlight,
-    start: Instant,
+    /// What the call was admitted with, its start among it.
     ticket: Ticket,
     token: Option<Interrupt>,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
@@ -52,12 +52,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(
-        in_flight: InFlight,
-        start: Instant,
-        ticket: Ticket,
-        token: Option<Interrupt>,
-    ) -> Self {
+    pub(crate) fn new(in_flight: InFlight, ticket: Ticket, token: Option<Interrupt>) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
             peer = &**in_flight.peer().label(),
@@ -66,7 +61,6 @@ impl Call {
         );
         Call {
             in_flight,
-            start,
             ticket,
             token,
             span,
@@ -91,7 +85,7 @@ impl Call {
 
     /// When the call's deadline passes.
     pub(crate) fn deadline_at(&self) -> Instant {
-        self.start + self.ticket.deadline
+        self.ticket.started + self.ticket.deadline
     }
 
     /// Whether the layer propagated the call's deadline and it has passed, to the precision
@@ -170,8 +164,9 @@ impl Call {
 
     /// The inner service answered, as `outcome` says.
     fn answered(mut self, outcome: Outcome) {
+        let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {
-            p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
+            p.on_outcome(Instant::now(), &self.ticket, probe, outcome);
         }
     }
 
@@ -185,11 +180,12 @@ impl Call {
         let Ticket {
             deadline, source, ..
         } = self.ticket;
+        let probe = self.in_flight.is_probe();
         let (explanation, silenced) = match self.in_flight.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket, body_since),
+            Some(p) => p.on_deadline(now, &self.ticket, probe, body_since),
             None => (DeadlineExplanation::untracked(), None),
         };
-        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.ticket.started);
         tracing::debug!(peer = &**peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
         let here = Location::caller();
         let err = match silenced {
@@ -209,10 +205,11 @@ impl Call {
     #[track_caller]
     fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
         let now = Instant::now();
+        let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {
-            p.on_abandon(now, self.ticket.probe, Some((&fired.reason, origin)));
+            p.on_abandon(now, probe, Some((&fired.reason, origin)));
         }
-        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.ticket.started);
         tracing::debug!(
             peer = &**peer,
             ?elapsed,

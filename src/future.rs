@@ -267,9 +267,9 @@ mod tests {
 
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
-        let ticket = Ticket::untracked(Duration::from_millis(100), 0);
+        let ticket = Ticket::untracked(Instant::now(), Duration::from_millis(100), 0);
         let in_flight = InFlight::untracked(Arc::new(Interrupts::new()));
-        Call::new(in_flight, Instant::now(), ticket, Some(Interrupt::new()))
+        Call::new(in_flight, ticket, Some(Interrupt::new()))
     }
 
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its
