@@ -63,7 +63,8 @@ pin_project! {
     #[project = StateProj]
     #[project_replace = StateReplace]
     enum State<F> {
-        /// Refused at admission: the error is returned at the first poll.
+        /// Refused at admission (`Admission::Refused`, made the call's `Interrupted` by
+        /// the service): the error is returned at the first poll.
         Rejected { error: Option<BoxError> },
         /// Admitted: racing, with the guard that records the outcome.
         Running {

@@ -1,5 +1,5 @@
-//! An admitted call's place in its peer's in-flight count, and the reference to its peer
-//! it holds.
+//! An admitted call's place in its peer's in-flight count, whom it is for ([`CallPeer`]), and
+//! the reference to its peer it holds.
 
 use std::ops::Deref;
 use std::sync::{Arc, LazyLock};

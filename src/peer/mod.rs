@@ -360,6 +360,7 @@ impl Peer {
         // A body's wait is weighed against the idle deadline the peer's own rule gives.
         #[cfg(feature = "http")]
         let body = body_since.map(|since| (since, self.own_idle()));
+        // Without the `http` feature no call has a body.
         #[cfg(not(feature = "http"))]
         let body = body_since.and(None);
         let (explanation, fx) = locked.on_deadline(now, ticket, probe, body);

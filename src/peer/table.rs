@@ -298,8 +298,8 @@ impl<K: PeerKey> PeerTable<K> {
         Peer::admit(peer, now, generation, hints).map(|a| a.capped(caller_deadline))
     }
 
-    /// Admits a call that has no peer in the table, raised to its floor (at most the
-    /// default policy's `max`).
+    /// Admits a call starting at `now` that has no peer in the table, raised to its floor
+    /// (at most the default policy's `max`).
     fn admit_untracked(
         &self,
         now: Instant,
