@@ -44,7 +44,7 @@ pub(crate) struct Call {
     /// The call's place among its peer's calls in flight: the outcome methods end it;
     /// dropped with the guard, it records the call as abandoned.
     in_flight: InFlight,
-    start: Instant,
+    /// What the call was admitted with, its start among it.
     ticket: Ticket,
     token: Option<Interrupt>,
     /// A trace-level span per call: disabled (and nearly free) unless a subscriber wants it.
@@ -52,12 +52,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(
-        in_flight: InFlight,
-        start: Instant,
-        ticket: Ticket,
-        token: Option<Interrupt>,
-    ) -> Self {
+    pub(crate) fn new(in_flight: InFlight, ticket: Ticket, token: Option<Interrupt>) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
             peer = &**in_flight.peer().label(),
@@ -66,7 +61,6 @@ impl Call {
         );
         Call {
             in_flight,
-            start,
             ticket,
             token,
             span,
@@ -91,21 +85,21 @@ impl Call {
 
     /// When the call's deadline passes.
     pub(crate) fn deadline_at(&self) -> Instant {
-        self.start + self.ticket.deadline
+        self.ticket.started + self.ticket.deadline
     }
 
     /// When the call, its deadline run out, is cut (`None`: now): later only for a
     /// straggler on a peer that still answers ([`crate::peer::Peer::cut_at`]).
     pub(crate) fn cut_at(&self) -> Option<Instant> {
         match self.peer() {
-            CallPeer::Tracked(p) => p.cut_at(self.start, &self.ticket),
+            CallPeer::Tracked(p) => p.cut_at(&self.ticket, self.in_flight.is_probe()),
             CallPeer::Untracked(_) => None,
         }
     }
 
     /// When the call's caller stops waiting, `deadline` after the start (`None`: no limit).
     pub(crate) fn caller_until(&self, deadline: Option<Duration>) -> Option<Instant> {
-        self.start.checked_add(deadline?)
+        self.ticket.started.checked_add(deadline?)
     }
 
     /// Whether the layer propagated the call's deadline and it has passed, to the precision
@@ -184,8 +178,9 @@ impl Call {
 
     /// The inner service answered, as `outcome` says.
     fn answered(mut self, outcome: Outcome) {
+        let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {
-            p.on_outcome(Instant::now(), self.start, &self.ticket, outcome);
+            p.on_outcome(Instant::now(), &self.ticket, probe, outcome);
         }
     }
 
@@ -199,11 +194,12 @@ impl Call {
         let Ticket {
             deadline, source, ..
         } = self.ticket;
+        let probe = self.in_flight.is_probe();
         let (explanation, silenced) = match self.in_flight.end() {
-            Some(p) => p.on_deadline(now, self.start, &self.ticket, body_since),
+            Some(p) => p.on_deadline(now, &self.ticket, probe, body_since),
             None => (DeadlineExplanation::untracked(), None),
         };
-        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.ticket.started);
         tracing::debug!(peer = &**peer, ?deadline, ?elapsed, source = %source, "deadline exceeded");
         let here = Location::caller();
         let err = match silenced {
@@ -223,10 +219,11 @@ impl Call {
     #[track_caller]
     fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
         let now = Instant::now();
+        let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {
-            p.on_abandon(now, self.ticket.probe, Some((&fired.reason, origin)));
+            p.on_abandon(now, probe, Some((&fired.reason, origin)));
         }
-        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.ticket.started);
         tracing::debug!(
             peer = &**peer,
             ?elapsed,

@@ -65,7 +65,8 @@ pin_project! {
     #[project = StateProj]
     #[project_replace = StateReplace]
     enum State<F> {
-        /// Refused at admission: the error is returned at the first poll.
+        /// Refused at admission (`Admission::Refused`, made the call's `Interrupted` by
+        /// the service): the error is returned at the first poll.
         Rejected { error: Option<BoxError> },
         /// Admitted: racing, with the guard that records the outcome.
         Running {
@@ -296,9 +297,9 @@ mod tests {
 
     /// An untracked call with a token and a 100ms deadline.
     fn call() -> Call {
-        let ticket = Ticket::untracked(Duration::from_millis(100), 0);
+        let ticket = Ticket::untracked(Instant::now(), Duration::from_millis(100), 0);
         let in_flight = InFlight::untracked(Arc::new(Interrupts::new()));
-        Call::new(in_flight, Instant::now(), ticket, Some(Interrupt::new()))
+        Call::new(in_flight, ticket, Some(Interrupt::new()))
     }
 
     /// Polls a race over `inner` once; returns whether it ended, and whether it armed its

@@ -149,7 +149,7 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
             Admission::Admitted(held, ticket) => {
                 // The guard first: a panic from here on (writing the deadline, in the inner
                 // service's `call`) ends the call as abandoned.
-                let mut call = Call::new(held, start, ticket, token);
+                let mut call = Call::new(held, ticket, token);
                 let told = match propagated {
                     Propagated::Head => Some(ticket.deadline),
                     #[cfg(feature = "http")]

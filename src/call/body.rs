@@ -21,10 +21,9 @@ impl Call {
     /// counted when it ends. A probe is over once its head is answered.
     pub(crate) fn head(&mut self, now: Instant, outcome: Outcome) {
         if let CallPeer::Tracked(p) = self.peer() {
-            p.on_head(now, self.start, &self.ticket, outcome);
+            p.on_head(now, &self.ticket, self.in_flight.is_probe(), outcome);
         }
-        self.ticket.probe = false;
-        let latency = now.saturating_duration_since(self.start);
+        let latency = now.saturating_duration_since(self.ticket.started);
         self.in_flight.head_answered(outcome, latency);
     }
 
@@ -35,7 +34,7 @@ impl Call {
 
     /// When the call started.
     pub(crate) fn started(&self) -> Instant {
-        self.start
+        self.ticket.started
     }
 
     /// The body's idle deadline under `rule` and why; an untracked call's is its deadline.
@@ -84,7 +83,7 @@ impl Call {
             Some(p) => p.on_body_idle(now, since, source == IdleSource::Request),
             None => None,
         };
-        let (peer, elapsed) = (self.peer().label(), now - self.start);
+        let (peer, elapsed) = (self.peer().label(), now - self.ticket.started);
         tracing::debug!(peer = &**peer, ?idle, ?elapsed, source = %source, "body idle");
         let here = Location::caller();
         let err = match silenced {

@@ -3,11 +3,15 @@
 //!
 //! Admission finds a call's class without a lock: each class holds a slot of two atomics,
 //! its id and its published deadline word (0 until the class has a sample: calls of the
-//! class get the longer of `cold_start` and the peer's deadline until it has learned). Slots are claimed in order under the peer's lock
-//! by the first call of a new class, at most `max_classes`; once all are taken, calls of
-//! further classes go with the peer's own history without taking the lock. Every call's
-//! outcome feeds the peer's own history too: it is the peer's whole picture, and what
-//! calls beyond the bound are given.
+//! class get the longer of `cold_start` and the peer's deadline until it has learned).
+//! Slots are claimed in order under the peer's lock by the first call of a new class, at
+//! most `max_classes`; once all are taken, calls of further classes go with the peer's own
+//! history without taking the lock. Every call's outcome feeds the peer's own history too:
+//! it is the peer's whole picture, and what calls beyond the bound are given.
+//!
+//! The histories behind the lock ([`ClassLanes`]) are plain state: their functions mark
+//! the classes whose deadline word changed in a [`ClassBits`], and the peer copies those
+//! words into the slots ([`ClassSlots::publish`]) before it lets its lock go.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,10 +21,10 @@ use tokio::time::Instant;
 
 use super::lane::Lane;
 use super::published::{pack, unpack};
-use super::{Locked, Peer, Ticket};
 use crate::class::{ClassOf, ClassSnapshot};
 use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::label::label;
+use crate::policy::TimeoutPolicy;
 
 /// A class's place among its peer's slots.
 pub(crate) type ClassIx = u8;
@@ -40,12 +44,39 @@ struct Slot {
     deadline: AtomicU64,
 }
 
+/// Which classes' deadline words changed: a bit per slot (at most `ClassIx::MAX` slots).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClassBits([u64; 4]);
+
+impl ClassBits {
+    /// Marks class `i`.
+    fn set(&mut self, i: usize) {
+        if let Some(word) = self.0.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
+    }
+
+    /// The marked classes, in order.
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits.checked_sub(1)?;
+                Some(w * 64 + bit)
+            })
+        })
+    }
+}
+
 /// One class's history, behind the peer's lock.
 pub(crate) struct ClassLane {
     label: Arc<str>,
-    pub(super) lane: Lane,
+    lane: Lane,
     /// Whether the class has had a sample (its deadline is its own).
     sampled: bool,
+    /// The deadline word its slot publishes: 0 until the class has a sample.
+    word: u64,
 }
 
 impl ClassLane {
@@ -54,6 +85,13 @@ impl ClassLane {
         self.lane.source == source && (self.sampled || source == DeadlineSource::ColdStart)
     }
 }
+
+/// The classes' histories, in the order of their slots: the peer's lock guards them.
+#[derive(Default)]
+pub(crate) struct ClassLanes(Vec<ClassLane>);
+
+/// What a policy says to a class's history: the policy, and whether it is a per-peer one.
+pub(crate) type Rules<'a> = (&'a Arc<TimeoutPolicy>, bool);
 
 impl ClassSlots {
     /// Room for `max` classes (none: classes off).
@@ -67,7 +105,7 @@ impl ClassSlots {
     }
 
     /// The slot holding class `id`, if any: a scan of at most `max_classes` atomics.
-    fn find(&self, id: u64) -> Option<ClassIx> {
+    pub(crate) fn find(&self, id: u64) -> Option<ClassIx> {
         for (i, slot) in self.slots.iter().enumerate() {
             match slot.id.load(Ordering::Acquire) {
                 0 => return None,
@@ -77,186 +115,226 @@ impl ClassSlots {
         }
         None
     }
-}
 
-impl Peer {
-    /// The slot of `class`, claiming one for a class not seen before if any is free.
-    /// Allocates (the class's label and history) only for a new class.
-    pub(super) fn class_of(&self, now: Instant, class: Option<ClassOf<'_>>) -> Option<ClassIx> {
-        let class = class?;
-        let id = class.id();
-        if let Some(i) = self.classes.find(id) {
+    /// Whether every slot is taken.
+    pub(crate) fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Under the peer's lock: the slot of class `id`, claimed for it if no other call
+    /// claimed one since [`ClassSlots::find`], after `add` gave it a history in `lanes`.
+    /// `None` once every slot is taken.
+    pub(crate) fn claim(
+        &self,
+        id: u64,
+        lanes: &mut ClassLanes,
+        add: impl FnOnce(&mut ClassLanes) -> Option<ClassIx>,
+    ) -> Option<ClassIx> {
+        if let Some(i) = self.find(id) {
             return Some(i);
         }
-        if self.classes.full.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut locked = self.lock();
-        if let Some(i) = self.classes.find(id) {
-            return Some(i);
-        }
-        let i = locked.classes.len();
-        let Some(slot) = self.classes.slots.get(i) else {
-            self.classes.full.store(true, Ordering::Relaxed);
+        let Some(slot) = self.slots.get(lanes.0.len()) else {
+            self.full.store(true, Ordering::Relaxed);
             return None;
         };
-        let lane = Lane::new(&locked.policy, now);
-        locked.classes.push(ClassLane {
-            label: label(&class.name()),
-            lane,
-            sampled: false,
-        });
-        let ix = ClassIx::try_from(i).ok();
-        self.publish_class(&mut locked, now, ix);
+        let ix = add(lanes);
         slot.id.store(id, Ordering::Release);
         ix
     }
 
-    /// The deadline a new call of `class` gets: its class's own once it has learned
-    /// from its answers; before that (no answer, or one) the longer of `cold_start` and
-    /// the peer's deadline, since a class of its own may well be slower than the peer's
-    /// usual calls (the rare slow route), and is at least as slow as an unknown peer.
-    /// A few atomic loads.
-    pub(super) fn class_deadline(&self, class: Option<ClassIx>) -> (Duration, DeadlineSource) {
-        let peer = self.deadline();
-        let Some(slot) = class.and_then(|i| self.classes.slots.get(usize::from(i))) else {
-            return peer;
-        };
-        let own = match slot.deadline.load(Ordering::Relaxed) {
-            0 => (self.published.cold_start(), DeadlineSource::ColdStart),
-            word => unpack(word),
-        };
-        if own.1 == DeadlineSource::ColdStart && peer.0 > own.0 {
-            peer
-        } else {
-            own
+    /// Copies the deadline words of the classes `changed` marks into their slots (under
+    /// the peer's lock, the one writer: ARCHITECTURE.md, invariant 5).
+    pub(crate) fn publish(&self, lanes: &ClassLanes, changed: &ClassBits) {
+        for i in changed.iter() {
+            if let (Some(c), Some(slot)) = (lanes.0.get(i), self.slots.get(i)) {
+                slot.deadline.store(c.word, Ordering::Relaxed);
+            }
         }
     }
 
+    /// The deadline word of `class`'s slot (0: none, or no sample yet). One atomic load.
+    pub(crate) fn word(&self, class: Option<ClassIx>) -> Option<u64> {
+        let slot = self.slots.get(usize::from(class?))?;
+        Some(slot.deadline.load(Ordering::Relaxed))
+    }
+}
+
+/// The deadline a new call of a class whose slot holds `word` gets, its peer's being
+/// `peer`: its class's own once it has learned from its answers; before that (no answer,
+/// or one) the longer of `cold_start` and the peer's deadline, since a class of its own
+/// may well be slower than the peer's usual calls (the rare slow route), and is at least
+/// as slow as an unknown peer.
+pub(crate) fn class_deadline(
+    word: u64,
+    peer: (Duration, DeadlineSource),
+    cold_start: Duration,
+) -> (Duration, DeadlineSource) {
+    let own = match word {
+        0 => (cold_start, DeadlineSource::ColdStart),
+        word => unpack(word),
+    };
+    if own.1 == DeadlineSource::ColdStart && peer.0 > own.0 {
+        peer
+    } else {
+        own
+    }
+}
+
+impl ClassLanes {
+    /// A history for a new class, in the next slot, its deadline computed (and
+    /// remembered, for explanations) at once.
+    pub(crate) fn add(
+        &mut self,
+        class: ClassOf<'_>,
+        now: Instant,
+        rules: Rules<'_>,
+    ) -> Option<ClassIx> {
+        let i = self.0.len();
+        self.0.push(ClassLane {
+            label: label(&class.name()),
+            lane: Lane::new(rules.0, now),
+            sampled: false,
+            word: 0,
+        });
+        let ix = ClassIx::try_from(i).ok();
+        // Not sampled yet: no word changes.
+        self.recompute(now, ix, rules, &mut ClassBits::default());
+        ix
+    }
+
     /// Records `samples` (latencies, and their calls' classes), answered by `now`, into
-    /// the peer's history and their classes', republishing the classes' deadlines that are
-    /// due. Returns whether the peer's own is due.
-    pub(super) fn record_lanes(
-        &self,
-        locked: &mut Locked,
+    /// `own` (the peer's history) and their classes', recomputing the classes' deadlines
+    /// that are due (marked in `changed`). Returns whether the peer's own is due.
+    pub(crate) fn record(
+        &mut self,
+        own: &mut Lane,
         now: Instant,
         samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
+        rules: Rules<'_>,
+        changed: &mut ClassBits,
     ) -> bool {
-        // Which classes are due: a bit per slot (at most `ClassIx::MAX` slots).
-        let mut due = [0u64; 4];
-        let Locked {
-            lane,
-            classes,
-            policy,
-            ..
-        } = locked;
-        let own_due = lane.record(
+        let mut due = ClassBits::default();
+        let own_due = own.record(
             now,
             samples.map(|(latency, class)| {
                 let i = class.map_or(usize::MAX, usize::from);
-                if let Some(c) = classes.get_mut(i) {
+                if let Some(c) = self.0.get_mut(i) {
                     // The first sample makes the class's deadline its own at once.
                     let first = !std::mem::replace(&mut c.sampled, true);
-                    if c.lane.record(now, std::iter::once(latency), policy) || first {
-                        due[i / 64] |= 1 << (i % 64);
+                    if c.lane.record(now, std::iter::once(latency), rules.0) || first {
+                        due.set(i);
                     }
                 }
                 latency
             }),
-            policy,
+            rules.0,
         );
-        for (word, mut bits) in due.into_iter().enumerate() {
-            while bits != 0 {
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                self.publish_class(locked, now, ClassIx::try_from(word * 64 + bit).ok());
-            }
+        for i in due.iter() {
+            self.recompute(now, ClassIx::try_from(i).ok(), rules, changed);
         }
         own_due
     }
 
-    /// Recomputes and publishes the deadline of `class`.
-    pub(super) fn publish_class(&self, locked: &mut Locked, now: Instant, class: Option<ClassIx>) {
+    /// Recomputes the deadline of `class`; once the class has a sample its word changes
+    /// (marked in `changed`).
+    pub(crate) fn recompute(
+        &mut self,
+        now: Instant,
+        class: Option<ClassIx>,
+        (policy, overridden): Rules<'_>,
+        changed: &mut ClassBits,
+    ) {
         let Some(i) = class.map(usize::from) else {
             return;
         };
-        let (Some(c), Some(slot)) = (locked.classes.get_mut(i), self.classes.slots.get(i)) else {
-            return;
-        };
+        let Some(c) = self.0.get_mut(i) else { return };
         // Recomputed (and remembered, for explanations) from the class's first call on;
         // published to its calls once it has a sample.
-        let (deadline, source) = c.lane.recompute(now, &locked.policy, locked.overridden);
+        let (deadline, source) = c.lane.recompute(now, policy, overridden);
         if c.sampled {
-            slot.deadline
-                .store(pack(deadline, source), Ordering::Relaxed);
+            c.word = pack(deadline, source);
+            changed.set(i);
         }
     }
 
-    /// Rotates the classes' windows whose time has come, republishing them. Returns when
-    /// the next of them rotates (`None`: no class).
-    pub(super) fn rotate_classes(&self, locked: &mut Locked, now: Instant) -> Option<Instant> {
-        for i in 0..locked.classes.len() {
-            if locked.classes[i].lane.window.advance(now) {
-                self.publish_class(locked, now, ClassIx::try_from(i).ok());
+    /// Rotates the windows whose time has come, recomputing them. Returns when the next
+    /// of them rotates (`None`: no class).
+    pub(crate) fn rotate(
+        &mut self,
+        now: Instant,
+        rules: Rules<'_>,
+        changed: &mut ClassBits,
+    ) -> Option<Instant> {
+        for i in 0..self.0.len() {
+            if self.0[i].lane.window.advance(now) {
+                self.recompute(now, ClassIx::try_from(i).ok(), rules, changed);
             }
         }
-        locked
-            .classes
-            .iter()
-            .map(|c| c.lane.window.rotates_at())
-            .min()
+        self.0.iter().map(|c| c.lane.window.rotates_at()).min()
     }
 
-    /// Puts `policy` in force on the classes' histories (`reset`: the window's shape
-    /// changed) and republishes them.
-    pub(super) fn reshape_classes(&self, locked: &mut Locked, now: Instant, reset: bool) {
-        for i in 0..locked.classes.len() {
+    /// Puts a policy in force on every history (`reset`: the window's shape changed) and
+    /// recomputes them.
+    pub(crate) fn reshape(
+        &mut self,
+        now: Instant,
+        reset: bool,
+        rules: Rules<'_>,
+        changed: &mut ClassBits,
+    ) {
+        for i in 0..self.0.len() {
             if reset {
-                locked.classes[i].lane = Lane::new(&locked.policy, now);
+                self.0[i].lane = Lane::new(rules.0, now);
             }
-            self.publish_class(locked, now, ClassIx::try_from(i).ok());
+            self.recompute(now, ClassIx::try_from(i).ok(), rules, changed);
         }
     }
 
-    /// Why the call of `ticket` that started at `started` had its deadline: the numbers
-    /// of the publication it came from, in its class's history when that set the deadline
-    /// (naming the class), else in the peer's.
-    pub(super) fn explain(
+    /// Why a call of `class` that started at `started` had its `deadline`: the numbers of
+    /// the publication it came from, in its class's history when that set the deadline
+    /// (naming the class), else in `own`, the peer's.
+    pub(crate) fn explain(
         &self,
-        locked: &Locked,
+        own: &Lane,
+        class: Option<ClassIx>,
         started: Instant,
-        ticket: &Ticket,
+        (deadline, source): (Duration, DeadlineSource),
     ) -> DeadlineExplanation {
-        let (deadline, source) = (ticket.deadline, ticket.source);
-        let class = ticket
-            .class
-            .and_then(|i| locked.classes.get(usize::from(i)));
-        let own = class.filter(|c| c.set(source));
-        let lane = own.map_or(&locked.lane, |c| &c.lane);
+        let class = class.and_then(|i| self.0.get(usize::from(i)));
+        let class = class.filter(|c| c.set(source));
+        let lane = class.map_or(own, |c| &c.lane);
         let mut why = lane.explained.explain(started, deadline, source);
-        why.class = own.map(|c| c.label.to_string());
+        why.class = class.map(|c| c.label.to_string());
         why
     }
 
-    /// The history that says how long a call of `class` normally takes.
-    pub(super) fn lane_of<'a>(&self, locked: &'a Locked, class: Option<ClassIx>) -> &'a Lane {
-        match class.and_then(|i| locked.classes.get(usize::from(i))) {
+    /// The history that says how long a call of `class` normally takes: its class's once
+    /// sampled, else `own`, the peer's.
+    pub(crate) fn lane_of<'a>(&'a self, own: &'a Lane, class: Option<ClassIx>) -> &'a Lane {
+        match class.and_then(|i| self.0.get(usize::from(i))) {
             Some(c) if c.sampled => &c.lane,
-            _ => &locked.lane,
+            _ => own,
         }
     }
 
-    /// What each class knows, for a snapshot.
-    pub(super) fn class_views(&self, locked: &mut Locked, now: Instant) -> Vec<ClassSnapshot> {
-        let reach = locked.policy.max_history;
-        let mut views = Vec::with_capacity(locked.classes.len());
-        for (i, c) in locked.classes.iter_mut().enumerate() {
-            let (deadline, source) = self.class_deadline(ClassIx::try_from(i).ok());
+    /// What each class knows, for a snapshot: `own` is the peer's history, `peer` its
+    /// published deadline.
+    pub(crate) fn views(
+        &mut self,
+        own: &Lane,
+        now: Instant,
+        policy: &TimeoutPolicy,
+        peer: (Duration, DeadlineSource),
+    ) -> Vec<ClassSnapshot> {
+        let reach = policy.max_history;
+        let mut views = Vec::with_capacity(self.0.len());
+        for c in &mut self.0 {
+            let (deadline, source) = class_deadline(c.word, peer, policy.cold_start);
             let (quantiles, max, samples) = c.lane.window.quantiles([0.5, 0.99], reach, now);
-            let own = c.set(source);
-            let lane = if own { &c.lane } else { &locked.lane };
+            let own_deadline = c.set(source);
+            let lane = if own_deadline { &c.lane } else { own };
             let mut explanation = lane.explained.explain(now, deadline, source);
-            explanation.class = own.then(|| c.label.to_string());
+            explanation.class = own_deadline.then(|| c.label.to_string());
             views.push(ClassSnapshot {
                 class: c.label.to_string(),
                 samples,
@@ -271,12 +349,53 @@ impl Peer {
         views
     }
 
+    /// Forgets every class's answers and histograms (a peer the table let go).
+    pub(crate) fn forget(&mut self) {
+        self.0.iter_mut().for_each(|class| class.lane.window.clear());
+    }
+
     /// Heap bytes of every class's history.
-    pub(super) fn class_bytes(locked: &Locked) -> usize {
-        locked
-            .classes
-            .iter()
-            .map(|c| c.lane.window.heap_bytes())
-            .sum()
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.0.iter().map(|c| c.lane.window.heap_bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_word_changes_with_a_sample_of_its_own_and_reaches_its_slot() {
+        let t0 = Instant::now();
+        let policy = Arc::new(TimeoutPolicy::default());
+        let rules = (&policy, false);
+        let (slots, mut lanes) = (ClassSlots::new(2), ClassLanes::default());
+        let mut own = Lane::new(&policy, t0);
+        let ix = slots.claim(9, &mut lanes, |l| l.add(ClassOf::Named("slow"), t0, rules));
+        assert_eq!((ix, slots.find(9), lanes.0[0].word), (Some(0), Some(0), 0));
+        // A sample of no class changes no class's word.
+        let mut changed = ClassBits::default();
+        let sample = (Duration::from_millis(5), None);
+        lanes.record(&mut own, t0, std::iter::once(sample), rules, &mut changed);
+        assert_eq!(changed, ClassBits::default());
+        // The class's first sample makes its deadline its own.
+        let sample = (Duration::from_millis(5), ix);
+        lanes.record(&mut own, t0, std::iter::once(sample), rules, &mut changed);
+        assert_eq!(changed.iter().collect::<Vec<_>>(), [0]);
+        assert_ne!(lanes.0[0].word, 0);
+        assert_eq!(slots.word(ix), Some(0), "published only when applied");
+        slots.publish(&lanes, &changed);
+        assert_eq!(slots.word(ix), Some(lanes.0[0].word));
+    }
+
+    #[test]
+    fn class_bits_list_every_marked_class_once_in_order() {
+        let mut bits = ClassBits::default();
+        for i in [0, 3, 63, 64, 200, 255] {
+            bits.set(i);
+        }
+        bits.set(3);
+        assert_eq!(bits.iter().collect::<Vec<_>>(), [0, 3, 63, 64, 200, 255]);
+        assert_eq!(ClassBits::default().iter().count(), 0);
     }
 }

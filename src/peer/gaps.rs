@@ -1,6 +1,7 @@
-//! What response bodies tell a peer: the gaps between their frames (a second, coarse
-//! window per peer, from which the idle deadline is learned), frames as heartbeats, and a
-//! stalled body as a miss.
+//! What response bodies tell a peer of the gaps between their frames: a second, coarse
+//! window per peer, from which the idle deadline is learned. (Frames as heartbeats and a
+//! stalled body as a miss are outcomes: `Peer::on_frame` and `Peer::on_body_idle` apply
+//! them, `src/peer/mod.rs`, from `src/peer/outcome.rs`.)
 //!
 //! The gap window is allocated at the first gap a peer's bodies show, so a peer whose
 //! responses are never wrapped pays nothing but [`Gaps`] itself (about 100 bytes). Its
@@ -15,9 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::window::Window;
-use super::Peer;
 use crate::body::idle::{IdleRule, IdleSource, GAP_WARMUP};
-use crate::interrupt::Fired;
 use crate::policy::TimeoutPolicy;
 
 /// Gaps shorter than this are frames that arrived together, not a wait: not recorded.
@@ -75,8 +74,18 @@ impl Gaps {
         }
     }
 
-    /// Records one gap; recomputes what the gaps call for when due.
-    fn record(&self, policy: impl FnOnce() -> Arc<TimeoutPolicy>, now: Instant, gap: Duration) {
+    /// Records one gap (a frame `gap` after the previous one: shorter than [`MIN_GAP`], it
+    /// is none); recomputes what the gaps call for when due. `policy` gives the peer's
+    /// policy for a window made at the first gap.
+    pub(crate) fn record(
+        &self,
+        policy: impl FnOnce() -> Arc<TimeoutPolicy>,
+        now: Instant,
+        gap: Duration,
+    ) {
+        if gap < MIN_GAP {
+            return;
+        }
         let mut locked = self.lock();
         let gaps = locked.get_or_insert_with(|| {
             let policy = policy();
@@ -113,7 +122,7 @@ impl Gaps {
 
     /// Puts `policy` in force: the window is kept if its shape is the same, and what the
     /// gaps call for is published again under the new policy.
-    fn refresh(&self, policy: impl FnOnce() -> Arc<TimeoutPolicy>, now: Instant) {
+    pub(crate) fn refresh(&self, policy: impl FnOnce() -> Arc<TimeoutPolicy>, now: Instant) {
         let mut locked = self.lock();
         // Read under the gaps' lock (the order `record` takes them in): of two changes
         // racing, the later policy is the one left in force.
@@ -152,15 +161,19 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
-impl Peer {
-    /// The idle deadline of a body from this peer under `rule`, and why; `None` when off.
-    pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
-        let (deadline, _) = self.deadline();
+impl Gaps {
+    /// The idle deadline of a body under `rule`, its peer's deadline being `deadline`, and
+    /// why; `None` when off.
+    pub(crate) fn idle_deadline(
+        &self,
+        rule: IdleRule,
+        deadline: Duration,
+    ) -> Option<(Duration, IdleSource)> {
         match rule {
             IdleRule::Off => None,
             IdleRule::FromDeadline => Some((deadline, IdleSource::PeerDeadline)),
             IdleRule::Learned => {
-                let (learned, source) = self.gaps.learned();
+                let (learned, source) = self.learned();
                 Some(if deadline >= learned {
                     (deadline, IdleSource::PeerDeadline)
                 } else {
@@ -168,56 +181,6 @@ impl Peer {
                 })
             }
         }
-    }
-
-    /// A body frame arrived at `now`, `gap` after the previous one (or after the head).
-    /// With `heartbeat`, it counts as an answer for the silence detector.
-    pub(crate) fn on_frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
-        if gap >= MIN_GAP {
-            let policy = || self.lock().policy.clone();
-            self.gaps.record(policy, now, gap);
-        }
-        if heartbeat {
-            let mut locked = self.lock();
-            let transition = locked.health.on_response(now);
-            self.transition(transition);
-        }
-    }
-
-    /// The idle deadline the peer's own rule ([`IdleRule::Learned`]) gives a body now:
-    /// what a caller's own body deadline is weighed against.
-    pub(super) fn own_idle(&self) -> Duration {
-        self.idle_deadline(IdleRule::Learned)
-            .map_or(Duration::MAX, |(idle, _)| idle)
-    }
-
-    /// A body sent nothing since `since` for its idle deadline: a miss like a call's
-    /// deadline, which may declare the peer silent. A deadline its caller set (`by_caller`)
-    /// is weighed as a head's is: a miss only if it is at least the peer's own. Returns
-    /// the silence interrupt if this miss declared it.
-    pub(crate) fn on_body_idle(
-        &self,
-        now: Instant,
-        since: Instant,
-        by_caller: bool,
-    ) -> Option<Fired> {
-        self.metrics.timed_out();
-        let allowed = by_caller.then(|| self.own_idle());
-        let mut locked = self.lock();
-        locked.deadline_exceeded += 1;
-        match allowed {
-            Some(allowed) => {
-                let waited = now.saturating_duration_since(since);
-                self.caller_ran_out(&mut locked, now, since, false, waited, allowed)
-            }
-            None => self.miss(locked, now, since, false),
-        }
-    }
-
-    /// Puts the peer's policy now in force on its gaps: the idle deadline they call for
-    /// (or the cold start) is recomputed within the new `[min, max]`.
-    pub(super) fn refresh_gaps(&self, now: Instant) {
-        self.gaps.refresh(|| self.lock().policy.clone(), now);
     }
 }
 

@@ -1,8 +1,8 @@
-//! An admitted call's place in its peer's in-flight count, the reference to its peer it
-//! holds, and why a peer did not admit a call.
+//! An admitted call's place in its peer's in-flight count, whom it is for ([`CallPeer`]), and
+//! the reference to its peer it holds.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::Waker;
 #[cfg(feature = "http")]
 use std::time::Duration;
@@ -10,17 +10,39 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use super::{CallPeer, Peer};
+use super::Peer;
 #[cfg(feature = "http")]
 use crate::classify::Outcome;
-use crate::interrupt::{Fired, Interrupts, NOT_WAITING};
+use crate::interrupt::{Interrupts, NOT_WAITING};
 
-/// Why a peer did not admit a call.
-pub(crate) enum NotAdmitted {
-    /// The peer is silent: the call fails fast.
-    FailFast(Fired),
-    /// The table let the peer go since the caller found it: look the peer up again.
-    Retired,
+/// How an untracked call's peer is named in errors.
+static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
+
+/// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
+pub(crate) enum CallPeer {
+    /// A peer in the table.
+    Tracked(PeerRef),
+    /// No peer (no key, or the table was full): only layer-wide interrupts reach the call,
+    /// and its outcome is recorded nowhere.
+    Untracked(Arc<Interrupts>),
+}
+
+impl CallPeer {
+    /// The interrupts that reach the call.
+    pub(crate) fn interrupts(&self) -> &Interrupts {
+        match self {
+            CallPeer::Tracked(p) => p.interrupts(),
+            CallPeer::Untracked(i) => i,
+        }
+    }
+
+    /// The peer's name in errors and traces.
+    pub(crate) fn label(&self) -> &Arc<str> {
+        match self {
+            CallPeer::Tracked(p) => p.label(),
+            CallPeer::Untracked(_) => &UNTRACKED,
+        }
+    }
 }
 
 /// A reference to a tracked peer that calls clone. A service that keeps calling one peer
@@ -77,7 +99,8 @@ pub(crate) struct InFlight {
     slot: u32,
     /// Whether the call is counted in its peer's in-flight count.
     counted: bool,
-    /// Whether the call is its peer's probe: abandoned, it frees the probe slot.
+    /// Whether the call is its peer's probe (the one place this is kept): its outcome
+    /// is judged as a probe's, and abandoned it frees the probe slot.
     probe: bool,
     /// Whether its outcome was recorded (or it never was in flight).
     ended: bool,
@@ -134,8 +157,8 @@ impl InFlight {
         self.probe = true;
     }
 
-    /// Whether the call is its peer's probe.
-    pub(super) fn is_probe(&self) -> bool {
+    /// Whether the call is its peer's probe (until its head is answered).
+    pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
 

@@ -2,29 +2,38 @@
 //!
 //! A call goes through [`key`] (which peer), [`table`] (the bounded table admits it and
 //! hands out its [`InFlight`] and its [`Ticket`]), and ends in one of [`Peer`]'s
-//! outcome methods ([`outcome`]), which feed the latency [`window`] and the [`health`]
-//! state machine and republish what the next call reads ([`published`]).
+//! outcome methods, which feed the latency [`window`] and the [`health`] state machine
+//! and republish what the next call reads ([`published`]).
+//!
+//! `Peer`, here, is the only code that takes a peer's lock. Under it, the bookkeeping is
+//! done by functions of the locked state ([`locked`], [`outcome`], [`class_lanes`]) that
+//! return `Effects`; `Peer::apply` publishes them, fires the silence interrupt and
+//! announces the transition before the lock is let go. What needs no lock (atomic reads
+//! and counts) is in [`unlocked`].
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::class_lanes::{ClassIx, ClassLane, ClassSlots};
-use self::health::{Health, PeerState, Transition, Verdict};
-use self::lane::Lane;
-use self::per_core::Stripes;
+use self::class_lanes::{ClassIx, ClassSlots};
+use self::health::{PeerState, Transition, Verdict};
+use self::locked::{Effects, Locked};
+use self::per_core::{Batch, Stripes};
 use self::published::Published;
-use crate::class::LatencyHints;
+use self::table::Admission;
+#[cfg(feature = "http")]
+use crate::body::idle::{IdleRule, IdleSource};
+use crate::class::{ClassOf, LatencyHints};
 use crate::classify::{Classifier, Outcome};
-use crate::error::{BoxError, Reason};
+use crate::error::Reason;
 use crate::events::StateChanges;
 use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::export::PeerMetrics;
-use crate::interrupt::{Fired, Interrupts};
+use crate::interrupt::{Fired, Interrupts, Origin};
 use crate::policy::TimeoutPolicy;
 
 mod class_lanes;
@@ -38,26 +47,24 @@ pub(crate) mod history;
 mod in_flight;
 pub(crate) mod key;
 mod lane;
+mod locked;
 mod outcome;
 mod per_core;
 mod published;
 mod straggler;
 pub(crate) mod table;
 mod ticket;
+mod unlocked;
 pub(crate) mod window;
 
 #[cfg(test)]
 mod proptests;
 
 pub(crate) use self::hedging::{HedgeCount, HedgeQuantile};
-pub(crate) use self::in_flight::{InFlight, NotAdmitted, PeerRef};
+pub(crate) use self::in_flight::{CallPeer, InFlight, PeerRef};
+pub(crate) use self::locked::WindowView;
 pub(crate) use self::ticket::Ticket;
-
-/// How an untracked call's peer is named in errors.
-static UNTRACKED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("<untracked peer>"));
-
-/// Most deadlines run out whose censored samples wait for the peer's next answer.
-const PENDING_MISSES: usize = 32;
+use self::unlocked::Counters;
 
 /// One tracked peer. What every call reads, what every call writes, and the lock sit on
 /// separate cache lines, so callers on other cores do not invalidate each other's reads;
@@ -88,98 +95,6 @@ pub(crate) struct Peer {
     classifier: Classifier,
     /// The quantile hedged calls send their copy at, shared by the table's peers.
     hedge_quantile: HedgeQuantile,
-}
-
-/// Per-peer counts of the rare outcomes (answers and timeouts are counted under the lock).
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// Calls in flight ended because the peer went silent.
-    pub(crate) silent_interrupts: AtomicU64,
-    /// Calls ended from outside the layer: by hand (through the handle or the caller's
-    /// token) or by shutdown.
-    pub(crate) manual_interrupts: AtomicU64,
-    /// Calls refused at once because the peer was silent.
-    pub(crate) fail_fast: AtomicU64,
-    /// Calls refused before the inner service for any other reason: the layer was shut
-    /// down, or the caller's deadline was spent or its token had fired.
-    pub(crate) refused: AtomicU64,
-    /// Hedged calls' copies sent to the peer, copies that answered first, and calls to
-    /// the peer interrupted because the other copy answered first ([`HedgeCount`]).
-    pub(crate) hedges: [AtomicU64; 3],
-}
-
-/// The part of a peer behind its lock: what a completion, a rotation or a policy change
-/// reads and writes.
-struct Locked {
-    /// The latency history of every call and the deadline learned from it.
-    lane: Lane,
-    /// The latency classes' histories, in the order of their slots.
-    classes: Vec<ClassLane>,
-    /// Calls that ended with the inner service's answer (success or error).
-    completed: u64,
-    /// Calls that ran out their deadline.
-    deadline_exceeded: u64,
-    /// Calls whose inner service failed to reach the peer, ever and in a row.
-    failures: u64,
-    consecutive_failures: u64,
-    /// When the last call failed to reach the peer: answers deferred in a stripe from before
-    /// it do not end the failures in a row.
-    failed_at: Option<Instant>,
-    /// Censored samples of deadlines run out (and their calls' classes), held until the
-    /// peer answers again (it was slow) or is declared silent (it was gone, which says
-    /// nothing about its latency).
-    pending: Vec<(Option<ClassIx>, Duration)>,
-    policy: Arc<TimeoutPolicy>,
-    overridden: bool,
-    health: Health,
-    /// The interrupt fired when the peer last went silent.
-    silenced: Option<Fired>,
-}
-
-/// A read of a peer's window, state and deadline, for snapshots.
-pub(crate) struct WindowView {
-    pub(crate) samples: u64,
-    pub(crate) quantiles: [Duration; 4],
-    pub(crate) max: Duration,
-    /// The deadline a new call gets, and why.
-    pub(crate) deadline: Duration,
-    pub(crate) explanation: DeadlineExplanation,
-    pub(crate) heap_bytes: usize,
-    pub(crate) classes: Vec<crate::class::ClassSnapshot>,
-    pub(crate) last_response: Instant,
-    pub(crate) state: PeerState,
-    pub(crate) next_probe_at: Instant,
-    pub(crate) completed: u64,
-    pub(crate) deadline_exceeded: u64,
-    pub(crate) failures: u64,
-    pub(crate) consecutive_failures: u64,
-}
-
-/// Whom a call is for: where its interrupts come from, and whose history its outcome feeds.
-pub(crate) enum CallPeer {
-    /// A peer in the table.
-    Tracked(PeerRef),
-    /// No peer (no key, or the table was full): only layer-wide interrupts reach the call,
-    /// and its outcome is recorded nowhere.
-    Untracked(Arc<Interrupts>),
-}
-
-impl CallPeer {
-    /// The interrupts that reach the call.
-    pub(crate) fn interrupts(&self) -> &Interrupts {
-        match self {
-            CallPeer::Tracked(p) => p.interrupts(),
-            CallPeer::Untracked(i) => i,
-        }
-    }
-
-    /// The peer's name in errors and traces.
-    pub(crate) fn label(&self) -> &Arc<str> {
-        match self {
-            CallPeer::Tracked(p) => p.label(),
-            CallPeer::Untracked(_) => &UNTRACKED,
-        }
-    }
 }
 
 /// What a new peer is made with: its name and metrics, its policy, the table's settings.
@@ -218,7 +133,6 @@ impl Peer {
             max_classes,
             hedge_quantile,
         } = settings;
-        let lane = Lane::new(&policy, now);
         let peer = Peer {
             metrics,
             classifier,
@@ -237,34 +151,20 @@ impl Peer {
             gaps: gaps::Gaps::new(policy.cold_start),
             counters: Counters::default(),
             classes: ClassSlots::new(max_classes),
-            locked: CachePadded::new(Mutex::new(Locked {
-                lane,
-                classes: Vec::new(),
-                completed: 0,
-                deadline_exceeded: 0,
-                failures: 0,
-                consecutive_failures: 0,
-                failed_at: None,
-                pending: Vec::new(),
+            locked: CachePadded::new(Mutex::new(Locked::new(
                 policy,
                 overridden,
-                health: Health::new(now, jitter_seed),
-                silenced: None,
-            })),
+                now,
+                jitter_seed,
+            ))),
         };
-        peer.publish(&mut peer.lock(), now);
+        let mut locked = peer.lock();
+        let mut fx = Effects::default();
+        locked.publish(now, &mut fx);
+        peer.apply(&mut locked, now, fx);
+        drop(locked);
         peer.touch(peer.nanos(now));
         peer
-    }
-
-    /// The peer's name: its key's `Debug` form, bounded.
-    pub(crate) fn label(&self) -> &Arc<str> {
-        &self.label
-    }
-
-    /// The current deadline and why it has that value: one atomic load.
-    pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
-        self.published.deadline()
     }
 
     /// The deadline a new call starting at `now` gets, and why (before any caller's own
@@ -273,37 +173,7 @@ impl Peer {
         if self.state().is_open() {
             return self.deadline();
         }
-        let locked = self.lock();
-        self.deadline_at(&locked, now)
-    }
-
-    /// [`Self::next_deadline`] under the lock: what the state machine would admit a call
-    /// with, asked of a copy so that nothing changes.
-    fn deadline_at(&self, locked: &Locked, now: Instant) -> (Duration, DeadlineSource) {
-        match locked.health.clone().admit(now, &locked.policy).0 {
-            Verdict::Shortened => (locked.policy.min, DeadlineSource::SilentPeer),
-            Verdict::Go | Verdict::Probe(_) | Verdict::FailFast => self.deadline(),
-        }
-    }
-
-    /// The health state.
-    pub(crate) fn state(&self) -> PeerState {
-        self.published.state()
-    }
-
-    /// The peer's interrupt fan-out.
-    pub(crate) fn interrupts(&self) -> &Interrupts {
-        &self.interrupts
-    }
-
-    /// What wakes the peer's waiters and reports its transitions.
-    pub(crate) fn state_changes(&self) -> &StateChanges {
-        &self.changes
-    }
-
-    /// Calls that failed to reach the peer (refused, reset) since its last answer.
-    pub(crate) fn failing(&self) -> u32 {
-        self.published.failing()
+        self.lock().next_deadline(now, self.deadline())
     }
 
     /// While the peer is silent with no probe in flight, when the next probe may go;
@@ -315,10 +185,11 @@ impl Peer {
     }
 
     /// Admits a call to `peer` starting at `now` with `hints` (its class and floor), whose
-    /// interrupt generation is `generation`, or refuses it because the peer is silent or
-    /// has left the table. A healthy peer costs atomic operations only (a new class takes
-    /// the lock once); the windows are rotated first if their time has come, so stale
-    /// history does not set the deadline.
+    /// interrupt generation is `generation`, or refuses it because the peer is silent
+    /// (`Admission::Refused`); `None` if the peer has left the table (look it up again).
+    /// A healthy peer costs atomic operations only (a new class takes the lock once); the
+    /// windows are rotated first if their time has come, so stale history does not set
+    /// the deadline.
     ///
     /// The call is counted in flight before anything else, on the stripe words that also
     /// hold the retired mark: either the table retires the peer first and this call looks
@@ -329,16 +200,16 @@ impl Peer {
         now: Instant,
         generation: u32,
         hints: LatencyHints<'_>,
-    ) -> Result<(InFlight, Ticket), NotAdmitted> {
-        let stripe = peer.stripes.enter().ok_or(NotAdmitted::Retired)?;
+    ) -> Option<Admission> {
+        let stripe = peer.stripes.enter()?;
         let mut in_flight = InFlight::tracked(peer.clone(), stripe);
         let now_ns = peer.nanos(now);
         // Any call to the peer is use.
         peer.touch(now_ns);
         if peer.published.rotation_due(now_ns) {
             let mut locked = peer.lock();
-            locked.lane.window.advance(now);
-            peer.publish(&mut locked, now);
+            let fx = locked.rotate(now);
+            peer.apply(&mut locked, now, fx);
         }
         let class = peer.class_of(now, hints.class);
         let (mut deadline, mut source) = peer.class_deadline(class);
@@ -361,45 +232,218 @@ impl Peer {
                     peer.counters.fail_fast.fetch_add(1, Relaxed);
                     peer.metrics.rejected();
                     let fired = peer.silent_reason(locked, now, locked.silenced.as_ref());
-                    return Err(NotAdmitted::FailFast(fired));
+                    return Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
                 }
             }
         }
         peer.metrics.admitted();
-        let probe = in_flight.is_probe();
         let ticket = Ticket {
             deadline,
             source,
             generation,
-            probe,
             class,
-            started: now_ns,
+            started: now,
         };
-        Ok((in_flight, ticket.floored(hints.floor, peer.published.max())))
+        let ticket = ticket.floored(hints.floor, peer.published.max());
+        Some(Admission::Admitted(in_flight, ticket))
     }
 
-    /// Counts a call to the peer refused before it reached the inner service, the peer's
-    /// silence aside (see [`Counters::refused`]).
-    pub(crate) fn refused(&self) {
-        self.counters.refused.fetch_add(1, Relaxed);
-        self.metrics.refused();
+    /// The slot of `class`, claiming one for a class not seen before if any is free.
+    /// Allocates (the class's label and history) only for a new class.
+    fn class_of(&self, now: Instant, class: Option<ClassOf<'_>>) -> Option<ClassIx> {
+        let class = class?;
+        let id = class.id();
+        if let Some(i) = self.classes.find(id) {
+            return Some(i);
+        }
+        if self.classes.is_full() {
+            return None;
+        }
+        let mut guard = self.lock();
+        let locked = &mut *guard;
+        let rules = (&locked.policy, locked.overridden);
+        (self.classes).claim(id, &mut locked.classes, |lanes| {
+            lanes.add(class, now, rules)
+        })
     }
 
-    /// Lets the peer go if it has no call in flight: from then on every admission is
-    /// refused as [`NotAdmitted::Retired`]. Returns whether it was retired.
-    pub(crate) fn retire(&self) -> bool {
-        self.stripes.retire()
+    /// The call of `ticket` (`probe`: the peer's probe) ended with `outcome` at `now`:
+    /// recorded as [`on_head`](Self::on_head) does, and counted (the call leaves the
+    /// in-flight count when its `InFlight` is dropped).
+    pub(crate) fn on_outcome(&self, now: Instant, ticket: &Ticket, probe: bool, outcome: Outcome) {
+        self.record_answer(now, ticket, probe, outcome, true);
     }
 
-    /// A call counted on `stripe` is no longer in flight.
-    pub(crate) fn leave(&self, stripe: usize) {
-        self.stripes.leave(stripe);
-        self.metrics.ended();
+    /// Records the head of the call of `ticket`, answered with `outcome`; the call stays in
+    /// flight (its body is still to come) until its `InFlight` is dropped, and is counted
+    /// once it ends: as answered ([`on_body_answered`](Self::on_body_answered)) unless its
+    /// body is cut (a timeout, an interrupt), so each call counts one outcome.
+    #[cfg(feature = "http")]
+    pub(crate) fn on_head(&self, now: Instant, ticket: &Ticket, probe: bool, outcome: Outcome) {
+        self.record_answer(now, ticket, probe, outcome, false);
     }
 
-    /// Classifies an inner error (only errors are classified: a success is a sample).
-    pub(crate) fn classify(&self, err: &BoxError) -> Outcome {
-        self.classifier.classify(&**err)
+    /// A call whose head was answered with `outcome` after `latency` ended as answered
+    /// (its body ended, failed, or was dropped by its reader): counted now.
+    #[cfg(feature = "http")]
+    pub(crate) fn on_body_answered(&self, outcome: Outcome, latency: Duration) {
+        match outcome {
+            Outcome::Failure => self.metrics.failed(),
+            _ => self.metrics.answered(latency),
+        }
+        self.lock().body_answered(outcome);
+    }
+
+    /// Records `outcome` (see `Locked::answer`, `src/peer/outcome.rs`), counted if
+    /// `count`. A healthy peer's counted samples are recorded at once if its lock is free,
+    /// else held in the caller's stripe and handed over in batches ([`per_core`]).
+    fn record_answer(
+        &self,
+        now: Instant,
+        ticket: &Ticket,
+        probe: bool,
+        outcome: Outcome,
+        count: bool,
+    ) {
+        let latency = now.saturating_duration_since(ticket.started);
+        if count && outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+            let now_ns = self.nanos(now);
+            self.metrics.answered(latency);
+            let stripe = self.stripes.mine();
+            // A deadline learned from `min_samples` answers and recomputed only every
+            // `recompute_every` (at least a batch) moves on no single answer: its answers
+            // can wait in the stripe. One still learning goes at once if it can.
+            let waits = ticket.source.is_learned() && self.published.batched();
+            if !waits && !stripe.defers(now_ns) {
+                if let Some(mut locked) = self.try_lock() {
+                    if let Some(batch) = stripe.take_deferred(now_ns) {
+                        self.hand_over(&mut locked, &batch);
+                    }
+                    let sample = std::iter::once((latency, ticket.class));
+                    let fx = locked.answered(now, 1, sample);
+                    self.apply(&mut locked, now, fx);
+                    return;
+                }
+                // Another core is recording: defer this core's answers for a while.
+                stripe.contended(now_ns);
+            }
+            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns) {
+                self.hand_over(&mut self.lock_alone(), &batch);
+            }
+            return;
+        }
+        let mut locked = self.lock();
+        match outcome {
+            _ if !count => {}
+            Outcome::Failure => self.metrics.failed(),
+            _ => self.metrics.answered(latency),
+        }
+        let published = self.deadline().0;
+        let fx = locked.answer(now, ticket, probe, outcome, count, published);
+        self.apply(&mut locked, now, fx);
+    }
+
+    /// Records the answers `batch` deferred, as of its latest.
+    fn hand_over(&self, locked: &mut Locked, batch: &Batch) {
+        let now = self.instant(batch.latest);
+        let answers = batch.answers();
+        let fx = locked.answered(now, answers.len() as u64, answers);
+        self.apply(locked, now, fx);
+    }
+
+    /// The call of `ticket` (`probe`: the peer's probe) ran out its deadline at `now`:
+    /// a censored sample, a miss, perhaps silence, which interrupts every other call in
+    /// flight (see `Locked::on_deadline`, `src/peer/outcome.rs`). Returns why the deadline
+    /// had its value, and the silence interrupt if this miss declared it. `body_since` is
+    /// set for a call whose head was answered: its body's total deadline ran out, its last
+    /// frame then.
+    pub(crate) fn on_deadline(
+        &self,
+        now: Instant,
+        ticket: &Ticket,
+        probe: bool,
+        body_since: Option<Instant>,
+    ) -> (DeadlineExplanation, Option<Fired>) {
+        self.metrics.timed_out();
+        let mut locked = self.lock();
+        // A body's wait is weighed against the idle deadline the peer's own rule gives.
+        #[cfg(feature = "http")]
+        let body = body_since.map(|since| (since, self.own_idle()));
+        // Without the `http` feature no call has a body.
+        #[cfg(not(feature = "http"))]
+        let body = body_since.and(None);
+        let (explanation, fx) = locked.on_deadline(now, ticket, probe, body);
+        (explanation, self.apply(&mut locked, now, fx))
+    }
+
+    /// A call ended without an answer or a deadline: interrupted (why, and whether through
+    /// the peer or by its caller) or dropped by its caller (`None`). Records no latency;
+    /// the peer's probe frees the probe slot.
+    pub(crate) fn on_abandon(
+        &self,
+        now: Instant,
+        probe: bool,
+        interrupted: Option<(&Reason, Origin)>,
+    ) {
+        if let Some((reason, origin)) = interrupted {
+            // Only this peer's own silence is a silent interrupt: a caller's token may
+            // carry any reason (an outer layer's deadline or silence, say).
+            let counter = match (reason, origin) {
+                (Reason::PeerSilent { .. }, Origin::Peer) => &self.counters.silent_interrupts,
+                _ => &self.counters.manual_interrupts,
+            };
+            counter.fetch_add(1, Relaxed);
+            self.metrics.interrupted(reason);
+        }
+        if probe {
+            let mut locked = self.lock();
+            let fx = locked.abandoned(now, probe);
+            self.apply(&mut locked, now, fx);
+        }
+    }
+
+    /// The idle deadline of a body from this peer under `rule`, and why; `None` when off.
+    #[cfg(feature = "http")]
+    pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
+        self.gaps.idle_deadline(rule, self.deadline().0)
+    }
+
+    /// The idle deadline the peer's own rule ([`IdleRule::Learned`]) gives a body now:
+    /// what a caller's own body deadline is weighed against.
+    #[cfg(feature = "http")]
+    fn own_idle(&self) -> Duration {
+        self.idle_deadline(IdleRule::Learned)
+            .map_or(Duration::MAX, |(idle, _)| idle)
+    }
+
+    /// A body frame arrived at `now`, `gap` after the previous one (or after the head).
+    /// With `heartbeat`, it counts as an answer for the silence detector.
+    #[cfg(feature = "http")]
+    pub(crate) fn on_frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
+        (self.gaps).record(|| self.lock().policy.clone(), now, gap);
+        if heartbeat {
+            let mut locked = self.lock();
+            let fx = locked.heartbeat(now);
+            self.apply(&mut locked, now, fx);
+        }
+    }
+
+    /// A body sent nothing since `since` for its idle deadline: a miss like a call's
+    /// deadline, which may declare the peer silent. A deadline its caller set (`by_caller`)
+    /// is weighed as a head's is: a miss only if it is at least the peer's own. Returns
+    /// the silence interrupt if this miss declared it.
+    #[cfg(feature = "http")]
+    pub(crate) fn on_body_idle(
+        &self,
+        now: Instant,
+        since: Instant,
+        by_caller: bool,
+    ) -> Option<Fired> {
+        self.metrics.timed_out();
+        let allowed = by_caller.then(|| self.own_idle());
+        let mut locked = self.lock();
+        let fx = locked.on_body_idle(now, since, allowed);
+        self.apply(&mut locked, now, fx)
     }
 
     /// Why calls to this silent peer end: how long it has been quiet, how many calls
@@ -413,6 +457,38 @@ impl Peer {
         };
         let fired_at = declared.map_or(Location::caller(), |f| f.fired_at);
         Fired { reason, fired_at }
+    }
+
+    /// Applies what bookkeeping under the lock returned, the lock still held (the one
+    /// place effects take hold): publishes the peer's deadline (ARCHITECTURE.md,
+    /// invariant 5) and its classes', the failures in a row, fires the silence interrupt
+    /// (returned) into every call in flight, and publishes and reports the transition.
+    fn apply(&self, locked: &mut Locked, now: Instant, fx: Effects) -> Option<Fired> {
+        if let Some(p) = fx.publish {
+            self.published.set_deadline(p.deadline, p.source);
+            self.publish_hedge_after(locked, p.source);
+            let batch = per_core::BATCH as u64;
+            let batched = p.source.is_learned() && locked.policy.recompute_every >= batch;
+            self.published.set_batched(batched);
+            (self.published).set_bounds(locked.policy.max, locked.policy.cold_start);
+            self.metrics.deadline(p.deadline);
+            self.published.set_rotate_at(self.nanos(p.rotate_at));
+        }
+        self.classes.publish(&locked.classes, &fx.classes);
+        if let Some(failing) = fx.failing {
+            if self.published.set_failing(failing) && failing == 0 {
+                // A balanced endpoint held out for the failures waits for this.
+                self.changes.wake();
+            }
+        }
+        let silenced = fx.silenced.then(|| {
+            let fired = self.silent_reason(locked, now, None);
+            locked.silenced = Some(fired.clone());
+            self.interrupts.fire(fired.clone());
+            fired
+        });
+        self.transition(fx.transition);
+        silenced
     }
 
     /// Publishes a state change and reports it.
@@ -438,103 +514,24 @@ impl Peer {
     /// bodies' idle deadline follows it too.
     pub(crate) fn set_policy(&self, policy: Arc<TimeoutPolicy>, overridden: bool, now: Instant) {
         let mut locked = self.lock();
-        let reset = !locked.policy.same_window(&policy);
-        if reset {
-            locked.lane = Lane::new(&policy, now);
-        }
-        let transition = locked.health.release_if_detection_off(&policy);
-        locked.policy = policy;
-        locked.overridden = overridden;
-        self.transition(transition);
-        self.reshape_classes(&mut locked, now, reset);
-        self.publish(&mut locked, now);
+        let fx = locked.set_policy(policy, overridden, now);
+        self.apply(&mut locked, now, fx);
         // The gaps take their lock before the peer's: this one is let go first.
         drop(locked);
         #[cfg(feature = "http")]
-        self.refresh_gaps(now);
-    }
-
-    /// Whether the table has let the peer go.
-    pub(crate) fn is_retired(&self) -> bool {
-        self.stripes.is_retired()
-    }
-
-    /// Calls in flight now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.stripes.in_flight()
-    }
-
-    /// How long since the last call to the peer.
-    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
-        Duration::from_nanos(self.nanos(now).saturating_sub(self.last_used.load(Relaxed)))
+        self.gaps.refresh(|| self.lock().policy.clone(), now);
     }
 
     /// Reads the window: quantiles p50, p90, p99, p99.9, the max and the policy.
     pub(crate) fn view(&self, now: Instant) -> WindowView {
         let mut locked = self.lock();
-        if locked.lane.window.advance(now) {
-            self.publish(&mut locked, now);
-        }
-        let (deadline, source) = self.deadline_at(&locked, now);
-        let explanation = locked.lane.explained.explain(now, deadline, source);
-        let reach = locked.policy.max_history;
-        let w = &mut locked.lane.window;
-        let (quantiles, max, samples) = w.quantiles([0.5, 0.9, 0.99, 0.999], reach, now);
-        let heap_bytes = w.heap_bytes() + Peer::class_bytes(&locked);
-        let classes = self.class_views(&mut locked, now);
-        WindowView {
-            samples,
-            quantiles,
-            max,
-            deadline,
-            explanation,
-            heap_bytes,
-            classes,
-            last_response: locked.health.last_response(),
-            state: locked.health.state(),
-            next_probe_at: locked.health.next_probe_at(),
-            completed: locked.completed,
-            deadline_exceeded: locked.deadline_exceeded,
-            failures: locked.failures,
-            consecutive_failures: locked.consecutive_failures,
-        }
-    }
-
-    /// Recomputes the peer's deadline from its history and publishes it (under the
-    /// lock), with when the next of its windows (its own, its classes') rotates.
-    fn publish(&self, locked: &mut MutexGuard<'_, Locked>, now: Instant) {
-        let locked = &mut **locked;
-        let (deadline, source) = locked
-            .lane
-            .recompute(now, &locked.policy, locked.overridden);
-        self.published.set_deadline(deadline, source);
-        self.publish_hedge_after(locked, source);
-        let batch = per_core::BATCH as u64;
-        (self.published).set_batched(source.is_learned() && locked.policy.recompute_every >= batch);
-        self.published
-            .set_bounds(locked.policy.max, locked.policy.cold_start);
-        locked.health.note_deadline(deadline);
-        self.metrics.deadline(deadline);
-        let own = locked.lane.window.rotates_at();
-        let next = self.rotate_classes(locked, now).map_or(own, |c| c.min(own));
-        self.published.set_rotate_at(self.nanos(next));
-    }
-
-    /// Notes a call to the peer at `now` (nanoseconds since the epoch; admitted or refused:
-    /// either is use) for idle eviction, writing only when a millisecond has passed.
-    pub(crate) fn touch(&self, now: u64) {
-        if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
-            self.last_used.store(now, Relaxed);
-        }
-    }
-
-    /// `t` in nanoseconds since the peer's epoch.
-    pub(crate) fn nanos(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        let fx = locked.rotate_if_due(now);
+        self.apply(&mut locked, now, fx);
+        locked.view(now, self.deadline())
     }
 
     /// The peer's lock, with every answer the stripes deferred handed over: whatever reads or
-    /// judges the peer under it sees them.
+    /// judges the peer under it sees them (ARCHITECTURE.md, invariant 9).
     fn lock(&self) -> MutexGuard<'_, Locked> {
         let mut locked = self.lock_alone();
         let now = self.nanos(Instant::now());
@@ -558,10 +555,5 @@ impl Peer {
         // Nothing under this lock can panic half-way through an update; a poisoned lock
         // still holds consistent data.
         self.locked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The instant `nanos` after the epoch.
-    fn instant(&self, nanos: u64) -> Instant {
-        self.epoch + Duration::from_nanos(nanos)
     }
 }

@@ -8,21 +8,21 @@ use super::{Peer, Ticket};
 use crate::explain::DeadlineSource;
 
 impl Peer {
-    /// When a call of `ticket` that started at `started`, whose deadline has run out, is
-    /// cut: `None` for at once. Only a deadline of the peer's own is held: a probe's, a
+    /// When a call of `ticket` (a probe if `probe`), whose deadline has run out, is cut:
+    /// `None` for at once. Only a deadline of the peer's own is held: a probe's, a
     /// silent peer's cut one and the caller's own end the call at once. Taken under the
     /// peer's lock, so answers deferred in a stripe count (ARCHITECTURE.md, invariant 9).
-    pub(crate) fn cut_at(&self, started: Instant, ticket: &Ticket) -> Option<Instant> {
+    pub(crate) fn cut_at(&self, ticket: &Ticket, probe: bool) -> Option<Instant> {
         let own = !matches!(
             ticket.source,
             DeadlineSource::Caller | DeadlineSource::SilentPeer | DeadlineSource::Untracked
         );
-        if ticket.probe || !own {
+        if probe || !own {
             return None;
         }
         let locked = self.lock();
         locked
             .health
-            .cut_at(started, ticket.deadline, &locked.policy)
+            .cut_at(ticket.started, ticket.deadline, &locked.policy)
     }
 }

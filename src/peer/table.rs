@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::key::{detached, PeerKey};
-use super::{CallPeer, InFlight, NotAdmitted, Peer, PeerRef, PeerSettings, Ticket};
+use super::{CallPeer, InFlight, Peer, PeerRef, PeerSettings, Ticket};
 use crate::class::LatencyHints;
 use crate::classify::Classifier;
 use crate::error::Reason;
@@ -72,13 +72,29 @@ impl<K: PeerKey> Policies<K> {
     }
 }
 
-/// What the table decided for a new call: whom it is for, and whether it goes ahead.
+/// Whether a new call goes ahead, and whom it is for: what `Peer::admit` decides from the
+/// health machine's `Verdict` (then with the peer's deadline, before the caller's cuts it),
+/// what `PeerTable::admit` gives the service. A refusal carries why; the service makes it
+/// the call's error, which its future gives at the first poll.
 pub(crate) enum Admission {
     /// The call goes ahead with its ticket, counted in flight by its `InFlight`.
     Admitted(InFlight, Ticket),
     /// The call ends at once: its peer is silent, the caller's deadline is spent, or the
     /// layer was shut down.
     Refused(CallPeer, Fired),
+}
+
+impl Admission {
+    /// The same decision, an admitted call's deadline cut to `caller_deadline` where that
+    /// is shorter (ARCHITECTURE.md, invariant 6).
+    fn capped(self, caller_deadline: Option<Duration>) -> Admission {
+        match self {
+            Admission::Admitted(in_flight, ticket) => {
+                Admission::Admitted(in_flight, capped(ticket, caller_deadline))
+            }
+            refused => refused,
+        }
+    }
 }
 
 /// The peer one service called last: repeated calls to one peer skip the lookup. Once
@@ -266,7 +282,7 @@ impl<K: PeerKey> PeerTable<K> {
         if key.is_some() {
             self.count_untracked();
         }
-        self.admit_untracked(caller_deadline, hints, here)
+        self.admit_untracked(now, caller_deadline, hints, here)
     }
 
     /// Admits a call to `peer`; `None` if the peer has left the table.
@@ -289,20 +305,15 @@ impl<K: PeerKey> PeerTable<K> {
             peer.refused();
             return refused(fired);
         }
-        match Peer::admit(peer, now, generation, hints) {
-            Ok((in_flight, ticket)) => Some(Admission::Admitted(
-                in_flight,
-                capped(ticket, caller_deadline),
-            )),
-            Err(NotAdmitted::FailFast(fired)) => refused(fired),
-            Err(NotAdmitted::Retired) => None,
-        }
+        // `None`: the peer was let go since it was found.
+        Peer::admit(peer, now, generation, hints).map(|a| a.capped(caller_deadline))
     }
 
-    /// Admits a call that has no peer in the table, raised to its floor (at most the
-    /// default policy's `max`).
+    /// Admits a call starting at `now` that has no peer in the table, raised to its floor
+    /// (at most the default policy's `max`).
     fn admit_untracked(
         &self,
+        now: Instant,
         caller_deadline: Option<Duration>,
         hints: LatencyHints<'_>,
         here: &'static Location<'static>,
@@ -313,7 +324,7 @@ impl<K: PeerKey> PeerTable<K> {
         }
         let max = Duration::from_nanos(self.untracked_max.load(Relaxed));
         let ticket =
-            Ticket::untracked(self.untracked_deadline(), generation).floored(hints.floor, max);
+            Ticket::untracked(now, self.untracked_deadline(), generation).floored(hints.floor, max);
         let in_flight = InFlight::untracked(self.untracked.clone());
         Admission::Admitted(in_flight, capped(ticket, caller_deadline))
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::class_lanes::ClassIx;
 use crate::explain::DeadlineSource;
 
@@ -12,24 +14,22 @@ pub(crate) struct Ticket {
     pub(crate) source: DeadlineSource,
     /// The interrupt generation when the call started.
     pub(crate) generation: u32,
-    /// Whether the call is the probe of a silent peer.
-    pub(crate) probe: bool,
     /// The call's latency class, if it has one of the peer's.
     pub(crate) class: Option<ClassIx>,
-    /// When the call started, in nanoseconds since its peer's epoch (0 if untracked).
-    pub(crate) started: u64,
+    /// When the call started: what its deadline, its latency and its misses count from
+    /// (whether it is its peer's probe is its `InFlight`'s to say).
+    pub(crate) started: Instant,
 }
 
 impl Ticket {
-    /// The ticket of a call whose peer is not tracked.
-    pub(crate) fn untracked(deadline: Duration, generation: u32) -> Ticket {
+    /// The ticket of a call starting at `started` whose peer is not tracked.
+    pub(crate) fn untracked(started: Instant, deadline: Duration, generation: u32) -> Ticket {
         Ticket {
             deadline,
             source: DeadlineSource::Untracked,
             generation,
-            probe: false,
             class: None,
-            started: 0,
+            started,
         }
     }
 

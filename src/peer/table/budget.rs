@@ -75,9 +75,7 @@ impl Peer {
     pub(super) fn forget(&self) {
         let mut locked = self.lock_alone();
         locked.lane.window.clear();
-        for class in &mut locked.classes {
-            class.lane.window.clear();
-        }
+        locked.classes.forget();
     }
 }
 
