@@ -22,7 +22,7 @@
 //! | `adaptive_timeout_in_flight` | gauge | `peer` | calls in flight |
 //! | `adaptive_timeout_state` | gauge | `peer` | the health state, as a number (below; none for `_other`) |
 //! | `adaptive_timeout_latency_seconds` | histogram | `peer` | latency of every answered call |
-//! | `adaptive_timeout_hedges_total` | counter | `peer`, `result` | hedged calls (`hedged()`): `sent`, a copy went to the peer; `won`, it answered first; `interrupted`, a call to the peer lost to its copy and was interrupted (registered when first counted) |
+//! | `adaptive_timeout_hedges_total` | counter | `peer`, `result` | hedged calls (`hedged()`): `sent`, a copy went to the peer; `won`, it answered first; `interrupted`, a call to the peer ended by the race (it lost, or its request ended with the other's error) (registered when first counted) |
 //! | `adaptive_timeout_untracked_calls_total` | counter | none | calls that went untracked: their request named no peer, or the peer table was full |
 //!
 //! [`Reason::as_str`]: crate::Reason::as_str

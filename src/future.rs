@@ -141,6 +141,16 @@ impl<F, M> ResponseFuture<F, M> {
     }
 }
 
+impl<F, M> ResponseFuture<F, M> {
+    /// When the call's deadline passes (`None`: refused, or ended).
+    pub(crate) fn deadline_at(&self) -> Option<Instant> {
+        match &self.state {
+            State::Running { call, .. } => Some(call.deadline_at()),
+            State::Rejected { .. } | State::Done => None,
+        }
+    }
+}
+
 /// How a call's race ended: its guard and what ended it, or the error of a refused call.
 pub(crate) type RaceEnd<T> = Result<(Call, Ended<T>), BoxError>;
 

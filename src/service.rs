@@ -48,6 +48,14 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
         &self.key_fn
     }
 
+    /// Which headers carry a call's deadline to its callee.
+    pub(crate) fn propagation(&self) -> &crate::Propagation
+    where
+        K: crate::PeerKey,
+    {
+        self.table.propagation()
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner

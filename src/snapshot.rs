@@ -76,10 +76,12 @@ pub struct PeerSnapshot {
     pub hedges_sent: u64,
     /// Copies sent to the peer that answered before the call they copied, ever.
     pub hedges_won: u64,
-    /// Calls to the peer ended because the other copy of their hedged request answered
-    /// first, ever: the loser is interrupted with [`Reason::Hedged`](crate::Reason::Hedged)
-    /// through its token and dropped, so it is neither a latency sample nor a miss, and,
-    /// like a call its caller drops, in none of the counters above.
+    /// Calls to the peer ended by the race of their hedged request, ever: the loser, when
+    /// the other copy answered first (interrupted with
+    /// [`Reason::Hedged`](crate::Reason::Hedged) through its token), and a copy still
+    /// running when the request ended with the first's error (its token fired with that
+    /// error). Either is dropped, neither a latency sample nor a miss, and in none of the
+    /// counters above: with them, every call to the peer is counted once.
     pub hedge_interrupts: u64,
     /// How long since the peer last answered anything (failures are not answers).
     pub last_response_age: Duration,

@@ -111,6 +111,10 @@ impl<Svc, Req> Race<Svc, Req> {
         if let (Some(token), Some(err)) = (&self.tokens[1], Interrupted::find(err)) {
             token.fire(err.clone());
         }
+        // Ended by the race like a loser: counted with them, so every call to the peer
+        // is counted once.
+        self.peer.count_hedge(HedgeCount::Interrupted);
+        self.shared.count(Count::Interrupted);
         tracing::debug!(
             peer = &**self.peer.label(),
             "hedged call: ended with its first copy"
@@ -135,8 +139,14 @@ where
 {
     /// Sends the copy once the delay has passed: `Ready(Some)` with its future, `Pending`
     /// while the service is not ready, `Ready(None)` if it is not to be sent (the peer
-    /// refuses copies, the budget is spent, the service failed).
-    fn send(&mut self, cx: &mut Context<'_>) -> Poll<Option<Copy<S, C, Req>>> {
+    /// refuses copies, the budget is spent, the service failed). With propagation on, the
+    /// copy's callee is told the time left to the first's deadline (`first_until`), when
+    /// the request ends: never more than anyone waits.
+    fn send(
+        &mut self,
+        cx: &mut Context<'_>,
+        first_until: Option<Instant>,
+    ) -> Poll<Option<Copy<S, C, Req>>> {
         if !self.admitted {
             if !self.shared.admit_copy(&self.peer) {
                 self.copy = None;
@@ -155,6 +165,13 @@ where
         };
         self.tokens[1] = self.svc.key_fn().interrupt_token(&mut copy);
         self.started[1] = Instant::now();
+        let propagation = self.svc.propagation();
+        if let Some(until) = first_until.filter(|_| propagation.is_on()) {
+            let left = until.saturating_duration_since(self.started[1]);
+            self.svc
+                .key_fn()
+                .write_deadline(&mut copy, left, propagation);
+        }
         self.peer.count_hedge(HedgeCount::Sent);
         self.shared.count(Count::Sent);
         let after = self.started[1].saturating_duration_since(self.started[0]);
@@ -272,7 +289,12 @@ where
                 ready!(race.timer.poll_at(due, cx));
                 (race.due, race.timer) = (None, CallTimer::Unarmed);
             }
-            match ready!(race.send(cx)) {
+            let first_until = this
+                .first
+                .as_ref()
+                .as_pin_ref()
+                .and_then(|f| f.deadline_at());
+            match ready!(race.send(cx, first_until)) {
                 Some(second) => this.second.set(Some(second)),
                 None => return Poll::Pending,
             }

@@ -165,8 +165,9 @@ pub struct HedgeStats {
     pub sent: u64,
     /// Copies that answered before the request they copied.
     pub won: u64,
-    /// Losing calls interrupted (with [`Reason::Hedged`](crate::Reason::Hedged)) because
-    /// the other copy answered first.
+    /// Calls ended by the race: losers interrupted (with
+    /// [`Reason::Hedged`](crate::Reason::Hedged)) because the other copy answered first,
+    /// and copies still running when the request ended with the first's error.
     pub interrupted: u64,
     /// Copies due but not sent because the budget was spent.
     pub over_budget: u64,

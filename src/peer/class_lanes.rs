@@ -351,7 +351,9 @@ impl ClassLanes {
 
     /// Forgets every class's answers and histograms (a peer the table let go).
     pub(crate) fn forget(&mut self) {
-        self.0.iter_mut().for_each(|class| class.lane.window.clear());
+        self.0
+            .iter_mut()
+            .for_each(|class| class.lane.window.clear());
     }
 
     /// Heap bytes of every class's history.

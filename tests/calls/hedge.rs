@@ -405,6 +405,131 @@ async fn a_caller_interrupt_reaches_both_copies() {
     assert_eq!(rig.snap().in_flight, 0);
 }
 
+/// Every call that reached the peer, by the counter it ended in.
+fn outcomes(s: &PeerSnapshot) -> u64 {
+    s.completed
+        + s.deadline_exceeded
+        + s.failures
+        + s.silent_interrupts
+        + s.manual_interrupts
+        + s.hedge_interrupts
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_ended_with_its_request_is_counted_once_like_every_call() {
+    let rig = Rig::new(defaults().max_extra_load(1.0));
+    rig.warm(40).await;
+    rig.peer.then(&[Step::Hang, Step::Hang]);
+    let err = interrupted(rig.call(Get::default()).await);
+    assert!(err.is_timeout(), "{err}");
+    let snap = rig.snap();
+    assert_eq!(
+        rig.peer.arrivals(),
+        42,
+        "the request and its copy reached the peer"
+    );
+    assert_eq!(snap.in_flight, 0);
+    assert_eq!(outcomes(&snap), 42, "every call counted once: {snap:?}");
+    assert_eq!(snap.hedge_interrupts, 1, "the copy, ended by the race");
+    assert_eq!(rig.stats().interrupted, 1);
+}
+
+/// A hedged layer over `http::Request`s with `grpc-timeout` propagation, whose peer answers
+/// in 10 ms but hangs on `/hang`; each arrival's instant and `grpc-timeout` are kept.
+#[cfg(feature = "http")]
+mod propagated {
+    use super::*;
+    use tower_adaptive_timeout::{Deadline, Propagation};
+
+    type Seen = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
+    fn copy(r: &http::Request<()>) -> Option<http::Request<()>> {
+        let mut c = http::Request::new(());
+        *c.uri_mut() = r.uri().clone();
+        *c.headers_mut() = r.headers().clone();
+        *c.extensions_mut() = r.extensions().clone();
+        Some(c)
+    }
+
+    fn rig() -> (BoxCloneService<http::Request<()>, (), BoxError>, Seen) {
+        let seen = Seen::default();
+        let inner = service_fn({
+            let seen = seen.clone();
+            move |req: http::Request<()>| {
+                let told = req.headers().get("grpc-timeout");
+                let told = told.map(|v| v.to_str().unwrap().to_owned());
+                seen.lock().unwrap().push((Instant::now(), told));
+                let hang = req.uri().path() == "/hang";
+                async move {
+                    match hang {
+                        true => std::future::pending().await,
+                        false => tokio::time::sleep(ms(10)).await,
+                    }
+                    Ok::<_, BoxError>(())
+                }
+            }
+        });
+        let layer = AdaptiveTimeoutLayer::http()
+            .policy(policy())
+            .propagation(Propagation::grpc())
+            .build()
+            .expect("valid policy");
+        let hedged = layer
+            .hedged(Hedging::new(copy as fn(&_) -> _).max_extra_load(1.0))
+            .expect("valid hedging");
+        (BoxCloneService::new(hedged.layer(inner)), seen)
+    }
+
+    /// `grpc-timeout`'s value (`300m`, `25000u`, ...).
+    fn budget(v: &str) -> Duration {
+        let (n, unit) = v.split_at(v.len() - 1);
+        let n: u64 = n.parse().unwrap();
+        match unit {
+            "m" => ms(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            "S" => Duration::from_secs(n),
+            other => panic!("unit {other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copys_callee_is_never_told_more_time_than_the_request_has() {
+        let (svc, seen) = rig();
+        for _ in 0..40 {
+            let req = http::Request::get("http://p.test/").body(()).unwrap();
+            svc.clone().oneshot(req).await.expect("answered");
+        }
+        let deadlines = [None, Some(Deadline::within(ms(300)))];
+        for (i, deadline) in deadlines.into_iter().enumerate() {
+            let mut req = http::Request::get("http://p.test/hang").body(()).unwrap();
+            if let Some(d) = deadline {
+                req.extensions_mut().insert(d);
+            }
+            seen.lock().unwrap().clear();
+            let start = Instant::now();
+            let err = interrupted(svc.clone().oneshot(req).await);
+            let ended = Instant::now();
+            let seen = seen.lock().unwrap().clone();
+            assert_eq!(
+                seen.len(),
+                2,
+                "case {i}: the request and its copy: {seen:?}"
+            );
+            assert!(seen[1].0 > start, "case {i}: the copy went later");
+            for (at, told) in seen {
+                let told = budget(&told.expect("told a deadline"));
+                assert!(
+                    at + told <= ended + ms(1),
+                    "case {i}: told {told:?} at +{:?}, the request ended at +{:?} ({err})",
+                    at - start,
+                    ended - start,
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn absurd_settings_give_a_clear_error() {
     let layer = AdaptiveTimeoutLayer::builder::<Get, _>(ByPeer)
