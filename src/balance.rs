@@ -23,8 +23,10 @@
 //! At most `max_ejection_percent` (default 50%, like Envoy's outlier detection) of the
 //! endpoints made from one layer are held out at once, rounded down: a cause all of them
 //! share (the caller's own network) cannot empty the balancer. An endpoint over the cap
-//! stays ready, and its calls fail fast (refusals, [`was_sent`](crate::Interrupted::was_sent)
-//! false) until a probe gets through; its load is the worst between its probes, and the
+//! stays ready: if its peer is silent its calls fail fast (refusals,
+//! [`was_sent`](crate::Interrupted::was_sent) false), if its calls fail at once (connections
+//! refused) they go through and fail as quickly on their own, until a probe gets through; its
+//! load is the worst between its probes, and the
 //! best when its probe is due or its peer is back, so a balancer still sends it its probes
 //! and takes it back. When endpoints leave, the cap is recomputed and a held-out endpoint
 //! over it is let go. After [`shutdown`](crate::InterruptHandle::shutdown) no endpoint is

@@ -177,6 +177,8 @@ pub struct Interrupted {
     fired_at: Site,
     recognized_at: Site,
     sent: bool,
+    /// The response's head had arrived: the call was cut in its body.
+    mid_body: bool,
 }
 
 impl Interrupted {
@@ -194,12 +196,20 @@ impl Interrupted {
             fired_at: Site::new(fired_at),
             recognized_at: Site::new(recognized_at),
             sent: true,
+            mid_body: false,
         }
     }
 
     /// The same interrupt, recognized at another place.
     pub(crate) fn recognized(mut self, at: &'static Location<'static>) -> Self {
         self.recognized_at = Site::new(at);
+        self
+    }
+
+    /// The same interrupt, for a call cut in its response's body: it had an answer.
+    #[cfg(feature = "http")]
+    pub(crate) fn mid_body(mut self) -> Self {
+        self.mid_body = true;
         self
     }
 
@@ -290,7 +300,8 @@ impl Interrupted {
     /// silent (refused at once, or cut in flight), or the peer's own deadline ran out (not
     /// the caller's, [`DeadlineSource::Caller`]). A call that was sent may have reached its
     /// peer: retry those only if the request is idempotent. A spent budget is spent for the
-    /// next attempt too, a body that stopped mid-way ([`Reason::BodyIdle`]) had an answer,
+    /// next attempt too, a body cut mid-way (idle, [`Reason::BodyIdle`], or for any other
+    /// reason, its peer's silence included) had an answer,
     /// a hedge's losing copy ([`Reason::Hedged`]) lost to an answer, and a cancel (by hand,
     /// a fired token, a shutdown) is final.
     ///
@@ -304,6 +315,9 @@ impl Interrupted {
     /// # let _ = again;
     /// ```
     pub fn is_unanswered(&self) -> bool {
+        if self.mid_body {
+            return false; // Its head was the answer, whatever cut the body.
+        }
         match &self.reason {
             Reason::DeadlineExceeded { explanation, .. } => {
                 explanation.source != DeadlineSource::Caller

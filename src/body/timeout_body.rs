@@ -212,7 +212,7 @@ where
         if let Some(fired) = interrupt_fired(&mut w.call, this.token_wake, cx) {
             *this.cut = true;
             let call = take(this.open);
-            return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).into())));
+            return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).mid_body().into())));
         }
         let Some(due) = w.due() else {
             return Poll::Pending;
@@ -237,7 +237,7 @@ where
                 .call
                 .body_expired(w.total.unwrap_or_default(), w.last_frame),
         };
-        Poll::Ready(Some(Err(err.into())))
+        Poll::Ready(Some(Err(err.mid_body().into())))
     }
 
     fn is_end_stream(&self) -> bool {

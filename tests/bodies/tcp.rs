@@ -165,11 +165,18 @@ async fn bodies_to_a_peer_declared_silent_all_end_at_once() {
     // Two calls that never answer: two misses declare the peer silent.
     let hang = || svc.clone().oneshot(get(server.uri("/hang")));
     let (a, b) = tokio::join!(hang(), hang());
-    assert!(a.is_err() && b.is_err());
     for reader in readers {
         let (_, _, end) = bounded(reader).await.unwrap();
         let err = end.expect_err("silence ends the body");
         assert!(matches!(reason(&err), Reason::PeerSilent { .. }), "{err}");
+        // Its head was the answer: nothing to try again elsewhere.
+        let cut = Interrupted::find(&*err).expect("an Interrupted");
+        assert!(!cut.is_unanswered(), "{err}");
+    }
+    for hung in [a, b] {
+        let err = hung.expect_err("never answered");
+        let cut = Interrupted::find(&*err).expect("an Interrupted");
+        assert!(cut.is_unanswered(), "{err}");
     }
     let peer = handle.peer(&server.peer()).unwrap();
     assert_eq!((peer.in_flight, peer.silent_interrupts), (0, 3));
