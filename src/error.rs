@@ -297,7 +297,9 @@ impl Interrupted {
     }
 
     /// Whether the call got no answer and is worth trying at another peer: its peer is
-    /// silent (refused at once, or cut in flight), or the peer's own deadline ran out (not
+    /// silent (refused at once, or cut in flight; the call whose deadline, even its
+    /// caller's, found the peer quiet longer than the peer's own deadline and declared the
+    /// silence ends with [`Reason::PeerSilent`] too), or the peer's own deadline ran out (not
     /// the caller's, [`DeadlineSource::Caller`]). A call that was sent may have reached its
     /// peer: retry those only if the request is idempotent. A spent budget is spent for the
     /// next attempt too, a body cut mid-way (idle, [`Reason::BodyIdle`], or for any other
