@@ -106,7 +106,9 @@ impl<K, F, C> EndpointLayer<K, F, C> {
 
     /// Probes the endpoint, while it is held out, with calls of its own: `probe` makes
     /// one (a health check, a cheap idempotent request through a clone of the client,
-    /// below any load measurement), run in the background on the tokio runtime every
+    /// below any load measurement, as fast as the endpoint's calls: it is held to a
+    /// probe's deadline, at most the policy's `cold_start`, and a probe slower than that
+    /// keeps the endpoint held out), run in the background on the tokio runtime every
     /// quarter of [`ejection_time`](crate::Builder::ejection_time)'s `base` (250ms by
     /// default, at least 10ms), with no doubling: they cost the callers nothing. No
     /// caller's call is then a probe, the endpoint stays held out until a probe is
