@@ -22,6 +22,9 @@ use crate::service::AdaptiveTimeout;
 use crate::timer::CallTimer;
 use crate::token::Interrupt;
 
+/// How much longer than the request has left a copy's callee is told (see `Race::send`).
+const PROPAGATION_SLACK: Duration = Duration::from_millis(1);
+
 /// One copy of the request in flight: the layer's own call future.
 type Copy<S, C, Req> = ResponseFuture<<S as Service<Req>>::Future, Head<C>>;
 
@@ -167,7 +170,11 @@ where
         self.started[1] = Instant::now();
         let propagation = self.svc.propagation();
         if let Some(until) = first_until.filter(|_| propagation.is_on()) {
-            let left = until.saturating_duration_since(self.started[1]);
+            // A millisecond more than is left, the precision a deadline is propagated
+            // with: the copy, whose own deadline this becomes, never runs out before the
+            // first, which ends the request; so the copy is dropped, never a miss, and a
+            // silence takes as many misses as without hedging.
+            let left = until.saturating_duration_since(self.started[1]) + PROPAGATION_SLACK;
             self.svc
                 .key_fn()
                 .write_deadline(&mut copy, left, propagation);

@@ -1,13 +1,15 @@
-//! Hedged calls: after the peer's own learned quantile, a second copy of a slow request
-//! goes out, the first answer wins, and the loser is interrupted through its token.
+//! Hedged calls: after the request's own learned quantile (its latency class's at its
+//! peer, or the peer's), a second copy of a slow request goes out, the first answer wins,
+//! and the loser is interrupted through its token.
 //!
-//! The delay comes from the per-peer histograms the layer already keeps: each peer
-//! publishes its hedge delay (the [`Hedging::quantile`] of its window) where it publishes
-//! its deadline, so a hedged call reads one atomic word and computes no quantile
+//! The delay comes from the per-peer and per-class histograms the layer already keeps:
+//! each peer publishes its hedge delays (the [`Hedging::quantile`] of its window and of
+//! each class's) where it publishes its deadlines, so a hedged call reads one atomic word and computes no quantile
 //! (ARCHITECTURE.md, invariant 5). A copy goes only
 //!
 //! * for a request [`CloneRequest`] copies (the opt-in: nothing else is ever sent twice),
-//! * to a peer whose window holds `min_samples` answers (never on a guess),
+//! * to a peer whose window (its class's, for a call of a latency class) holds `min_samples`
+//!   answers (never on a guess),
 //! * to a peer that is neither silent nor probing, with fewer than
 //!   [`Hedging::max_in_flight`] calls in flight,
 //! * within the budget ([`budget`]): at most [`Hedging::max_extra_load`] more calls than
@@ -265,8 +267,9 @@ impl<S, K, F, C, P> Hedge<S, K, F, C, P> {
         K: PeerKey,
         F: KeyFn<Req, Key = K>,
     {
-        let peer = self.table.get(&self.inner.key_fn().peer_key(req)?)?;
-        let after = peer.hedge_after()?;
+        let key_fn = self.inner.key_fn();
+        let peer = self.table.get(&key_fn.peer_key(req)?)?;
+        let after = peer.hedge_after(&key_fn.latency_hints(req))?;
         Some((peer, after))
     }
 }

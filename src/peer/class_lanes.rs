@@ -42,6 +42,9 @@ struct Slot {
     id: AtomicU64,
     /// The class's packed deadline word; 0 while the class has no sample.
     deadline: AtomicU64,
+    /// When a hedged call of the class sends its copy, in nanoseconds; 0 until the class
+    /// has learned (or while hedging is off).
+    hedge: AtomicU64,
 }
 
 /// Which classes' deadline words changed: a bit per slot (at most `ClassIx::MAX` slots).
@@ -150,6 +153,33 @@ impl ClassSlots {
                 slot.deadline.store(c.word, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Publishes the hedge delay of the classes `changed` marks: quantile `q` of each
+    /// class's own window, once its deadline is learned from `policy.min_samples` answers
+    /// (under the peer's lock, beside the deadline words: invariant 5).
+    pub(crate) fn publish_hedges(
+        &self,
+        lanes: &ClassLanes,
+        changed: &ClassBits,
+        q: f64,
+        policy: &TimeoutPolicy,
+    ) {
+        for i in changed.iter() {
+            if let (Some(c), Some(slot)) = (lanes.0.get(i), self.slots.get(i)) {
+                let window = &c.lane.window;
+                let learned = c.lane.source.is_learned() && window.samples() >= policy.min_samples;
+                let after = learned.then(|| window.quantile(q).min(policy.max));
+                let nanos = after.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                slot.hedge.store(nanos, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The hedge delay of `class` (`None`: not learned). One atomic load.
+    pub(crate) fn hedge_after(&self, class: ClassIx) -> Option<Duration> {
+        let slot = self.slots.get(usize::from(class))?;
+        Some(Duration::from_nanos(slot.hedge.load(Ordering::Relaxed))).filter(|d| !d.is_zero())
     }
 
     /// The deadline word of `class`'s slot (0: none, or no sample yet). One atomic load.

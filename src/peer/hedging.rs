@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::class_lanes::ClassBits;
 use super::{Locked, Peer};
+use crate::class::LatencyHints;
 use crate::explain::DeadlineSource;
 
 /// The quantile of a peer's latency at which a hedged call sends its copy, shared by every
@@ -39,11 +41,22 @@ pub(crate) enum HedgeCount {
 }
 
 impl Peer {
-    /// How long a hedged call to the peer waits before it sends its copy: the hedge
-    /// quantile of the peer's window, once the window holds `min_samples` answers (`None`
-    /// before: a copy is never sent on a guess). One atomic load.
-    pub(crate) fn hedge_after(&self) -> Option<Duration> {
-        self.published.hedge_after()
+    /// How long a hedged call to the peer with `hints` waits before it sends its copy:
+    /// the hedge quantile of its latency class's window, or of the peer's own for a call of
+    /// no class (or of one beyond `max_classes`), once that window holds `min_samples`
+    /// answers (`None` before, and for a class not seen yet: a copy is never sent on a
+    /// guess); never before the call's floor ([`MinDeadline`](crate::MinDeadline)). A
+    /// lookup and one atomic load.
+    pub(crate) fn hedge_after(&self, hints: &LatencyHints<'_>) -> Option<Duration> {
+        let own = match hints.class.as_ref() {
+            Some(class) => match self.classes.find(class.id()) {
+                Some(i) => self.classes.hedge_after(i)?,
+                None if self.classes.is_full() => self.published.hedge_after()?,
+                None => return None,
+            },
+            None => self.published.hedge_after()?,
+        };
+        Some(hints.floor.map_or(own, |floor| own.max(floor)))
     }
 
     /// A hedge count of the peer, ever.
@@ -67,5 +80,13 @@ impl Peer {
         let learned = source.is_learned() && window.samples() >= locked.policy.min_samples;
         let after = learned.then(|| window.quantile(q).min(locked.policy.max));
         self.published.set_hedge_after(after);
+    }
+
+    /// Publishes the hedge delays of the classes whose deadline `changed` marks, beside
+    /// their deadline words.
+    pub(super) fn publish_class_hedges(&self, locked: &Locked, changed: &ClassBits) {
+        if let Some(q) = self.hedge_quantile.get() {
+            (self.classes).publish_hedges(&locked.classes, changed, q, &locked.policy);
+        }
     }
 }

@@ -475,6 +475,7 @@ impl Peer {
             self.published.set_rotate_at(self.nanos(p.rotate_at));
         }
         self.classes.publish(&locked.classes, &fx.classes);
+        self.publish_class_hedges(locked, &fx.classes);
         if let Some(failing) = fx.failing {
             if self.published.set_failing(failing) && failing == 0 {
                 // A balanced endpoint held out for the failures waits for this.
