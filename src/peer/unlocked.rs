@@ -31,7 +31,7 @@ pub(crate) struct Counters {
     /// down, or the caller's deadline was spent or its token had fired.
     pub(crate) refused: AtomicU64,
     /// Hedged calls' copies sent to the peer, copies that answered first, and calls to
-    /// the peer interrupted because the other copy answered first ([`HedgeCount`]).
+    /// the peer interrupted because the other copy answered first ([`HedgeCount`](super::HedgeCount)).
     pub(crate) hedges: [AtomicU64; 3],
 }
 
