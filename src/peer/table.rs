@@ -264,7 +264,7 @@ impl<K: PeerKey> PeerTable<K> {
     ) -> Admission {
         let here = Location::caller();
         // A history refused memory: room is made here, outside every peer's lock.
-        self.reclaim(now);
+        self.reclaim(now, key.as_ref());
         if key.is_none() {
             // The request names no peer: the call teaches nothing, but it is counted.
             self.count_untracked();

@@ -8,6 +8,8 @@ pub mod support;
 mod classify_responses;
 mod future_polls;
 mod hedge;
+#[cfg(feature = "http")]
+mod hedge_http;
 mod hostile_input;
 mod interrupt_manual;
 mod interrupt_tokens;

@@ -114,3 +114,40 @@ fn a_budget_of_zero_too_small_for_one_history_or_past_1_tib_is_refused_at_build(
             .is_ok());
     }
 }
+
+/// Eight latency classes, answered in 10, 30, ... 150 ms.
+const CLASSES: [&str; 8] = ["/c0", "/c1", "/c2", "/c3", "/c4", "/c5", "/c6", "/c7"];
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_peer_wanting_more_histories_than_the_budget_holds_is_not_let_go_by_its_own_calls() {
+    let history = TimeoutPolicy::default().min_samples(5).max_window_bytes();
+    // Room for three busy histories; the one peer would have nine (its own and 8 classes).
+    let policy = TimeoutPolicy::default()
+        .min_samples(5)
+        .memory_budget(3 * history);
+    let (svc, handle) = support::stack(
+        AdaptiveTimeoutLayer::builder(|(peer, _): &(u32, usize)| *peer)
+            .latency_class(|(_, class): &(u32, usize)| CLASSES.get(*class).copied())
+            .policy(policy),
+        service_fn(|(_, class): (u32, usize)| async move {
+            tokio::time::sleep(Duration::from_millis(10 + 20 * class as u64)).await;
+            Ok::<_, Infallible>(class)
+        }),
+    );
+    let mut completed = 0;
+    for i in 0..2_000usize {
+        svc.clone().oneshot((0, i % CLASSES.len())).await.expect("answered");
+        let snapshot = handle.peer(&0).expect("still tracked");
+        assert!(
+            snapshot.completed > completed,
+            "call {i}: the peer was let go and started again ({} after {completed})",
+            snapshot.completed
+        );
+        completed = snapshot.completed;
+        let (used, budget) = handle.memory();
+        assert!(used <= budget, "call {i}: {used} bytes held, budget {budget}");
+    }
+    let snapshot = handle.peer(&0).expect("tracked");
+    assert_eq!(snapshot.completed, 2_000);
+    assert!(snapshot.deadline < Duration::from_secs(1), "{snapshot:?}");
+}

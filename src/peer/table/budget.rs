@@ -46,9 +46,11 @@ impl<K: PeerKey> PeerTable<K> {
     }
 
     /// Makes room if a history was refused some: lets the idlest peers with nothing in
-    /// flight go until what it wanted fits, at most [`RECLAIM_EVICTIONS`] of them. One
-    /// load when nothing was refused.
-    pub(super) fn reclaim(&self, now: Instant) {
+    /// flight go until what it wanted fits, at most [`RECLAIM_EVICTIONS`] of them, but
+    /// never `calling`, the peer of the admission that makes room: a peer busy enough to
+    /// want more histories than the budget holds keeps the ones it has, and is never let go
+    /// by its own calls. One load when nothing was refused.
+    pub(super) fn reclaim(&self, now: Instant, calling: Option<&K>) {
         if !self.account.short() {
             return;
         }
@@ -62,6 +64,10 @@ impl<K: PeerKey> PeerTable<K> {
             let Some((key, peer)) = self.idlest_in_rotation(now) else {
                 return;
             };
+            if calling == Some(&*key) {
+                self.line_up(key, peer);
+                return;
+            }
             self.evict(key, peer);
         }
     }

@@ -125,7 +125,7 @@ impl<K: PeerKey> PeerTable<K> {
         idlest.map(|(_, entry)| entry)
     }
 
-    /// Puts a peer just inserted at the back of the rotation.
+    /// Puts a peer at the back of the rotation (just inserted, or passed over).
     pub(super) fn line_up(&self, key: Arc<K>, peer: Arc<Peer>) {
         self.rotation().push_back((key, peer));
     }
