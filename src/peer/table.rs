@@ -425,6 +425,8 @@ impl<K: PeerKey> PeerTable<K> {
                 entry.value().set_policy(policy.clone(), false, now);
             }
         }
+        drop(policies);
+        self.shrink_to_budget(now);
     }
 
     /// Gives `key` its own policy, in force at once if the peer is tracked: O(1).

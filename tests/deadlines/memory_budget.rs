@@ -82,7 +82,8 @@ async fn a_smaller_budget_put_in_force_at_runtime_is_met_by_letting_idle_peers_g
     assert_eq!(handle.memory().0, 4 * history);
     let smaller = TimeoutPolicy::default().memory_budget(2 * history);
     handle.set_default_policy(smaller).unwrap();
-    // The next call makes room: the two idlest peers go.
+    // Room is made at once: the two idlest peers go, before any call.
+    assert_eq!(handle.memory(), (2 * history, 2 * history));
     calls(&mut svc, &handle, 3, 1).await;
     assert_eq!(handle.memory(), (2 * history, 2 * history));
     assert!(handle.peer(&0).is_none() && handle.peer(&1).is_none());
@@ -136,7 +137,10 @@ async fn a_lone_peer_wanting_more_histories_than_the_budget_holds_is_not_let_go_
     );
     let mut completed = 0;
     for i in 0..2_000usize {
-        svc.clone().oneshot((0, i % CLASSES.len())).await.expect("answered");
+        svc.clone()
+            .oneshot((0, i % CLASSES.len()))
+            .await
+            .expect("answered");
         let snapshot = handle.peer(&0).expect("still tracked");
         assert!(
             snapshot.completed > completed,
@@ -145,7 +149,10 @@ async fn a_lone_peer_wanting_more_histories_than_the_budget_holds_is_not_let_go_
         );
         completed = snapshot.completed;
         let (used, budget) = handle.memory();
-        assert!(used <= budget, "call {i}: {used} bytes held, budget {budget}");
+        assert!(
+            used <= budget,
+            "call {i}: {used} bytes held, budget {budget}"
+        );
     }
     let snapshot = handle.peer(&0).expect("tracked");
     assert_eq!(snapshot.completed, 2_000);

@@ -73,6 +73,23 @@ impl<K: PeerKey> PeerTable<K> {
     }
 }
 
+impl<K: PeerKey> PeerTable<K> {
+    /// After a smaller budget was put in force: lets the idlest peers with nothing in flight
+    /// go until the histories fit it, at once (O(peers), on a policy change only). Peers
+    /// with calls in flight stay; the admissions after them make the rest of the room.
+    pub(super) fn shrink_to_budget(&self, now: Instant) {
+        for _ in 0..self.len() {
+            if self.account.used() <= self.account.limit() {
+                return;
+            }
+            let Some((key, peer)) = self.idlest_in_rotation(now) else {
+                return;
+            };
+            self.evict(key, peer);
+        }
+    }
+}
+
 impl Peer {
     /// Gives back the memory of a peer the table let go: its histories forget their
     /// answers and histograms at once, whoever still holds the peer (a service's last
