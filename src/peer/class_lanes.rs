@@ -124,6 +124,12 @@ impl ClassSlots {
         self.full.load(Ordering::Relaxed)
     }
 
+    /// Whether a class not seen yet would get a slot: one is still free (a scan of at most
+    /// `max_classes` atomics, for a hedged call's class only).
+    pub(crate) fn has_room(&self) -> bool {
+        !self.is_full() && self.slots.iter().any(|s| s.id.load(Ordering::Acquire) == 0)
+    }
+
     /// Under the peer's lock: the slot of class `id`, claimed for it if no other call
     /// claimed one since [`ClassSlots::find`], after `add` gave it a history in `lanes`.
     /// `None` once every slot is taken.

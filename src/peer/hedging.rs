@@ -51,8 +51,8 @@ impl Peer {
         let own = match hints.class.as_ref() {
             Some(class) => match self.classes.find(class.id()) {
                 Some(i) => self.classes.hedge_after(i)?,
-                None if self.classes.is_full() => self.published.hedge_after()?,
-                None => return None,
+                None if self.classes.has_room() => return None,
+                None => self.published.hedge_after()?,
             },
             None => self.published.hedge_after()?,
         };

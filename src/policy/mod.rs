@@ -158,7 +158,7 @@ pub struct TimeoutPolicy {
     /// answered nothing for `max(deadline, min_silence)` (since the call started, or since
     /// the peer's last answer if that came later); while the peer keeps answering other
     /// calls it is a straggler on a live peer (a lost packet, a slow route), held up to
-    /// `max(2 × deadline, cold_start)` (at most `max`, never past its caller's own
+    /// `max(2 × deadline, cold_start, min_silence)` (at most `max`, never past its caller's own
     /// deadline). At most `max`; `0` turns the floor off. Default `0`: silence is cut
     /// after one deadline; a floor longer than a host's CPU stalls keeps their calls,
     /// detecting a silence that much later (EVALUATION.md measures the trade).

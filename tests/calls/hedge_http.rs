@@ -177,4 +177,34 @@ mod classes {
             "a copy after its class's quantile"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_class_beyond_max_classes_is_hedged_at_its_peers_quantile_from_its_first_call() {
+        let inner = service_fn(|req: http::Request<()>| {
+            let header = req.headers().get("x-delay-ms");
+            let delay = header.map_or(10, |v| v.to_str().unwrap().parse().unwrap());
+            async move {
+                tokio::time::sleep(ms(delay)).await;
+                Ok::<_, BoxError>(())
+            }
+        });
+        let layer = AdaptiveTimeoutLayer::http()
+            .max_classes(1)
+            .policy(policy())
+            .build()
+            .expect("valid policy");
+        let hedged = layer
+            .hedged(Hedging::new(copy as fn(&_) -> _).max_extra_load(1.0))
+            .expect("valid hedging");
+        let svc = BoxCloneService::new(hedged.layer(inner));
+        for _ in 0..40 {
+            let answered = svc.clone().oneshot(get("/a", None)).await;
+            answered.expect("answered");
+        }
+        // `/b` has no slot (one class at most): its very first call goes with the peer's
+        // own learned window, so it is hedged at the peer's p98 (10 ms).
+        let answered = svc.clone().oneshot(get("/b", Some(20))).await;
+        answered.expect("answered");
+        assert_eq!(hedged.stats().sent, 1, "a copy from the first call");
+    }
 }
