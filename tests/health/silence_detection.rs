@@ -129,7 +129,9 @@ async fn probes_follow_the_backoff_and_a_good_probe_recovers_the_peer() {
     let policy = TimeoutPolicy::default()
         .probe_backoff(ms(200))
         .probe_backoff_max(ms(1000));
-    let rig = rig(policy);
+    let short = |deadline: Duration| deadline.saturating_sub(policy.margin) / 2;
+    assert_eq!(policy.factor, 2.0);
+    let rig = rig(policy.clone());
     five_in_flight(&rig, P::A).await;
     let declared = Instant::now();
     let before = rig.peers.arrivals(P::A).len();
@@ -147,8 +149,8 @@ async fn probes_follow_the_backoff_and_a_good_probe_recovers_the_peer() {
     let (deadline, _) = rig.handle.deadline(&P::A).unwrap();
     // Waits of 200ms, 400ms, 800ms, then 1000ms (capped), each plus up to 25% jitter and
     // after the previous probe's deadline; one probe at a time. The first probe is a long
-    // one (cold start, 1s); the next ones, for three times that, are short (the deadline
-    // from before the silence).
+    // one (cold start, 1s); the next ones, for three times that, are short (the quantile
+    // the deadline from before the silence came from: `(deadline - margin) / factor`).
     let mut expected_wait = ms(200);
     let mut last_end = Duration::ZERO;
     for (i, at) in probes.iter().enumerate() {
@@ -157,7 +159,7 @@ async fn probes_follow_the_backoff_and_a_good_probe_recovers_the_peer() {
             wait >= expected_wait && wait <= expected_wait * 5 / 4 + ms(10),
             "probe {i} waited {wait:?}, expected {expected_wait:?} + jitter: {probes:?}"
         );
-        let probe_deadline = if i == 0 { ms(1000) } else { deadline };
+        let probe_deadline = if i == 0 { ms(1000) } else { short(deadline) };
         last_end = *at + probe_deadline;
         expected_wait = (expected_wait * 2).min(ms(1000));
     }
