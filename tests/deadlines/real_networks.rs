@@ -6,7 +6,7 @@
 use crate::support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,13 +169,14 @@ async fn with_min_samples_at_the_quantiles_count_a_busy_lossy_peer_has_no_call_c
     assert!(deadline > ms(420) && deadline < ms(1_000), "{deadline:?}");
 }
 
-/// 24 callers from the first call, back to back for `span` (real time), over loopback TCP
-/// through a proxy that holds one reply in 50 for 200 ms (a retransmission), the layer under
-/// `policy`. Returns the calls made, the sources of the deadlines of the calls cut, and
-/// the peer's deadline at the end.
+/// 24 callers from the first call, back to back until `calls` calls were made (counted,
+/// not timed, so a loaded machine makes as many), over loopback TCP through a proxy that
+/// holds one reply in 50 for 200 ms (a retransmission), the layer under `policy`. Returns
+/// the calls made, the sources of the deadlines of the calls cut, and the peer's deadline
+/// at the end.
 async fn lossy_sockets(
     policy: TimeoutPolicy,
-    span: Duration,
+    calls: usize,
 ) -> (usize, Vec<DeadlineSource>, (Duration, DeadlineSource)) {
     let server = EchoServer::start().await;
     let proxy = FaultProxy::start(server.addr()).await;
@@ -187,13 +188,14 @@ async fn lossy_sockets(
     let handle = layer.handle();
     let svc = layer.layer(LineClient::new());
     let addr: SocketAddr = proxy.addr();
-    let end = Instant::now() + span;
+    let left = Arc::new(AtomicUsize::new(calls));
     let mut set = JoinSet::new();
     for _ in 0..24 {
-        let svc = svc.clone();
+        let (svc, left) = (svc.clone(), left.clone());
         set.spawn(async move {
             let (mut made, mut cut) = (0, Vec::new());
-            while Instant::now() < end {
+            let take = |n: usize| n.checked_sub(1);
+            while left.fetch_update(Relaxed, Relaxed, take).is_ok() {
                 made += 1;
                 let answered = svc.clone().oneshot(LineRequest::new(addr, 1, "x")).await;
                 if answered.is_err() {
@@ -209,16 +211,16 @@ async fn lossy_sockets(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_sockets_a_busy_peer_with_a_retransmission_tail_has_no_healthy_call_cut() {
-    let (made, cut, _) = lossy_sockets(TimeoutPolicy::default(), ms(2_000)).await;
-    assert!(made > 500, "{made} calls");
+    let (made, cut, _) = lossy_sockets(TimeoutPolicy::default(), 600).await;
+    assert_eq!(made, 600);
     none_cut(made, &cut);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_sockets_with_min_samples_1000_no_healthy_call_is_cut() {
     let policy = TimeoutPolicy::default().min_samples(1_000);
-    // Long enough for the window to hold 1,000 answers and learn from them.
-    let (made, cut, (deadline, source)) = lossy_sockets(policy, ms(6_000)).await;
+    // Enough for the window to hold 1,000 answers and learn from them.
+    let (made, cut, (deadline, source)) = lossy_sockets(policy, 1_100).await;
     assert!(cut.is_empty(), "{cut:?} of {made} healthy calls cut");
     assert_eq!(source, DeadlineSource::Quantile, "{made} calls");
     // The retransmissions are in the quantile: 200 ms x 2 + 5 ms at least.
