@@ -10,6 +10,7 @@ mod balance_refusals;
 mod balance_targets;
 mod endpoint_roles;
 mod faults_tcp;
+mod fixed_peer_sockets;
 mod health_events;
 mod recovery;
 mod recovery_tcp;
