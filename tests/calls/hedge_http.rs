@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, BoxError, Layer, ServiceExt};
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, Deadline, Hedging, Propagation};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutLayer, Deadline, Hedging, Propagation, DEFAULT_MAX_CLASSES,
+};
 
 /// A hedged layer over `http::Request`s with `grpc-timeout` propagation, whose peer answers
 /// in 10 ms but hangs on a request with an `x-hang` header (the same latency class);
@@ -128,8 +130,14 @@ mod classes {
         req.body(()).unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_call_is_hedged_at_its_own_latency_classs_quantile() {
+    /// A hedged `http()` layer of at most `max_classes` classes over the peer, and a read of
+    /// the copies it sent.
+    fn hedged(
+        max_classes: usize,
+    ) -> (
+        BoxCloneService<http::Request<()>, (), BoxError>,
+        impl Fn() -> u64,
+    ) {
         let inner = service_fn(|req: http::Request<()>| {
             let header = req.headers().get("x-delay-ms");
             let delay = header.map(|v| v.to_str().unwrap().parse().unwrap());
@@ -140,6 +148,7 @@ mod classes {
             }
         });
         let layer = AdaptiveTimeoutLayer::http()
+            .max_classes(max_classes)
             .policy(policy())
             .build()
             .expect("valid policy");
@@ -147,56 +156,32 @@ mod classes {
             .hedged(Hedging::new(copy as fn(&_) -> _).max_extra_load(1.0))
             .expect("valid hedging");
         let svc = BoxCloneService::new(hedged.layer(inner));
+        (svc, move || hedged.stats().sent)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_hedged_at_its_own_latency_classs_quantile() {
+        let (svc, sent) = hedged(DEFAULT_MAX_CLASSES);
         // The slow route is 1 call in 80: the peer's own p98 is the fast route's 10 ms.
         for i in 0..2_400 {
             let path = if i % 80 == 0 { "/slow" } else { "/fast" };
-            svc.clone()
-                .oneshot(get(path, None))
-                .await
-                .expect("answered");
+            let answered = svc.clone().oneshot(get(path, None)).await;
+            answered.expect("answered");
         }
-        let sent = hedged.stats().sent;
+        let before = sent();
         // A slow-route call answering in 90 ms is within its class's p98 (100 ms): no copy.
-        svc.clone()
-            .oneshot(get("/slow", Some(90)))
-            .await
-            .expect("answered");
-        assert_eq!(
-            hedged.stats().sent,
-            sent,
-            "no copy before its own class's quantile"
-        );
+        let answered = svc.clone().oneshot(get("/slow", Some(90))).await;
+        answered.expect("answered");
+        assert_eq!(sent(), before, "no copy before its own class's quantile");
         // A fast-route call answering in 20 ms is past its class's 10 ms: a copy.
-        svc.clone()
-            .oneshot(get("/fast", Some(20)))
-            .await
-            .expect("answered");
-        assert_eq!(
-            hedged.stats().sent,
-            sent + 1,
-            "a copy after its class's quantile"
-        );
+        let answered = svc.clone().oneshot(get("/fast", Some(20))).await;
+        answered.expect("answered");
+        assert_eq!(sent(), before + 1, "a copy after its class's quantile");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_class_beyond_max_classes_is_hedged_at_its_peers_quantile_from_its_first_call() {
-        let inner = service_fn(|req: http::Request<()>| {
-            let header = req.headers().get("x-delay-ms");
-            let delay = header.map_or(10, |v| v.to_str().unwrap().parse().unwrap());
-            async move {
-                tokio::time::sleep(ms(delay)).await;
-                Ok::<_, BoxError>(())
-            }
-        });
-        let layer = AdaptiveTimeoutLayer::http()
-            .max_classes(1)
-            .policy(policy())
-            .build()
-            .expect("valid policy");
-        let hedged = layer
-            .hedged(Hedging::new(copy as fn(&_) -> _).max_extra_load(1.0))
-            .expect("valid hedging");
-        let svc = BoxCloneService::new(hedged.layer(inner));
+        let (svc, sent) = hedged(1);
         for _ in 0..40 {
             let answered = svc.clone().oneshot(get("/a", None)).await;
             answered.expect("answered");
@@ -205,6 +190,6 @@ mod classes {
         // own learned window, so it is hedged at the peer's p98 (10 ms).
         let answered = svc.clone().oneshot(get("/b", Some(20))).await;
         answered.expect("answered");
-        assert_eq!(hedged.stats().sent, 1, "a copy from the first call");
+        assert_eq!(sent(), 1, "a copy from the first call");
     }
 }
