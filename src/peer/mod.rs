@@ -170,10 +170,11 @@ impl Peer {
     /// The deadline a new call starting at `now` gets, and why (before any caller's own
     /// deadline shortens it): the published one, unless the peer's state cuts it.
     pub(crate) fn next_deadline(&self, now: Instant) -> (Duration, DeadlineSource) {
-        if self.state().is_open() {
-            return self.deadline();
-        }
-        self.lock().next_deadline(now, self.deadline())
+        // Under the lock, which hands over the answers the stripes deferred first (under
+        // contention a peer still learning defers some): the deadline read is the one
+        // every answer so far made, as a snapshot's is. A handle's read, never a call's.
+        let locked = self.lock();
+        locked.next_deadline(now, self.deadline())
     }
 
     /// While the peer is silent with no probe in flight, when the next probe may go;
