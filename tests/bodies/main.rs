@@ -8,6 +8,7 @@ pub mod support;
 mod e2e_hyper;
 mod e2e_tonic;
 mod idle;
+mod partitions;
 mod polls;
 mod reliability;
 mod tcp;
