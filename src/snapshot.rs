@@ -91,6 +91,30 @@ pub struct PeerSnapshot {
     /// said nothing and then answered again by itself within `cold_start` (a GC pause, a
     /// CPU stall), halving every 5 minutes without a new one, at most `cold_start`; zero
     /// for a peer that never stalled, whose silence is detected at its deadline.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+    ///
+    /// let layer = AdaptiveTimeoutLayer::builder(|peer: &u32| *peer).build().unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(tower::service_fn(|_: u32| async {
+    ///     Ok::<_, std::convert::Infallible>(())
+    /// }));
+    /// svc.oneshot(7).await.unwrap();
+    /// let peer = handle.peer(&7).unwrap();
+    /// // Never stalled: a silence of this peer is cut at its deadline.
+    /// assert_eq!(peer.learned_silence_floor, Duration::ZERO);
+    /// assert_eq!(peer.held_through_stalls, 0);
+    /// // How long the peer may say nothing before its calls are cut as a silence (the
+    /// // policy's `min_silence`, 0 by default, aside).
+    /// let quiet = peer.deadline.max(peer.learned_silence_floor);
+    /// assert_eq!(quiet, peer.deadline);
+    /// # }
+    /// ```
     pub learned_silence_floor: Duration,
     /// Calls that the learned floor held through a stall and that were then answered,
     /// ever: each would have been cut as a silence by its deadline (and `min_silence`).
