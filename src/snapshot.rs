@@ -118,6 +118,7 @@ pub struct PeerSnapshot {
     pub learned_silence_floor: Duration,
     /// Calls that the learned floor held through a stall and that were then answered,
     /// ever: each would have been cut as a silence by its deadline (and `min_silence`).
+    /// Their latencies are the stall's, not the peer's: they are not samples.
     pub held_through_stalls: u64,
     /// When a silent peer's next probe may go, from now (zero if due or not silent).
     pub next_probe_in: Duration,

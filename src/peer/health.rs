@@ -371,23 +371,26 @@ impl Health {
     /// `now`, past that deadline (before [`on_response`](Self::on_response) notes the
     /// answer). If the peer answered nothing for longer than the deadline meanwhile, it was
     /// stalled that long and a floor held the call: the stall is recorded (the learned
-    /// floor keeps up with the stalls it covers), and if neither the deadline nor
-    /// `min_silence` would have held the call, the learned floor is credited with it.
+    /// floor keeps up with the stalls it covers). Returns whether the call was late only
+    /// for waiting out a stall that neither its deadline nor `min_silence` would have held
+    /// it through ([`Stalls::held_through`]): this answer, or one of the answers that
+    /// follow a stall's end, which were all held with it.
     pub(crate) fn on_late_answer(
         &mut self,
         now: Instant,
         started: Instant,
         deadline: Duration,
         policy: &TimeoutPolicy,
-    ) {
+    ) -> bool {
+        if !self.state.is_open() {
+            return false;
+        }
         let quiet = now.saturating_duration_since(self.last_response.max(started));
-        if !self.state.is_open() || quiet <= deadline {
-            return;
+        if quiet > deadline {
+            self.stalls.record(now, quiet, policy);
         }
-        if quiet > deadline.max(policy.min_silence) {
-            self.stalls.held_one();
-        }
-        self.stalls.record(now, quiet, policy);
+        let held = deadline.max(policy.min_silence);
+        self.stalls.held_through(now, started, deadline, held)
     }
 
     /// Whether a call that started at `started` and got no answer is a miss: the peer has

@@ -71,7 +71,8 @@ impl Locked {
     /// slower (and its old history would cut every call), or the probe waited out a
     /// partition. A failure records nothing but its count; a failed probe frees the probe
     /// slot. An answer past a deadline of the peer's own may end a stall (see
-    /// `Health::on_late_answer`).
+    /// `Health::on_late_answer`); one that only the learned floor on silence held is no
+    /// sample either: it waited out the stall, which the floor, not the deadline, covers.
     pub(super) fn answer(
         &mut self,
         now: Instant,
@@ -93,10 +94,10 @@ impl Locked {
             }
             return fx;
         }
-        if latency > ticket.deadline && holdable(ticket, probe) {
-            let policy = &self.policy;
-            (self.health).on_late_answer(now, ticket.started, ticket.deadline, policy);
-        }
+        let policy = &self.policy;
+        let stalled = latency > ticket.deadline
+            && holdable(ticket, probe)
+            && (self.health).on_late_answer(now, ticket.started, ticket.deadline, policy);
         let learned = self.lane.source != DeadlineSource::ColdStart;
         let reseed = probe && learned && latency > published;
         if reseed {
@@ -107,7 +108,8 @@ impl Locked {
         // Such a probe's own latency is not the peer's: it may have waited out the rest of
         // a partition in a buffer (the peer answered as it came back), so the history starts
         // again from the answers that follow.
-        let sample = (outcome == Outcome::Sample && !reseed).then_some((latency, ticket.class));
+        let sample = outcome == Outcome::Sample && !reseed && !stalled;
+        let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
         fx
     }

@@ -3,7 +3,9 @@
 //! floor on silence: the next time it answers nothing, its calls are held that long before
 //! they are cut as a silence ([`Health::cut_at`](super::health::Health::cut_at)), and
 //! no miss counts before it ([`Health::on_deadline`](super::health::Health::on_deadline)).
-//! A peer that never stalled keeps detection at its deadline.
+//! A peer that never stalled keeps detection at its deadline. The answers the learned
+//! floor held through a stall are no latency samples: the floor covers stalls, the
+//! deadline the peer's latency.
 //!
 //! Plain state under the peer's lock, touched only when a silence ends or a held call is
 //! answered late: nothing on the path of a call that is answered in time.
@@ -30,6 +32,9 @@ pub(crate) struct Stalls {
     longest: Duration,
     /// When it was last recorded.
     at: Instant,
+    /// The last stall recorded: from the peer's last answer before it to the answer that
+    /// ended it.
+    last: (Instant, Instant),
     /// Calls answered after the peer had said nothing for longer than their deadline and
     /// `min_silence`: the learned floor held each, where they would have been cut.
     held: u64,
@@ -41,6 +46,7 @@ impl Stalls {
         Stalls {
             longest: Duration::ZERO,
             at: now,
+            last: (now, now),
             held: 0,
         }
     }
@@ -72,12 +78,28 @@ impl Stalls {
         }
         self.longest = self.decayed(now).max(quiet);
         self.at = now;
+        self.last = (now.checked_sub(quiet).unwrap_or(now), now);
     }
 
-    /// A call was answered after the learned floor held it past the instant it would
-    /// have been cut at.
-    pub(crate) fn held_one(&mut self) {
-        self.held += 1;
+    /// Whether a call that started at `started` with `deadline`, answered at `now`, was
+    /// late only for waiting out the last stall, and that stall was longer than `held`
+    /// (what the call's deadline and `min_silence` hold): the learned floor held it. It
+    /// is counted, and its latency is the stall's, not the peer's.
+    pub(crate) fn held_through(
+        &mut self,
+        now: Instant,
+        started: Instant,
+        deadline: Duration,
+        held: Duration,
+    ) -> bool {
+        let (from, until) = self.last;
+        let overlap = until.min(now).saturating_duration_since(from.max(started));
+        let latency = now.saturating_duration_since(started);
+        let through = !overlap.is_zero()
+            && until.saturating_duration_since(from) > held
+            && latency.saturating_sub(overlap) <= deadline;
+        self.held += u64::from(through);
+        through
     }
 
     /// Calls the learned floor held and that were then answered, ever.

@@ -224,12 +224,13 @@ async fn at_the_defaults_a_host_that_stalled_keeps_the_calls_of_its_next_stalls_
     assert!(peer.held_through_stalls > 0, "{peer:?}");
     stop.store(true, Ordering::Relaxed);
     set.join_all().await;
-    // A real silence: its call is cut once the host said nothing for the learned floor
-    // (or the deadline, which learned the answers of the stalls it held), within
-    // `cold_start`, and the host is declared silent.
+    // A real silence: its call is cut once the host said nothing for the learned floor,
+    // within `cold_start`, and the host is declared silent. The answers the floor held
+    // waited out the stalls: they are not the host's latency, and left its deadline.
     host.cut.send_replace(true);
     let peer = handle.peer(&1).expect("tracked");
-    let quiet = peer.deadline.max(peer.learned_silence_floor);
+    assert!(peer.deadline < ms(100), "{peer:?}");
+    let quiet = peer.learned_silence_floor;
     assert!(quiet <= policy.cold_start, "{peer:?}");
     let start = Instant::now();
     assert!(svc.clone().oneshot(ms(10)).await.is_err());

@@ -347,7 +347,7 @@ fn a_stall_ended_by_a_probe_answer_raises_the_floor_and_the_next_stall_holds_its
         .is_none());
     assert_eq!(h.state(), PeerState::Healthy);
     // Answered as the stall ends: the floor held it, and keeps up with the stall.
-    h.on_late_answer(t1 + ms(200), started, ms(40), &policy);
+    assert!(h.on_late_answer(t1 + ms(200), started, ms(40), &policy));
     h.on_response(t1 + ms(200), &policy);
     let (after, held) = h.stalls(t1 + ms(200), &policy);
     assert_eq!(held, 1);
@@ -409,6 +409,30 @@ fn a_late_answer_with_answers_between_is_no_stall() {
     for k in 1..30 {
         h.on_response(t0 + ms(10 * k), &policy);
     }
-    h.on_late_answer(t0 + ms(300), t0, ms(40), &policy);
+    assert!(!h.on_late_answer(t0 + ms(300), t0, ms(40), &policy));
     assert_eq!(h.stalls(t0 + ms(300), &policy), (Duration::ZERO, 0));
+}
+
+#[test]
+fn the_answers_that_follow_a_held_stall_are_the_stalls_too_not_the_peers_latency() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(200));
+    // The next stall: answers until `t1`, then nothing for 200 ms; calls sent at `t1 + 1`
+    // and `t1 + 50 ms` are held and answered as it ends, one after the other.
+    let t1 = t0 + ms(1_000);
+    h.on_response(t1, &policy);
+    let end = t1 + ms(200);
+    assert!(h.on_late_answer(end, t1 + ms(1), ms(40), &policy));
+    h.on_response(end, &policy);
+    assert!(h.on_late_answer(end + ms(5), t1 + ms(50), ms(40), &policy));
+    h.on_response(end + ms(5), &policy);
+    assert_eq!(h.stalls(end, &policy).1, 2);
+    // A call that was slow of itself (60 ms beyond the stall, over its 40 ms deadline)
+    // is the peer's latency.
+    assert!(!h.on_late_answer(end + ms(60), t1 + ms(100), ms(40), &policy));
+    // Nor is a stall its own deadline or `min_silence` held through the learned floor's.
+    let floored = policy.clone().min_silence(ms(300));
+    assert!(!h.on_late_answer(end + ms(6), t1 + ms(50), ms(40), &floored));
+    assert_eq!(h.stalls(end, &policy).1, 2);
 }
