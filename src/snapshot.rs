@@ -85,6 +85,41 @@ pub struct PeerSnapshot {
     pub hedge_interrupts: u64,
     /// How long since the peer last answered anything (failures are not answers).
     pub last_response_age: Duration,
+    /// The floor on silence the peer learned from its stalls: how long it may answer
+    /// nothing, with calls outstanding, before they are cut as a silence (when longer than
+    /// their deadline and `min_silence`). 1.25 times the longest time the peer recently
+    /// said nothing and then answered again by itself within `cold_start` (a GC pause, a
+    /// CPU stall), halving every 5 minutes without a new one, at most `cold_start`; zero
+    /// for a peer that never stalled, whose silence is detected at its deadline.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+    ///
+    /// let layer = AdaptiveTimeoutLayer::builder(|peer: &u32| *peer).build().unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(tower::service_fn(|_: u32| async {
+    ///     Ok::<_, std::convert::Infallible>(())
+    /// }));
+    /// svc.oneshot(7).await.unwrap();
+    /// let peer = handle.peer(&7).unwrap();
+    /// // Never stalled: a silence of this peer is cut at its deadline.
+    /// assert_eq!(peer.learned_silence_floor, Duration::ZERO);
+    /// assert_eq!(peer.held_through_stalls, 0);
+    /// // How long the peer may say nothing before its calls are cut as a silence (the
+    /// // policy's `min_silence`, 0 by default, aside).
+    /// let quiet = peer.deadline.max(peer.learned_silence_floor);
+    /// assert_eq!(quiet, peer.deadline);
+    /// # }
+    /// ```
+    pub learned_silence_floor: Duration,
+    /// Calls that the learned floor held through a stall and that were then answered,
+    /// ever: each would have been cut as a silence by its deadline (and `min_silence`).
+    /// Their latencies are the stall's, not the peer's: they are not samples.
+    pub held_through_stalls: u64,
     /// When a silent peer's next probe may go, from now (zero if due or not silent).
     pub next_probe_in: Duration,
     /// How long since the last call to the peer started.
@@ -107,6 +142,7 @@ impl PeerSnapshot {
         use std::sync::atomic::Ordering::Relaxed;
         let view = peer.view(now);
         let [p50, p90, p99, p999] = view.quantiles;
+        let (learned_silence_floor, held_through_stalls) = view.stalls;
         PeerSnapshot {
             peer: peer.label().clone(),
             state: view.state,
@@ -131,6 +167,8 @@ impl PeerSnapshot {
             hedges_won: peer.hedge_count(HedgeCount::Won),
             hedge_interrupts: peer.hedge_count(HedgeCount::Interrupted),
             last_response_age: now.saturating_duration_since(view.last_response),
+            learned_silence_floor,
+            held_through_stalls,
             next_probe_in: match view.state {
                 PeerState::Silent => view.next_probe_at.saturating_duration_since(now),
                 _ => Duration::ZERO,

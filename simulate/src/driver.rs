@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::strategies::{SimService, Strategy};
-use crate::workload::{PeerId, PeerPlan, Req};
+use crate::workload::{stall, PeerId, PeerPlan, Req};
 use crate::{Ending, SimConfig};
 
 /// A call that has not ended after this long is recorded as hung and abandoned, so a
@@ -44,6 +44,10 @@ pub struct Run {
     pub calls: Vec<CallRecord>,
     /// For each peer, the deadline a new call got when each of its silences began.
     pub deadline_at_silence: Vec<Vec<Duration>>,
+    /// When each stall of the stalling peers' host began (and, last, when the run
+    /// ended), how long each stalling peer could then say nothing before its calls were
+    /// cut as a silence (the strategy's `quiet`), in the order of the peers.
+    pub quiet_at_stall: Vec<(Duration, Vec<Duration>)>,
 }
 
 /// Runs `strategy` over the peers in `plans`; `workload` separates the random streams of
@@ -70,20 +74,42 @@ pub async fn run(plans: &[PeerPlan], strategy: &Strategy, cfg: &SimConfig, workl
             ));
         }
     }
-    let mut silences: Vec<(Duration, usize)> = (plans.iter().enumerate())
-        .flat_map(|(i, p)| p.silences.iter().map(move |&(from, _)| (from, i)))
+    // What to read, and when: a peer's deadline as its silence begins (`Some(peer)`), the
+    // stalling peers' quiet as each stall begins and as the run ends (`None`).
+    let mut marks: Vec<(Duration, Option<usize>)> = (plans.iter().enumerate())
+        .flat_map(|(i, p)| p.silences.iter().map(move |&(from, _)| (from, Some(i))))
         .collect();
-    silences.sort();
+    let stalling: Vec<usize> = (plans.iter().enumerate())
+        .filter_map(|(i, p)| p.spec.stalls.then_some(i))
+        .collect();
+    if !stalling.is_empty() {
+        let stalls = (1..).map(stall).map(|(from, _)| from);
+        marks.extend(
+            stalls
+                .take_while(|&from| from < cfg.duration)
+                .map(|f| (f, None)),
+        );
+        marks.push((cfg.duration, None));
+    }
+    marks.sort();
     let mut deadline_at_silence = vec![Vec::new(); plans.len()];
-    for (from, peer) in silences {
-        tokio::time::sleep_until(t0 + from).await;
-        deadline_at_silence[peer].push((strategy.deadline)(peer as PeerId));
+    let mut quiet_at_stall = Vec::new();
+    for (at, peer) in marks {
+        tokio::time::sleep_until(t0 + at).await;
+        match peer {
+            Some(peer) => deadline_at_silence[peer].push((strategy.deadline)(peer as PeerId)),
+            None => {
+                let quiet = stalling.iter().map(|&p| (strategy.quiet)(p as PeerId));
+                quiet_at_stall.push((at, quiet.collect()));
+            }
+        }
     }
     let mut calls: Vec<CallRecord> = set.join_all().await.into_iter().flatten().collect();
     calls.sort_by_key(|c| (c.peer, c.start, c.end));
     Run {
         calls,
         deadline_at_silence,
+        quiet_at_stall,
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod driver;
 pub mod hedging;
+pub mod per_stall;
 pub mod report;
 pub mod skeleton;
 pub mod strategies;

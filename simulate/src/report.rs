@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::driver::{CallRecord, Run};
+use crate::per_stall::{self, StallMark};
 use crate::strategies::Kind;
 use crate::workload::{PeerPlan, Workload};
 use crate::{Ending, SimConfig};
@@ -57,6 +58,8 @@ pub struct Row {
     pub per_peer: Vec<(String, usize, usize)>,
     /// Calls that ended without an answer after more than [`STALL`].
     pub stalled: usize,
+    /// The stalling host's stalls, and the run's end (empty if no peer stalls).
+    pub stalls: Vec<StallMark>,
     /// The longest call of the run, however it ended.
     pub longest: Duration,
     /// Calls the strategy never ended.
@@ -96,6 +99,7 @@ impl Row {
                 .iter()
                 .filter(|c| c.ending == Ending::Hung)
                 .count(),
+            stalls: per_stall::marks(plans, run),
             episodes: Vec::new(),
             wasted: Duration::ZERO,
             lost_after_return: 0,
@@ -377,6 +381,18 @@ impl Table {
         if self.per_peer() {
             self.write_per_peer(out);
         }
+        if self.rows.iter().any(|r| !r.stalls.is_empty()) {
+            let _ = writeln!(
+                out,
+                "Per stall (false interrupts of the stalling peers, by the stall nearest \
+                 their start; how long each stalling peer could say nothing, as the stall \
+                 began, before its calls were cut as a silence):\n"
+            );
+            for row in &self.rows {
+                let _ = writeln!(out, "{}", per_stall::line(row.kind.name(), &row.stalls));
+            }
+            out.push('\n');
+        }
         if self.has_silence() {
             let _ = writeln!(out, "Per silence:\n");
             for row in &self.rows {
@@ -411,7 +427,49 @@ impl Report {
         for table in &self.tables {
             table.write(&mut out);
         }
+        if self.tables.len() > 1 {
+            self.write_overall(&mut out);
+        }
         out
+    }
+
+    /// False interrupts over every workload's calls that the peers would have answered,
+    /// per strategy, and without the stalling host's workload.
+    fn write_overall(&self, out: &mut String) {
+        let names: Vec<&str> = self.tables.iter().map(|t| t.workload.name).collect();
+        let _ = writeln!(
+            out,
+            "### all workloads: false interrupts over every call the peers would have \
+             answered ({})\n",
+            names.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "| strategy | healthy calls | false interrupts | without cpu-stall |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        let Some(first) = self.tables.first() else {
+            return;
+        };
+        for kind in first.rows.iter().map(|r| r.kind) {
+            let sum = |stalls: bool| {
+                let rows = (self.tables.iter())
+                    .filter(|t| stalls || t.workload.name != "cpu-stall")
+                    .filter_map(|t| t.rows.iter().find(|r| r.kind == kind));
+                rows.fold((0, 0), |(n, f), r| {
+                    (n + r.healthy_calls, f + r.false_interrupts)
+                })
+            };
+            let ((n, f), (n_, f_)) = (sum(true), sum(false));
+            let _ = writeln!(
+                out,
+                "| {} | {n} | {:.4}% ({f}) | {:.4}% ({f_}) |",
+                kind.name(),
+                pct(f, n),
+                pct(f_, n_)
+            );
+        }
+        out.push('\n');
     }
 
     /// The row of `kind` in the table of the workload named `workload`.

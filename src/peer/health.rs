@@ -15,12 +15,17 @@
 //! or failing at once is a failed probe; one dropped by its caller frees the probe slot
 //! but keeps the backoff. With `fail_fast` off the probe goes the same way and the other
 //! calls are cut to `min`. A policy with `silent_after_misses` 0 releases a silent peer.
+//!
+//! A peer that went quiet and then answered again by itself within `cold_start` (a stall,
+//! not a death) earns a learned floor on silence ([`Stalls`]): its calls are held, and no
+//! miss counts, until it has answered nothing for that long.
 
 use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::stalls::Stalls;
 use crate::policy::TimeoutPolicy;
 
 /// Long probes double no further than their first deadline (`max(cold_start, the deadline
@@ -162,6 +167,8 @@ pub(crate) struct Health {
     probe_long: bool,
     /// State of the jitter generator (xorshift64*).
     rng: u64,
+    /// The longest recent stall, which sets the learned floor on silence.
+    stalls: Stalls,
 }
 
 impl Health {
@@ -180,6 +187,7 @@ impl Health {
             long_base: Duration::ZERO,
             probe_long: false,
             rng: seed | 1,
+            stalls: Stalls::new(now),
         }
     }
 
@@ -240,8 +248,18 @@ impl Health {
         }
     }
 
-    /// The peer answered a call (a heartbeat).
-    pub(crate) fn on_response(&mut self, now: Instant) -> Option<Transition> {
+    /// The peer answered a call (a heartbeat). A silent peer that answers was stalled, not
+    /// gone, for as long as it said nothing: a stall up to `cold_start` raises its learned
+    /// floor on silence.
+    pub(crate) fn on_response(
+        &mut self,
+        now: Instant,
+        policy: &TimeoutPolicy,
+    ) -> Option<Transition> {
+        if !self.state.is_open() {
+            let quiet = now.saturating_duration_since(self.last_response);
+            self.stalls.record(now, quiet, policy);
+        }
         self.last_response = self.last_response.max(now);
         self.misses = 0;
         let why = match self.state {
@@ -253,7 +271,10 @@ impl Health {
     }
 
     /// A call that started at `started` ran out its deadline at `now`: a probe that ran
-    /// out, or a miss if the peer has not answered since `started`.
+    /// out, or a miss if the peer has not answered since `started`, for at least its
+    /// floor on silence ([`silence_floor`](Self::silence_floor)): a wait shorter than
+    /// that (a caller's own deadline, say) ends its call but does not declare a silence,
+    /// which would cut the calls the floor holds ([`cut_at`](Self::cut_at)).
     pub(crate) fn on_deadline(
         &mut self,
         now: Instant,
@@ -264,8 +285,13 @@ impl Health {
         if probe && self.state == PeerState::Probing {
             return self.on_probe_end(now, ProbeEnd::RanOut, policy);
         }
-        if policy.silent_after_misses == 0 || !self.is_miss(started) {
-            // Silence detection is off, or the peer answered since: the tail, not silence.
+        let waited = now.saturating_duration_since(started);
+        if policy.silent_after_misses == 0
+            || !self.is_miss(started)
+            || waited < self.silence_floor(now, policy)
+        {
+            // Silence detection is off, or the peer answered since (the tail, not silence),
+            // or it has not been quiet for its floor yet (it may be stalled).
             return None;
         }
         match self.state {
@@ -296,15 +322,17 @@ impl Health {
         }
     }
 
-    /// When a call that started at `started` with the peer's `deadline` is cut, once that
-    /// deadline ran out; `None` for at once. A call is cut when the peer has answered
-    /// nothing for `max(deadline, min_silence)` since the later of its start and the
-    /// peer's last answer (silence, with calls outstanding), or at the straggler cap,
-    /// `max(STRAGGLER_FACTOR × deadline, cold_start)` within `[that, max]`, whichever comes
-    /// first: a call overtaken by answers to later calls is a straggler on a live peer.
-    /// A peer that is not open is cut at once (its interrupt reached the rest).
+    /// When a call that started at `started` with the peer's `deadline` is cut, asked at
+    /// `now`, once that deadline ran out; `None` for at once. A call is cut when the peer
+    /// has answered nothing for `max(deadline, floor on silence)` since the later of its
+    /// start and the peer's last answer (silence, with calls outstanding), or at the
+    /// straggler cap, `max(STRAGGLER_FACTOR × deadline, cold_start)` within `[that, max]`,
+    /// whichever comes first: a call overtaken by answers to later calls is a straggler
+    /// on a live peer. A peer that is not open is cut at once (its interrupt reached the
+    /// rest).
     pub(crate) fn cut_at(
         &self,
+        now: Instant,
         started: Instant,
         deadline: Duration,
         policy: &TimeoutPolicy,
@@ -312,7 +340,7 @@ impl Health {
         if !self.state.is_open() {
             return None;
         }
-        let quiet = deadline.max(policy.min_silence);
+        let quiet = deadline.max(self.silence_floor(now, policy));
         let cap = deadline
             .saturating_mul(STRAGGLER_FACTOR)
             .max(policy.cold_start)
@@ -324,6 +352,45 @@ impl Health {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// How long the peer may answer nothing at `now`, with calls outstanding, before they
+    /// are cut as a silence (if longer than their deadline): `min_silence`, or its learned
+    /// floor, 1.25 times its longest recent stall, decaying ([`Stalls::floor`]).
+    pub(crate) fn silence_floor(&self, now: Instant, policy: &TimeoutPolicy) -> Duration {
+        policy.min_silence.max(self.stalls.floor(now, policy))
+    }
+
+    /// The peer's learned floor on silence at `now` (zero for a peer that never stalled),
+    /// and how many calls it held that were then answered.
+    pub(crate) fn stalls(&self, now: Instant, policy: &TimeoutPolicy) -> (Duration, u64) {
+        (self.stalls.floor(now, policy), self.stalls.held())
+    }
+
+    /// A call that started at `started` with a `deadline` of the peer's own is answered at
+    /// `now`, past that deadline (before [`on_response`](Self::on_response) notes the
+    /// answer). If the peer answered nothing for longer than the deadline meanwhile, it was
+    /// stalled that long and a floor held the call: the stall is recorded (the learned
+    /// floor keeps up with the stalls it covers). Returns whether the call was late only
+    /// for waiting out a stall that neither its deadline nor `min_silence` would have held
+    /// it through ([`Stalls::held_through`]): this answer, or one of the answers that
+    /// follow a stall's end, which were all held with it.
+    pub(crate) fn on_late_answer(
+        &mut self,
+        now: Instant,
+        started: Instant,
+        deadline: Duration,
+        policy: &TimeoutPolicy,
+    ) -> bool {
+        if !self.state.is_open() {
+            return false;
+        }
+        let quiet = now.saturating_duration_since(self.last_response.max(started));
+        if quiet > deadline {
+            self.stalls.record(now, quiet, policy);
+        }
+        let held = deadline.max(policy.min_silence);
+        self.stalls.held_through(now, started, deadline, held)
     }
 
     /// Whether a call that started at `started` and got no answer is a miss: the peer has

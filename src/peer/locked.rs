@@ -105,6 +105,8 @@ pub(crate) struct WindowView {
     pub(crate) deadline_exceeded: u64,
     pub(crate) failures: u64,
     pub(crate) consecutive_failures: u64,
+    /// The learned floor on silence, and the calls it held that were then answered.
+    pub(crate) stalls: (Duration, u64),
 }
 
 impl Locked {
@@ -229,6 +231,7 @@ impl Locked {
             deadline_exceeded: self.deadline_exceeded,
             failures: self.failures,
             consecutive_failures: self.consecutive_failures,
+            stalls: self.health.stalls(now, &self.policy),
         }
     }
 }

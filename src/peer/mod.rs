@@ -51,6 +51,7 @@ mod locked;
 mod outcome;
 mod per_core;
 mod published;
+mod stalls;
 mod straggler;
 pub(crate) mod table;
 mod ticket;
@@ -297,7 +298,8 @@ impl Peer {
 
     /// Records `outcome` (see `Locked::answer`, `src/peer/outcome.rs`), counted if
     /// `count`. A healthy peer's counted samples are recorded at once if its lock is free,
-    /// else held in the caller's stripe and handed over in batches ([`per_core`]).
+    /// else held in the caller's stripe and handed over in batches ([`per_core`]); one
+    /// past its deadline (a held call, which may end a stall) takes the lock with its ticket.
     fn record_answer(
         &self,
         now: Instant,
@@ -307,7 +309,13 @@ impl Peer {
         count: bool,
     ) {
         let latency = now.saturating_duration_since(ticket.started);
-        if count && outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
+        let in_time = latency <= ticket.deadline;
+        if count
+            && outcome == Outcome::Sample
+            && !probe
+            && in_time
+            && self.state() == PeerState::Healthy
+        {
             let now_ns = self.nanos(now);
             self.metrics.answered(latency);
             let stripe = self.stripes.mine();

@@ -15,6 +15,7 @@ use super::class_lanes::ClassIx;
 use super::health::{PeerState, ProbeEnd, Transition};
 use super::lane::Lane;
 use super::locked::{Effects, Locked, PENDING_MISSES};
+use super::straggler::holdable;
 use super::ticket::Ticket;
 use crate::classify::Outcome;
 use crate::explain::{DeadlineExplanation, DeadlineSource};
@@ -58,7 +59,7 @@ impl Locked {
             self.publish(now, fx);
         }
         self.record(now, samples, fx);
-        fx.transition = self.health.on_response(now);
+        fx.transition = self.health.on_response(now, &self.policy);
     }
 
     /// Records `outcome` of the call of `ticket` (`probe`: its peer's probe), answered at
@@ -69,7 +70,9 @@ impl Locked {
     /// learned deadline re-seeds the window, without its own latency: the peer came back
     /// slower (and its old history would cut every call), or the probe waited out a
     /// partition. A failure records nothing but its count; a failed probe frees the probe
-    /// slot.
+    /// slot. An answer past a deadline of the peer's own may end a stall (see
+    /// `Health::on_late_answer`); one that only the learned floor on silence held is no
+    /// sample either: it waited out the stall, which the floor, not the deadline, covers.
     pub(super) fn answer(
         &mut self,
         now: Instant,
@@ -91,6 +94,10 @@ impl Locked {
             }
             return fx;
         }
+        let policy = &self.policy;
+        let stalled = latency > ticket.deadline
+            && holdable(ticket, probe)
+            && (self.health).on_late_answer(now, ticket.started, ticket.deadline, policy);
         let learned = self.lane.source != DeadlineSource::ColdStart;
         let reseed = probe && learned && latency > published;
         if reseed {
@@ -101,7 +108,8 @@ impl Locked {
         // Such a probe's own latency is not the peer's: it may have waited out the rest of
         // a partition in a buffer (the peer answered as it came back), so the history starts
         // again from the answers that follow.
-        let sample = (outcome == Outcome::Sample && !reseed).then_some((latency, ticket.class));
+        let sample = outcome == Outcome::Sample && !reseed && !stalled;
+        let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
         fx
     }
@@ -239,7 +247,7 @@ impl Locked {
     /// Something from the peer arrived at `now` (a body's frame): a heartbeat.
     #[cfg(feature = "http")]
     pub(super) fn heartbeat(&mut self, now: Instant) -> Effects {
-        Effects::transition(self.health.on_response(now))
+        Effects::transition(self.health.on_response(now, &self.policy))
     }
 
     /// A call whose head was answered ended as answered (its body ended, failed, or was

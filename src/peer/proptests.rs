@@ -236,7 +236,7 @@ proptest! {
                     }
                     t
                 }
-                Event::Response => h.on_response(now),
+                Event::Response => h.on_response(now, &policy),
                 Event::Deadline { started_back_us, probe } => {
                     let started = now.checked_sub(Duration::from_micros(started_back_us)).unwrap_or(t0);
                     h.on_deadline(now, started.max(t0), probe, &policy)
@@ -279,7 +279,7 @@ proptest! {
                 Some((i, how)) => {
                     let call = calls.swap_remove(i.index(calls.len()));
                     match how {
-                        0 => h.on_response(now),
+                        0 => h.on_response(now, &policy),
                         1 => h.on_deadline(now, call.started, call.probe, &policy),
                         _ => h.on_abandon(call.probe, now),
                     }
@@ -346,7 +346,7 @@ proptest! {
                 Some(1) => h.on_probe_end(now + ms(1), ProbeEnd::Failed, &policy),
                 Some(2) => h.on_abandon(true, now + ms(1)),
                 _ if d >= latency => {
-                    h.on_response(now + latency);
+                    h.on_response(now + latency, &policy);
                     prop_assert_eq!(h.state(), PeerState::Healthy);
                     // Long probes of 0.1 s doubling to 4 s, each followed by `spacing` times
                     // its deadline of short ones: under 6.4 s x (spacing + 1), once the

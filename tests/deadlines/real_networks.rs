@@ -309,12 +309,16 @@ async fn a_probe_answered_as_a_partition_heals_leaves_the_deadline_as_it_was() {
     let before = handle.deadline(&1).expect("tracked");
     assert_eq!(before.1, DeadlineSource::Quantile, "{before:?}");
     let mut after = Vec::new();
-    for _ in 0..3 {
+    for k in 0..3 {
         link.cut.send_replace(true);
         // The first probe of a silence is a long one (cold start): heal while it waits, and
         // it is answered as the link heals, 8-16 ms after, some 400 ms after it started.
+        // Readmitted within `cold_start` of its last answer, the peer learns a floor on
+        // silence from it (1.25 x 500 ms and more): the next cuts are held through as
+        // stalls, their calls answered as the link heals, and no probe goes.
         tokio::time::sleep(ms(500)).await;
-        assert_eq!(handle.peer(&1).unwrap().state, PeerState::Probing);
+        let state = [PeerState::Probing, PeerState::Healthy][usize::from(k > 0)];
+        assert_eq!(handle.peer(&1).unwrap().state, state, "cut {k}");
         link.cut.send_replace(false);
         tokio::time::sleep(ms(1_000)).await;
         assert_eq!(handle.peer(&1).unwrap().state, PeerState::Healthy);

@@ -1,12 +1,13 @@
 //! Stragglers and silence: a call past its deadline on a peer that still answers other calls
 //! is held (a lost packet, a slow route) up to its straggler cap, while a peer that answers
 //! nothing is still cut a deadline after its last answer; `min_silence` keeps the calls of
-//! a short stall of the whole host, at the cost of detecting a silence that much later.
+//! a short stall of the whole host, at the cost of detecting a silence that much later, and
+//! a host that stalled once learns a floor of its own that keeps its next stalls' calls.
 //! On tokio's paused clock.
 
 use crate::support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, DeadlineSource, PeerState, Reason, TimeoutPolicy,
 };
 
-use crate::real_networks::{callers, link_callers, over_link};
+use crate::real_networks::{callers, link_callers, over_link, LinkSvc};
 use support::ms;
 use support::peers::{rig, Rig, P};
 
@@ -114,8 +115,9 @@ async fn a_lone_straggler_is_cut_a_deadline_after_the_last_answer() {
 }
 
 /// 8 callers of a host that stalls for 200 ms every 5 s, four times, under `policy`:
-/// the calls cut, the deadline then, and how long a real silence then took to cut a call.
-async fn stalls(policy: TimeoutPolicy) -> (usize, Duration, Duration) {
+/// the calls cut, the deadline and the learned floor on silence then, and how long a real
+/// silence then took to cut a call.
+async fn stalls(policy: TimeoutPolicy) -> (usize, Duration, Duration, Duration) {
     // A call sent while the host is stalled waits for the stall to end.
     let (host, handle, svc) = over_link(policy);
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,36 +133,114 @@ async fn stalls(policy: TimeoutPolicy) -> (usize, Duration, Duration) {
     stop.store(true, Ordering::Relaxed);
     let cut = set.join_all().await.into_iter().sum();
     let deadline = handle.deadline(&1).expect("tracked").0;
+    let floor = handle.peer(&1).expect("tracked").learned_silence_floor;
     // Then a silence that does not end: how long its first call waits.
     host.cut.send_replace(true);
     let start = Instant::now();
     assert!(svc.oneshot(ms(10)).await.is_err());
-    (cut, deadline, Instant::now() - start)
+    (cut, deadline, floor, Instant::now() - start)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_floor_on_silence_longer_than_a_cpu_stall_keeps_its_calls_and_still_cuts_a_silence() {
-    let (cut, deadline, waited) = stalls(TimeoutPolicy::default()).await;
+    let (cut, deadline, learned, waited) = stalls(TimeoutPolicy::default()).await;
     assert!(
         cut > 0,
-        "a 200 ms stall looks like silence to a {deadline:?} deadline"
+        "a first 200 ms stall looks like silence to a {deadline:?} deadline"
     );
+    // At the defaults the host learned a floor from its first stall, which held the calls
+    // of the next ones; their answers are in the window, so the deadline learned them too.
+    // A silence is cut at the longer of the two.
+    let quiet = deadline.max(learned);
     assert!(
-        deadline < ms(100) && waited <= deadline + ms(1),
-        "{waited:?}, {deadline:?}"
+        waited >= quiet && waited <= quiet + ms(1),
+        "{waited:?}, {deadline:?}, learned {learned:?}"
     );
     let floor = TimeoutPolicy::default().min_silence(ms(350));
-    let (cut, deadline, waited) = stalls(floor).await;
+    let (cut, deadline, learned, waited) = stalls(floor).await;
     assert_eq!(
         cut, 0,
         "no call of a 200 ms stall is cut under a 350 ms floor"
     );
-    // The stalls' answers are in the window: the deadline learned them.
+    // The stalls' answers are in the window: the deadline learned them. The stalls the
+    // floor held are learned too, shorter than it.
+    assert!(learned < ms(350), "{learned:?}");
     let quiet = deadline.max(ms(350));
     assert!(
         waited >= quiet && waited <= quiet + ms(1),
         "{waited:?}, {deadline:?}"
     );
+}
+
+/// 8 callers of the link under `svc` until `stop`, adding each call cut to `cut`.
+fn counted_callers(svc: &LinkSvc, stop: &Arc<AtomicBool>, cut: &Arc<AtomicUsize>) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for caller in 0..8u64 {
+        let (svc, stop, cut) = (svc.clone(), stop.clone(), cut.clone());
+        set.spawn(async move {
+            let mut i = caller;
+            while !stop.load(Ordering::Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                if svc.clone().oneshot(ms(8 + (i >> 33) % 9)).await.is_err() {
+                    cut.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(ms(10)).await;
+            }
+        });
+    }
+    set
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_defaults_a_host_that_stalled_keeps_the_calls_of_its_next_stalls_and_still_cuts_a_silence(
+) {
+    let policy = TimeoutPolicy::default();
+    let (host, handle, svc) = over_link(policy.clone());
+    let (stop, cut) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let set = counted_callers(&svc, &stop, &cut);
+    tokio::time::sleep(ms(20_000)).await;
+    let deadline = handle.deadline(&1).expect("tracked").0;
+    assert!(deadline < ms(100), "{deadline:?}");
+    // Four 200 ms stalls of the whole host, 5 s apart: what each cut.
+    let mut per_stall = Vec::new();
+    for _ in 0..4 {
+        let before = cut.load(Ordering::Relaxed);
+        host.cut.send_replace(true);
+        tokio::time::sleep(ms(200)).await;
+        host.cut.send_replace(false);
+        tokio::time::sleep(ms(5_000)).await;
+        per_stall.push(cut.load(Ordering::Relaxed) - before);
+    }
+    // The first looks like a silence (calls cut, the host readmitted by a probe); the
+    // host learned it, and the next ones cut nothing.
+    assert!(per_stall[0] > 0, "{per_stall:?}");
+    assert_eq!(per_stall[1..], [0, 0, 0], "{per_stall:?}");
+    let peer = handle.peer(&1).expect("tracked");
+    let floor = peer.learned_silence_floor;
+    assert!(floor > ms(200) && floor <= policy.cold_start, "{floor:?}");
+    assert!(peer.held_through_stalls > 0, "{peer:?}");
+    stop.store(true, Ordering::Relaxed);
+    set.join_all().await;
+    // A real silence: its call is cut once the host said nothing for the learned floor,
+    // within `cold_start`, and the host is declared silent. The answers the floor held
+    // waited out the stalls: they are not the host's latency, and left its deadline.
+    host.cut.send_replace(true);
+    let peer = handle.peer(&1).expect("tracked");
+    assert!(peer.deadline < ms(100), "{peer:?}");
+    let quiet = peer.learned_silence_floor;
+    assert!(quiet <= policy.cold_start, "{peer:?}");
+    let start = Instant::now();
+    assert!(svc.clone().oneshot(ms(10)).await.is_err());
+    let waited = Instant::now() - start;
+    assert!(
+        waited >= quiet && waited <= quiet + ms(1),
+        "{waited:?}, {peer:?}"
+    );
+    assert!(svc.oneshot(ms(10)).await.is_err());
+    assert_eq!(handle.peer(&1).expect("tracked").state, PeerState::Silent);
 }
 
 #[test]

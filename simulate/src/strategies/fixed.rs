@@ -19,5 +19,6 @@ pub fn build(timeout: Duration) -> Strategy {
                 .service(peers_service()),
         ),
         deadline: Arc::new(move |_| timeout),
+        quiet: Arc::new(move |_| timeout),
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tower::ServiceBuilder;
-use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PeerSnapshot, TimeoutPolicy};
 
 use super::{ending_of, SimService, Strategy};
 use crate::workload::{peers_service, PeerId, Req};
@@ -12,7 +12,7 @@ use crate::workload::{peers_service, PeerId, Req};
 /// The layer under `policy`, keyed by `Req::peer` with `Req::class` as the latency class
 /// (at most `max_classes` per peer), its probe jitter seeded with `seed`.
 pub fn build(policy: TimeoutPolicy, seed: u64, max_classes: usize) -> Strategy {
-    let cold = policy.cold_start;
+    let (cold, min_silence) = (policy.cold_start, policy.min_silence);
     let layer = AdaptiveTimeoutLayer::builder((|r: &Req| r.peer) as fn(&Req) -> PeerId)
         .latency_class(|r: &Req| r.class)
         .policy(policy)
@@ -21,6 +21,7 @@ pub fn build(policy: TimeoutPolicy, seed: u64, max_classes: usize) -> Strategy {
         .build()
         .expect("a valid policy");
     let handle = layer.handle();
+    let view = handle.clone();
     Strategy {
         service: SimService::new(
             ServiceBuilder::new()
@@ -29,5 +30,9 @@ pub fn build(policy: TimeoutPolicy, seed: u64, max_classes: usize) -> Strategy {
                 .service(peers_service()),
         ),
         deadline: Arc::new(move |peer| handle.deadline(&peer).map_or(cold, |(d, _)| d)),
+        quiet: Arc::new(move |peer| {
+            let quiet = |s: PeerSnapshot| s.deadline.max(s.learned_silence_floor);
+            view.peer(&peer).map_or(cold, quiet).max(min_silence)
+        }),
     }
 }

@@ -99,6 +99,10 @@ pub struct Strategy {
     pub service: SimService,
     /// The deadline a new call would get now.
     pub deadline: DeadlineFn,
+    /// How long a peer may answer nothing now, with calls outstanding, before they are
+    /// cut as a silence: its deadline, or for this layer the longer of it and the peer's
+    /// floor on silence (`min_silence`, or the floor it learned from its stalls).
+    pub quiet: DeadlineFn,
 }
 
 /// Builds a fresh strategy (no history) over fresh simulated peers; `seed` drives whatever
@@ -134,13 +138,15 @@ pub fn build(kind: Kind, seed: u64) -> Strategy {
 fn skeleton<T: PeerTimer>(timer: T) -> Strategy {
     let timer = Arc::new(timer);
     let view = timer.clone();
+    let deadline: DeadlineFn = Arc::new(move |peer| view.deadline(peer, Instant::now()));
     Strategy {
         service: SimService::new(
             ServiceBuilder::new()
                 .layer(PeerDeadlineLayer::new(timer))
                 .service(peers_service()),
         ),
-        deadline: Arc::new(move |peer| view.deadline(peer, Instant::now())),
+        quiet: deadline.clone(),
+        deadline,
     }
 }
 

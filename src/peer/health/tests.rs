@@ -29,7 +29,7 @@ fn a_miss_overtaken_by_an_answer_is_the_tail() {
     let policy = TimeoutPolicy::default();
     let t0 = Instant::now();
     let mut h = Health::new(t0, 7);
-    assert!(h.on_response(t0 + ms(50)).is_none());
+    assert!(h.on_response(t0 + ms(50), &policy).is_none());
     // Started before the answer at 50ms: not independent.
     assert!(h
         .on_deadline(t0 + ms(100), t0 + ms(10), false, &policy)
@@ -62,7 +62,7 @@ fn probes_go_one_at_a_time_and_back_off() {
     assert!(wait >= ms(300) && wait <= ms(375), "capped: {wait:?}");
     let at = h.next_probe_at();
     h.admit(at, &policy);
-    let t = h.on_response(at + ms(1)).unwrap();
+    let t = h.on_response(at + ms(1), &policy).unwrap();
     assert_eq!((t.from, t.to), (PeerState::Probing, PeerState::Healthy));
 }
 
@@ -216,7 +216,7 @@ fn fail_fast_off_probes_one_call_and_shortens_the_rest() {
     let at = h.next_probe_at();
     assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
     assert_eq!(h.admit(at, &policy).0, Verdict::Shortened);
-    let t = h.on_response(at + ms(20)).unwrap();
+    let t = h.on_response(at + ms(20), &policy).unwrap();
     assert_eq!(t.to, PeerState::Healthy);
 }
 
@@ -240,23 +240,23 @@ fn a_straggler_is_cut_after_a_deadline_without_answers_or_at_its_cap() {
     let mut h = Health::new(t0, 7);
     let d = ms(40);
     // No answer since the call started: cut at its deadline, as ever.
-    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(41)));
+    assert_eq!(h.cut_at(t0, t0 + ms(1), d, &policy), Some(t0 + ms(41)));
     // The peer answered since: held a deadline past its last answer, each time it answers.
-    h.on_response(t0 + ms(30));
-    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(70)));
-    h.on_response(t0 + ms(900));
-    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(940)));
-    h.on_response(t0 + ms(980));
+    h.on_response(t0 + ms(30), &policy);
+    assert_eq!(h.cut_at(t0, t0 + ms(1), d, &policy), Some(t0 + ms(70)));
+    h.on_response(t0 + ms(900), &policy);
+    assert_eq!(h.cut_at(t0, t0 + ms(1), d, &policy), Some(t0 + ms(940)));
+    h.on_response(t0 + ms(980), &policy);
     // Up to the cap: max(2 x 40 ms, cold_start) = 1 s after its start.
-    assert_eq!(h.cut_at(t0 + ms(1), d, &policy), Some(t0 + ms(1_001)));
+    assert_eq!(h.cut_at(t0, t0 + ms(1), d, &policy), Some(t0 + ms(1_001)));
     // A slow peer's cap is 2 deadlines, within `max`.
-    h.on_response(t0 + ms(3_500));
-    assert_eq!(h.cut_at(t0, ms(2_000), &policy), Some(t0 + ms(4_000)));
+    h.on_response(t0 + ms(3_500), &policy);
+    assert_eq!(h.cut_at(t0, t0, ms(2_000), &policy), Some(t0 + ms(4_000)));
     let short = policy.clone().max(ms(1_000));
-    assert_eq!(h.cut_at(t0, ms(700), &short), Some(t0 + ms(1_000)));
+    assert_eq!(h.cut_at(t0, t0, ms(700), &short), Some(t0 + ms(1_000)));
     let longest = policy.clone().max(crate::MAX_DEADLINE);
     let day = crate::MAX_DEADLINE;
-    assert_eq!(h.cut_at(t0, day, &longest), Some(t0 + day));
+    assert_eq!(h.cut_at(t0, t0, day, &longest), Some(t0 + day));
 }
 
 #[test]
@@ -264,14 +264,20 @@ fn min_silence_holds_every_call_until_the_peer_said_nothing_that_long() {
     let policy = TimeoutPolicy::default().min_silence(ms(350));
     let t0 = Instant::now();
     let mut h = Health::new(t0, 7);
-    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(351)));
-    h.on_response(t0 + ms(100));
-    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), Some(t0 + ms(450)));
+    assert_eq!(
+        h.cut_at(t0, t0 + ms(1), ms(40), &policy),
+        Some(t0 + ms(351))
+    );
+    h.on_response(t0 + ms(100), &policy);
+    assert_eq!(
+        h.cut_at(t0, t0 + ms(1), ms(40), &policy),
+        Some(t0 + ms(450))
+    );
     // A silent peer's calls are cut at once (its interrupt reached the others).
     h.on_deadline(t0 + ms(500), t0 + ms(101), false, &policy);
     h.on_deadline(t0 + ms(500), t0 + ms(102), false, &policy);
     assert_eq!(h.state(), PeerState::Silent);
-    assert_eq!(h.cut_at(t0 + ms(1), ms(40), &policy), None);
+    assert_eq!(h.cut_at(t0, t0 + ms(1), ms(40), &policy), None);
 }
 
 #[test]
@@ -292,4 +298,141 @@ fn a_short_probe_waits_the_quantile_its_deadline_came_from() {
     h.on_deadline(at + ms(1000), at, true, &policy);
     let at = h.next_probe_at();
     assert_eq!(h.admit(at, &policy).0, Verdict::Probe(ms(30)));
+}
+
+/// A peer that answered at `t0`, then went quiet: two calls sent after that answer run out
+/// their 40 ms deadlines and declare it silent; its probe is answered at `t0 + back`.
+fn stalled(policy: &TimeoutPolicy, t0: Instant, back: Duration) -> Health {
+    let mut h = Health::new(t0, 7);
+    h.on_response(t0, policy);
+    h.on_deadline(t0 + ms(41), t0 + ms(1), false, policy);
+    h.on_deadline(t0 + ms(42), t0 + ms(2), false, policy);
+    assert_eq!(h.state(), PeerState::Silent);
+    let at = h.next_probe_at();
+    assert!(matches!(h.admit(at, policy).0, Verdict::Probe(_)));
+    assert!(at < t0 + back);
+    let t = h.on_response(t0 + back, policy).expect("readmitted");
+    assert_eq!(t.to, PeerState::Healthy);
+    h
+}
+
+#[test]
+fn a_stall_ended_by_a_probe_answer_raises_the_floor_and_the_next_stall_holds_its_calls() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(200));
+    // 1.25 x the 200 ms the peer said nothing for.
+    let t1 = t0 + ms(1_000);
+    let (floor, held) = h.stalls(t1, &policy);
+    assert!(floor > ms(245) && floor <= ms(250), "{floor:?}");
+    assert_eq!(held, 0);
+    // The next stall: the peer answers at `t1`, then nothing for 200 ms. A call sent
+    // after that answer runs out its 40 ms deadline and is held, not cut at once.
+    h.on_response(t1, &policy);
+    let (started, asked) = (t1 + ms(1), t1 + ms(41));
+    let cut = h.cut_at(asked, started, ms(40), &policy);
+    let floor = h.stalls(asked, &policy).0;
+    assert!(floor > ms(245), "{floor:?}");
+    assert_eq!(
+        cut,
+        Some(started + floor),
+        "held for the floor from its start"
+    );
+    // Nor does its run-out deadline (or a caller's) count as a miss within the floor.
+    assert!(h
+        .on_deadline(started + ms(40), started, false, &policy)
+        .is_none());
+    assert!(h
+        .on_deadline(started + ms(41), started, false, &policy)
+        .is_none());
+    assert_eq!(h.state(), PeerState::Healthy);
+    // Answered as the stall ends: the floor held it, and keeps up with the stall.
+    assert!(h.on_late_answer(t1 + ms(200), started, ms(40), &policy));
+    h.on_response(t1 + ms(200), &policy);
+    let (after, held) = h.stalls(t1 + ms(200), &policy);
+    assert_eq!(held, 1);
+    assert!(after >= floor - ms(5) && after <= ms(250), "{after:?}");
+    // Past the floor a quiet peer is cut, and its misses declare the silence.
+    let t2 = t1 + ms(20_000);
+    h.on_response(t2, &policy);
+    let (started, asked) = (t2 + ms(1), t2 + ms(41));
+    let (floor, _) = h.stalls(asked, &policy);
+    assert!(floor > ms(40), "{floor:?}");
+    let cut = h.cut_at(asked, started, ms(40), &policy);
+    assert_eq!(cut, Some(started + floor));
+    h.on_deadline(started + floor, started, false, &policy);
+    h.on_deadline(started + floor + ms(1), started + ms(1), false, &policy);
+    assert_eq!(h.state(), PeerState::Silent);
+}
+
+#[test]
+fn a_silence_longer_than_cold_start_does_not_raise_the_floor() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(5_000));
+    assert_eq!(h.stalls(t0 + ms(5_000), &policy), (Duration::ZERO, 0));
+    let started = t0 + ms(5_001);
+    h.on_response(started, &policy);
+    let cut = h.cut_at(started + ms(40), started, ms(40), &policy);
+    assert_eq!(cut, Some(started + ms(40)), "detection at the deadline");
+    // A stall of up to `cold_start` does, and the floor stays within `cold_start`.
+    let h = stalled(&policy, t0, ms(950));
+    assert_eq!(h.stalls(t0 + ms(950), &policy).0, policy.cold_start);
+}
+
+#[test]
+fn the_learned_floor_halves_every_five_minutes_without_a_stall() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let h = stalled(&policy, t0, ms(200));
+    let back = t0 + ms(200);
+    let floor = |after: u64| h.stalls(back + Duration::from_secs(after), &policy).0;
+    assert_eq!(floor(0), ms(250));
+    assert_eq!(floor(300), ms(125));
+    assert_eq!(floor(600), Duration::from_micros(62_500));
+    // Once below the deadline it holds nothing: detection at the deadline again.
+    let started = back + ms(1_200_000);
+    assert_eq!(
+        h.cut_at(started + ms(40), started, ms(40), &policy),
+        Some(started + ms(40))
+    );
+    assert!(floor(1_200) < ms(40));
+}
+
+#[test]
+fn a_late_answer_with_answers_between_is_no_stall() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = Health::new(t0, 7);
+    h.on_response(t0, &policy);
+    // A straggler of 300 ms while the peer answered every 10 ms: the tail, not a stall.
+    for k in 1..30 {
+        h.on_response(t0 + ms(10 * k), &policy);
+    }
+    assert!(!h.on_late_answer(t0 + ms(300), t0, ms(40), &policy));
+    assert_eq!(h.stalls(t0 + ms(300), &policy), (Duration::ZERO, 0));
+}
+
+#[test]
+fn the_answers_that_follow_a_held_stall_are_the_stalls_too_not_the_peers_latency() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(200));
+    // The next stall: answers until `t1`, then nothing for 200 ms; calls sent at `t1 + 1`
+    // and `t1 + 50 ms` are held and answered as it ends, one after the other.
+    let t1 = t0 + ms(1_000);
+    h.on_response(t1, &policy);
+    let end = t1 + ms(200);
+    assert!(h.on_late_answer(end, t1 + ms(1), ms(40), &policy));
+    h.on_response(end, &policy);
+    assert!(h.on_late_answer(end + ms(5), t1 + ms(50), ms(40), &policy));
+    h.on_response(end + ms(5), &policy);
+    assert_eq!(h.stalls(end, &policy).1, 2);
+    // A call that was slow of itself (60 ms beyond the stall, over its 40 ms deadline)
+    // is the peer's latency.
+    assert!(!h.on_late_answer(end + ms(60), t1 + ms(100), ms(40), &policy));
+    // Nor is a stall its own deadline or `min_silence` held through the learned floor's.
+    let floored = policy.clone().min_silence(ms(300));
+    assert!(!h.on_late_answer(end + ms(6), t1 + ms(50), ms(40), &floored));
+    assert_eq!(h.stalls(end, &policy).1, 2);
 }
