@@ -71,6 +71,9 @@ struct OpenCall {
     last_frame: Instant,
     /// When a frame was last reported as a heartbeat.
     heartbeat_at: Instant,
+    /// Until when the peer's floor on silence holds the body past its idle deadline: the
+    /// peer said nothing to anyone meanwhile, and may be stalled (`None`: not held).
+    held: Option<Instant>,
 }
 
 impl OpenCall {
@@ -82,6 +85,7 @@ impl OpenCall {
             total: with.total,
             last_frame: now,
             heartbeat_at: now,
+            held: None,
         };
         open.refresh_idle();
         open
@@ -104,13 +108,37 @@ impl OpenCall {
             self.heartbeat_at = now;
         }
         self.last_frame = now;
+        self.held = None;
         self.refresh_idle();
     }
 
     /// When the body's idle deadline passes, if it has one: a deadline too far off for
     /// the clock to hold is none.
     fn idle_due(&self) -> Option<Instant> {
-        self.idle.and_then(|(d, _)| self.last_frame.checked_add(d))
+        let due = self
+            .idle
+            .and_then(|(d, _)| self.last_frame.checked_add(d))?;
+        Some(self.held.map_or(due, |held| held.max(due)))
+    }
+
+    /// Whether the idle deadline that just passed is held further, like a head's
+    /// deadline, by its peer's floor on silence (`Peer::body_cut_at`); a deadline the
+    /// request set is not.
+    fn hold(&mut self) -> bool {
+        let Some((idle, source)) = self.idle else {
+            return false;
+        };
+        if source == IdleSource::Request {
+            return false;
+        }
+        let later = self.call.body_cut_at(self.last_frame, idle);
+        match later.filter(|later| *later > Instant::now()) {
+            Some(later) => {
+                self.held = Some(later);
+                true
+            }
+            None => false,
+        }
     }
 
     /// When the body's total deadline passes, if it has one (as for the idle deadline).
@@ -214,23 +242,29 @@ where
             let call = take(this.open);
             return Poll::Ready(call.map(|c| Err(c.body_interrupted(fired).mid_body().into())));
         }
-        let Some(due) = w.due() else {
-            return Poll::Pending;
+        let total_passed = loop {
+            let Some(due) = w.due() else {
+                return Poll::Pending;
+            };
+            match this.timer.as_mut().as_pin_mut() {
+                Some(timer) if timer.deadline() != due => timer.reset(due),
+                Some(_) => {}
+                None => this.timer.set(Some(tokio::time::sleep_until(due))),
+            }
+            if let Some(timer) = this.timer.as_mut().as_pin_mut() {
+                ready!(timer.poll(cx));
+            }
+            // A deadline passed: the total one if its time has come, else the idle one,
+            // unless the peer's floor on silence holds it (then armed again, later).
+            let total_passed = w.total_due().is_some_and(|at| Instant::now() >= at);
+            if total_passed || !w.hold() {
+                break total_passed;
+            }
         };
-        match this.timer.as_mut().as_pin_mut() {
-            Some(timer) if timer.deadline() != due => timer.reset(due),
-            Some(_) => {}
-            None => this.timer.set(Some(tokio::time::sleep_until(due))),
-        }
-        if let Some(timer) = this.timer.as_pin_mut() {
-            ready!(timer.poll(cx));
-        }
-        // A deadline passed: the total one if its time has come, else the idle one.
         let Some(w) = this.open.take() else {
             return Poll::Ready(None);
         };
         *this.cut = true;
-        let total_passed = w.total_due().is_some_and(|at| Instant::now() >= at);
         let err = match (total_passed, w.idle) {
             (false, Some((idle, source))) => w.call.body_idle(idle, source, w.last_frame),
             _ => w

@@ -46,6 +46,15 @@ impl Call {
         }
     }
 
+    /// When a body idle since `since` past its `idle` deadline is cut, if its peer's
+    /// floor on silence holds it longer (`None`: at once; see `Peer::body_cut_at`).
+    pub(crate) fn body_cut_at(&self, since: Instant, idle: Duration) -> Option<Instant> {
+        match self.peer() {
+            CallPeer::Tracked(p) => p.body_cut_at(since, idle),
+            CallPeer::Untracked(_) => None,
+        }
+    }
+
     /// A body frame arrived at `now`, `gap` after the previous one.
     pub(crate) fn frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
         if let CallPeer::Tracked(p) = self.peer() {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::stalls::Stalls;
+use super::stalls::{StallMark, Stalls};
 use crate::policy::TimeoutPolicy;
 
 /// Long probes double no further than their first deadline (`max(cold_start, the deadline
@@ -33,6 +33,8 @@ use crate::policy::TimeoutPolicy;
 /// 1 s after 100 s of silence, a 10 s probe after 17 minutes, `max` = 30 s after 50): a
 /// probe longer than `cold_start` wastes under 1% of the silence it is sent in.
 pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
+/// No long probe is longer than its first before a silence has lasted this long.
+const LONG_PROBES_AFTER: Duration = Duration::from_secs(100);
 /// What spaces long probes out (`long_probe_spacing` times it, after one ran out) doubles
 /// after each, up to this multiple of the first long probe's deadline: 64 s between long
 /// probes at the defaults, however short the probes themselves still are.
@@ -256,7 +258,9 @@ impl Health {
         now: Instant,
         policy: &TimeoutPolicy,
     ) -> Option<Transition> {
-        if !self.state.is_open() {
+        if self.state.is_open() {
+            self.stalls.end_quiet(now, policy);
+        } else {
             let quiet = now.saturating_duration_since(self.last_response);
             self.stalls.record(now, quiet, policy);
         }
@@ -286,12 +290,13 @@ impl Health {
             return self.on_probe_end(now, ProbeEnd::RanOut, policy);
         }
         let waited = now.saturating_duration_since(started);
-        if policy.silent_after_misses == 0
-            || !self.is_miss(started)
-            || waited < self.silence_floor(now, policy)
-        {
-            // Silence detection is off, or the peer answered since (the tail, not silence),
-            // or it has not been quiet for its floor yet (it may be stalled).
+        if policy.silent_after_misses == 0 || !self.is_miss(started) {
+            // Silence detection is off, or the peer answered since: the tail, not silence.
+            return None;
+        }
+        if waited < self.silence_floor(now, policy) {
+            // Not quiet for its floor yet: it may be stalled, and this call is held.
+            self.stalls.quiet_from(self.last_response.max(started));
             return None;
         }
         match self.state {
@@ -354,6 +359,28 @@ impl Health {
             .min()
     }
 
+    /// When a body that sent nothing since `since`, at `now` past its `idle` deadline, is
+    /// cut, if the floor on silence holds it longer: once the peer has said nothing to
+    /// anyone (no answer, no frame counted as a heartbeat) for the floor since the later of
+    /// `since` and its last answer. The quiet span is then in progress, as for a head.
+    #[cfg(feature = "http")]
+    pub(crate) fn body_cut_at(
+        &mut self,
+        now: Instant,
+        since: Instant,
+        idle: Duration,
+        policy: &TimeoutPolicy,
+    ) -> Option<Instant> {
+        let floor = self.silence_floor(now, policy);
+        if !self.state.is_open() || floor <= idle {
+            return None;
+        }
+        let quiet_from = self.last_response.max(since);
+        let at = quiet_from.checked_add(floor).filter(|at| *at > now)?;
+        self.stalls.quiet_from(quiet_from);
+        Some(at)
+    }
+
     /// How long the peer may answer nothing at `now`, with calls outstanding, before they
     /// are cut as a silence (if longer than their deadline): `min_silence`, or its learned
     /// floor, 1.25 times its longest recent stall, decaying ([`Stalls::floor`]).
@@ -370,11 +397,11 @@ impl Health {
     /// A call that started at `started` with a `deadline` of the peer's own is answered at
     /// `now`, past that deadline (before [`on_response`](Self::on_response) notes the
     /// answer). If the peer answered nothing for longer than the deadline meanwhile, it was
-    /// stalled that long and a floor held the call: the stall is recorded (the learned
-    /// floor keeps up with the stalls it covers). Returns whether the call was late only
-    /// for waiting out a stall that neither its deadline nor `min_silence` would have held
-    /// it through ([`Stalls::held_through`]): this answer, or one of the answers that
-    /// follow a stall's end, which were all held with it.
+    /// stalled that long and something held the call (a floor on silence): the stall is
+    /// recorded (the learned floor keeps up with the stalls it covers). Returns whether the
+    /// call was outstanding through the last quiet span longer than its deadline
+    /// ([`Stalls::waited_out`]): this answer, or one of the answers that follow a stall's
+    /// end, which all waited it out. Its latency is the stall's: no sample.
     pub(crate) fn on_late_answer(
         &mut self,
         now: Instant,
@@ -390,7 +417,32 @@ impl Health {
             self.stalls.record(now, quiet, policy);
         }
         let held = deadline.max(policy.min_silence);
-        self.stalls.held_through(now, started, deadline, held)
+        self.stalls.waited_out(now, started, deadline, held)
+    }
+
+    /// The peer answered at `now` (before its answer is recorded): a quiet span a floor
+    /// held calls through ends here, and is recorded as a stall.
+    pub(crate) fn end_quiet(&mut self, now: Instant, policy: &TimeoutPolicy) {
+        if self.state.is_open() {
+            self.stalls.end_quiet(now, policy);
+        }
+    }
+
+    /// Whether a call of the peer's own deadline, started at `started` and answered at
+    /// `now` within it, was outstanding through the last quiet span longer than that
+    /// deadline ([`Stalls::overlapped`]): its latency is no sample.
+    pub(crate) fn overlapped_stall(
+        &self,
+        now: Instant,
+        started: Instant,
+        deadline: Duration,
+    ) -> bool {
+        self.stalls.overlapped(now, started, deadline)
+    }
+
+    /// What the answer path is to learn of the peer's stalls since it was last told.
+    pub(crate) fn take_stall_change(&mut self) -> Option<StallMark> {
+        self.stalls.take_change()
     }
 
     /// Whether a call that started at `started` and got no answer is a miss: the peer has
@@ -452,8 +504,13 @@ impl Health {
 
     /// The longest deadline a long probe may have at `now`: the first one, or a share of
     /// the silence so far, whichever is longer.
+    /// Within a silence's first [`LONG_PROBES_AFTER`] it is the first one, whatever
+    /// `cold_start` (a share of a short silence outgrows a `cold_start` under 1 s).
     fn long_cap(&self, now: Instant) -> Duration {
         let silence = now.saturating_duration_since(self.silent_since);
+        if silence < LONG_PROBES_AFTER {
+            return self.long_base;
+        }
         self.long_base.max(silence / LONG_PROBE_PATIENCE)
     }
 

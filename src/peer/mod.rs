@@ -82,6 +82,11 @@ pub(crate) struct Peer {
     /// Last call to the peer, admitted or refused, in nanoseconds since `epoch` (for idle
     /// eviction); written at most once per millisecond.
     last_used: AtomicU64,
+    /// The peer's stalls as the answer path needs them ([`stalls::StallMark`]): 0 for
+    /// none yet, `u64::MAX` while one is in progress, else when the last one ended, in
+    /// nanoseconds since `epoch`. An answer to a call that started before it takes the
+    /// lock, which keeps its latency out of the history.
+    stall_end: AtomicU64,
     interrupts: Interrupts,
     /// Wakes what waits on the peer's state, and reports its transitions.
     changes: StateChanges,
@@ -145,6 +150,7 @@ impl Peer {
                 DeadlineSource::ColdStart,
             )),
             last_used: AtomicU64::new(0),
+            stall_end: AtomicU64::new(0),
             stripes: Stripes::new(),
             interrupts: Interrupts::new(),
             changes: StateChanges::default(),
@@ -309,7 +315,10 @@ impl Peer {
         count: bool,
     ) {
         let latency = now.saturating_duration_since(ticket.started);
-        let in_time = latency <= ticket.deadline;
+        // Nor one that waited out part of a stall: the lock keeps it out of the history.
+        let stall_end = self.stall_end.load(Relaxed);
+        let in_time = latency <= ticket.deadline
+            && (stall_end == 0 || self.nanos(ticket.started) >= stall_end);
         if count
             && outcome == Outcome::Sample
             && !probe
@@ -497,6 +506,13 @@ impl Peer {
             self.interrupts.fire(fired.clone());
             fired
         });
+        if let Some(mark) = locked.health.take_stall_change() {
+            let end = match mark {
+                stalls::StallMark::InProgress => u64::MAX,
+                stalls::StallMark::Ended(at) => self.nanos(at).max(1),
+            };
+            self.stall_end.store(end, Relaxed);
+        }
         self.transition(fx.transition);
         silenced
     }

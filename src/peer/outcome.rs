@@ -43,6 +43,7 @@ impl Locked {
         fx: &mut Effects,
     ) {
         self.completed += answers;
+        self.health.end_quiet(now, &self.policy);
         if self.failed_at.is_none_or(|failed| now >= failed) {
             self.consecutive_failures = 0;
             // A balanced endpoint held out for the failures waits for this.
@@ -95,9 +96,14 @@ impl Locked {
             return fx;
         }
         let policy = &self.policy;
-        let stalled = latency > ticket.deadline
-            && holdable(ticket, probe)
-            && (self.health).on_late_answer(now, ticket.started, ticket.deadline, policy);
+        self.health.end_quiet(now, policy);
+        let (started, deadline) = (ticket.started, ticket.deadline);
+        let stalled = holdable(ticket, probe)
+            && if latency > deadline {
+                (self.health).on_late_answer(now, started, deadline, policy)
+            } else {
+                (self.health).overlapped_stall(now, started, deadline)
+            };
         let learned = self.lane.source != DeadlineSource::ColdStart;
         let reseed = probe && learned && latency > published;
         if reseed {

@@ -38,6 +38,23 @@ pub(crate) struct Stalls {
     /// Calls answered after the peer had said nothing for longer than their deadline and
     /// `min_silence`: the learned floor held each, where they would have been cut.
     held: u64,
+    /// When the quiet span in progress began: a call's deadline ran out with nothing
+    /// answered since it started, and a floor on silence held it.
+    quiet_since: Option<Instant>,
+    /// A change of [`StallMark`] not yet published to the answer path.
+    change: Option<StallMark>,
+}
+
+/// What the answer path must know of a peer's stalls to keep their answers out of its
+/// latency history without taking the lock for every answer: a stall is in progress
+/// (every answer goes to the lock, the first one ends it), or the last one ended then
+/// (an answer to a call that started before that goes to the lock, which leaves it out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StallMark {
+    /// A floor on silence holds a call the peer has said nothing to since it started.
+    InProgress,
+    /// The last quiet span ended at this instant.
+    Ended(Instant),
 }
 
 impl Stalls {
@@ -48,6 +65,8 @@ impl Stalls {
             at: now,
             last: (now, now),
             held: 0,
+            quiet_since: None,
+            change: None,
         }
     }
 
@@ -69,23 +88,66 @@ impl Stalls {
             .min(policy.max)
     }
 
-    /// The peer answered again at `now` by itself after saying nothing for `quiet`. Only
-    /// a quiet span up to `cold_start` is a stall: a partition of seconds is a silence,
-    /// and must not slow the detection of the next one.
+    /// The peer answered again at `now` by itself after saying nothing for `quiet`: the
+    /// answers to calls outstanding through it waited it out ([`waited_out`](Self::waited_out)).
+    /// Only a quiet span up to `cold_start` is a stall that raises the floor: a partition
+    /// of seconds is a silence, and must not slow the detection of the next one.
     pub(crate) fn record(&mut self, now: Instant, quiet: Duration, policy: &TimeoutPolicy) {
+        let from = now.checked_sub(quiet).unwrap_or(now);
+        // Several answers may end the same span: it began at the earliest they say.
+        let from = if self.last.1 == now {
+            from.min(self.last.0)
+        } else {
+            from
+        };
+        self.last = (from, now);
+        self.quiet_since = None;
+        self.change = Some(StallMark::Ended(now));
         if quiet > policy.cold_start {
             return;
         }
         self.longest = self.decayed(now).max(quiet);
         self.at = now;
-        self.last = (now.checked_sub(quiet).unwrap_or(now), now);
+    }
+
+    /// A floor on silence holds a call the peer has said nothing to since `since`: a
+    /// quiet span is in progress (the first of such calls says when it began).
+    pub(crate) fn quiet_from(&mut self, since: Instant) {
+        if self.quiet_since.is_none() {
+            self.quiet_since = Some(since);
+            self.change = Some(StallMark::InProgress);
+        }
+    }
+
+    /// The peer answered at `now`: a quiet span in progress ends, and is recorded.
+    pub(crate) fn end_quiet(&mut self, now: Instant, policy: &TimeoutPolicy) {
+        if let Some(from) = self.quiet_since.filter(|from| *from < now) {
+            self.record(now, now - from, policy);
+        }
+    }
+
+    /// The change of [`StallMark`] to publish, if any.
+    pub(crate) fn take_change(&mut self) -> Option<StallMark> {
+        self.change.take()
+    }
+
+    /// Whether a call that started at `started`, answered at `now` within its `deadline`,
+    /// was outstanding through the last quiet span longer than that deadline: its latency
+    /// holds part of the span, and is no sample (a peer that stalls often would otherwise
+    /// learn its stalls into its deadline a deadline at a time).
+    pub(crate) fn overlapped(&self, now: Instant, started: Instant, deadline: Duration) -> bool {
+        let (from, until) = self.last;
+        let overlap = until.min(now).saturating_duration_since(from.max(started));
+        !overlap.is_zero() && until.saturating_duration_since(from) > deadline
     }
 
     /// Whether a call that started at `started` with `deadline`, answered at `now`, was
-    /// late only for waiting out the last stall, and that stall was longer than `held`
-    /// (what the call's deadline and `min_silence` hold): the learned floor held it. It
-    /// is counted, and its latency is the stall's, not the peer's.
-    pub(crate) fn held_through(
+    /// outstanding through the last quiet span, and that span was longer than its
+    /// deadline: its latency is the span's, not the peer's, so it is no sample, whatever
+    /// held the call (the learned floor, `min_silence`, a caller's longer deadline). It is
+    /// counted as held by the learned floor if it was late only for the span and the span
+    /// was longer than `held` (what its deadline and `min_silence` hold).
+    pub(crate) fn waited_out(
         &mut self,
         now: Instant,
         started: Instant,
@@ -94,12 +156,12 @@ impl Stalls {
     ) -> bool {
         let (from, until) = self.last;
         let overlap = until.min(now).saturating_duration_since(from.max(started));
+        let span = until.saturating_duration_since(from);
+        let waited_out = !overlap.is_zero() && span > deadline;
         let latency = now.saturating_duration_since(started);
-        let through = !overlap.is_zero()
-            && until.saturating_duration_since(from) > held
-            && latency.saturating_sub(overlap) <= deadline;
-        self.held += u64::from(through);
-        through
+        let by_floor = span > held && latency.saturating_sub(overlap) <= deadline;
+        self.held += u64::from(waited_out && by_floor);
+        waited_out
     }
 
     /// Calls the learned floor held and that were then answered, ever.

@@ -31,4 +31,18 @@ impl Peer {
         let now = Instant::now();
         (locked.health).cut_at(now, ticket.started, ticket.deadline, &locked.policy)
     }
+
+    /// When a body that sent nothing since `since`, past its `idle` deadline (the peer's
+    /// own rule's), is cut: `None` for at once. Held like a head: while the peer has said
+    /// nothing to anyone for less than its floor on silence, it may be stalled.
+    #[cfg(feature = "http")]
+    pub(crate) fn body_cut_at(&self, since: Instant, idle: std::time::Duration) -> Option<Instant> {
+        let now = Instant::now();
+        let mut locked = self.lock();
+        let policy = std::sync::Arc::clone(&locked.policy);
+        let at = (locked.health).body_cut_at(now, since, idle, &policy);
+        // Publishes the quiet span now in progress, if this began it.
+        let _ = self.apply(&mut locked, now, super::locked::Effects::default());
+        at
+    }
 }

@@ -37,10 +37,11 @@ async fn through(mut cut: watch::Receiver<bool>) {
     let _ = cut.wait_for(|cut| !*cut).await;
 }
 
-/// A body of `frames` frames, each sent 5 ms after the one before once the link lets it
+/// A body of `frames` frames, each sent `gap` after the one before once the link lets it
 /// through.
 struct Streamed {
     frames: usize,
+    gap: Duration,
     cut: watch::Receiver<bool>,
     next: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -57,9 +58,9 @@ impl Body for Streamed {
             return Poll::Ready(None);
         }
         if self.next.is_none() {
-            let cut = self.cut.clone();
+            let (cut, gap) = (self.cut.clone(), self.gap);
             self.next = Some(Box::pin(async move {
-                tokio::time::sleep(ms(5)).await;
+                tokio::time::sleep(gap).await;
                 through(cut).await;
             }));
         }
@@ -73,12 +74,9 @@ impl Body for Streamed {
 type Req = http::Request<()>;
 
 /// The layer with bodies over the peer behind `cut`.
-fn stack(
-    cut: &watch::Sender<bool>,
-) -> (
-    BoxCloneSyncService<Req, http::Response<TimeoutBody<Streamed>>, BoxError>,
-    AdaptiveTimeoutHandle<HttpPeer>,
-) {
+type Svc = BoxCloneSyncService<Req, http::Response<TimeoutBody<Streamed>>, BoxError>;
+
+fn stack(cut: &watch::Sender<bool>) -> (Svc, AdaptiveTimeoutHandle<HttpPeer>) {
     let layer = AdaptiveTimeoutLayer::http()
         .policy(TimeoutPolicy::default())
         .jitter_seed(7)
@@ -90,12 +88,19 @@ fn stack(
         let cut = cut.subscribe();
         // 8-16 ms, from the request's own number.
         let n: u64 = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
+        let long = req.uri().path() == "/long";
         async move {
             through(cut.clone()).await;
             tokio::time::sleep(ms(8 + n % 9)).await;
             through(cut.clone()).await;
+            // `/long`: 50 frames 10 ms apart; anything else 4 frames 5 ms apart.
+            let (frames, gap) = match long {
+                true => (50, ms(10)),
+                false => (4, ms(5)),
+            };
             let body = Streamed {
-                frames: 4,
+                frames,
+                gap,
                 cut,
                 next: None,
             };
@@ -121,27 +126,37 @@ fn drift(now: Duration, before: Duration) -> f64 {
     now.abs_diff(before).as_secs_f64() / before.as_secs_f64()
 }
 
+/// Eight callers reading whole bodies from `path` in a loop (10 ms between calls) until
+/// `stop`; each returns how many of its calls failed, head or body.
+fn callers(svc: &Svc, stop: &Arc<AtomicBool>, path: &'static str) -> JoinSet<usize> {
+    let mut set = JoinSet::new();
+    for caller in 0..8u64 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        set.spawn(async move {
+            let (mut i, mut failed) = (caller, 0);
+            while !stop.load(Relaxed) {
+                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let uri = format!("http://streamed.test{path}?{}", i >> 33);
+                let req = http::Request::get(uri).body(()).unwrap();
+                let ok = match svc.clone().oneshot(req).await {
+                    Ok(response) => response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                failed += usize::from(!ok);
+                tokio::time::sleep(ms(10)).await;
+            }
+            failed
+        });
+    }
+    set
+}
+
 #[tokio::test(start_paused = true)]
 async fn repeated_partitions_leave_a_streaming_peers_deadlines_as_they_were() {
     let (cut, _) = watch::channel(false);
     let (svc, handle) = stack(&cut);
     let stop = Arc::new(AtomicBool::new(false));
-    let mut set = JoinSet::new();
-    for caller in 0..8u64 {
-        let (svc, stop) = (svc.clone(), stop.clone());
-        set.spawn(async move {
-            let mut i = caller;
-            while !stop.load(Relaxed) {
-                i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let uri = format!("http://streamed.test/items?{}", i >> 33);
-                let req = http::Request::get(uri).body(()).unwrap();
-                if let Ok(response) = svc.clone().oneshot(req).await {
-                    let _ = response.into_body().collect().await;
-                }
-                tokio::time::sleep(ms(10)).await;
-            }
-        });
-    }
+    let set = callers(&svc, &stop, "/items");
     tokio::time::sleep(ms(20_000)).await;
     let before = deadlines(&handle);
     assert_eq!(before.2, DeadlineSource::Quantile, "{before:?}");
@@ -174,4 +189,46 @@ async fn repeated_partitions_leave_a_streaming_peers_deadlines_as_they_were() {
             "(deadline, route deadline) before {before:?}, after each heal {after:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_stalled_keeps_its_next_stalls_heads_and_bodies() {
+    let (cut, _) = watch::channel(false);
+    let (svc, handle) = stack(&cut);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = callers(&svc, &stop, "/long");
+    tokio::time::sleep(ms(20_000)).await;
+    let before = deadlines(&handle);
+    // Long bodies (half a second each, frames 10 ms apart): most calls are mid-body when
+    // a stall begins. Four 300 ms stalls, 3 s apart: heads and frames wait them out.
+    // Calls failed in each (heads cut or refused, bodies cut), counted by stopping the
+    // callers after each, and starting them again 2 s before the next.
+    let mut failed = Vec::new();
+    for _ in 0..4 {
+        cut.send_replace(true);
+        tokio::time::sleep(ms(300)).await;
+        cut.send_replace(false);
+        tokio::time::sleep(ms(700)).await;
+        stop.store(true, Relaxed);
+        failed.push(
+            std::mem::take(&mut set)
+                .join_all()
+                .await
+                .iter()
+                .sum::<usize>(),
+        );
+        stop.store(false, Relaxed);
+        set = callers(&svc, &stop, "/long");
+        tokio::time::sleep(ms(2_000)).await;
+    }
+    stop.store(true, Relaxed);
+    set.join_all().await;
+    // The first is a silence to the layer; the peer learned it, and held the rest.
+    assert!(failed[0] > 0, "{failed:?}");
+    assert_eq!(failed[1..], [0, 0, 0], "calls failed per stall: {failed:?}");
+    let after = deadlines(&handle);
+    assert!(
+        drift(after.0, before.0) <= 0.10 && drift(after.1, before.1) <= 0.10,
+        "(deadline, route deadline) before {before:?}, after {after:?}"
+    );
 }

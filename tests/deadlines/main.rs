@@ -14,4 +14,5 @@ mod policy_serde;
 mod policy_validation;
 mod quiet_peers;
 mod real_networks;
+mod stall_samples;
 mod stragglers;

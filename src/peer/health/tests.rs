@@ -122,23 +122,27 @@ fn probes_alternate_a_long_deadline_that_doubles_with_short_ones() {
 }
 
 #[test]
-fn no_probe_waits_longer_than_cold_start_in_the_first_minute_of_a_silence() {
-    let policy = TimeoutPolicy::default();
-    let t0 = Instant::now();
-    let mut h = silent(&policy, t0);
-    // Busy callers: a probe as soon as one is due, every one running out.
-    let mut now = t0;
-    let mut longest = Duration::ZERO;
-    while now < t0 + Duration::from_secs(60) {
-        now = h.next_probe_at();
-        let Verdict::Probe(d) = h.admit(now, &policy).0 else {
-            panic!("no probe at {:?}", now - t0)
-        };
-        longest = longest.max(d);
-        now += d;
-        h.on_deadline(now, now - d, true, &policy);
+fn no_probe_waits_longer_than_cold_start_in_the_first_100_s_of_a_silence() {
+    // The default, and a `cold_start` short enough that a hundredth of the silence
+    // outgrows it after 20 s.
+    for cold_start in [ms(1_000), ms(200)] {
+        let policy = TimeoutPolicy::default().cold_start(cold_start);
+        let t0 = Instant::now();
+        let mut h = silent(&policy, t0);
+        // Busy callers: a probe as soon as one is due, every one running out.
+        let mut now = t0;
+        let mut longest = Duration::ZERO;
+        while now < t0 + Duration::from_secs(99) {
+            now = h.next_probe_at();
+            let Verdict::Probe(d) = h.admit(now, &policy).0 else {
+                panic!("no probe at {:?}", now - t0)
+            };
+            longest = longest.max(d);
+            now += d;
+            h.on_deadline(now, now - d, true, &policy);
+        }
+        assert_eq!(longest, policy.cold_start);
     }
-    assert_eq!(longest, policy.cold_start);
 }
 
 #[test]
@@ -428,11 +432,38 @@ fn the_answers_that_follow_a_held_stall_are_the_stalls_too_not_the_peers_latency
     assert!(h.on_late_answer(end + ms(5), t1 + ms(50), ms(40), &policy));
     h.on_response(end + ms(5), &policy);
     assert_eq!(h.stalls(end, &policy).1, 2);
-    // A call that was slow of itself (60 ms beyond the stall, over its 40 ms deadline)
-    // is the peer's latency.
-    assert!(!h.on_late_answer(end + ms(60), t1 + ms(100), ms(40), &policy));
-    // Nor is a stall its own deadline or `min_silence` held through the learned floor's.
-    let floored = policy.clone().min_silence(ms(300));
-    assert!(!h.on_late_answer(end + ms(6), t1 + ms(50), ms(40), &floored));
+    // A call that was also slow of itself (60 ms beyond the stall, over its 40 ms
+    // deadline) waited the stall out too: its latency is no sample, but the learned floor
+    // is not what held it.
+    assert!(h.on_late_answer(end + ms(60), t1 + ms(100), ms(40), &policy));
     assert_eq!(h.stalls(end, &policy).1, 2);
+    // Nor is one that `min_silence` held: its answer is no sample either (the deadline a
+    // stall would inflate is what detects the next silence), but it is not counted.
+    let floored = policy.clone().min_silence(ms(300));
+    assert!(h.on_late_answer(end + ms(6), t1 + ms(50), ms(40), &floored));
+    assert_eq!(h.stalls(end, &policy).1, 2);
+}
+
+#[test]
+fn a_held_stall_is_marked_in_progress_and_every_answer_through_it_is_no_sample() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(200));
+    assert_eq!(h.take_stall_change(), Some(StallMark::Ended(t0 + ms(200))));
+    // The next stall: nothing answered since `t1`; a call sent then runs out its 40 ms
+    // deadline within the floor: held, and the stall is in progress.
+    let t1 = t0 + ms(1_000);
+    h.on_response(t1, &policy);
+    assert_eq!(h.on_deadline(t1 + ms(41), t1 + ms(1), false, &policy), None);
+    assert_eq!(h.state(), PeerState::Healthy);
+    assert_eq!(h.take_stall_change(), Some(StallMark::InProgress));
+    // It ends with the first answer, whichever call it is: one sent 20 ms before.
+    let end = t1 + ms(200);
+    h.end_quiet(end, &policy);
+    assert_eq!(h.take_stall_change(), Some(StallMark::Ended(end)));
+    assert!(h.overlapped_stall(end, end - ms(20), ms(40)));
+    // A call sent after the stall is the peer's latency again.
+    assert!(!h.overlapped_stall(end + ms(30), end + ms(1), ms(40)));
+    // The span was the stall: it raised the floor.
+    assert!(h.stalls(end, &policy).0 >= ms(245));
 }
