@@ -234,9 +234,11 @@ impl InFlight {
 /// `InFlight` dropped without one records an abandon, and gives the count back.
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.peer
-            .interrupts()
-            .leave(u32::from(self.stripe), &mut self.slot);
+        // Checked here too, so a call that never waited (answered at its first poll) makes
+        // no call at all for its registration.
+        if self.slot != NOT_WAITING {
+            (self.peer.interrupts()).leave(u32::from(self.stripe), &mut self.slot);
+        }
         if let CallPeer::Tracked(p) = &self.peer {
             if !self.ended {
                 self.abandoned(p);

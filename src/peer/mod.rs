@@ -244,6 +244,7 @@ impl Peer {
             generation,
             class,
             started: now,
+            started_ns: now_ns,
         };
         let ticket = ticket.floored(hints.floor, peer.published.max());
         Some(Admission::Admitted(in_flight, ticket))
@@ -306,9 +307,11 @@ impl Peer {
         outcome: Outcome,
         count: bool,
     ) {
-        let latency = now.saturating_duration_since(ticket.started);
+        // One `Instant` subtraction: the latency from the start's nanoseconds, which the
+        // call's admission counted (its ticket's `started_ns`).
+        let now_ns = self.nanos(now);
+        let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started_ns));
         if count && outcome == Outcome::Sample && !probe && self.state() == PeerState::Healthy {
-            let now_ns = self.nanos(now);
             self.metrics.answered(latency);
             let stripe = self.stripes.mine();
             // A deadline learned from `min_samples` answers and recomputed only every
