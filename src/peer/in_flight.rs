@@ -158,6 +158,7 @@ impl InFlight {
     }
 
     /// Whether the call is its peer's probe (until its head is answered).
+    #[inline]
     pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
@@ -221,6 +222,7 @@ impl InFlight {
 
     /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
     /// recorded nowhere). Dropping it records nothing after this.
+    #[inline]
     pub(crate) fn end(&mut self) -> Option<&Peer> {
         self.ended = true;
         match &self.peer {

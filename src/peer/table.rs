@@ -87,6 +87,7 @@ pub(crate) enum Admission {
 impl Admission {
     /// The same decision, an admitted call's deadline cut to `caller_deadline` where that
     /// is shorter (ARCHITECTURE.md, invariant 6).
+    #[inline]
     fn capped(self, caller_deadline: Option<Duration>) -> Admission {
         match self {
             Admission::Admitted(in_flight, ticket) => {
@@ -331,6 +332,7 @@ impl<K: PeerKey> PeerTable<K> {
 
     /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
     /// stopped waiting (then fired `here`). Read after the call's interrupt generation.
+    #[inline]
     fn refusal(
         &self,
         caller_deadline: Option<Duration>,
@@ -520,6 +522,7 @@ impl<K: PeerKey> PeerTable<K> {
 
 /// `ticket`, its deadline shortened to the caller's where that is shorter: a caller can
 /// only shorten its deadline (ARCHITECTURE.md, invariant 6).
+#[inline]
 fn capped(mut ticket: Ticket, caller_deadline: Option<Duration>) -> Ticket {
     if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
         (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);

@@ -41,6 +41,7 @@ impl Ticket {
     /// The same ticket raised to the call's `floor` (at most `max`) where that is
     /// longer. A silent peer's cut deadline stays cut: the floor is what a call needs
     /// from a peer that answers. A floor only raises (ARCHITECTURE.md, invariant 6).
+    #[inline]
     pub(crate) fn floored(mut self, floor: Option<Duration>, max: Duration) -> Ticket {
         let floor = floor.map_or(Duration::ZERO, |f| f.min(max));
         if floor > self.deadline && self.source != DeadlineSource::SilentPeer {
