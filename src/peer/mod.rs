@@ -331,7 +331,8 @@ impl Peer {
                 // Another core is recording: defer this core's answers for a while.
                 stripe.contended(now_ns);
             }
-            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns) {
+            let every = self.published.sample_every();
+            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns, every) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
@@ -350,8 +351,7 @@ impl Peer {
     /// Records the answers `batch` deferred, as of its latest.
     fn hand_over(&self, locked: &mut Locked, batch: &Batch) {
         let now = self.instant(batch.latest);
-        let answers = batch.answers();
-        let fx = locked.answered(now, answers.len() as u64, answers);
+        let fx = locked.answered(now, batch.count(), batch.answers());
         self.apply(locked, now, fx);
     }
 
@@ -474,6 +474,11 @@ impl Peer {
             let batch = per_core::BATCH as u64;
             let batched = p.source.is_learned() && locked.policy.recompute_every >= batch;
             self.published.set_batched(batched);
+            // A busy peer's answers are sampled, as many kept as its quantile needs.
+            let samples = locked.lane.window.samples();
+            let every = per_core::sample_every(samples, locked.policy.quantile);
+            self.published
+                .set_sample_every(if batched { every } else { 1 });
             (self.published).set_bounds(locked.policy.max, locked.policy.cold_start);
             self.metrics.deadline(p.deadline);
             self.published.set_rotate_at(self.nanos(p.rotate_at));
