@@ -70,7 +70,7 @@ pub(super) fn sample_every(samples: u64, quantile: f64) -> u32 {
     let needed = SAMPLES_ABOVE / (1.0 - quantile);
     // How many times over the window holds what is needed.
     let over = samples as f64 / needed;
-    if !(over >= 2.0) {
+    if over.is_nan() || over < 2.0 {
         return 1;
     }
     // `over` is finite and at least 2 here: the cast saturates, and the result fits.
