@@ -332,7 +332,8 @@ impl<K: PeerKey> PeerTable<K> {
 
     /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
     /// stopped waiting (then fired `here`). Read after the call's interrupt generation.
-    #[inline]
+    /// Always inlined: its `None`, every admitted call's answer, then costs two tests.
+    #[inline(always)]
     fn refusal(
         &self,
         caller_deadline: Option<Duration>,
