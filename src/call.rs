@@ -52,6 +52,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    #[inline]
     pub(crate) fn new(in_flight: InFlight, ticket: Ticket, token: Option<Interrupt>) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
@@ -84,6 +85,7 @@ impl Call {
     }
 
     /// When the call's deadline passes.
+    #[inline]
     pub(crate) fn deadline_at(&self) -> Instant {
         self.ticket.started + self.ticket.deadline
     }
@@ -98,6 +100,7 @@ impl Call {
     }
 
     /// When the call's caller stops waiting, `deadline` after the start (`None`: no limit).
+    #[inline]
     pub(crate) fn caller_until(&self, deadline: Option<Duration>) -> Option<Instant> {
         self.ticket.started.checked_add(deadline?)
     }

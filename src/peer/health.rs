@@ -33,8 +33,6 @@ use crate::policy::TimeoutPolicy;
 /// 1 s after 100 s of silence, a 10 s probe after 17 minutes, `max` = 30 s after 50): a
 /// probe longer than `cold_start` wastes under 1% of the silence it is sent in.
 pub(crate) const LONG_PROBE_PATIENCE: u32 = 100;
-/// No long probe is longer than its first before a silence has lasted this long.
-const LONG_PROBES_AFTER: Duration = Duration::from_secs(100);
 /// What spaces long probes out (`long_probe_spacing` times it, after one ran out) doubles
 /// after each, up to this multiple of the first long probe's deadline: 64 s between long
 /// probes at the defaults, however short the probes themselves still are.
@@ -504,13 +502,11 @@ impl Health {
 
     /// The longest deadline a long probe may have at `now`: the first one, or a share of
     /// the silence so far, whichever is longer.
-    /// Within a silence's first [`LONG_PROBES_AFTER`] it is the first one, whatever
-    /// `cold_start` (a share of a short silence outgrows a `cold_start` under 1 s).
+    /// A probe longer than the first wastes under 1% of the silence it is sent in: at
+    /// the default `cold_start` (1 s) none is before 100 s of silence, with a shorter one
+    /// sooner (a peer back slower than it is readmitted sooner too).
     fn long_cap(&self, now: Instant) -> Duration {
         let silence = now.saturating_duration_since(self.silent_since);
-        if silence < LONG_PROBES_AFTER {
-            return self.long_base;
-        }
         self.long_base.max(silence / LONG_PROBE_PATIENCE)
     }
 

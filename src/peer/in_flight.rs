@@ -158,6 +158,7 @@ impl InFlight {
     }
 
     /// Whether the call is its peer's probe (until its head is answered).
+    #[inline]
     pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
@@ -221,6 +222,7 @@ impl InFlight {
 
     /// Gives the call up to its outcome: the peer to record it on (`None`: untracked, it is
     /// recorded nowhere). Dropping it records nothing after this.
+    #[inline]
     pub(crate) fn end(&mut self) -> Option<&Peer> {
         self.ended = true;
         match &self.peer {
@@ -234,9 +236,11 @@ impl InFlight {
 /// `InFlight` dropped without one records an abandon, and gives the count back.
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.peer
-            .interrupts()
-            .leave(u32::from(self.stripe), &mut self.slot);
+        // Checked here too, so a call that never waited (answered at its first poll) makes
+        // no call at all for its registration.
+        if self.slot != NOT_WAITING {
+            (self.peer.interrupts()).leave(u32::from(self.stripe), &mut self.slot);
+        }
         if let CallPeer::Tracked(p) = &self.peer {
             if !self.ended {
                 self.abandoned(p);

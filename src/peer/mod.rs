@@ -251,6 +251,7 @@ impl Peer {
             generation,
             class,
             started: now,
+            started_ns: now_ns,
         };
         let ticket = ticket.floored(hints.floor, peer.published.max());
         Some(Admission::Admitted(in_flight, ticket))
@@ -314,18 +315,19 @@ impl Peer {
         outcome: Outcome,
         count: bool,
     ) {
-        let latency = now.saturating_duration_since(ticket.started);
+        // One `Instant` subtraction: the latency from the start's nanoseconds, which the
+        // call's admission counted (its ticket's `started_ns`).
+        let now_ns = self.nanos(now);
+        let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started_ns));
         // Nor one that waited out part of a stall: the lock keeps it out of the history.
-        let stall_end = self.stall_end.load(Relaxed);
-        let in_time = latency <= ticket.deadline
-            && (stall_end == 0 || self.nanos(ticket.started) >= stall_end);
+        let in_time =
+            latency <= ticket.deadline && ticket.started_ns >= self.stall_end.load(Relaxed);
         if count
             && outcome == Outcome::Sample
             && !probe
             && in_time
             && self.state() == PeerState::Healthy
         {
-            let now_ns = self.nanos(now);
             self.metrics.answered(latency);
             let stripe = self.stripes.mine();
             // A deadline learned from `min_samples` answers and recomputed only every
@@ -345,7 +347,8 @@ impl Peer {
                 // Another core is recording: defer this core's answers for a while.
                 stripe.contended(now_ns);
             }
-            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns) {
+            let every = self.published.sample_every();
+            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns, every) {
                 self.hand_over(&mut self.lock_alone(), &batch);
             }
             return;
@@ -364,8 +367,7 @@ impl Peer {
     /// Records the answers `batch` deferred, as of its latest.
     fn hand_over(&self, locked: &mut Locked, batch: &Batch) {
         let now = self.instant(batch.latest);
-        let answers = batch.answers();
-        let fx = locked.answered(now, answers.len() as u64, answers);
+        let fx = locked.answered(now, batch.count(), batch.answers());
         self.apply(locked, now, fx);
     }
 
@@ -488,6 +490,11 @@ impl Peer {
             let batch = per_core::BATCH as u64;
             let batched = p.source.is_learned() && locked.policy.recompute_every >= batch;
             self.published.set_batched(batched);
+            // A busy peer's answers are sampled, as many kept as its quantile needs.
+            let samples = locked.lane.window.samples();
+            let every = per_core::sample_every(samples, locked.policy.quantile);
+            self.published
+                .set_sample_every(if batched { every } else { 1 });
             (self.published).set_bounds(locked.policy.max, locked.policy.cold_start);
             self.metrics.deadline(p.deadline);
             self.published.set_rotate_at(self.nanos(p.rotate_at));

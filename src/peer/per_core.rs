@@ -14,6 +14,12 @@
 //! takes its lock once per [`BATCH`] answers per core instead of once per answer, and
 //! nothing that judges the peer (a miss, silence) reads it before its answers are in. A
 //! stripe allocates its batch the first time it defers an answer.
+//!
+//! A peer busy enough that its window holds far more samples than its quantile needs
+//! ([`sample_every`]) has its answers *sampled*: a stripe keeps the latency of one answer
+//! in `k` of those without a latency class, picked at random, and counts the others. Every
+//! answer is still handed over (a heartbeat, and counted among the peer's answers); only
+//! the histograms get fewer samples, as many as the quantile needs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};
@@ -43,6 +49,35 @@ const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
 /// The class bits of an answer that has no class.
 const NO_CLASS: u64 = 0xff;
 
+/// Samples above the quantile a window must keep: a window holding `SAMPLES_ABOVE / (1 -
+/// quantile)` samples or fewer keeps every answer's latency (a p99.9 window, 256,000;
+/// the count above the quantile then varies by about 1/16 between windows).
+const SAMPLES_ABOVE: f64 = 256.0;
+
+/// The most answers one sample stands for: a batch of [`BATCH`] samples spans at most
+/// `BATCH * MAX_SAMPLE_EVERY` answers.
+pub(super) const MAX_SAMPLE_EVERY: u32 = 64;
+
+/// One answer in how many (a power of two, at most [`MAX_SAMPLE_EVERY`]; 1: every one) a
+/// busy peer's stripes keep the latency of, from the samples its window holds now and its
+/// `quantile`: `k`, the power of two at most `samples / needed`, where `needed` is
+/// `SAMPLES_ABOVE / (1 - quantile)` (the window then holds [`SAMPLES_ABOVE`] samples above
+/// the quantile). A window of `n` answers settles at `k` near `sqrt(n / needed)`, holding
+/// `sqrt(n * needed)` samples, never fewer than `needed`; a window still holding more
+/// samples than that only lowers `k` as it rotates. A quantile of 1 (the largest answer)
+/// needs every answer.
+pub(super) fn sample_every(samples: u64, quantile: f64) -> u32 {
+    let needed = SAMPLES_ABOVE / (1.0 - quantile);
+    // How many times over the window holds what is needed.
+    let over = samples as f64 / needed;
+    if over.is_nan() || over < 2.0 {
+        return 1;
+    }
+    // `over` is finite and at least 2 here: the cast saturates, and the result fits.
+    let k = (over as u64).min(u64::from(MAX_SAMPLE_EVERY));
+    1 << (u64::BITS - 1 - k.leading_zeros())
+}
+
 /// A peer's stripes.
 pub(super) struct Stripes {
     stripes: Striped<Stripe>,
@@ -62,7 +97,6 @@ pub(super) struct Stripe {
 }
 
 /// A stripe's answers not yet in the window.
-#[derive(Default)]
 struct Deferred {
     /// Allocated when the stripe first defers an answer (a stripe whose answers all go at
     /// once never does), and kept.
@@ -70,19 +104,39 @@ struct Deferred {
     /// When the stripe last handed answers over (`None`: never, and its first answer goes
     /// at once).
     handed_at: Option<u64>,
+    /// Picks the answers sampled (xorshift64; never 0).
+    random: u64,
+}
+
+impl Default for Deferred {
+    fn default() -> Self {
+        Deferred {
+            batch: None,
+            handed_at: None,
+            random: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
 }
 
 /// Answers handed over together.
 #[derive(Clone)]
 pub(super) struct Batch {
+    /// Samples in `answers`.
     len: usize,
+    /// Answers, sampled or not (at least `len`).
+    count: u64,
     answers: [u64; BATCH],
     /// The latest answer's time, in nanoseconds since the peer's epoch.
     pub(super) latest: u64,
 }
 
 impl Batch {
-    /// The answers deferred: latency, and class.
+    /// How many answers the batch stands for: its samples and the answers only counted.
+    pub(super) fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The samples deferred: latency, and class.
     pub(super) fn answers(
         &self,
     ) -> impl ExactSizeIterator<Item = (Duration, Option<ClassIx>)> + '_ {
@@ -98,22 +152,27 @@ impl Batch {
     fn empty() -> Batch {
         Batch {
             len: 0,
+            count: 0,
             answers: [0; BATCH],
             latest: 0,
         }
     }
 
-    /// A batch of one answer, at `now`.
-    fn one(answer: u64, now: u64) -> Batch {
+    /// A batch of one answer at `now`, its latency `sample` if it is kept.
+    fn one(sample: Option<u64>, now: u64) -> Batch {
         let mut batch = Batch::empty();
-        batch.push(answer, now);
+        batch.push(sample, now);
         batch
     }
 
-    /// Adds an answer at `now`; returns whether the batch is full.
-    fn push(&mut self, answer: u64, now: u64) -> bool {
-        self.answers[self.len] = answer;
-        self.len += 1;
+    /// Adds an answer at `now`, its latency `sample` if it is kept; returns whether the
+    /// batch's samples are full.
+    fn push(&mut self, sample: Option<u64>, now: u64) -> bool {
+        if let Some(answer) = sample {
+            self.answers[self.len] = answer;
+            self.len += 1;
+        }
+        self.count += 1;
         self.latest = self.latest.max(now);
         self.len == BATCH
     }
@@ -203,14 +262,19 @@ impl Stripe {
     }
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
-    /// epoch) in this stripe (this thread's). Returns the batch to hand over (this answer in it)
-    /// if it is full or has been deferred long enough, else `None`: the answer waits.
+    /// epoch) in this stripe (this thread's); without a class, its latency is kept only one
+    /// time in `sample_every` (a power of two: see [`sample_every`]), at random. Returns the
+    /// batch to hand over (this answer in it) if it is full or has been deferred long
+    /// enough, else `None`: the answer waits.
     pub(super) fn defer(
         &self,
         latency: Duration,
         class: Option<ClassIx>,
         now: u64,
+        sample_every: u32,
     ) -> Option<Batch> {
+        // A class's answers are all kept: a class may see few.
+        let keep_all = sample_every <= 1 || class.is_some();
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
         let answer = nanos | class << LATENCY_BITS;
@@ -223,6 +287,8 @@ impl Stripe {
                 self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
+        let sampled = keep_all || deferred.picks(sample_every);
+        let sample = sampled.then_some(answer);
         let due = deferred
             .handed_at
             .is_none_or(|at| now.saturating_sub(at) >= DEFER_NANOS);
@@ -231,11 +297,11 @@ impl Stripe {
             // Nothing deferred, and time to hand over: this answer goes alone, unheld.
             None if due => {
                 deferred.handed_at = Some(now);
-                return Some(Batch::one(answer, now));
+                return Some(Batch::one(sample, now));
             }
             None => deferred.batch.insert(Box::new(Batch::empty())),
         };
-        let full = batch.push(answer, now);
+        let full = batch.push(sample, now);
         if full || due {
             self.deferring.store(false, Relaxed);
             deferred.take(now)
@@ -271,7 +337,7 @@ impl Stripe {
     fn take(&self, now: u64) -> Option<Batch> {
         let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
         self.deferring.store(false, Relaxed);
-        let any = deferred.batch.as_ref().is_some_and(|b| b.len > 0);
+        let any = deferred.batch.as_ref().is_some_and(|b| b.count > 0);
         if any {
             deferred.take(now)
         } else {
@@ -286,8 +352,19 @@ impl Deferred {
         self.handed_at = Some(now);
         let batch = self.batch.as_mut()?;
         let taken = (**batch).clone();
-        (batch.len, batch.latest) = (0, 0);
+        (batch.len, batch.count, batch.latest) = (0, 0, 0);
         Some(taken)
+    }
+
+    /// Whether to keep the next answer's latency: true one time in `every` (a power of
+    /// two), at random, so no pattern in the answers' order biases the samples.
+    fn picks(&mut self, every: u32) -> bool {
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x & u64::from(every - 1) == 0
     }
 }
 
@@ -301,25 +378,25 @@ mod tests {
         let ms = DEFER_NANOS;
         let first = stripes
             .mine()
-            .defer(Duration::from_millis(3), Some(2), 10 * ms);
+            .defer(Duration::from_millis(3), Some(2), 10 * ms, 1);
         let answers: Vec<_> = first.expect("handed over").answers().collect();
         assert_eq!(answers, [(Duration::from_millis(3), Some(2))]);
         for i in 1..BATCH as u64 {
             let t = 10 * ms + i;
             assert!(stripes
                 .mine()
-                .defer(Duration::from_nanos(i), None, t)
+                .defer(Duration::from_nanos(i), None, t, 1)
                 .is_none());
         }
         let full = stripes
             .mine()
-            .defer(Duration::from_secs(1), None, 10 * ms + 100);
+            .defer(Duration::from_secs(1), None, 10 * ms + 100, 1);
         let full = full.expect("a full batch is handed over");
         assert_eq!(full.answers().count(), BATCH);
         assert_eq!(full.latest, 10 * ms + 100);
         assert!(stripes
             .mine()
-            .defer(Duration::ZERO, None, 10 * ms + 200)
+            .defer(Duration::ZERO, None, 10 * ms + 200, 1)
             .is_none());
         let deferred: Vec<_> = stripes.take_all(11 * ms).collect();
         assert_eq!(deferred.len(), 1);
@@ -328,6 +405,43 @@ mod tests {
             [(Duration::ZERO, None)]
         );
         assert_eq!(stripes.take_all(11 * ms).count(), 0);
+    }
+
+    #[test]
+    fn a_window_keeps_every_answer_until_it_holds_twice_what_its_quantile_needs() {
+        // p99.9 needs 256 / 0.001 = 256,000 samples.
+        assert_eq!(sample_every(0, 0.999), 1);
+        assert_eq!(sample_every(511_999, 0.999), 1);
+        assert_eq!(sample_every(512_000, 0.999), 2);
+        assert_eq!(sample_every(2_047_999, 0.999), 4);
+        assert_eq!(sample_every(u64::MAX, 0.999), MAX_SAMPLE_EVERY);
+        assert_eq!(sample_every(u64::MAX, 0.5), MAX_SAMPLE_EVERY);
+        // The largest answer needs every answer.
+        assert_eq!(sample_every(u64::MAX, 1.0), 1);
+    }
+
+    #[test]
+    fn a_sampled_stripe_counts_every_answer_and_keeps_one_in_k_without_a_class() {
+        let stripes = Stripes::new();
+        let t = 10 * DEFER_NANOS;
+        let (mut count, mut samples, mut classed) = (0, 0, 0);
+        let mut take = |batch: Batch| {
+            count += batch.count();
+            samples += batch.answers().count() as u64;
+            classed += batch.answers().filter(|(_, c)| c.is_some()).count() as u64;
+        };
+        for i in 0..8_000 {
+            let class = (i % 8 == 0).then_some(1);
+            if let Some(batch) = stripes.mine().defer(Duration::from_micros(i), class, t, 8) {
+                take(batch);
+            }
+        }
+        stripes.take_all(t).for_each(&mut take);
+        assert_eq!(count, 8_000, "every answer is handed over");
+        assert_eq!(classed, 1_000, "a class's answers are all kept");
+        // 7,000 answers without a class, one in 8 kept at random: 875 expected.
+        let unclassed = samples - classed;
+        assert!((700..1_050).contains(&unclassed), "{unclassed}");
     }
 
     #[test]

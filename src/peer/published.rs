@@ -29,6 +29,9 @@ pub(super) struct Published {
     cold_start: AtomicU64,
     /// Whether answers may wait in their stripes (see [`Published::set_batched`]).
     batched: AtomicBool,
+    /// One answer in how many waiting in a stripe keeps its latency (see
+    /// `per_core::sample_every`); 1 unless batched.
+    sample_every: AtomicU32,
     /// Calls that failed to reach the peer since its last answer (saturating): what a
     /// balanced endpoint holds a refusing peer out by.
     failing: AtomicU32,
@@ -47,6 +50,7 @@ impl Published {
             max: AtomicU64::new(0),
             cold_start: AtomicU64::new(0),
             batched: AtomicBool::new(false),
+            sample_every: AtomicU32::new(1),
             failing: AtomicU32::new(0),
             hedge_after: AtomicU64::new(0),
         }
@@ -62,6 +66,16 @@ impl Published {
     /// every `recompute_every` answers, at least a batch).
     pub(super) fn set_batched(&self, batched: bool) {
         self.batched.store(batched, Relaxed);
+    }
+
+    /// One answer in how many waiting in a stripe keeps its latency (a power of two).
+    pub(super) fn sample_every(&self) -> u32 {
+        self.sample_every.load(Relaxed)
+    }
+
+    /// Publishes how many answers waiting in a stripe one sample stands for.
+    pub(super) fn set_sample_every(&self, every: u32) {
+        self.sample_every.store(every, Relaxed);
     }
 
     /// The policy's `cold_start`.

@@ -87,6 +87,7 @@ pub(crate) enum Admission {
 impl Admission {
     /// The same decision, an admitted call's deadline cut to `caller_deadline` where that
     /// is shorter (ARCHITECTURE.md, invariant 6).
+    #[inline]
     fn capped(self, caller_deadline: Option<Duration>) -> Admission {
         match self {
             Admission::Admitted(in_flight, ticket) => {
@@ -331,6 +332,8 @@ impl<K: PeerKey> PeerTable<K> {
 
     /// Why a call is refused whatever its peer: the layer was shut down, or the caller has
     /// stopped waiting (then fired `here`). Read after the call's interrupt generation.
+    /// Always inlined: its `None`, every admitted call's answer, then costs two tests.
+    #[inline(always)]
     fn refusal(
         &self,
         caller_deadline: Option<Duration>,
@@ -520,6 +523,7 @@ impl<K: PeerKey> PeerTable<K> {
 
 /// `ticket`, its deadline shortened to the caller's where that is shorter: a caller can
 /// only shorten its deadline (ARCHITECTURE.md, invariant 6).
+#[inline]
 fn capped(mut ticket: Ticket, caller_deadline: Option<Duration>) -> Ticket {
     if let Some(deadline) = caller_deadline.filter(|d| *d < ticket.deadline) {
         (ticket.deadline, ticket.source) = (deadline, DeadlineSource::Caller);
@@ -537,8 +541,13 @@ pub(crate) mod tests {
 
     /// A table of `max` peers keyed by `u32`, under the default policy.
     pub(crate) fn table(max: usize) -> PeerTable<u32> {
+        table_under(TimeoutPolicy::default(), max)
+    }
+
+    /// A table of `max` peers keyed by `u32`, under `policy`.
+    fn table_under(policy: TimeoutPolicy, max: usize) -> PeerTable<u32> {
         let policies = Policies {
-            default: Arc::new(TimeoutPolicy::default()),
+            default: Arc::new(policy),
             overrides: HashMap::new(),
         };
         PeerTable::new(
@@ -549,6 +558,40 @@ pub(crate) mod tests {
             Propagation::none(),
             1,
         )
+    }
+
+    /// A busy learned peer's answers are sampled: its window keeps fewer latencies than it
+    /// had answers, and more than its quantile needs, while every answer is counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_peer_keeps_the_samples_its_quantile_needs_and_counts_every_answer() {
+        use crate::classify::Outcome;
+        // The median needs 256 / 0.5 = 512 samples; sampling starts at twice that.
+        let policy = TimeoutPolicy::default().quantile(0.5).recompute_every(64);
+        let t = table_under(policy, 4);
+        let (now, mut last) = (Instant::now(), None);
+        let answers = 20_000;
+        for i in 0..answers {
+            let hints = LatencyHints::default();
+            let Admission::Admitted(mut held, ticket) =
+                t.admit(Some(1), now, None, hints, &mut last)
+            else {
+                panic!("a healthy peer admits every call");
+            };
+            let latency = Duration::from_micros(100 + i % 100);
+            let peer = held.end().expect("a tracked call");
+            peer.on_outcome(now + latency, &ticket, false, Outcome::Sample);
+        }
+        let view = t.get(&1).expect("tracked").view(now);
+        assert_eq!(view.completed, answers, "every answer is counted");
+        assert!(view.samples >= 1_024, "{} samples", view.samples);
+        assert!(view.samples < answers / 2, "{} samples", view.samples);
+        // The samples are the answers': within their range (100-199 us), to the window's
+        // precision (every answer recorded, the window reads 191, 191, 255, 255 us).
+        let (quantiles, deadline) = (view.quantiles, view.deadline);
+        let within = |q: Duration| (100..256).contains(&q.as_micros());
+        assert!(quantiles.into_iter().all(within), "{quantiles:?}");
+        let learned = view.explanation.source.is_learned();
+        assert!(learned, "{deadline:?} from {}", view.explanation.source);
     }
 
     #[tokio::test(start_paused = true)]

@@ -147,6 +147,7 @@ fn ticket(started: Instant) -> Ticket {
         generation: 0,
         class: None,
         started,
+        started_ns: 0,
     }
 }
 
