@@ -202,7 +202,9 @@ fn main() {
         (1, Duration::from_millis(20))
     } else {
         // `E2E_ROUNDS=30` for a longer run, when a few percent between runs matter.
-        let rounds = std::env::var("E2E_ROUNDS").ok().and_then(|r| r.parse().ok());
+        let rounds = std::env::var("E2E_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok());
         (rounds.filter(|r| *r > 0).unwrap_or(ROUNDS), ROUND)
     };
     let server_rt = multi_thread(1);

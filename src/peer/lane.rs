@@ -9,8 +9,9 @@
 //! peer: the estimate serves quiet peers.
 //!
 //! It is recomputed here, under the peer's lock, never per call: on every answer while it
-//! is still learning (fewer than `min_samples`: at most `min_samples` answers are sorted),
-//! else on a rotation or every `recompute_every` answers.
+//! is still learning from its last answers (fewer than `min_samples`, and than the
+//! `MAX_RECENT` they are kept up to: at most that many are sorted), else on a rotation or
+//! every `recompute_every` answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,9 +63,11 @@ impl Lane {
             self.window.record(latency, now);
             self.since_recompute += 1;
         }
-        rotated
-            || self.learned.0 < policy.min_samples
-            || self.since_recompute >= policy.recompute_every
+        // Still learning, every answer counts while its last answers fill their ring (at
+        // most `MAX_RECENT`, which bounds the sort); past that, with a `min_samples` larger
+        // than the ring, every `recompute_every` like a learned history, not on every call.
+        let filling = self.learned.0 < policy.history_capacity() as u64;
+        rotated || filling || self.since_recompute >= policy.recompute_every
     }
 
     /// Recomputes the deadline from the history at `now` under `policy` (`overridden`:
@@ -124,5 +127,43 @@ impl Lane {
             _ => self.learned.1,
         };
         seen.max(policy.min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of `n` answers of `latency` each made `lane` due to be recomputed (and were
+    /// recomputed), one a millisecond apart from `now`.
+    fn dues(lane: &mut Lane, policy: &Arc<TimeoutPolicy>, now: &mut Instant, n: u64) -> u64 {
+        let mut due = 0;
+        for _ in 0..n {
+            *now += Duration::from_millis(1);
+            if lane.record(*now, std::iter::once(Duration::from_millis(10)), policy) {
+                lane.recompute(*now, policy, false);
+                due += 1;
+            }
+        }
+        due
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_min_samples_past_the_ring_is_not_recomputed_on_every_answer() {
+        // The default learns on every answer until it has its 100.
+        let policy = Arc::new(TimeoutPolicy::default());
+        let mut now = Instant::now();
+        let mut lane = Lane::new(&policy, now);
+        assert_eq!(dues(&mut lane, &policy, &mut now, 100), 100);
+        assert!(dues(&mut lane, &policy, &mut now, 1_000) <= 5);
+        // Ten million: every answer while its last 1,024 fill, then one in 256.
+        let policy = Arc::new(TimeoutPolicy::default().min_samples(10_000_000));
+        let mut lane = Lane::new(&policy, now);
+        assert_eq!(dues(&mut lane, &policy, &mut now, 1_024), 1_024);
+        let later = dues(&mut lane, &policy, &mut now, 25_600);
+        assert!(
+            later <= 100 + 10,
+            "{later} recomputations in 25,600 answers"
+        );
     }
 }
