@@ -136,9 +136,16 @@ impl Stalls {
     /// holds part of the span, and is no sample (a peer that stalls often would otherwise
     /// learn its stalls into its deadline a deadline at a time).
     pub(crate) fn overlapped(&self, now: Instant, started: Instant, deadline: Duration) -> bool {
+        let (overlap, span) = self.overlap(now, started);
+        !overlap.is_zero() && span > deadline
+    }
+
+    /// How much of the last quiet span a call outstanding from `started` to `now` spent
+    /// in it, and how long that span was.
+    fn overlap(&self, now: Instant, started: Instant) -> (Duration, Duration) {
         let (from, until) = self.last;
         let overlap = until.min(now).saturating_duration_since(from.max(started));
-        !overlap.is_zero() && until.saturating_duration_since(from) > deadline
+        (overlap, until.saturating_duration_since(from))
     }
 
     /// Whether a call that started at `started` with `deadline`, answered at `now`, was
@@ -154,9 +161,7 @@ impl Stalls {
         deadline: Duration,
         held: Duration,
     ) -> bool {
-        let (from, until) = self.last;
-        let overlap = until.min(now).saturating_duration_since(from.max(started));
-        let span = until.saturating_duration_since(from);
+        let (overlap, span) = self.overlap(now, started);
         let waited_out = !overlap.is_zero() && span > deadline;
         let latency = now.saturating_duration_since(started);
         let by_floor = span > held && latency.saturating_sub(overlap) <= deadline;
