@@ -4,7 +4,11 @@
 //!
 //! `count <case> <stack> <calls> [warm-up]`: `case` is `ready` or `pending_once`, `stack`
 //! is `bare`, `tower_timeout` or `layer` (the `overhead` bench's stacks: one peer, a
-//! current-thread runtime), `calls` how many calls to make after `warm-up` calls (1,000 by
+//! current-thread runtime); or `case` is `http`: one call at a time from hyper-util's pooled
+//! client to a hyper server on loopback, both on one current-thread runtime (`e2e`'s stacks,
+//! the layer's `http()` with interrupt tokens, and `layer_no_tokens` without them), where
+//! the count is user space only and the server's and the client's share is the same for
+//! every stack, so the difference between two stacks is what one adds; `calls` how many calls to make after `warm-up` calls (1,000 by
 //! default; 600,000 make the peer busy enough that its answers are sampled, as they are
 //! within a second of `overhead`). Run it with `N` and `2N` calls under the counter: the
 //! difference divided by `N` is the cost of one call, set-up and warm-up cancelled out. It prints the heap allocations per measured call
@@ -28,7 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use common::{current_thread, drive, pending_once_inner, ready_inner};
-use common::{with_tower_timeout, Inner, Req};
+use common::{with_tower_timeout, Inner, Req, FIXED_TIMEOUT};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use loopback::http_server::{self, get};
+use tower::timeout::Timeout;
 use tower::{Layer, Service};
 use tower_adaptive_timeout::{AdaptiveTimeoutLayer, TimeoutPolicy};
 
@@ -80,6 +89,58 @@ fn with_layer<I: Inner>(inner: I) -> impl Service<Req> {
     layer.build().expect("a valid policy").layer(inner)
 }
 
+/// The `http` case: `warm_up` then `calls` calls, one at a time, through `stack` around a
+/// hyper-util client of a loopback hyper server on the same current-thread runtime; each
+/// call's body is read to its end. Returns the allocations per measured call.
+fn http(stack: &str, counts: (u64, u64)) -> Option<f64> {
+    /// Makes `n` calls through `svc` to `uri`.
+    async fn make_calls<S>(svc: &mut S, uri: &http::Uri, n: u64)
+    where
+        S: Service<Request<Empty<bytes::Bytes>>, Response = Response<Incoming>>,
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..n {
+            std::future::poll_fn(|cx| svc.poll_ready(cx))
+                .await
+                .expect("ready");
+            let response = svc.call(get(uri.clone())).await.expect("an answer");
+            response.into_body().collect().await.expect("a body");
+        }
+    }
+    /// `svc`'s calls, counted.
+    fn run<S>(mut svc: S, (warm_up, n): (u64, u64)) -> f64
+    where
+        S: Service<Request<Empty<bytes::Bytes>>, Response = Response<Incoming>>,
+        S::Error: std::fmt::Debug,
+    {
+        current_thread().block_on(async {
+            let server = http_server::start(Duration::ZERO).await.expect("a server");
+            let uri = server.uri("/");
+            make_calls(&mut svc, &uri, warm_up).await;
+            let before = ALLOCATIONS.load(Relaxed);
+            make_calls(&mut svc, &uri, n).await;
+            (ALLOCATIONS.load(Relaxed) - before) as f64 / n.max(1) as f64
+        })
+    }
+    let ten = Duration::from_secs(10);
+    let layer = |tokens: bool| {
+        AdaptiveTimeoutLayer::http()
+            .interrupt_tokens(tokens)
+            .policy(TimeoutPolicy::default().min(ten).cold_start(ten))
+            .build()
+            .expect("a valid policy")
+            .layer(http_server::client())
+    };
+    let client = http_server::client;
+    Some(match stack {
+        "bare" => run(client(), counts),
+        "tower_timeout" => run(Timeout::new(client(), FIXED_TIMEOUT), counts),
+        "layer" => run(layer(true), counts),
+        "layer_no_tokens" => run(layer(false), counts),
+        _ => return None,
+    })
+}
+
 /// Runs `calls` (warm-up, measured) of `stack` around the inner service `make()` builds.
 fn stack<I: Inner>(stack: &str, make: impl Fn() -> I, calls: (u64, u64)) -> Option<f64> {
     Some(match stack {
@@ -95,6 +156,7 @@ fn case(case: &str, name: &str, calls: (u64, u64)) -> Option<f64> {
     match case {
         "ready" => stack(name, ready_inner, calls),
         "pending_once" => stack(name, pending_once_inner, calls),
+        "http" => http(name, calls),
         _ => None,
     }
 }
@@ -107,7 +169,7 @@ fn main() {
             .first()
             .map_or(WARM_UP, |w| w.parse().expect("warm-up: a number"));
         let per_call = case(which, name, (warm_up, calls)).expect(
-            "usage: count <ready|pending_once> <bare|tower_timeout|layer> <calls> [warm-up]",
+            "usage: count <ready|pending_once|http> <bare|tower_timeout|layer> <calls> [warm-up]",
         );
         println!("{which}/{name}: {calls} calls, {per_call:.3} allocations per call");
         return;
