@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use self::class_lanes::{ClassIx, ClassSlots};
 use self::health::{PeerState, Transition, Verdict};
 use self::locked::{Effects, Locked};
-use self::per_core::{Batch, Stripes};
+use self::per_core::{Batch, Deferral, Stripes};
 use self::published::Published;
 use self::table::Admission;
 #[cfg(feature = "http")]
@@ -348,8 +348,20 @@ impl Peer {
                 stripe.contended(now_ns);
             }
             let every = self.published.sample_every();
-            if let Some(batch) = stripe.defer(latency, ticket.class, now_ns, every) {
-                self.hand_over(&mut self.lock_alone(), &batch);
+            let mut taken = None;
+            match stripe.defer(latency, ticket.class, now_ns, every, &mut taken) {
+                Deferral::Held => {}
+                Deferral::Alone { sampled } => {
+                    let mut locked = self.lock_alone();
+                    let sample = sampled.then_some((latency, ticket.class));
+                    let fx = locked.answered(now, 1, sample.into_iter());
+                    self.apply(&mut locked, now, fx);
+                }
+                Deferral::Taken => {
+                    if let Some(batch) = &taken {
+                        self.hand_over(&mut self.lock_alone(), batch);
+                    }
+                }
             }
             return;
         }

@@ -118,6 +118,21 @@ impl Default for Deferred {
     }
 }
 
+/// What became of an answer a stripe was given ([`Stripe::defer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Deferral {
+    /// It waits in the stripe.
+    Held,
+    /// Nothing was deferred, and it is time to hand over: the answer goes alone, its
+    /// latency a sample if `sampled`.
+    Alone {
+        /// Whether its latency is kept.
+        sampled: bool,
+    },
+    /// The stripe's batch, this answer in it, was taken to be handed over.
+    Taken,
+}
+
 /// Answers handed over together.
 #[derive(Clone)]
 pub(super) struct Batch {
@@ -156,13 +171,6 @@ impl Batch {
             answers: [0; BATCH],
             latest: 0,
         }
-    }
-
-    /// A batch of one answer at `now`, its latency `sample` if it is kept.
-    fn one(sample: Option<u64>, now: u64) -> Batch {
-        let mut batch = Batch::empty();
-        batch.push(sample, now);
-        batch
     }
 
     /// Adds an answer at `now`, its latency `sample` if it is kept; returns whether the
@@ -263,21 +271,21 @@ impl Stripe {
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
     /// epoch) in this stripe (this thread's); without a class, its latency is kept only one
-    /// time in `sample_every` (a power of two: see [`sample_every`]), at random. Returns the
-    /// batch to hand over (this answer in it) if it is full or has been deferred long
-    /// enough, else `None`: the answer waits.
+    /// time in `sample_every` (a power of two: see [`sample_every`]), at random. Says what
+    /// became of it: held; to be handed over alone, nothing being deferred (no batch is
+    /// built for it: a peer answering a core less often than once a millisecond takes this
+    /// way with every answer); or handed over with the stripe's batch, full or deferred long
+    /// enough, which is moved to `taken`.
     pub(super) fn defer(
         &self,
         latency: Duration,
         class: Option<ClassIx>,
         now: u64,
         sample_every: u32,
-    ) -> Option<Batch> {
+        taken: &mut Option<Batch>,
+    ) -> Deferral {
         // A class's answers are all kept: a class may see few.
         let keep_all = sample_every <= 1 || class.is_some();
-        let class = class.map_or(NO_CLASS, u64::from);
-        let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
-        let answer = nanos | class << LATENCY_BITS;
         let mut deferred = match self.deferred.try_lock() {
             Ok(deferred) => deferred,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -288,26 +296,27 @@ impl Stripe {
             }
         };
         let sampled = keep_all || deferred.picks(sample_every);
-        let sample = sampled.then_some(answer);
         let due = deferred
             .handed_at
             .is_none_or(|at| now.saturating_sub(at) >= DEFER_NANOS);
-        let batch = match &mut deferred.batch {
-            Some(batch) => batch,
-            // Nothing deferred, and time to hand over: this answer goes alone, unheld.
-            None if due => {
-                deferred.handed_at = Some(now);
-                return Some(Batch::one(sample, now));
-            }
-            None => deferred.batch.insert(Box::new(Batch::empty())),
-        };
-        let full = batch.push(sample, now);
+        // Nothing deferred, and time to hand over: this answer goes alone, unheld.
+        if due && deferred.batch.as_ref().is_none_or(|b| b.count == 0) {
+            deferred.handed_at = Some(now);
+            return Deferral::Alone { sampled };
+        }
+        let batch = deferred
+            .batch
+            .get_or_insert_with(|| Box::new(Batch::empty()));
+        let class = class.map_or(NO_CLASS, u64::from);
+        let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
+        let full = batch.push(sampled.then_some(nanos | class << LATENCY_BITS), now);
         if full || due {
             self.deferring.store(false, Relaxed);
-            deferred.take(now)
+            *taken = deferred.take(now);
+            Deferral::Taken
         } else {
             self.deferring.store(true, Relaxed);
-            None
+            Deferral::Held
         }
     }
 
@@ -372,32 +381,38 @@ impl Deferred {
 mod tests {
     use super::*;
 
+    /// [`Stripe::defer`] on this thread's stripe: what became of the answer, and the batch
+    /// taken with it.
+    fn defer(
+        stripes: &Stripes,
+        latency: Duration,
+        class: Option<ClassIx>,
+        now: u64,
+        every: u32,
+    ) -> (Deferral, Option<Batch>) {
+        let mut taken = None;
+        let deferral = stripes.mine().defer(latency, class, now, every, &mut taken);
+        assert_eq!(taken.is_some(), deferral == Deferral::Taken);
+        (deferral, taken)
+    }
+
     #[test]
     fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
         let stripes = Stripes::new();
         let ms = DEFER_NANOS;
-        let first = stripes
-            .mine()
-            .defer(Duration::from_millis(3), Some(2), 10 * ms, 1);
-        let answers: Vec<_> = first.expect("handed over").answers().collect();
-        assert_eq!(answers, [(Duration::from_millis(3), Some(2))]);
+        let first = defer(&stripes, Duration::from_millis(3), Some(2), 10 * ms, 1);
+        assert_eq!(first.0, Deferral::Alone { sampled: true });
         for i in 1..BATCH as u64 {
             let t = 10 * ms + i;
-            assert!(stripes
-                .mine()
-                .defer(Duration::from_nanos(i), None, t, 1)
-                .is_none());
+            let held = defer(&stripes, Duration::from_nanos(i), None, t, 1);
+            assert_eq!(held.0, Deferral::Held);
         }
-        let full = stripes
-            .mine()
-            .defer(Duration::from_secs(1), None, 10 * ms + 100, 1);
-        let full = full.expect("a full batch is handed over");
+        let full = defer(&stripes, Duration::from_secs(1), None, 10 * ms + 100, 1);
+        let full = full.1.expect("a full batch is handed over");
         assert_eq!(full.answers().count(), BATCH);
         assert_eq!(full.latest, 10 * ms + 100);
-        assert!(stripes
-            .mine()
-            .defer(Duration::ZERO, None, 10 * ms + 200, 1)
-            .is_none());
+        let held = defer(&stripes, Duration::ZERO, None, 10 * ms + 200, 1);
+        assert_eq!(held.0, Deferral::Held);
         let deferred: Vec<_> = stripes.take_all(11 * ms).collect();
         assert_eq!(deferred.len(), 1);
         assert_eq!(
@@ -405,6 +420,9 @@ mod tests {
             [(Duration::ZERO, None)]
         );
         assert_eq!(stripes.take_all(11 * ms).count(), 0);
+        // A millisecond after the last hand-over, with nothing deferred: alone again.
+        let later = defer(&stripes, Duration::ZERO, None, 12 * ms, 1);
+        assert_eq!(later.0, Deferral::Alone { sampled: true });
     }
 
     #[test]
@@ -430,13 +448,19 @@ mod tests {
             samples += batch.answers().count() as u64;
             classed += batch.answers().filter(|(_, c)| c.is_some()).count() as u64;
         };
+        let mut alone = (0, 0);
         for i in 0..8_000 {
             let class = (i % 8 == 0).then_some(1);
-            if let Some(batch) = stripes.mine().defer(Duration::from_micros(i), class, t, 8) {
-                take(batch);
+            match defer(&stripes, Duration::from_micros(i), class, t, 8) {
+                (Deferral::Alone { sampled }, _) => alone = (alone.0 + 1, u64::from(sampled)),
+                (_, Some(batch)) => take(batch),
+                (_, None) => {}
             }
         }
         stripes.take_all(t).for_each(&mut take);
+        // The first answer went alone (nothing deferred yet), kept: it has a class.
+        assert_eq!(alone, (1, 1));
+        let (count, samples, classed) = (count + 1, samples + 1, classed + 1);
         assert_eq!(count, 8_000, "every answer is handed over");
         assert_eq!(classed, 1_000, "a class's answers are all kept");
         // 7,000 answers without a class, one in 8 kept at random: 875 expected.
