@@ -274,16 +274,18 @@ mod http_peer {
             HttpPeer::new(uri.scheme().cloned(), uri.authority()?.clone())
         }
 
-        /// Finds the host and the port in `authority` (a scan of its bytes, no copy).
+        /// Finds the host and the port in `authority` (a scan of its bytes, no copy). An
+        /// authority is short: plain loops over its bytes, not `memchr`'s set-up per search.
         fn new(scheme: Option<Scheme>, authority: Authority) -> Option<HttpPeer> {
             let all = authority.as_str();
+            let position = |s: &str, byte: u8| s.bytes().position(|b| b == byte);
             // Userinfo ends at the authority's last `@`, as `Authority::host` reads it.
-            let start = all.rfind('@').map_or(0, |at| at + 1);
+            let start = all.bytes().rposition(|b| b == b'@').map_or(0, |at| at + 1);
             let host_port = &all[start..];
             let host_len = if host_port.starts_with('[') {
-                host_port.find(']').map_or(host_port.len(), |end| end + 1)
+                position(host_port, b']').map_or(host_port.len(), |end| end + 1)
             } else {
-                host_port.find(':').unwrap_or(host_port.len())
+                position(host_port, b':').unwrap_or(host_port.len())
             };
             let (host, rest) = host_port.split_at(host_len);
             let port = match rest.strip_prefix(':') {
