@@ -265,7 +265,8 @@ impl<K: PeerKey, F, C> Builder<K, F, C> {
 
     /// Whether to give each call a cooperative [`Interrupt`](crate::Interrupt) token where
     /// its request can carry one (`http::Request` extensions). On by default; a token costs
-    /// an allocation per call.
+    /// five allocations per call: the token (two), and the extensions map that holds it in
+    /// a request that has none yet (three; fewer in one that has).
     pub fn interrupt_tokens(mut self, on: bool) -> Self {
         self.interrupt_tokens = on;
         self
