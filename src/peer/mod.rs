@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::class_lanes::{ClassIx, ClassSlots};
+use self::class_lanes::{ClassIx, ClassSlots, Sample};
 use self::health::{PeerState, Transition, Verdict};
 use self::locked::{Effects, Locked};
 use self::per_core::{Batch, Deferral, Stripes};
@@ -339,7 +339,7 @@ impl Peer {
                     if let Some(batch) = stripe.take_deferred(now_ns) {
                         self.hand_over(&mut locked, &batch);
                     }
-                    let sample = std::iter::once((latency, ticket.class));
+                    let sample = std::iter::once(Sample::from((latency, ticket.class)));
                     let fx = locked.answered(now, 1, sample);
                     self.apply(&mut locked, now, fx);
                     return;
@@ -351,9 +351,13 @@ impl Peer {
             let mut taken = None;
             match stripe.defer(latency, ticket.class, now_ns, every, &mut taken) {
                 Deferral::Held => {}
-                Deferral::Alone { sampled } => {
+                Deferral::Alone { kept } => {
                     let mut locked = self.lock_alone();
-                    let sample = sampled.then_some((latency, ticket.class));
+                    let sample = kept.map(|k| Sample {
+                        latency,
+                        class: ticket.class,
+                        answers: u64::from(k),
+                    });
                     let fx = locked.answered(now, 1, sample.into_iter());
                     self.apply(&mut locked, now, fx);
                 }

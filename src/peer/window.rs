@@ -107,8 +107,18 @@ impl Window {
         }
     }
 
-    /// Records one latency answered at `now`; values past the histogram's range count as
-    /// its highest value.
+    /// Records one latency answered at `now`, standing for itself alone: see
+    /// [`record_n`](Self::record_n).
+    pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
+        self.record_n(latency, 1, now);
+    }
+
+    /// Records one latency answered at `now`, standing for `answers` answers (a sample
+    /// drawn one answer in `k` stands for `k`: `per_core::sample_every`), so the
+    /// histograms stand for every answer whatever rate each sub-window was sampled at,
+    /// and a quantile follows a shift as fast sampled as not. Values past the histogram's
+    /// range count as its highest value. The last answers kept for a quiet peer (which is
+    /// never sampled) keep the latency once.
     ///
     /// The answer that makes the peer busy (its last `min_samples` all within the window)
     /// allocates the histograms and puts the answers kept so far into the current
@@ -117,7 +127,7 @@ impl Window {
     /// Each step charges the layer's memory budget first: a history with no room for its
     /// answers keeps none (it stays at `cold_start`), and one with no room for its
     /// histograms reads its answers alone, asking again at its next rotation.
-    pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
+    pub(crate) fn record_n(&mut self, latency: Duration, answers: u64, now: Instant) {
         let v = to_units(latency);
         if !self.recent.is_allocated() {
             let bytes = self.charged.sizes.1;
@@ -128,13 +138,14 @@ impl Window {
         }
         self.recent.push(v, now);
         if self.total.is_some() {
-            self.record_units(v);
+            self.record_units(v, answers);
         } else if now >= self.charged.retry_at
             && self.recent.full_within(self.span(), now)
             && self.charge_histograms(now)
         {
+            // Answers kept one by one: each stands for itself.
             for i in 0..self.recent.len() {
-                self.record_units(self.recent.get(i));
+                self.record_units(self.recent.get(i), 1);
             }
         }
     }
@@ -151,7 +162,9 @@ impl Window {
         false
     }
 
-    fn record_units(&mut self, v: u64) {
+    fn record_units(&mut self, v: u64, answers: u64) {
+        // A count saturates, like a value past the range (`answers` is at most 64).
+        let answers = u32::try_from(answers).unwrap_or(u32::MAX);
         let (low, high, sigfig) = self.bounds;
         let make = || {
             Histogram::<u32>::new_with_bounds(low, high, sigfig)
@@ -159,8 +172,8 @@ impl Window {
         };
         self.subs[self.current]
             .get_or_insert_with(make)
-            .saturating_record(v);
-        self.total.get_or_insert_with(make).saturating_record(v);
+            .saturating_record_n(v, answers);
+        (self.total.get_or_insert_with(make)).saturating_record_n(v, answers);
     }
 
     /// Retires sub-windows whose time has passed. Returns whether anything rotated.
@@ -219,7 +232,8 @@ impl Window {
         self.current_ends
     }
 
-    /// Samples currently in the window's histograms.
+    /// Answers the window's histograms stand for now: every answer recorded, a sample
+    /// drawn one in `k` counting `k`.
     pub(crate) fn samples(&self) -> u64 {
         self.total.as_ref().map_or(0, Histogram::len)
     }
@@ -526,6 +540,49 @@ mod tests {
         };
         assert!(value < ms(6), "{value:?}");
         assert_eq!(history, Duration::ZERO);
+    }
+
+    /// Seconds after a shift from 2 ms to 10 ms answers (25 a millisecond for 3 s, then 5)
+    /// until the window's median reads the new latency, with one answer in `k` recorded
+    /// (`k` following the window as a busy peer's stripes do, `per_core::sample_every`),
+    /// each standing for `k` answers if `weighted`, else for itself.
+    fn follows_after(sampled: bool, weighted: bool) -> f64 {
+        let policy = busy().quantile(0.5);
+        let t0 = Instant::now();
+        let mut w = Window::new(&policy, t0);
+        let (mut k, mut seen) = (1u64, 0u64);
+        for i in 0..120_000u64 {
+            let now = t0 + ms(i);
+            w.advance(now);
+            let (per_ms, latency) = if i < 3_000 { (25, ms(2)) } else { (5, ms(10)) };
+            for _ in 0..per_ms {
+                seen += 1;
+                if seen % k == 0 {
+                    w.record_n(latency, if weighted { k } else { 1 }, now);
+                }
+            }
+            if sampled && i % 10 == 0 {
+                k = u64::from(crate::peer::per_core::sample_every(w.samples(), 0.5));
+            }
+            if i >= 3_000 && w.quantile(0.5) >= ms(9) {
+                return (i - 3_000) as f64 / 1e3;
+            }
+        }
+        panic!("never followed");
+    }
+
+    #[test]
+    fn a_sampled_window_follows_a_shift_as_fast_as_one_that_keeps_every_answer() {
+        let every = follows_after(false, false);
+        // The new answers outnumber the 75,000 old ones 15 s after the shift.
+        assert!((14.0..16.0).contains(&every), "{every} s");
+        // Samples kept at a rising `k` but counted once each: the older sub-windows, drawn
+        // at a lower `k`, outweigh the newer ones, and the median lags.
+        let unweighted = follows_after(true, false);
+        assert!(unweighted > 1.5 * every, "{unweighted} s vs {every} s");
+        // Each standing for the answers it was drawn from: as fast as keeping them all.
+        let weighted = follows_after(true, true);
+        assert!(weighted <= 1.1 * every, "{weighted} s vs {every} s");
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! A busy peer's sampled answers, on tokio's paused clock: its quantile follows a shift in
+//! latency as fast as when every answer is kept, and its snapshot's `samples` stand for its
+//! answers. Also what the call whose miss declares a silence is told and counted as.
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower_adaptive_timeout::{
+    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, Interrupted, Reason, TimeoutPolicy,
+};
+
+use support::ms;
+
+/// One peer whose every call is answered after the latency (in microseconds) `latency`
+/// holds now; every call has the latency class "c" if `classed` (a class's answers are all
+/// kept, never sampled).
+fn peer(
+    policy: TimeoutPolicy,
+    latency: &Arc<AtomicU64>,
+    classed: bool,
+) -> (
+    BoxCloneService<u32, (), BoxError>,
+    AdaptiveTimeoutHandle<u32>,
+) {
+    let latency = latency.clone();
+    let inner = service_fn(move |_: u32| {
+        let wait = Duration::from_micros(latency.load(Relaxed));
+        async move {
+            tokio::time::sleep(wait).await;
+            Ok::<_, BoxError>(())
+        }
+    });
+    let builder = AdaptiveTimeoutLayer::builder(|peer: &u32| *peer).policy(policy);
+    if classed {
+        let layer = builder.latency_class(|_: &u32| Some("c")).build().unwrap();
+        let handle = layer.handle();
+        (BoxCloneService::new(layer.layer(inner)), handle)
+    } else {
+        let layer = builder.build().unwrap();
+        let handle = layer.handle();
+        (BoxCloneService::new(layer.layer(inner)), handle)
+    }
+}
+
+/// Calls `svc` from `callers` loops until `stop`, each call's error's reason counted in
+/// `ended` (a refused call as "refused"); every call's result goes through `seen`.
+fn drive(
+    svc: &BoxCloneService<u32, (), BoxError>,
+    callers: usize,
+    stop: &Arc<AtomicBool>,
+    set: &mut JoinSet<BTreeMap<String, u64>>,
+    seen: impl Fn(&Interrupted) + Clone + Send + 'static,
+) {
+    for _ in 0..callers {
+        let (svc, stop, seen) = (svc.clone(), stop.clone(), seen.clone());
+        set.spawn(async move {
+            let mut ended = BTreeMap::<String, u64>::new();
+            while !stop.load(Relaxed) {
+                let what = match svc.clone().oneshot(1).await {
+                    Ok(()) => "ok".to_string(),
+                    Err(err) => {
+                        let err = Interrupted::find(&*err).expect("the layer's error");
+                        seen(err);
+                        let sent = if err.was_sent() { "" } else { " refused" };
+                        // Don't spin on refusals: they take no time.
+                        tokio::time::sleep(ms(1)).await;
+                        format!("{}{sent}", err.reason().as_str())
+                    }
+                };
+                *ended.entry(what).or_default() += 1;
+            }
+            ended
+        });
+    }
+}
+
+/// Seconds from a shift of the peer's latency from 2 ms to 10 ms (after 3 s at 10 calls
+/// in flight, 15,000 answers) until its median's deadline follows (at least twice the new
+/// latency); and the snapshot's `samples` over its `completed` at the shift.
+async fn follows_a_shift(classed: bool) -> (f64, f64) {
+    let latency = Arc::new(AtomicU64::new(2_000));
+    let (svc, handle) = peer(TimeoutPolicy::default().quantile(0.5), &latency, classed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = JoinSet::new();
+    drive(&svc, 10, &stop, &mut set, |_| {});
+    tokio::time::sleep(ms(3_000)).await;
+    let at_shift = handle.peer(&1).unwrap();
+    let share = at_shift.samples as f64 / at_shift.completed as f64;
+    latency.store(10_000, Relaxed);
+    let shift = Instant::now();
+    let followed = loop {
+        tokio::time::sleep(ms(100)).await;
+        let waited = shift.elapsed();
+        if handle.peer(&1).unwrap().deadline >= ms(20) || waited >= ms(50_000) {
+            break waited.as_secs_f64();
+        }
+    };
+    stop.store(true, Relaxed);
+    let mut cut = BTreeMap::new();
+    while let Some(ended) = set.join_next().await {
+        for (what, n) in ended.unwrap() {
+            *cut.entry(what).or_insert(0) += n;
+        }
+    }
+    println!("classed {classed}: followed after {followed} s; samples / answers at the shift {share:.3}; {cut:?}");
+    (followed, share)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sampled_peer_follows_a_shift_about_as_fast_as_one_that_keeps_every_answer() {
+    // Every call of a class: every answer kept, as the baseline.
+    let (every, all) = follows_a_shift(true).await;
+    assert!((all - 1.0).abs() < 0.01, "{all}");
+    // 15,000 answers in the window: sampled, each kept latency standing for the answers it
+    // was drawn from, so `samples` still counts about every answer.
+    let (sampled, share) = follows_a_shift(false).await;
+    assert!(
+        sampled <= 1.5 * every,
+        "sampled followed after {sampled} s, every answer kept after {every} s"
+    );
+    assert!((0.9..1.1).contains(&share), "samples / answers {share}");
+}
