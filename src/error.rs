@@ -96,12 +96,14 @@ pub enum Reason {
     },
     /// The peer stopped answering: every call in flight to it is ended at once. The call
     /// whose own run-out deadline declared the silence ends with this reason too (so a retry
-    /// policy sees the peer is gone; `outstanding` counts the others), and is counted as a
-    /// timeout (`PeerSnapshot::deadline_exceeded`), the others as silent interrupts.
+    /// policy sees the peer is gone), and each of them is counted as a silent interrupt
+    /// (`PeerSnapshot::silent_interrupts`).
     PeerSilent {
         /// How long ago the peer last answered anything.
         since: Duration,
-        /// Calls that were outstanding to the peer when it was declared silent.
+        /// Calls in flight to the peer when it was declared silent, the one whose miss
+        /// declared it among them (for a call refused because the peer is silent, the
+        /// calls in flight as it was refused).
         outstanding: usize,
     },
     /// Somebody interrupted the call by hand, saying why.

@@ -33,9 +33,9 @@
 //! [`PeerSnapshot`](crate::PeerSnapshot). Every call to a tracked peer is in exactly one
 //! of `calls`, `fail_fast` and `refused`. An admitted call ends in exactly one of responses,
 //! failures, timeouts or interrupts, or is dropped by its caller, which none of them
-//! counts. A timeout that declares the peer silent is a timeout; the other calls it ends
-//! are `peer_silent` interrupts. A call whose response body is watched (`with_bodies()`)
-//! is counted when its body ends: a response (its head's latency in the histogram) at
+//! counts. A timeout that declares the peer silent is a `peer_silent` interrupt, like the
+//! other calls it ends, as its caller is told. A call whose response body is watched
+//! (`with_bodies()`) is counted when its body ends: a response (its head's latency in the histogram) at
 //! its last frame, the inner body's error or a drop after the head; a timeout or an
 //! interrupt if the layer cut it.
 //!

@@ -21,8 +21,11 @@ pub struct PeerSnapshot {
     pub peer: Arc<str>,
     /// Where the peer is in the health state machine.
     pub state: PeerState,
-    /// Samples the quantiles below are read from: the window's, or a quiet peer's last
-    /// answers (up to `min_samples` of them, from up to `max_history` ago).
+    /// Answers the quantiles below are read from: those the window stands for, or a quiet
+    /// peer's last answers (up to `min_samples` of them, from up to `max_history` ago). A
+    /// busy peer's window keeps the latency of only some of its answers, each standing for
+    /// the answers it was drawn from (README's "Cost"), so this counts about every answer
+    /// in the window (and each deadline run out, a censored sample), sampled or not.
     pub samples: u64,
     /// Median latency in the window.
     pub p50: Duration,
@@ -46,8 +49,9 @@ pub struct PeerSnapshot {
     /// it: each call counts in one of these counters at most.
     pub completed: u64,
     /// Calls that ran out their deadline, ever: a head's, or a watched body's idle or
-    /// total deadline. The call whose run-out deadline declared the peer silent counts
-    /// here, though it ends with [`Reason::PeerSilent`](crate::Reason::PeerSilent).
+    /// total deadline, except the one whose run-out deadline declared the peer silent: it
+    /// ends with [`Reason::PeerSilent`](crate::Reason::PeerSilent), and counts in
+    /// `silent_interrupts`.
     pub deadline_exceeded: u64,
     /// Calls whose inner service failed to reach the peer (a transport
     /// [`Outcome::Failure`](crate::Outcome::Failure)), ever. Failures are neither latency
@@ -55,8 +59,9 @@ pub struct PeerSnapshot {
     pub failures: u64,
     /// Failures since the peer last answered: alert on a peer whose every call fails.
     pub consecutive_failures: u64,
-    /// Calls in flight ended because the peer went silent, ever (not the one whose own
-    /// deadline declared it: that one is in `deadline_exceeded`).
+    /// Calls in flight ended because the peer went silent, ever: the one whose own
+    /// deadline run out declared it too, as each is told
+    /// [`Reason::PeerSilent`](crate::Reason::PeerSilent).
     pub silent_interrupts: u64,
     /// Calls in flight ended from outside the layer, ever: by hand (through the
     /// [`InterruptHandle`](crate::InterruptHandle) or the caller's token, whatever reason

@@ -29,6 +29,27 @@ use crate::policy::TimeoutPolicy;
 /// A class's place among its peer's slots.
 pub(crate) type ClassIx = u8;
 
+/// A latency sample for a peer's histories: its latency, its call's class, and how many
+/// answers it stands for (a busy peer's stripes draw one answer in `k` without a class,
+/// which stands for `k`: `per_core::sample_every`; any other stands for itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) latency: Duration,
+    pub(crate) class: Option<ClassIx>,
+    pub(crate) answers: u64,
+}
+
+/// A latency and its class: one answer, standing for itself.
+impl From<(Duration, Option<ClassIx>)> for Sample {
+    fn from((latency, class): (Duration, Option<ClassIx>)) -> Sample {
+        Sample {
+            latency,
+            class,
+            answers: 1,
+        }
+    }
+}
+
 /// The lock-free part of a peer's classes.
 pub(crate) struct ClassSlots {
     slots: Box<[Slot]>,
@@ -238,30 +259,37 @@ impl ClassLanes {
         ix
     }
 
-    /// Records `samples` (latencies, and their calls' classes), answered by `now`, into
-    /// `own` (the peer's history) and their classes', recomputing the classes' deadlines
-    /// that are due (marked in `changed`). Returns whether the peer's own is due.
+    /// Records `samples` (latencies, their calls' classes, the answers each stands for),
+    /// answered by `now`, into `own` (the peer's history) and their classes', recomputing
+    /// the classes' deadlines that are due (marked in `changed`). Returns whether the
+    /// peer's own is due.
     pub(crate) fn record(
         &mut self,
         own: &mut Lane,
         now: Instant,
-        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
+        samples: impl Iterator<Item = impl Into<Sample>>,
         rules: Rules<'_>,
         changed: &mut ClassBits,
     ) -> bool {
         let mut due = ClassBits::default();
         let own_due = own.record(
             now,
-            samples.map(|(latency, class)| {
+            samples.map(|sample| {
+                let Sample {
+                    latency,
+                    class,
+                    answers,
+                } = sample.into();
                 let i = class.map_or(usize::MAX, usize::from);
                 if let Some(c) = self.0.get_mut(i) {
                     // The first sample makes the class's deadline its own at once.
                     let first = !std::mem::replace(&mut c.sampled, true);
-                    if c.lane.record(now, std::iter::once(latency), rules.0) || first {
+                    let sample = std::iter::once((latency, answers));
+                    if c.lane.record(now, sample, rules.0) || first {
                         due.set(i);
                     }
                 }
-                latency
+                (latency, answers)
             }),
             rules.0,
         );

@@ -49,19 +49,19 @@ impl Lane {
         }
     }
 
-    /// Records `latencies`, answered by `now`. Returns whether the deadline is due to be
-    /// recomputed: the window rotated, the deadline is still learning, or
-    /// `recompute_every` answers came since it was.
+    /// Records `latencies`, answered by `now`, each with the answers it stands for.
+    /// Returns whether the deadline is due to be recomputed: the window rotated, the
+    /// deadline is still learning, or `recompute_every` answers came since it was.
     pub(crate) fn record(
         &mut self,
         now: Instant,
-        latencies: impl Iterator<Item = Duration>,
+        latencies: impl Iterator<Item = (Duration, u64)>,
         policy: &TimeoutPolicy,
     ) -> bool {
         let rotated = self.window.advance(now);
-        for latency in latencies {
-            self.window.record(latency, now);
-            self.since_recompute += 1;
+        for (latency, answers) in latencies {
+            self.window.record_n(latency, answers, now);
+            self.since_recompute = self.since_recompute.saturating_add(answers);
         }
         // Still learning, every answer counts while its last answers fill their ring (at
         // most `MAX_RECENT`, which bounds the sort); past that, with a `min_samples` larger
@@ -140,7 +140,11 @@ mod tests {
         let mut due = 0;
         for _ in 0..n {
             *now += Duration::from_millis(1);
-            if lane.record(*now, std::iter::once(Duration::from_millis(10)), policy) {
+            if lane.record(
+                *now,
+                std::iter::once((Duration::from_millis(10), 1)),
+                policy,
+            ) {
                 lane.recompute(*now, policy, false);
                 due += 1;
             }

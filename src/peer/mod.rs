@@ -11,7 +11,6 @@
 //! announces the transition before the lock is let go. What needs no lock (atomic reads
 //! and counts) is in [`unlocked`].
 
-use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
-use self::class_lanes::{ClassIx, ClassSlots};
+use self::class_lanes::{ClassIx, ClassSlots, Sample};
 use self::health::{PeerState, Transition, Verdict};
 use self::locked::{Effects, Locked};
 use self::per_core::{Batch, Deferral, Stripes};
@@ -51,6 +50,7 @@ mod locked;
 mod outcome;
 mod per_core;
 mod published;
+mod silence;
 mod stalls;
 mod straggler;
 pub(crate) mod table;
@@ -339,7 +339,7 @@ impl Peer {
                     if let Some(batch) = stripe.take_deferred(now_ns) {
                         self.hand_over(&mut locked, &batch);
                     }
-                    let sample = std::iter::once((latency, ticket.class));
+                    let sample = std::iter::once(Sample::from((latency, ticket.class)));
                     let fx = locked.answered(now, 1, sample);
                     self.apply(&mut locked, now, fx);
                     return;
@@ -351,9 +351,13 @@ impl Peer {
             let mut taken = None;
             match stripe.defer(latency, ticket.class, now_ns, every, &mut taken) {
                 Deferral::Held => {}
-                Deferral::Alone { sampled } => {
+                Deferral::Alone { kept } => {
                     let mut locked = self.lock_alone();
-                    let sample = sampled.then_some((latency, ticket.class));
+                    let sample = kept.map(|k| Sample {
+                        latency,
+                        class: ticket.class,
+                        answers: u64::from(k),
+                    });
                     let fx = locked.answered(now, 1, sample.into_iter());
                     self.apply(&mut locked, now, fx);
                 }
@@ -396,7 +400,6 @@ impl Peer {
         probe: bool,
         body_since: Option<Instant>,
     ) -> (DeadlineExplanation, Option<Fired>) {
-        self.metrics.timed_out();
         let mut locked = self.lock();
         // A body's wait is weighed against the idle deadline the peer's own rule gives.
         #[cfg(feature = "http")]
@@ -405,7 +408,9 @@ impl Peer {
         #[cfg(not(feature = "http"))]
         let body = body_since.and(None);
         let (explanation, fx) = locked.on_deadline(now, ticket, probe, body);
-        (explanation, self.apply(&mut locked, now, fx))
+        let silenced = self.apply(&mut locked, now, fx);
+        self.count_miss(&mut locked, silenced.as_ref());
+        (explanation, silenced)
     }
 
     /// A call ended without an answer or a deadline: interrupted (why, and whether through
@@ -471,24 +476,12 @@ impl Peer {
         since: Instant,
         by_caller: bool,
     ) -> Option<Fired> {
-        self.metrics.timed_out();
         let allowed = by_caller.then(|| self.own_idle());
         let mut locked = self.lock();
         let fx = locked.on_body_idle(now, since, allowed);
-        self.apply(&mut locked, now, fx)
-    }
-
-    /// Why calls to this silent peer end: how long it has been quiet, how many calls
-    /// are outstanding, and where silence was declared.
-    fn silent_reason(&self, locked: &Locked, now: Instant, declared: Option<&Fired>) -> Fired {
-        let reason = Reason::PeerSilent {
-            since: now.saturating_duration_since(locked.health.last_response()),
-            outstanding: self
-                .in_flight()
-                .saturating_sub(usize::from(declared.is_none())),
-        };
-        let fired_at = declared.map_or(Location::caller(), |f| f.fired_at);
-        Fired { reason, fired_at }
+        let silenced = self.apply(&mut locked, now, fx);
+        self.count_miss(&mut locked, silenced.as_ref());
+        silenced
     }
 
     /// Applies what bookkeeping under the lock returned, the lock still held (the one

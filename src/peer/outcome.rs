@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::class_lanes::ClassIx;
+use super::class_lanes::Sample;
 use super::health::{PeerState, ProbeEnd, Transition};
 use super::lane::Lane;
 use super::locked::{Effects, Locked, PENDING_MISSES};
@@ -28,7 +28,7 @@ impl Locked {
         &mut self,
         now: Instant,
         answers: u64,
-        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
+        samples: impl Iterator<Item = Sample>,
     ) -> Effects {
         let mut fx = Effects::default();
         self.answered_into(now, answers, samples, &mut fx);
@@ -39,7 +39,7 @@ impl Locked {
         &mut self,
         now: Instant,
         answers: u64,
-        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
+        samples: impl Iterator<Item = impl Into<Sample>>,
         fx: &mut Effects,
     ) {
         self.completed += answers;
@@ -272,7 +272,7 @@ impl Locked {
     fn record(
         &mut self,
         now: Instant,
-        samples: impl Iterator<Item = (Duration, Option<ClassIx>)>,
+        samples: impl Iterator<Item = impl Into<Sample>>,
         fx: &mut Effects,
     ) {
         let rules = (&self.policy, self.overridden);

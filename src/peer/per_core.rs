@@ -15,17 +15,18 @@
 //! nothing that judges the peer (a miss, silence) reads it before its answers are in. A
 //! stripe allocates its batch the first time it defers an answer.
 //!
-//! A peer busy enough that its window holds far more samples than its quantile needs
+//! A peer busy enough that its window holds far more answers than its quantile needs
 //! ([`sample_every`]) has its answers *sampled*: a stripe keeps the latency of one answer
 //! in `k` of those without a latency class, picked at random, and counts the others. Every
-//! answer is still handed over (a heartbeat, and counted among the peer's answers); only
-//! the histograms get fewer samples, as many as the quantile needs.
+//! answer is still handed over (a heartbeat, and counted among the peer's answers); the
+//! histograms get fewer records, each kept latency standing for the `k` answers it was
+//! drawn from, so they still stand for every answer whatever `k` each was drawn at.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
-use super::class_lanes::ClassIx;
+use super::class_lanes::{ClassIx, Sample};
 use crate::stripe::Striped;
 
 /// Answers a stripe defers before it hands them over.
@@ -42,10 +43,14 @@ pub(super) const CONTENDED_NANOS: u64 = 10_000_000;
 /// [`Stripes::retire`]); the other bits count calls in flight.
 const RETIRED: usize = 1 << (usize::BITS - 1);
 
-/// Bits of a batched answer that defer its latency in nanoseconds (the rest defer its
-/// class): 2^56 ns is over two years, past any `max`.
-const LATENCY_BITS: u32 = 56;
+/// Bits of a batched answer that hold its latency in nanoseconds: 2^53 ns is over 100
+/// days, past any `max` ([`MAX_DEADLINE`](crate::MAX_DEADLINE) is a day).
+const LATENCY_BITS: u32 = 53;
 const LATENCY_MASK: u64 = (1 << LATENCY_BITS) - 1;
+/// The next 3 bits hold the base-2 logarithm of the answers it stands for (at most
+/// [`MAX_SAMPLE_EVERY`], 2^6); the top 8, its class.
+const WEIGHT_MASK: u64 = 0b111;
+const CLASS_SHIFT: u32 = LATENCY_BITS + 3;
 /// The class bits of an answer that has no class.
 const NO_CLASS: u64 = 0xff;
 
@@ -57,24 +62,28 @@ const SAMPLES_ABOVE: f64 = 256.0;
 /// The most answers one sample stands for: a batch of [`BATCH`] samples spans at most
 /// `BATCH * MAX_SAMPLE_EVERY` answers.
 pub(super) const MAX_SAMPLE_EVERY: u32 = 64;
+const _: () = assert!(MAX_SAMPLE_EVERY.trailing_zeros() as u64 <= WEIGHT_MASK);
 
 /// One answer in how many (a power of two, at most [`MAX_SAMPLE_EVERY`]; 1: every one) a
-/// busy peer's stripes keep the latency of, from the samples its window holds now and its
-/// `quantile`: `k`, the power of two at most `samples / needed`, where `needed` is
-/// `SAMPLES_ABOVE / (1 - quantile)` (the window then holds [`SAMPLES_ABOVE`] samples above
-/// the quantile). A window of `n` answers settles at `k` near `sqrt(n / needed)`, holding
-/// `sqrt(n * needed)` samples, never fewer than `needed`; a window still holding more
-/// samples than that only lowers `k` as it rotates. A quantile of 1 (the largest answer)
-/// needs every answer.
-pub(super) fn sample_every(samples: u64, quantile: f64) -> u32 {
+/// busy peer's stripes keep the latency of, from the answers its window stands for now
+/// (`answers`, each kept latency counting the answers it was drawn from) and its
+/// `quantile`. With `needed` = `SAMPLES_ABOVE / (1 - quantile)` (a window holding that
+/// many samples holds [`SAMPLES_ABOVE`] above the quantile): every answer until the window
+/// stands for twice `needed`, then `k`, the largest power of two with `k * k <= 2 *
+/// answers / needed`. The window then keeps `answers / k` samples, at least `k / 2` times
+/// `needed` (about `sqrt(answers * needed / 2)`): never fewer than `needed`, and more as
+/// the peer gets busier. The answers a window stands for do not depend on `k`, so `k`
+/// follows the peer's pace alone. A quantile of 1 (the largest answer) needs every
+/// answer.
+pub(super) fn sample_every(answers: u64, quantile: f64) -> u32 {
     let needed = SAMPLES_ABOVE / (1.0 - quantile);
-    // How many times over the window holds what is needed.
-    let over = samples as f64 / needed;
-    if over.is_nan() || over < 2.0 {
+    // How many times over the window holds what is needed, doubled.
+    let over = 2.0 * answers as f64 / needed;
+    if over.is_nan() || over < 4.0 {
         return 1;
     }
-    // `over` is finite and at least 2 here: the cast saturates, and the result fits.
-    let k = (over as u64).min(u64::from(MAX_SAMPLE_EVERY));
+    // `over` is finite and at least 4 here: the cast saturates, and the result fits.
+    let k = (over.sqrt() as u64).min(u64::from(MAX_SAMPLE_EVERY));
     1 << (u64::BITS - 1 - k.leading_zeros())
 }
 
@@ -124,10 +133,10 @@ pub(super) enum Deferral {
     /// It waits in the stripe.
     Held,
     /// Nothing was deferred, and it is time to hand over: the answer goes alone, its
-    /// latency a sample if `sampled`.
+    /// latency a sample standing for `kept` answers if it is kept.
     Alone {
-        /// Whether its latency is kept.
-        sampled: bool,
+        /// The answers its latency stands for, if it is kept.
+        kept: Option<u32>,
     },
     /// The stripe's batch, this answer in it, was taken to be handed over.
     Taken,
@@ -151,15 +160,17 @@ impl Batch {
         self.count
     }
 
-    /// The samples deferred: latency, and class.
-    pub(super) fn answers(
-        &self,
-    ) -> impl ExactSizeIterator<Item = (Duration, Option<ClassIx>)> + '_ {
+    /// The samples deferred: latency, class, and the answers each stands for.
+    pub(super) fn answers(&self) -> impl ExactSizeIterator<Item = Sample> + '_ {
         self.answers[..self.len].iter().map(|&word| {
-            let class = ClassIx::try_from(word >> LATENCY_BITS)
+            let class = ClassIx::try_from(word >> CLASS_SHIFT)
                 .ok()
                 .filter(|&c| u64::from(c) != NO_CLASS);
-            (Duration::from_nanos(word & LATENCY_MASK), class)
+            Sample {
+                latency: Duration::from_nanos(word & LATENCY_MASK),
+                class,
+                answers: 1 << (word >> LATENCY_BITS & WEIGHT_MASK),
+            }
         })
     }
 
@@ -271,7 +282,8 @@ impl Stripe {
 
     /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
     /// epoch) in this stripe (this thread's); without a class, its latency is kept only one
-    /// time in `sample_every` (a power of two: see [`sample_every`]), at random. Says what
+    /// time in `sample_every` (a power of two: see [`sample_every`]), at random, and then
+    /// stands for `sample_every` answers. Says what
     /// became of it: held; to be handed over alone, nothing being deferred (no batch is
     /// built for it: a peer answering a core less often than once a millisecond takes this
     /// way with every answer); or handed over with the stripe's batch, full or deferred long
@@ -295,21 +307,26 @@ impl Stripe {
                 self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
-        let sampled = keep_all || deferred.picks(sample_every);
+        let kept = if keep_all {
+            Some(1)
+        } else {
+            deferred.picks(sample_every).then_some(sample_every)
+        };
         let due = deferred
             .handed_at
             .is_none_or(|at| now.saturating_sub(at) >= DEFER_NANOS);
         // Nothing deferred, and time to hand over: this answer goes alone, unheld.
         if due && deferred.batch.as_ref().is_none_or(|b| b.count == 0) {
             deferred.handed_at = Some(now);
-            return Deferral::Alone { sampled };
+            return Deferral::Alone { kept };
         }
         let batch = deferred
             .batch
             .get_or_insert_with(|| Box::new(Batch::empty()));
         let class = class.map_or(NO_CLASS, u64::from);
         let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
-        let full = batch.push(sampled.then_some(nanos | class << LATENCY_BITS), now);
+        let word = |k: u32| nanos | (u64::from(k.trailing_zeros()) & WEIGHT_MASK) << LATENCY_BITS;
+        let full = batch.push(kept.map(|k| word(k) | class << CLASS_SHIFT), now);
         if full || due {
             self.deferring.store(false, Relaxed);
             *taken = deferred.take(now);
@@ -380,6 +397,9 @@ impl Deferred {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::window::Window;
+    use crate::policy::TimeoutPolicy;
+    use tokio::time::Instant;
 
     /// [`Stripe::defer`] on this thread's stripe: what became of the answer, and the batch
     /// taken with it.
@@ -401,7 +421,7 @@ mod tests {
         let stripes = Stripes::new();
         let ms = DEFER_NANOS;
         let first = defer(&stripes, Duration::from_millis(3), Some(2), 10 * ms, 1);
-        assert_eq!(first.0, Deferral::Alone { sampled: true });
+        assert_eq!(first.0, Deferral::Alone { kept: Some(1) });
         for i in 1..BATCH as u64 {
             let t = 10 * ms + i;
             let held = defer(&stripes, Duration::from_nanos(i), None, t, 1);
@@ -417,12 +437,12 @@ mod tests {
         assert_eq!(deferred.len(), 1);
         assert_eq!(
             deferred[0].answers().collect::<Vec<_>>(),
-            [(Duration::ZERO, None)]
+            [Sample::from((Duration::ZERO, None))]
         );
         assert_eq!(stripes.take_all(11 * ms).count(), 0);
         // A millisecond after the last hand-over, with nothing deferred: alone again.
         let later = defer(&stripes, Duration::ZERO, None, 12 * ms, 1);
-        assert_eq!(later.0, Deferral::Alone { sampled: true });
+        assert_eq!(later.0, Deferral::Alone { kept: Some(1) });
     }
 
     #[test]
@@ -431,7 +451,15 @@ mod tests {
         assert_eq!(sample_every(0, 0.999), 1);
         assert_eq!(sample_every(511_999, 0.999), 1);
         assert_eq!(sample_every(512_000, 0.999), 2);
-        assert_eq!(sample_every(2_047_999, 0.999), 4);
+        // `k * k <= 2 * answers / needed`: 4 from 8 times what is needed, 8 from 32.
+        assert_eq!(sample_every(2_047_999, 0.999), 2);
+        assert_eq!(sample_every(2_048_000, 0.999), 4);
+        assert_eq!(sample_every(8_192_000, 0.999), 8);
+        // Never fewer samples kept than needed: `answers / k >= needed`.
+        for answers in (0..40).map(|i| 1u64 << i) {
+            let k = u64::from(sample_every(answers, 0.999));
+            assert!(k == 1 || answers / k >= 256_000, "{answers}: {k}");
+        }
         assert_eq!(sample_every(u64::MAX, 0.999), MAX_SAMPLE_EVERY);
         assert_eq!(sample_every(u64::MAX, 0.5), MAX_SAMPLE_EVERY);
         // The largest answer needs every answer.
@@ -442,30 +470,85 @@ mod tests {
     fn a_sampled_stripe_counts_every_answer_and_keeps_one_in_k_without_a_class() {
         let stripes = Stripes::new();
         let t = 10 * DEFER_NANOS;
-        let (mut count, mut samples, mut classed) = (0, 0, 0);
+        let (mut count, mut samples, mut classed, mut stood_for) = (0, 0, 0, 0);
         let mut take = |batch: Batch| {
             count += batch.count();
-            samples += batch.answers().count() as u64;
-            classed += batch.answers().filter(|(_, c)| c.is_some()).count() as u64;
+            for Sample { class, answers, .. } in batch.answers() {
+                samples += 1;
+                classed += u64::from(class.is_some());
+                // A class's answer stands for itself; one drawn one in 8, for 8.
+                assert_eq!(answers, if class.is_some() { 1 } else { 8 });
+                stood_for += answers;
+            }
         };
-        let mut alone = (0, 0);
+        let mut alone = (0, None);
         for i in 0..8_000 {
             let class = (i % 8 == 0).then_some(1);
             match defer(&stripes, Duration::from_micros(i), class, t, 8) {
-                (Deferral::Alone { sampled }, _) => alone = (alone.0 + 1, u64::from(sampled)),
+                (Deferral::Alone { kept }, _) => alone = (alone.0 + 1, kept),
                 (_, Some(batch)) => take(batch),
                 (_, None) => {}
             }
         }
         stripes.take_all(t).for_each(&mut take);
         // The first answer went alone (nothing deferred yet), kept: it has a class.
-        assert_eq!(alone, (1, 1));
+        assert_eq!(alone, (1, Some(1)));
         let (count, samples, classed) = (count + 1, samples + 1, classed + 1);
         assert_eq!(count, 8_000, "every answer is handed over");
         assert_eq!(classed, 1_000, "a class's answers are all kept");
         // 7,000 answers without a class, one in 8 kept at random: 875 expected.
         let unclassed = samples - classed;
         assert!((700..1_050).contains(&unclassed), "{unclassed}");
+        // Weighted, they stand for about the 7,000 answers they were drawn from.
+        let unclassed_stood_for = stood_for - (classed - 1);
+        assert_eq!(unclassed_stood_for, unclassed * 8);
+    }
+
+    /// Seconds after a shift from 2 ms to 10 ms answers (25 a millisecond for 3 s, then 5)
+    /// until the window's median reads the new latency, with one answer in `k` recorded
+    /// (`k` following the window as a busy peer's stripes do: [`sample_every`]),
+    /// each standing for `k` answers if `weighted`, else for itself.
+    fn follows_after(sampled: bool, weighted: bool) -> f64 {
+        let policy = TimeoutPolicy::default().min_samples(1).quantile(0.5);
+        let t0 = Instant::now();
+        let mut w = Window::new(&policy, t0);
+        let (mut k, mut seen) = (1u64, 0u64);
+        for i in 0..120_000u64 {
+            let now = t0 + Duration::from_millis(i);
+            w.advance(now);
+            let (per_ms, latency) = if i < 3_000 {
+                (25, Duration::from_millis(2))
+            } else {
+                (5, Duration::from_millis(10))
+            };
+            for _ in 0..per_ms {
+                seen += 1;
+                if seen % k == 0 {
+                    w.record_n(latency, if weighted { k } else { 1 }, now);
+                }
+            }
+            if sampled && i % 10 == 0 {
+                k = u64::from(sample_every(w.samples(), 0.5));
+            }
+            if i >= 3_000 && w.quantile(0.5) >= Duration::from_millis(9) {
+                return (i - 3_000) as f64 / 1e3;
+            }
+        }
+        panic!("never followed");
+    }
+
+    #[test]
+    fn a_sampled_window_follows_a_shift_as_fast_as_one_that_keeps_every_answer() {
+        let every = follows_after(false, false);
+        // The new answers outnumber the 75,000 old ones 15 s after the shift.
+        assert!((14.0..16.0).contains(&every), "{every} s");
+        // Samples kept at a rising `k` but counted once each: the older sub-windows, drawn
+        // at a lower `k`, outweigh the newer ones, and the median lags.
+        let unweighted = follows_after(true, false);
+        assert!(unweighted > 1.5 * every, "{unweighted} s vs {every} s");
+        // Each standing for the answers it was drawn from: as fast as keeping them all.
+        let weighted = follows_after(true, true);
+        assert!(weighted <= 1.1 * every, "{weighted} s vs {every} s");
     }
 
     #[test]

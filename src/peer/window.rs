@@ -107,8 +107,18 @@ impl Window {
         }
     }
 
-    /// Records one latency answered at `now`; values past the histogram's range count as
-    /// its highest value.
+    /// Records one latency answered at `now`, standing for itself alone: see
+    /// [`record_n`](Self::record_n).
+    pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
+        self.record_n(latency, 1, now);
+    }
+
+    /// Records one latency answered at `now`, standing for `answers` answers (a sample
+    /// drawn one answer in `k` stands for `k`: `per_core::sample_every`), so the
+    /// histograms stand for every answer whatever rate each sub-window was sampled at,
+    /// and a quantile follows a shift as fast sampled as not. Values past the histogram's
+    /// range count as its highest value. The last answers kept for a quiet peer (which is
+    /// never sampled) keep the latency once.
     ///
     /// The answer that makes the peer busy (its last `min_samples` all within the window)
     /// allocates the histograms and puts the answers kept so far into the current
@@ -117,7 +127,7 @@ impl Window {
     /// Each step charges the layer's memory budget first: a history with no room for its
     /// answers keeps none (it stays at `cold_start`), and one with no room for its
     /// histograms reads its answers alone, asking again at its next rotation.
-    pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
+    pub(crate) fn record_n(&mut self, latency: Duration, answers: u64, now: Instant) {
         let v = to_units(latency);
         if !self.recent.is_allocated() {
             let bytes = self.charged.sizes.1;
@@ -128,13 +138,14 @@ impl Window {
         }
         self.recent.push(v, now);
         if self.total.is_some() {
-            self.record_units(v);
+            self.record_units(v, answers);
         } else if now >= self.charged.retry_at
             && self.recent.full_within(self.span(), now)
             && self.charge_histograms(now)
         {
+            // Answers kept one by one: each stands for itself.
             for i in 0..self.recent.len() {
-                self.record_units(self.recent.get(i));
+                self.record_units(self.recent.get(i), 1);
             }
         }
     }
@@ -151,7 +162,9 @@ impl Window {
         false
     }
 
-    fn record_units(&mut self, v: u64) {
+    fn record_units(&mut self, v: u64, answers: u64) {
+        // A count saturates, like a value past the range (`answers` is at most 64).
+        let answers = u32::try_from(answers).unwrap_or(u32::MAX);
         let (low, high, sigfig) = self.bounds;
         let make = || {
             Histogram::<u32>::new_with_bounds(low, high, sigfig)
@@ -159,8 +172,8 @@ impl Window {
         };
         self.subs[self.current]
             .get_or_insert_with(make)
-            .saturating_record(v);
-        self.total.get_or_insert_with(make).saturating_record(v);
+            .saturating_record_n(v, answers);
+        (self.total.get_or_insert_with(make)).saturating_record_n(v, answers);
     }
 
     /// Retires sub-windows whose time has passed. Returns whether anything rotated.
@@ -219,7 +232,8 @@ impl Window {
         self.current_ends
     }
 
-    /// Samples currently in the window's histograms.
+    /// Answers the window's histograms stand for now: every answer recorded, a sample
+    /// drawn one in `k` counting `k`.
     pub(crate) fn samples(&self) -> u64 {
         self.total.as_ref().map_or(0, Histogram::len)
     }

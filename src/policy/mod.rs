@@ -123,8 +123,11 @@ pub struct TimeoutPolicy {
     pub sub_windows: u32,
     /// Significant figures the histograms keep, 1 to 3. Default `2` (1% resolution).
     pub significant_figures: u8,
-    /// Recompute the deadline after this many new samples (it is also recomputed when a
-    /// sub-window rotates). Default `256`.
+    /// Recompute the deadline after this many new answers are recorded (it is also
+    /// recomputed when a sub-window rotates). Default `256`. From 64 up, a learned peer's
+    /// answers may wait in per-core batches, and a busy peer's are sampled (README's
+    /// "Cost"); below 64 a learned peer takes its lock for each answer as it comes (unless
+    /// a core found the lock taken), and records every one, never sampled.
     pub recompute_every: u64,
     /// Independent misses that declare a peer silent: calls that ran out their deadline
     /// with no answer from the peer since they started. The first makes the peer
