@@ -54,6 +54,8 @@ impl Drop for Held {
 }
 
 fn rig(policy: TimeoutPolicy, latency: u64) -> Rig {
+    let layer = AdaptiveTimeoutLayer::by_peer::<u8>().policy(policy);
+    let layer = layer.jitter_seed(7).build().unwrap();
     let latency = Arc::new(AtomicU64::new(latency));
     let (partition, parted) = watch::channel(false);
     let held_since = Arc::new(Mutex::new(None));
@@ -75,11 +77,6 @@ fn rig(policy: TimeoutPolicy, latency: u64) -> Rig {
             Ok(())
         }
     }));
-    let layer = AdaptiveTimeoutLayer::by_peer::<u8>()
-        .policy(policy)
-        .jitter_seed(7)
-        .build()
-        .unwrap();
     Rig {
         handle: layer.handle(),
         svc: layer.layer(inner),
