@@ -61,10 +61,11 @@ impl Lane {
     /// until this history has two answers to estimate from, its cold-start deadline is
     /// one that latency fits in, `latency × factor + margin` within `[cold_start, max]`
     /// (the quantile formula on that one answer). The probe's latency is no sample (it
-    /// may have waited out the rest of a partition), but it is bounded by the probe's own
-    /// deadline, so neither is this: a peer that came back as fast as before gets it for
-    /// its first answer, then its estimate; one that came back slower than `cold_start`
-    /// is no longer cut below the latency it was just seen to answer in.
+    /// may have waited out the rest of a partition), but a probe waits at most its own
+    /// deadline, so this is bounded too: a peer back as fast as before has it for its
+    /// first answer only, then its estimate; one back slower than `cold_start` is no
+    /// longer cut below the latency it was just seen to answer in. A later seed only
+    /// raises it.
     pub(crate) fn seed(&mut self, latency: Duration, policy: &TimeoutPolicy) {
         let secs = latency
             .as_secs_f64()

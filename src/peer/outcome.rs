@@ -71,8 +71,8 @@ impl Locked {
     /// learned deadline re-seeds the window, without its own latency: the peer came back
     /// slower (and its old history would cut every call), or the probe waited out a
     /// partition. Either way the peer answered within that latency: until two answers give
-    /// an estimate, its calls get a deadline it fits in ([`Lane::seed`]). A failure records nothing but its count; a failed probe frees the probe
-    /// slot. An answer past a deadline of the peer's own may end a stall (see
+    /// an estimate, its calls get a deadline it fits in ([`Lane::seed`]). A failure
+    /// records nothing but its count; a failed probe frees the probe slot. An answer past a deadline of the peer's own may end a stall (see
     /// `Health::on_late_answer`); one that only the learned floor on silence held is no
     /// sample either: it waited out the stall, which the floor, not the deadline, covers.
     pub(super) fn answer(
