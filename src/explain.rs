@@ -12,7 +12,9 @@ use std::time::Duration;
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum DeadlineSource {
-    /// Fewer than two answers to learn from: the policy's `cold_start`.
+    /// Fewer than two answers to learn from: the policy's `cold_start`, or, after a probe
+    /// of the silent peer answered slower than that, `latency × factor + margin` on the
+    /// probe's latency (at most `max`), so the calls that follow fit in it.
     ColdStart,
     /// From two answers to `min_samples`: an upper estimate of the quantile (the larger
     /// of a log-normal and a Pareto-tail prediction bound, never below the slowest answer)

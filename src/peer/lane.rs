@@ -8,6 +8,10 @@
 //! `min_samples` answers, keeps `cold_start` until then unless its answers show a slower
 //! peer: the estimate serves quiet peers.
 //!
+//! A history re-seeded by a probe that answered slower than the peer's deadline
+//! ([`Lane::seed`]) starts from a cold-start deadline that the probe's latency fits in,
+//! not below it, until its first two answers give an estimate.
+//!
 //! It is recomputed here, under the peer's lock, never per call: on every answer while it
 //! is still learning from its last answers (fewer than `min_samples`, and than the
 //! `MAX_RECENT` they are kept up to: at most that many are sorted), else on a rotation or
@@ -35,6 +39,9 @@ pub(crate) struct Lane {
     /// is explained by the numbers of its own deadline.
     pub(crate) explained: Explained,
     since_recompute: u64,
+    /// The cold-start deadline a probe's latency asked for ([`Lane::seed`]; zero: none),
+    /// used instead of a shorter `cold_start` until the history learns from its answers.
+    seed: Duration,
 }
 
 impl Lane {
@@ -46,7 +53,25 @@ impl Lane {
             learned: (0, Duration::ZERO, Duration::ZERO),
             explained: Explained::new(),
             since_recompute: 0,
+            seed: Duration::ZERO,
         }
+    }
+
+    /// A probe of the silent peer was answered in `latency`, slower than its deadline:
+    /// until this history has two answers to estimate from, its cold-start deadline is
+    /// one that latency fits in, `latency × factor + margin` within `[cold_start, max]`
+    /// (the quantile formula on that one answer). The probe's latency is no sample (it
+    /// may have waited out the rest of a partition), but a probe waits at most its own
+    /// deadline, so this is bounded too: a peer back as fast as before has it for its
+    /// first answer only, then its estimate; one back slower than `cold_start` is no
+    /// longer cut below the latency it was just seen to answer in. A later seed only
+    /// raises it.
+    pub(crate) fn seed(&mut self, latency: Duration, policy: &TimeoutPolicy) {
+        let secs = latency
+            .as_secs_f64()
+            .mul_add(policy.factor, policy.margin.as_secs_f64());
+        let fits = Duration::try_from_secs_f64(secs).unwrap_or(policy.max);
+        self.seed = self.seed.max(fits.max(policy.cold_start).min(policy.max));
     }
 
     /// Records `latencies`, answered by `now`, each with the answers it stands for.
@@ -79,9 +104,15 @@ impl Lane {
         overridden: bool,
     ) -> (Duration, DeadlineSource) {
         self.since_recompute = 0;
-        let (deadline, source, learned) = match self.window.read(now, policy) {
+        let reading = self.window.read(now, policy);
+        if !matches!(reading, Reading::Few { .. }) {
+            // Learned from its own answers: the seed has served (a history that empties
+            // later starts again from `cold_start`, as any other).
+            self.seed = Duration::ZERO;
+        }
+        let (deadline, source, learned) = match reading {
             Reading::Few { samples } => (
-                policy.cold_start,
+                policy.cold_start.max(self.seed),
                 DeadlineSource::ColdStart,
                 (samples, Duration::ZERO, Duration::ZERO),
             ),
@@ -150,6 +181,34 @@ mod tests {
             }
         }
         due
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seed_holds_until_two_answers_within_cold_start_and_max() {
+        let policy = Arc::new(TimeoutPolicy::default().min_samples(5));
+        let now = Instant::now();
+        let mut lane = Lane::new(&policy, now);
+        lane.seed(Duration::from_millis(1_500), &policy);
+        let seeded = (Duration::from_millis(3_005), DeadlineSource::ColdStart);
+        assert_eq!(lane.recompute(now, &policy, false), seeded);
+        // A faster probe lowers nothing; a shorter latency never goes below `cold_start`.
+        lane.seed(Duration::from_millis(100), &policy);
+        assert_eq!(lane.recompute(now, &policy, false), seeded);
+        let mut fresh = Lane::new(&policy, now);
+        fresh.seed(Duration::from_millis(100), &policy);
+        assert_eq!(fresh.recompute(now, &policy, false).0, policy.cold_start);
+        // Any latency, however long, is held to `max`.
+        fresh.seed(Duration::MAX, &policy);
+        assert_eq!(fresh.recompute(now, &policy, false).0, policy.max);
+        // One answer: still the seed. Two: what they say (for these, a millisecond apart,
+        // a busy peer's `cold_start` until `min_samples`), and the seed is spent.
+        let mut now = now;
+        dues(&mut lane, &policy, &mut now, 1);
+        assert_eq!(lane.recompute(now, &policy, false), seeded);
+        dues(&mut lane, &policy, &mut now, 1);
+        let cold = (policy.cold_start, DeadlineSource::ColdStart);
+        assert_eq!(lane.recompute(now, &policy, false), cold);
+        assert_eq!(lane.seed, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,8 +70,9 @@ impl Locked {
     /// [`Outcome::Sample`] also records its latency. A probe answered slower than the
     /// learned deadline re-seeds the window, without its own latency: the peer came back
     /// slower (and its old history would cut every call), or the probe waited out a
-    /// partition. A failure records nothing but its count; a failed probe frees the probe
-    /// slot. An answer past a deadline of the peer's own may end a stall (see
+    /// partition. Either way the peer answered within that latency: until two answers give
+    /// an estimate, its calls get a deadline it fits in ([`Lane::seed`]). A failure
+    /// records nothing but its count; a failed probe frees the probe slot. An answer past a deadline of the peer's own may end a stall (see
     /// `Health::on_late_answer`); one that only the learned floor on silence held is no
     /// sample either: it waited out the stall, which the floor, not the deadline, covers.
     pub(super) fn answer(
@@ -104,19 +105,30 @@ impl Locked {
             } else {
                 (self.health).overlapped_stall(now, started, deadline)
             };
-        let learned = self.lane.source != DeadlineSource::ColdStart;
-        let reseed = probe && learned && latency > published;
+        let slow_probe = probe && latency > published;
+        let reseed = slow_probe && self.lane.source != DeadlineSource::ColdStart;
         if reseed {
+            // Such a probe's own latency is not the peer's: it may have waited out the rest
+            // of a partition in a buffer (the peer answered as it came back), so the history
+            // starts again from the answers that follow.
             self.lane = Lane::new(&self.policy, now);
             self.pending.clear();
-            self.publish(now, &mut fx);
         }
-        // Such a probe's own latency is not the peer's: it may have waited out the rest of
-        // a partition in a buffer (the peer answered as it came back), so the history starts
-        // again from the answers that follow.
+        if slow_probe {
+            // But the peer answered within it: until its next answers say how fast it is,
+            // its calls get a deadline that latency fits in (a probe waits at most its own
+            // deadline, which bounds it), not `cold_start` below it, which would cut every
+            // call of a peer that came back slower than `cold_start`.
+            self.lane.seed(latency, &self.policy);
+        }
         let sample = outcome == Outcome::Sample && !reseed && !stalled;
         let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
+        if slow_probe {
+            // Published once the peer is open again, so that it is also the deadline its
+            // probes start from if it goes silent again (`Health::note_deadline`).
+            self.publish(now, &mut fx);
+        }
         fx
     }
 

@@ -15,3 +15,4 @@ mod health_events;
 mod recovery;
 mod recovery_tcp;
 mod silence_detection;
+mod slow_return;
