@@ -14,5 +14,6 @@ mod policy_serde;
 mod policy_validation;
 mod quiet_peers;
 mod real_networks;
+mod slowdowns;
 mod stall_samples;
 mod stragglers;
