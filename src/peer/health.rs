@@ -451,6 +451,12 @@ impl Health {
         policy.cold_start.saturating_add(self.short_probe(policy))
     }
 
+    /// Whether the peer's last quiet span was a slowdown's, not a stall's
+    /// ([`Stalls::record`]): its answers past their deadline say the deadline is behind.
+    pub(crate) fn slowed(&self) -> bool {
+        self.stalls.slowed()
+    }
+
     /// Whether a call of the peer's own deadline, started at `started` and answered at
     /// `now` within it, was outstanding through the last quiet span longer than that
     /// deadline ([`Stalls::overlapped`]): its latency is no sample.

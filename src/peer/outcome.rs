@@ -115,12 +115,12 @@ impl Locked {
         // a partition in a buffer (the peer answered as it came back), so the history starts
         // again from the answers that follow.
         let sample = outcome == Outcome::Sample && !reseed && !stalled;
-        let behind = sample && latency > deadline;
+        let behind = sample && latency > deadline && self.health.slowed();
         let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
         if behind {
-            // A sample past its deadline says the deadline is behind, as a censored one
-            // does: recompute at once (a slowing peer held by its floor is learned so).
+            // A slowdown's answer, past its deadline, says the deadline is behind, as a
+            // censored sample does: recompute at once (a peer its floor holds learns so).
             self.publish(now, &mut fx);
             let rules = (&self.policy, self.overridden);
             self.classes

@@ -148,6 +148,11 @@ impl Stalls {
         self.at = now;
     }
 
+    /// Whether the last quiet span was a slowdown's.
+    pub(crate) fn slowed(&self) -> bool {
+        self.slow
+    }
+
     /// The peer answered at `now`, a call in time unless [`late`](Self::late) said so for
     /// this instant: after the last quiet span, a sign that it was a stall.
     pub(crate) fn answered(&mut self, now: Instant) {
