@@ -515,8 +515,9 @@ fn a_slowdown_after_a_stall_is_the_peers_latency_from_its_second_late_answer() {
     assert!(floor > ms(300), "{floor:?}");
     let stalled = slowdown(&mut h, &policy, t1, 20);
     // The first answer ends a quiet span like a stall's; the next one ends another with a
-    // call sent since overdue and nothing answered in time: a slowdown, not a stall. So is every one after while calls are still sent (the last 200 ms of calls have
-    // none sent after them to run out, and are taken for a stall's again).
+    // call sent since overdue and nothing answered in time: a slowdown, not a stall. So
+    // is every one after while calls are still sent (the last 200 ms of calls have none
+    // sent after them to run out, and are taken for a stall's again).
     assert_eq!(stalled[..2], [true, false], "{stalled:?}");
     assert!(stalled[2..16].iter().all(|s| !s), "{stalled:?}");
     // Its gaps between answers raised no floor, and the floor held only the first.
@@ -558,11 +559,11 @@ fn stalls_in_a_row_with_answers_in_time_between_stay_out_of_the_history() {
 fn a_stall_of_a_peer_whose_answers_take_longer_than_cold_start_raises_the_floor() {
     let policy = TimeoutPolicy::default();
     let t0 = Instant::now();
-    // Answers take up to 1.5 s (its deadline 3.02 s); it stalls, is declared silent, and
-    // a long probe sent 60 ms after its last answer takes 1.5 s: quiet for 1.56 s.
-    let quiet = |back: u64| {
+    // A peer with `deadline` answered at `t0`, then stalled; it is declared silent, and a
+    // probe sent after that is answered at `back`. Its floor then.
+    let floor = |deadline: u64, back: u64| {
         let mut h = Health::new(t0, 7);
-        h.note_deadline(ms(3_020));
+        h.note_deadline(ms(deadline));
         h.on_response(t0, &policy);
         h.on_deadline(t0 + ms(41), t0 + ms(1), false, &policy);
         h.on_deadline(t0 + ms(42), t0 + ms(2), false, &policy);
@@ -571,16 +572,11 @@ fn a_stall_of_a_peer_whose_answers_take_longer_than_cold_start_raises_the_floor(
         h.on_response(t0 + ms(back), &policy);
         h.stalls(t0 + ms(back), &policy).0
     };
-    assert_eq!(quiet(1_560), policy.cold_start);
+    // Answers take up to 1.5 s (a deadline of 3.02 s), and the probe sent 60 ms after its
+    // last answer is one of them: quiet for 1.56 s, of which 1.5 s is the probe's own.
+    assert_eq!(floor(3_020, 1_560), policy.cold_start);
     // Quiet for longer than `cold_start` beyond its 1.5 s: a silence, no floor.
-    assert_eq!(quiet(2_600), Duration::ZERO);
+    assert_eq!(floor(3_020, 2_600), Duration::ZERO);
     // A peer answering in 10 ms keeps the limit at about `cold_start`.
-    let mut h = Health::new(t0, 7);
-    h.note_deadline(ms(25));
-    h.on_response(t0, &policy);
-    h.on_deadline(t0 + ms(41), t0 + ms(1), false, &policy);
-    h.on_deadline(t0 + ms(42), t0 + ms(2), false, &policy);
-    h.admit(h.next_probe_at(), &policy);
-    h.on_response(t0 + ms(1_020), &policy);
-    assert_eq!(h.stalls(t0 + ms(1_020), &policy).0, Duration::ZERO);
+    assert_eq!(floor(25, 1_020), Duration::ZERO);
 }
