@@ -64,7 +64,8 @@ pub(crate) struct Stalls {
 struct Since {
     /// The peer answered something other than a call past its deadline.
     in_time: bool,
-    /// A call sent at or after the span's end ran out its deadline, and was held.
+    /// A call sent at or after the span's end ran out its deadline of the peer's own (the
+    /// straggler rule was asked whether to hold it).
     overdue: bool,
     /// When the peer last answered a call past its deadline: the answer recorded at that
     /// instant is no sign that the peer is back.
@@ -166,8 +167,8 @@ impl Stalls {
         self.since.late_at = Some(now);
     }
 
-    /// A call that started at `started` ran out its deadline and is held: if it was sent
-    /// once the last quiet span ended, the peer is slower than its deadline since.
+    /// A call that started at `started` ran out its deadline of the peer's own: if it was
+    /// sent once the last quiet span ended, the peer is slower than its deadline since.
     pub(crate) fn overdue(&mut self, started: Instant) {
         if started >= self.last.1 {
             self.since.overdue = true;
@@ -197,9 +198,9 @@ impl Stalls {
     }
 
     /// Whether a call that started at `started`, answered at `now` within its `deadline`,
-    /// was outstanding through the last quiet span, a stall's longer than that deadline: its
-    /// latency holds part of the span, and is no sample (a peer that stalls often would otherwise
-    /// learn its stalls into its deadline a deadline at a time).
+    /// was outstanding through the last quiet span, a stall's longer than that deadline:
+    /// its latency holds part of the span, and is no sample (a peer that stalls often would
+    /// otherwise learn its stalls into its deadline a deadline at a time).
     pub(crate) fn overlapped(&self, now: Instant, started: Instant, deadline: Duration) -> bool {
         self.overlap(now, started, deadline).0
     }
