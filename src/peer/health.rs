@@ -16,9 +16,11 @@
 //! but keeps the backoff. With `fail_fast` off the probe goes the same way and the other
 //! calls are cut to `min`. A policy with `silent_after_misses` 0 releases a silent peer.
 //!
-//! A peer that went quiet and then answered again by itself within `cold_start` (a stall,
-//! not a death) earns a learned floor on silence ([`Stalls`]): its calls are held, and no
-//! miss counts, until it has answered nothing for that long.
+//! A peer that went quiet and then answered again by itself within `cold_start` beyond
+//! its normal latency (a stall, not a death) earns a learned floor on silence
+//! ([`Stalls`]): its calls are held, and no miss counts, until it has answered nothing for
+//! that long. A peer whose answers keep coming later than its deadline, with none in time
+//! between, slowed down: its quiet spans are no stalls, and its answers are samples.
 
 use std::fmt;
 use std::time::Duration;
@@ -249,18 +251,21 @@ impl Health {
     }
 
     /// The peer answered a call (a heartbeat). A silent peer that answers was stalled, not
-    /// gone, for as long as it said nothing: a stall up to `cold_start` raises its learned
-    /// floor on silence.
+    /// gone, for as long as it said nothing: a stall up to `cold_start` beyond its normal
+    /// latency raises its learned floor on silence. An open peer's answer is one in time
+    /// unless [`on_late_answer`](Self::on_late_answer) just said otherwise.
     pub(crate) fn on_response(
         &mut self,
         now: Instant,
         policy: &TimeoutPolicy,
     ) -> Option<Transition> {
+        let longest = self.longest_stall(policy);
         if self.state.is_open() {
-            self.stalls.end_quiet(now, policy);
+            self.stalls.end_quiet(now, longest);
+            self.stalls.answered(now);
         } else {
             let quiet = now.saturating_duration_since(self.last_response);
-            self.stalls.record(now, quiet, policy);
+            self.stalls.record(now, quiet, longest);
         }
         self.last_response = self.last_response.max(now);
         self.misses = 0;
@@ -410,9 +415,10 @@ impl Health {
         if !self.state.is_open() {
             return false;
         }
+        self.stalls.late(now);
         let quiet = now.saturating_duration_since(self.last_response.max(started));
         if quiet > deadline {
-            self.stalls.record(now, quiet, policy);
+            self.stalls.record(now, quiet, self.longest_stall(policy));
         }
         let held = deadline.max(policy.min_silence);
         self.stalls.waited_out(now, started, deadline, held)
@@ -422,8 +428,33 @@ impl Health {
     /// held calls through ends here, and is recorded as a stall.
     pub(crate) fn end_quiet(&mut self, now: Instant, policy: &TimeoutPolicy) {
         if self.state.is_open() {
-            self.stalls.end_quiet(now, policy);
+            self.stalls.end_quiet(now, self.longest_stall(policy));
         }
+    }
+
+    /// A call that started at `started` ran out its deadline of the peer's own, and may be
+    /// held ([`cut_at`](Self::cut_at) is asked): one sent after the last quiet span ended
+    /// says the peer is slower than its deadline since ([`Stalls::record`]).
+    pub(crate) fn overdue(&mut self, started: Instant) {
+        if self.state.is_open() {
+            self.stalls.overdue(started);
+        }
+    }
+
+    /// The longest quiet span that is a stall, not a silence: `cold_start` beyond what the
+    /// peer's answers normally take (the quantile its answering deadline was made from, as
+    /// a short probe waits). A quiet span ends with an answer, and holds that answer's own
+    /// time: a peer whose calls take 1.5 s is quiet for 1.5 s before any answer, stalled
+    /// or not, and a cap of `cold_start` alone would take each of its stalls for a
+    /// silence. For a peer answering in milliseconds it is `cold_start`.
+    fn longest_stall(&self, policy: &TimeoutPolicy) -> Duration {
+        policy.cold_start.saturating_add(self.short_probe(policy))
+    }
+
+    /// Whether the peer's last quiet span was a slowdown's, not a stall's
+    /// ([`Stalls::record`]): its answers past their deadline say the deadline is behind.
+    pub(crate) fn slowed(&self) -> bool {
+        self.stalls.slowed()
     }
 
     /// Whether a call of the peer's own deadline, started at `started` and answered at

@@ -122,12 +122,21 @@ impl Locked {
             self.lane.seed(latency, &self.policy);
         }
         let sample = outcome == Outcome::Sample && !reseed && !stalled;
+        let behind = sample && latency > deadline && self.health.slowed();
         let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
-        if slow_probe {
-            // Published once the peer is open again, so that it is also the deadline its
-            // probes start from if it goes silent again (`Health::note_deadline`).
+        if slow_probe || behind {
+            // A slow probe's seed is published once the peer is open again, so that it is
+            // also the deadline its probes start from if it goes silent again
+            // (`Health::note_deadline`). A slowdown's answer, past its deadline, says the
+            // deadline is behind, as a censored sample does: recompute at once (a peer its
+            // floor holds learns so).
             self.publish(now, &mut fx);
+        }
+        if behind {
+            let rules = (&self.policy, self.overridden);
+            self.classes
+                .recompute(now, ticket.class, rules, &mut fx.classes);
         }
         fx
     }

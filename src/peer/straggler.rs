@@ -27,8 +27,10 @@ impl Peer {
         if !holdable(ticket, probe) {
             return None;
         }
-        let locked = self.lock();
+        let mut guard = self.lock();
+        let locked = &mut *guard;
         let now = Instant::now();
+        locked.health.overdue(ticket.started);
         (locked.health).cut_at(now, ticket.started, ticket.deadline, &locked.policy)
     }
 

@@ -15,5 +15,6 @@ mod policy_validation;
 mod quiet_peers;
 mod real_networks;
 mod sampling;
+mod slowdowns;
 mod stall_samples;
 mod stragglers;

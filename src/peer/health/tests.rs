@@ -475,3 +475,108 @@ fn a_held_stall_is_marked_in_progress_and_every_answer_through_it_is_no_sample()
     // The span was the stall: it raised the floor.
     assert!(h.stalls(end, &policy).0 >= ms(245));
 }
+
+/// A peer that answered in time at `t1` after a stall it learned a floor from slows down
+/// for good: a call every 50 ms from `t1` takes 200 ms, past its 25 ms deadline, and each
+/// runs it out and is held (`cut_at` is asked). Returns, for each answer in turn, whether
+/// it was taken for one that waited out a stall (no sample).
+fn slowdown(h: &mut Health, policy: &TimeoutPolicy, t1: Instant, calls: u64) -> Vec<bool> {
+    let mut events: Vec<(Instant, Instant, bool)> = (0..calls)
+        .flat_map(|k| {
+            let started = t1 + ms(50 * k);
+            [
+                (started + ms(25), started, false),
+                (started + ms(200), started, true),
+            ]
+        })
+        .collect();
+    events.sort_by_key(|&(at, started, answer)| (at, answer, started));
+    let mut stalled = Vec::new();
+    for (at, started, answer) in events {
+        if answer {
+            stalled.push(h.on_late_answer(at, started, ms(25), policy));
+            h.on_response(at, policy);
+        } else {
+            h.overdue(started);
+            assert!(h.cut_at(at, started, ms(25), policy) > Some(at), "held");
+        }
+    }
+    stalled
+}
+
+#[test]
+fn a_slowdown_after_a_stall_is_the_peers_latency_from_its_second_late_answer() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(300));
+    let t1 = t0 + ms(3_000);
+    h.on_response(t1, &policy);
+    let floor = h.stalls(t1, &policy).0;
+    assert!(floor > ms(300), "{floor:?}");
+    let stalled = slowdown(&mut h, &policy, t1, 20);
+    // The first answer ends a quiet span like a stall's; the next one ends another with a
+    // call sent since overdue and nothing answered in time: a slowdown, not a stall. So
+    // is every one after while calls are still sent (the last 200 ms of calls have none
+    // sent after them to run out, and are taken for a stall's again).
+    assert_eq!(stalled[..2], [true, false], "{stalled:?}");
+    assert!(stalled[2..16].iter().all(|s| !s), "{stalled:?}");
+    // Its gaps between answers raised no floor, and the floor held only the first.
+    let end = t1 + ms(50 * 19 + 200);
+    assert_eq!(h.stalls(end, &policy).1, 1);
+    assert!(h.stalls(end, &policy).0 <= floor);
+}
+
+#[test]
+fn stalls_in_a_row_with_answers_in_time_between_stay_out_of_the_history() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    let mut h = stalled(&policy, t0, ms(300));
+    let mut t = t0 + ms(3_000);
+    for _ in 0..3 {
+        // Answers in time; then 300 ms of nothing: a call sent as it began runs out its
+        // deadline and is held, and another sent after the previous stall too.
+        h.on_response(t, &policy);
+        let started = t + ms(1);
+        h.overdue(started);
+        assert!(h.cut_at(started + ms(25), started, ms(25), &policy) > Some(started + ms(25)));
+        let end = t + ms(300);
+        assert!(h.on_late_answer(end, started, ms(25), &policy), "a stall");
+        h.on_response(end, &policy);
+        t = end + ms(20);
+    }
+    assert_eq!(h.stalls(t, &policy).1, 3);
+    // Without an answer in time between, a stall that follows one is a slowdown's gap.
+    let started = t + ms(1);
+    h.overdue(started);
+    let end = t + ms(300);
+    assert!(
+        !h.on_late_answer(end, started, ms(25), &policy),
+        "a slowdown"
+    );
+}
+
+#[test]
+fn a_stall_of_a_peer_whose_answers_take_longer_than_cold_start_raises_the_floor() {
+    let policy = TimeoutPolicy::default();
+    let t0 = Instant::now();
+    // A peer with `deadline` answered at `t0`, then stalled; it is declared silent, and a
+    // probe sent after that is answered at `back`. Its floor then.
+    let floor = |deadline: u64, back: u64| {
+        let mut h = Health::new(t0, 7);
+        h.note_deadline(ms(deadline));
+        h.on_response(t0, &policy);
+        h.on_deadline(t0 + ms(41), t0 + ms(1), false, &policy);
+        h.on_deadline(t0 + ms(42), t0 + ms(2), false, &policy);
+        let at = h.next_probe_at();
+        assert!(matches!(h.admit(at, &policy).0, Verdict::Probe(_)));
+        h.on_response(t0 + ms(back), &policy);
+        h.stalls(t0 + ms(back), &policy).0
+    };
+    // Answers take up to 1.5 s (a deadline of 3.02 s), and the probe sent 60 ms after its
+    // last answer is one of them: quiet for 1.56 s, of which 1.5 s is the probe's own.
+    assert_eq!(floor(3_020, 1_560), policy.cold_start);
+    // Quiet for longer than `cold_start` beyond its 1.5 s: a silence, no floor.
+    assert_eq!(floor(3_020, 2_600), Duration::ZERO);
+    // A peer answering in 10 ms keeps the limit at about `cold_start`.
+    assert_eq!(floor(25, 1_020), Duration::ZERO);
+}
