@@ -21,7 +21,7 @@ use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
 use crate::interrupt::{Fired, Origin};
 use crate::invariant::broken;
-use crate::timer::CallTimer;
+use crate::timer::{yield_before_expiry, CallTimer};
 
 /// The error of a future polled again after it finished.
 const POLLED_AFTER_COMPLETION: &str = "polled after completion";
@@ -91,6 +91,8 @@ pin_project! {
         held: Option<Instant>,
         // When the caller stops waiting: a straggler is never held past it.
         caller: Option<Instant>,
+        // Whether the call has yielded once since its deadline fired (see `Race::poll`).
+        yielded: bool,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -111,6 +113,7 @@ impl<F, M> ResponseFuture<F, M> {
             deadline: CallTimer::Unarmed,
             held: None,
             caller: call.caller_until(caller_deadline),
+            yielded: false,
             token_wake: None,
         };
         ResponseFuture {
@@ -239,6 +242,11 @@ where
         loop {
             let at = this.held.unwrap_or_else(|| call.deadline_at());
             ready!(this.deadline.poll_at(at, cx));
+            if !*this.yielded {
+                // Before the deadline counts, an answer that came meanwhile is let in.
+                *this.yielded = true;
+                ready!(yield_before_expiry(cx));
+            }
             // `None` from the peer is at once, whatever the caller allows.
             let caller = *this.caller;
             let later = call.cut_at().map(|at| caller.map_or(at, |c| at.min(c)));
@@ -247,6 +255,7 @@ where
                 Some(later) => {
                     *this.held = Some(later);
                     *this.deadline = CallTimer::Unarmed;
+                    *this.yielded = false;
                 }
                 None => return Poll::Ready(Ended::Expired),
             }
@@ -321,6 +330,7 @@ mod tests {
             deadline: CallTimer::Unarmed,
             held: None,
             caller: None,
+            yielded: false,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));

@@ -53,6 +53,16 @@ use crate::invariant::broken;
 #[cfg(test)]
 mod tests;
 
+/// Yields the task once, for a deadline that has just fired: pending (the task woken
+/// again) the first time it is polled. The runtime polls its I/O driver, and runs what that
+/// made ready, before it polls the task again; so an answer already in a socket buffer (its
+/// connection's task not yet run, the caller's own thread blocked or starved past the
+/// deadline while the answer came) is delivered first and wins, as it would under a fixed
+/// timeout longer than the stall. Costs one scheduling round per deadline that fires.
+pub(crate) fn yield_before_expiry(cx: &mut Context<'_>) -> Poll<()> {
+    std::pin::pin!(tokio::task::yield_now()).poll(cx)
+}
+
 /// Stale heap items tolerated beyond the live ones before the heap is compacted.
 const STALE_SLACK: usize = 32;
 

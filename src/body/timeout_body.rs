@@ -15,6 +15,7 @@ use crate::call::Call;
 use crate::classify::Outcome;
 use crate::error::BoxError;
 use crate::future::poll_interrupts as interrupt_fired;
+use crate::timer::yield_before_expiry;
 
 /// Frames closer together than this report one heartbeat to the silence detector: a fast
 /// stream does not take its peer's lock per frame (deadlines are at least a millisecond).
@@ -56,6 +57,9 @@ pin_project! {
         open: Option<OpenCall>,
         // Whether the layer ended the body (an interrupt, a deadline).
         cut: bool,
+        // Whether the body has yielded once since its deadline fired (see
+        // `crate::timer::yield_before_expiry`).
+        yielded: bool,
     }
 }
 
@@ -176,6 +180,7 @@ impl<B> TimeoutBody<B> {
             token_wake: None,
             open,
             cut: false,
+            yielded: false,
         }
     }
 
@@ -187,6 +192,7 @@ impl<B> TimeoutBody<B> {
             token_wake: None,
             open: None,
             cut: false,
+            yielded: false,
         }
     }
 
@@ -225,6 +231,7 @@ where
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 w.frame(Instant::now());
+                *this.yielded = false;
                 if this.inner.is_end_stream() {
                     end(this.open);
                 }
@@ -254,12 +261,18 @@ where
             if let Some(timer) = this.timer.as_mut().as_pin_mut() {
                 ready!(timer.poll(cx));
             }
+            if !*this.yielded {
+                // Before the deadline counts, a frame that came meanwhile is let in.
+                *this.yielded = true;
+                ready!(yield_before_expiry(cx));
+            }
             // A deadline passed: the total one if its time has come, else the idle one,
             // unless the peer's floor on silence holds it (then armed again, later).
             let total_passed = w.total_due().is_some_and(|at| Instant::now() >= at);
             if total_passed || !w.hold() {
                 break total_passed;
             }
+            *this.yielded = false;
         };
         let Some(w) = this.open.take() else {
             return Poll::Ready(None);

@@ -1,6 +1,8 @@
 //! The response future, one poll at a time: the inner future is polled first, so an answer
 //! that is ready wins over an interrupt already fired or a deadline already past; a pending
-//! call ends at the poll after an interrupt or its deadline wakes it; every call records
+//! call ends at the poll after an interrupt wakes it, and at the second poll after its
+//! deadline does (it yields once first, so that an answer that came meanwhile, still in its
+//! connection, wins); every call records
 //! exactly one outcome, and a dropped call leaves nothing in flight. The ready path and a
 //! refusal need no timer: they run with no tokio runtime at all, where making one panics.
 
@@ -140,6 +142,9 @@ async fn pending_until_the_deadline_then_ready_with_it() {
     assert!(!call.is_woken());
     tokio::time::advance(Duration::from_millis(1)).await;
     assert!(call.is_woken(), "the deadline woke the call");
+    assert_pending!(call.poll(), "it yields once before the deadline counts");
+    tokio::task::yield_now().await;
+    assert!(call.is_woken(), "and is woken again by the runtime");
     let err = interrupted(assert_ready!(call.poll()));
     assert_eq!(err.deadline(), Some(DEADLINE));
     assert_eq!(counts(&rig), [0, 1, 0, 0]);
@@ -153,6 +158,8 @@ async fn each_call_records_exactly_one_outcome() {
     tx.send(()).unwrap();
     assert!(assert_ready!(answered.poll()).is_ok());
     tokio::time::advance(DEADLINE).await;
+    assert_pending!(expired.poll(), "it yields once before the deadline counts");
+    tokio::task::yield_now().await;
     interrupted(assert_ready!(expired.poll()));
     // Polled again, an ended call says so and records nothing more.
     for call in [&mut answered, &mut expired] {

@@ -13,6 +13,7 @@ mod hedge_http;
 mod hostile_input;
 mod interrupt_manual;
 mod interrupt_tokens;
+mod local_stall;
 mod peer_keys;
 mod propagate_budgets;
 mod propagate_codecs;
