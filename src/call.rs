@@ -118,6 +118,17 @@ impl Call {
                 .is_none_or(|left| left <= PROPAGATED_PRECISION)
     }
 
+    /// Whether the call is to yield before its fired deadline counts: true once per arming
+    /// (see [`crate::timer::yield_before_expiry`]).
+    pub(crate) fn yield_once(&mut self) -> bool {
+        self.in_flight.yield_once()
+    }
+
+    /// The call's deadline was armed again: it yields once more when that one fires.
+    pub(crate) fn rearm_yield(&mut self) {
+        self.in_flight.rearm_yield();
+    }
+
     /// Registers `waker` to be woken by the next fire into the call's peer (once; later
     /// calls update the waker). The registration ends with the call.
     pub(crate) fn wait_for_peer(&mut self, waker: &Waker) {

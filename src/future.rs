@@ -91,8 +91,6 @@ pin_project! {
         held: Option<Instant>,
         // When the caller stops waiting: a straggler is never held past it.
         caller: Option<Instant>,
-        // Whether the call has yielded once since its deadline fired (see `Race::poll`).
-        yielded: bool,
         #[pin]
         token_wake: Option<OwnedNotified>,
     }
@@ -113,7 +111,6 @@ impl<F, M> ResponseFuture<F, M> {
             deadline: CallTimer::Unarmed,
             held: None,
             caller: call.caller_until(caller_deadline),
-            yielded: false,
             token_wake: None,
         };
         ResponseFuture {
@@ -242,9 +239,8 @@ where
         loop {
             let at = this.held.unwrap_or_else(|| call.deadline_at());
             ready!(this.deadline.poll_at(at, cx));
-            if !*this.yielded {
+            if call.yield_once() {
                 // Before the deadline counts, an answer that came meanwhile is let in.
-                *this.yielded = true;
                 ready!(yield_before_expiry(cx));
             }
             // `None` from the peer is at once, whatever the caller allows.
@@ -255,7 +251,7 @@ where
                 Some(later) => {
                     *this.held = Some(later);
                     *this.deadline = CallTimer::Unarmed;
-                    *this.yielded = false;
+                    call.rearm_yield();
                 }
                 None => return Poll::Ready(Ended::Expired),
             }
@@ -330,7 +326,6 @@ mod tests {
             deadline: CallTimer::Unarmed,
             held: None,
             caller: None,
-            yielded: false,
             token_wake: None,
         });
         let waker = std::task::Waker::from(Arc::new(Noop));

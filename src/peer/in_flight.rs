@@ -108,6 +108,9 @@ pub(crate) struct InFlight {
     /// here, beside the other flags, so a call stays within 128 bytes and futures move it
     /// without a `memcpy` call.
     propagated: bool,
+    /// Whether the call yielded once since its deadline fired (`crate::future`), a flag kept
+    /// here for the same reason.
+    yielded: bool,
     /// How its head was answered, once it was, and after how many seconds (an `f32`, for
     /// the same reason: the latency histogram of the `metrics` feature takes seconds).
     #[cfg(feature = "http")]
@@ -128,6 +131,7 @@ impl InFlight {
             probe: false,
             ended: false,
             propagated: false,
+            yielded: false,
             #[cfg(feature = "http")]
             head: None,
             #[cfg(feature = "http")]
@@ -145,6 +149,7 @@ impl InFlight {
             probe: false,
             ended: false,
             propagated: false,
+            yielded: false,
             #[cfg(feature = "http")]
             head: None,
             #[cfg(feature = "http")]
@@ -180,6 +185,18 @@ impl InFlight {
     /// Whether the layer wrote the call's deadline into its request for the callee.
     pub(crate) fn propagated(&self) -> bool {
         self.propagated
+    }
+
+    /// Whether the call is to yield now, its deadline having fired: true once, until
+    /// [`rearm_yield`](Self::rearm_yield).
+    pub(crate) fn yield_once(&mut self) -> bool {
+        !std::mem::replace(&mut self.yielded, true)
+    }
+
+    /// The call's deadline was armed again (a held straggler): it yields once more when
+    /// that one fires.
+    pub(crate) fn rearm_yield(&mut self) {
+        self.yielded = false;
     }
 
     /// Whom the call is for.
