@@ -104,7 +104,9 @@ pub struct DeadlineExplanation {
     pub min: Duration,
     /// The policy's max.
     pub max: Duration,
-    /// Samples the deadline was learned from.
+    /// The answers the deadline was learned from: every answer of its history, a busy
+    /// peer's sampled ones counted as the answers they stand for (as
+    /// [`PeerSnapshot::samples`](crate::PeerSnapshot::samples)).
     pub samples: u64,
     /// How far back those samples reach when that is beyond the window (a quiet peer's
     /// history, up to `max_history`); zero when they are the window's.
