@@ -109,6 +109,7 @@ impl Window {
 
     /// Records one latency answered at `now`, standing for itself alone: see
     /// [`record_n`](Self::record_n).
+    #[cfg(any(test, feature = "http"))]
     pub(crate) fn record(&mut self, latency: Duration, now: Instant) {
         self.record_n(latency, 1, now);
     }
