@@ -177,3 +177,27 @@ async fn a_quiet_peer_that_goes_silent_is_cut_at_what_it_learned() {
         "{r:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_peer_with_two_clusters_of_latency_keeps_its_deadline_near_its_slowest_answer() {
+    // One call a second, so a one-minute window never holds `min_samples` (100): the
+    // deadline stays an estimate. From the 20th call on, every third takes 290 ms, the rest
+    // 20 ms: two clusters, whose tail extrapolates to tens of seconds (it reached `max`,
+    // 30 s, by the 60th answer, though no answer took over 290 ms).
+    let (svc, handle) = stack(TimeoutPolicy::default());
+    let mut highest = Duration::ZERO;
+    for n in 0..120u32 {
+        let slow = n >= 20 && n % 3 == 0;
+        let delay = ms(if slow { 290 } else { 20 });
+        // The first slow ones may be cut at the deadline the fast ones taught.
+        let _ = svc.clone().oneshot(("quiet", Some(delay))).await;
+        tokio::time::sleep(ms(1_000) - delay).await;
+        highest = highest.max(handle.peer(&"quiet").expect("tracked").deadline);
+    }
+    // At most the formula on eight times the slowest answer: 8 x 290 ms x 2 + 5 ms.
+    assert!(highest <= ms(4_645), "the deadline reached {highest:?}");
+    assert!(
+        highest >= ms(585),
+        "the 290 ms answers are covered: {highest:?}"
+    );
+}
