@@ -259,13 +259,12 @@ impl Health {
         now: Instant,
         policy: &TimeoutPolicy,
     ) -> Option<Transition> {
-        let longest = self.longest_stall(policy);
         if self.state.is_open() {
-            self.stalls.end_quiet(now, longest);
+            self.end_quiet(now, policy);
             self.stalls.answered(now);
         } else {
             let quiet = now.saturating_duration_since(self.last_response);
-            self.stalls.record(now, quiet, longest);
+            self.stalls.record(now, quiet, self.longest_stall(policy));
         }
         self.last_response = self.last_response.max(now);
         self.misses = 0;
@@ -427,7 +426,8 @@ impl Health {
     /// The peer answered at `now` (before its answer is recorded): a quiet span a floor
     /// held calls through ends here, and is recorded as a stall.
     pub(crate) fn end_quiet(&mut self, now: Instant, policy: &TimeoutPolicy) {
-        if self.state.is_open() {
+        // Most answers end no quiet span: the cap is worked out only for one that does.
+        if self.state.is_open() && self.stalls.is_quiet() {
             self.stalls.end_quiet(now, self.longest_stall(policy));
         }
     }

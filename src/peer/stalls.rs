@@ -184,6 +184,11 @@ impl Stalls {
         }
     }
 
+    /// Whether a quiet span is in progress (a floor holds a call).
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet_since.is_some()
+    }
+
     /// The peer answered at `now`: a quiet span in progress ends, and is recorded (a
     /// stall if at most `longest`).
     pub(crate) fn end_quiet(&mut self, now: Instant, longest: Duration) {
