@@ -52,7 +52,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(in_flight: InFlight, ticket: Ticket, token: Option<Interrupt>) -> Self {
         let span = tracing::trace_span!(
             "adaptive_timeout",
@@ -162,7 +162,7 @@ impl Call {
     /// expired call says it was recognized where this is called.
     #[track_caller]
     pub(crate) fn end<T, E: Into<BoxError>>(
-        self,
+        &mut self,
         ended: Ended<Result<T, E>>,
         classify: &impl ClassifyResponse<T>,
     ) -> Result<T, BoxError> {
@@ -191,7 +191,7 @@ impl Call {
     }
 
     /// The inner service answered, as `outcome` says.
-    fn answered(mut self, outcome: Outcome) {
+    fn answered(&mut self, outcome: Outcome) {
         let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {
             p.on_outcome(Instant::now(), &self.ticket, probe, outcome);
@@ -203,7 +203,7 @@ impl Call {
     /// ends with the silence as its reason; any other with the deadline and why it had
     /// its value.
     #[track_caller]
-    fn expired(mut self, body_since: Option<Instant>) -> Interrupted {
+    fn expired(&mut self, body_since: Option<Instant>) -> Interrupted {
         let now = Instant::now();
         let Ticket {
             deadline, source, ..
@@ -231,7 +231,7 @@ impl Call {
 
     /// An interrupt reached the call.
     #[track_caller]
-    fn interrupted(mut self, fired: Fired, origin: Origin) -> Interrupted {
+    fn interrupted(&mut self, fired: Fired, origin: Origin) -> Interrupted {
         let now = Instant::now();
         let probe = self.in_flight.is_probe();
         if let Some(p) = self.in_flight.end() {

@@ -100,6 +100,7 @@ impl<F, M> ResponseFuture<F, M> {
     /// An admitted call: `inner` races its deadline and interrupts, `call` records the end,
     /// `finish` makes the answer what the caller gets; `caller_deadline` (from the call's
     /// start) is the caller's own, past which a straggler is not held.
+    #[inline(always)]
     pub(crate) fn running(
         inner: F,
         call: Call,
@@ -214,9 +215,27 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    /// Ends the call where it lies, then lets the race go: moving the guard out first
+    /// would copy it and what ended the call once more on every call's last poll.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (ended, head) = ready!(self.poll_ended(cx));
-        Poll::Ready(ended.and_then(|(call, ended)| call.end(ended, &head.classify)))
+        let this = self.project();
+        let mut state = this.state;
+        let (race, call) = match state.as_mut().project() {
+            StateProj::Running { race, call } => (race, call),
+            StateProj::Rejected { error } => {
+                let error = error.take();
+                return Poll::Ready(Err(error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into())));
+            }
+            StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
+        };
+        let ended = {
+            let span = call.span().clone();
+            let _entered = span.enter();
+            ready!(race.poll(call, cx))
+        };
+        let result = call.end(ended, &this.finish.classify);
+        state.set(State::Done);
+        Poll::Ready(result)
     }
 }
 

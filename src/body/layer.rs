@@ -260,9 +260,11 @@ where
                 let body = with.body;
                 Ok(response.map(|inner| TimeoutBody::new(inner, call, outcome, body)))
             }
-            ended => call
-                .end(ended, &with.classify)
-                .map(|response| response.map(TimeoutBody::unwatched)),
+            ended => {
+                let mut call = call;
+                call.end(ended, &with.classify)
+                    .map(|response| response.map(TimeoutBody::unwatched))
+            }
         })
     }
 }

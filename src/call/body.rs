@@ -28,7 +28,7 @@ impl Call {
     }
 
     /// The head arrived with its body already at its end: the call ends there, answered.
-    pub(crate) fn answered_whole(self, outcome: Outcome) {
+    pub(crate) fn answered_whole(mut self, outcome: Outcome) {
         self.answered(outcome);
     }
 
@@ -71,7 +71,7 @@ impl Call {
 
     /// An interrupt reached the body.
     #[track_caller]
-    pub(crate) fn body_interrupted(self, (fired, origin): (Fired, Origin)) -> Interrupted {
+    pub(crate) fn body_interrupted(mut self, (fired, origin): (Fired, Origin)) -> Interrupted {
         let _entered = self.span.clone().entered();
         self.interrupted(fired, origin)
     }
