@@ -210,6 +210,7 @@ impl ClassSlots {
     }
 
     /// The deadline word of `class`'s slot (0: none, or no sample yet). One atomic load.
+    #[inline]
     pub(crate) fn word(&self, class: Option<ClassIx>) -> Option<u64> {
         let slot = self.slots.get(usize::from(class?))?;
         Some(slot.deadline.load(Ordering::Relaxed))

@@ -203,6 +203,7 @@ impl Peer {
     /// hold the retired mark: either the table retires the peer first and this call looks
     /// it up again, or the call is counted first and the table keeps the peer (and with it
     /// the call within reach of `shutdown` and `interrupt_all`) until it ends.
+    #[inline(always)]
     pub(crate) fn admit(
         peer: &PeerRef,
         now: Instant,
@@ -215,32 +216,15 @@ impl Peer {
         // Any call to the peer is use.
         peer.touch(now_ns);
         if peer.published.rotation_due(now_ns) {
-            let mut locked = peer.lock();
-            let fx = locked.rotate(now);
-            peer.apply(&mut locked, now, fx);
+            peer.rotate(now);
         }
         let class = peer.class_of(now, hints.class);
         let (mut deadline, mut source) = peer.class_deadline(class);
         if !peer.state().is_open() {
-            let mut guard = peer.lock();
-            let locked = &mut *guard;
-            let (verdict, transition) = locked.health.admit(now, &locked.policy);
-            peer.transition(transition);
-            match verdict {
-                Verdict::Go => {}
-                Verdict::Probe(d) => {
-                    in_flight.make_probe();
-                    deadline = d;
-                }
-                Verdict::Shortened => {
-                    (deadline, source) = (locked.policy.min, DeadlineSource::SilentPeer)
-                }
-                Verdict::FailFast => {
-                    in_flight.refuse();
-                    peer.counters.fail_fast.fetch_add(1, Relaxed);
-                    peer.metrics.rejected();
-                    let fired = peer.silent_reason(locked, now, locked.silenced.as_ref());
-                    return Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired));
+            match Peer::admit_unopen(peer, now, in_flight, &mut deadline, &mut source) {
+                Ok(held) => in_flight = held,
+                Err(fired) => {
+                    return Some(Admission::Refused(CallPeer::Tracked(peer.clone()), fired))
                 }
             }
         }
@@ -255,6 +239,51 @@ impl Peer {
         };
         let ticket = ticket.floored(hints.floor, peer.published.max());
         Some(Admission::Admitted(in_flight, ticket))
+    }
+
+    /// Rotates the windows, their time come (rare: out of the admission's line).
+    #[cold]
+    #[inline(never)]
+    fn rotate(&self, now: Instant) {
+        let mut locked = self.lock();
+        let fx = locked.rotate(now);
+        self.apply(&mut locked, now, fx);
+    }
+
+    /// Admits a call to a peer not open as its health machine says (under its lock): a
+    /// probe with the probe's deadline, a call cut to the policy's `min`, or refused at
+    /// once (`Err`, with why; the call is then out of flight). Rare: kept out of the
+    /// admission's line.
+    #[cold]
+    #[inline(never)]
+    fn admit_unopen(
+        peer: &PeerRef,
+        now: Instant,
+        mut in_flight: InFlight,
+        deadline: &mut Duration,
+        source: &mut DeadlineSource,
+    ) -> Result<InFlight, Fired> {
+        let mut guard = peer.lock();
+        let locked = &mut *guard;
+        let (verdict, transition) = locked.health.admit(now, &locked.policy);
+        peer.transition(transition);
+        match verdict {
+            Verdict::Go => {}
+            Verdict::Probe(d) => {
+                in_flight.make_probe();
+                *deadline = d;
+            }
+            Verdict::Shortened => {
+                (*deadline, *source) = (locked.policy.min, DeadlineSource::SilentPeer)
+            }
+            Verdict::FailFast => {
+                in_flight.refuse();
+                peer.counters.fail_fast.fetch_add(1, Relaxed);
+                peer.metrics.rejected();
+                return Err(peer.silent_reason(locked, now, locked.silenced.as_ref()));
+            }
+        }
+        Ok(in_flight)
     }
 
     /// The slot of `class`, claiming one for a class not seen before if any is free.
@@ -318,10 +347,11 @@ impl Peer {
         // One `Instant` subtraction: the latency from the start's nanoseconds, which the
         // call's admission counted (its ticket's `started_ns`).
         let now_ns = self.nanos(now);
-        let latency = Duration::from_nanos(now_ns.saturating_sub(ticket.started_ns));
+        let latency_ns = now_ns.saturating_sub(ticket.started_ns);
+        let latency = Duration::from_nanos(latency_ns);
         // Nor one that waited out part of a stall: the lock keeps it out of the history.
-        let in_time =
-            latency <= ticket.deadline && ticket.started_ns >= self.stall_end.load(Relaxed);
+        let in_time = u128::from(latency_ns) <= ticket.deadline.as_nanos()
+            && ticket.started_ns >= self.stall_end.load(Relaxed);
         if count
             && outcome == Outcome::Sample
             && !probe
@@ -349,7 +379,7 @@ impl Peer {
             }
             let every = self.published.sample_every();
             let mut taken = None;
-            match stripe.defer(latency, ticket.class, now_ns, every, &mut taken) {
+            match stripe.defer(latency_ns, ticket.class, now_ns, every, &mut taken) {
                 Deferral::Held => {}
                 Deferral::Alone { kept } => {
                     let mut locked = self.lock_alone();

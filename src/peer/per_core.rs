@@ -280,7 +280,7 @@ impl Stripe {
         }
     }
 
-    /// Holds an answer of `latency` (of `class`) that came at `now` (nanoseconds since the
+    /// Holds an answer of `latency_ns` nanoseconds (of `class`) that came at `now` (nanoseconds since the
     /// epoch) in this stripe (this thread's); without a class, its latency is kept only one
     /// time in `sample_every` (a power of two: see [`sample_every`]), at random, and then
     /// stands for `sample_every` answers. Says what
@@ -290,7 +290,7 @@ impl Stripe {
     /// enough, which is moved to `taken`.
     pub(super) fn defer(
         &self,
-        latency: Duration,
+        latency_ns: u64,
         class: Option<ClassIx>,
         now: u64,
         sample_every: u32,
@@ -324,7 +324,7 @@ impl Stripe {
             .batch
             .get_or_insert_with(|| Box::new(Batch::empty()));
         let class = class.map_or(NO_CLASS, u64::from);
-        let nanos = u64::try_from(latency.as_nanos()).map_or(LATENCY_MASK, |n| n.min(LATENCY_MASK));
+        let nanos = latency_ns.min(LATENCY_MASK);
         let word = |k: u32| nanos | (u64::from(k.trailing_zeros()) & WEIGHT_MASK) << LATENCY_BITS;
         let full = batch.push(kept.map(|k| word(k) | class << CLASS_SHIFT), now);
         if full || due {
@@ -411,7 +411,8 @@ mod tests {
         every: u32,
     ) -> (Deferral, Option<Batch>) {
         let mut taken = None;
-        let deferral = stripes.mine().defer(latency, class, now, every, &mut taken);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let deferral = stripes.mine().defer(nanos, class, now, every, &mut taken);
         assert_eq!(taken.is_some(), deferral == Deferral::Taken);
         (deferral, taken)
     }

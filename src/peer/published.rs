@@ -96,6 +96,7 @@ impl Published {
     }
 
     /// The deadline new calls get, and why: one atomic load.
+    #[inline]
     pub(super) fn deadline(&self) -> (Duration, DeadlineSource) {
         unpack(self.deadline.load(Relaxed))
     }
@@ -130,6 +131,7 @@ impl Published {
     }
 
     /// The health state.
+    #[inline]
     pub(super) fn state(&self) -> PeerState {
         PeerState::ALL[usize::from(self.state.load(Relaxed)).min(PeerState::ALL.len() - 1)]
     }

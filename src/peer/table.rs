@@ -87,7 +87,7 @@ pub(crate) enum Admission {
 impl Admission {
     /// The same decision, an admitted call's deadline cut to `caller_deadline` where that
     /// is shorter (ARCHITECTURE.md, invariant 6).
-    #[inline]
+    #[inline(always)]
     fn capped(self, caller_deadline: Option<Duration>) -> Admission {
         match self {
             Admission::Admitted(in_flight, ticket) => {
@@ -255,6 +255,7 @@ impl<K: PeerKey> PeerTable<K> {
     /// every call once the layer is shut down, and a call whose caller's deadline is spent
     /// (fired where this is called).
     #[track_caller]
+    #[inline(always)]
     pub(crate) fn admit(
         &self,
         mut key: Option<K>,
@@ -287,6 +288,7 @@ impl<K: PeerKey> PeerTable<K> {
     }
 
     /// Admits a call to `peer`; `None` if the peer has left the table.
+    #[inline(always)]
     fn admit_tracked(
         &self,
         peer: &PeerRef,

@@ -42,11 +42,13 @@ impl Peer {
     }
 
     /// The current deadline and why it has that value: one atomic load.
+    #[inline]
     pub(crate) fn deadline(&self) -> (Duration, DeadlineSource) {
         self.published.deadline()
     }
 
     /// The health state.
+    #[inline]
     pub(crate) fn state(&self) -> PeerState {
         self.published.state()
     }
@@ -68,6 +70,7 @@ impl Peer {
 
     /// The deadline a new call of `class` gets (see [`class_deadline`]): a
     /// few atomic loads.
+    #[inline]
     pub(super) fn class_deadline(&self, class: Option<ClassIx>) -> (Duration, DeadlineSource) {
         match self.classes.word(class) {
             Some(word) => class_deadline(word, self.deadline(), self.published.cold_start()),
