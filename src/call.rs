@@ -1,8 +1,9 @@
 //! The in-flight call guard: one admitted call's bookkeeping, from its ticket to its
-//! outcome. It records the outcome exactly once: the outcome methods consume it, and a
-//! guard dropped without one (its caller went away) records the call as abandoned (or, once
-//! its head was answered and its body ended or was dropped, as answered), through the
-//! peer's [`InFlight`] place it carries from admission on (ARCHITECTURE.md, invariant 4).
+//! outcome. It records the outcome exactly once: the outcome methods end it through its
+//! [`InFlight`], which hands its peer out the first time only, and a guard dropped
+//! without one (its caller went away) records the call as abandoned (or, once
+//! its head was answered and its body ended or was dropped, as answered), through that
+//! place among its peer's calls it carries from admission on (ARCHITECTURE.md, invariant 4).
 //!
 //! A call refused at admission has no guard: it never was in flight. [`refusal`] builds its
 //! error.
