@@ -39,6 +39,7 @@ pub(crate) fn move_thread() {
 }
 
 /// This thread's index, which [`Striped`] reduces to its stripe.
+#[inline]
 pub(crate) fn current() -> usize {
     THREAD.with(|t| {
         let mut i = t.get();
@@ -69,6 +70,7 @@ impl<T> Striped<T> {
     }
 
     /// The stripe this thread writes, and its index.
+    #[inline]
     pub(crate) fn mine(&self) -> (usize, &T) {
         let i = current() & (self.stripes.len() - 1);
         (i, &self.stripes[i])

@@ -288,8 +288,13 @@ impl Peer {
 
     /// The slot of `class`, claiming one for a class not seen before if any is free.
     /// Allocates (the class's label and history) only for a new class.
+    #[inline]
     fn class_of(&self, now: Instant, class: Option<ClassOf<'_>>) -> Option<ClassIx> {
-        let class = class?;
+        self.class_slot(now, class?)
+    }
+
+    /// [`class_of`](Self::class_of) for a call that has a class.
+    fn class_slot(&self, now: Instant, class: ClassOf<'_>) -> Option<ClassIx> {
         let id = class.id();
         if let Some(i) = self.classes.find(id) {
             return Some(i);

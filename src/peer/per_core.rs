@@ -206,6 +206,7 @@ impl Stripes {
     }
 
     /// This thread's stripe.
+    #[inline]
     pub(super) fn mine(&self) -> &Stripe {
         self.stripes.mine().1
     }
@@ -214,6 +215,7 @@ impl Stripes {
     /// (the call is not counted). The stripe is where the call must [`leave`](Self::leave).
     /// Counted before checked, on the word that defers the retired bit: a call is counted in
     /// flight before its peer can be retired (ARCHITECTURE.md, invariant 1).
+    #[inline]
     pub(super) fn enter(&self) -> Option<usize> {
         let (i, stripe) = self.stripes.mine();
         if stripe.in_flight.fetch_add(1, Relaxed) & RETIRED != 0 {

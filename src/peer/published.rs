@@ -57,6 +57,7 @@ impl Published {
     }
 
     /// Whether a busy core's answers may wait in its stripe.
+    #[inline]
     pub(super) fn batched(&self) -> bool {
         self.batched.load(Relaxed)
     }
@@ -69,6 +70,7 @@ impl Published {
     }
 
     /// One answer in how many waiting in a stripe keeps its latency (a power of two).
+    #[inline]
     pub(super) fn sample_every(&self) -> u32 {
         self.sample_every.load(Relaxed)
     }
@@ -79,11 +81,13 @@ impl Published {
     }
 
     /// The policy's `cold_start`.
+    #[inline]
     pub(super) fn cold_start(&self) -> Duration {
         Duration::from_nanos(self.cold_start.load(Relaxed))
     }
 
     /// The policy's `max`.
+    #[inline]
     pub(super) fn max(&self) -> Duration {
         Duration::from_nanos(self.max.load(Relaxed))
     }
@@ -141,6 +145,7 @@ impl Published {
     }
 
     /// Whether the window is due to rotate at `now` (nanoseconds since the epoch).
+    #[inline]
     pub(super) fn rotation_due(&self, now: u64) -> bool {
         now >= self.rotate_at.load(Relaxed)
     }
@@ -161,6 +166,7 @@ pub(super) fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
 }
 
 /// The deadline and source a deadline word holds.
+#[inline]
 pub(super) fn unpack(word: u64) -> (Duration, DeadlineSource) {
     let source =
         DeadlineSource::ALL[((word >> NANOS_BITS) as usize).min(DeadlineSource::ALL.len() - 1)];

@@ -354,6 +354,7 @@ impl<K: PeerKey> PeerTable<K> {
     /// The peer for `key`: the one in `last` if it is the same, else from the table (and
     /// then remembered in `last`). Borrowed from `last`: a call clones it once, into its
     /// hold.
+    #[inline]
     fn cached_peer<'a>(
         &self,
         key: K,

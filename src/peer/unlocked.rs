@@ -119,6 +119,7 @@ impl Peer {
 
     /// Notes a call to the peer at `now` (nanoseconds since the epoch; admitted or refused:
     /// either is use) for idle eviction, writing only when a millisecond has passed.
+    #[inline]
     pub(crate) fn touch(&self, now: u64) {
         if now.saturating_sub(self.last_used.load(Relaxed)) >= 1_000_000 {
             self.last_used.store(now, Relaxed);
@@ -126,6 +127,7 @@ impl Peer {
     }
 
     /// `t` in nanoseconds since the peer's epoch.
+    #[inline]
     pub(crate) fn nanos(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }

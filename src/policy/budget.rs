@@ -56,6 +56,7 @@ impl Account {
     }
 
     /// Whether a charge was refused since room was last made: one load.
+    #[inline]
     pub(crate) fn short(&self) -> bool {
         self.wanted.load(Relaxed) != 0
     }

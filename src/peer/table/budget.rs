@@ -50,10 +50,17 @@ impl<K: PeerKey> PeerTable<K> {
     /// never `calling`, the peer of the admission that makes room: a peer busy enough to
     /// want more histories than the budget holds keeps the ones it has, and is never let go
     /// by its own calls. One load when nothing was refused.
+    #[inline]
     pub(super) fn reclaim(&self, now: Instant, calling: Option<&K>) {
-        if !self.account.short() {
-            return;
+        if self.account.short() {
+            self.reclaim_for(now, calling);
         }
+    }
+
+    /// [`reclaim`](Self::reclaim) once a history was refused: out of the admission's line.
+    #[cold]
+    #[inline(never)]
+    fn reclaim_for(&self, now: Instant, calling: Option<&K>) {
         let Some(wanted) = self.account.take_wanted() else {
             return;
         };
