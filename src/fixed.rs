@@ -113,6 +113,10 @@ impl<Req, K: PeerKey, F: KeyFn<Req, Key = K>> KeyFn<Req> for FixedKey<K, F> {
         Some(self.key.clone())
     }
 
+    fn goes_to(&self, _req: &Req, peer: &K) -> bool {
+        *peer == self.key
+    }
+
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
         self.key_fn.interrupt_token(req)
     }

@@ -13,7 +13,7 @@ use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::BoxError;
 use crate::future::{Head, ResponseFuture};
 use crate::peer::key::{KeyFn, PeerKey};
-use crate::peer::table::{Admission, LastPeer, PeerTable};
+use crate::peer::table::{Admission, Keyed, LastPeer, PeerTable};
 use crate::token::Interrupt;
 
 /// Gives every call the adaptive deadline of its peer. Made by
@@ -143,7 +143,10 @@ impl<S, K, F, C> AdaptiveTimeout<S, K, F, C> {
             #[cfg(feature = "http")]
             Propagated::Whole { total } => [caller_deadline, total].into_iter().flatten().min(),
         };
-        let key = self.key_fn.peer_key(&req);
+        let key = match &self.last {
+            Some(last) if self.key_fn.goes_to(&req, last.key()) => Keyed::Last,
+            _ => Keyed::Key(self.key_fn.peer_key(&req)),
+        };
         let hints = self.key_fn.latency_hints(&req);
         let head = Head::new(self.classify.clone());
         match self

@@ -45,6 +45,15 @@ pub trait KeyFn<Req> {
     /// The peer `req` goes to.
     fn peer_key(&self, req: &Req) -> Option<Self::Key>;
 
+    /// Whether `req` goes to `peer` (the peer this service called last), where telling is
+    /// cheaper than building `req`'s key: the layer asks first and builds the key only on
+    /// `false`. `true` must mean [`peer_key`](Self::peer_key) would give a key equal to
+    /// `peer`. Default: `false`.
+    fn goes_to(&self, req: &Req, peer: &Self::Key) -> bool {
+        let _ = (req, peer);
+        false
+    }
+
     /// The call's own cooperative [`Interrupt`] token, put in the request if it can carry
     /// one, which the layer fires when it ends the call. If the request already carries
     /// its caller's token, the call's token should be a [`child`](Interrupt::child) of it
@@ -98,6 +107,13 @@ pub trait HasPeer {
     /// The peer this request goes to, if it names one.
     fn peer(&self) -> Option<Self::Key>;
 
+    /// Whether this request goes to `peer`, told without building its key (see
+    /// [`KeyFn::goes_to`]). Default: `false`.
+    fn goes_to(&self, peer: &Self::Key) -> bool {
+        let _ = peer;
+        false
+    }
+
     /// The call's own [`Interrupt`] token, put in the request if it can carry one: a
     /// [`child`](Interrupt::child) of the caller's token in its place if it carries one,
     /// else a new one (see [`KeyFn::interrupt_token`]). Default: none.
@@ -130,6 +146,10 @@ impl<Req: HasPeer> KeyFn<Req> for ByPeer {
     type Key = Req::Key;
     fn peer_key(&self, req: &Req) -> Option<Req::Key> {
         req.peer()
+    }
+
+    fn goes_to(&self, req: &Req, peer: &Req::Key) -> bool {
+        req.goes_to(peer)
     }
 
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
@@ -178,6 +198,10 @@ where
 
     fn peer_key(&self, req: &Req) -> Option<F::Key> {
         self.key_fn.peer_key(req)
+    }
+
+    fn goes_to(&self, req: &Req, peer: &F::Key) -> bool {
+        self.key_fn.goes_to(req, peer)
     }
 
     fn interrupt_token(&self, req: &mut Req) -> Option<Interrupt> {
@@ -272,6 +296,12 @@ mod http_peer {
         /// that is no number from 0 to 65535.
         pub fn from_uri(uri: &Uri) -> Option<HttpPeer> {
             HttpPeer::new(uri.scheme().cloned(), uri.authority()?.clone())
+        }
+
+        /// Whether this peer was made from `scheme` and `authority` written exactly so:
+        /// then a key made from them equals this one.
+        fn is_written_as(&self, scheme: Option<&Scheme>, authority: &Authority) -> bool {
+            self.authority.as_str() == authority.as_str() && self.scheme.as_ref() == scheme
         }
 
         /// Finds the host and the port in `authority` (a scan of its bytes, no copy). An
@@ -433,6 +463,14 @@ mod http_peer {
             let host = self.headers().get(HOST)?;
             let authority = Authority::try_from(host.as_bytes()).ok()?;
             HttpPeer::new(None, authority)
+        }
+
+        /// The URI's scheme and authority written exactly as `peer`'s were: one comparison
+        /// of bytes, no key built. A request keyed by its `Host` header is not told here.
+        fn goes_to(&self, peer: &HttpPeer) -> bool {
+            let uri = self.uri();
+            uri.authority()
+                .is_some_and(|a| peer.is_written_as(uri.scheme(), a))
         }
 
         /// The call's own token, in the request's extensions for work deeper in the chain:

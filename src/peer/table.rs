@@ -40,21 +40,18 @@ use crate::propagate::Propagation;
 
 mod budget;
 mod ejection;
+mod last;
 mod room;
 
 pub(crate) use self::ejection::{EjectionTimes, EndpointSet};
 pub use self::ejection::{
     DEFAULT_BASE_EJECTION_TIME, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MAX_EJECTION_TIME,
 };
+pub(crate) use self::last::{Keyed, LastPeer};
 
 /// How many times a call looks its peer up again after finding it evicted, before it goes
 /// untracked (a table far too small for its keys).
 const ADMIT_TRIES: usize = 4;
-
-/// Calls in a row to one peer after which a service leases it (one allocation, then no
-/// shared reference count written per call); a service that moves between peers more
-/// often than this never does.
-const LEASE_AFTER: u32 = 64;
 
 /// The default policy and the per-peer overrides.
 pub(crate) struct Policies<K> {
@@ -96,17 +93,6 @@ impl Admission {
             refused => refused,
         }
     }
-}
-
-/// The peer one service called last: repeated calls to one peer skip the lookup. Once
-/// the table lets the peer go, admission says so and the call looks it up again. A clone
-/// of the service shares its lease, if it has one.
-#[derive(Clone)]
-pub(crate) struct LastPeer<K> {
-    key: K,
-    peer: PeerRef,
-    /// Calls to the peer in a row; at [`LEASE_AFTER`] the service takes a lease on it.
-    calls: u32,
 }
 
 /// A peer in the rotation, with its key.
@@ -258,7 +244,7 @@ impl<K: PeerKey> PeerTable<K> {
     #[inline(always)]
     pub(crate) fn admit(
         &self,
-        mut key: Option<K>,
+        mut key: Keyed<K>,
         now: Instant,
         caller_deadline: Option<Duration>,
         hints: LatencyHints<'_>,
@@ -266,22 +252,22 @@ impl<K: PeerKey> PeerTable<K> {
     ) -> Admission {
         let here = Location::caller();
         // A history refused memory: room is made here, outside every peer's lock.
-        self.reclaim(now, key.as_ref());
-        if key.is_none() {
+        self.reclaim(now, key.key(last));
+        if let Keyed::Key(None) = key {
             // The request names no peer: the call teaches nothing, but it is counted.
             self.count_untracked();
         }
         for _ in 0..ADMIT_TRIES {
-            let Some(peer) = key.take().and_then(|k| self.cached_peer(k, now, last)) else {
+            let Some(peer) = self.cached_peer(key.take(), now, last) else {
                 break;
             };
             match self.admit_tracked(peer, now, caller_deadline, hints, here) {
                 Some(admission) => return admission,
                 // The peer was let go since it was found: look it up again.
-                None => key = last.take().map(|last| last.key),
+                None => key = Keyed::Key(last.take().map(LastPeer::into_key)),
             }
         }
-        if key.is_some() {
+        if let Keyed::Key(Some(_)) = key {
             self.count_untracked();
         }
         self.admit_untracked(now, caller_deadline, hints, here)
@@ -349,36 +335,6 @@ impl<K: PeerKey> PeerTable<K> {
             reason: Reason::BudgetSpent,
             fired_at: here,
         })
-    }
-
-    /// The peer for `key`: the one in `last` if it is the same, else from the table (and
-    /// then remembered in `last`). Borrowed from `last`: a call clones it once, into its
-    /// hold.
-    #[inline]
-    fn cached_peer<'a>(
-        &self,
-        key: K,
-        now: Instant,
-        last: &'a mut Option<LastPeer<K>>,
-    ) -> Option<&'a PeerRef> {
-        match last {
-            Some(last) if last.key == key => {
-                if last.calls < LEASE_AFTER {
-                    last.calls += 1;
-                } else if !last.peer.is_leased() {
-                    last.peer = last.peer.leased();
-                }
-            }
-            _ => {
-                let peer = PeerRef::Shared(self.peer(&key, now)?);
-                *last = Some(LastPeer {
-                    key,
-                    peer,
-                    calls: 0,
-                });
-            }
-        }
-        last.as_ref().map(|last| &last.peer)
     }
 
     /// The peer for `key`, inserting it if there is room. `None`: the call is untracked.
@@ -576,7 +532,7 @@ pub(crate) mod tests {
         for i in 0..answers {
             let hints = LatencyHints::default();
             let Admission::Admitted(mut held, ticket) =
-                t.admit(Some(1), now, None, hints, &mut last)
+                t.admit(Keyed::Key(Some(1)), now, None, hints, &mut last)
             else {
                 panic!("a healthy peer admits every call");
             };
@@ -598,23 +554,5 @@ pub(crate) mod tests {
         assert!(quantiles.into_iter().all(within), "{quantiles:?}");
         let learned = view.explanation.source.is_learned();
         assert!(learned, "{deadline:?} from {}", view.explanation.source);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_service_leases_the_peer_it_keeps_calling_and_drops_the_lease_when_it_moves_on() {
-        let t = table(4);
-        let now = Instant::now();
-        let mut last = None;
-        for call in 0..=LEASE_AFTER {
-            let peer = t.cached_peer(1, now, &mut last).unwrap();
-            assert!(!peer.is_leased(), "call {call}");
-        }
-        assert!(t.cached_peer(1, now, &mut last).unwrap().is_leased());
-        // A clone of the service shares the lease; another peer starts over.
-        let mut clone = last.clone();
-        assert!(t.cached_peer(1, now, &mut clone).unwrap().is_leased());
-        assert!(!t.cached_peer(2, now, &mut last).unwrap().is_leased());
-        let lease_gone = last.as_ref().is_some_and(|l| l.key == 2);
-        assert!(lease_gone, "the cache moved to peer 2");
     }
 }

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::fmt;
 
 use tokio::time::Instant;
-use tower::{service_fn, BoxError, Layer, ServiceExt};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_adaptive_timeout::{
     AdaptiveTimeoutLayer, HasPeer, HttpPeer, TimeoutPolicy, MAX_LABEL_BYTES,
 };
@@ -186,4 +186,78 @@ async fn labels_are_bounded_escaped_and_cut_on_a_char_boundary() {
         "10.0.0.7:9000"
     );
     assert_eq!(label_of(7u32).await.0, "7");
+}
+
+/// Spellings of a few peers: the same peer written several ways, and peers that differ
+/// from it only in scheme, port or host.
+const SPELLINGS: [&str; 9] = [
+    "http://a.test:80/x",
+    "http://a.test/y",
+    "http://A.TEST:80/",
+    "http://u:p@a.test:80/",
+    "https://a.test:80/",
+    "http://a.test:81/",
+    "http://b.test:80/",
+    "http://a.test.:80/",
+    "a.test:80",
+];
+
+#[test]
+fn a_request_goes_to_a_peer_only_if_its_key_is_that_peer() {
+    let request = |s: &str| {
+        http::Request::builder()
+            .uri(s)
+            .body(())
+            .expect("a valid URI")
+    };
+    let mut told = 0;
+    for a in SPELLINGS {
+        let peer = request(a).peer().expect("a peer");
+        for b in SPELLINGS {
+            let req = request(b);
+            if req.goes_to(&peer) {
+                told += 1;
+                assert_eq!(req.peer().as_ref(), Some(&peer), "{b} told to go to {a}");
+            }
+        }
+    }
+    // Every spelling is told it goes to its own peer, without its key built.
+    assert!(told >= SPELLINGS.len(), "{told}");
+    // A request keyed by its `Host` header is never told.
+    let hosted = http::Request::builder()
+        .uri("/x")
+        .header(http::header::HOST, "a.test:80")
+        .body(())
+        .unwrap();
+    let peer = hosted.peer().expect("the Host header's peer");
+    assert!(!hosted.goes_to(&peer));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_service_calling_peers_in_turn_counts_each_call_on_its_own_peer() {
+    let layer = AdaptiveTimeoutLayer::http().build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    // Each spelling in turn, twice over: the service's last peer changes between most
+    // calls, and repeats between some (the same peer written differently, or twice).
+    for uri in SPELLINGS
+        .iter()
+        .chain(&SPELLINGS)
+        .chain(&["http://a.test/z"; 3])
+    {
+        let response = svc.ready().await.unwrap().call(get(uri)).await;
+        assert!(response.is_ok(), "{uri}");
+    }
+    let calls = |peer: &str| {
+        let key: HttpPeer = peer.parse().unwrap();
+        handle.peer(&key).map_or(0, |p| p.completed)
+    };
+    assert_eq!(calls("http://a.test:80"), 2 * 5 + 3);
+    assert_eq!(calls("https://a.test:80"), 2);
+    assert_eq!(calls("http://a.test:81"), 2);
+    assert_eq!(calls("http://b.test:80"), 2);
+    assert_eq!(calls("a.test:80"), 2, "no scheme: a peer of its own");
+    assert_eq!(handle.snapshot().len(), 5);
 }
