@@ -21,6 +21,11 @@
 //! done
 //! ```
 //!
+//! With `COUNT_TIMES=k` set, a `ready` or `pending_once` run also times `k` runs of `calls`
+//! calls after the warm-up, one after another in the process, and prints the fastest and
+//! the median nanoseconds per call: a quick comparison of two builds, run in turns (the
+//! fastest of many short runs moves least with the machine); `overhead` is the benchmark.
+//!
 //! Without arguments (as `cargo test --all-targets` runs it) it makes 1,000 calls of each
 //! case and stack and checks that none of the layer's allocates.
 
@@ -73,10 +78,26 @@ fn run<S: Service<Req>>(mut svc: S, (warm_up, calls): (u64, u64)) -> f64 {
     let rt = current_thread();
     rt.block_on(async {
         drive(&mut svc, &[0], warm_up).await;
+        if let Some(runs) = timed_runs() {
+            let mut per_call = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let took = drive(&mut svc, &[0], calls).await;
+                per_call.push(took.as_nanos() as f64 / calls.max(1) as f64);
+            }
+            per_call.sort_by(f64::total_cmp);
+            let (fastest, median) = (per_call[0], per_call[runs / 2]);
+            println!("ns per call over {runs} runs: fastest {fastest:.1}, median {median:.1}");
+        }
         let before = ALLOCATIONS.load(Relaxed);
         drive(&mut svc, &[0], calls).await;
         (ALLOCATIONS.load(Relaxed) - before) as f64 / calls.max(1) as f64
     })
+}
+
+/// How many timed runs `COUNT_TIMES` asks for (`None`: unset, 0 or not a number).
+fn timed_runs() -> Option<usize> {
+    let runs = std::env::var("COUNT_TIMES").ok()?.parse().ok()?;
+    (runs > 0).then_some(runs)
 }
 
 /// `inner` behind this layer, keyed by `Req::peer`, under the default policy but for a
