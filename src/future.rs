@@ -20,6 +20,7 @@ use crate::call::{Call, Ended};
 use crate::classify::{AllSamples, ClassifyResponse};
 use crate::error::{BoxError, Interrupted};
 use crate::interrupt::{Fired, Origin};
+#[cfg(feature = "http")]
 use crate::invariant::broken;
 use crate::timer::{yield_before_expiry, CallTimer};
 
@@ -153,6 +154,7 @@ impl<F, M> ResponseFuture<F, M> {
 }
 
 /// How a call's race ended: its guard and what ended it, or the error of a refused call.
+#[cfg(feature = "http")]
 pub(crate) type RaceEnd<T> = Result<(Call, Ended<T>), BoxError>;
 
 impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
@@ -167,13 +169,16 @@ impl<F: fmt::Debug, M: fmt::Debug> fmt::Debug for ResponseFuture<F, M> {
     }
 }
 
+#[cfg(feature = "http")]
 impl<F, M, T, E> ResponseFuture<F, M>
 where
     F: Future<Output = Result<T, E>>,
 {
     /// Runs the race; once it is over, gives the call guard and what ended the call, with
-    /// the inner future, the deadline and the registrations dropped. A refused call (or a
-    /// future polled again after it finished) gives its error instead.
+    /// the inner future, the deadline and the registrations dropped: for a call that goes
+    /// on in its body, which takes the guard (a head's call ends in place instead: see its
+    /// `poll`). A refused call (or a future polled again after it finished) gives its
+    /// error instead.
     pub(crate) fn poll_ended(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
