@@ -97,6 +97,20 @@ pin_project! {
     }
 }
 
+impl<F> State<F> {
+    /// The race of a running call and its guard, or the error of a call refused at
+    /// admission (or polled again after it ended).
+    fn running(self: Pin<&mut Self>) -> Result<(Pin<&mut Race<F>>, &mut Call), BoxError> {
+        match self.project() {
+            StateProj::Running { race, call } => Ok((race, call)),
+            StateProj::Rejected { error } => Err(error
+                .take()
+                .unwrap_or_else(|| POLLED_AFTER_COMPLETION.into())),
+            StateProj::Done => Err(POLLED_AFTER_COMPLETION.into()),
+        }
+    }
+}
+
 impl<F, M> ResponseFuture<F, M> {
     /// An admitted call: `inner` races its deadline and interrupts, `call` records the end,
     /// `finish` makes the answer what the caller gets; `caller_deadline` (from the call's
@@ -185,20 +199,11 @@ where
     ) -> Poll<(RaceEnd<F::Output>, &mut M)> {
         let this = self.project();
         let mut state = this.state;
-        let (race, call) = match state.as_mut().project() {
-            StateProj::Running { race, call } => (race, call),
-            StateProj::Rejected { error } => {
-                let error = error.take();
-                let error = error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into());
-                return Poll::Ready((Err(error), this.finish));
-            }
-            StateProj::Done => {
-                return Poll::Ready((Err(POLLED_AFTER_COMPLETION.into()), this.finish))
-            }
+        let (race, call) = match state.as_mut().running() {
+            Ok(running) => running,
+            Err(error) => return Poll::Ready((Err(error), this.finish)),
         };
-        let span = call.span().clone();
-        let _entered = span.enter();
-        let ended = ready!(race.poll(call, cx));
+        let ended = ready!(race.poll_in_span(call, cx));
         Poll::Ready((
             match state.project_replace(State::Done) {
                 StateReplace::Running { call, .. } => Ok((call, ended)),
@@ -225,19 +230,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut state = this.state;
-        let (race, call) = match state.as_mut().project() {
-            StateProj::Running { race, call } => (race, call),
-            StateProj::Rejected { error } => {
-                let error = error.take();
-                return Poll::Ready(Err(error.unwrap_or_else(|| POLLED_AFTER_COMPLETION.into())));
-            }
-            StateProj::Done => return Poll::Ready(Err(POLLED_AFTER_COMPLETION.into())),
-        };
-        let ended = {
-            let span = call.span().clone();
-            let _entered = span.enter();
-            ready!(race.poll(call, cx))
-        };
+        let (race, call) = state.as_mut().running()?;
+        let ended = ready!(race.poll_in_span(call, cx));
         let result = call.end(ended, &this.finish.classify);
         state.set(State::Done);
         Poll::Ready(result)
@@ -251,7 +245,19 @@ where
     /// Polls the inner future, then the interrupts, then the deadline; the first that is
     /// ready ends the call. A deadline that runs out while the peer still answers other
     /// calls is armed again for when the call is cut ([`Call::cut_at`]), never past the
-    /// caller's own.
+    /// caller's own. Polled within the call's span, so what the inner future traces nests
+    /// under it.
+    fn poll_in_span(
+        self: Pin<&mut Self>,
+        call: &mut Call,
+        cx: &mut Context<'_>,
+    ) -> Poll<Ended<F::Output>> {
+        let span = call.span().clone();
+        let _entered = span.enter();
+        self.poll(call, cx)
+    }
+
+    /// The race of [`poll_in_span`](Self::poll_in_span), the span aside.
     fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
