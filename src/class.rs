@@ -21,7 +21,12 @@
 //! * **Which deadline.** A class learns like a new peer: until its second answer it gets
 //!   the longer of `cold_start` and the peer's deadline (a class of its own may be slower
 //!   than the peer's usual calls, never assumed faster), then its estimate, then its
-//!   quantile.
+//!   quantile. Until its window holds the answers its quantile needs to be seen,
+//!   `1 / (1 - quantile)` (1,000 for p99.9), it never goes below the peer's deadline: its
+//!   few answers cannot have seen the rare delays of the link every route to the peer
+//!   shares (a retransmission, a pause), which the peer's history, fed by every route,
+//!   has. A class may lengthen its calls' deadline from its first answer; it shortens it
+//!   only once it has seen its quantile.
 //! * **Memory.** A class holds its last `min_samples` answers (2,000 bytes at the default
 //!   policy) and, once it is busy, a window like a peer's (46,592 bytes at most): a peer
 //!   holds at most `1 + max_classes` of them, each within its policy's

@@ -3,7 +3,9 @@
 //!
 //! Admission finds a call's class without a lock: each class holds a slot of two atomics,
 //! its id and its published deadline word (0 until the class has a sample: calls of the
-//! class get the longer of `cold_start` and the peer's deadline until it has learned).
+//! class get the longer of `cold_start` and the peer's deadline until it has learned; the
+//! word's top bit, [`AT_LEAST_PEER`], keeps them at least at the peer's deadline until the
+//! class has seen its quantile: [`class_deadline`]).
 //! Slots are claimed in order under the peer's lock by the first call of a new class, at
 //! most `max_classes`; once all are taken, calls of further classes go with the peer's own
 //! history without taking the lock. Every call's outcome feeds the peer's own history too:
@@ -20,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::lane::Lane;
-use super::published::{pack, unpack};
+use super::published::{pack, unpack, AT_LEAST_PEER};
 use crate::class::{ClassOf, ClassSnapshot};
 use crate::explain::{DeadlineExplanation, DeadlineSource};
 use crate::label::label;
@@ -104,9 +106,10 @@ pub(crate) struct ClassLane {
 }
 
 impl ClassLane {
-    /// Whether a deadline from `source` for a call of this class was the class's own.
-    fn set(&self, source: DeadlineSource) -> bool {
-        self.lane.source == source && (self.sampled || source == DeadlineSource::ColdStart)
+    /// Whether `deadline` from `source`, given to a call of this class, was the class's
+    /// own (one its history published), not its peer's.
+    fn set(&self, (deadline, source): (Duration, DeadlineSource)) -> bool {
+        self.lane.explained.gave(deadline, source)
     }
 }
 
@@ -218,10 +221,13 @@ impl ClassSlots {
 }
 
 /// The deadline a new call of a class whose slot holds `word` gets, its peer's being
-/// `peer`: its class's own once it has learned from its answers; before that (no answer,
-/// or one) the longer of `cold_start` and the peer's deadline, since a class of its own
-/// may well be slower than the peer's usual calls (the rare slow route), and is at least
-/// as slow as an unknown peer.
+/// `peer`: the longer of the class's own and its peer's until the class has seen its
+/// quantile ([`TimeoutPolicy::answers_to_see`] answers in its window: 1,000 for p99.9),
+/// then its class's own. Before its second answer a class is at least as slow as an
+/// unknown peer (`cold_start`), and may well be slower than its peer's usual calls (the
+/// rare slow route). Until it has seen its quantile, its answers cannot have seen the
+/// rare delays of the link it shares with every other route to its peer (a
+/// retransmission, a pause), which the peer's own history, fed by every route, has.
 pub(crate) fn class_deadline(
     word: u64,
     peer: (Duration, DeadlineSource),
@@ -231,7 +237,8 @@ pub(crate) fn class_deadline(
         0 => (cold_start, DeadlineSource::ColdStart),
         word => unpack(word),
     };
-    if own.1 == DeadlineSource::ColdStart && peer.0 > own.0 {
+    let at_least_peer = word == 0 || word & AT_LEAST_PEER != 0;
+    if (at_least_peer || own.1 == DeadlineSource::ColdStart) && peer.0 > own.0 {
         peer
     } else {
         own
@@ -317,7 +324,8 @@ impl ClassLanes {
         // published to its calls once it has a sample.
         let (deadline, source) = c.lane.recompute(now, policy, overridden);
         if c.sampled {
-            c.word = pack(deadline, source);
+            let seen = c.lane.samples() >= policy.answers_to_see();
+            c.word = pack(deadline, source) | if seen { 0 } else { AT_LEAST_PEER };
             changed.set(i);
         }
     }
@@ -366,7 +374,7 @@ impl ClassLanes {
         (deadline, source): (Duration, DeadlineSource),
     ) -> DeadlineExplanation {
         let class = class.and_then(|i| self.0.get(usize::from(i)));
-        let class = class.filter(|c| c.set(source));
+        let class = class.filter(|c| c.set((deadline, source)));
         let lane = class.map_or(own, |c| &c.lane);
         let mut why = lane.explained.explain(started, deadline, source);
         why.class = class.map(|c| c.label.to_string());
@@ -394,9 +402,10 @@ impl ClassLanes {
         let reach = policy.max_history;
         let mut views = Vec::with_capacity(self.0.len());
         for c in &mut self.0 {
-            let (deadline, source) = class_deadline(c.word, peer, policy.cold_start);
+            let given = class_deadline(c.word, peer, policy.cold_start);
+            let (deadline, source) = given;
             let (quantiles, max, samples) = c.lane.window.quantiles([0.5, 0.99], reach, now);
-            let own_deadline = c.set(source);
+            let own_deadline = c.set(given);
             let lane = if own_deadline { &c.lane } else { own };
             let mut explanation = lane.explained.explain(now, deadline, source);
             explanation.class = own_deadline.then(|| c.label.to_string());
@@ -453,6 +462,49 @@ mod tests {
         assert_eq!(slots.word(ix), Some(0), "published only when applied");
         slots.publish(&lanes, &changed);
         assert_eq!(slots.word(ix), Some(lanes.0[0].word));
+    }
+
+    #[test]
+    fn a_class_is_at_least_its_peer_until_it_has_seen_its_quantile() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let policy = Arc::new(TimeoutPolicy::default());
+        assert_eq!(policy.answers_to_see(), 1_000);
+        let rules = (&policy, false);
+        let mut lanes = ClassLanes::default();
+        let mut own = Lane::new(&policy, t0);
+        let ix = lanes.add(ClassOf::Named("fast"), t0, rules);
+        let given = |lanes: &ClassLanes, peer: (Duration, DeadlineSource)| {
+            class_deadline(lanes.0[0].word, peer, policy.cold_start)
+        };
+        let (fast, slow) = (
+            (ms(20), DeadlineSource::Quantile),
+            (ms(450), DeadlineSource::Quantile),
+        );
+        let mut at = t0;
+        let mut answer = |lanes: &mut ClassLanes, n: usize| {
+            for _ in 0..n {
+                at += ms(1);
+                let sample = std::iter::once((ms(1), ix));
+                lanes.record(&mut own, at, sample, rules, &mut ClassBits::default());
+            }
+        };
+        answer(&mut lanes, 999);
+        let (learned, _) = unpack(lanes.0[0].word);
+        assert_eq!(learned, policy.min, "its own deadline is learned");
+        assert_eq!(given(&lanes, slow), slow, "999 answers: its peer's, longer");
+        assert_eq!(given(&lanes, fast), fast, "999 answers: its peer's, longer");
+        // Recomputed within `recompute_every` answers of its 1,000th: its own, shorter.
+        answer(&mut lanes, 256);
+        assert_eq!(
+            given(&lanes, slow),
+            (policy.min, DeadlineSource::ClampedMin)
+        );
+        assert_eq!(lanes.0[0].word & AT_LEAST_PEER, 0);
+        // A class's own deadline is explained by its class only when it was the one given.
+        let explained = |d| lanes.0[0].set(d);
+        assert!(explained((policy.min, DeadlineSource::ClampedMin)));
+        assert!(!explained(slow));
     }
 
     #[test]

@@ -103,6 +103,14 @@ impl Explained {
         }
     }
 
+    /// Whether one of the publications kept gave `deadline` from `source`.
+    pub(crate) fn gave(&self, deadline: Duration, source: DeadlineSource) -> bool {
+        self.runs
+            .iter()
+            .flatten()
+            .any(|run| run.gave(deadline, source))
+    }
+
     /// Why a call that started at `started` with `deadline` (from `source`) had it: the
     /// numbers of the latest publication of that deadline before the call started. A
     /// deadline cut for a silent peer was the policy's `min`; a caller's needs no numbers.

@@ -149,6 +149,11 @@ impl Lane {
         (deadline, source)
     }
 
+    /// How many answers the deadline last computed was learned from.
+    pub(crate) fn samples(&self) -> u64 {
+        self.learned.0
+    }
+
     /// How long answers normally take: the quantile once it is read from `min_samples`,
     /// else the slowest answer kept; at least `min`. A caller's deadline shorter than this
     /// proves nothing when it runs out.

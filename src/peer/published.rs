@@ -10,13 +10,18 @@ use std::time::Duration;
 use super::health::PeerState;
 use crate::explain::DeadlineSource;
 
-/// Bits of the packed deadline word that hold nanoseconds (the rest hold the source).
-const NANOS_BITS: u32 = 60;
+/// Bits of the packed deadline word that hold nanoseconds (2^56 ns, over two years: any
+/// deadline up to `MAX_DEADLINE`); the next four hold the source.
+const NANOS_BITS: u32 = 56;
 const NANOS_MASK: u64 = (1 << NANOS_BITS) - 1;
+const SOURCE_MASK: u64 = 0xF;
+/// The top bit of a latency class's word: the class's deadline is at least its peer's
+/// (`class_lanes::class_deadline`). Never set in a peer's own word.
+pub(super) const AT_LEAST_PEER: u64 = 1 << 63;
 
 /// The published part of one peer.
 pub(super) struct Published {
-    /// `deadline_ns | source << 60`.
+    /// `deadline_ns | source << 56`.
     deadline: AtomicU64,
     /// The health state, as its place in [`PeerState::ALL`]; only non-open states take
     /// the lock.
@@ -168,8 +173,8 @@ pub(super) fn pack(deadline: Duration, source: DeadlineSource) -> u64 {
 /// The deadline and source a deadline word holds.
 #[inline]
 pub(super) fn unpack(word: u64) -> (Duration, DeadlineSource) {
-    let source =
-        DeadlineSource::ALL[((word >> NANOS_BITS) as usize).min(DeadlineSource::ALL.len() - 1)];
+    let tag = ((word >> NANOS_BITS) & SOURCE_MASK) as usize;
+    let source = DeadlineSource::ALL[tag.min(DeadlineSource::ALL.len() - 1)];
     (Duration::from_nanos(word & NANOS_MASK), source)
 }
 
@@ -180,8 +185,10 @@ mod tests {
     #[test]
     fn pack_round_trips_every_source() {
         for source in DeadlineSource::ALL {
-            let d = Duration::from_millis(1234);
-            assert_eq!(unpack(pack(d, source)), (d, source));
+            for d in [Duration::from_millis(1234), crate::policy::MAX_DEADLINE] {
+                assert_eq!(unpack(pack(d, source)), (d, source));
+                assert_eq!(unpack(pack(d, source) | AT_LEAST_PEER), (d, source));
+            }
         }
     }
 

@@ -415,6 +415,18 @@ impl TimeoutPolicy {
         Duration::try_from_secs_f64(raw.clamp(secs(self.min), secs(self.max))).unwrap_or(self.max)
     }
 
+    /// How many answers a history needs before its `quantile` is seen rather than
+    /// extrapolated: `1 / (1 - quantile)`, rounded (1,000 for p99.9). A latency class's
+    /// deadline is at least its peer's until its window holds that many.
+    pub(crate) fn answers_to_see(&self) -> u64 {
+        let n = (1.0 / (1.0 - self.quantile)).round();
+        if n.is_finite() && n >= 1.0 {
+            n.min(u64::MAX as f64) as u64
+        } else {
+            u64::MAX
+        }
+    }
+
     /// How many answers a history under this policy keeps: `min_samples`, within
     /// `[1, MAX_RECENT]`.
     pub(crate) fn history_capacity(&self) -> usize {

@@ -239,3 +239,76 @@ async fn any_request_type_names_its_class_with_a_closure() {
         .unwrap_err();
     assert_eq!(err.field(), "max_classes");
 }
+
+/// A host behind a lossy link: `/items/...` answers in 10ms, `/stream` in 1ms; a request
+/// with an `x-retransmit` header waits 200ms more (a reply segment sent again); one with
+/// `x-hang` is never answered.
+async fn lossy(req: Request<()>) -> Result<Response<()>, BoxError> {
+    if req.headers().contains_key("x-hang") {
+        std::future::pending::<()>().await;
+    }
+    let base = if req.uri().path().starts_with("/stream") {
+        1
+    } else {
+        10
+    };
+    let lost = if req.headers().contains_key("x-retransmit") {
+        200
+    } else {
+        0
+    };
+    tokio::time::sleep(ms(base + lost)).await;
+    Ok(Response::new(()))
+}
+
+fn retransmitted(path: &str) -> Request<()> {
+    let mut req = get(path);
+    req.headers_mut()
+        .insert("x-retransmit", "1".parse().unwrap());
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_short_of_its_quantiles_answers_keeps_its_peers_deadline() {
+    let builder = AdaptiveTimeoutLayer::http().policy(TimeoutPolicy::default());
+    let (svc, handle) = support::stack(builder, service_fn(lossy));
+    // 500 lookups, one in 50 retransmitted, and a fast stream call after every fifth:
+    // the peer's history has seen the link's 200ms; the stream's 100 answers have not.
+    for i in 1..=500 {
+        let req = match i % 50 {
+            0 => retransmitted(&format!("/items/{i}")),
+            _ => get(&format!("/items/{i}")),
+        };
+        assert!(call(&svc, req).await.is_none());
+        if i % 5 == 0 {
+            assert!(call(&svc, get("/stream")).await.is_none());
+        }
+    }
+    let snap = handle.peer(&peer()).unwrap();
+    let stream = snap.classes.iter().find(|c| c.class == "/stream").unwrap();
+    assert_eq!(stream.samples, 100);
+    assert!(snap.deadline > ms(400), "{snap:#?}");
+    assert_eq!(stream.deadline, snap.deadline, "{stream:#?}");
+    assert_eq!(
+        stream.explanation.class, None,
+        "the peer's numbers: {stream:#?}"
+    );
+
+    // A stream call the link delays is answered, not cut at the stream's own 10ms.
+    assert!(call(&svc, retransmitted("/stream")).await.is_none());
+
+    // Once the stream's class holds the 1,000 answers its p99.9 needs (and the delayed one
+    // is rarer than one in 1,000), its own deadline rules, shorter than its peer's: a
+    // stalled stream call is cut at it.
+    for _ in 0..3_000 {
+        assert!(call(&svc, get("/stream")).await.is_none());
+    }
+    let snap = handle.peer(&peer()).unwrap();
+    let stream = snap.classes.iter().find(|c| c.class == "/stream").unwrap();
+    assert!(stream.samples >= 1_000, "{stream:#?}");
+    assert!(stream.deadline < ms(30), "{stream:#?}");
+    assert!(snap.deadline > ms(400), "{snap:#?}");
+    let cut = call(&svc, hang("/stream")).await.expect("cut");
+    assert_eq!(cut.deadline(), Some(stream.deadline));
+    assert!(cut.to_string().contains("class /stream"), "{cut}");
+}
