@@ -24,8 +24,6 @@ use self::locked::{Effects, Locked};
 use self::per_core::{Batch, Deferral, Stripes};
 use self::published::Published;
 use self::table::Admission;
-#[cfg(feature = "http")]
-use crate::body::idle::{IdleRule, IdleSource};
 use crate::class::{ClassOf, LatencyHints};
 use crate::classify::{Classifier, Outcome};
 use crate::error::Reason;
@@ -35,6 +33,8 @@ use crate::export::PeerMetrics;
 use crate::interrupt::{Fired, Interrupts, Origin};
 use crate::policy::TimeoutPolicy;
 
+#[cfg(feature = "http")]
+mod body;
 mod class_lanes;
 mod estimate;
 mod explained;
@@ -326,17 +326,6 @@ impl Peer {
         self.record_answer(now, ticket, probe, outcome, false);
     }
 
-    /// A call whose head was answered with `outcome` after `latency` ended as answered
-    /// (its body ended, failed, or was dropped by its reader): counted now.
-    #[cfg(feature = "http")]
-    pub(crate) fn on_body_answered(&self, outcome: Outcome, latency: Duration) {
-        match outcome {
-            Outcome::Failure => self.metrics.failed(),
-            _ => self.metrics.answered(latency),
-        }
-        self.lock().body_answered(outcome);
-    }
-
     /// Records `outcome` (see `Locked::answer`, `src/peer/outcome.rs`), counted if
     /// `count`. A healthy peer's counted samples are recorded at once if its lock is free,
     /// else held in the caller's stripe and handed over in batches ([`per_core`]); one
@@ -472,51 +461,6 @@ impl Peer {
             let fx = locked.abandoned(now, probe);
             self.apply(&mut locked, now, fx);
         }
-    }
-
-    /// The idle deadline of a body from this peer under `rule`, and why; `None` when off.
-    #[cfg(feature = "http")]
-    pub(crate) fn idle_deadline(&self, rule: IdleRule) -> Option<(Duration, IdleSource)> {
-        self.gaps.idle_deadline(rule, self.deadline().0)
-    }
-
-    /// The idle deadline the peer's own rule ([`IdleRule::Learned`]) gives a body now:
-    /// what a caller's own body deadline is weighed against.
-    #[cfg(feature = "http")]
-    fn own_idle(&self) -> Duration {
-        self.idle_deadline(IdleRule::Learned)
-            .map_or(Duration::MAX, |(idle, _)| idle)
-    }
-
-    /// A body frame arrived at `now`, `gap` after the previous one (or after the head).
-    /// With `heartbeat`, it counts as an answer for the silence detector.
-    #[cfg(feature = "http")]
-    pub(crate) fn on_frame(&self, now: Instant, gap: Duration, heartbeat: bool) {
-        (self.gaps).record(|| self.lock().policy.clone(), now, gap);
-        if heartbeat {
-            let mut locked = self.lock();
-            let fx = locked.heartbeat(now);
-            self.apply(&mut locked, now, fx);
-        }
-    }
-
-    /// A body sent nothing since `since` for its idle deadline: a miss like a call's
-    /// deadline, which may declare the peer silent. A deadline its caller set (`by_caller`)
-    /// is weighed as a head's is: a miss only if it is at least the peer's own. Returns
-    /// the silence interrupt if this miss declared it.
-    #[cfg(feature = "http")]
-    pub(crate) fn on_body_idle(
-        &self,
-        now: Instant,
-        since: Instant,
-        by_caller: bool,
-    ) -> Option<Fired> {
-        let allowed = by_caller.then(|| self.own_idle());
-        let mut locked = self.lock();
-        let fx = locked.on_body_idle(now, since, allowed);
-        let silenced = self.apply(&mut locked, now, fx);
-        self.count_miss(&mut locked, silenced.as_ref());
-        silenced
     }
 
     /// Applies what bookkeeping under the lock returned, the lock still held (the one
