@@ -381,12 +381,21 @@ impl ClassLanes {
         why
     }
 
-    /// The history that says how long a call of `class` normally takes: its class's once
-    /// sampled, else `own`, the peer's.
-    pub(crate) fn lane_of<'a>(&'a self, own: &'a Lane, class: Option<ClassIx>) -> &'a Lane {
+    /// How long a call of `class` normally takes: what its class's history says once
+    /// sampled, else what `own`, the peer's, says; the longer of the two while the class
+    /// has not seen its quantile, as its deadline is (a caller's deadline shorter than
+    /// this proves nothing when it runs out).
+    pub(crate) fn normal_latency(
+        &self,
+        own: &Lane,
+        class: Option<ClassIx>,
+        policy: &TimeoutPolicy,
+    ) -> Duration {
+        let peer = || own.normal_latency(policy);
         match class.and_then(|i| self.0.get(usize::from(i))) {
-            Some(c) if c.sampled => &c.lane,
-            _ => own,
+            Some(c) if c.sampled && c.word & AT_LEAST_PEER == 0 => c.lane.normal_latency(policy),
+            Some(c) if c.sampled => c.lane.normal_latency(policy).max(peer()),
+            _ => peer(),
         }
     }
 

@@ -172,8 +172,8 @@ impl Locked {
             let (since, waited, allowed) = match body {
                 Some((since, allowed)) => (since, now.saturating_duration_since(since), allowed),
                 None => {
-                    let lane = self.classes.lane_of(&self.lane, class);
-                    (started, deadline, lane.normal_latency(&self.policy))
+                    let normal = (self.classes).normal_latency(&self.lane, class, &self.policy);
+                    (started, deadline, normal)
                 }
             };
             self.caller_ran_out(now, since, probe, waited, allowed, &mut fx);

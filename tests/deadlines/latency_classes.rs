@@ -312,3 +312,44 @@ async fn a_class_short_of_its_quantiles_answers_keeps_its_peers_deadline() {
     assert_eq!(cut.deadline(), Some(stream.deadline));
     assert!(cut.to_string().contains("class /stream"), "{cut}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_deadline_on_a_class_short_of_its_answers_is_weighed_against_its_peer() {
+    let builder = AdaptiveTimeoutLayer::http().policy(TimeoutPolicy::default());
+    let (svc, handle) = support::stack(builder, service_fn(lossy));
+    for i in 1..=500 {
+        let req = match i % 50 {
+            0 => retransmitted(&format!("/items/{i}")),
+            _ => get(&format!("/items/{i}")),
+        };
+        assert!(call(&svc, req).await.is_none());
+        if i % 5 == 0 {
+            assert!(call(&svc, get("/stream")).await.is_none());
+        }
+    }
+    // A lookup waits a retransmission while two stream calls, each with its caller's
+    // 50 ms, wait one too: the callers' deadlines run out, but they are shorter than the
+    // delays the peer (whose deadline the young class keeps) normally shows, so they are
+    // no misses: the peer stays healthy and the lookup is answered.
+    let lookup = call(&svc, retransmitted("/items/7"));
+    let streams = async {
+        let mut ended = Vec::new();
+        for _ in 0..2 {
+            let mut req = retransmitted("/stream");
+            req.extensions_mut().insert(Deadline(ms(50)));
+            ended.push(call(&svc, req).await.expect("cut at the caller's deadline"));
+        }
+        ended
+    };
+    let (lookup, streams) = tokio::join!(lookup, streams);
+    assert!(lookup.is_none(), "{lookup:?}");
+    for cut in streams {
+        assert_eq!(cut.deadline(), Some(ms(50)), "{cut}");
+        assert!(
+            matches!(cut.reason(), Reason::DeadlineExceeded { .. }),
+            "{cut}"
+        );
+    }
+    let snap = handle.peer(&peer()).unwrap();
+    assert_eq!(snap.state.as_str(), "healthy", "{snap:#?}");
+}
