@@ -268,22 +268,29 @@ fn retransmitted(path: &str) -> Request<()> {
     req
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_class_short_of_its_quantiles_answers_keeps_its_peers_deadline() {
-    let builder = AdaptiveTimeoutLayer::http().policy(TimeoutPolicy::default());
-    let (svc, handle) = support::stack(builder, service_fn(lossy));
-    // 500 lookups, one in 50 retransmitted, and a fast stream call after every fifth:
-    // the peer's history has seen the link's 200ms; the stream's 100 answers have not.
+/// 500 lookups, one in 50 retransmitted, and a fast stream call after every fifth: the
+/// peer's history has seen the link's 200ms; the stream's 100 answers have not.
+async fn lossy_start<S>(svc: &S)
+where
+    S: Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone,
+{
     for i in 1..=500 {
         let req = match i % 50 {
             0 => retransmitted(&format!("/items/{i}")),
             _ => get(&format!("/items/{i}")),
         };
-        assert!(call(&svc, req).await.is_none());
+        assert!(call(svc, req).await.is_none());
         if i % 5 == 0 {
-            assert!(call(&svc, get("/stream")).await.is_none());
+            assert!(call(svc, get("/stream")).await.is_none());
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_class_short_of_its_quantiles_answers_keeps_its_peers_deadline() {
+    let builder = AdaptiveTimeoutLayer::http().policy(TimeoutPolicy::default());
+    let (svc, handle) = support::stack(builder, service_fn(lossy));
+    lossy_start(&svc).await;
     let snap = handle.peer(&peer()).unwrap();
     let stream = snap.classes.iter().find(|c| c.class == "/stream").unwrap();
     assert_eq!(stream.samples, 100);
@@ -317,16 +324,7 @@ async fn a_class_short_of_its_quantiles_answers_keeps_its_peers_deadline() {
 async fn a_callers_deadline_on_a_class_short_of_its_answers_is_weighed_against_its_peer() {
     let builder = AdaptiveTimeoutLayer::http().policy(TimeoutPolicy::default());
     let (svc, handle) = support::stack(builder, service_fn(lossy));
-    for i in 1..=500 {
-        let req = match i % 50 {
-            0 => retransmitted(&format!("/items/{i}")),
-            _ => get(&format!("/items/{i}")),
-        };
-        assert!(call(&svc, req).await.is_none());
-        if i % 5 == 0 {
-            assert!(call(&svc, get("/stream")).await.is_none());
-        }
-    }
+    lossy_start(&svc).await;
     // A lookup waits a retransmission while two stream calls, each with its caller's
     // 50 ms, wait one too: the callers' deadlines run out, but they are shorter than the
     // delays the peer (whose deadline the young class keeps) normally shows, so they are
