@@ -381,6 +381,32 @@ impl ClassLanes {
         why
     }
 
+    /// The history a call of `class` learns in first: its class's once sampled, else
+    /// `own`, the peer's.
+    pub(crate) fn lane_of<'a>(&'a self, own: &'a Lane, class: Option<ClassIx>) -> &'a Lane {
+        match class.and_then(|i| self.0.get(usize::from(i))) {
+            Some(c) if c.sampled => &c.lane,
+            _ => own,
+        }
+    }
+
+    /// The history of `class`, if it has one (sampled or not).
+    pub(crate) fn class_lane_mut(&mut self, class: Option<ClassIx>) -> Option<&mut Lane> {
+        Some(&mut self.0.get_mut(usize::from(class?))?.lane)
+    }
+
+    /// [`Self::lane_of`], to change.
+    pub(crate) fn lane_of_mut<'a>(
+        &'a mut self,
+        own: &'a mut Lane,
+        class: Option<ClassIx>,
+    ) -> &'a mut Lane {
+        match class.and_then(|i| self.0.get_mut(usize::from(i))) {
+            Some(c) if c.sampled => &mut c.lane,
+            _ => own,
+        }
+    }
+
     /// How long a call of `class` normally takes: what its class's history says once
     /// sampled, else what `own`, the peer's, says; the longer of the two while the class
     /// has not seen its quantile, as its deadline is (a caller's deadline shorter than

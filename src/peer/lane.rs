@@ -27,6 +27,10 @@ use super::window::{Reading, Window};
 use crate::explain::{DeadlineSource, Learned};
 use crate::policy::TimeoutPolicy;
 
+/// How many of a history's last outcomes say whether it slowed down as a whole (most of
+/// them ran out their deadlines) or has a few calls that never answer.
+const OUTCOMES: u64 = u16::BITS as u64;
+
 /// A latency history and what was last learned from it.
 pub(crate) struct Lane {
     pub(crate) window: Window,
@@ -42,6 +46,13 @@ pub(crate) struct Lane {
     /// The cold-start deadline a probe's latency asked for ([`Lane::seed`]; zero: none),
     /// used instead of a shorter `cold_start` until the history learns from its answers.
     seed: Duration,
+    /// When a call of this history was last answered past its deadline (a held
+    /// straggler): evidence that waiting past a deadline gets answers.
+    late_at: Option<Instant>,
+    /// The last [`OUTCOMES`] outcomes of this history's calls, newest in bit 0: 1 a
+    /// deadline run out, 0 an answer; `outcomes_seen` of them are real.
+    outcomes: u16,
+    outcomes_seen: u8,
 }
 
 impl Lane {
@@ -54,6 +65,9 @@ impl Lane {
             explained: Explained::new(),
             since_recompute: 0,
             seed: Duration::ZERO,
+            late_at: None,
+            outcomes: 0,
+            outcomes_seen: 0,
         }
     }
 
@@ -85,6 +99,7 @@ impl Lane {
     ) -> bool {
         let rotated = self.window.advance(now);
         for (latency, answers) in latencies {
+            self.push_outcomes(answers, false);
             self.window.record_n(latency, answers, now);
             self.since_recompute = self.since_recompute.saturating_add(answers);
         }
@@ -125,8 +140,13 @@ impl Lane {
                 busy,
             } => {
                 let shown = Duration::try_from_secs_f64(value.min(policy.max.as_secs_f64()));
-                let learned = (samples, shown.unwrap_or(policy.max), history);
                 let deadline = policy.estimated_deadline(value, plain, slowest);
+                // A deadline its caps held below the estimate's formula is explained by
+                // the value whose formula gives it.
+                let held = deadline
+                    .saturating_sub(policy.margin)
+                    .div_f64(policy.factor.max(1.0));
+                let learned = (samples, shown.unwrap_or(policy.max).min(held), history);
                 if busy && deadline <= policy.cold_start {
                     // A busy peer waits for `min_samples` real answers.
                     (policy.cold_start, DeadlineSource::ColdStart, learned)
@@ -147,6 +167,48 @@ impl Lane {
         self.learned = learned;
         (self.explained).publish(now, (deadline, source), policy, learned, overridden);
         (deadline, source)
+    }
+
+    /// A call of this history was answered at `now`, past its deadline.
+    pub(crate) fn note_late(&mut self, now: Instant) {
+        self.late_at = Some(now);
+    }
+
+    /// Notes `n` outcomes of this history's calls: deadlines run out, or answers.
+    pub(crate) fn push_outcomes(&mut self, n: u64, ran_out: bool) {
+        let n = n.min(OUTCOMES) as u32;
+        self.outcomes = self.outcomes.checked_shl(n).unwrap_or(0);
+        if ran_out {
+            self.outcomes |= u16::MAX.checked_shr(u16::BITS - n).unwrap_or(0);
+        }
+        self.outcomes_seen = (u64::from(self.outcomes_seen) + u64::from(n)).min(OUTCOMES) as u8;
+    }
+
+    /// The newest outcome noted (an answer, as a censored sample is recorded) was a
+    /// deadline run out.
+    pub(crate) fn mark_ran_out(&mut self) {
+        self.outcomes |= 1;
+    }
+
+    /// Whether a deadline run out at `deadline` (a call of this history) may raise the
+    /// deadline at `now` as a censored sample: up to `cold_start` always; past it only if
+    /// a call of this history was answered past its deadline within the last `window`
+    /// (waiting longer got answers), or if most of its last calls, this one with them,
+    /// ran out their deadlines (the history slowed down as a whole). Nothing tells a call
+    /// that would have answered later from one that never will: a history whose calls
+    /// answer in time but for a few that never answer (a hung worker) would otherwise
+    /// double its deadline with each hang, up to `max`.
+    pub(crate) fn censored_counts(
+        &self,
+        now: Instant,
+        deadline: Duration,
+        policy: &TimeoutPolicy,
+    ) -> bool {
+        let ran_out = u64::from(self.outcomes.count_ones()) + 1;
+        let seen = u64::from(self.outcomes_seen) + 1;
+        deadline <= policy.cold_start
+            || (self.late_at).is_some_and(|at| now.saturating_duration_since(at) <= policy.window)
+            || 2 * ran_out > seen
     }
 
     /// How many answers the deadline last computed was learned from.

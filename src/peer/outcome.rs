@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::class_lanes::Sample;
+use super::class_lanes::{ClassIx, Sample};
 use super::health::{PeerState, ProbeEnd, Transition};
 use super::lane::Lane;
 use super::locked::{Effects, Locked, PENDING_MISSES};
@@ -52,7 +52,9 @@ impl Locked {
         if !self.pending.is_empty() {
             let pending = std::mem::take(&mut self.pending);
             for &(class, censored) in &pending {
-                self.record(now, std::iter::once((censored, class)), fx);
+                if !self.censored(now, class, censored, fx) {
+                    continue;
+                }
                 // Like the tail's, these say the deadline may be behind: recompute at once.
                 let rules = (&self.policy, self.overridden);
                 self.classes.recompute(now, class, rules, &mut fx.classes);
@@ -122,6 +124,12 @@ impl Locked {
             self.lane.seed(latency, &self.policy);
         }
         let sample = outcome == Outcome::Sample && !reseed && !stalled;
+        if sample && latency > deadline {
+            // Waiting past a deadline got an answer: a censored sample of this history may
+            // raise its deadline past `cold_start` (`Lane::censored_counts`).
+            self.lane.note_late(now);
+            (self.classes.lane_of_mut(&mut self.lane, ticket.class)).note_late(now);
+        }
         let behind = sample && latency > deadline && self.health.slowed();
         let sample = sample.then_some((latency, ticket.class));
         self.answered_into(now, u64::from(count), sample.into_iter(), &mut fx);
@@ -192,8 +200,7 @@ impl Locked {
                 if self.pending.len() < PENDING_MISSES {
                     self.pending.push((class, deadline));
                 }
-            } else {
-                self.record(now, std::iter::once((deadline, class)), &mut fx);
+            } else if self.censored(now, class, deadline, &mut fx) {
                 self.publish(now, &mut fx);
                 let rules = (&self.policy, self.overridden);
                 self.classes.recompute(now, class, rules, &mut fx.classes);
@@ -290,6 +297,33 @@ impl Locked {
 
     /// Records `samples` (latencies, and their calls' classes) answered by `now`, and
     /// recomputes the deadlines that are due.
+    /// A call of `class` ran out its `deadline`: a censored sample at it if
+    /// [`Lane::censored_counts`] says it may raise the deadline (recorded, and `true`),
+    /// else only noted among the histories' outcomes.
+    fn censored(
+        &mut self,
+        now: Instant,
+        class: Option<ClassIx>,
+        deadline: Duration,
+        fx: &mut Effects,
+    ) -> bool {
+        let counts =
+            (self.classes.lane_of(&self.lane, class)).censored_counts(now, deadline, &self.policy);
+        if counts {
+            self.record(now, std::iter::once((deadline, class)), fx);
+        }
+        // Recorded, it was noted as an answer: it ran out.
+        let note = |lane: &mut Lane| match counts {
+            true => lane.mark_ran_out(),
+            false => lane.push_outcomes(1, true),
+        };
+        note(&mut self.lane);
+        if let Some(lane) = self.classes.class_lane_mut(class) {
+            note(lane);
+        }
+        counts
+    }
+
     fn record(
         &mut self,
         now: Instant,

@@ -7,6 +7,7 @@ pub mod support;
 
 mod deadline_learning;
 mod deadline_tcp;
+mod hung_calls;
 mod latency_classes;
 mod memory_budget;
 mod policy_runtime;
