@@ -271,7 +271,9 @@ impl Peer {
             Verdict::Go => {}
             Verdict::Probe(d) => {
                 in_flight.make_probe();
-                *deadline = d;
+                // The probe's deadline comes from the peer's (its health), not from the
+                // call's class: so does its explanation.
+                (*deadline, *source) = (d, peer.deadline().1);
             }
             Verdict::Shortened => {
                 (*deadline, *source) = (locked.policy.min, DeadlineSource::SilentPeer)

@@ -351,3 +351,29 @@ async fn a_callers_deadline_on_a_class_short_of_its_answers_is_weighed_against_i
     let snap = handle.peer(&peer()).unwrap();
     assert_eq!(snap.state.as_str(), "healthy", "{snap:#?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_of_a_silent_peer_is_explained_by_the_peers_numbers_not_its_class() {
+    let (svc, _handle) = stack(TimeoutPolicy::default(), 8);
+    warm(&svc, 200).await;
+    // A busy class still short of `min_samples`: its own deadline is `cold_start`.
+    for i in 0..30 {
+        assert!(call(&svc, get(&format!("/cold/{i}"))).await.is_none());
+    }
+    // The host stops answering: the class's calls are cut, the host goes silent, and
+    // the calls that go through are its probes, with a probe's deadline.
+    let mut probes = 0;
+    for _ in 0..40 {
+        let cut = call(&svc, hang("/cold/1")).await.expect("cut or refused");
+        if let Reason::DeadlineExceeded { explanation, .. } = cut.reason() {
+            let deadline = cut.deadline().unwrap();
+            if deadline < ms(1_000) {
+                probes += 1;
+                assert_eq!(explanation.class, None, "{cut}");
+                assert_ne!(explanation.source, DeadlineSource::ColdStart, "{cut}");
+            }
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(probes > 5, "{probes} probes");
+}
