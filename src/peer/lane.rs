@@ -98,11 +98,12 @@ impl Lane {
         policy: &TimeoutPolicy,
     ) -> bool {
         let rotated = self.window.advance(now);
+        let before = self.since_recompute;
         for (latency, answers) in latencies {
-            self.push_outcomes(answers, false);
             self.window.record_n(latency, answers, now);
             self.since_recompute = self.since_recompute.saturating_add(answers);
         }
+        self.push_outcomes(self.since_recompute.saturating_sub(before), false);
         // Still learning, every answer counts while its last answers fill their ring (at
         // most `MAX_RECENT`, which bounds the sort); past that, with a `min_samples` larger
         // than the ring, every `recompute_every` like a learned history, not on every call.
