@@ -27,9 +27,14 @@ use super::window::{Reading, Window};
 use crate::explain::{DeadlineSource, Learned};
 use crate::policy::TimeoutPolicy;
 
-/// How many of a history's last outcomes say whether it slowed down as a whole (most of
-/// them ran out their deadlines) or has a few calls that never answer.
+/// How many of a history's last outcomes are kept: those that say whether it slowed down
+/// as a whole or has calls that never answer among calls that do.
 const OUTCOMES: u64 = u16::BITS as u64;
+
+/// A history whose last this many outcomes all ran out their deadlines, with no answer
+/// between them, slowed down as a whole: a chance run of hangs this long among answers is
+/// rare (one in 390,000 positions at a 20% hang rate, one in 15,000 at 30%).
+const RUN_OUT_IN_A_ROW: u32 = 8;
 
 /// A latency history and what was last learned from it.
 pub(crate) struct Lane {
@@ -194,22 +199,23 @@ impl Lane {
     /// Whether a deadline run out at `deadline` (a call of this history) may raise the
     /// deadline at `now` as a censored sample: up to `cold_start` always; past it only if
     /// a call of this history was answered past its deadline within the last `window`
-    /// (waiting longer got answers), or if most of its last calls, this one with them,
-    /// ran out their deadlines (the history slowed down as a whole). Nothing tells a call
-    /// that would have answered later from one that never will: a history whose calls
-    /// answer in time but for a few that never answer (a hung worker) would otherwise
-    /// double its deadline with each hang, up to `max`.
+    /// (waiting longer got answers), or if this one ends a run of [`RUN_OUT_IN_A_ROW`]
+    /// run-out deadlines with no answer between (the history slowed down as a whole).
+    /// Nothing tells a call that would have answered later from one that never will: a
+    /// history whose calls answer in time but for some that never answer (a hung worker)
+    /// would otherwise double its deadline with each hang, up to `max`.
     pub(crate) fn censored_counts(
         &self,
         now: Instant,
         deadline: Duration,
         policy: &TimeoutPolicy,
     ) -> bool {
-        let ran_out = u64::from(self.outcomes.count_ones()) + 1;
-        let seen = u64::from(self.outcomes_seen) + 1;
+        let before = RUN_OUT_IN_A_ROW - 1;
+        let run =
+            u32::from(self.outcomes_seen) >= before && self.outcomes.trailing_ones() >= before;
         deadline <= policy.cold_start
             || (self.late_at).is_some_and(|at| now.saturating_duration_since(at) <= policy.window)
-            || 2 * ran_out > seen
+            || run
     }
 
     /// How many answers the deadline last computed was learned from.

@@ -295,8 +295,10 @@ async fn censored_samples_raise_the_deadline_of_a_slowing_peer() {
         handle.deadline(&"hung"),
         Some((max, DeadlineSource::ClampedMax))
     );
+    // Samples: the two run out at `cold_start`, then those past it from the eighth run-out
+    // in a row (a history that slowed down as a whole, not a few hung calls).
     let snap = snapshot(&handle, "hung");
-    assert_eq!(snap.samples, 12);
+    assert_eq!(snap.samples, 7);
     assert_eq!(snap.deadline_exceeded, 12);
     assert_eq!(snap.completed, 0);
     assert_eq!(snap.in_flight, 0);
