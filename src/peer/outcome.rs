@@ -295,8 +295,6 @@ impl Locked {
         }
     }
 
-    /// Records `samples` (latencies, and their calls' classes) answered by `now`, and
-    /// recomputes the deadlines that are due.
     /// A call of `class` ran out its `deadline`: a censored sample at it if
     /// [`Lane::censored_counts`] says it may raise the deadline (recorded, and `true`),
     /// else only noted among the histories' outcomes.
@@ -324,6 +322,8 @@ impl Locked {
         counts
     }
 
+    /// Records `samples` (latencies, and their calls' classes) answered by `now`, and
+    /// recomputes the deadlines that are due.
     fn record(
         &mut self,
         now: Instant,
