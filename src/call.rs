@@ -136,6 +136,11 @@ impl Call {
         self.in_flight.wait(waker);
     }
 
+    /// What the call's queued deadline watches to be woken by its peer's interrupts.
+    pub(crate) fn watch(&self) -> crate::timer::Watch {
+        self.peer().interrupts().watch()
+    }
+
     /// Whether the call is registered with its peer's interrupts.
     #[cfg(test)]
     pub(crate) fn is_waiting(&self) -> bool {

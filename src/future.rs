@@ -259,16 +259,22 @@ where
 
     /// The race of [`poll_in_span`](Self::poll_in_span), the span aside.
     fn poll(self: Pin<&mut Self>, call: &mut Call, cx: &mut Context<'_>) -> Poll<Ended<F::Output>> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(Ended::Answered(result));
         }
-        if let Some((fired, origin)) = poll_interrupts(call, this.token_wake, cx) {
-            return Poll::Ready(Ended::Interrupted(fired, origin));
-        }
         loop {
             let at = this.held.unwrap_or_else(|| call.deadline_at());
-            ready!(this.deadline.poll_at(at, cx));
+            // One registration for both: the deadline's entry in its thread's queue also
+            // watches the peer's interrupts (without a queue, the peer registers the call).
+            let due = this.deadline.poll_watching(at, call.watch(), cx);
+            if !this.deadline.watches() {
+                call.wait_for_peer(cx.waker());
+            }
+            if let Some((fired, origin)) = poll_fired(call, this.token_wake.as_mut(), cx) {
+                return Poll::Ready(Ended::Interrupted(fired, origin));
+            }
+            ready!(due);
             if call.yield_once() {
                 // Before the deadline counts, an answer that came meanwhile is let in.
                 ready!(yield_before_expiry(cx));
@@ -277,7 +283,8 @@ where
             let caller = *this.caller;
             let later = call.cut_at().map(|at| caller.map_or(at, |c| at.min(c)));
             match later.filter(|&later| later > Instant::now()) {
-                // Armed again for a later instant: the next pass registers it (pending).
+                // Armed again for a later instant: the next pass registers it, and checks
+                // the interrupts again, since it watches them from its new entry.
                 Some(later) => {
                     *this.held = Some(later);
                     *this.deadline = CallTimer::Unarmed;
@@ -291,23 +298,34 @@ where
 
 /// Registers for the call's interrupts (its peer's broadcast and its token) and returns
 /// one that fired since the call started, or `None` with this task registered for the next.
+/// For a call whose peer registration is not made elsewhere: a response body's.
+pub(crate) fn poll_interrupts(
+    call: &mut Call,
+    token_wake: Pin<&mut Option<OwnedNotified>>,
+    cx: &mut Context<'_>,
+) -> Option<(Fired, Origin)> {
+    call.wait_for_peer(cx.waker());
+    poll_fired(call, token_wake, cx)
+}
+
+/// The interrupt that reached the call since it started, if any, with the call's token
+/// registered for the next; the task must already be registered for its peer's.
 ///
 /// No wake-up is lost: each pass registers first and checks second, and every fire
 /// publishes its reason (generation bumped, token set) before it wakes. A fire before the
 /// check is seen by the check; a fire after it finds this task's waker registered.
 ///
 /// The peer's registration is the call's, made once and kept up to date with the task's
-/// waker. The token notifies with `notify_waiters`, which stores no permit, so its
-/// registration is ready only if a fire came after it was made; a pass that finds it ready
-/// clears it, and the next pass registers again and its check finds that fire, since fires
-/// are never undone: the loop settles by its second pass. (ARCHITECTURE.md, invariant 3:
-/// register before checking.)
-pub(crate) fn poll_interrupts(
+/// waker (in its deadline's queue entry, or with its peer). The token notifies with
+/// `notify_waiters`, which stores no permit, so its registration is ready only if a fire
+/// came after it was made; a pass that finds it ready clears it, and the next pass
+/// registers again and its check finds that fire, since fires are never undone: the loop
+/// settles by its second pass. (ARCHITECTURE.md, invariant 3: register before checking.)
+fn poll_fired(
     call: &mut Call,
     mut token_wake: Pin<&mut Option<OwnedNotified>>,
     cx: &mut Context<'_>,
 ) -> Option<(Fired, Origin)> {
-    call.wait_for_peer(cx.waker());
     loop {
         if token_wake.is_none() {
             token_wake.set(call.token_notified());
@@ -363,7 +381,7 @@ mod tests {
         let ended = race.as_mut().poll(&mut call, &mut cx).is_ready();
         let armed = [
             race.deadline.is_armed(),
-            call.is_waiting(),
+            race.deadline.watches() || call.is_waiting(),
             race.token_wake.is_some(),
         ];
         (ended, armed)

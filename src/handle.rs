@@ -3,6 +3,7 @@
 //! flight. Both are cheap to clone.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::panic::Location;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -209,10 +210,16 @@ impl<K: PeerKey> InterruptHandle<K> {
         self.fire_all(fired);
     }
 
+    /// Fires into every peer and the untracked calls, then wakes their queued calls,
+    /// looking through the deadline queues once rather than once per peer.
     fn fire_all(&self, fired: Fired) {
+        let untracked = self.table.untracked_interrupts();
+        let mut watched = HashSet::from([untracked.watch()]);
         for (_, peer) in self.table.all() {
-            peer.interrupts().fire(fired.clone());
+            peer.interrupts().fire_unqueued(fired.clone());
+            watched.insert(peer.interrupts().watch());
         }
-        self.table.untracked_interrupts().fire(fired);
+        untracked.fire_unqueued(fired);
+        crate::timer::wake_watching(|w| watched.contains(&w));
     }
 }

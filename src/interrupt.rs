@@ -3,9 +3,11 @@
 //! Each peer has an [`Interrupts`]: a generation counter and the wakers of its calls that
 //! wait, striped per core ([`crate::stripe`]). A call notes the generation when it starts;
 //! firing records why, bumps the generation and wakes every waiting call, which sees the
-//! generation moved and ends with the recorded reason. A waiting call registers once, in
-//! the stripe of the core that admitted it (an uncontended lock and a slot), and leaves
-//! when it ends. This
+//! generation moved and ends with the recorded reason. A call whose deadline waits in a
+//! thread's deadline queue is registered there ([`crate::timer::Watch`]): its slot names the
+//! fan-out it watches, and a fire wakes it through the queues. Any other waiting call (a
+//! response body, a call on a thread with no runtime) registers here, in the stripe of the
+//! core that admitted it (an uncontended lock and a slot), and leaves when it ends. This
 //! module knows nothing of peers: the peer fires it when it turns silent, and
 //! [`InterruptHandle`](crate::InterruptHandle) fires it by hand.
 
@@ -18,6 +20,7 @@ use slab::Slab;
 
 use crate::error::Reason;
 use crate::stripe::Striped;
+use crate::timer::{wake_watching, Watch};
 
 /// Waiter slots a stripe keeps once it has none in use.
 const SHRINK_ABOVE: usize = 1024;
@@ -66,10 +69,26 @@ impl Interrupts {
         self.generation.load(SeqCst)
     }
 
+    /// What a call's queued deadline watches to be woken by this fan-out's fires: its
+    /// address, which no other fan-out has while this one is alive (and a call keeps its
+    /// peer, and so its fan-out, alive while it waits).
+    pub(crate) fn watch(&self) -> Watch {
+        std::ptr::from_ref(self) as Watch
+    }
+
     /// Ends every call that started before now with `fired`: the reason and the generation
     /// are published before any call is woken, so a call that registered before it checked
     /// misses no fire (ARCHITECTURE.md, invariant 3).
     pub(crate) fn fire(&self, fired: Fired) {
+        self.fire_unqueued(fired);
+        let watch = self.watch();
+        wake_watching(|w| w == watch);
+    }
+
+    /// [`fire`](Self::fire), but waking only the calls registered here, not those that
+    /// watch it from a deadline queue: for a fire into many fan-outs at once, followed by
+    /// one [`wake_watching`] for them all.
+    pub(crate) fn fire_unqueued(&self, fired: Fired) {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(fired);
         // Bump before waking: a call that registers after its stripe was woken sees the
         // new generation; one that registered before is woken.

@@ -24,6 +24,12 @@
 //! waits on a call's owner to poll it, so a call whose future is held without being polled
 //! cannot keep the others past their deadlines; and no task outlives its fire.
 //!
+//! A queued call also waits there for its peer's interrupts: its slot names the interrupt
+//! fan-out it watches ([`Watch`]), and a fire finds the calls that watch it through every
+//! live queue ([`wake_watching`]), so a waiting call registers its waker once, not once for
+//! its deadline and again for its interrupts. Fires are rare; a call never reads the list
+//! of queues.
+//!
 //! The queue is shared (`Arc`), so a call that migrates to another worker, or is dropped on
 //! another thread, still reaches its entry. Deadlines are tokio `Instant`s read against the
 //! runtime's clock, and the timer is a tokio timer, so the paused clock (`start_paused`,
@@ -63,6 +69,14 @@ pub(crate) fn yield_before_expiry(cx: &mut Context<'_>) -> Poll<()> {
     std::pin::pin!(tokio::task::yield_now()).poll(cx)
 }
 
+/// Whose interrupts a queued call also waits for: the address of its peer's fan-out
+/// ([`crate::interrupt::Interrupts::watch`]), unique among the fan-outs alive while the call
+/// holds its peer; [`NO_WATCH`]: none.
+pub(crate) type Watch = usize;
+
+/// The [`Watch`] of a deadline that waits for no interrupts.
+pub(crate) const NO_WATCH: Watch = 0;
+
 /// Stale heap items tolerated beyond the live ones before the heap is compacted.
 const STALE_SLACK: usize = 32;
 
@@ -85,8 +99,19 @@ impl CallTimer {
     /// Ready once `at` has passed; arms at the first call, keeps the task's waker current
     /// at later ones.
     pub(crate) fn poll_at(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_watching(at, NO_WATCH, cx)
+    }
+
+    /// [`poll_at`](Self::poll_at), the task also woken by a fire into `watch` while the
+    /// deadline is queued ([`watches`](Self::watches)).
+    pub(crate) fn poll_watching(
+        &mut self,
+        at: Instant,
+        watch: Watch,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         match self {
-            CallTimer::Unarmed => match register(at, cx.waker()) {
+            CallTimer::Unarmed => match register(at, watch, cx.waker()) {
                 // Not due before the timer fires (a deadline already past fires it as the
                 // registration arms it, and the call is woken).
                 Some(entry) => {
@@ -107,11 +132,17 @@ impl CallTimer {
                     // Its queue's runtime is gone: join the queue of the runtime polling
                     // the call now (or take a timer of its own), for the same instant.
                     *self = CallTimer::Unarmed;
-                    self.poll_at(at, cx)
+                    self.poll_watching(at, watch, cx)
                 }
             },
             CallTimer::Own(sleep) => sleep.as_mut().poll(cx),
         }
+    }
+
+    /// Whether the deadline is in a queue, where a fire into the [`Watch`] it was armed
+    /// with finds it: otherwise the call must register for its interrupts elsewhere.
+    pub(crate) fn watches(&self) -> bool {
+        matches!(self, CallTimer::Queued(_))
     }
 
     /// Whether the deadline is armed.
@@ -182,9 +213,9 @@ impl Drop for Entry {
     }
 }
 
-/// Joins the current thread's queue with deadline `at`; `None` with no runtime on the
-/// thread, where the call needs a timer of its own.
-fn register(at: Instant, waker: &Waker) -> Option<Entry> {
+/// Joins the current thread's queue with deadline `at`, watching `watch`; `None` with no
+/// runtime on the thread, where the call needs a timer of its own.
+fn register(at: Instant, watch: Watch, waker: &Waker) -> Option<Entry> {
     let handle = Handle::try_current().ok()?;
     let queue = thread_queue(&handle)?;
     let (key, arm) = {
@@ -193,6 +224,7 @@ fn register(at: Instant, waker: &Waker) -> Option<Entry> {
         state.next_generation += 1;
         let key = state.slots.insert(Slot {
             generation,
+            watch,
             waker: Some(waker.clone()),
             expired: false,
         });
@@ -221,6 +253,28 @@ thread_local! {
     /// The thread's deadline queue, for the runtime it was made in.
     static QUEUE: std::cell::RefCell<Option<Arc<Queue>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// Every queue made and not yet gone, for a fire to find the calls that watch it: written
+/// when a thread makes a queue, read by fires, never by a call.
+static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+/// Wakes every queued call whose [`Watch`] is `watched`, outside the queues' locks. The
+/// fire has published what it fired before this, so a call that joins a queue after this
+/// looked at it finds the fire when it checks (ARCHITECTURE.md, invariant 3).
+pub(crate) fn wake_watching(watched: impl Fn(Watch) -> bool) {
+    let queues: Vec<Arc<Queue>> = {
+        let queues = QUEUES.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut wakers = Vec::new();
+    for queue in queues {
+        wakers.extend(queue.lock().slots.iter().filter_map(|(_, slot)| {
+            let woken = slot.watch != NO_WATCH && watched(slot.watch);
+            woken.then(|| slot.waker.clone()).flatten()
+        }));
+        wakers.drain(..).for_each(Waker::wake);
+    }
 }
 
 /// The thread's queue for `handle`'s runtime, made if the thread has none for it.
@@ -267,6 +321,8 @@ struct State {
 /// A call in the queue.
 struct Slot {
     generation: u64,
+    /// Whose interrupts it also waits for.
+    watch: Watch,
     waker: Option<Waker>,
     /// Set once the deadline passed.
     expired: bool,
@@ -285,7 +341,7 @@ impl Queue {
     /// without timers panics in the call's poll, as a call's own `Sleep` would.
     fn new(handle: &Handle) -> Arc<Queue> {
         let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
-        Arc::new_cyclic(|queue| Queue {
+        let queue = Arc::new_cyclic(|queue| Queue {
             state: Mutex::new(State {
                 slots: Slab::new(),
                 heap: BinaryHeap::new(),
@@ -297,7 +353,11 @@ impl Queue {
             fire: Waker::from(Arc::new(Fire(queue.clone()))),
             runtime: handle.id(),
             handle: handle.clone(),
-        })
+        });
+        let mut queues = QUEUES.lock().unwrap_or_else(PoisonError::into_inner);
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(&queue));
+        queue
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -165,3 +165,28 @@ async fn a_call_held_unpolled_keeps_no_other_call_past_its_deadline() {
     drop(held);
     assert_eq!(live(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_wakes_the_queued_calls_that_watch_it_and_no_other() {
+    let at = Instant::now() + Duration::from_secs(10);
+    let watching = |watch: Watch| {
+        let mut deadline = CallTimer::Unarmed;
+        tokio_test::task::spawn(poll_fn(move |cx| deadline.poll_watching(at, watch, cx)))
+    };
+    let (mut one, mut other, mut none) = (watching(1), watching(2), watching(NO_WATCH));
+    for call in [&mut one, &mut other, &mut none] {
+        assert!(call.poll().is_pending());
+    }
+    // From another thread, as a peer's fire may be: every queue is looked through.
+    std::thread::spawn(|| wake_watching(|w| w == 1))
+        .join()
+        .expect("fire");
+    assert!(one.is_woken(), "the call watching the fire is woken");
+    assert!(!other.is_woken() && !none.is_woken());
+    wake_watching(|_| true);
+    assert!(other.is_woken(), "a fire into every watch wakes it");
+    assert!(!none.is_woken(), "a deadline that watches nothing is woken by none");
+    // Woken, a call is still queued for its deadline.
+    assert!(one.poll().is_pending());
+    assert_eq!(live(), 3);
+}
