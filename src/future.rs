@@ -83,7 +83,7 @@ pin_project! {
 pin_project! {
     /// What a running call waits on: its inner future first, then its interrupts and its
     /// deadline, both armed at the first poll that finds the inner future pending (the
-    /// peer's interrupts through a registration the call holds).
+    /// peer's interrupts watched from the deadline's queue entry).
     struct Race<F> {
         #[pin]
         inner: F,
