@@ -185,7 +185,10 @@ async fn a_fire_wakes_the_queued_calls_that_watch_it_and_no_other() {
     assert!(!other.is_woken() && !none.is_woken());
     wake_watching(|_| true);
     assert!(other.is_woken(), "a fire into every watch wakes it");
-    assert!(!none.is_woken(), "a deadline that watches nothing is woken by none");
+    assert!(
+        !none.is_woken(),
+        "a deadline that watches nothing is woken by none"
+    );
     // Woken, a call is still queued for its deadline.
     assert!(one.poll().is_pending());
     assert_eq!(live(), 3);

@@ -7,201 +7,23 @@
 
 use crate::support;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
-use tokio::time::{Instant, Sleep};
-use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+use hyper::body::Body;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, ServiceExt};
 use tower_adaptive_timeout::{
-    AdaptiveTimeoutHandle, AdaptiveTimeoutLayer, BodyDeadline, BodyIdle, Deadline, DeadlineSource,
-    HttpPeer, IdleRule, InterruptHandle, Interrupted, PeerState, Propagation, Reason, TimeoutBody,
-    TimeoutPolicy,
+    AdaptiveTimeoutLayer, BodyDeadline, BodyIdle, Deadline, DeadlineSource, Interrupted, PeerState,
+    Propagation, Reason, TimeoutPolicy,
 };
 
 use support::ms;
 
-const URI: &str = "http://stream.test/";
+mod rig;
 
-/// What the test peer does with a request: its head after `head`, then one frame after
-/// each of `gaps`, then its end (or nothing more, with `stall`). With `grpc_server`, it
-/// ends the stream with an error once the `grpc-timeout` it was sent passes, as a gRPC
-/// server applies it to the whole call.
-#[derive(Clone, Default)]
-struct Script {
-    head: Duration,
-    gaps: Vec<Duration>,
-    stall: bool,
-    grpc_server: bool,
-}
-
-impl Script {
-    fn new(head: Duration, gaps: Vec<Duration>) -> Self {
-        Script {
-            head,
-            gaps,
-            ..Script::default()
-        }
-    }
-
-    fn stalled(mut self) -> Self {
-        self.stall = true;
-        self
-    }
-}
-
-/// The test peer's response body, as its [`Script`] says.
-struct Scripted {
-    gaps: std::vec::IntoIter<Duration>,
-    /// When the next frame is sent, once it is set.
-    timer: Pin<Box<Sleep>>,
-    armed: bool,
-    stall: bool,
-    /// When the server gives up on the call, from the `grpc-timeout` it was sent.
-    server_deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl Body for Scripted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(deadline) = this.server_deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err("the server's deadline passed".into())));
-            }
-        }
-        if !this.armed {
-            let Some(gap) = this.gaps.next() else {
-                return if this.stall {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(None)
-                };
-            };
-            this.timer.as_mut().reset(Instant::now() + gap);
-            this.armed = true;
-        }
-        std::task::ready!(this.timer.as_mut().poll(cx));
-        this.armed = false;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
-    }
-}
-
-type Req = http::Request<Script>;
-type Res = http::Response<TimeoutBody<Scripted>>;
-
-/// The peer: answers each request as its script says; the headers it was sent go to
-/// `seen`.
-fn peer(
-    seen: tokio::sync::mpsc::UnboundedSender<http::HeaderMap>,
-) -> impl Service<Req, Response = http::Response<Scripted>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + 'static {
-    service_fn(move |req: Req| {
-        let seen = seen.clone();
-        async move {
-            let (parts, script) = req.into_parts();
-            let server_deadline = match parts.headers.get("grpc-timeout") {
-                Some(v) if script.grpc_server => {
-                    let budget =
-                        tower_adaptive_timeout::propagate::parse_grpc_timeout(v.as_bytes())
-                            .expect("a valid grpc-timeout");
-                    Some(Box::pin(tokio::time::sleep(budget)))
-                }
-                _ => None,
-            };
-            let _ = seen.send(parts.headers);
-            tokio::time::sleep(script.head).await;
-            Ok(http::Response::new(Scripted {
-                gaps: script.gaps.into_iter(),
-                timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-                armed: false,
-                stall: script.stall,
-                server_deadline,
-            }))
-        }
-    })
-}
-
-/// A layer watching bodies over the test peer, and what the peer was sent.
-struct Rig<S> {
-    svc: S,
-    handle: AdaptiveTimeoutHandle<HttpPeer>,
-    interrupts: InterruptHandle<HttpPeer>,
-    seen: tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>,
-}
-
-fn rig_with(
-    policy: TimeoutPolicy,
-    propagation: Propagation,
-) -> Rig<impl Service<Req, Response = Res, Error = BoxError, Future: Send> + Clone + Send + 'static>
-{
-    let layer = AdaptiveTimeoutLayer::http()
-        .policy(policy)
-        .propagation(propagation)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
-    let interrupts = layer.interrupt_handle();
-    let (tx, seen) = tokio::sync::mpsc::unbounded_channel();
-    let svc = layer
-        .with_bodies()
-        .idle_rule(IdleRule::Learned)
-        .layer(peer(tx));
-    Rig {
-        svc,
-        handle,
-        interrupts,
-        seen,
-    }
-}
-
-fn rig(
-) -> Rig<impl Service<Req, Response = Res, Error = BoxError, Future: Send> + Clone + Send + 'static>
-{
-    rig_with(TimeoutPolicy::default(), Propagation::none())
-}
-
-fn request(script: Script) -> Req {
-    http::Request::get(URI).body(script).unwrap()
-}
-
-fn with<T: Clone + Send + Sync + 'static>(mut req: Req, ext: T) -> Req {
-    req.extensions_mut().insert(ext);
-    req
-}
-
-impl<S: Service<Req, Response = Res, Error = BoxError> + Clone> Rig<S> {
-    fn call(&self, req: Req) -> tower::util::Oneshot<S, Req> {
-        self.svc.clone().oneshot(req)
-    }
-
-    /// Calls and reads the whole body: how many frames came, and the body's error.
-    async fn read(&self, req: Req) -> (usize, Option<BoxError>) {
-        read_body(self.call(req)).await
-    }
-
-    fn snapshot(&self) -> tower_adaptive_timeout::PeerSnapshot {
-        self.handle.snapshot().pop().expect("one peer")
-    }
-}
-
-fn reason(err: &BoxError) -> &Reason {
-    Interrupted::find(&**err)
-        .unwrap_or_else(|| panic!("not an Interrupted: {err}"))
-        .reason()
-}
+use rig::*;
 
 /// Two calls whose own body deadline (`ask`) runs out before their first frame (20 ms
 /// after the head), beside a healthy call whose head comes after 50 ms: the healthy call
