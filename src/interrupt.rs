@@ -47,8 +47,9 @@ pub(crate) struct Interrupts {
     /// Fires so far, wrapping: a call would miss a fire only if exactly 2^32 more came
     /// while it was in flight.
     generation: AtomicU32,
-    /// The wakers of the calls waiting, per stripe.
-    waiting: Striped<Mutex<Slab<Waker>>>,
+    /// The wakers of the calls waiting, per stripe (`None`: taken by a fire; the call's
+    /// next poll puts its waker back).
+    waiting: Striped<Mutex<Slab<Option<Waker>>>>,
     last: Mutex<Option<Fired>>,
 }
 
@@ -93,11 +94,16 @@ impl Interrupts {
         // Bump before waking: a call that registers after its stripe was woken sees the
         // new generation; one that registered before is woken.
         self.generation.fetch_add(1, SeqCst);
-        // Woken outside the stripe's lock: a waker that polls its task at once finds the
-        // lock free.
+        // Taken under the stripe's lock and woken outside it: a waker that polls its task at
+        // once finds the lock free, and no waker's code (clone, wake, drop, any of which may
+        // fire again) runs under it.
         let mut wakers = Vec::new();
         for stripe in self.waiting.iter() {
-            wakers.extend(lock(stripe).iter().map(|(_, waker)| waker.clone()));
+            wakers.extend(
+                lock(stripe)
+                    .iter_mut()
+                    .filter_map(|(_, waker)| waker.take()),
+            );
             wakers.drain(..).for_each(Waker::wake);
         }
     }
@@ -105,21 +111,29 @@ impl Interrupts {
     /// Registers `waker` to be woken by the next [`fire`](Self::fire) in `stripe`, or
     /// updates the registration `slot` holds ([`NOT_WAITING`]: none yet). Register, then
     /// check [`fired_since`](Self::fired_since): no interrupt can fall between the two.
-    /// The registration stays until [`leave`](Self::leave).
+    /// The registration stays until [`leave`](Self::leave). The waker is cloned, and the
+    /// one it replaces dropped, outside the stripe's lock.
     pub(crate) fn wait(&self, stripe: u32, slot: &mut u32, waker: &Waker) {
-        let mut waiting = lock(self.waiting.get(stripe as usize));
+        let waiting = self.waiting.get(stripe as usize);
         if *slot != NOT_WAITING {
-            if let Some(old) = waiting.get_mut(*slot as usize) {
-                if !old.will_wake(waker) {
-                    old.clone_from(waker);
-                }
+            let current = lock(waiting)
+                .get(*slot as usize)
+                .is_some_and(|w| w.as_ref().is_some_and(|w| w.will_wake(waker)));
+            if !current {
+                let clone = Some(waker.clone());
+                let replaced = lock(waiting)
+                    .get_mut(*slot as usize)
+                    .map(|w| std::mem::replace(w, clone));
+                drop(replaced);
             }
             return;
         }
+        let clone = waker.clone();
+        let mut waiting = lock(waiting);
         let entry = waiting.vacant_entry();
         // More waiters than `u32` counts cannot be: each is a call's future in memory.
         if let Ok(key) = u32::try_from(entry.key()) {
-            entry.insert(waker.clone());
+            entry.insert(Some(clone));
             *slot = key;
         }
     }
@@ -129,13 +143,17 @@ impl Interrupts {
         if *slot == NOT_WAITING {
             return;
         }
-        let mut waiting = lock(self.waiting.get(stripe as usize));
-        waiting.try_remove(*slot as usize);
+        let left = {
+            let mut waiting = lock(self.waiting.get(stripe as usize));
+            let left = waiting.try_remove(*slot as usize);
+            if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
+                // A burst of waiters is over: give its memory back.
+                *waiting = Slab::new();
+            }
+            left
+        };
         *slot = NOT_WAITING;
-        if waiting.is_empty() && waiting.capacity() > SHRINK_ABOVE {
-            // A burst of waiters is over: give its memory back.
-            *waiting = Slab::new();
-        }
+        drop(left); // Its waker, outside the lock.
     }
 
     /// The interrupt fired since `generation`, if any.
@@ -150,8 +168,8 @@ impl Interrupts {
     }
 }
 
-/// A stripe of waiters, locked. Nothing under this lock panics half-way (a waker that
-/// panics as it wakes leaves the slab whole).
-fn lock(waiting: &Mutex<Slab<Waker>>) -> MutexGuard<'_, Slab<Waker>> {
+/// A stripe of waiters, locked. No waker's code runs under this lock (clone, wake or drop),
+/// so nothing under it panics half-way or fires again into a lock it holds.
+fn lock(waiting: &Mutex<Slab<Option<Waker>>>) -> MutexGuard<'_, Slab<Option<Waker>>> {
     waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -172,32 +172,49 @@ enum Waiting {
 impl Entry {
     /// Whether the deadline has passed (as the queue's timer saw it); if not, `waker` is the
     /// one woken when it does. Re-arms the timer if it is not armed.
+    ///
+    /// A waker is cloned and dropped outside the queue's lock, as everywhere in this module:
+    /// either may run a user's code, which may fire an interrupt, and a fire locks every
+    /// queue ([`wake_watching`]).
     fn poll(&self, waker: &Waker) -> Waiting {
-        let rearm = {
-            let mut state = self.queue.lock();
-            if state.orphaned {
-                return Waiting::Orphaned;
-            }
-            let Some(slot) = state.slots.get_mut(self.key) else {
-                return broken(
-                    "a deadline entry's slot is its own until it drops",
-                    Waiting::Expired,
-                );
+        // Made outside the lock when the slot's waker is not this one; dropped (when the
+        // state changed meanwhile) after the lock, being declared before it.
+        let mut clone = None;
+        loop {
+            // `Some((the waker replaced, whether to re-arm))` once registered; `None`: a
+            // clone is wanted first.
+            let registered = {
+                let mut state = self.queue.lock();
+                if state.orphaned {
+                    return Waiting::Orphaned;
+                }
+                let rearm = state.armed.is_none();
+                let Some(slot) = state.slots.get_mut(self.key) else {
+                    return broken(
+                        "a deadline entry's slot is its own until it drops",
+                        Waiting::Expired,
+                    );
+                };
+                if slot.expired {
+                    return Waiting::Expired;
+                }
+                if slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    Some((None, rearm))
+                } else {
+                    clone.take().map(|new| (slot.waker.replace(new), rearm))
+                }
             };
-            if slot.expired {
-                return Waiting::Expired;
+            let Some((replaced, rearm)) = registered else {
+                clone = Some(waker.clone());
+                continue;
+            };
+            drop(replaced);
+            // Only from the queue's runtime: a timer is polled where it can fire.
+            if rearm && Handle::try_current().is_ok_and(|h| h.id() == self.queue.runtime) {
+                self.queue.arm();
             }
-            match &mut slot.waker {
-                Some(w) if w.will_wake(waker) => {}
-                w => *w = Some(waker.clone()),
-            }
-            state.armed.is_none()
-        };
-        // Only from the queue's runtime: a timer is polled where it can fire.
-        if rearm && Handle::try_current().is_ok_and(|h| h.id() == self.queue.runtime) {
-            self.queue.arm();
+            return Waiting::Pending;
         }
-        Waiting::Pending
     }
 }
 
@@ -218,6 +235,8 @@ impl Drop for Entry {
 fn register(at: Instant, watch: Watch, waker: &Waker) -> Option<Entry> {
     let handle = Handle::try_current().ok()?;
     let queue = thread_queue(&handle)?;
+    // Cloned before the lock: a clone may run a user's code (see `Entry::poll`).
+    let waker = waker.clone();
     let (key, arm) = {
         let mut state = queue.lock();
         let generation = state.next_generation;
@@ -225,7 +244,7 @@ fn register(at: Instant, watch: Watch, waker: &Waker) -> Option<Entry> {
         let key = state.slots.insert(Slot {
             generation,
             watch,
-            waker: Some(waker.clone()),
+            waker: Some(waker),
             expired: false,
         });
         state.heap.push(Reverse(Due {
@@ -262,6 +281,11 @@ static QUEUES: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
 /// Wakes every queued call whose [`Watch`] is `watched`, outside the queues' locks. The
 /// fire has published what it fired before this, so a call that joins a queue after this
 /// looked at it finds the fire when it checks (ARCHITECTURE.md, invariant 3).
+///
+/// Each waker is taken from its slot, not cloned (a clone may run a user's code, and must
+/// not under a lock): the call woken is polled again, and that poll registers it again
+/// ([`Entry::poll`]) or ends it. A deadline that passes before that marks the slot expired
+/// without a wake-up, which the call's poll then finds.
 pub(crate) fn wake_watching(watched: impl Fn(Watch) -> bool) {
     let queues: Vec<Arc<Queue>> = {
         let queues = QUEUES.lock().unwrap_or_else(PoisonError::into_inner);
@@ -269,9 +293,9 @@ pub(crate) fn wake_watching(watched: impl Fn(Watch) -> bool) {
     };
     let mut wakers = Vec::new();
     for queue in queues {
-        wakers.extend(queue.lock().slots.iter().filter_map(|(_, slot)| {
+        wakers.extend(queue.lock().slots.iter_mut().filter_map(|(_, slot)| {
             let woken = slot.watch != NO_WATCH && watched(slot.watch);
-            woken.then(|| slot.waker.clone()).flatten()
+            woken.then(|| slot.waker.take()).flatten()
         }));
         wakers.drain(..).for_each(Waker::wake);
     }

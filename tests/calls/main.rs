@@ -17,6 +17,7 @@ mod local_stall;
 mod peer_keys;
 mod propagate_budgets;
 mod propagate_codecs;
+mod reentrant_wakers;
 mod reliability;
 mod retry_budgets;
 mod status_codes;
