@@ -299,6 +299,7 @@ where
 /// Registers for the call's interrupts (its peer's broadcast and its token) and returns
 /// one that fired since the call started, or `None` with this task registered for the next.
 /// For a call whose peer registration is not made elsewhere: a response body's.
+#[cfg(feature = "http")]
 pub(crate) fn poll_interrupts(
     call: &mut Call,
     token_wake: Pin<&mut Option<OwnedNotified>>,
