@@ -153,6 +153,10 @@ async fn scrape_shows_every_series_with_peer_labels() {
     assert_eq!(busy.await.unwrap().unwrap(), "solo:4");
     assert_eq!(small.handle().untracked_calls(), 1);
 
+    // Read before the scrape: a handle's read takes the peer's lock, which hands over the
+    // answers its stripes deferred under contention and publishes what they make (so the
+    // gauge read after it is the deadline every answer made).
+    let (deadline, source) = handle.deadline(&"fast:1").unwrap();
     let page = scrape(&server).await;
     let m = Exposition::parse(&page);
     let at = |name: &str, labels: &[(&str, &str)]| m.value(name, labels);
@@ -185,7 +189,6 @@ async fn scrape_shows_every_series_with_peer_labels() {
         &[("peer", "fast:1"), ("le", "0.001")],
     );
     assert_eq!(under_1ms, 0.0, "no call answered under its 2ms");
-    let (deadline, source) = handle.deadline(&"fast:1").unwrap();
     assert_ne!(source, DeadlineSource::ColdStart);
     assert_eq!(
         at("adaptive_timeout_deadline_seconds", &fast),
