@@ -17,12 +17,16 @@
 //!
 //! A peer busy enough that its window holds far more answers than its quantile needs
 //! ([`sample_every`]) has its answers *sampled*: a stripe keeps the latency of one answer
-//! in `k` of those without a latency class, picked at random, and counts the others. Every
+//! in `k` of those without a latency class, picked at random, and counts the others (with
+//! one atomic add, not the stripe's lock, unless a hand-over is due). Every
 //! answer is still handed over (a heartbeat, and counted among the peer's answers); the
 //! histograms get fewer records, each kept latency standing for the `k` answers it was
 //! drawn from, so they still stand for every answer whatever `k` each was drawn at.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -102,29 +106,32 @@ pub(super) struct Stripe {
     contended_until: AtomicU64,
     /// Whether `deferred` has answers.
     deferring: AtomicBool,
+    /// Answers sampled out (their latency not kept) counted without the lock since they
+    /// were last folded into `deferred`: one read-modify-write each instead of the lock's
+    /// two. Folded in under the lock, before anything else reads or takes the batch.
+    unkept: AtomicU64,
+    /// The latest of those answers' times (nanoseconds since the epoch), written before
+    /// each is counted.
+    unkept_at: AtomicU64,
+    /// When the stripe last handed answers over ([`NEVER`]: never, and its first answer
+    /// goes at once). Written under the lock; read without it by an answer sampled out,
+    /// which takes the lock once a hand-over is due.
+    handed_at: AtomicU64,
+    /// Picks the answers sampled (xorshift64; never 0). Two threads sharing the stripe may
+    /// draw the same number: a pick, not a count, so a lost update costs nothing.
+    random: AtomicU64,
     deferred: Mutex<Deferred>,
 }
 
+/// [`Stripe::handed_at`] of a stripe that never handed answers over.
+const NEVER: u64 = u64::MAX;
+
 /// A stripe's answers not yet in the window.
+#[derive(Default)]
 struct Deferred {
     /// Allocated when the stripe first defers an answer (a stripe whose answers all go at
     /// once never does), and kept.
     batch: Option<Box<Batch>>,
-    /// When the stripe last handed answers over (`None`: never, and its first answer goes
-    /// at once).
-    handed_at: Option<u64>,
-    /// Picks the answers sampled (xorshift64; never 0).
-    random: u64,
-}
-
-impl Default for Deferred {
-    fn default() -> Self {
-        Deferred {
-            batch: None,
-            handed_at: None,
-            random: 0x9e37_79b9_7f4a_7c15,
-        }
-    }
 }
 
 /// What became of an answer a stripe was given ([`Stripe::defer`]).
@@ -278,15 +285,20 @@ impl Stripe {
             in_flight: AtomicUsize::new(0),
             contended_until: AtomicU64::new(0),
             deferring: AtomicBool::new(false),
+            unkept: AtomicU64::new(0),
+            unkept_at: AtomicU64::new(0),
+            handed_at: AtomicU64::new(NEVER),
+            random: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             deferred: Mutex::new(Deferred::default()),
         }
     }
 
-    /// Holds an answer of `latency_ns` nanoseconds (of `class`) that came at `now` (nanoseconds since the
-    /// epoch) in this stripe (this thread's); without a class, its latency is kept only one
-    /// time in `sample_every` (a power of two: see [`sample_every`]), at random, and then
-    /// stands for `sample_every` answers. Says what
-    /// became of it: held; to be handed over alone, nothing being deferred (no batch is
+    /// Holds an answer of `latency_ns` nanoseconds (of `class`) that came at `now`
+    /// (nanoseconds since the epoch) in this stripe (this thread's); without a class, its
+    /// latency is kept only one time in `sample_every` (a power of two: see
+    /// [`sample_every`]), at random, and then stands for `sample_every` answers. Says what
+    /// became of it: held (an answer sampled out, with no hand-over due, is only counted,
+    /// without the lock); to be handed over alone, nothing being deferred (no batch is
     /// built for it: a peer answering a core less often than once a millisecond takes this
     /// way with every answer); or handed over with the stripe's batch, full or deferred long
     /// enough, which is moved to `taken`.
@@ -299,7 +311,14 @@ impl Stripe {
         taken: &mut Option<Batch>,
     ) -> Deferral {
         // A class's answers are all kept: a class may see few.
-        let keep_all = sample_every <= 1 || class.is_some();
+        let kept = if sample_every <= 1 || class.is_some() {
+            Some(1)
+        } else {
+            self.picks(sample_every).then_some(sample_every)
+        };
+        if kept.is_none() && self.count_unkept(now) {
+            return Deferral::Held;
+        }
         let mut deferred = match self.deferred.try_lock() {
             Ok(deferred) => deferred,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -309,17 +328,12 @@ impl Stripe {
                 self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
             }
         };
-        let kept = if keep_all {
-            Some(1)
-        } else {
-            deferred.picks(sample_every).then_some(sample_every)
-        };
-        let due = deferred
-            .handed_at
-            .is_none_or(|at| now.saturating_sub(at) >= DEFER_NANOS);
+        self.fold_unkept(&mut deferred);
+        let at = self.handed_at.load(Relaxed);
+        let due = at == NEVER || now.saturating_sub(at) >= DEFER_NANOS;
         // Nothing deferred, and time to hand over: this answer goes alone, unheld.
         if due && deferred.batch.as_ref().is_none_or(|b| b.count == 0) {
-            deferred.handed_at = Some(now);
+            self.handed_at.store(now, Relaxed);
             return Deferral::Alone { kept };
         }
         let batch = deferred
@@ -331,12 +345,53 @@ impl Stripe {
         let full = batch.push(kept.map(|k| word(k) | class << CLASS_SHIFT), now);
         if full || due {
             self.deferring.store(false, Relaxed);
-            *taken = deferred.take(now);
+            *taken = self.take_batch(&mut deferred, now);
             Deferral::Taken
         } else {
             self.deferring.store(true, Relaxed);
             Deferral::Held
         }
+    }
+
+    /// Counts an answer sampled out at `now` without the lock, unless a hand-over is due
+    /// (then the answer must take the lock and go with it): returns whether it was counted.
+    #[inline]
+    fn count_unkept(&self, now: u64) -> bool {
+        let at = self.handed_at.load(Relaxed);
+        if at == NEVER || now.saturating_sub(at) >= DEFER_NANOS {
+            return false;
+        }
+        if self.unkept_at.load(Relaxed) < now {
+            self.unkept_at.store(now, Relaxed);
+        }
+        // Release: whoever takes the count (Acquire) sees the time written before it.
+        self.unkept.fetch_add(1, Release);
+        true
+    }
+
+    /// Folds the answers counted without the lock into the batch (under the lock).
+    fn fold_unkept(&self, deferred: &mut Deferred) {
+        if self.unkept.load(Relaxed) == 0 {
+            return;
+        }
+        let count = self.unkept.swap(0, Acquire);
+        let at = self.unkept_at.load(Relaxed);
+        let batch = deferred
+            .batch
+            .get_or_insert_with(|| Box::new(Batch::empty()));
+        batch.count += count;
+        batch.latest = batch.latest.max(at);
+    }
+
+    /// Whether to keep the next answer's latency: true one time in `every` (a power of
+    /// two), at random, so no pattern in the answers' order biases the samples.
+    fn picks(&self, every: u32) -> bool {
+        let mut x = self.random.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.store(x, Relaxed);
+        x & u64::from(every - 1) == 0
     }
 
     /// Whether this core defers its answers at `now`: it found the peer's lock taken
@@ -354,7 +409,7 @@ impl Stripe {
     /// Takes the answers this core still defers, if any (one that no longer defers hands
     /// them over with its next answer).
     pub(super) fn take_deferred(&self, now: u64) -> Option<Batch> {
-        if self.deferring.load(Relaxed) {
+        if self.deferring.load(Relaxed) || self.unkept.load(Relaxed) != 0 {
             self.take(now)
         } else {
             None
@@ -365,209 +420,24 @@ impl Stripe {
     fn take(&self, now: u64) -> Option<Batch> {
         let mut deferred = self.deferred.lock().unwrap_or_else(PoisonError::into_inner);
         self.deferring.store(false, Relaxed);
+        self.fold_unkept(&mut deferred);
         let any = deferred.batch.as_ref().is_some_and(|b| b.count > 0);
         if any {
-            deferred.take(now)
+            self.take_batch(&mut deferred, now)
         } else {
             None
         }
     }
-}
 
-impl Deferred {
     /// The answers deferred, handed over at `now`; the batch stays, empty.
-    fn take(&mut self, now: u64) -> Option<Batch> {
-        self.handed_at = Some(now);
-        let batch = self.batch.as_mut()?;
+    fn take_batch(&self, deferred: &mut Deferred, now: u64) -> Option<Batch> {
+        self.handed_at.store(now, Relaxed);
+        let batch = deferred.batch.as_mut()?;
         let taken = (**batch).clone();
         (batch.len, batch.count, batch.latest) = (0, 0, 0);
         Some(taken)
     }
-
-    /// Whether to keep the next answer's latency: true one time in `every` (a power of
-    /// two), at random, so no pattern in the answers' order biases the samples.
-    fn picks(&mut self, every: u32) -> bool {
-        let mut x = self.random;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.random = x;
-        x & u64::from(every - 1) == 0
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::peer::window::Window;
-    use crate::policy::TimeoutPolicy;
-    use tokio::time::Instant;
-
-    /// [`Stripe::defer`] on this thread's stripe: what became of the answer, and the batch
-    /// taken with it.
-    fn defer(
-        stripes: &Stripes,
-        latency: Duration,
-        class: Option<ClassIx>,
-        now: u64,
-        every: u32,
-    ) -> (Deferral, Option<Batch>) {
-        let mut taken = None;
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let deferral = stripes.mine().defer(nanos, class, now, every, &mut taken);
-        assert_eq!(taken.is_some(), deferral == Deferral::Taken);
-        (deferral, taken)
-    }
-
-    #[test]
-    fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
-        let stripes = Stripes::new();
-        let ms = DEFER_NANOS;
-        let first = defer(&stripes, Duration::from_millis(3), Some(2), 10 * ms, 1);
-        assert_eq!(first.0, Deferral::Alone { kept: Some(1) });
-        for i in 1..BATCH as u64 {
-            let t = 10 * ms + i;
-            let held = defer(&stripes, Duration::from_nanos(i), None, t, 1);
-            assert_eq!(held.0, Deferral::Held);
-        }
-        let full = defer(&stripes, Duration::from_secs(1), None, 10 * ms + 100, 1);
-        let full = full.1.expect("a full batch is handed over");
-        assert_eq!(full.answers().count(), BATCH);
-        assert_eq!(full.latest, 10 * ms + 100);
-        let held = defer(&stripes, Duration::ZERO, None, 10 * ms + 200, 1);
-        assert_eq!(held.0, Deferral::Held);
-        let deferred: Vec<_> = stripes.take_all(11 * ms).collect();
-        assert_eq!(deferred.len(), 1);
-        assert_eq!(
-            deferred[0].answers().collect::<Vec<_>>(),
-            [Sample::from((Duration::ZERO, None))]
-        );
-        assert_eq!(stripes.take_all(11 * ms).count(), 0);
-        // A millisecond after the last hand-over, with nothing deferred: alone again.
-        let later = defer(&stripes, Duration::ZERO, None, 12 * ms, 1);
-        assert_eq!(later.0, Deferral::Alone { kept: Some(1) });
-    }
-
-    #[test]
-    fn a_window_keeps_every_answer_until_it_holds_twice_what_its_quantile_needs() {
-        // p99.9 needs 256 / 0.001 = 256,000 samples.
-        assert_eq!(sample_every(0, 0.999), 1);
-        assert_eq!(sample_every(511_999, 0.999), 1);
-        assert_eq!(sample_every(512_000, 0.999), 2);
-        // `k * k <= 2 * answers / needed`: 4 from 8 times what is needed, 8 from 32.
-        assert_eq!(sample_every(2_047_999, 0.999), 2);
-        assert_eq!(sample_every(2_048_000, 0.999), 4);
-        assert_eq!(sample_every(8_192_000, 0.999), 8);
-        // Never fewer samples kept than needed: `answers / k >= needed`.
-        for answers in (0..40).map(|i| 1u64 << i) {
-            let k = u64::from(sample_every(answers, 0.999));
-            assert!(k == 1 || answers / k >= 256_000, "{answers}: {k}");
-        }
-        assert_eq!(sample_every(u64::MAX, 0.999), MAX_SAMPLE_EVERY);
-        assert_eq!(sample_every(u64::MAX, 0.5), MAX_SAMPLE_EVERY);
-        // The largest answer needs every answer.
-        assert_eq!(sample_every(u64::MAX, 1.0), 1);
-    }
-
-    #[test]
-    fn a_sampled_stripe_counts_every_answer_and_keeps_one_in_k_without_a_class() {
-        let stripes = Stripes::new();
-        let t = 10 * DEFER_NANOS;
-        let (mut count, mut samples, mut classed, mut stood_for) = (0, 0, 0, 0);
-        let mut take = |batch: Batch| {
-            count += batch.count();
-            for Sample { class, answers, .. } in batch.answers() {
-                samples += 1;
-                classed += u64::from(class.is_some());
-                // A class's answer stands for itself; one drawn one in 8, for 8.
-                assert_eq!(answers, if class.is_some() { 1 } else { 8 });
-                stood_for += answers;
-            }
-        };
-        let mut alone = (0, None);
-        for i in 0..8_000 {
-            let class = (i % 8 == 0).then_some(1);
-            match defer(&stripes, Duration::from_micros(i), class, t, 8) {
-                (Deferral::Alone { kept }, _) => alone = (alone.0 + 1, kept),
-                (_, Some(batch)) => take(batch),
-                (_, None) => {}
-            }
-        }
-        stripes.take_all(t).for_each(&mut take);
-        // The first answer went alone (nothing deferred yet), kept: it has a class.
-        assert_eq!(alone, (1, Some(1)));
-        let (count, samples, classed) = (count + 1, samples + 1, classed + 1);
-        assert_eq!(count, 8_000, "every answer is handed over");
-        assert_eq!(classed, 1_000, "a class's answers are all kept");
-        // 7,000 answers without a class, one in 8 kept at random: 875 expected.
-        let unclassed = samples - classed;
-        assert!((700..1_050).contains(&unclassed), "{unclassed}");
-        // Weighted, they stand for about the 7,000 answers they were drawn from.
-        let unclassed_stood_for = stood_for - (classed - 1);
-        assert_eq!(unclassed_stood_for, unclassed * 8);
-    }
-
-    /// Seconds after a shift from 2 ms to 10 ms answers (25 a millisecond for 3 s, then 5)
-    /// until the window's median reads the new latency, with one answer in `k` recorded
-    /// (`k` following the window as a busy peer's stripes do: [`sample_every`]),
-    /// each standing for `k` answers if `weighted`, else for itself.
-    fn follows_after(sampled: bool, weighted: bool) -> f64 {
-        let policy = TimeoutPolicy::default().min_samples(1).quantile(0.5);
-        let t0 = Instant::now();
-        let mut w = Window::new(&policy, t0);
-        let (mut k, mut seen) = (1u64, 0u64);
-        for i in 0..120_000u64 {
-            let now = t0 + Duration::from_millis(i);
-            w.advance(now);
-            let (per_ms, latency) = if i < 3_000 {
-                (25, Duration::from_millis(2))
-            } else {
-                (5, Duration::from_millis(10))
-            };
-            for _ in 0..per_ms {
-                seen += 1;
-                if seen % k == 0 {
-                    w.record_n(latency, if weighted { k } else { 1 }, now);
-                }
-            }
-            if sampled && i % 10 == 0 {
-                k = u64::from(sample_every(w.samples(), 0.5));
-            }
-            if i >= 3_000 && w.quantile(0.5) >= Duration::from_millis(9) {
-                return (i - 3_000) as f64 / 1e3;
-            }
-        }
-        panic!("never followed");
-    }
-
-    #[test]
-    fn a_sampled_window_follows_a_shift_as_fast_as_one_that_keeps_every_answer() {
-        let every = follows_after(false, false);
-        // The new answers outnumber the 75,000 old ones 15 s after the shift.
-        assert!((14.0..16.0).contains(&every), "{every} s");
-        // Samples kept at a rising `k` but counted once each: the older sub-windows, drawn
-        // at a lower `k`, outweigh the newer ones, and the median lags.
-        let unweighted = follows_after(true, false);
-        assert!(unweighted > 1.5 * every, "{unweighted} s vs {every} s");
-        // Each standing for the answers it was drawn from: as fast as keeping them all.
-        let weighted = follows_after(true, true);
-        assert!(weighted <= 1.1 * every, "{weighted} s vs {every} s");
-    }
-
-    #[test]
-    fn retiring_needs_every_stripe_idle_and_refuses_later_calls() {
-        let stripes = Stripes {
-            stripes: Striped::with_stripes(4, Stripe::new),
-            retired: AtomicBool::new(false),
-        };
-        let mine = stripes.enter().expect("admitted");
-        assert_eq!(stripes.in_flight(), 1);
-        assert!(!stripes.retire(), "a call is in flight");
-        assert!(!stripes.is_retired());
-        stripes.leave(mine);
-        assert!(stripes.retire());
-        assert!(stripes.is_retired());
-        assert_eq!(stripes.enter(), None);
-        assert_eq!(stripes.in_flight(), 0);
-    }
-}
+mod tests;
