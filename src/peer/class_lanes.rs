@@ -15,7 +15,7 @@
 //! the classes whose deadline word changed in a [`ClassBits`], and the peer copies those
 //! words into the slots ([`ClassSlots::publish`]) before it lets its lock go.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +32,9 @@ use crate::policy::TimeoutPolicy;
 pub(crate) type ClassIx = u8;
 
 /// A latency sample for a peer's histories: its latency, its call's class, and how many
-/// answers it stands for (a busy peer's stripes draw one answer in `k` without a class,
-/// which stands for `k`: `per_core::sample_every`; any other stands for itself).
+/// answers it stands for (a busy peer's stripes draw one answer in `k`, which stands for
+/// `k`: `per_core::sample_every`, `k` the smaller of the peer's and its class's; any
+/// other stands for itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {
     pub(crate) latency: Duration,
@@ -68,6 +69,9 @@ struct Slot {
     /// When a hedged call of the class sends its copy, in nanoseconds; 0 until the class
     /// has learned (or while hedging is off).
     hedge: AtomicU64,
+    /// The base-2 logarithm of one answer in how many of the class the stripes keep the
+    /// latency of (0: every answer, as until the class is busy).
+    sample_every: AtomicU8,
 }
 
 /// Which classes' deadline words changed: a bit per slot (at most `ClassIx::MAX` slots).
@@ -204,6 +208,33 @@ impl ClassSlots {
                 slot.hedge.store(nanos, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Publishes how busy each class `changed` marks is: one answer in `every(lane)` (a
+    /// power of two) of it is kept (under the peer's lock, beside the deadline words).
+    pub(crate) fn publish_sample_every(
+        &self,
+        lanes: &ClassLanes,
+        changed: &ClassBits,
+        every: impl Fn(&Lane) -> u32,
+    ) {
+        for i in changed.iter() {
+            if let (Some(c), Some(slot)) = (lanes.0.get(i), self.slots.get(i)) {
+                let log2 = every(&c.lane).max(1).trailing_zeros();
+                let log2 = u8::try_from(log2).unwrap_or(u8::MAX);
+                slot.sample_every.store(log2, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// One answer in how many of `class` its peer's stripes may keep (1: every one): its
+    /// window holds more than its quantile needs. One atomic load.
+    pub(crate) fn sample_every(&self, class: ClassIx) -> u32 {
+        let log2 = self
+            .slots
+            .get(usize::from(class))
+            .map_or(0, |slot| slot.sample_every.load(Ordering::Relaxed));
+        1u32.checked_shl(log2.into()).unwrap_or(1)
     }
 
     /// The hedge delay of `class` (`None`: not learned). One atomic load.

@@ -373,7 +373,15 @@ impl Peer {
                 // Another core is recording: defer this core's answers for a while.
                 stripe.contended(now_ns);
             }
-            let every = self.published.sample_every();
+            // One answer in `every`, for the peer's window and the class's: the fewer the
+            // busier of the two allows.
+            let every = match ticket.class {
+                Some(class) => self
+                    .published
+                    .sample_every()
+                    .min(self.classes.sample_every(class)),
+                None => self.published.sample_every(),
+            };
             let mut taken = None;
             match stripe.defer(latency_ns, ticket.class, now_ns, every, &mut taken) {
                 Deferral::Held => {}
@@ -486,6 +494,15 @@ impl Peer {
             self.published.set_rotate_at(self.nanos(p.rotate_at));
         }
         self.classes.publish(&locked.classes, &fx.classes);
+        // So are a busy class's: as many kept as the class's own quantile needs.
+        let batched = self.published.batched();
+        let q = locked.policy.quantile;
+        (self.classes).publish_sample_every(&locked.classes, &fx.classes, |lane| {
+            match batched && lane.source.is_learned() {
+                true => per_core::sample_every(lane.window.samples(), q),
+                false => 1,
+            }
+        });
         self.publish_class_hedges(locked, &fx.classes);
         if let Some(failing) = fx.failing {
             if self.published.set_failing(failing) && failing == 0 {

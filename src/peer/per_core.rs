@@ -17,8 +17,10 @@
 //!
 //! A peer busy enough that its window holds far more answers than its quantile needs
 //! ([`sample_every`]) has its answers *sampled*: a stripe keeps the latency of one answer
-//! in `k` of those without a latency class, picked at random, and counts the others (with
-//! one atomic add, not the stripe's lock, unless a hand-over is due). Every
+//! in `k`, picked at random, and counts the others (with one atomic add, not the stripe's
+//! lock, unless a hand-over is due). An answer of a latency class is sampled only as far
+//! as its class is busy too (`k` the smaller of the two): a quiet class keeps every answer.
+//! Every
 //! answer is still handed over (a heartbeat, and counted among the peer's answers); the
 //! histograms get fewer records, each kept latency standing for the `k` answers it was
 //! drawn from, so they still stand for every answer whatever `k` each was drawn at.
@@ -294,9 +296,10 @@ impl Stripe {
     }
 
     /// Holds an answer of `latency_ns` nanoseconds (of `class`) that came at `now`
-    /// (nanoseconds since the epoch) in this stripe (this thread's); without a class, its
-    /// latency is kept only one time in `sample_every` (a power of two: see
-    /// [`sample_every`]), at random, and then stands for `sample_every` answers. Says what
+    /// (nanoseconds since the epoch) in this stripe (this thread's); its latency is kept
+    /// only one time in `sample_every` (a power of two: see [`sample_every`]; for an answer
+    /// of a class, its class's too), at random, and then stands for `sample_every`
+    /// answers. Says what
     /// became of it: held (an answer sampled out, with no hand-over due, is only counted,
     /// without the lock); to be handed over alone, nothing being deferred (no batch is
     /// built for it: a peer answering a core less often than once a millisecond takes this
@@ -310,8 +313,7 @@ impl Stripe {
         sample_every: u32,
         taken: &mut Option<Batch>,
     ) -> Deferral {
-        // A class's answers are all kept: a class may see few.
-        let kept = if sample_every <= 1 || class.is_some() {
+        let kept = if sample_every <= 1 {
             Some(1)
         } else {
             self.picks(sample_every).then_some(sample_every)

@@ -504,7 +504,7 @@ pub(crate) mod tests {
     }
 
     /// A table of `max` peers keyed by `u32`, under `policy`.
-    fn table_under(policy: TimeoutPolicy, max: usize) -> PeerTable<u32> {
+    pub(crate) fn table_under(policy: TimeoutPolicy, max: usize) -> PeerTable<u32> {
         let policies = Policies {
             default: Arc::new(policy),
             overrides: HashMap::new(),

@@ -228,3 +228,72 @@ fn a_failure_publishes_the_failures_in_a_row_and_an_answer_clears_them() {
     let fx = state.answered(t0 + ms(3), 1, std::iter::empty());
     assert_eq!((fx.failing, state.consecutive_failures), (Some(0), 0));
 }
+
+/// A busy class's answers are sampled as far as the class is busy, a quiet class's never:
+/// its few answers are all its deadline has.
+#[tokio::test(start_paused = true)]
+async fn a_busy_class_is_sampled_and_a_quiet_one_keeps_every_answer() {
+    use crate::class::ClassOf;
+    use crate::peer::table::tests::table_under;
+    // The median needs 256 / 0.5 = 512 samples; sampling starts at twice that.
+    let policy = TimeoutPolicy::default().quantile(0.5).recompute_every(64);
+    let t = table_under(policy, 4).with_max_classes(2);
+    let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());
+    // Slots in the order of the classes' first calls: the quiet class's comes first.
+    let (quiet, busy) = (0, 1);
+    let (mut drawn, mut taken) = ([(0u64, 0u64); 2], 0);
+    for i in 0..24_000u64 {
+        // One call in 100 is of the quiet class.
+        let name = if i % 100 == 0 { "quiet" } else { "busy" };
+        let hints = LatencyHints::new().class(ClassOf::Named(name));
+        let Some(Admission::Admitted(mut in_flight, ticket)) =
+            Peer::admit(&peer, Instant::now(), 0, hints)
+        else {
+            panic!("refused");
+        };
+        advance(Duration::from_micros(100 + i % 100)).await;
+        in_flight.end();
+        peer.on_outcome(Instant::now(), &ticket, false, Outcome::Sample);
+        if i < 20_000 {
+            continue;
+        }
+        if i == 20_000 {
+            let every = |c| peer.classes.sample_every(c);
+            assert!(every(busy) > 1, "the busy class is sampled");
+            assert_eq!(every(quiet), 1, "the quiet class is not");
+        }
+        // From then on, what the stripe holds is taken before it reaches the histories:
+        // each sample and the answers it stands for.
+        for batch in peer.stripes.take_all(peer.nanos(Instant::now())) {
+            taken += batch.count();
+            for sample in batch.answers() {
+                let c = usize::from(sample.class.expect("every call has a class"));
+                drawn[c] = (drawn[c].0 + 1, drawn[c].1 + sample.answers);
+            }
+        }
+    }
+    let (samples, stood_for) = drawn[usize::from(quiet)];
+    assert_eq!(
+        samples, stood_for,
+        "a quiet class's samples each stand for one answer"
+    );
+    assert!(
+        samples >= 30,
+        "{samples} of the quiet class's last 40 answers"
+    );
+    let (samples, stood_for) = drawn[usize::from(busy)];
+    assert!(
+        stood_for >= 2 * samples,
+        "{samples} samples for {stood_for} answers"
+    );
+    assert!(
+        stood_for > 3_000,
+        "{stood_for} of the busy class's last 3,960 answers"
+    );
+    let counted = peer.view(Instant::now()).completed;
+    assert_eq!(
+        counted + taken,
+        24_000,
+        "every answer counted, or taken here"
+    );
+}

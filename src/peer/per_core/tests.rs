@@ -72,41 +72,48 @@ fn a_window_keeps_every_answer_until_it_holds_twice_what_its_quantile_needs() {
 }
 
 #[test]
-fn a_sampled_stripe_counts_every_answer_and_keeps_one_in_k_without_a_class() {
+fn a_sampled_stripe_counts_every_answer_and_keeps_one_in_the_k_it_is_given() {
     let stripes = Stripes::new();
     let t = 10 * DEFER_NANOS;
-    let (mut count, mut samples, mut classed, mut stood_for) = (0, 0, 0, 0);
+    // Per class (none, a quiet one, a busy one): samples, and the answers they stand for.
+    let (mut count, mut samples, mut stood_for) = (0, [0u64; 3], [0u64; 3]);
     let mut take = |batch: Batch| {
         count += batch.count();
         for Sample { class, answers, .. } in batch.answers() {
-            samples += 1;
-            classed += u64::from(class.is_some());
-            // A class's answer stands for itself; one drawn one in 8, for 8.
-            assert_eq!(answers, if class.is_some() { 1 } else { 8 });
-            stood_for += answers;
+            let c = usize::from(class.unwrap_or(0));
+            // The quiet class's answers stand for themselves; one drawn one in 8, for 8.
+            assert_eq!(answers, if c == 1 { 1 } else { 8 }, "class {c}");
+            samples[c] += 1;
+            stood_for[c] += answers;
         }
     };
     let mut alone = (0, None);
     for i in 0..8_000 {
-        let class = (i % 8 == 0).then_some(1);
-        match defer(&stripes, Duration::from_micros(i), class, t, 8) {
+        // Class 1 is given k = 1 (a quiet class keeps every answer), class 2 and the
+        // answers without a class k = 8.
+        let (class, k) = match i % 8 {
+            0 => (Some(1), 1),
+            1 => (Some(2), 8),
+            _ => (None, 8),
+        };
+        match defer(&stripes, Duration::from_micros(i), class, t, k) {
             (Deferral::Alone { kept }, _) => alone = (alone.0 + 1, kept),
             (_, Some(batch)) => take(batch),
             (_, None) => {}
         }
     }
     stripes.take_all(t).for_each(&mut take);
-    // The first answer went alone (nothing deferred yet), kept: it has a class.
+    // The first answer went alone (nothing deferred yet), kept: it is class 1's.
     assert_eq!(alone, (1, Some(1)));
-    let (count, samples, classed) = (count + 1, samples + 1, classed + 1);
-    assert_eq!(count, 8_000, "every answer is handed over");
-    assert_eq!(classed, 1_000, "a class's answers are all kept");
-    // 7,000 answers without a class, one in 8 kept at random: 875 expected.
-    let unclassed = samples - classed;
-    assert!((700..1_050).contains(&unclassed), "{unclassed}");
-    // Weighted, they stand for about the 7,000 answers they were drawn from.
-    let unclassed_stood_for = stood_for - (classed - 1);
-    assert_eq!(unclassed_stood_for, unclassed * 8);
+    assert_eq!(count + 1, 8_000, "every answer is handed over");
+    assert_eq!(samples[1] + 1, 1_000, "every answer given k = 1 is kept");
+    // 1,000 answers of class 2, 6,000 without a class, one in 8 kept at random: 125 and
+    // 750 expected.
+    assert!((80..170).contains(&samples[2]), "{}", samples[2]);
+    assert!((620..880).contains(&samples[0]), "{}", samples[0]);
+    // Each stands for the 8 answers it was drawn from.
+    assert_eq!(stood_for[2], 8 * samples[2]);
+    assert_eq!(stood_for[0], 8 * samples[0]);
 }
 
 /// Seconds after a shift from 2 ms to 10 ms answers (25 a millisecond for 3 s, then 5)
