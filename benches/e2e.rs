@@ -16,7 +16,9 @@
 //! ratios, each round's layer against the `tower::timeout` round beside it), p99 <= 1.02x.
 //!
 //! `cargo bench --bench e2e` (about 40 s; `E2E_ROUNDS=30` for five times as many rounds); as a test (`cargo test --benches`) each case
-//! runs one short round and the ratios mean nothing.
+//! runs one short round and the ratios mean nothing. `E2E_LAYER=lean` runs the layer
+//! without what `http()` adds by default beyond a deadline per peer (no interrupt token per
+//! request, no latency class per route): how much of its cost those two are.
 
 pub mod common;
 
@@ -32,7 +34,7 @@ use hyper::body::Incoming;
 use loopback::http_server::{self, get};
 use tower::timeout::Timeout;
 use tower::{Layer, Service};
-use tower_adaptive_timeout::AdaptiveTimeoutLayer;
+use tower_adaptive_timeout::{AdaptiveTimeoutLayer, DEFAULT_MAX_CLASSES};
 
 use common::{multi_thread, test_mode, FIXED_TIMEOUT};
 
@@ -193,7 +195,10 @@ fn measure(workers: usize, uri: &Uri, rounds: usize, length: Duration) -> Vec<[M
     // One pool for all three: clones of a client share it.
     let bare = http_server::client();
     let tower = Timeout::new(bare.clone(), FIXED_TIMEOUT);
+    let lean = std::env::var("E2E_LAYER").is_ok_and(|v| v == "lean");
     let layer = AdaptiveTimeoutLayer::http()
+        .interrupt_tokens(!lean)
+        .max_classes(if lean { 0 } else { DEFAULT_MAX_CLASSES })
         .build()
         .expect("the default policy is valid")
         .layer(bare.clone());
