@@ -20,9 +20,8 @@
 //! in `k`, picked at random, and counts the others (with one atomic add, not the stripe's
 //! lock, unless a hand-over is due). An answer of a latency class is sampled only as far
 //! as its class is busy too (`k` the smaller of the two): a quiet class keeps every answer.
-//! Every
-//! answer is still handed over (a heartbeat, and counted among the peer's answers); the
-//! histograms get fewer records, each kept latency standing for the `k` answers it was
+//! Every answer is still handed over (a heartbeat, and counted among the peer's answers);
+//! the histograms get fewer records, each kept latency standing for the `k` answers it was
 //! drawn from, so they still stand for every answer whatever `k` each was drawn at.
 
 use std::sync::atomic::{
@@ -299,12 +298,11 @@ impl Stripe {
     /// (nanoseconds since the epoch) in this stripe (this thread's); its latency is kept
     /// only one time in `sample_every` (a power of two: see [`sample_every`]; for an answer
     /// of a class, its class's too), at random, and then stands for `sample_every`
-    /// answers. Says what
-    /// became of it: held (an answer sampled out, with no hand-over due, is only counted,
-    /// without the lock); to be handed over alone, nothing being deferred (no batch is
-    /// built for it: a peer answering a core less often than once a millisecond takes this
-    /// way with every answer); or handed over with the stripe's batch, full or deferred long
-    /// enough, which is moved to `taken`.
+    /// answers. Says what became of it: held (an answer sampled out, with no hand-over due,
+    /// is only counted, without the lock); to be handed over alone, nothing being deferred
+    /// (no batch is built for it: a peer answering a core less often than once a
+    /// millisecond takes this way with every answer); or handed over with the stripe's
+    /// batch, full or deferred long enough, which is moved to `taken`.
     pub(super) fn defer(
         &self,
         latency_ns: u64,
