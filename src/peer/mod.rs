@@ -210,17 +210,19 @@ impl Peer {
         generation: u32,
         hints: LatencyHints<'_>,
     ) -> Option<Admission> {
-        let stripe = peer.stripes.enter()?;
+        // One dereference of the peer's (maybe leased) reference for the whole admission.
+        let p: &Peer = peer;
+        let stripe = p.stripes.enter()?;
         let mut in_flight = InFlight::tracked(peer.clone(), stripe);
-        let now_ns = peer.nanos(now);
+        let now_ns = p.nanos(now);
         // Any call to the peer is use.
-        peer.touch(now_ns);
-        if peer.published.rotation_due(now_ns) {
-            peer.rotate(now);
+        p.touch(now_ns);
+        if p.published.rotation_due(now_ns) {
+            p.rotate(now);
         }
-        let class = peer.class_of(now, hints.class);
-        let (mut deadline, mut source) = peer.class_deadline(class);
-        if !peer.state().is_open() {
+        let class = p.class_of(now, hints.class);
+        let (mut deadline, mut source) = p.class_deadline(class);
+        if !p.state().is_open() {
             match Peer::admit_unopen(peer, now, in_flight, &mut deadline, &mut source) {
                 Ok(held) => in_flight = held,
                 Err(fired) => {
@@ -228,7 +230,7 @@ impl Peer {
                 }
             }
         }
-        peer.metrics.admitted();
+        p.metrics.admitted();
         let ticket = Ticket {
             deadline,
             source,
@@ -237,7 +239,7 @@ impl Peer {
             started: now,
             started_ns: now_ns,
         };
-        let ticket = ticket.floored(hints.floor, peer.published.max());
+        let ticket = ticket.floored(hints.floor, p.published.max());
         Some(Admission::Admitted(in_flight, ticket))
     }
 
