@@ -2,14 +2,17 @@
 //! a peer keeps neither its first request's URI (a 60 KB query string) nor more than one
 //! bounded label, however long its key's `Debug` form; keying a request allocates nothing.
 //!
-//! The count is global to the process, so the tests here take turns.
+//! The live bytes are counted for the whole process, so the tests here take turns; the
+//! allocations a test makes, on its own thread (the test harness allocates on its own as
+//! other tests end).
 
 pub mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicIsize, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use http::{Request, Response};
@@ -20,13 +23,23 @@ use tower_adaptive_timeout::{AdaptiveTimeoutLayer, PeerKey};
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Allocations made on this thread (no destructor, no lazy initialisation: the
+    /// allocator may read it on any thread, at any time).
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Allocations made so far on this thread.
+fn allocations() -> usize {
+    ALLOCATIONS.try_with(Cell::get).unwrap_or(0)
+}
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only a counter is kept.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, SeqCst);
-        ALLOCATIONS.fetch_add(1, SeqCst);
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
         // SAFETY: the caller's contract for `alloc` is passed on.
         unsafe { System.alloc(layout) }
     }
@@ -129,9 +142,9 @@ fn a_peer_keeps_one_bounded_label() {
 fn keying_a_request_allocates_nothing() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let req = support::requests::get("http://admin:hunter2@h:80/search?q=1");
-    let before = ALLOCATIONS.load(SeqCst);
+    let before = allocations();
     let peer = by_uri(&req);
-    let allocations = ALLOCATIONS.load(SeqCst) - before;
+    let allocations = allocations() - before;
     assert_eq!(peer.unwrap().authority(), "h:80");
     assert_eq!(allocations, 0, "the key shares the request's URI");
 }
