@@ -15,10 +15,17 @@
 //! to `tower::timeout`'s against the targets: calls/s >= 0.98x (the median of the rounds'
 //! ratios, each round's layer against the `tower::timeout` round beside it), p99 <= 1.02x.
 //!
+//! A second table gives each stack's CPU time per call: every thread of the process (client
+//! and server) over all of the stack's rounds, from Linux's per-thread scheduler
+//! statistics. With 2 workers and 64 calls in flight the machine's 2 cores are busy, so
+//! calls/s is bound by it; and it moves far less between rounds than calls/s does.
+//!
 //! `cargo bench --bench e2e` (about 40 s; `E2E_ROUNDS=30` for five times as many rounds); as a test (`cargo test --benches`) each case
 //! runs one short round and the ratios mean nothing. `E2E_LAYER=lean` runs the layer
 //! without what `http()` adds by default beyond a deadline per peer (no interrupt token per
-//! request, no latency class per route): how much of its cost those two are.
+//! request, no latency class per route): how much of its cost those two are;
+//! `E2E_LAYER=no_tokens` and `E2E_LAYER=no_classes` leave out one of the two.
+//! `E2E_WORKERS=2` runs that worker count's cases alone.
 
 pub mod common;
 
@@ -55,12 +62,15 @@ const P99_TARGET: f64 = 1.02;
 /// What one task's round saw: calls ended, calls failed, their latencies.
 type Ended = (u64, u64, Histogram<u64>);
 
-/// What one case measured: calls/s per round (in round order), calls that failed, and
-/// every call's latency in nanoseconds.
+/// What one case measured: calls/s per round (in round order), calls that failed, every
+/// call's latency in nanoseconds, and the calls ended with the CPU time the whole process
+/// (client and server) spent over their rounds.
 struct Measured {
     rates: Vec<f64>,
     failed: u64,
     latencies: Histogram<u64>,
+    calls: u64,
+    cpu_ns: u64,
 }
 
 impl Measured {
@@ -69,7 +79,15 @@ impl Measured {
             rates: Vec::new(),
             failed: 0,
             latencies: Histogram::new(3).expect("3 significant figures"),
+            calls: 0,
+            cpu_ns: 0,
         }
+    }
+
+    /// The process's CPU time per call in microseconds (`None` where the kernel does not
+    /// tell it).
+    fn cpu_us(&self) -> Option<f64> {
+        (self.cpu_ns > 0).then(|| self.cpu_ns as f64 / self.calls.max(1) as f64 / 1e3)
     }
 
     /// The median calls/s over the rounds.
@@ -92,6 +110,22 @@ impl Measured {
     fn p99_us(&self) -> f64 {
         self.latencies.value_at_quantile(0.99) as f64 / 1e3
     }
+}
+
+/// The CPU time every thread of this process has run so far, in nanoseconds (Linux's
+/// per-thread scheduler statistics; 0 elsewhere). The server and the client share the
+/// process, so a round's difference is what one stack's calls cost both ends; with the
+/// machine's cores all busy (2 workers, 64 calls in flight each, on 2 cores), calls/s is
+/// bound by it, and it moves far less between rounds than calls/s does.
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The median of `values` (0 for none).
@@ -153,6 +187,7 @@ fn round<S>(
     S::Future: Send,
     S::Error: Send,
 {
+    let cpu_before = cpu_ns();
     let (ended, failed, latencies) = rt.block_on(async {
         let until = Instant::now() + length;
         let tasks: Vec<_> = (0..workers)
@@ -167,8 +202,11 @@ fn round<S>(
         }
         (ended, failed, all)
     });
+    let cpu = cpu_ns().saturating_sub(cpu_before);
     if let Some(m) = into {
         m.rates.push(ended as f64 / length.as_secs_f64());
+        m.calls += ended;
+        m.cpu_ns += cpu;
         m.failed += failed;
         m.latencies.add(latencies).expect("same bounds");
     }
@@ -195,10 +233,12 @@ fn measure(workers: usize, uri: &Uri, rounds: usize, length: Duration) -> Vec<[M
     // One pool for all three: clones of a client share it.
     let bare = http_server::client();
     let tower = Timeout::new(bare.clone(), FIXED_TIMEOUT);
-    let lean = std::env::var("E2E_LAYER").is_ok_and(|v| v == "lean");
+    let variant = std::env::var("E2E_LAYER").unwrap_or_default();
+    let tokens = !matches!(variant.as_str(), "lean" | "no_tokens");
+    let classes = !matches!(variant.as_str(), "lean" | "no_classes");
     let layer = AdaptiveTimeoutLayer::http()
-        .interrupt_tokens(!lean)
-        .max_classes(if lean { 0 } else { DEFAULT_MAX_CLASSES })
+        .interrupt_tokens(tokens)
+        .max_classes(if classes { DEFAULT_MAX_CLASSES } else { 0 })
         .build()
         .expect("the default policy is valid")
         .layer(bare.clone());
@@ -264,9 +304,15 @@ fn main() {
         STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2], STACKS[0], STACKS[1], STACKS[2]
     );
     println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|");
-    for workers in WORKERS {
+    // `E2E_WORKERS=2`: that worker count's cases alone.
+    let only: Option<usize> = std::env::var("E2E_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok());
+    let mut cpu = Vec::new();
+    for workers in WORKERS.into_iter().filter(|w| only.is_none_or(|o| o == *w)) {
         let results = measure(workers, &uri, rounds, length);
         for (k, [b, t, l]) in IN_FLIGHT.iter().zip(&results) {
+            cpu.push(cpu_row(workers, *k, [b, t, l]));
             let rate = l.paired_rate(t);
             let p99 = l.p99_us() / t.p99_us();
             println!(
@@ -285,5 +331,25 @@ fn main() {
             );
         }
     }
+    println!("\nCPU time per call, client and server together (us; all rounds of a stack):\n");
+    println!(
+        "| workers | in flight | {} | {} | {} | layer - tower | layer / tower |",
+        STACKS[0], STACKS[1], STACKS[2]
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for row in cpu {
+        println!("{row}");
+    }
     drop(server);
+}
+
+/// A row of the CPU table: each stack's CPU time per call, and the layer's beside
+/// `tower::timeout`'s.
+fn cpu_row(workers: usize, in_flight: usize, stacks: [&Measured; 3]) -> String {
+    let [b, t, l] = stacks.map(|m| m.cpu_us().unwrap_or(f64::NAN));
+    format!(
+        "| {workers} | {in_flight} | {b:.2} | {t:.2} | {l:.2} | {:.2} | {:.3} |",
+        l - t,
+        l / t
+    )
 }
