@@ -60,9 +60,11 @@ const CLASS_SHIFT: u32 = LATENCY_BITS + 3;
 const NO_CLASS: u64 = 0xff;
 
 /// Samples above the quantile a window must keep: a window holding `SAMPLES_ABOVE / (1 -
-/// quantile)` samples or fewer keeps every answer's latency (a p99.9 window, 256,000;
-/// the count above the quantile then varies by about 1/16 between windows).
-const SAMPLES_ABOVE: f64 = 256.0;
+/// quantile)` samples or fewer keeps every answer's latency (a p99.9 window, 64,000).
+/// The count above the quantile then varies by about 1/8 between windows: the quantile's
+/// rank moves by that much, a latency a few percent off in a tail like a network's, well
+/// inside the deadline's `factor`.
+const SAMPLES_ABOVE: f64 = 64.0;
 
 /// The most answers one sample stands for: a batch of [`BATCH`] samples spans at most
 /// `BATCH * MAX_SAMPLE_EVERY` answers.

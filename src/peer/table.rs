@@ -524,7 +524,7 @@ pub(crate) mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_peer_keeps_the_samples_its_quantile_needs_and_counts_every_answer() {
         use crate::classify::Outcome;
-        // The median needs 256 / 0.5 = 512 samples; sampling starts at twice that.
+        // The median needs 64 / 0.5 = 128 samples; sampling starts at twice that.
         let policy = TimeoutPolicy::default().quantile(0.5).recompute_every(64);
         let t = table_under(policy, 4);
         let (now, mut last) = (Instant::now(), None);

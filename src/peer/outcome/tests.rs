@@ -235,7 +235,7 @@ fn a_failure_publishes_the_failures_in_a_row_and_an_answer_clears_them() {
 async fn a_busy_class_is_sampled_and_a_quiet_one_keeps_every_answer() {
     use crate::class::ClassOf;
     use crate::peer::table::tests::table_under;
-    // The median needs 256 / 0.5 = 512 samples; sampling starts at twice that.
+    // The median needs 64 / 0.5 = 128 samples; sampling starts at twice that.
     let policy = TimeoutPolicy::default().quantile(0.5).recompute_every(64);
     let t = table_under(policy, 4).with_max_classes(2);
     let peer = PeerRef::Shared(t.peer(&1, Instant::now()).unwrap());

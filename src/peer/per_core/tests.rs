@@ -52,18 +52,18 @@ fn a_quiet_stripe_hands_each_answer_over_and_a_busy_one_batches() {
 
 #[test]
 fn a_window_keeps_every_answer_until_it_holds_twice_what_its_quantile_needs() {
-    // p99.9 needs 256 / 0.001 = 256,000 samples.
+    // p99.9 needs 64 / 0.001 = 64,000 samples.
     assert_eq!(sample_every(0, 0.999), 1);
-    assert_eq!(sample_every(511_999, 0.999), 1);
-    assert_eq!(sample_every(512_000, 0.999), 2);
+    assert_eq!(sample_every(127_999, 0.999), 1);
+    assert_eq!(sample_every(128_000, 0.999), 2);
     // `k * k <= 2 * answers / needed`: 4 from 8 times what is needed, 8 from 32.
-    assert_eq!(sample_every(2_047_999, 0.999), 2);
-    assert_eq!(sample_every(2_048_000, 0.999), 4);
-    assert_eq!(sample_every(8_192_000, 0.999), 8);
+    assert_eq!(sample_every(511_999, 0.999), 2);
+    assert_eq!(sample_every(512_000, 0.999), 4);
+    assert_eq!(sample_every(2_048_000, 0.999), 8);
     // Never fewer samples kept than needed: `answers / k >= needed`.
     for answers in (0..40).map(|i| 1u64 << i) {
         let k = u64::from(sample_every(answers, 0.999));
-        assert!(k == 1 || answers / k >= 256_000, "{answers}: {k}");
+        assert!(k == 1 || answers / k >= 64_000, "{answers}: {k}");
     }
     assert_eq!(sample_every(u64::MAX, 0.999), MAX_SAMPLE_EVERY);
     assert_eq!(sample_every(u64::MAX, 0.5), MAX_SAMPLE_EVERY);
