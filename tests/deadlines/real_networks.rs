@@ -170,20 +170,24 @@ async fn with_min_samples_at_the_quantiles_count_a_busy_lossy_peer_has_no_call_c
 }
 
 /// 24 callers from the first call, back to back until `calls` calls were made (counted,
-/// not timed, so a loaded machine makes as many), over loopback TCP through a proxy that
-/// holds one reply in 50 for 200 ms (a retransmission), the layer under `policy`. Returns
-/// the calls made, the sources of the deadlines of the calls cut, and the peer's deadline
-/// at the end.
+/// not timed, so a loaded machine makes as many) and at least two retransmission timeouts
+/// have passed, over loopback TCP through a proxy that holds one reply in 50 for 200 ms (a
+/// retransmission), the layer under `policy`. Returns the calls made, the sources of the
+/// deadlines of the calls cut, and the peer's deadline at the end.
+///
+/// The peer stays busy until every held reply is back: on an idle machine the calls are
+/// made in some 25 ms, and a reply held past the last of the others is a peer that answers
+/// nothing with calls outstanding, which the layer cuts as a silence once its deadline has
+/// passed (a busy peer on a lossy link, the case under test, keeps answering the others).
 async fn lossy_sockets(
     policy: TimeoutPolicy,
     calls: usize,
 ) -> (usize, Vec<DeadlineSource>, (Duration, DeadlineSource)) {
     let server = EchoServer::start().await;
     let proxy = FaultProxy::start(server.addr()).await;
-    proxy.set(Fault::Retransmit {
-        one_in: 50,
-        rto: ms(200),
-    });
+    let rto = ms(200);
+    proxy.set(Fault::Retransmit { one_in: 50, rto });
+    let busy_until = Instant::now() + rto * 2;
     let layer = by_addr().policy(policy).build().unwrap();
     let handle = layer.handle();
     let svc = layer.layer(LineClient::new());
@@ -195,7 +199,7 @@ async fn lossy_sockets(
         set.spawn(async move {
             let (mut made, mut cut) = (0, Vec::new());
             let take = |n: usize| n.checked_sub(1);
-            while left.fetch_update(Relaxed, Relaxed, take).is_ok() {
+            while left.fetch_update(Relaxed, Relaxed, take).is_ok() || Instant::now() < busy_until {
                 made += 1;
                 let answered = svc.clone().oneshot(LineRequest::new(addr, 1, "x")).await;
                 if answered.is_err() {
@@ -212,7 +216,7 @@ async fn lossy_sockets(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_sockets_a_busy_peer_with_a_retransmission_tail_has_no_healthy_call_cut() {
     let (made, cut, _) = lossy_sockets(TimeoutPolicy::default(), 600).await;
-    assert_eq!(made, 600);
+    assert!(made >= 600, "{made} calls");
     none_cut(made, &cut);
 }
 
