@@ -500,9 +500,10 @@ impl Peer {
         let batched = self.published.batched();
         let q = locked.policy.quantile;
         (self.classes).publish_sample_every(&locked.classes, &fx.classes, |lane| {
-            match batched && lane.source.is_learned() {
-                true => per_core::sample_every(lane.window.samples(), q),
-                false => 1,
+            if batched && lane.source.is_learned() {
+                per_core::sample_every(lane.window.samples(), q)
+            } else {
+                1
             }
         });
         self.publish_class_hedges(locked, &fx.classes);
